@@ -1,0 +1,88 @@
+"""AWS client construction, in one place.
+
+Clients are created without an explicit endpoint so botocore's own configuration chain applies:
+AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE>, AWS_PROFILE, the usual credential sources, and the
+same code runs against AWS and against the embedded local stack.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+# Workers run many puts in parallel; botocore's default pool of 10 would serialise them.
+_POOL = 64
+
+DEFAULT_CONFIG = Config(max_pool_connections=_POOL, retries={"mode": "standard", "max_attempts": 5})
+
+# CloudWatch Logs retries are the sink's job (exact error codes, jitter, rejected-event accounting), so
+# botocore must not retry underneath it. Parameter validation costs more CPU than the HTTP call at our
+# batch sizes; the batcher already enforces every limit the service checks.
+LOGS_CONFIG = Config(
+    max_pool_connections=_POOL,
+    retries={"total_max_attempts": 1},
+    parameter_validation=False,
+    connect_timeout=10,
+    read_timeout=60,
+)
+
+
+@dataclass(frozen=True)
+class StaticCredentials:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    expiration: datetime
+
+    def __repr__(self) -> str:  # never let a secret reach a log line or a report
+        return f"StaticCredentials(access_key_id={self.access_key_id[:4]}…, expiration={self.expiration})"
+
+
+_local = threading.local()
+
+
+def _default_session() -> boto3.Session:
+    # boto3.Session is not thread-safe to share while creating clients; one per thread is cheap.
+    sess = getattr(_local, "session", None)
+    if sess is None:
+        sess = _local.session = boto3.Session()
+    return sess
+
+
+def client(
+    service: str,
+    region: str | None = None,
+    credentials: StaticCredentials | None = None,
+    config: Config | None = None,
+) -> Any:
+    """A boto3 client for `service`, with the process's own or the given (assumed-role) credentials."""
+    cfg = config or (LOGS_CONFIG if service == "logs" else DEFAULT_CONFIG)
+    if credentials is None:
+        return _default_session().client(service, region_name=region, config=cfg)
+    session = boto3.Session(
+        aws_access_key_id=credentials.access_key_id,
+        aws_secret_access_key=credentials.secret_access_key,
+        aws_session_token=credentials.session_token,
+        region_name=region,
+    )
+    return session.client(service, region_name=region, config=cfg)
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore ClientError, or '' for anything else."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def http_status(exc: BaseException) -> int:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return 0

@@ -1,0 +1,235 @@
+"""Provision the embedded local AWS with everything the system needs, plus sample tenants.
+
+Each sample tenant lives in its own AWS account id; moto keeps a separate CloudWatch per account, so
+cross-account delivery (and its isolation) is real here, not simulated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from boto3.dynamodb.types import TypeSerializer
+
+from pipeline.settings import Settings
+
+CENTRAL_ACCOUNT_ID = "123456789012"  # moto's default account plays the central (processor's) account
+DEFAULT_REGION = "us-east-1"
+CENTRAL_ROLE_NAME = "CentralLogDistributionRole"
+CUSTOMER_ROLE_PREFIX = "CustomerLogDistribution-"
+# moto accepts any credentials; these are obviously not real ones.
+LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+@dataclass(frozen=True)
+class SampleTenant:
+    tenant_id: str
+    account_id: str
+    region: str = DEFAULT_REGION
+    enabled: bool = True
+    desired_logs: tuple[str, ...] | None = None
+
+    @property
+    def role_arn(self) -> str:
+        return f"arn:aws:iam::{self.account_id}:role/{CUSTOMER_ROLE_PREFIX}{self.tenant_id}"
+
+    @property
+    def log_group(self) -> str:
+        return f"/logs/{self.tenant_id}"
+
+    def config_item(self) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "tenant_id": self.tenant_id,
+            "log_distribution_role_arn": self.role_arn,
+            "log_group_name": self.log_group,
+            "target_region": self.region,
+            "enabled": self.enabled,
+        }
+        if self.desired_logs is not None:
+            item["desired_logs"] = list(self.desired_logs)
+        return item
+
+
+SAMPLE_TENANTS: tuple[SampleTenant, ...] = (
+    SampleTenant("acme", "111111111111"),
+    # Mixed case on purpose: desired_logs matches application names case-insensitively.
+    SampleTenant("globex", "222222222222", region="eu-west-1", desired_logs=("Payment-Service", "frontend")),
+    SampleTenant("initech", "333333333333", enabled=False),
+)
+
+
+@dataclass(frozen=True)
+class ResourceNames:
+    bucket: str = f"central-logs-{CENTRAL_ACCOUNT_ID}-{DEFAULT_REGION}"
+    tenant_table: str = "tenant-configs"
+    ledger_table: str = "delivery-ledger"
+    topic: str = "central-logs-object-created"
+    queue: str = "log-delivery"
+    dlq: str = "log-delivery-dlq"
+
+
+@dataclass
+class LocalEnvironment:
+    endpoint_url: str
+    region: str
+    names: ResourceNames
+    tenants: tuple[SampleTenant, ...]
+    topic_arn: str = ""
+    queue_url: str = ""
+    dlq_url: str = ""
+    central_role_arn: str = f"arn:aws:iam::{CENTRAL_ACCOUNT_ID}:role/{CENTRAL_ROLE_NAME}"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment that points every client and entrypoint at this stack."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            **LOCAL_CREDENTIALS,
+            "S3_BUCKET_NAME": self.names.bucket,
+            "TENANT_CONFIG_TABLE": self.names.tenant_table,
+            "DELIVERY_LEDGER_TABLE": self.names.ledger_table,
+            "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN": self.central_role_arn,
+            "SQS_QUEUE_URL": self.queue_url,
+            **self.extra_env,
+        }
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def tenant(self, tenant_id: str) -> SampleTenant:
+        return next(t for t in self.tenants if t.tenant_id == tenant_id)
+
+    def client(self, service: str, region: str | None = None, account_id: str | None = None) -> Any:
+        """A client in the central account, or in a tenant's account (through moto's assume-role)."""
+        creds: dict[str, str] = {
+            "aws_access_key_id": LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        }
+        if account_id and account_id != CENTRAL_ACCOUNT_ID:
+            sts = boto3.client("sts", endpoint_url=self.endpoint_url, region_name=self.region, **creds)
+            c = sts.assume_role(
+                RoleArn=f"arn:aws:iam::{account_id}:role/LocalAdmin", RoleSessionName="local-admin"
+            )["Credentials"]
+            creds = {
+                "aws_access_key_id": c["AccessKeyId"],
+                "aws_secret_access_key": c["SecretAccessKey"],
+                "aws_session_token": c["SessionToken"],
+            }
+        return boto3.client(
+            service, endpoint_url=self.endpoint_url, region_name=region or self.region, **creds
+        )
+
+    def tenant_logs(self, tenant_id: str) -> Any:
+        t = self.tenant(tenant_id)
+        return self.client("logs", region=t.region, account_id=t.account_id)
+
+
+def _trust_policy(principal_arn: str, external_id: str | None = None) -> str:
+    stmt: dict[str, Any] = {
+        "Effect": "Allow",
+        "Principal": {"AWS": principal_arn},
+        "Action": "sts:AssumeRole",
+    }
+    if external_id:
+        stmt["Condition"] = {"StringEquals": {"sts:ExternalId": external_id}}
+    return json.dumps({"Version": "2012-10-17", "Statement": [stmt]})
+
+
+def provision(
+    endpoint_url: str,
+    tenants: Sequence[SampleTenant] = SAMPLE_TENANTS,
+    names: ResourceNames | None = None,
+    region: str = DEFAULT_REGION,
+) -> LocalEnvironment:
+    """Create the central resources and the sample tenants. Idempotent enough for a fresh server."""
+    local = LocalEnvironment(endpoint_url, region, names or ResourceNames(), tuple(tenants))
+    n = local.names
+
+    iam = local.client("iam")
+    iam.create_role(
+        RoleName=CENTRAL_ROLE_NAME,
+        AssumeRolePolicyDocument=_trust_policy(f"arn:aws:iam::{CENTRAL_ACCOUNT_ID}:root"),
+    )
+
+    s3 = local.client("s3")
+    s3.create_bucket(Bucket=n.bucket)
+
+    ddb = local.client("dynamodb")
+    ddb.create_table(
+        TableName=n.tenant_table,
+        KeySchema=[{"AttributeName": "tenant_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "tenant_id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ddb.create_table(
+        TableName=n.ledger_table,
+        KeySchema=[
+            {"AttributeName": "tenant_id", "KeyType": "HASH"},
+            {"AttributeName": "object_key", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "tenant_id", "AttributeType": "S"},
+            {"AttributeName": "object_key", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+    sqs = local.client("sqs")
+    local.dlq_url = sqs.create_queue(QueueName=n.dlq)["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=local.dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    local.queue_url = sqs.create_queue(
+        QueueName=n.queue,
+        Attributes={
+            "VisibilityTimeout": "900",
+            "ReceiveMessageWaitTimeSeconds": "20",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"}),
+        },
+    )["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=local.queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+
+    sns = local.client("sns")
+    local.topic_arn = sns.create_topic(Name=n.topic)["TopicArn"]
+    sns.subscribe(TopicArn=local.topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    s3.put_bucket_notification_configuration(
+        Bucket=n.bucket,
+        NotificationConfiguration={
+            "TopicConfigurations": [
+                {
+                    "TopicArn": local.topic_arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "suffix", "Value": ".gz"}]}},
+                }
+            ]
+        },
+    )
+
+    add_tenants(local, tenants)
+    return local
+
+
+def add_tenants(local: LocalEnvironment, tenants: Iterable[SampleTenant]) -> None:
+    """Register tenants in the config table and create their role and log group in their own account."""
+    table = local.client("dynamodb")
+    ser = TypeSerializer()
+    for t in tenants:
+        item = {k: ser.serialize(v) for k, v in t.config_item().items()}
+        table.put_item(TableName=local.names.tenant_table, Item=item)
+        iam = local.client("iam", account_id=t.account_id)
+        iam.create_role(
+            RoleName=t.role_arn.rsplit("/", 1)[1],
+            AssumeRolePolicyDocument=_trust_policy(local.central_role_arn, external_id=CENTRAL_ACCOUNT_ID),
+        )
+        local.client("logs", region=t.region, account_id=t.account_id).create_log_group(
+            logGroupName=t.log_group
+        )

@@ -1,0 +1,54 @@
+"""The configuration every entrypoint shares (CONTRACTS.md §7), read once into one typed object.
+
+Nothing reads the environment at import time: entrypoints build a Settings and pass it down, so tests
+and Ray workers get their configuration explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+
+class ConfigError(ValueError):
+    """A required setting is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    bucket: str = ""
+    tenant_table: str = ""
+    ledger_table: str = ""
+    central_role_arn: str = ""
+    queue_url: str = ""
+    region: str = "us-east-1"
+    tenant_cache_ttl_s: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            bucket=env.get("S3_BUCKET_NAME", ""),
+            tenant_table=env.get("TENANT_CONFIG_TABLE", ""),
+            ledger_table=env.get("DELIVERY_LEDGER_TABLE", ""),
+            central_role_arn=env.get("CENTRAL_LOG_DISTRIBUTION_ROLE_ARN", ""),
+            queue_url=env.get("SQS_QUEUE_URL", ""),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def require(self, *names: str) -> None:
+        """Fail early, naming the env var, instead of deep inside a worker."""
+        env_names = {
+            "bucket": "S3_BUCKET_NAME",
+            "tenant_table": "TENANT_CONFIG_TABLE",
+            "ledger_table": "DELIVERY_LEDGER_TABLE",
+            "central_role_arn": "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN",
+            "queue_url": "SQS_QUEUE_URL",
+        }
+        missing = [env_names.get(n, n) for n in names if not getattr(self, n)]
+        if missing:
+            raise ConfigError("missing required setting(s): " + ", ".join(missing))
