@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+try:  # zlib-ng inflates about twice as fast as zlib, with the same API and output
+    from zlib_ng import zlib_ng as zlib
+except ImportError:  # pragma: no cover - the stdlib module is always there
+    import zlib  # type: ignore[no-redef]
 
 # The fields of a Vector record that delivery reads; everything else is Vector's envelope.
 MESSAGE_FIELD = "message"
@@ -37,3 +48,262 @@ def vector_record(
         "application": application,
         "pod_name": pod,
     }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------------------
+
+READ_CHUNK = 256 * 1024
+MAX_SAMPLES = 20  # per object: enough to diagnose, bounded so a garbage object cannot bloat a report
+GZIP_MAGIC = b"\x1f\x8b"
+MS_THRESHOLD = 1e12  # a numeric timestamp at or above this is already in milliseconds
+
+
+@dataclass
+class DecodeStats:
+    """What decoding one object saw. Bad lines are counted and sampled with their line numbers."""
+
+    key: str = ""
+    lines: int = 0
+    events: int = 0
+    lines_malformed: int = 0
+    lines_repaired_utf8: int = 0
+    messages_empty: int = 0
+    timestamps_defaulted: int = 0
+    bytes_read: int = 0
+    bytes_decoded: int = 0
+    damaged: str | None = None  # why the body could not be read to the end, if it could not
+    samples: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+
+    def malformed(self, line_no: int, reason: str) -> None:
+        self.lines_malformed += 1
+        if len(self.samples) < MAX_SAMPLES:
+            self.samples.append((line_no, reason))
+
+
+class _ReadableBody(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _chunks(body: bytes | _ReadableBody, stats: DecodeStats) -> Iterator[bytes]:
+    if isinstance(body, bytes | bytearray | memoryview):
+        stats.bytes_read += len(body)
+        yield bytes(body)
+        return
+    while chunk := body.read(READ_CHUNK):
+        stats.bytes_read += len(chunk)
+        yield chunk
+
+
+def _inflate(chunks: Iterator[bytes], stats: DecodeStats) -> Iterator[bytes]:
+    """Gunzip if the body starts with the gzip magic, pass it through otherwise.
+
+    Handles concatenated gzip members. A truncated or corrupt stream yields what decoded and marks the
+    object damaged, so the readable part is still delivered.
+    """
+    first = next(chunks, b"")
+    if not first.startswith(GZIP_MAGIC):
+        if first:
+            yield first
+        yield from chunks
+        return
+    d = zlib.decompressobj(wbits=31)
+    fed = False  # whether the current member has seen input: an unfed one at the end is a clean finish
+    data: bytes | None = first
+    try:
+        while data is not None:
+            while data:
+                fed = True
+                out = d.decompress(data)
+                if out:
+                    yield out
+                if not d.eof:
+                    break
+                data = d.unused_data
+                d, fed = zlib.decompressobj(wbits=31), False
+            data = next(chunks, None)
+    except zlib.error as exc:
+        stats.damaged = f"corrupt gzip stream after {stats.bytes_read} bytes: {exc}"
+        return
+    if fed and not d.eof:
+        stats.damaged = f"truncated gzip stream after {stats.bytes_read} bytes"
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    tail = b""
+    for chunk in chunks:
+        if tail:
+            chunk = tail + chunk
+        parts = chunk.split(b"\n")
+        tail = parts.pop()
+        yield from parts
+    if tail:
+        yield tail
+
+
+class _TimestampParser:
+    """RFC 3339 (up to nanoseconds) or epoch seconds/milliseconds to epoch milliseconds.
+
+    Records in one object share the same few seconds, so the "YYYY-MM-DDTHH:MM:SS" part is parsed once
+    and cached; only the fraction is handled per event. Anything the fast path does not recognise goes
+    through datetime.fromisoformat.
+    """
+
+    __slots__ = ("_seconds",)
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, int] = {}
+
+    def __call__(self, value: Any) -> int | None:
+        kind = type(value)
+        if kind is str:
+            return self._parse_str(value)
+        if kind is int or kind is float:
+            if not value >= 0 or value == float("inf"):  # NaN compares false
+                return None
+            return int(value) if value >= MS_THRESHOLD else int(value * 1000)
+        return None
+
+    def _parse_str(self, value: str) -> int | None:
+        base = value[:19]
+        secs = self._seconds.get(base)
+        if secs is None:
+            if len(base) != 19 or base[10] not in "Tt ":
+                return self._slow(value)
+            try:
+                secs = int(datetime.fromisoformat(base).replace(tzinfo=UTC).timestamp())
+            except ValueError:
+                return None
+            if len(self._seconds) > 4096:
+                self._seconds.clear()
+            self._seconds[base] = secs
+        rest = value[19:]
+        if rest == "Z" or rest == "z":
+            return secs * 1000
+        if rest[:1] == "." and rest[-1:] in ("Z", "z"):
+            frac = rest[1:-1]
+            if frac.isdigit() and frac.isascii():
+                return secs * 1000 + int((frac + "00")[:3])
+        return self._slow(value)
+
+    @staticmethod
+    def _slow(value: str) -> int | None:
+        try:
+            dt = datetime.fromisoformat(value.replace("z", "Z"))
+        except ValueError:
+            return None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)  # Vector writes UTC; a naive stamp is taken as UTC too
+        # Integer arithmetic: float timestamps lose the millisecond for dates far from the epoch.
+        delta = dt - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _message_of(record: Any) -> str:
+    """The text CloudWatch receives for one record (CONTRACTS.md §2)."""
+    if type(record) is dict:
+        msg = record.get(MESSAGE_FIELD)
+        if type(msg) is str:
+            return msg
+        if msg is not None:
+            return orjson.dumps(msg).decode()
+    return orjson.dumps(record).decode()
+
+
+def decode_events(
+    body: bytes | _ReadableBody,
+    fallback_ts_ms: int,
+    stats: DecodeStats | None = None,
+) -> Iterator[tuple[int, str]]:
+    """Stream one object body into (timestamp_ms, message) events.
+
+    The body may be gzip or plain, NDJSON or one JSON array of records. NDJSON is decoded line by line,
+    so memory stays at one read chunk plus one line; a JSON array has to be parsed whole. Bad lines are
+    counted in `stats` with their line numbers, and decoding goes on. `fallback_ts_ms` (the object's
+    LastModified) stands in for a missing or unparseable timestamp.
+    """
+    st = stats if stats is not None else DecodeStats()
+    parse_ts = _TimestampParser()
+    lines = _lines(_inflate(_chunks(body, st), st))
+
+    first = next(lines, None)
+    while first is not None and not first.strip():
+        st.lines += 1
+        first = next(lines, None)
+    if first is None:
+        return
+    is_array = first.lstrip()[:1] == b"["
+    records = _array_records(first, lines, st) if is_array else _line_records(first, lines, st)
+
+    for record in records:
+        ts = parse_ts(record.get(TIMESTAMP_FIELD)) if type(record) is dict else None
+        if ts is None:
+            ts = fallback_ts_ms
+            st.timestamps_defaulted += 1
+        message = _message_of(record)
+        if not message:
+            st.messages_empty += 1  # CloudWatch refuses empty messages; there is nothing to deliver
+            continue
+        st.events += 1
+        yield ts, message
+
+
+def _line_records(first: bytes, rest: Iterator[bytes], st: DecodeStats) -> Iterator[Any]:
+    loads = orjson.loads
+    for raw in itertools.chain((first,), rest):
+        st.lines += 1
+        st.bytes_decoded += len(raw) + 1
+        try:
+            yield loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if not raw.strip():
+                continue
+            record = _repair_utf8(raw, st)
+            if record is not _INVALID:
+                yield record
+            elif st.damaged:
+                # Damage is only known once the stream has ended, so this is its cut-off last line:
+                # part of the damage already reported, not a separate bad line.
+                st.damaged += f"; last line {st.lines} cut short"
+            else:
+                st.malformed(st.lines, f"invalid JSON: {exc}")
+
+
+_INVALID = object()
+
+
+def _repair_utf8(raw: bytes, st: DecodeStats) -> Any:
+    """A line that is valid JSON apart from bad UTF-8 bytes is delivered with U+FFFD in their place."""
+    try:
+        raw.decode("utf-8")
+        return _INVALID  # valid UTF-8, so the JSON itself is broken
+    except UnicodeDecodeError:
+        pass
+    try:
+        record = orjson.loads(raw.decode("utf-8", "replace"))
+    except orjson.JSONDecodeError:
+        return _INVALID
+    st.lines_repaired_utf8 += 1
+    return record
+
+
+def _array_records(first: bytes, rest: Iterator[bytes], st: DecodeStats) -> Iterator[Any]:
+    body = b"\n".join(itertools.chain((first,), rest))
+    st.lines += body.count(b"\n") + 1
+    st.bytes_decoded += len(body)
+    try:
+        records = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        try:
+            records = orjson.loads(body.decode("utf-8", "replace"))
+            st.lines_repaired_utf8 += 1
+        except orjson.JSONDecodeError:
+            st.malformed(1, f"invalid JSON array: {exc}")
+            return
+    if not isinstance(records, list):
+        records = [records]
+    yield from records

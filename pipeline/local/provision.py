@@ -114,17 +114,15 @@ class LocalEnvironment:
         }
         if account_id and account_id != CENTRAL_ACCOUNT_ID:
             sts = boto3.client("sts", endpoint_url=self.endpoint_url, region_name=self.region, **creds)
-            c = sts.assume_role(
-                RoleArn=f"arn:aws:iam::{account_id}:role/LocalAdmin", RoleSessionName="local-admin"
-            )["Credentials"]
+            c = sts.assume_role(RoleArn=f"arn:aws:iam::{account_id}:role/LocalAdmin", RoleSessionName="local-admin")[
+                "Credentials"
+            ]
             creds = {
                 "aws_access_key_id": c["AccessKeyId"],
                 "aws_secret_access_key": c["SecretAccessKey"],
                 "aws_session_token": c["SessionToken"],
             }
-        return boto3.client(
-            service, endpoint_url=self.endpoint_url, region_name=region or self.region, **creds
-        )
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=region or self.region, **creds)
 
     def tenant_logs(self, tenant_id: str) -> Any:
         t = self.tenant(tenant_id)
@@ -183,9 +181,7 @@ def provision(
 
     sqs = local.client("sqs")
     local.dlq_url = sqs.create_queue(QueueName=n.dlq)["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=local.dlq_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=local.dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     local.queue_url = sqs.create_queue(
         QueueName=n.queue,
         Attributes={
@@ -230,6 +226,4 @@ def add_tenants(local: LocalEnvironment, tenants: Iterable[SampleTenant]) -> Non
             RoleName=t.role_arn.rsplit("/", 1)[1],
             AssumeRolePolicyDocument=_trust_policy(local.central_role_arn, external_id=CENTRAL_ACCOUNT_ID),
         )
-        local.client("logs", region=t.region, account_id=t.account_id).create_log_group(
-            logGroupName=t.log_group
-        )
+        local.client("logs", region=t.region, account_id=t.account_id).create_log_group(logGroupName=t.log_group)

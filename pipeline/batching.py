@@ -1,0 +1,170 @@
+"""Log streams and PutLogEvents batches under every CloudWatch Logs limit (CONTRACTS.md §4–5).
+
+The only module that knows CloudWatch's limits. Pure: plain values in, plain values out, no I/O, so the
+limits can be property-tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from operator import itemgetter
+
+Event = tuple[int, str]  # (timestamp in epoch milliseconds, message)
+
+MAX_BATCH_BYTES = 1_048_576
+EVENT_OVERHEAD_BYTES = 26
+MAX_BATCH_EVENTS = 10_000
+MAX_EVENT_BYTES = 1_048_576  # including the 26-byte overhead
+MAX_MESSAGE_BYTES = MAX_EVENT_BYTES - EVENT_OVERHEAD_BYTES
+MAX_BATCH_SPAN_MS = 24 * 3600 * 1000
+MAX_AGE_MS = 14 * 24 * 3600 * 1000
+MAX_FUTURE_MS = 2 * 3600 * 1000
+MAX_STREAM_NAME_CHARS = 512
+
+DAY_MS = 86_400_000
+_day_names: dict[int, str] = {}
+
+
+def utc_date(ts_ms: int) -> str:
+    """YYYY-MM-DD of an epoch-millisecond timestamp, cached per day: called once per event."""
+    day = ts_ms // DAY_MS
+    name = _day_names.get(day)
+    if name is None:
+        name = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
+        _day_names[day] = name
+    return name
+
+
+def stream_name(application: str, pod: str, ts_ms: int) -> str:
+    """`{application}-{pod_name}-{YYYY-MM-DD}`, the event's UTC date: one object can feed two streams."""
+    return f"{application}-{pod}-{utc_date(ts_ms)}"
+
+
+def group_by_stream(events: Iterable[Event], application: str, pod: str) -> dict[str, list[Event]]:
+    """Events of one pod, grouped into their log streams (by UTC day)."""
+    by_day: dict[int, list[Event]] = {}
+    for ev in events:
+        day = ev[0] // DAY_MS
+        bucket = by_day.get(day)
+        if bucket is None:
+            bucket = by_day[day] = []
+        bucket.append(ev)
+    return {stream_name(application, pod, day * DAY_MS): evs for day, evs in by_day.items()}
+
+
+def message_bytes(message: str) -> int:
+    return len(message) if message.isascii() else len(message.encode("utf-8", "surrogatepass"))
+
+
+def event_size(message: str) -> int:
+    """An event's cost against the batch byte limit."""
+    return message_bytes(message) + EVENT_OVERHEAD_BYTES
+
+
+def split_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> list[str]:
+    """Split a message over the one-event limit into parts that fit, each marked `[split i/n] `.
+
+    Parts are cut on UTF-8 character boundaries. Nothing is dropped, so the reader can reassemble it.
+    """
+    data = message.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return [message]
+    marker_room = len(f"[split {len(data)}/{len(data)}] ")  # an upper bound on the marker's length
+    room = limit - marker_room
+    pieces: list[str] = []
+    start = 0
+    while start < len(data):
+        end = min(start + room, len(data))
+        while end < len(data) and (data[end] & 0xC0) == 0x80:  # don't cut inside a character
+            end -= 1
+        pieces.append(data[start:end].decode("utf-8", "surrogatepass"))
+        start = end
+    n = len(pieces)
+    return [f"[split {i}/{n}] {p}" for i, p in enumerate(pieces, 1)]
+
+
+@dataclass
+class PreparedStream:
+    """One stream's events, sorted and within limits, plus what was held back and why."""
+
+    events: list[Event] = field(default_factory=list)
+    too_old: int = 0
+    too_new: int = 0
+    split: int = 0  # original events over the one-event limit, each sent as several parts
+
+
+def prepare(events: Iterable[Event], now_ms: int) -> PreparedStream:
+    """Hold back what CloudWatch would reject (over 14 days old, over 2 h ahead), split oversized events,
+    and sort by timestamp.
+
+    Counting these here makes the report exact for every sink: Vector's CloudWatch sink drops old events
+    silently, and the native sink saves a call.
+    """
+    out = PreparedStream()
+    oldest = now_ms - MAX_AGE_MS
+    newest = now_ms + MAX_FUTURE_MS
+    keep = out.events
+    for ev in events:
+        ts, msg = ev
+        if ts < oldest:
+            out.too_old += 1
+        elif ts > newest:
+            out.too_new += 1
+        elif len(msg) > MAX_MESSAGE_BYTES // 4 and message_bytes(msg) > MAX_MESSAGE_BYTES:
+            out.split += 1
+            keep.extend((ts, part) for part in split_message(msg))
+        else:
+            keep.append(ev)
+    keep.sort(key=itemgetter(0))  # stable: equal timestamps keep their order in the object
+    return out
+
+
+def batches(events: list[Event]) -> Iterator[list[Event]]:
+    """Cut sorted, prepared events into PutLogEvents batches that obey every limit."""
+    batch: list[Event] = []
+    size = 0
+    first_ts = 0
+    for ev in events:
+        msg = ev[1]
+        n = (len(msg) if msg.isascii() else len(msg.encode("utf-8", "surrogatepass"))) + EVENT_OVERHEAD_BYTES
+        if batch and (
+            len(batch) >= MAX_BATCH_EVENTS or size + n > MAX_BATCH_BYTES or ev[0] - first_ts >= MAX_BATCH_SPAN_MS
+        ):
+            yield batch
+            batch = []
+            size = 0
+        if not batch:
+            first_ts = ev[0]
+        batch.append(ev)
+        size += n
+    if batch:
+        yield batch
+
+
+@dataclass(frozen=True)
+class Rejected:
+    too_old: int = 0
+    too_new: int = 0
+    expired: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.too_old + self.too_new + self.expired
+
+
+def count_rejected(info: dict[str, int] | None, batch_len: int) -> Rejected:
+    """Turn PutLogEvents' rejectedLogEventsInfo into per-reason counts for a batch of `batch_len` events.
+
+    Too-old events are [0, tooOldLogEventEndIndex), expired ones [0, expiredLogEventEndIndex) (an overlap
+    with too-old is counted once, as too-old), too-new ones [tooNewLogEventStartIndex, len).
+    """
+    if not info:
+        return Rejected()
+    too_old = min(int(info.get("tooOldLogEventEndIndex", 0) or 0), batch_len)
+    expired_end = min(int(info.get("expiredLogEventEndIndex", 0) or 0), batch_len)
+    new_start = info.get("tooNewLogEventStartIndex")
+    too_new = batch_len - max(int(new_start), 0) if new_start is not None else 0
+    too_new = max(0, min(too_new, batch_len - max(too_old, expired_end)))
+    return Rejected(too_old=too_old, too_new=too_new, expired=max(0, expired_end - too_old))
