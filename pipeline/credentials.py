@@ -1,0 +1,132 @@
+"""Double-hop credentials (CONTRACTS.md §4): own credentials → central role → tenant role with ExternalId.
+
+Credentials are cached per role and refreshed ahead of expiry. Chained role sessions last at most one
+hour and STS quotas cannot be raised, so a busy worker makes one STS round trip per tenant per hour,
+not one per object. Clients built on those credentials are cached with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipeline import aws
+from pipeline.aws import StaticCredentials
+from pipeline.errors import DeliveryError
+
+SESSION_NAME_MAX = 64
+_SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]")
+ROLE_SESSION_SECONDS = 3600  # the most a chained session may last
+REFRESH_MARGIN = timedelta(minutes=10)
+
+
+def session_name(purpose: str, subject: str) -> str:
+    """A RoleSessionName that is always valid: `[\\w+=,.@-]`, at most 64 characters, stable per subject.
+
+    A digest of the full subject keeps two long tenant ids that share a prefix apart, without the
+    timestamp that once pushed names past 64 characters.
+    """
+    digest = hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    clean = _SESSION_NAME_BAD.sub("-", f"{purpose}-{subject}")
+    room = SESSION_NAME_MAX - len(digest) - 1
+    return f"{clean[:room]}-{digest}"
+
+
+def account_of(role_arn: str) -> str:
+    parts = role_arn.split(":")
+    if len(parts) < 6 or not parts[4].isdigit():
+        raise ValueError(f"not an IAM role ARN: {role_arn!r}")
+    return parts[4]
+
+
+class CredentialBroker:
+    """Assumes and caches the central role, then each tenant's role with ExternalId."""
+
+    def __init__(
+        self,
+        central_role_arn: str,
+        *,
+        refresh_margin: timedelta = REFRESH_MARGIN,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        base_sts: Any | None = None,
+    ) -> None:
+        self.central_role_arn = central_role_arn
+        # The customer role's trust requires ExternalId = the central account id (CONTRACTS.md §4).
+        self.external_id = account_of(central_role_arn)
+        self._margin = refresh_margin
+        self._clock = clock
+        self._base_sts = base_sts
+        self._creds: dict[str, StaticCredentials] = {}
+        self._clients: dict[tuple[str, str, str], tuple[StaticCredentials, Any]] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.sts_calls = 0
+
+    def _lock_for(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _fresh(self, creds: StaticCredentials | None) -> bool:
+        return creds is not None and creds.expiration - self._margin > self._clock()
+
+    def _cached(self, role_arn: str, assume: Callable[[], StaticCredentials]) -> StaticCredentials:
+        creds = self._creds.get(role_arn)
+        if self._fresh(creds):
+            return creds  # type: ignore[return-value]
+        with self._lock_for(role_arn):  # one STS call per role even when many threads miss at once
+            creds = self._creds.get(role_arn)
+            if not self._fresh(creds):
+                creds = self._creds[role_arn] = assume()
+            return creds  # type: ignore[return-value]
+
+    def central(self) -> StaticCredentials:
+        def assume() -> StaticCredentials:
+            sts = self._base_sts or aws.client("sts")
+            return self._assume(sts, self.central_role_arn, session_name("central", "log-distribution"), None)
+
+        return self._cached(self.central_role_arn, assume)
+
+    def tenant(self, tenant_id: str, role_arn: str) -> StaticCredentials:
+        def assume() -> StaticCredentials:
+            sts = aws.client("sts", credentials=self.central())
+            return self._assume(sts, role_arn, session_name("logdist", tenant_id), self.external_id)
+
+        return self._cached(role_arn, assume)
+
+    def client(self, service: str, tenant_id: str, role_arn: str, region: str) -> Any:
+        """A client in the tenant's account, rebuilt only when its credentials were refreshed."""
+        creds = self.tenant(tenant_id, role_arn)
+        key = (service, role_arn, region)
+        hit = self._clients.get(key)
+        if hit is not None and hit[0] is creds:
+            return hit[1]
+        c = aws.client(service, region=region, credentials=creds)
+        self._clients[key] = (creds, c)
+        return c
+
+    def invalidate(self, role_arn: str) -> None:
+        """Forget a role's credentials, e.g. after the service said they expired."""
+        self._creds.pop(role_arn, None)
+
+    def _assume(self, sts: Any, role_arn: str, name: str, external_id: str | None) -> StaticCredentials:
+        kwargs: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": name, "DurationSeconds": ROLE_SESSION_SECONDS}
+        if external_id:
+            kwargs["ExternalId"] = external_id
+        self.sts_calls += 1
+        try:
+            c = sts.assume_role(**kwargs)["Credentials"]
+        except (ClientError, BotoCoreError) as exc:
+            code = aws.error_code(exc) or type(exc).__name__
+            raise DeliveryError(f"cannot assume {role_arn}: {code}") from exc
+        expiration = c["Expiration"]
+        if isinstance(expiration, str):
+            expiration = datetime.fromisoformat(expiration.replace("Z", "+00:00"))
+        if expiration.tzinfo is None:
+            expiration = expiration.replace(tzinfo=UTC)
+        return StaticCredentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], expiration)

@@ -1,0 +1,150 @@
+"""The native CloudWatch Logs sink: PutLogEvents into the tenant's own account.
+
+Groups and streams are created when a put says they are missing, never looked up with Describe* (5 TPS
+per account). Throttling and 5xx are retried with capped exponential backoff and full jitter, matching
+the error codes exactly. Rejected events (too old, too new, expired) are counted and never retried.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from pipeline import aws
+from pipeline.batching import Event, batches, count_rejected
+from pipeline.credentials import CredentialBroker
+from pipeline.errors import DeliveryError
+from pipeline.sinks.base import Destination, SinkResult
+
+RETRYABLE_CODES = frozenset({"ThrottlingException", "ServiceUnavailableException"})
+EXPIRED_CREDENTIAL_CODES = frozenset({"ExpiredTokenException", "ExpiredToken", "RequestExpired"})
+NETWORK_ERRORS = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
+ALREADY_EXISTS = "ResourceAlreadyExistsException"
+NOT_FOUND = "ResourceNotFoundException"
+
+
+class RetryPolicy:
+    """Capped exponential backoff with full jitter (the AWS architecture blog's recommendation)."""
+
+    def __init__(self, attempts: int = 8, base_s: float = 0.1, cap_s: float = 10.0) -> None:
+        self.attempts = attempts
+        self.base_s = base_s
+        self.cap_s = cap_s
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.cap_s, self.base_s * (2**attempt)))
+
+
+class CloudWatchSink:
+    name = "cloudwatch"
+
+    def __init__(
+        self,
+        credentials: CredentialBroker,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._creds = credentials
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+
+    def _client(self, dest: Destination) -> Any:
+        return self._creds.client("logs", dest.tenant_id, dest.role_arn, dest.region)
+
+    def send(self, dest: Destination, stream: str, events: list[Event]) -> SinkResult:
+        result = SinkResult()
+        for batch in batches(events):
+            self._put(dest, stream, batch, result)
+        return result
+
+    def flush(self) -> None:
+        pass  # every put has returned by the time send() does
+
+    def close(self) -> None:
+        pass
+
+    def _put(self, dest: Destination, stream: str, batch: list[Event], result: SinkResult) -> None:
+        request = {
+            "logGroupName": dest.log_group,
+            "logStreamName": stream,
+            "logEvents": [{"timestamp": ts, "message": msg} for ts, msg in batch],
+        }
+        where = f"{dest.log_group}/{stream} in {dest.region} for tenant {dest.tenant_id}"
+        created = refreshed = False
+        attempt = 0
+        while True:
+            try:
+                resp = self._client(dest).put_log_events(**request)
+                break
+            except ClientError as exc:
+                code, status = aws.error_code(exc), aws.http_status(exc)
+                if code == NOT_FOUND and not created:
+                    created = self._create(dest, stream)
+                    if not created:  # the create calls were throttled: back off, then try again
+                        attempt = self._backoff(attempt, where, "create throttled", result)
+                    continue
+                if code in EXPIRED_CREDENTIAL_CODES and not refreshed:
+                    self._creds.invalidate(dest.role_arn)
+                    refreshed = True
+                    continue
+                if code in RETRYABLE_CODES or status >= 500:
+                    attempt = self._backoff(attempt, where, code or f"HTTP {status}", result)
+                    continue
+                message = exc.response.get("Error", {}).get("Message", "")
+                raise DeliveryError(f"PutLogEvents to {where} failed: {code}: {message}"[:500]) from exc
+            except NETWORK_ERRORS as exc:
+                attempt = self._backoff(attempt, where, type(exc).__name__, result)
+        rejected = count_rejected(resp.get("rejectedLogEventsInfo"), len(batch))
+        result.batches += 1
+        result.delivered += len(batch) - rejected.total
+        result.rejected_too_old += rejected.too_old
+        result.rejected_too_new += rejected.too_new
+        result.rejected_expired += rejected.expired
+
+    def _backoff(self, attempt: int, where: str, code: str, result: SinkResult) -> int:
+        if attempt + 1 >= self._retry.attempts:
+            raise DeliveryError(f"PutLogEvents to {where} still failing after {attempt + 1} attempts: {code}")
+        result.retries += 1
+        self._sleep(self._retry.delay(attempt))
+        return attempt + 1
+
+    def _create(self, dest: Destination, stream: str) -> bool:
+        """Create the stream, and the group first if that is what is missing. Existing counts as success.
+
+        Returns False when CloudWatch throttled the create (CreateLogStream is 50/s per account).
+        """
+        logs = self._client(dest)
+        stream_args = {"logGroupName": dest.log_group, "logStreamName": stream}
+        outcome = _try_create(logs.create_log_stream, stream_args)
+        if outcome == NOT_FOUND:  # the group itself is missing
+            outcome = _try_create(logs.create_log_group, {"logGroupName": dest.log_group})
+            if outcome == CREATED:
+                outcome = _try_create(logs.create_log_stream, stream_args)
+        if outcome in RETRYABLE_CODES:
+            return False
+        if outcome != CREATED:
+            raise DeliveryError(f"creating {dest.log_group}/{stream} for tenant {dest.tenant_id} failed: {outcome}")
+        return True
+
+
+CREATED = "created"
+
+
+def _try_create(call: Callable[..., Any], kwargs: dict[str, str]) -> str:
+    """CREATED, or the error code; an existing resource counts as created."""
+    try:
+        call(**kwargs)
+    except ClientError as exc:
+        code = aws.error_code(exc)
+        return CREATED if code == ALREADY_EXISTS else code or "unknown error"
+    return CREATED
