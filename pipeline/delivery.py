@@ -1,0 +1,245 @@
+"""One object, end to end: source → decode → route → batch → sink → ledger.
+
+The consumer and the replay job both deliver through `Deliverer`; they differ only in where object
+references come from and how work is spread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipeline import aws
+from pipeline.batching import MAX_STREAM_NAME_CHARS, group_by_stream, prepare
+from pipeline.errors import DeliveryError, NonRecoverableError
+from pipeline.keys import InvalidKeyError, ObjectKey, parse_key
+from pipeline.ledger import Ledger, LedgerEntry
+from pipeline.records import DecodeStats, decode_events
+from pipeline.sinks.base import Destination, Sink, SinkResult
+from pipeline.tenants import TenantConfig, TenantDirectory
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    bucket: str
+    key: str
+    etag: str | None = None
+    size: int | None = None
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """Events with since_ms <= timestamp < until_ms are delivered; the rest are counted as filtered."""
+
+    since_ms: int
+    until_ms: int
+
+
+class Status(StrEnum):
+    DELIVERED = "delivered"
+    SKIPPED = "skipped"  # nothing to do: already delivered, tenant disabled, application not wanted
+    DAMAGED = "damaged"  # the readable part was delivered; the rest of the body cannot be read
+    FAILED = "failed"
+
+
+@dataclass
+class ObjectResult:
+    key: str
+    status: Status = Status.DELIVERED
+    reason: str = ""
+    recoverable: bool = False
+    tenant: str = ""
+    application: str = ""
+    etag: str = ""
+    bytes_read: int = 0
+    lines_malformed: int = 0
+    timestamps_defaulted: int = 0
+    events_decoded: int = 0
+    events_filtered: int = 0
+    events_split: int = 0
+    events_delivered: int = 0
+    events_rejected_too_old: int = 0
+    events_rejected_too_new: int = 0
+    events_rejected_expired: int = 0
+    streams: list[str] = field(default_factory=list)
+    malformed_samples: list[tuple[int, str]] = field(default_factory=list)
+    delivered_at: float = 0.0
+    last_modified: float = 0.0
+
+    @property
+    def events_rejected(self) -> int:
+        return self.events_rejected_too_old + self.events_rejected_too_new + self.events_rejected_expired
+
+    @property
+    def acknowledged(self) -> bool:
+        """Whether the work is durably done: delivered, or failed in a way a retry cannot fix."""
+        return not (self.status is Status.FAILED and self.recoverable)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = str(self.status)
+        return d
+
+    def fail(self, reason: str, recoverable: bool) -> ObjectResult:
+        self.status, self.reason, self.recoverable = Status.FAILED, reason, recoverable
+        return self
+
+
+class Deliverer:
+    """Delivers objects to their tenants' CloudWatch, one at a time, through one sink."""
+
+    def __init__(
+        self,
+        tenants: TenantDirectory,
+        sink: Sink,
+        ledger: Ledger | None = None,
+        *,
+        s3: Any | None = None,
+        window: TimeWindow | None = None,
+        redeliver: bool = False,
+        source: str = "consumer",
+        throttle: Callable[[str, int], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tenants = tenants
+        self.sink = sink
+        self.ledger = ledger
+        self._s3 = s3
+        self.window = window
+        self.redeliver = redeliver
+        self.source = source
+        self._throttle = throttle
+        self._clock = clock
+
+    @property
+    def s3(self) -> Any:
+        if self._s3 is None:
+            self._s3 = aws.client("s3")
+        return self._s3
+
+    def deliver(self, ref: ObjectRef, *, commit: bool = True) -> ObjectResult:
+        """Deliver one object. Never raises for a bad object: the result says what happened and why.
+
+        With commit=False the ledger is not written; the caller flushes the sink and calls commit(),
+        for sinks (Vector) that only know an object is durable once the whole process has drained.
+        """
+        result = ObjectResult(key=ref.key, etag=(ref.etag or "").strip('"'))
+        try:
+            parsed = parse_key(ref.key)
+        except InvalidKeyError as exc:
+            return result.fail(exc.reason, recoverable=False)
+        result.tenant, result.application = parsed.tenant, parsed.application
+        try:
+            tenant = self.tenants.get(parsed.tenant)
+        except NonRecoverableError as exc:
+            return result.fail(exc.reason, recoverable=False)
+        except (ClientError, BotoCoreError) as exc:
+            return result.fail(f"tenant config lookup failed: {aws.error_code(exc) or exc}", recoverable=True)
+        skip = self._skip_reason(tenant, parsed, ref)
+        if skip:
+            result.status, result.reason = Status.SKIPPED, skip
+            return result
+        try:
+            self._deliver_body(ref, parsed, tenant, result)
+        except DeliveryError as exc:
+            return result.fail(exc.reason, exc.recoverable)
+        except (ClientError, BotoCoreError) as exc:
+            return result.fail(f"{type(exc).__name__}: {aws.error_code(exc) or exc}", recoverable=True)
+        if commit:
+            self.commit(result)
+        return result
+
+    def commit(self, result: ObjectResult) -> None:
+        """Record a delivered (or damaged) object in the ledger; a failed write makes the result recoverable."""
+        if self.ledger is None or result.status not in (Status.DELIVERED, Status.DAMAGED):
+            return
+        entry = LedgerEntry(
+            tenant_id=result.tenant,
+            object_key=result.key,
+            etag=result.etag,
+            events_delivered=result.events_delivered,
+            events_rejected=result.events_rejected,
+            damaged=result.reason if result.status is Status.DAMAGED else "",
+            source=self.source,
+            delivered_at=self._clock(),
+        )
+        try:
+            self.ledger.record(entry)
+        except (ClientError, BotoCoreError) as exc:
+            result.fail(f"delivered, but the ledger write failed ({aws.error_code(exc) or exc})", recoverable=True)
+
+    def _skip_reason(self, tenant: TenantConfig, parsed: ObjectKey, ref: ObjectRef) -> str:
+        if not tenant.enabled:
+            return f"tenant {tenant.tenant_id!r} is disabled"
+        if not tenant.wants(parsed.application):
+            return f"application {parsed.application!r} is not in the tenant's desired_logs"
+        if (
+            self.ledger is not None
+            and not self.redeliver
+            and self.ledger.is_delivered(tenant.tenant_id, ref.key, ref.etag)
+        ):
+            return "already delivered (ledger)"
+        return ""
+
+    def _deliver_body(self, ref: ObjectRef, parsed: ObjectKey, tenant: TenantConfig, result: ObjectResult) -> None:
+        try:
+            obj = self.s3.get_object(Bucket=ref.bucket, Key=ref.key)
+        except ClientError as exc:
+            code = aws.error_code(exc)
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise NonRecoverableError(f"object no longer exists in s3://{ref.bucket}") from exc
+            raise DeliveryError(f"GetObject failed: {code}") from exc
+        result.etag = str(obj.get("ETag", result.etag)).strip('"')
+        last_modified: datetime | None = obj.get("LastModified") or ref.last_modified
+        fallback_ms = int(last_modified.timestamp() * 1000) if last_modified else int(self._clock() * 1000)
+        result.last_modified = fallback_ms / 1000
+
+        stats = DecodeStats(key=ref.key)
+        events = decode_events(obj["Body"], fallback_ms, stats)
+        if self.window is not None:
+            events = self._in_window(events, result)
+        streams = group_by_stream(events, parsed.application, parsed.pod)
+        result.bytes_read = stats.bytes_read
+        result.events_decoded = stats.events
+        result.lines_malformed = stats.lines_malformed
+        result.timestamps_defaulted = stats.timestamps_defaulted
+        result.malformed_samples = stats.samples
+
+        dest = Destination(tenant.tenant_id, tenant.role_arn, tenant.log_group, tenant.region)
+        now_ms = int(self._clock() * 1000)
+        sent = SinkResult()
+        for name in sorted(streams):
+            if len(name) > MAX_STREAM_NAME_CHARS:
+                raise NonRecoverableError(f"log stream name is over {MAX_STREAM_NAME_CHARS} characters")
+            prepared = prepare(streams.pop(name), now_ms)
+            result.events_split += prepared.split
+            sent.rejected_too_old += prepared.too_old
+            sent.rejected_too_new += prepared.too_new
+            if prepared.events:
+                if self._throttle is not None:
+                    self._throttle(tenant.tenant_id, len(prepared.events))
+                sent.add(self.sink.send(dest, name, prepared.events))
+            result.streams.append(name)
+        result.events_delivered = sent.delivered
+        result.events_rejected_too_old = sent.rejected_too_old
+        result.events_rejected_too_new = sent.rejected_too_new
+        result.events_rejected_expired = sent.rejected_expired
+        result.delivered_at = self._clock()
+        if stats.damaged:
+            result.status, result.reason = Status.DAMAGED, stats.damaged
+
+    def _in_window(self, events: Any, result: ObjectResult) -> Any:
+        assert self.window is not None
+        lo, hi = self.window.since_ms, self.window.until_ms
+        for ev in events:
+            if lo <= ev[0] < hi:
+                yield ev
+            else:
+                result.events_filtered += 1
