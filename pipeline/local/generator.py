@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import gzip
 import random
-import re
 import time
 import uuid
 import zlib
@@ -52,6 +51,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from pipeline import timespec
 from pipeline.keys import DEFAULT_WRITE_SLACK, format_key
 from pipeline.records import MESSAGE_FIELD, vector_record
 
@@ -115,6 +115,8 @@ DEFAULT_MIX: Mapping[MessageKind, float] = {
 # Damaged objects need enough lines that truncation and garbage have something to cut into.
 DAMAGED_MIN_EVENTS = 20
 OVERSIZED_MESSAGE_BYTES = MIB + 4096
+STACK_TRACE_MIN_BYTES = 2048
+STACK_TRACE_MAX_BYTES = 8192
 
 
 class ExpectedEvent(NamedTuple):
@@ -140,7 +142,9 @@ class GeneratorConfig:
     pods_per_app: int = 1
     objects_per_pod: int = 1
     events_per_object: int = 10
-    message_bytes: int = 160  # mean message size in UTF-8 bytes (approximate: templates have a floor)
+    # Mean message size in UTF-8 bytes, over all kinds. Approximate, and a floor applies: an access-log line
+    # is ~200 bytes before padding, so small means come out larger.
+    message_bytes: int = 300
     max_message_bytes: int = 16 * 1024  # hard cap per message, stack traces included
     seed: int = 0
     # Share of events whose timestamp is an epoch number (half seconds, half milliseconds), not RFC 3339.
@@ -295,35 +299,17 @@ def timestamp_value(ns: int, style: str) -> tuple[str | int | float, int]:
     raise ValueError(f"unknown timestamp style {style!r}")
 
 
-_RELATIVE_RE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
 def parse_time(value: str | datetime | date, now: datetime | None = None) -> datetime:
-    """A UTC datetime from ISO 8601 (`2024-01-01`, `2024-01-01T06:00:00Z`), `now`, or a relative age.
+    """A UTC datetime from ISO 8601 (`2024-01-01`, `2024-01-01T06:00:00Z`), `now`, or an age (`6h`, `7d`).
 
-    Relative values (`90s`, `30m`, `6h`, `7d`, `2w`, optionally with a leading `-`) mean that long
-    before `now`. Naive values are taken as UTC, because log keys and timestamps are UTC.
+    Strings go to the project's one CLI time parser, `pipeline.timespec.parse_time`, so the generator and
+    the replay job read `--since` the same way. Datetimes and dates pass through (naive ones as UTC).
     """
-    now = (now or datetime.now(UTC)).astimezone(UTC)
     if isinstance(value, datetime):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    text = value.strip()
-    if text.lower() == "now":
-        return now
-    m = _RELATIVE_RE.match(text.lower())
-    if m:
-        return now - timedelta(seconds=float(m.group(1)) * _UNIT[m.group(2)])
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"cannot read {value!r} as a time: use ISO 8601 (2024-01-01, 2024-01-01T06:00:00Z), "
-            "'now', or an age such as 90s, 30m, 6h, 7d, 2w"
-        ) from None
-    return parse_time(parsed, now)
+    return timespec.parse_time(value, now).astimezone(UTC)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -470,13 +456,18 @@ class MessageFactory:
         kinds = [k for k, w in cfg.mix.items() if w > 0]
         self._kinds = [MessageKind(k) for k in kinds]
         self._weights = [cfg.mix[k] for k in kinds]
+        # message_bytes is the mean over *all* messages. Stack traces are multi-KB whatever the mean, so the
+        # other kinds aim lower to make up for them (never below a small floor).
+        share = cfg.mix.get(MessageKind.STACK_TRACE, 0.0) / sum(self._weights)
+        trace_mean = min(cfg.max_message_bytes, (STACK_TRACE_MIN_BYTES + STACK_TRACE_MAX_BYTES) // 2)
+        self._mean = max(32.0, (cfg.message_bytes - share * trace_mean) / (1 - share) if share < 1 else 32.0)
 
     def kind(self) -> MessageKind:
         return self.rng.choices(self._kinds, self._weights)[0]
 
     def target_bytes(self) -> int:
         # Log sizes are long-tailed: exponential around the mean, capped.
-        return max(1, min(self.cfg.max_message_bytes, int(self.rng.expovariate(1 / self.cfg.message_bytes))))
+        return max(1, min(self.cfg.max_message_bytes, int(self.rng.expovariate(1 / self._mean))))
 
     def make(self, kind: MessageKind, ns: int, app: str) -> Any:
         """A message of `kind` for an event at `ns`. Strings never exceed max_message_bytes."""
@@ -493,21 +484,16 @@ class MessageFactory:
             case MessageKind.KLOG:
                 msg = self._klog(ns, target)
             case MessageKind.STACK_TRACE:
-                floor = min(self.cfg.max_message_bytes, self.rng.randint(2048, 8192))
-                msg = self._stack_trace(ns, max(target, floor), app)
+                size = self.rng.randint(STACK_TRACE_MIN_BYTES, STACK_TRACE_MAX_BYTES)
+                msg = self._stack_trace(ns, min(self.cfg.max_message_bytes, size), app)
             case MessageKind.UNICODE:
                 msg = self._unicode(target)
         return clip_utf8(msg, self.cfg.max_message_bytes) if isinstance(msg, str) else msg
 
     def filler(self, nbytes: int) -> str:
-        """ASCII words, about `nbytes` long."""
-        out: list[str] = []
-        size = 0
-        while size < nbytes:
-            w = self.rng.choice(_WORDS)
-            out.append(w)
-            size += len(w) + 1
-        return " ".join(out)[:nbytes]
+        """ASCII words, about `nbytes` long: a random slice of a fixed corpus (one RNG call, not one per
+        word, because benchmarks generate millions of messages)."""
+        return _corpus_slice(self.rng, _ASCII_CORPUS, nbytes)
 
     def _pad(self, text: str, target: int) -> str:
         missing = target - len(text.encode())
@@ -520,7 +506,8 @@ class MessageFactory:
             case 0:  # nginx combined access log
                 text = (
                     f"10.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(1, 255)} - - "
-                    f'[{t.day:02d}/{_MONTHS[t.month - 1]}/{t.strftime("%Y:%H:%M:%S")} +0000] "{r.choice(("GET", "POST", "PUT"))} '
+                    f"[{t.day:02d}/{_MONTHS[t.month - 1]}/{t.strftime('%Y:%H:%M:%S')} +0000] "
+                    f'"{r.choice(("GET", "POST", "PUT"))} '
                     f'{r.choice(_HTTP_PATHS)}/{r.randrange(10**6)} HTTP/1.1" {r.choice((200, 200, 201, 404, 502))} '
                     f'{r.randrange(50, 50_000)} "-" "{r.choice(_USER_AGENTS)}" rt={r.randrange(1, 3000) / 1000:.3f}'
                 )
@@ -573,47 +560,78 @@ class MessageFactory:
 
     def _stack_trace(self, ns: int, target: int, app: str) -> str:
         r = self.rng
-        lines: list[str]
         if r.random() < 0.5:
-            pkg = f"com.example.{app.replace('-', '')}"
-            lines = [
+            head = [
                 f"{_dt(ns).strftime('%Y-%m-%d %H:%M:%S')} ERROR 1 --- [nio-8080-exec-{r.randrange(1, 50)}] "
-                f"{pkg}.Controller : Request processing failed",
+                "{pkg}.Controller : Request processing failed",
                 f"{r.choice(_JAVA_EXC)}: {r.choice(_WORDS)} {r.choice(_WORDS)} failed",
             ]
-            size = sum(len(x) + 1 for x in lines)
-            while size < target:
-                if r.random() < 0.05:
-                    frame = f"Caused by: {r.choice(_JAVA_EXC)}: {r.choice(_WORDS)}"
-                else:
-                    cls = r.choice(("Service", "Repository", "Handler", "Filter", "Invoker"))
-                    frame = f"\tat {pkg}.{cls}.{r.choice(_WORDS)}({cls}.java:{r.randrange(20, 900)})"
-                lines.append(frame)
-                size += len(frame) + 1
-            lines.append(f"\t... {r.randrange(10, 90)} more")
+            frames, tail = _JAVA_FRAMES, f"\t... {r.randrange(10, 90)} more"
+            placeholder, value = "{pkg}", f"com.example.{app.replace('-', '')}"
         else:
-            lines = ["Traceback (most recent call last):"]
-            size = len(lines[0]) + 1
-            while size < target:
-                mod = r.choice(_WORDS)
-                frame = (
-                    f'  File "/app/{app.replace("-", "_")}/{mod}.py", line {r.randrange(1, 700)}, '
-                    f"in {r.choice(_WORDS)}\n    result = self.{r.choice(_WORDS)}(request, timeout=30)"
-                )
-                lines.append(frame)
-                size += len(frame) + 1
-            lines.append(r.choice(_PY_EXC))
-        return "\n".join(lines)
+            head = ["Traceback (most recent call last):"]
+            frames, tail = _PY_FRAMES, r.choice(_PY_EXC)
+            placeholder, value = "{mod}", app.replace("-", "_")
+        # Frames come from a prebuilt pool; only the application's package/path is filled in per trace.
+        frame_len = _avg_len(frames) + len(value) - len(placeholder)
+        n = max(1, (target - sum(map(len, head)) - len(tail)) // frame_len)
+        return "\n".join([*head, *r.choices(frames, k=n), tail]).replace(placeholder, value)
 
     def _unicode(self, target: int) -> str:
         r = self.rng
-        out = [r.choice(("INFO", "WARN", "ERROR")), r.choice(_UNICODE_WORDS)]
-        size = sum(len(x.encode()) + 1 for x in out)
-        while size < target:
-            w = r.choice(_UNICODE_WORDS) if r.random() < 0.7 else r.choice(_WORDS)
-            out.append(w)
-            size += len(w.encode()) + 1
-        return " ".join(out)
+        head = f"{r.choice(('INFO', 'WARN', 'ERROR'))} {r.choice(_UNICODE_WORDS)}"
+        # The corpus averages several UTF-8 bytes per character; slice by characters to land near `target`.
+        chars = max(1, int((target - len(head.encode())) / _UNICODE_BYTES_PER_CHAR))
+        return f"{head} {_corpus_slice(r, _UNICODE_CORPUS, chars)}"
+
+
+def _build_corpus(words: list[str], size: int, seed: str) -> str:
+    rng = random.Random(seed)
+    out: list[str] = []
+    total = 0
+    while total < size:
+        w = rng.choice(words)
+        out.append(w)
+        total += len(w) + 1
+    return " ".join(out)
+
+
+def _corpus_slice(rng: random.Random, corpus: str, n: int) -> str:
+    """About `n` characters of `corpus` from a random word boundary; repeats the corpus for huge `n`."""
+    if n >= len(corpus) // 2:
+        corpus = corpus * (n // len(corpus) + 2)
+    start = corpus.find(" ", rng.randrange(len(corpus) - n - 1)) + 1
+    return corpus[start : start + n].strip() or corpus.split(" ", 1)[0]
+
+
+def _frame_pool(rng: random.Random, java: bool) -> tuple[str, ...]:
+    classes = ("Service", "Repository", "Handler", "Filter", "Invoker", "Client", "Mapper")
+    frames: list[str] = []
+    for _ in range(256):
+        w = rng.choice(_WORDS).replace("-", "")
+        if java and rng.random() < 0.03:
+            frames.append(f"Caused by: {rng.choice(_JAVA_EXC)}: {w}")
+        elif java:
+            cls = rng.choice(classes)
+            frames.append(f"\tat {{pkg}}.{cls}.{w}({cls}.java:{rng.randrange(20, 900)})")
+        else:
+            frames.append(
+                f'  File "/app/{{mod}}/{w}.py", line {rng.randrange(1, 700)}, in {rng.choice(_WORDS)}\n'
+                f"    result = self.{rng.choice(_WORDS).replace('-', '_')}(request, timeout=30)"
+            )
+    return tuple(frames)
+
+
+def _avg_len(items: tuple[str, ...]) -> int:
+    return max(1, sum(len(x) + 1 for x in items) // len(items))
+
+
+# Fixed corpora, built once from fixed seeds: messages slice them instead of drawing word by word.
+_ASCII_CORPUS = _build_corpus(_WORDS, 256 * 1024, "ascii-corpus")
+_UNICODE_CORPUS = _build_corpus(_UNICODE_WORDS * 3 + _WORDS, 64 * 1024, "unicode-corpus")
+_UNICODE_BYTES_PER_CHAR = len(_UNICODE_CORPUS.encode()) / len(_UNICODE_CORPUS)
+_JAVA_FRAMES = _frame_pool(random.Random("java-frames"), java=True)
+_PY_FRAMES = _frame_pool(random.Random("python-frames"), java=False)
 
 
 def clip_utf8(text: str, max_bytes: int) -> str:
