@@ -64,7 +64,7 @@ def _check_segment(key: str, name: str, value: str, pattern: re.Pattern[str]) ->
         raise InvalidKeyError(key, f"empty {name} segment")
     if value in (".", ".."):
         raise InvalidKeyError(key, f"{name} segment is {value!r}")
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise InvalidKeyError(key, f"{name} segment {value[:80]!r} has characters or a length not allowed")
 
 
@@ -83,7 +83,7 @@ def parse_key(key: str) -> ObjectKey:
         raise InvalidKeyError(key, "contains an empty segment")
     cluster, tenant, application, pod = parts[:4]
     _check_segment(key, "cluster", cluster, NAME_SEGMENT_RE)
-    if not TENANT_ID_RE.match(tenant):
+    if not TENANT_ID_RE.fullmatch(tenant):
         raise InvalidKeyError(key, f"tenant {tenant[:80]!r} is not a valid namespace name")
     _check_segment(key, "application", application, NAME_SEGMENT_RE)
     _check_segment(key, "pod", pod, NAME_SEGMENT_RE)
