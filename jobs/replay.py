@@ -1,0 +1,119 @@
+"""Replay a tenant's logs from the central bucket into its CloudWatch Logs, on Ray.
+
+ray job submit -- python jobs/replay.py --tenant acme --since 2024-01-01
+python jobs/replay.py --tenant acme --since 6h --dry-run
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline import logs
+from pipeline.replay.job import SINKS, ReplayOptions, run
+from pipeline.settings import ConfigError, Settings
+from pipeline.timespec import HELP as TIME_HELP
+from pipeline.timespec import parse_time
+
+EXIT_FAILED_OBJECTS = 1
+EXIT_CONFIG = 3
+
+
+class TimeParam(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return parse_time(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    epilog=(
+        "Settings from the environment: S3_BUCKET_NAME, TENANT_CONFIG_TABLE, DELIVERY_LEDGER_TABLE, "
+        "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN, AWS_REGION, AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>), "
+        "AWS_PROFILE. Exit codes: 0 everything deliverable was delivered; 1 some objects failed (see the "
+        "report); 2 bad usage; 3 missing configuration."
+    ),
+)
+@click.option("--tenant", "tenants", multiple=True, required=True, help="Tenant (namespace) to replay. Repeatable.")
+@click.option("--since", required=True, type=TimeParam(), help=f"Start of the window: {TIME_HELP}.")
+@click.option("--until", default="now", show_default=True, type=TimeParam(), help="End of the window (exclusive).")
+@click.option("--cluster", "clusters", multiple=True, help="Only these clusters. Repeatable.")
+@click.option("--application", "applications", multiple=True, help="Only these applications. Repeatable.")
+@click.option("--pod", "pods", multiple=True, help="Only these pods. Repeatable.")
+@click.option("--bucket", envvar="S3_BUCKET_NAME", help="Central bucket. [default: $S3_BUCKET_NAME]")
+@click.option(
+    "--sink",
+    type=click.Choice(SINKS),
+    default="cloudwatch",
+    show_default=True,
+    help="cloudwatch: native PutLogEvents; vector: a supervised vector process per worker; "
+    "null: decode, batch and serialize but send nothing (throughput ceiling, no ledger writes).",
+)
+@click.option("--workers", type=click.IntRange(min=1), help="Ray workers (actors). [default: CPUs available]")
+@click.option("--dry-run", is_flag=True, help="Print the plan (volumes, work units, 14-day limit, ledger) and stop.")
+@click.option("--redeliver", is_flag=True, help="Ignore the ledger and deliver everything in the window again.")
+@click.option(
+    "--max-events-per-second",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Per-tenant rate limit shared by all workers, to leave the tenant's own CloudWatch quota room.",
+)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a JSON report.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar. [default: on a terminal only]")
+@click.option("--log-level", default="INFO", show_default=True, help="Structured log level (JSON on stderr).")
+def main(
+    tenants: tuple[str, ...],
+    since,  # type: ignore[no-untyped-def]
+    until,  # type: ignore[no-untyped-def]
+    clusters: tuple[str, ...],
+    applications: tuple[str, ...],
+    pods: tuple[str, ...],
+    bucket: str | None,
+    sink: str,
+    workers: int | None,
+    dry_run: bool,
+    redeliver: bool,
+    max_events_per_second: float | None,
+    report_path: Path | None,
+    progress: bool | None,
+    log_level: str,
+) -> None:
+    """Replay TENANT's logs written between --since and --until from the central S3 bucket into the
+    tenant's own CloudWatch Logs, skipping what the delivery ledger says is already there."""
+    logs.setup(log_level)
+    if until <= since:
+        raise click.BadParameter("--until must be after --since", param_hint="--until")
+    opts = ReplayOptions(
+        tenants=tenants,
+        since=since,
+        until=until,
+        clusters=clusters,
+        applications=applications,
+        pods=pods,
+        sink=sink,
+        workers=workers,
+        dry_run=dry_run,
+        redeliver=redeliver,
+        max_events_per_second=max_events_per_second,
+        report_path=report_path,
+        progress=progress,
+    )
+    settings = Settings.from_env().with_overrides(bucket=bucket)
+    try:
+        code = run(opts, settings)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

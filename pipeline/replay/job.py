@@ -1,0 +1,256 @@
+"""The replay job: list → plan → (dry run stops here) → deliver on Ray workers → report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from pipeline import aws
+from pipeline.delivery import TimeWindow
+from pipeline.errors import NonRecoverableError
+from pipeline.keys import DEFAULT_WRITE_SLACK, parse_key
+from pipeline.ledger import Ledger
+from pipeline.records import decode_events
+from pipeline.replay.listing import Listing, ListingFilter, list_window
+from pipeline.replay.plan import Plan, WorkUnit, make_plan
+from pipeline.replay.report import ReplayReport
+from pipeline.settings import Settings
+from pipeline.tenants import TenantConfig, TenantDirectory
+from pipeline.timespec import to_ms
+
+log = logging.getLogger("pipeline.replay")
+
+SINKS = ("cloudwatch", "vector", "null")
+IN_FLIGHT_PER_WORKER = 2  # one running, one queued: workers never idle, the driver never holds the window
+SAMPLE_OBJECTS = 3
+# Environment a worker on another node needs to reach the same endpoints; credentials are not forwarded
+# (on a cluster they come from the pod's own identity).
+FORWARDED_ENV_PREFIXES = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "VECTOR_BIN")
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    tenants: tuple[str, ...]
+    since: datetime
+    until: datetime
+    clusters: tuple[str, ...] = ()
+    applications: tuple[str, ...] = ()
+    pods: tuple[str, ...] = ()
+    sink: str = "cloudwatch"
+    workers: int | None = None
+    dry_run: bool = False
+    redeliver: bool = False
+    max_events_per_second: float | None = None
+    report_path: Path | None = None
+    slack: timedelta = DEFAULT_WRITE_SLACK
+    progress: bool | None = None  # None: only on a terminal
+
+
+def resolve_tenants(directory: TenantDirectory, tenant_ids: Sequence[str]) -> dict[str, TenantConfig | str]:
+    out: dict[str, TenantConfig | str] = {}
+    for t in tenant_ids:
+        try:
+            out[t] = directory.get(t)
+        except NonRecoverableError as exc:
+            out[t] = exc.reason
+    return out
+
+
+def estimate_events_per_byte(s3: Any, bucket: str, listing: Listing) -> float:
+    """Decode a few objects to estimate events per stored byte, for the plan's event estimate."""
+    sample = [objs[0] for objs in listing.pods.values()][:SAMPLE_OBJECTS]
+    events = size = 0
+    for o in sample:
+        body = s3.get_object(Bucket=bucket, Key=o.key)["Body"]
+        events += sum(1 for _ in decode_events(body, 0))
+        size += o.size
+    return events / size if size else 0.0
+
+
+def build_plan(opts: ReplayOptions, settings: Settings, workers: int) -> Plan:
+    s3 = aws.client("s3")
+    flt = ListingFilter(
+        tenants=opts.tenants,
+        since=opts.since,
+        until=opts.until,
+        clusters=opts.clusters,
+        applications=opts.applications,
+        pods=opts.pods,
+        slack=opts.slack,
+    )
+    listing = list_window(s3, settings.bucket, flt)
+    tenants = resolve_tenants(TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s), opts.tenants)
+    delivered: set[str] = set()
+    if not opts.redeliver and settings.ledger_table and opts.sink != "null":
+        ledger = Ledger(settings.ledger_table)
+        for tenant in opts.tenants:
+            objs = [(o.key, o.etag) for o in listing.objects if o.parsed.tenant == tenant]
+            delivered |= ledger.delivered_keys(tenant, objs)
+    per_byte = estimate_events_per_byte(s3, settings.bucket, listing)
+    return make_plan(listing, tenants, delivered, opts.since, opts.until, workers, datetime.now(UTC), per_byte)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1048576:,.1f} MiB"
+
+
+def render_plan(plan: Plan, opts: ReplayOptions, workers: int) -> str:
+    hours = (plan.until - plan.since).total_seconds() / 3600
+    lines = [
+        f"Replay plan for {', '.join(opts.tenants)}: {plan.since:%Y-%m-%dT%H:%M:%SZ} → {plan.until:%Y-%m-%dT%H:%M:%SZ}"
+        f" ({hours:,.1f} h), sink={opts.sink}, workers={workers}",
+        "",
+    ]
+    rows = [("tenant", "application", "objects", "bytes", "est. events", "already delivered")]
+    for (tenant, app), s in sorted(plan.by_tenant_app.items()):
+        rows.append(
+            (tenant, app, f"{s.objects:,}", _mib(s.bytes), f"{s.estimated_events:,}", f"{s.already_delivered:,}")
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    lines += [
+        "",
+        f"Objects listed: {plan.objects_listed:,} in {plan.list_calls:,} LIST calls",
+        f"To deliver: {plan.objects_to_deliver:,} objects ({_mib(plan.bytes_to_deliver)})"
+        f" in {len(plan.units)} work units",
+        f"Already delivered (ledger): {plan.skipped_ledger:,} objects"
+        + (" — ignored, --redeliver" if opts.redeliver else ""),
+    ]
+    if plan.undeliverable_fraction > 0:
+        lines.append(
+            f"WARNING: {plan.undeliverable_fraction:.0%} of the window is older than CloudWatch's 14-day limit "
+            f"({plan.undeliverable_objects:,} objects written then). Those events cannot be delivered; "
+            "they will be counted as events_rejected_too_old."
+        )
+    other_skips = [r for _, r in plan.skipped if r != "already delivered (ledger)"]
+    for reason in sorted(set(other_skips)):
+        lines.append(f"Skipped: {other_skips.count(reason):,} objects: {reason}")
+    reasons = [r for _, r in plan.failed]
+    for reason in sorted(set(reasons)):
+        lines.append(f"Cannot deliver: {reasons.count(reason):,} objects: {reason}")
+    return "\n".join(lines)
+
+
+def _ray_init() -> Any:
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": True}
+    if not os.environ.get("RAY_ADDRESS"):
+        # Plain `python jobs/replay.py`: start a local Ray, lean.
+        kwargs.update(include_dashboard=False, configure_logging=False)
+    ray.init(**kwargs)
+    return ray
+
+
+def _default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> int:
+    """Run one replay; returns the process exit code (0: all deliverable delivered, 1: some failed)."""
+    needed = ["bucket", "tenant_table"] + ([] if opts.sink == "null" else ["central_role_arn", "ledger_table"])
+    settings.require(*needed)
+    if opts.sink not in SINKS:
+        raise ValueError(f"unknown sink {opts.sink!r}")
+    workers = opts.workers or _default_workers()
+    plan = build_plan(opts, settings, workers)
+    print(render_plan(plan, opts, workers), file=out, flush=True)
+    report = ReplayReport(plan)
+    if not opts.dry_run and plan.units:
+        _deliver(plan, opts, settings, workers, report)
+    if opts.dry_run:
+        print("\nDry run: nothing was delivered.", file=out)
+        return report.exit_code
+    doc = report.to_dict()
+    print("\n" + report.summary_table(), file=out)
+    print(
+        f"\n{doc['objects_delivered']:,} objects, {doc['events_delivered']:,} events delivered in {doc['duration_s']}s "
+        f"({doc['events_per_s']:,.0f} events/s); {len(doc['objects_failed'])} objects failed",
+        file=out,
+    )
+    for f in doc["objects_failed"][:20]:
+        print(f"  FAILED {f['key']}: {f['reason']}", file=out)
+    if opts.report_path:
+        opts.report_path.parent.mkdir(parents=True, exist_ok=True)
+        opts.report_path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        print(f"Report written to {opts.report_path}", file=out)
+    return report.exit_code
+
+
+def _deliver(plan: Plan, opts: ReplayOptions, settings: Settings, workers: int, report: ReplayReport) -> None:
+    ray = _ray_init()
+    from pipeline.replay.workers import DeliveryWorker, RateLimiter
+
+    window = TimeWindow(to_ms(opts.since), to_ms(opts.until))
+    limiter = RateLimiter.remote(opts.max_events_per_second) if opts.max_events_per_second else None
+    n = min(workers, len(plan.units))
+    actors = [DeliveryWorker.remote(settings, opts.sink, window, opts.redeliver, limiter) for _ in range(n)]
+    queue = list(reversed(plan.units))
+    pending: dict[Any, tuple[Any, WorkUnit]] = {}
+    bar = _progress(plan, opts)
+    log.info("replay started", extra={"units": len(plan.units), "workers": n, "sink": opts.sink})
+
+    def submit(actor: Any) -> None:
+        unit = queue.pop()
+        pending[actor.run.remote(unit)] = (actor, unit)
+
+    for actor in actors:
+        for _ in range(IN_FLIGHT_PER_WORKER):
+            if queue:
+                submit(actor)
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            actor, unit = pending.pop(ref)
+            try:
+                results = ray.get(ref)
+            except Exception as exc:  # a worker that died twice, or a bug: the unit's objects failed
+                reason = f"worker failed on unit {unit.unit_id}: {type(exc).__name__}: {str(exc)[:300]}"
+                log.error("unit failed", extra={"unit": unit.unit_id, "reason": reason})
+                results = [
+                    {"key": o.key, "tenant": parse_key(o.key).tenant, "status": "failed", "reason": reason}
+                    for o in unit.objects
+                ]
+            for r in results:
+                report.add(r)
+            report.tick()
+            if bar is not None:
+                bar.update(unit.bytes)
+                bar.set_postfix(
+                    objects=report.objects_delivered,
+                    events=report.total("events_delivered"),
+                    ev_s=round(report.total("events_delivered") / max(1e-9, bar.format_dict["elapsed"])),
+                    failed=len(report.failed),
+                    refresh=False,
+                )
+            if queue:
+                submit(actor)
+    finally:
+        if bar is not None:
+            bar.close()
+        for actor in actors:
+            try:
+                ray.get(actor.close.remote(), timeout=30)
+            except Exception:  # closing is best effort; the job's outcome is already decided
+                log.warning("worker did not close cleanly")
+
+
+def _progress(plan: Plan, opts: ReplayOptions) -> Any:
+    show = sys.stderr.isatty() if opts.progress is None else opts.progress
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=plan.bytes_to_deliver, unit="B", unit_scale=True, desc="replay", file=sys.stderr)

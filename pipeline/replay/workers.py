@@ -1,0 +1,111 @@
+"""Replay workers: each owns one long-lived sink and the tenant credentials it has assumed.
+
+`UnitRunner` is plain Python (one work unit through one Deliverer); `DeliveryWorker` is the Ray actor
+that hosts it, and `RateLimiter` the actor that holds the per-tenant token buckets shared by all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import ray
+
+from pipeline.credentials import CredentialBroker
+from pipeline.delivery import Deliverer, ObjectRef, Status, TimeWindow
+from pipeline.errors import DeliveryError
+from pipeline.ledger import Ledger
+from pipeline.replay.plan import WorkUnit
+from pipeline.replay.ratelimit import TenantRateLimits
+from pipeline.settings import Settings
+from pipeline.sinks import make_sink
+from pipeline.tenants import TenantDirectory
+
+
+class UnitRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        sink_kind: str,
+        window: TimeWindow | None,
+        redeliver: bool = False,
+        throttle: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        if sink_kind == "null":
+            sink = make_sink("null")
+            ledger = None  # nothing is sent, so nothing may be recorded as delivered
+        else:
+            sink = make_sink(sink_kind, credentials=CredentialBroker(settings.central_role_arn))
+            ledger = Ledger(settings.ledger_table)
+        self.sink = sink
+        # Sinks that return before the data is durable (Vector) commit the ledger per unit, after a flush.
+        self._commit_each = sink_kind != "vector"
+        self.deliverer = Deliverer(
+            TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s),
+            sink,
+            ledger,
+            window=window,
+            redeliver=redeliver,
+            source="replay",
+            throttle=throttle,
+        )
+
+    def run(self, unit: WorkUnit) -> list[dict[str, Any]]:
+        results = []
+        for o in unit.objects:
+            ref = ObjectRef(self.settings.bucket, o.key, o.etag, o.size, datetime.fromtimestamp(o.last_modified, UTC))
+            results.append(self.deliverer.deliver(ref, commit=self._commit_each))
+        if not self._commit_each:
+            try:
+                self.sink.flush()
+            except DeliveryError as exc:
+                for r in results:
+                    if r.status in (Status.DELIVERED, Status.DAMAGED):
+                        r.fail(f"sink flush failed: {exc.reason}", recoverable=True)
+            for r in results:
+                self.deliverer.commit(r)
+        return [r.to_dict() for r in results]
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+@ray.remote(num_cpus=0)
+class RateLimiter:
+    def __init__(self, events_per_second: float) -> None:
+        self._limits = TenantRateLimits(events_per_second)
+
+    def reserve(self, tenant: str, n: int) -> float:
+        return self._limits.reserve(tenant, n, time.monotonic())
+
+
+# A worker that dies mid-unit is restarted once and the unit retried once; objects it had already
+# finished are in the ledger by then, so the retry sends only the rest.
+@ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)
+class DeliveryWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        sink_kind: str,
+        window: TimeWindow | None,
+        redeliver: bool,
+        limiter: Any | None = None,
+    ) -> None:
+        throttle = None
+        if limiter is not None:
+
+            def throttle(tenant: str, n: int) -> None:
+                wait = ray.get(limiter.reserve.remote(tenant, n))
+                if wait > 0:
+                    time.sleep(wait)
+
+        self._runner = UnitRunner(settings, sink_kind, window, redeliver, throttle)
+
+    def run(self, unit: WorkUnit) -> list[dict[str, Any]]:
+        return self._runner.run(unit)
+
+    def close(self) -> None:
+        self._runner.close()
