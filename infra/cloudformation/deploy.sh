@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Deploy the log delivery stacks in the order they depend on each other:
+#   1. -t global     central log distribution role            (once per central account)
+#   2. -t regional   core: bucket, KMS, SNS, tables, roles     (per region)
+#      --include-sqs     + queue and DLQ subscribed to the topic
+#      --include-lambda  + container-image Lambda on the queue (needs --include-sqs, --ecr-image-uri)
+#   3. -t customer   the tenant's CustomerLogDistribution role (in the tenant's account)
+#   4. -t cluster    IRSA roles for Vector and the consumer    (per Kubernetes cluster)
+#   5. -t replay     IRSA role for the KubeRay replay          (per Kubernetes cluster)
+# Later stacks read earlier stacks' outputs with describe-stacks; --dry-run prints the commands only.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+Usage: deploy.sh -t global|regional|customer|cluster|replay [options]
+  -t, --type TYPE              stack type (required)
+  -r, --region REGION          AWS region (default: $AWS_REGION, then us-east-1)
+  -e, --environment ENV        development|staging|production (default: $ENVIRONMENT, then development)
+  -p, --project NAME           project prefix (default: multi-tenant-logging)
+  -b, --template-bucket NAME   S3 bucket to upload templates through (large templates)
+      --central-role-arn ARN   global stack's CentralLogDistributionRoleArn (regional, customer)
+      --include-sqs            regional: also deploy the SQS stack
+      --include-lambda         regional: also deploy the Lambda stack (requires --include-sqs)
+      --ecr-image-uri URI      regional Lambda: the processor image in ECR
+      --cluster-name NAME      cluster, replay: short cluster name (cluster: add --include-sqs
+                               when the cluster runs the SQS consumer)
+      --oidc-provider HOST     cluster, replay: OIDC issuer without https://
+      --log-group-name NAME    customer: the log group to deliver into (default /logs/delivered)
+      --dry-run                print the aws commands, run nothing
+  -h, --help
+USAGE
+}
+
+die() { echo "deploy.sh: $*" >&2; exit 2; }
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TYPE="" REGION="${AWS_REGION:-us-east-1}" ENVIRONMENT="${ENVIRONMENT:-development}"
+PROJECT="multi-tenant-logging" TEMPLATE_BUCKET="" CENTRAL_ROLE_ARN=""
+INCLUDE_SQS=false INCLUDE_LAMBDA=false ECR_IMAGE_URI="" CLUSTER_NAME="" OIDC_PROVIDER=""
+LOG_GROUP_NAME="" DRY_RUN=false
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -t|--type) TYPE="${2:?}"; shift 2 ;;
+    -r|--region) REGION="${2:?}"; shift 2 ;;
+    -e|--environment) ENVIRONMENT="${2:?}"; shift 2 ;;
+    -p|--project) PROJECT="${2:?}"; shift 2 ;;
+    -b|--template-bucket) TEMPLATE_BUCKET="${2:?}"; shift 2 ;;
+    --central-role-arn) CENTRAL_ROLE_ARN="${2:?}"; shift 2 ;;
+    --include-sqs) INCLUDE_SQS=true; shift ;;
+    --include-lambda) INCLUDE_LAMBDA=true; shift ;;
+    --ecr-image-uri) ECR_IMAGE_URI="${2:?}"; shift 2 ;;
+    --cluster-name) CLUSTER_NAME="${2:?}"; shift 2 ;;
+    --oidc-provider) OIDC_PROVIDER="${2#https://}"; shift 2 ;;
+    --log-group-name) LOG_GROUP_NAME="${2:?}"; shift 2 ;;
+    --dry-run) DRY_RUN=true; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+done
+
+[[ -n "$TYPE" ]] || { usage >&2; die "-t is required"; }
+
+run() {
+  if $DRY_RUN; then printf '%q ' "$@"; echo; else "$@"; fi
+}
+
+# deploy STACK TEMPLATE [Key=Value ...]
+deploy() {
+  local stack="$1" template="$HERE/$2"; shift 2
+  local args=(aws cloudformation deploy --region "$REGION" --stack-name "$stack"
+    --template-file "$template" --capabilities CAPABILITY_NAMED_IAM --no-fail-on-empty-changeset
+    --tags "Project=$PROJECT" "Environment=$ENVIRONMENT")
+  [[ -n "$TEMPLATE_BUCKET" ]] && args+=(--s3-bucket "$TEMPLATE_BUCKET")
+  [[ $# -gt 0 ]] && args+=(--parameter-overrides "$@")
+  run "${args[@]}"
+}
+
+# output STACK KEY: an earlier stack's output (a placeholder in a dry run).
+output() {
+  if $DRY_RUN; then echo "<$1.$2>"; return; fi
+  local value
+  value="$(aws cloudformation describe-stacks --region "$REGION" --stack-name "$1" \
+    --query "Stacks[0].Outputs[?OutputKey=='$2'].OutputValue" --output text)"
+  [[ -n "$value" && "$value" != "None" ]] || die "stack $1 has no output $2: deploy it first"
+  echo "$value"
+}
+
+CORE_STACK="$PROJECT-$ENVIRONMENT-core"
+SQS_STACK="$PROJECT-$ENVIRONMENT-sqs"
+LAMBDA_STACK="$PROJECT-$ENVIRONMENT-lambda"
+
+case "$TYPE" in
+  global)
+    deploy "$PROJECT-global" global/central-log-distribution-role.yaml "ProjectName=$PROJECT"
+    ;;
+  regional)
+    [[ -n "$CENTRAL_ROLE_ARN" ]] || die "regional needs --central-role-arn (output of -t global)"
+    if $INCLUDE_LAMBDA; then
+      $INCLUDE_SQS || die "--include-lambda needs --include-sqs: the function reads the queue"
+      [[ -n "$ECR_IMAGE_URI" ]] || die "--include-lambda needs --ecr-image-uri"
+    fi
+    deploy "$CORE_STACK" regional/core-infrastructure.yaml \
+      "ProjectName=$PROJECT" "Environment=$ENVIRONMENT" "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN"
+    if $INCLUDE_SQS; then
+      topic_arn="$(output "$CORE_STACK" TopicArn)"
+      deploy "$SQS_STACK" regional/sqs-stack.yaml \
+        "ProjectName=$PROJECT" "Environment=$ENVIRONMENT" "TopicArn=$topic_arn"
+    fi
+    if $INCLUDE_LAMBDA; then
+      params=("ProjectName=$PROJECT" "Environment=$ENVIRONMENT" "EcrImageUri=$ECR_IMAGE_URI"
+        "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN")
+      for key in ProcessorRoleArn ProcessorRoleName BucketName TenantConfigTableName DeliveryLedgerTableName; do
+        value="$(output "$CORE_STACK" "$key")"
+        params+=("$key=$value")
+      done
+      value="$(output "$SQS_STACK" QueueArn)"
+      params+=("QueueArn=$value")
+      deploy "$LAMBDA_STACK" regional/lambda-stack.yaml "${params[@]}"
+    fi
+    ;;
+  customer)
+    [[ -n "$CENTRAL_ROLE_ARN" ]] || die "customer needs --central-role-arn (from the log delivery provider)"
+    params=("CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN")
+    [[ -n "$LOG_GROUP_NAME" ]] && params+=("LogGroupName=$LOG_GROUP_NAME")
+    deploy "$PROJECT-customer-$REGION" customer/customer-log-distribution-role.yaml "${params[@]}"
+    ;;
+  cluster)
+    [[ -n "$CLUSTER_NAME" && -n "$OIDC_PROVIDER" ]] || die "cluster needs --cluster-name and --oidc-provider"
+    params=("ProjectName=$PROJECT" "ClusterName=$CLUSTER_NAME" "OidcProvider=$OIDC_PROVIDER")
+    for key in S3WriterRoleArn DeliveryPolicyArn; do
+      value="$(output "$CORE_STACK" "$key")"
+      params+=("$key=$value")
+    done
+    if $INCLUDE_SQS; then  # the cluster runs the SQS consumer
+      value="$(output "$SQS_STACK" QueueConsumerPolicyArn)"
+      params+=("QueueConsumerPolicyArn=$value")
+    fi
+    deploy "$PROJECT-$ENVIRONMENT-cluster-$CLUSTER_NAME" cluster/cluster-iam-roles.yaml "${params[@]}"
+    ;;
+  replay)
+    [[ -n "$CLUSTER_NAME" && -n "$OIDC_PROVIDER" ]] || die "replay needs --cluster-name and --oidc-provider"
+    value="$(output "$CORE_STACK" DeliveryPolicyArn)"
+    deploy "$PROJECT-$ENVIRONMENT-replay-$CLUSTER_NAME" cluster/replay-role.yaml \
+      "ProjectName=$PROJECT" "ClusterName=$CLUSTER_NAME" "OidcProvider=$OIDC_PROVIDER" \
+      "DeliveryPolicyArn=$value"
+    ;;
+  *) die "unknown type $TYPE (global|regional|customer|cluster|replay)" ;;
+esac
