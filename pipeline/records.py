@@ -103,6 +103,8 @@ def _inflate(chunks: Iterator[bytes], stats: DecodeStats) -> Iterator[bytes]:
     object damaged, so the readable part is still delivered.
     """
     first = next(chunks, b"")
+    while len(first) < len(GZIP_MAGIC) and (more := next(chunks, b"")):  # a short first read
+        first += more
     if not first.startswith(GZIP_MAGIC):
         if first:
             yield first
