@@ -794,7 +794,8 @@ def _garbage_lines(cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random, k
     lines = [orjson.dumps(r) for r in records]
     n_garbage = max(2, len(lines) // 10)
     for _ in range(n_garbage):
-        lines.insert(rng.randint(0, len(lines)), rng.choice(GARBAGE_LINES))
+        # Never first: a body starting with "[1, 2" could be taken for a (broken) JSON array body.
+        lines.insert(rng.randint(1, len(lines)), rng.choice(GARBAGE_LINES))
     garbage = set(GARBAGE_LINES)
     invalid = tuple(i + 1 for i, line in enumerate(lines) if line in garbage)
     body = gzip_bytes(b"".join(line + b"\n" for line in lines))
