@@ -26,11 +26,13 @@ Damaged objects (`DamageKind`) are extra objects for error-path tests. What each
 | json_array | gzip of one JSON array of records | all | none |
 | garbage_lines | NDJSON with non-JSON lines mixed in | all records | the garbage lines |
 | oversized_line | NDJSON with one message over 1 MiB | all, the big one in full | none |
-| invalid_utf8 | NDJSON, one line with Latin-1 bytes | all but that line | that line |
+| invalid_utf8 | NDJSON, one line with Latin-1 bytes | all; that line's bad bytes as U+FFFD | none |
 
-A line with invalid UTF-8 is not JSON (RFC 8259 requires UTF-8, and orjson rejects it), so it is
-counted as an invalid line, never delivered with replacement characters. The truncated object's cut
-leaves no partial line that happens to parse, so "complete lines" is well defined.
+The invalid UTF-8 line follows the project decoder (`pipeline.records.decode_events`): a line that is
+valid JSON apart from its bytes is repaired, one U+FFFD per bad byte, and counted as repaired
+(`repaired_lines`), not as invalid. The truncated object's cut leaves no partial line that happens to
+parse, so "complete lines" is well defined; the cut-off last line is part of the damage, not an invalid
+line. Garbage is never the first line (a body starting with `[` reads as a JSON array).
 """
 
 from __future__ import annotations
@@ -665,6 +667,7 @@ class GeneratedObject:
     expected: list[ExpectedEvent]
     invalid_lines: tuple[int, ...] = ()  # 1-based line numbers a decoder must report as not JSON
     kinds: dict[str, int] = field(default_factory=dict)
+    repaired_lines: tuple[int, ...] = ()  # 1-based lines delivered with U+FFFD for invalid UTF-8 bytes
 
     @property
     def damage(self) -> DamageKind | None:
@@ -823,9 +826,11 @@ def _invalid_utf8(cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random, ke
     # The classic real case: a Latin-1 "café" written by a process that ignored the locale, plus 0xFF.
     marked = {**records[pos], MESSAGE_FIELD: f"caf{_INVALID_UTF8_MARK} au lait"}
     lines[pos] = orjson.dumps(marked).replace(b"\\u0000INVALID\\u0000", b"\xe9\xff")
-    del expected[pos]
+    # Repaired the way the decoder does it: decode with "replace" (one U+FFFD per bad byte), then parse.
+    repaired = orjson.loads(lines[pos].decode("utf-8", "replace"))
+    expected[pos] = ExpectedEvent(expected[pos].timestamp_ms, delivered_message(repaired))
     body = gzip_bytes(b"".join(line + b"\n" for line in lines))
-    return GeneratedObject(spec, key, body, len(records), expected, (pos + 1,), kinds)
+    return GeneratedObject(spec, key, body, len(records), expected, kinds=kinds, repaired_lines=(pos + 1,))
 
 
 _DAMAGE_BUILDERS: dict[DamageKind, Callable[[GeneratorConfig, ObjectSpec, random.Random, str], GeneratedObject]] = {
@@ -870,8 +875,9 @@ class ManifestObject:
     expected_count: int  # events delivery must produce
     expected: list[ExpectedEvent] | None  # None when the manifest keeps counts only
     damage: DamageKind | None = None
-    invalid_lines: tuple[int, ...] = ()
+    invalid_lines: tuple[int, ...] = ()  # 1-based line numbers a decoder must report as not JSON
     kinds: dict[str, int] = field(default_factory=dict)
+    repaired_lines: tuple[int, ...] = ()  # 1-based lines delivered with U+FFFD for invalid UTF-8 bytes
 
     @classmethod
     def of(cls, obj: GeneratedObject, etag: str, keep_events: bool) -> ManifestObject:
@@ -885,6 +891,7 @@ class ManifestObject:
             damage=obj.damage,
             invalid_lines=obj.invalid_lines,
             kinds=dict(obj.kinds),
+            repaired_lines=obj.repaired_lines,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -896,6 +903,7 @@ class ManifestObject:
             "expected_count": self.expected_count,
             "damage": self.damage.value if self.damage else None,
             "invalid_lines": list(self.invalid_lines),
+            "repaired_lines": list(self.repaired_lines),
             "kinds": self.kinds,
         }
         if self.expected is not None:
@@ -915,6 +923,7 @@ class ManifestObject:
             damage=DamageKind(d["damage"]) if d.get("damage") else None,
             invalid_lines=tuple(d.get("invalid_lines", ())),
             kinds=dict(d.get("kinds", {})),
+            repaired_lines=tuple(d.get("repaired_lines", ())),
         )
 
 

@@ -41,8 +41,9 @@ def message(rec: dict[str, Any]) -> str:
     return m if isinstance(m, str) else orjson.dumps(m).decode()
 
 
-def decode(body: bytes) -> tuple[list[tuple[int, str]], list[int]]:
-    """Delivered (timestamp_ms, message) pairs and invalid line numbers: gzip or plain, NDJSON or array."""
+def decode(body: bytes) -> tuple[list[tuple[int, str]], list[int], list[int]]:
+    """Delivered (timestamp_ms, message) pairs, invalid and repaired line numbers: gzip or plain, NDJSON or
+    a JSON array."""
     data = body
     if body[:2] == b"\x1f\x8b":
         d = zlib.decompressobj(wbits=31)
@@ -50,9 +51,10 @@ def decode(body: bytes) -> tuple[list[tuple[int, str]], list[int]]:
         if not d.eof:  # truncated: keep the complete lines
             data = data[: data.rfind(b"\n") + 1]
     if data.startswith(b"["):
-        return [(ts_ms(r["timestamp"]), message(r)) for r in orjson.loads(data)], []
+        return [(ts_ms(r["timestamp"]), message(r)) for r in orjson.loads(data)], [], []
     events: list[tuple[int, str]] = []
     invalid: list[int] = []
+    repaired: list[int] = []
     lines = data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
@@ -60,10 +62,15 @@ def decode(body: bytes) -> tuple[list[tuple[int, str]], list[int]]:
         try:
             rec = orjson.loads(line)
         except orjson.JSONDecodeError:
-            invalid.append(n)
-            continue
+            try:  # valid JSON apart from bad UTF-8 bytes: delivered with U+FFFD (the project's decoder rule)
+                line.decode("utf-8")
+                invalid.append(n)
+                continue
+            except UnicodeDecodeError:
+                rec = orjson.loads(line.decode("utf-8", "replace"))
+                repaired.append(n)
         events.append((ts_ms(rec["timestamp"]), message(rec)))
-    return events, invalid
+    return events, invalid, repaired
 
 
 def listing(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
@@ -101,10 +108,11 @@ def test_written_objects_match_the_manifest_exactly(local_aws: LocalEnvironment)
         assert head["ETag"] == entry.etag
         body = s3.get_object(Bucket=bucket, Key=entry.key)["Body"].read()
         assert len(body) == entry.size
-        events, invalid = decode(body)
+        events, invalid, repaired = decode(body)
         assert entry.expected is not None
         assert events == [tuple(e) for e in entry.expected], entry.damage
         assert tuple(invalid) == entry.invalid_lines
+        assert tuple(repaired) == entry.repaired_lines
         assert entry.expected_count == len(events)
         delivered += len(events)
     assert manifest.expected_count == delivered

@@ -70,8 +70,8 @@ def delivered(rec: dict[str, Any]) -> ExpectedEvent:
     return ExpectedEvent(ts_ms(rec["timestamp"]), msg if isinstance(msg, str) else orjson.dumps(msg).decode())
 
 
-def decode(body: bytes) -> tuple[list[ExpectedEvent], list[int], bool]:
-    """(events, invalid line numbers, truncated) for one object body."""
+def decode(body: bytes) -> tuple[list[ExpectedEvent], list[int], list[int], bool]:
+    """(events, invalid line numbers, repaired line numbers, truncated) for one object body."""
     truncated = False
     data = body
     if body[:2] == b"\x1f\x8b":
@@ -81,9 +81,10 @@ def decode(body: bytes) -> tuple[list[ExpectedEvent], list[int], bool]:
         if truncated:
             data = data[: data.rfind(b"\n") + 1]
     if data.lstrip().startswith(b"["):
-        return [delivered(r) for r in orjson.loads(data)], [], truncated
+        return [delivered(r) for r in orjson.loads(data)], [], [], truncated
     events: list[ExpectedEvent] = []
     invalid: list[int] = []
+    repaired: list[int] = []
     lines = data.split(b"\n")
     if lines[-1] == b"":  # the newline that ends the last record (or an empty body)
         lines.pop()
@@ -91,19 +92,32 @@ def decode(body: bytes) -> tuple[list[ExpectedEvent], list[int], bool]:
         try:
             rec = orjson.loads(line)
         except orjson.JSONDecodeError:
-            invalid.append(n)
-            continue
+            try:  # valid JSON apart from bad UTF-8 bytes: delivered with U+FFFD (the project's decoder rule)
+                line.decode("utf-8")
+                invalid.append(n)
+                continue
+            except UnicodeDecodeError:
+                rec = orjson.loads(line.decode("utf-8", "replace"))
+                repaired.append(n)
         events.append(delivered(rec))
-    return events, invalid, truncated
+    return events, invalid, repaired, truncated
 
 
 def records(obj: gen.GeneratedObject) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in gzip.decompress(obj.body).splitlines()]
 
 
+# Every damaged kind, more epoch timestamps than by default, and records without a message.
+DATASET: dict[str, Any] = {
+    "damaged": tuple(DamageKind),
+    "epoch_fraction": 0.2,
+    "mix": {**gen.DEFAULT_MIX, MessageKind.NO_MESSAGE: 0.03},
+}
+
+
 @pytest.fixture(scope="module")
 def dataset() -> list[gen.GeneratedObject]:
-    return list(gen.generate(config(damaged=tuple(DamageKind))))
+    return list(gen.generate(config(**DATASET)))
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +129,9 @@ def regular(dataset: list[gen.GeneratedObject]) -> list[gen.GeneratedObject]:
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(dataset: list[gen.GeneratedObject]) -> None:
-    again = list(gen.generate(config(damaged=tuple(DamageKind))))
+    again = list(gen.generate(config(**DATASET)))
     assert [(o.key, o.body, o.expected) for o in again] == [(o.key, o.body, o.expected) for o in dataset]
-    other = list(gen.generate(config(damaged=tuple(DamageKind), seed=1)))
+    other = list(gen.generate(config(**DATASET, seed=1)))
     assert {o.key for o in other}.isdisjoint({o.key for o in dataset})
     assert [o.body for o in other] != [o.body for o in dataset]
 
@@ -240,9 +254,10 @@ def test_clip_utf8_is_a_prefix_within_the_byte_budget(text: str, limit: int) -> 
 
 def test_expected_events_are_exactly_what_decoding_yields(dataset: list[gen.GeneratedObject]) -> None:
     for o in dataset:
-        events, invalid, _ = decode(o.body)
+        events, invalid, repaired, _ = decode(o.body)
         assert events == o.expected, (o.damage, o.key)
         assert tuple(invalid) == o.invalid_lines, o.damage
+        assert tuple(repaired) == o.repaired_lines, o.damage
 
 
 @FAST
@@ -270,8 +285,8 @@ def test_any_small_config_has_an_exact_manifest(
     )
     since_ms = SINCE_MS + 123
     for o in gen.generate(cfg):
-        events_, invalid, _ = decode(o.body)
-        assert events_ == o.expected and not invalid
+        events_, invalid, repaired, _ = decode(o.body)
+        assert events_ == o.expected and not invalid and not repaired
         assert len(o.expected) == events == o.events
         assert all(since_ms <= e.timestamp_ms <= o.spec.write_second * 1000 for e in o.expected)
         assert since <= o.spec.write_time <= cfg.until
@@ -303,7 +318,7 @@ def test_truncated_gzip_is_really_truncated(dataset: list[gen.GeneratedObject]) 
     o = by_damage(dataset)[DamageKind.TRUNCATED_GZIP]
     with pytest.raises(EOFError):
         gzip.decompress(o.body)
-    events, _, truncated = decode(o.body)
+    events, _, _, truncated = decode(o.body)
     assert truncated and 0 < len(events) == len(o.expected) < o.events
     # The partial last line must not parse, or "recoverable" would depend on the decoder.
     data = zlib.decompressobj(wbits=31).decompress(o.body)
@@ -339,18 +354,34 @@ def test_other_damaged_kinds(dataset: list[gen.GeneratedObject]) -> None:
 
     bad = d[DamageKind.INVALID_UTF8]
     lines = gzip.decompress(bad.body).split(b"\n")[:-1]
-    (n,) = bad.invalid_lines
+    (n,) = bad.repaired_lines
+    assert not bad.invalid_lines
     with pytest.raises(UnicodeDecodeError):
         lines[n - 1].decode("utf-8")
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(lines[n - 1])
     assert all(line.decode("utf-8") for i, line in enumerate(lines, 1) if i != n)
-    assert len(bad.expected) == bad.events - 1
+    assert len(bad.expected) == bad.events
+    assert bad.expected[n - 1].message == "caf\ufffd\ufffd au lait"
+
+
+def test_the_project_decoder_agrees_with_the_manifest(dataset: list[gen.GeneratedObject]) -> None:
+    # The consumer and replay decode with pipeline.records; a disagreement here is a contract question.
+    from pipeline.records import DecodeStats, decode_events
+
+    for o in dataset:
+        stats = DecodeStats()
+        assert list(decode_events(o.body, 0, stats)) == o.expected, o.damage
+        assert [n for n, _ in stats.samples] == list(o.invalid_lines), o.damage
+        assert stats.lines_repaired_utf8 == len(o.repaired_lines)
+        assert (stats.damaged is not None) == (o.damage is DamageKind.TRUNCATED_GZIP)
 
 
 # -- stdout lines, writing, time parsing ---------------------------------------------------------------------
 
 
 def test_iter_lines_are_the_regular_records_in_write_order(regular: list[gen.GeneratedObject]) -> None:
-    lines = list(gen.iter_lines(config(damaged=tuple(DamageKind))))
+    lines = list(gen.iter_lines(config(**DATASET)))
     assert len(lines) == sum(o.events for o in regular)
     recs = [orjson.loads(line) for line in lines]
     assert all(b"\n" not in line for line in lines)
