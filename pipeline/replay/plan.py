@@ -17,7 +17,7 @@ from pipeline.batching import MAX_AGE_MS
 from pipeline.replay.listing import ListedObject, Listing
 from pipeline.tenants import TenantConfig
 
-MIN_UNIT_BYTES = 4 * 1024 * 1024  # below this, per-unit overhead outweighs balance
+MIN_UNIT_BYTES = 256 * 1024  # below this, per-unit overhead outweighs balance
 UNITS_PER_WORKER = 4
 
 
