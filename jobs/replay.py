@@ -40,7 +40,8 @@ class TimeParam(click.ParamType):
         "Settings from the environment: S3_BUCKET_NAME, TENANT_CONFIG_TABLE, DELIVERY_LEDGER_TABLE, "
         "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN, AWS_REGION, AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>), "
         "AWS_PROFILE. Exit codes: 0 everything deliverable was delivered; 1 some objects failed (see the "
-        "report); 2 bad usage; 3 missing configuration."
+        "report); 2 bad usage; 3 missing configuration; 130 interrupted by SIGINT/SIGTERM after finishing the "
+        "objects in flight (run again to resume from the ledger)."
     ),
 )
 @click.option("--tenant", "tenants", multiple=True, required=True, help="Tenant (namespace) to replay. Repeatable.")

@@ -17,6 +17,7 @@ import orjson
 
 from pipeline.local.generator import DamageKind, GeneratorConfig, write_dataset
 from pipeline.local.provision import LocalEnvironment, provision
+from pipeline.local.readback import read_group
 from pipeline.local.server import MotoServer
 
 DEMO_TENANT = "acme"
@@ -30,23 +31,12 @@ def _banner(text: str) -> None:
 
 def _streams(env: LocalEnvironment, tenant_id: str) -> list[tuple[str, int, int, int, str]]:
     """(stream, events, first ms, last ms, a sample message) for every stream of a tenant's group."""
-    t = env.tenant(tenant_id)
-    logs = env.tenant_logs(tenant_id)
-    out = []
-    for page in logs.get_paginator("describe_log_streams").paginate(logGroupName=t.log_group):
-        for s in page["logStreams"]:
-            events = []
-            kwargs = {"logGroupName": t.log_group, "logStreamName": s["logStreamName"], "startFromHead": True}
-            while True:
-                resp = logs.get_log_events(**kwargs)
-                events.extend(resp["events"])
-                if not resp["events"] or resp["nextForwardToken"] == kwargs.get("nextToken"):
-                    break
-                kwargs["nextToken"] = resp["nextForwardToken"]
-            if events:
-                sample = events[0]["message"].splitlines()[0][:60]
-                out.append((s["logStreamName"], len(events), events[0]["timestamp"], events[-1]["timestamp"], sample))
-    return out
+    group = read_group(env.tenant_logs(tenant_id), env.tenant(tenant_id).log_group)
+    return [
+        (name, len(evs), evs[0][0], evs[-1][0], evs[0][1].splitlines()[0][:60])
+        for name, evs in sorted(group.items())
+        if evs
+    ]
 
 
 def _ms(ts: int) -> str:

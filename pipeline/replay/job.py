@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -196,12 +197,13 @@ def _deliver(plan: Plan, opts: ReplayOptions, settings: Settings, workers: int, 
     limiter = RateLimiter.remote(opts.max_events_per_second) if opts.max_events_per_second else None
     n = min(workers, len(plan.units))
     actors = [DeliveryWorker.remote(settings, opts.sink, window, opts.redeliver, limiter) for _ in range(n)]
-    queue = list(reversed(plan.units))
+    queue: list[WorkUnit] | None = list(reversed(plan.units))
     pending: dict[Any, tuple[Any, WorkUnit]] = {}
     bar = _progress(plan, opts)
     log.info("replay started", extra={"units": len(plan.units), "workers": n, "sink": opts.sink})
 
     def submit(actor: Any) -> None:
+        assert queue
         unit = queue.pop()
         pending[actor.run.remote(unit)] = (actor, unit)
 
@@ -209,9 +211,21 @@ def _deliver(plan: Plan, opts: ReplayOptions, settings: Settings, workers: int, 
         for _ in range(IN_FLIGHT_PER_WORKER):
             if queue:
                 submit(actor)
+    interrupt = _Interrupt()
     try:
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            if interrupt.requested and queue is not None:
+                # Stop taking new units and ask workers to stop between objects; what they finished is in
+                # the ledger, so a re-run resumes exactly from here.
+                log.warning("interrupted: finishing the objects in flight", extra={"signal": interrupt.signal})
+                for actor in actors:
+                    actor.stop.remote()
+                for unit in queue:
+                    report.add_interrupted(unit.objects)
+                queue = None
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            if not done:
+                continue
             ref = done[0]
             actor, unit = pending.pop(ref)
             try:
@@ -238,6 +252,8 @@ def _deliver(plan: Plan, opts: ReplayOptions, settings: Settings, workers: int, 
             if queue:
                 submit(actor)
     finally:
+        interrupt.restore()
+        report.interrupted = interrupt.requested
         if bar is not None:
             bar.close()
         for actor in actors:
@@ -245,6 +261,24 @@ def _deliver(plan: Plan, opts: ReplayOptions, settings: Settings, workers: int, 
                 ray.get(actor.close.remote(), timeout=30)
             except Exception:  # closing is best effort; the job's outcome is already decided
                 log.warning("worker did not close cleanly")
+
+
+class _Interrupt:
+    """SIGINT/SIGTERM ask for a clean stop instead of killing the driver mid-object."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal = 0
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:  # a second signal means "now"
+            raise KeyboardInterrupt
+        self.requested, self.signal = True, signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _progress(plan: Plan, opts: ReplayOptions) -> Any:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.replay.plan import LEDGER_SKIP, Plan
+from pipeline.keys import parse_key
+from pipeline.replay.plan import LEDGER_SKIP, ObjectSpec, Plan
+
+EXIT_INTERRUPTED = 130
+INTERRUPTED = "not attempted: the replay was interrupted"
 
 # Counters summed from each ObjectResult (pipeline.delivery) into the report, under the same names.
 EVENT_COUNTERS = (
@@ -26,6 +31,7 @@ EVENT_COUNTERS = (
 @dataclass
 class TenantTotals:
     objects_delivered: int = 0
+    interrupted: bool = False
     objects_skipped: int = 0
     objects_failed: int = 0
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVENT_COUNTERS, 0))
@@ -68,6 +74,11 @@ class ReplayReport:
             if status == "damaged":
                 self.damaged.append({"key": result["key"], "reason": result["reason"]})
 
+    def add_interrupted(self, objects: Iterable[ObjectSpec]) -> None:
+        """Account for planned objects that were never started because the replay was interrupted."""
+        for o in objects:
+            self.add({"key": o.key, "tenant": parse_key(o.key).tenant, "status": "skipped", "reason": INTERRUPTED})
+
     def tick(self) -> None:
         """Record a point of throughput over time, for the replay_report notebook."""
         self.timeline.append(
@@ -84,7 +95,9 @@ class ReplayReport:
 
     @property
     def exit_code(self) -> int:
-        """0 when everything deliverable was delivered; 1 when any object failed (see the report)."""
+        """0: everything deliverable was delivered; 1: some objects failed; 130: interrupted (re-run to resume)."""
+        if self.interrupted:
+            return EXIT_INTERRUPTED
         return 1 if self.failed else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +111,7 @@ class ReplayReport:
             "objects_skipped_ledger": sum(1 for s in self.skipped if s["reason"] == LEDGER_SKIP),
             "objects_skipped": self.skipped,
             "objects_delivered": self.objects_delivered,
+            "interrupted": self.interrupted,
             "objects_damaged": self.damaged,
             "objects_failed": self.failed,
             **{name: self.total(name) for name in EVENT_COUNTERS},

@@ -6,22 +6,28 @@ that hosts it, and `RateLimiter` the actor that holds the per-tenant token bucke
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 import ray
 
 from pipeline.credentials import CredentialBroker
-from pipeline.delivery import Deliverer, ObjectRef, Status, TimeWindow
+from pipeline.delivery import Deliverer, ObjectRef, ObjectResult, Status, TimeWindow
 from pipeline.errors import DeliveryError
+from pipeline.keys import parse_key
 from pipeline.ledger import Ledger
-from pipeline.replay.plan import WorkUnit
+from pipeline.replay.plan import ObjectSpec, WorkUnit
 from pipeline.replay.ratelimit import TenantRateLimits
+from pipeline.replay.report import INTERRUPTED
 from pipeline.settings import Settings
 from pipeline.sinks import make_sink
 from pipeline.tenants import TenantDirectory
+
+POD_THREADS = 8
 
 
 class UnitRunner:
@@ -41,8 +47,11 @@ class UnitRunner:
             sink = make_sink(sink_kind, credentials=CredentialBroker(settings.central_role_arn))
             ledger = Ledger(settings.ledger_table)
         self.sink = sink
+        self.stopping = threading.Event()
         # Sinks that return before the data is durable (Vector) commit the ledger per unit, after a flush.
         self._commit_each = sink_kind != "vector"
+        # One Vector process is fed through one stdin, so its pods are written from one thread.
+        self._threads = 1 if sink_kind == "vector" else POD_THREADS
         self.deliverer = Deliverer(
             TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s),
             sink,
@@ -54,10 +63,14 @@ class UnitRunner:
         )
 
     def run(self, unit: WorkUnit) -> list[dict[str, Any]]:
-        results = []
+        # Pods are independent streams, so they go in parallel: a worker's time is mostly spent waiting
+        # on S3 and CloudWatch. Within a pod, objects stay in order on one thread.
+        pods: dict[str, list[ObjectSpec]] = {}
         for o in unit.objects:
-            ref = ObjectRef(self.settings.bucket, o.key, o.etag, o.size, datetime.fromtimestamp(o.last_modified, UTC))
-            results.append(self.deliverer.deliver(ref, commit=self._commit_each))
+            pods.setdefault(o.key.rsplit("/", 1)[0], []).append(o)
+        with ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="pod") as pool:
+            per_pod = list(pool.map(self._run_pod, pods.values()))
+        results = [r for pod_results in per_pod for r in pod_results]
         if not self._commit_each:
             try:
                 self.sink.flush()
@@ -68,6 +81,19 @@ class UnitRunner:
             for r in results:
                 self.deliverer.commit(r)
         return [r.to_dict() for r in results]
+
+    def _run_pod(self, objects: list[ObjectSpec]) -> list[ObjectResult]:
+        bucket = self.settings.bucket
+        results = []
+        for o in objects:
+            if self.stopping.is_set():
+                # Stop between objects, never inside one: every object is either fully delivered and in
+                # the ledger, or not started, so a re-run resumes exactly where this one stopped.
+                results.append(ObjectResult(o.key, Status.SKIPPED, INTERRUPTED, tenant=parse_key(o.key).tenant))
+                continue
+            ref = ObjectRef(bucket, o.key, o.etag, o.size, datetime.fromtimestamp(o.last_modified, UTC))
+            results.append(self.deliverer.deliver(ref, commit=self._commit_each))
+        return results
 
     def close(self) -> None:
         self.sink.close()
@@ -83,8 +109,9 @@ class RateLimiter:
 
 
 # A worker that dies mid-unit is restarted once and the unit retried once; objects it had already
-# finished are in the ledger by then, so the retry sends only the rest.
-@ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)
+# finished are in the ledger by then, so the retry sends only the rest. `stop` runs in its own
+# concurrency group so it reaches a worker that is busy in `run`.
+@ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1, concurrency_groups={"control": 1})
 class DeliveryWorker:
     def __init__(
         self,
@@ -106,6 +133,10 @@ class DeliveryWorker:
 
     def run(self, unit: WorkUnit) -> list[dict[str, Any]]:
         return self._runner.run(unit)
+
+    @ray.method(concurrency_group="control")
+    def stop(self) -> None:
+        self._runner.stopping.set()
 
     def close(self) -> None:
         self._runner.close()
