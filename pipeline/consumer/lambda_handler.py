@@ -1,0 +1,82 @@
+"""Lambda mode: an SQS event source batch in, `batchItemFailures` out (CONTRACTS.md §6).
+
+Only the messages to retry are listed, so one bad message does not make the whole batch come back
+(the event source mapping needs `FunctionResponseTypes: [ReportBatchItemFailures]`). Non-recoverable
+failures are logged and acknowledged, exactly as in SQS mode. The Deliverer is built once per container
+(cold start) and reused across invocations, so the credential and tenant caches survive between them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pipeline import logs
+from pipeline.consumer.metrics import Metrics
+from pipeline.consumer.processor import MessageOutcome, MessageProcessor, build_deliverer
+from pipeline.settings import Settings
+
+log = logging.getLogger("pipeline.consumer.lambda")
+
+DEFAULT_WORKERS = 10  # the default SQS batch size for Lambda
+
+
+class LambdaRuntime:
+    def __init__(self, processor: MessageProcessor, workers: int = DEFAULT_WORKERS) -> None:
+        self.processor = processor
+        self.workers = workers
+
+    @classmethod
+    def from_settings(cls, settings: Settings, workers: int = DEFAULT_WORKERS) -> LambdaRuntime:
+        return cls(MessageProcessor(build_deliverer(settings), Metrics()), workers)
+
+    def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:
+        records = event.get("Records") if isinstance(event, dict) else None
+        if not isinstance(records, list):
+            # Not an SQS batch at all: nothing can be listed as failed, and raising would retry garbage.
+            log.error("lambda event has no Records list; nothing to do", extra={"event_keys": _keys(event)})
+            return {"batchItemFailures": []}
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(records)))) as pool:
+            outcomes = list(pool.map(self._one, records))
+        failures = [{"itemIdentifier": o.message_id} for o in outcomes if not o.acknowledged and o.message_id]
+        log.info(
+            "lambda batch done",
+            extra={"messages": len(records), "retry": len(failures), "outcomes": [o.outcome for o in outcomes]},
+        )
+        return {"batchItemFailures": failures}
+
+    def _one(self, record: Any) -> MessageOutcome:
+        if not isinstance(record, dict):
+            return self.processor.process("", "")
+        attrs = record.get("attributes") or {}
+        count = int(attrs.get("ApproximateReceiveCount", "0") or 0)
+        outcome = self.processor.process(record.get("body", ""), str(record.get("messageId", "")), count)
+        self.processor.metrics.messages.labels(outcome.outcome).inc()
+        return outcome
+
+
+def _keys(event: Any) -> list[str]:
+    return sorted(event)[:10] if isinstance(event, dict) else [type(event).__name__]
+
+
+_runtime: LambdaRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:
+    """The Lambda entry point (re-exported as `jobs.consumer.lambda_handler`)."""
+    global _runtime
+    if _runtime is None:
+        with _runtime_lock:
+            if _runtime is None:
+                logs.setup()
+                _runtime = LambdaRuntime.from_settings(Settings.from_env())
+    return _runtime.handle(event, context)
+
+
+def reset() -> None:
+    """Forget the cached runtime, so the next invocation reads its configuration again."""
+    global _runtime
+    _runtime = None

@@ -1,0 +1,172 @@
+"""One message end to end, and the acknowledge decision that SQS, Lambda and manual mode all share.
+
+A message is acknowledged (deleted, or left out of `batchItemFailures`) when every object it names is
+durably done: delivered and in the ledger, skipped (ledger, disabled tenant, filtered application), or
+failed in a way no retry can fix (malformed key, unknown tenant, a body that is not an S3 event).
+Anything recoverable leaves the whole message for redelivery; objects of it that did get delivered are
+in the ledger by then, so the retry skips them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline import aws
+from pipeline.consumer.events import InvalidMessageError, parse_body
+from pipeline.consumer.metrics import Metrics, object_status
+from pipeline.credentials import CredentialBroker
+from pipeline.delivery import Deliverer, ObjectResult, Status
+from pipeline.ledger import Ledger
+from pipeline.settings import ConfigError, Settings
+from pipeline.sinks import make_sink
+from pipeline.tenants import TenantDirectory
+
+log = logging.getLogger("pipeline.consumer")
+
+SINKS = ("cloudwatch", "null")
+
+
+@dataclass
+class MessageOutcome:
+    message_id: str
+    results: list[ObjectResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)  # message- or record-level, non-recoverable
+    error: str = ""  # an unexpected exception: the message is retried
+
+    @property
+    def acknowledged(self) -> bool:
+        return not self.error and all(r.acknowledged for r in self.results)
+
+    @property
+    def outcome(self) -> str:
+        """The `logdelivery_messages_total` label: delivered, ignored, rejected or retried."""
+        if not self.acknowledged:
+            return "retried"
+        if self.rejected or any(r.status is Status.FAILED for r in self.results):
+            return "rejected"
+        if not self.results:
+            return "ignored"
+        return "delivered"
+
+    @property
+    def failed(self) -> bool:
+        """Anything failed, recoverable or not (manual mode's exit status)."""
+        return bool(self.error or self.rejected or any(r.status is Status.FAILED for r in self.results))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "outcome": self.outcome,
+            "acknowledged": self.acknowledged,
+            "objects": [r.to_dict() for r in self.results],
+            "skipped": self.skipped,
+            "rejected": self.rejected,
+            "error": self.error,
+        }
+
+
+class MessageProcessor:
+    """Parses one SQS body and delivers the objects it names. Never raises: the outcome says it all.
+
+    Thread-safe as long as the Deliverer is; `build_deliverer` makes one that is (clients up front).
+    """
+
+    def __init__(self, deliverer: Deliverer, metrics: Metrics | None = None) -> None:
+        self.deliverer = deliverer
+        self.metrics = metrics or Metrics()
+
+    def process(self, body: str | bytes, message_id: str = "", receive_count: int = 0) -> MessageOutcome:
+        outcome = MessageOutcome(message_id)
+        ctx: dict[str, Any] = {"message_id": message_id, "receive_count": receive_count}
+        try:
+            parsed = parse_body(body)
+        except InvalidMessageError as exc:
+            outcome.rejected.append(exc.reason)
+            log.warning("message rejected: %s", exc.reason, extra={**ctx, "reason": exc.reason})
+            return outcome
+        except Exception as exc:  # a parser bug must not kill a worker; the queue's redrive takes over
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            log.exception("message parsing failed unexpectedly", extra=ctx)
+            return outcome
+        outcome.skipped, outcome.rejected = parsed.skipped, parsed.rejected
+        for reason in parsed.skipped:
+            log.info("event skipped: %s", reason, extra={**ctx, "reason": reason})
+        for reason in parsed.rejected:
+            log.warning("record rejected: %s", reason, extra={**ctx, "reason": reason})
+        for ref in parsed.refs:
+            start = time.monotonic()
+            try:
+                result = self.deliverer.deliver(ref)
+            except Exception as exc:  # deliver() never raises for a bad object; this is a bug or a crash
+                outcome.error = f"{type(exc).__name__}: {exc}"
+                log.exception("delivery raised unexpectedly", extra={**ctx, "object_key": ref.key})
+                return outcome
+            self.metrics.observe_object(result, time.monotonic() - start)
+            outcome.results.append(result)
+            _log_result(result, ctx, time.monotonic() - start)
+        return outcome
+
+
+def _log_result(result: ObjectResult, ctx: dict[str, Any], seconds: float) -> None:
+    status = object_status(result)
+    extra: dict[str, Any] = {
+        **ctx,
+        "object_key": result.key,
+        "tenant": result.tenant,
+        "application": result.application,
+        "status": status,
+        "reason": result.reason,
+        "events_delivered": result.events_delivered,
+        "events_rejected": result.events_rejected,
+        "lines_malformed": result.lines_malformed,
+        "duration_s": round(seconds, 3),
+    }
+    if result.delivered_at and result.last_modified:
+        extra["latency_s"] = round(result.delivered_at - result.last_modified, 3)
+    level = logging.INFO if status in ("delivered", "skipped") else logging.WARNING
+    text = f"object {status}" + (f": {result.reason}" if result.reason else "")
+    log.log(level, text, extra=extra)
+
+
+def build_deliverer(
+    settings: Settings,
+    *,
+    sink: str = "cloudwatch",
+    put_attempts: int | None = None,
+    redeliver: bool = False,
+) -> Deliverer:
+    """The Deliverer every consumer mode uses, with its AWS clients created up front.
+
+    Pool threads share it: the tenant directory and the credential broker lock their caches, botocore
+    clients are thread-safe, and creating the S3 and DynamoDB clients here (not lazily on first use)
+    avoids threads racing to build them. Raises ConfigError naming any missing env var.
+    """
+    settings.require("tenant_table", "central_role_arn", *(["ledger_table"] if sink != "null" else []))
+    ddb = aws.client("dynamodb")
+    tenants = TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s, client=ddb)
+    if sink == "null":
+        # Decode, route and batch, send nothing and write no ledger: reproducing a decode problem.
+        return Deliverer(tenants, make_sink("null"), None, s3=aws.client("s3"), redeliver=True, source="manual")
+    if sink != "cloudwatch":
+        raise ValueError(f"unknown sink {sink!r}: choose one of {', '.join(SINKS)}")
+    try:
+        broker = CredentialBroker(settings.central_role_arn)
+    except ValueError as exc:
+        raise ConfigError(f"CENTRAL_LOG_DISTRIBUTION_ROLE_ARN: {exc}") from exc
+    kwargs: dict[str, Any] = {"credentials": broker}
+    if put_attempts is not None:
+        from pipeline.sinks.cloudwatch import RetryPolicy
+
+        kwargs["retry"] = RetryPolicy(attempts=put_attempts)
+    return Deliverer(
+        tenants,
+        make_sink("cloudwatch", **kwargs),
+        Ledger(settings.ledger_table, client=ddb),
+        s3=aws.client("s3"),
+        redeliver=redeliver,
+        source="consumer",
+    )

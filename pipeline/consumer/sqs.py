@@ -1,0 +1,408 @@
+"""The long-running SQS consumer: long-poll, a bounded pool, visibility heartbeat, deletion and drain.
+
+Flow of one message:
+
+    receive ─► in-flight (heartbeat extends its visibility) ─► worker: process ─► delete   (acknowledged)
+                                                                              └─► release  (recoverable)
+
+- The poll loop only asks for as many messages as there are free workers, so nothing sits received but
+  idle in a local queue while its visibility runs down.
+- The heartbeat thread extends every in-flight message to the full visibility timeout, every
+  `heartbeat_interval` seconds, so an object that takes longer than the timeout is never handed to a
+  second consumer. A crashed consumer stops heartbeating and its messages come back after at most one
+  visibility timeout.
+- A recoverable failure sets the message's visibility to `retry_delay` and lets it come back; the queue's
+  redrive policy moves a poison message to the DLQ after maxReceiveCount receives. That is not our job.
+- SIGTERM: stop receiving, let workers finish until the drain deadline, then release (visibility 0)
+  whatever is still in flight so another pod picks it up at once, and return 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipeline import aws
+from pipeline.consumer.metrics import Metrics, MetricsServer
+from pipeline.consumer.processor import MessageOutcome, MessageProcessor, build_deliverer
+from pipeline.settings import ConfigError, Settings
+
+log = logging.getLogger("pipeline.consumer.sqs")
+
+SQS_MAX_MESSAGES = 10  # per ReceiveMessage and per ChangeMessageVisibilityBatch
+SQS_MAX_WAIT_S = 20
+SQS_MAX_VISIBILITY_S = 12 * 3600
+DEFAULT_HEARTBEAT_CAP_S = 60.0
+QUEUE_MISSING_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+
+
+@dataclass(frozen=True)
+class SqsOptions:
+    queue_url: str
+    workers: int = 8
+    max_messages: int = SQS_MAX_MESSAGES
+    wait_time_s: int = SQS_MAX_WAIT_S
+    visibility_timeout_s: int | None = None  # None: the queue's own VisibilityTimeout attribute
+    heartbeat_interval_s: float | None = None  # None: a third of the visibility timeout, at most 60 s
+    retry_delay_s: int = 60  # visibility given back to a message after a recoverable failure
+    drain_timeout_s: float = 45.0
+
+    def validate(self) -> None:
+        if not self.queue_url:
+            raise ConfigError("missing required setting(s): SQS_QUEUE_URL")
+        if self.workers < 1:
+            raise ConfigError("workers must be at least 1")
+        if not 1 <= self.max_messages <= SQS_MAX_MESSAGES:
+            raise ConfigError(f"max messages must be within 1..{SQS_MAX_MESSAGES}")
+        if not 0 <= self.wait_time_s <= SQS_MAX_WAIT_S:
+            raise ConfigError(f"poll wait must be within 0..{SQS_MAX_WAIT_S} s")
+        if not 0 <= self.retry_delay_s <= SQS_MAX_VISIBILITY_S:
+            raise ConfigError("retry delay must be within 0 s..12 h")
+        if self.drain_timeout_s < 0:
+            raise ConfigError("drain timeout must not be negative")
+
+
+@dataclass
+class InFlight:
+    message_id: str
+    receipt: str
+    body: str
+    receive_count: int
+    received_at: float = field(default_factory=time.monotonic)
+
+
+class SqsConsumer:
+    def __init__(
+        self,
+        processor: MessageProcessor,
+        sqs: Any,
+        options: SqsOptions,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        options.validate()
+        self.processor = processor
+        self.sqs = sqs
+        self.options = options
+        self.metrics = metrics or processor.metrics
+        self._clock = clock
+        self._stop = threading.Event()
+        self._stop_requested_at: float | None = None
+        self._heartbeat_stop = threading.Event()
+        self._inflight: dict[str, InFlight] = {}
+        self._cond = threading.Condition()  # guards _inflight; notified whenever a message finishes
+        # Held by a heartbeat round and by a release, so a heartbeat that snapshotted a message can never
+        # extend it again after a worker handed it back.
+        self._visibility_lock = threading.Lock()
+        self._slots = threading.Semaphore(options.workers)
+        self._work: queue.Queue[InFlight] = queue.Queue()
+        self.visibility_timeout_s = options.visibility_timeout_s or 0
+        self.heartbeat_interval_s = options.heartbeat_interval_s or 0.0
+        self.state = "starting"
+        self._last_loop = clock()
+
+    # -- control ------------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop receiving and start draining. Safe from a signal handler: it only sets flags."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = self._clock()
+        self._stop.set()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy unless the poll loop has stopped turning (a hung receive or a dead main thread)."""
+        idle = self._clock() - self._last_loop
+        # A receive may legitimately take the long-poll wait plus botocore's 60 s read timeout.
+        stalled = self.state == "running" and idle > self.options.wait_time_s + 90
+        with self._cond:
+            inflight = len(self._inflight)
+        detail = {"status": "stalled" if stalled else self.state, "inflight": inflight, "idle_s": round(idle, 1)}
+        return not stalled, detail
+
+    # -- main loop ----------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Consume until request_stop(), then drain. Returns the exit code (0)."""
+        self._resolve_timeouts()
+        for i in range(self.options.workers):
+            threading.Thread(target=self._worker, name=f"consumer-{i}", daemon=True).start()
+        heartbeat = threading.Thread(target=self._heartbeat, name="visibility-heartbeat", daemon=True)
+        heartbeat.start()
+        self.state = "running"
+        log.info(
+            "consumer started",
+            extra={
+                "queue_url": self.options.queue_url,
+                "workers": self.options.workers,
+                "wait_time_s": self.options.wait_time_s,
+                "visibility_timeout_s": self.visibility_timeout_s,
+                "heartbeat_interval_s": self.heartbeat_interval_s,
+                "retry_delay_s": self.options.retry_delay_s,
+                "drain_timeout_s": self.options.drain_timeout_s,
+            },
+        )
+        backoff = 0.0
+        while not self._stop.is_set():
+            self._last_loop = self._clock()
+            slots = self._take_slots()
+            if not slots:
+                continue
+            try:
+                messages = self._receive(slots)
+                backoff = 0.0
+            except (ClientError, BotoCoreError) as exc:
+                self._give_back_slots(slots)
+                self.metrics.sqs_errors.labels("ReceiveMessage").inc()
+                backoff = min(SQS_MAX_WAIT_S, max(1.0, backoff * 2))
+                log.warning(
+                    "receive failed, retrying in %.0f s: %s",
+                    backoff,
+                    aws.error_code(exc) or exc,
+                    extra={"error": str(exc)[:300]},
+                )
+                self._stop.wait(backoff)
+                continue
+            self._give_back_slots(slots - len(messages))
+            if self._stop.is_set():
+                # Received during the last long poll after SIGTERM: hand them straight back.
+                self._give_back_slots(len(messages))
+                self._release(messages, "received after the stop request")
+                break
+            for m in messages:
+                self._start(m)
+        self._drain()
+        self._heartbeat_stop.set()
+        self.state = "stopped"
+        return 0
+
+    def _resolve_timeouts(self) -> None:
+        if not self.visibility_timeout_s:
+            try:
+                attrs = self.sqs.get_queue_attributes(
+                    QueueUrl=self.options.queue_url, AttributeNames=["VisibilityTimeout"]
+                )["Attributes"]
+            except ClientError as exc:
+                if aws.error_code(exc) in QUEUE_MISSING_CODES:
+                    raise ConfigError(f"queue {self.options.queue_url} does not exist") from exc
+                raise
+            self.visibility_timeout_s = int(attrs["VisibilityTimeout"])
+        if self.visibility_timeout_s < 1:
+            raise ConfigError("the visibility timeout must be at least 1 s for a heartbeat to keep messages")
+        if not self.heartbeat_interval_s:
+            self.heartbeat_interval_s = min(DEFAULT_HEARTBEAT_CAP_S, self.visibility_timeout_s / 3)
+        if self.heartbeat_interval_s >= self.visibility_timeout_s:
+            # A beat that comes after the timeout ran out lets a second consumer take the message.
+            raise ConfigError(
+                f"heartbeat interval ({self.heartbeat_interval_s} s) must be shorter than the visibility "
+                f"timeout ({self.visibility_timeout_s} s); a third of it is a safe choice"
+            )
+
+    def _take_slots(self) -> int:
+        """Wait (≤ 1 s, to notice a stop) for one free worker, then take up to max_messages free ones."""
+        if not self._slots.acquire(timeout=1.0):
+            return 0
+        n = 1
+        while n < self.options.max_messages and self._slots.acquire(blocking=False):
+            n += 1
+        return n
+
+    def _give_back_slots(self, n: int) -> None:
+        for _ in range(n):
+            self._slots.release()
+
+    def _receive(self, n: int) -> list[dict[str, Any]]:
+        self.metrics.last_poll.set_to_current_time()
+        resp = self.sqs.receive_message(
+            QueueUrl=self.options.queue_url,
+            MaxNumberOfMessages=n,
+            WaitTimeSeconds=self.options.wait_time_s,
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+        )
+        messages: list[dict[str, Any]] = resp.get("Messages", [])
+        if messages:
+            self.metrics.messages_received.inc(len(messages))
+        return messages
+
+    def _start(self, message: dict[str, Any]) -> None:
+        entry = InFlight(
+            message_id=message["MessageId"],
+            receipt=message["ReceiptHandle"],
+            body=message.get("Body", ""),
+            receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", "0")),
+            received_at=self._clock(),
+        )
+        with self._cond:
+            self._inflight[entry.message_id] = entry
+            self.metrics.inflight.set(len(self._inflight))
+        self._work.put(entry)
+
+    # -- workers ------------------------------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            entry = self._work.get()
+            try:
+                self._handle(entry)
+            except Exception:  # keep the worker alive; the message comes back after its visibility runs out
+                log.exception("worker failed on a message", extra={"message_id": entry.message_id})
+            finally:
+                self._slots.release()
+
+    def _handle(self, entry: InFlight) -> None:
+        outcome: MessageOutcome = self.processor.process(entry.body, entry.message_id, entry.receive_count)
+        if outcome.acknowledged:
+            self._delete(entry, outcome)
+        else:
+            self._release([entry], "recoverable failure", self.options.retry_delay_s)
+            self.metrics.messages.labels("retried").inc()
+            log.warning(
+                "message left for redelivery",
+                extra={
+                    "message_id": entry.message_id,
+                    "receive_count": entry.receive_count,
+                    "retry_in_s": self.options.retry_delay_s,
+                    "reasons": [r.reason for r in outcome.results if not r.acknowledged] or [outcome.error],
+                },
+            )
+
+    def _delete(self, entry: InFlight, outcome: MessageOutcome) -> None:
+        if not self._forget(entry.message_id):
+            # Released at the drain deadline while we were still working. The work is done and in the
+            # ledger, so deleting is still right; if another consumer has it now, it will skip it.
+            log.info("finished a message after releasing it", extra={"message_id": entry.message_id})
+        try:
+            self.sqs.delete_message(QueueUrl=self.options.queue_url, ReceiptHandle=entry.receipt)
+        except (ClientError, BotoCoreError) as exc:
+            # The message comes back after its visibility timeout; the ledger makes that a skip.
+            self.metrics.sqs_errors.labels("DeleteMessage").inc()
+            log.warning("delete failed: %s", aws.error_code(exc) or exc, extra={"message_id": entry.message_id})
+        self.metrics.messages.labels(outcome.outcome).inc()
+
+    def _forget(self, message_id: str) -> bool:
+        with self._cond:
+            found = self._inflight.pop(message_id, None) is not None
+            self.metrics.inflight.set(len(self._inflight))
+            self._cond.notify_all()
+        return found
+
+    # -- visibility ---------------------------------------------------------------------------------------
+
+    def _release(self, entries: list[InFlight] | list[dict[str, Any]], why: str, visibility: int = 0) -> None:
+        """Hand messages back to the queue: visible again after `visibility` seconds."""
+        if not entries:
+            return
+        with self._visibility_lock:
+            handles: list[tuple[str, str]] = []
+            for e in entries:
+                if isinstance(e, InFlight):
+                    self._forget(e.message_id)
+                    handles.append((e.message_id, e.receipt))
+                else:
+                    handles.append((e["MessageId"], e["ReceiptHandle"]))
+            failed = self._change_visibility(handles, visibility, "release")
+        if visibility == 0:
+            self.metrics.messages.labels("released").inc(len(handles))
+            log.info(
+                "released %d message(s): %s",
+                len(handles),
+                why,
+                extra={"message_ids": [h[0] for h in handles], "failed": failed},
+            )
+
+    def _heartbeat(self) -> None:
+        while not self._heartbeat_stop.wait(self.heartbeat_interval_s):
+            try:
+                with self._visibility_lock:
+                    with self._cond:
+                        handles = [(e.message_id, e.receipt) for e in self._inflight.values()]
+                    if handles:
+                        failed = self._change_visibility(handles, self.visibility_timeout_s, "heartbeat")
+                        self.metrics.visibility_extensions.labels("ok").inc(len(handles) - len(failed))
+                        self.metrics.visibility_extensions.labels("failed").inc(len(failed))
+            except Exception:  # the heartbeat must outlive any single bad round
+                log.exception("visibility heartbeat round failed")
+
+    def _change_visibility(self, handles: list[tuple[str, str]], visibility: int, purpose: str) -> list[str]:
+        """ChangeMessageVisibilityBatch in chunks of 10; the message ids that could not be changed."""
+        failed: list[str] = []
+        for i in range(0, len(handles), SQS_MAX_MESSAGES):
+            chunk = handles[i : i + SQS_MAX_MESSAGES]
+            entries = [
+                {"Id": str(n), "ReceiptHandle": receipt, "VisibilityTimeout": visibility}
+                for n, (_, receipt) in enumerate(chunk)
+            ]
+            try:
+                resp = self.sqs.change_message_visibility_batch(QueueUrl=self.options.queue_url, Entries=entries)
+            except (ClientError, BotoCoreError) as exc:
+                self.metrics.sqs_errors.labels("ChangeMessageVisibilityBatch").inc()
+                log.warning("%s: visibility change failed: %s", purpose, aws.error_code(exc) or exc)
+                failed.extend(mid for mid, _ in chunk)
+                continue
+            for f in resp.get("Failed", []):
+                mid = chunk[int(f["Id"])][0]
+                failed.append(mid)
+                # Usually a message deleted between the snapshot and the call: harmless.
+                log.debug("%s: visibility change refused for %s: %s", purpose, mid, f.get("Code"))
+        return failed
+
+    # -- shutdown -----------------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        self.state = "draining"
+        started = self._stop_requested_at if self._stop_requested_at is not None else self._clock()
+        deadline = started + self.options.drain_timeout_s
+        with self._cond:
+            pending = len(self._inflight)
+        log.info("draining", extra={"inflight": pending, "drain_timeout_s": self.options.drain_timeout_s})
+        with self._cond:
+            while self._inflight and self._clock() < deadline:
+                self._cond.wait(max(0.0, min(1.0, deadline - self._clock())))
+            left = list(self._inflight.values())
+        if left:
+            # Out of time: give them back now so another consumer starts at once, not after the timeout.
+            self._release(left, "drain deadline reached")
+        log.info(
+            "drained",
+            extra={"released": len(left), "seconds": round(self._clock() - started, 3)},
+        )
+
+
+def install_signal_handlers(consumer: SqsConsumer) -> None:
+    """SIGTERM (Kubernetes) and SIGINT (a terminal) both start a drain."""
+
+    def on_signal(signum: int, frame: Any) -> None:
+        consumer.request_stop()  # flags only: logging from a signal handler can deadlock
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def serve(
+    settings: Settings,
+    options: SqsOptions,
+    *,
+    metrics_host: str = "0.0.0.0",
+    metrics_port: int = 8080,
+    put_attempts: int | None = None,
+) -> int:
+    """Run the SQS consumer with its metrics server until SIGTERM; the exit code. Raises ConfigError."""
+    options.validate()
+    metrics = Metrics()
+    processor = MessageProcessor(build_deliverer(settings, put_attempts=put_attempts), metrics)
+    consumer = SqsConsumer(processor, aws.client("sqs"), options, metrics)
+    install_signal_handlers(consumer)
+    server = MetricsServer(metrics, consumer.health, metrics_host, metrics_port).start()
+    try:
+        code = consumer.run()
+    finally:
+        server.stop()
+    log.info("consumer stopped", extra={"exit_code": code})
+    return code
