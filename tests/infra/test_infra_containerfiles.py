@@ -1,0 +1,120 @@
+"""Containerfiles: what each image must hold, checked from the files (no container engine here)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import pytest
+import yaml
+from infra_helpers import REPO, TEMPLATES, load_template
+
+CONTAINERS = REPO / "containers"
+
+
+def instructions(name: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", (CONTAINERS / name).read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            out.append((op.upper(), rest.strip()))
+    return out
+
+
+def stages(name: str) -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for op, rest in instructions(name):
+        if op == "FROM":
+            result.append([])
+        if result:
+            result[-1].append((op, rest))
+    return result
+
+
+def test_containerfiles_present() -> None:
+    assert {p.name for p in CONTAINERS.iterdir()} >= {
+        "Containerfile.collector",
+        "Containerfile.processor",
+        "Containerfile.ray",
+    }
+
+
+@pytest.mark.parametrize("name", ["Containerfile.collector", "Containerfile.processor", "Containerfile.ray"])
+def test_copy_sources_exist_in_the_build_context(name: str) -> None:
+    """Images build from the repository root (podman build -f containers/<file> .).
+
+    pyproject's readme is copied wherever the package is pip-installed (setuptools refuses to build
+    without it); its existence is the README owner's, and `make`'s own pip install fails without it."""
+    readme = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["readme"]
+    sources = []
+    for op, rest in instructions(name):
+        if op == "COPY" and "--from=" not in rest:
+            sources += [a for a in rest.split() if not a.startswith("--")][:-1]
+        if op == "RUN" and "pip install" in rest and "'.[" in rest:
+            assert readme in sources and "pyproject.toml" in sources, f"{name}: pip install . without its files"
+    assert sources
+    for src in sources:
+        assert src == readme or (REPO / src).exists(), f"{name}: COPY source {src} is not in the repository"
+
+
+def test_processor_copies_vector_from_the_collector_and_runs_as_non_root() -> None:
+    st = stages("Containerfile.processor")
+    collector_stage = st[0][0][1]
+    assert collector_stage.endswith("AS collector")
+    final = st[-1]
+    copies = [rest for op, rest in final if op == "COPY"]
+    assert any(c.startswith("--from=collector /usr/bin/vector ") for c in copies)
+    users = [rest for op, rest in final if op == "USER"]
+    assert users, "the final stage must set USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "numeric non-root uid, so runAsNonRoot can verify it"
+    # The Deployment runs the image with the same uid.
+    dep = yaml.safe_load((REPO / "k8s" / "consumer" / "deployment.yaml").read_text())
+    assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(uid)
+    entry = [rest for op, rest in final if op == "ENTRYPOINT"][-1]
+    assert entry == '["python", "-m", "jobs.consumer"]'
+    # Lambda runs the runtime interface client the image installs.
+    build = "\n".join(rest for op, rest in st[1] if op == "RUN")
+    assert "awslambdaric" in build and ".[consumer]" in build
+    fn = load_template(TEMPLATES["lambda"])["Resources"]["LogDistributorFunction"]["Properties"]
+    assert fn["ImageConfig"]["EntryPoint"] == ["python", "-m", "awslambdaric"]
+
+
+def test_collector_image_is_vector() -> None:
+    (st,) = stages("Containerfile.collector")
+    assert "timberio/vector:" in st[0][1]
+    assert [rest for op, rest in st if op == "ENTRYPOINT"] == ['["/usr/bin/vector"]']
+
+
+def test_ray_image_installs_the_replay_and_runs_as_the_ray_user() -> None:
+    (st,) = stages("Containerfile.ray")
+    assert "rayproject/ray:" in st[0][1]
+    assert any(op == "RUN" and ".[replay]" in rest for op, rest in st)
+    assert any(op == "COPY" and "jobs/" in rest for op, rest in st)
+    users = [rest for op, rest in st if op == "USER"]
+    assert users and users[-1] == "1000"
+    rc = yaml.safe_load((REPO / "k8s" / "kuberay" / "raycluster.yaml").read_text())
+    for group in [rc["spec"]["headGroupSpec"], *rc["spec"]["workerGroupSpecs"]]:
+        assert group["template"]["spec"]["securityContext"]["runAsUser"] == 1000
+
+
+def test_images_the_manifests_run_are_the_ones_built_here() -> None:
+    """The image names in the seed's build commands (podman build -t NAME) are the ones the manifests use."""
+    built = {}
+    for f in CONTAINERS.iterdir():
+        for file, image in re.findall(r"-f containers/(\S+) -t (\S+?):", f.read_text()):
+            if file == f.name:
+                built[file] = image
+    assert built == {
+        "Containerfile.collector": "log-collector",
+        "Containerfile.processor": "log-processor",
+        "Containerfile.ray": "log-replay-ray",
+    }
+    text = {p: p.read_text() for p in (REPO / "k8s").rglob("*.yaml")} | {
+        p: p.read_text() for p in (REPO / "collector").rglob("*.yaml")
+    }
+    images = {m for t in text.values() for m in re.findall(r"image: (\S+)", t)}
+    assert {i.split(":")[0] for i in images} - {"registry.k8s.io/kubectl"} == set(built.values())
