@@ -198,14 +198,17 @@ def test_consumer_deployment() -> None:
     assert {"containerPort": 8080, "name": "http"} in c["ports"]
     # 60 s grace: the consumer drains for 45 s and still has time to exit before SIGKILL.
     assert pod["terminationGracePeriodSeconds"] == 60
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert float(env["DRAIN_TIMEOUT_SECONDS"]) == 45  # jobs.consumer --drain-timeout
+    assert env["METRICS_PORT"] == "8080"
     assert pod_meta["annotations"] == {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": "8080",
         "prometheus.io/path": "/metrics",
     }
     assert c["args"] == ["--mode", "sqs"]
-    env = find(objs, "ConfigMap", c["envFrom"][0]["configMapRef"]["name"])["data"]
-    assert set(env) == {
+    env_cm = find(objs, "ConfigMap", c["envFrom"][0]["configMapRef"]["name"])["data"]
+    assert set(env_cm) == {
         "AWS_REGION",
         "S3_BUCKET_NAME",
         "TENANT_CONFIG_TABLE",
