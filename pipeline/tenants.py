@@ -54,7 +54,7 @@ def _bool(tenant_id: str, value: Any) -> bool:
 def validate(item: Mapping[str, Any]) -> TenantConfig:
     """A TenantConfig from a deserialized DynamoDB item, or TenantConfigError saying what is wrong."""
     tenant_id = item.get("tenant_id")
-    if not isinstance(tenant_id, str) or not TENANT_ID_RE.match(tenant_id):
+    if not isinstance(tenant_id, str) or not TENANT_ID_RE.fullmatch(tenant_id):
         raise TenantConfigError(f"tenant id {tenant_id!r} is not a valid namespace name")
     for name in REQUIRED_FIELDS:
         value = item.get(name)
@@ -121,7 +121,9 @@ class TenantDirectory:
         else:
             value = hit[1]
         if isinstance(value, TenantConfigError):
-            raise value
+            # One cached instance is raised again and again: drop the last caller's traceback first, or
+            # every raise chains more frames (and everything they hold) onto it until the entry expires.
+            raise value.with_traceback(None)
         return value
 
     def _load(self, tenant_id: str) -> TenantConfig | TenantConfigError:
