@@ -31,7 +31,6 @@ EVENT_COUNTERS = (
 @dataclass
 class TenantTotals:
     objects_delivered: int = 0
-    interrupted: bool = False
     objects_skipped: int = 0
     objects_failed: int = 0
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVENT_COUNTERS, 0))
@@ -47,6 +46,7 @@ class ReplayReport:
     damaged: list[dict[str, str]] = field(default_factory=list)
     timeline: list[dict[str, float]] = field(default_factory=list)
     objects_delivered: int = 0
+    interrupted: bool = False
 
     def __post_init__(self) -> None:
         for key, reason in self.plan.failed:
