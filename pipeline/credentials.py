@@ -21,7 +21,7 @@ from pipeline.aws import StaticCredentials
 from pipeline.errors import DeliveryError
 
 SESSION_NAME_MAX = 64
-_SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]")
+_SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]", re.ASCII)  # AWS's \w is ASCII only
 ROLE_SESSION_SECONDS = 3600  # the most a chained session may last
 REFRESH_MARGIN = timedelta(minutes=10)
 
