@@ -16,7 +16,7 @@ class TokenBucket:
     rate: float  # tokens per second
     burst: float
     tokens: float = 0.0
-    updated: float = 0.0
+    updated: float | None = None  # time of the last reservation; None before the first
 
     def __post_init__(self) -> None:
         if self.rate <= 0:
@@ -25,7 +25,7 @@ class TokenBucket:
 
     def reserve(self, n: float, now: float) -> float:
         """Take n tokens; return how long to wait before using them."""
-        if self.updated:
+        if self.updated is not None:
             self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         self.tokens -= n
