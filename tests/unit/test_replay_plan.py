@@ -1,0 +1,277 @@
+"""Replay planning: pods packed whole into balanced units, and the plan's skips, failures and 14-day share.
+
+Expectations are written from the plan's contract (CONTRACTS.md §1, §3, §5), not read back from the code:
+the 14-day limit is spelled out here, and balance is checked against the greedy (LPT) bound.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.keys import format_key, parse_key
+from pipeline.replay.listing import ListedObject, Listing
+from pipeline.replay.plan import LEDGER_SKIP, Plan, WorkUnit, make_plan, pack_units
+from pipeline.tenants import TenantConfig, validate
+
+NOW = datetime(2024, 6, 20, 12, 0, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+FOURTEEN_DAYS = timedelta(days=14)  # CloudWatch's age limit, written out on purpose
+MIN_UNIT = 256 * 1024
+PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def obj(
+    pod: str,
+    write_time: datetime,
+    size: int = 1000,
+    tenant: str = "acme",
+    app: str = "payment-service",
+    cluster: str = "prod-1",
+    uid: str | None = None,
+) -> ListedObject:
+    key = format_key(cluster, tenant, app, pod, write_time, uid)
+    return ListedObject(key, size, "etag-" + key[-8:], write_time, parse_key(key))
+
+
+def pod_objects(pod: str, sizes: list[int], start: datetime = NOW - DAY, **kw: str) -> list[ListedObject]:
+    """Objects of one pod in key (= write time) order, as the listing returns them."""
+    objs = [
+        obj(pod, start + timedelta(seconds=30 * i), size, uid=f"{i:08d}-0000-4000-8000-000000000000", **kw)
+        for i, size in enumerate(sizes)
+    ]
+    assert [o.key for o in objs] == sorted(o.key for o in objs)
+    return objs
+
+
+def prefix_of(o: ListedObject) -> str:
+    return o.key.rsplit("/", 1)[0] + "/"
+
+
+def listing_of(*pods: list[ListedObject], malformed: list[tuple[str, str]] | None = None) -> Listing:
+    return Listing(pods={prefix_of(objs[0]): objs for objs in pods}, malformed=list(malformed or []), list_calls=7)
+
+
+def tenant(tenant_id: str = "acme", **extra: object) -> TenantConfig:
+    return validate(
+        {
+            "tenant_id": tenant_id,
+            "log_distribution_role_arn": f"arn:aws:iam::111111111111:role/CustomerLogDistribution-{tenant_id}",
+            "log_group_name": f"/logs/{tenant_id}",
+            "target_region": "us-east-1",
+            **extra,
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pack_units
+
+pod_sizes = st.lists(st.lists(st.integers(0, 5_000_000), min_size=1, max_size=12), min_size=1, max_size=40)
+
+
+def build_pods(sizes: list[list[int]]) -> dict[str, list[ListedObject]]:
+    pods = {}
+    for i, objs in enumerate(sizes):
+        listed = pod_objects(f"pod-{i:03d}", objs)
+        pods[prefix_of(listed[0])] = listed
+    return pods
+
+
+def unit_of_key(units: list[WorkUnit]) -> dict[str, int]:
+    return {o.key: u.unit_id for u in units for o in u.objects}
+
+
+@PROPS
+@given(sizes=pod_sizes, workers=st.integers(1, 16))
+def test_every_object_is_in_exactly_one_unit(sizes: list[list[int]], workers: int) -> None:
+    pods = build_pods(sizes)
+    units = pack_units(pods, workers)
+    keys = [o.key for u in units for o in u.objects]
+    assert Counter(keys) == Counter(o.key for objs in pods.values() for o in objs)
+    assert len({u.unit_id for u in units}) == len(units)
+    for u in units:
+        assert u.objects, "a unit with nothing to do"
+        assert u.bytes == sum(o.size for o in u.objects)
+    # Size, ETag and LastModified travel with the key, so a worker needs no second lookup.
+    listed = {o.key: o for objs in pods.values() for o in objs}
+    for u in units:
+        for spec in u.objects:
+            src = listed[spec.key]
+            assert (spec.size, spec.etag, spec.last_modified) == (src.size, src.etag, src.last_modified.timestamp())
+
+
+@PROPS
+@given(sizes=pod_sizes, workers=st.integers(1, 16))
+def test_a_pod_stays_whole_and_in_key_order(sizes: list[list[int]], workers: int) -> None:
+    pods = build_pods(sizes)
+    units = pack_units(pods, workers)
+    where = unit_of_key(units)
+    for prefix, objs in pods.items():
+        assert len({where[o.key] for o in objs}) == 1, f"pod {prefix} split across units"
+        unit = next(u for u in units if u.unit_id == where[objs[0].key])
+        in_unit = [o.key for o in unit.objects if o.key.startswith(prefix)]
+        assert in_unit == [o.key for o in objs]
+
+
+@PROPS
+@given(sizes=pod_sizes, workers=st.integers(1, 16))
+def test_biggest_units_come_first(sizes: list[list[int]], workers: int) -> None:
+    units = pack_units(build_pods(sizes), workers)
+    assert [u.bytes for u in units] == sorted((u.bytes for u in units), reverse=True)
+
+
+@PROPS
+@given(
+    sizes=st.lists(st.lists(st.integers(10_000, 200_000), min_size=1, max_size=5), min_size=60, max_size=150),
+    workers=st.integers(1, 6),
+)
+def test_units_are_balanced_when_pods_are_small(sizes: list[list[int]], workers: int) -> None:
+    """Many pods, each small next to the unit target: greedy packing leaves any two units within one pod."""
+    pods = build_pods(sizes)
+    units = pack_units(pods, workers)
+    pod_bytes = [sum(o.size for o in objs) for objs in pods.values()]
+    total = sum(pod_bytes)
+    loads = [u.bytes for u in units]
+    # Greedy assignment (each pod to the lightest unit) bounds the spread by the biggest pod.
+    assert max(loads) - min(loads) <= max(pod_bytes)
+    # And the biggest unit is within that bound of a perfect split.
+    assert max(loads) <= total / len(units) + max(pod_bytes)
+    assert min(loads) > 0
+    # A window big enough to give every worker several units of the minimum size does so.
+    if total >= workers * 4 * MIN_UNIT:
+        assert len(units) >= workers
+
+
+def test_units_target_several_per_worker_for_a_big_window() -> None:
+    # 200 pods of 4 MiB: 800 MiB, far over the per-unit minimum, so each worker gets about four units.
+    pods = build_pods([[1 << 20] * 4 for _ in range(200)])
+    units = pack_units(pods, workers=5)
+    assert len(units) == 20
+    assert {u.bytes for u in units} == {10 * (4 << 20)}
+
+
+def test_tiny_windows_are_not_split_into_pointless_units() -> None:
+    pods = build_pods([[100] * 3 for _ in range(10)])
+    units = pack_units(pods, workers=8)
+    assert len(units) == 1
+    assert len(units[0].objects) == 30
+
+
+def test_no_pods_no_units() -> None:
+    assert pack_units({}, workers=4) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# make_plan
+
+
+def plan_for(
+    listing: Listing,
+    tenants: dict[str, TenantConfig | str],
+    delivered: set[str] | None = None,
+    since: datetime = NOW - DAY,
+    until: datetime = NOW,
+    events_per_byte: float = 0.0,
+) -> Plan:
+    return make_plan(listing, tenants, delivered or set(), since, until, 2, NOW, events_per_byte)
+
+
+def test_disabled_tenant_is_skipped_with_its_reason() -> None:
+    acme = pod_objects("api-1", [100, 200])
+    initech = pod_objects("api-1", [300], tenant="initech")
+    plan = plan_for(listing_of(acme, initech), {"acme": tenant(), "initech": tenant("initech", enabled=False)})
+    assert plan.skipped == [(o.key, "tenant 'initech' is disabled") for o in initech]
+    assert [o.key for u in plan.units for o in u.objects] == [o.key for o in acme]
+    assert plan.failed == []
+    assert ("initech", "payment-service") not in plan.by_tenant_app
+
+
+def test_desired_logs_filter_is_case_insensitive() -> None:
+    # The config says "Payment-Service"; the key says "payment-service", another app says "FrontEnd".
+    pay = pod_objects("pay-1", [10, 20], app="payment-service")
+    front = pod_objects("web-1", [30], app="FrontEnd")
+    other = pod_objects("chk-1", [40, 50], app="checkout")
+    cfg = tenant(desired_logs=["Payment-Service", "frontend"])
+    plan = plan_for(listing_of(pay, front, other), {"acme": cfg})
+    planned = {o.key for u in plan.units for o in u.objects}
+    assert planned == {o.key for o in pay + front}
+    assert plan.skipped == [(o.key, "application 'checkout' is not in the tenant's desired_logs") for o in other]
+    assert set(plan.by_tenant_app) == {("acme", "payment-service"), ("acme", "FrontEnd")}
+
+
+def test_unknown_tenant_fails_with_the_lookup_reason() -> None:
+    ghost = pod_objects("api-1", [1, 2, 3], tenant="ghost")
+    acme = pod_objects("api-1", [5])
+    reason = "unknown tenant 'ghost': no entry in tenant-configs"
+    plan = plan_for(listing_of(ghost, acme), {"acme": tenant(), "ghost": reason})
+    assert plan.failed == [(o.key, reason) for o in ghost]
+    assert plan.objects_to_deliver == 1
+
+
+def test_a_tenant_that_was_never_looked_up_fails_instead_of_vanishing() -> None:
+    stray = pod_objects("api-1", [1], tenant="stray")
+    plan = plan_for(listing_of(stray), {"acme": tenant()})
+    assert [k for k, _ in plan.failed] == [stray[0].key]
+    assert "stray" in plan.failed[0][1]
+    assert plan.units == []
+
+
+def test_malformed_keys_from_the_listing_are_failures_and_are_counted_as_listed() -> None:
+    acme = pod_objects("api-1", [1, 2])
+    bad = [("prod-1/acme//pod/x.json.gz", "contains an empty segment")]
+    plan = plan_for(listing_of(acme, malformed=bad), {"acme": tenant()})
+    assert plan.failed == bad
+    assert plan.objects_listed == 3
+    assert plan.list_calls == 7
+
+
+def test_ledger_delivered_keys_are_skipped_and_counted() -> None:
+    a = pod_objects("api-1", [100, 200, 300, 400])
+    b = pod_objects("api-2", [500, 600])
+    delivered = {a[0].key, a[2].key, b[0].key, b[1].key}
+    plan = plan_for(listing_of(a, b), {"acme": tenant()}, delivered)
+    assert sorted(k for k, r in plan.skipped if r == LEDGER_SKIP) == sorted(delivered)
+    assert plan.skipped_ledger == 4
+    # The pod whose objects were all delivered produces no work at all; the other keeps its order.
+    assert [o.key for u in plan.units for o in u.objects] == [a[1].key, a[3].key]
+    assert plan.bytes_to_deliver == 200 + 400
+    stats = plan.by_tenant_app[("acme", "payment-service")]
+    assert (stats.objects, stats.bytes, stats.already_delivered) == (6, 2100, 4)
+
+
+def test_event_estimate_scales_with_bytes() -> None:
+    a = pod_objects("api-1", [1000, 3000])
+    plan = plan_for(listing_of(a), {"acme": tenant()}, events_per_byte=0.01)
+    assert plan.by_tenant_app[("acme", "payment-service")].estimated_events == 40
+
+
+@pytest.mark.parametrize(
+    ("since_days_ago", "until_days_ago", "expected"),
+    [
+        (20, 16, 1.0),  # entirely older than 14 days
+        (10, 1, 0.0),  # entirely within the last 14 days
+        (16, 12, 0.5),  # straddling: 2 of its 4 days are too old
+        (15, 14, 1.0),  # ends exactly at the limit
+        (18, 13, 0.8),  # 4 of 5 days too old
+    ],
+)
+def test_share_of_the_window_older_than_14_days(since_days_ago: int, until_days_ago: int, expected: float) -> None:
+    since, until = NOW - since_days_ago * DAY, NOW - until_days_ago * DAY
+    plan = plan_for(listing_of(pod_objects("api-1", [1])), {"acme": tenant()}, since=since, until=until)
+    assert plan.undeliverable_fraction == pytest.approx(expected, abs=1e-9)
+
+
+def test_objects_written_before_the_14_day_limit_are_counted_as_undeliverable() -> None:
+    cutoff = NOW - FOURTEEN_DAYS
+    old = pod_objects("api-1", [1, 1, 1], start=cutoff - timedelta(minutes=5))  # 5 min, 4.5, 4 min before
+    new = pod_objects("api-2", [1, 1], start=cutoff + timedelta(seconds=1))
+    plan = plan_for(
+        listing_of(old, new), {"acme": tenant()}, since=cutoff - timedelta(hours=1), until=cutoff + timedelta(hours=1)
+    )
+    assert plan.undeliverable_objects == 3
+    assert plan.undeliverable_fraction == pytest.approx(0.5)
