@@ -43,14 +43,25 @@ def stream_name(application: str, pod: str, ts_ms: int) -> str:
 
 
 def group_by_stream(events: Iterable[Event], application: str, pod: str) -> dict[str, list[Event]]:
-    """Events of one pod, grouped into their log streams (by UTC day)."""
+    """Events of one pod, grouped into their log streams (by UTC day).
+
+    Called once per event, so the common case (the same day as the previous event) is two comparisons.
+    """
     by_day: dict[int, list[Event]] = {}
+    lo = hi = 0
+    append = None
     for ev in events:
-        day = ev[0] // DAY_MS
+        ts = ev[0]
+        if lo <= ts < hi:
+            append(ev)  # type: ignore[misc]
+            continue
+        day = ts // DAY_MS
         bucket = by_day.get(day)
         if bucket is None:
             bucket = by_day[day] = []
-        bucket.append(ev)
+        append = bucket.append
+        lo, hi = day * DAY_MS, (day + 1) * DAY_MS
+        append(ev)
     return {stream_name(application, pod, day * DAY_MS): evs for day, evs in by_day.items()}
 
 
