@@ -7,6 +7,7 @@ requests and read their parameters off the wire instead of trusting the broker's
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import threading
 import time
@@ -21,7 +22,8 @@ import pytest
 
 from pipeline import aws
 from pipeline.credentials import CredentialBroker
-from pipeline.local.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment
+from pipeline.local.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment, provision
+from pipeline.local.server import MotoServer
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +84,7 @@ class RecordingProxy:
                 conn.close()
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -91,9 +93,22 @@ class RecordingProxy:
             self._server.server_close()
 
 
+@pytest.fixture(scope="module")
+def stack(moto_server: MotoServer) -> Iterator[LocalEnvironment]:
+    """One provisioned stack for the module (these tests only read it), so it is set up once, not per test."""
+    moto_server.reset()
+    local = provision(moto_server.endpoint_url)
+    with pytest.MonkeyPatch.context() as mp:
+        for var in [v for v in os.environ if v.startswith("AWS_")]:
+            mp.delenv(var)
+        for k, v in local.env.items():
+            mp.setenv(k, v)
+        yield local
+
+
 @pytest.fixture
-def sts_proxy(local_aws: LocalEnvironment, monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingProxy]:
-    proxy = RecordingProxy(local_aws.endpoint_url).start()
+def sts_proxy(stack: LocalEnvironment, monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingProxy]:
+    proxy = RecordingProxy(stack.endpoint_url).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL_STS", proxy.url)
     yield proxy
     proxy.stop()
@@ -103,9 +118,9 @@ def group_names(logs: Any) -> set[str]:
     return {g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]}
 
 
-def test_double_hop_acts_in_the_tenants_own_account(local_aws: LocalEnvironment, sts_proxy: RecordingProxy) -> None:
-    acme, globex = local_aws.tenant("acme"), local_aws.tenant("globex")
-    broker = CredentialBroker(local_aws.settings.central_role_arn)
+def test_double_hop_acts_in_the_tenants_own_account(stack: LocalEnvironment, sts_proxy: RecordingProxy) -> None:
+    acme, globex = stack.tenant("acme"), stack.tenant("globex")
+    broker = CredentialBroker(stack.settings.central_role_arn)
 
     acme_logs = broker.client("logs", "acme", acme.role_arn, acme.region)
     assert group_names(acme_logs) == {"/logs/acme"}
@@ -123,7 +138,7 @@ def test_double_hop_acts_in_the_tenants_own_account(local_aws: LocalEnvironment,
     # On the wire: central first with the process's own key, then each tenant role signed by the central
     # session, with ExternalId = the central account id.
     first, *tenant_calls = sts_proxy.assumes()
-    assert first.params["RoleArn"] == local_aws.central_role_arn
+    assert first.params["RoleArn"] == stack.central_role_arn
     assert first.access_key == "testing"
     assert "ExternalId" not in first.params
     central_key = broker.central().access_key_id
@@ -137,9 +152,9 @@ def test_double_hop_acts_in_the_tenants_own_account(local_aws: LocalEnvironment,
     assert broker.sts_calls == 3
 
 
-def test_one_assume_per_role_across_many_calls(local_aws: LocalEnvironment, sts_proxy: RecordingProxy) -> None:
-    acme, globex = local_aws.tenant("acme"), local_aws.tenant("globex")
-    broker = CredentialBroker(local_aws.settings.central_role_arn)
+def test_one_assume_per_role_across_many_calls(stack: LocalEnvironment, sts_proxy: RecordingProxy) -> None:
+    acme, globex = stack.tenant("acme"), stack.tenant("globex")
+    broker = CredentialBroker(stack.settings.central_role_arn)
     acme_first = broker.client("logs", "acme", acme.role_arn, acme.region)
     for _ in range(50):
         assert broker.client("logs", "acme", acme.role_arn, acme.region) is acme_first
@@ -156,11 +171,11 @@ def test_one_assume_per_role_across_many_calls(local_aws: LocalEnvironment, sts_
     assert [c.params["RoleArn"] for c in sts_proxy.assumes()[3:]] == [acme.role_arn]
 
 
-def test_refresh_within_the_margin_of_expiry(local_aws: LocalEnvironment, sts_proxy: RecordingProxy) -> None:
-    acme = local_aws.tenant("acme")
+def test_refresh_within_the_margin_of_expiry(stack: LocalEnvironment, sts_proxy: RecordingProxy) -> None:
+    acme = stack.tenant("acme")
     offset = [timedelta(0)]
     broker = CredentialBroker(
-        local_aws.settings.central_role_arn,
+        stack.settings.central_role_arn,
         refresh_margin=timedelta(minutes=10),
         clock=lambda: datetime.now(UTC) + offset[0],
     )
@@ -178,9 +193,9 @@ def test_refresh_within_the_margin_of_expiry(local_aws: LocalEnvironment, sts_pr
     assert refreshed is not first
     assert broker.sts_calls == 4
     assert [c.params["RoleArn"] for c in sts_proxy.assumes()] == [
-        local_aws.central_role_arn,
+        stack.central_role_arn,
         acme.role_arn,
-        local_aws.central_role_arn,
+        stack.central_role_arn,
         acme.role_arn,
     ]
     assert group_names(refreshed) == {"/logs/acme"}
@@ -190,10 +205,10 @@ def test_refresh_within_the_margin_of_expiry(local_aws: LocalEnvironment, sts_pr
     assert broker.sts_calls == 4
 
 
-def test_concurrent_first_use_makes_two_sts_calls(local_aws: LocalEnvironment, sts_proxy: RecordingProxy) -> None:
-    acme = local_aws.tenant("acme")
+def test_concurrent_first_use_makes_two_sts_calls(stack: LocalEnvironment, sts_proxy: RecordingProxy) -> None:
+    acme = stack.tenant("acme")
     sts_proxy.delay_s = 0.2  # every thread misses the cache while the first AssumeRole is in flight
-    broker = CredentialBroker(local_aws.settings.central_role_arn)
+    broker = CredentialBroker(stack.settings.central_role_arn)
     barrier = threading.Barrier(20)
     creds: list[Any] = []
     errors: list[BaseException] = []
