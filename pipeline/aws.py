@@ -7,6 +7,7 @@ same code runs against AWS and against the embedded local stack.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -62,6 +63,9 @@ def client(
 ) -> Any:
     """A boto3 client for `service`, with the process's own or the given (assumed-role) credentials."""
     cfg = config or (LOGS_CONFIG if service == "logs" else DEFAULT_CONFIG)
+    # botocore reads AWS_DEFAULT_REGION but not AWS_REGION (CONTRACTS.md §7 names both; the k8s config maps
+    # set only AWS_REGION). None leaves the rest of botocore's chain (profile config) as it was.
+    region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None
     if credentials is None:
         return _default_session().client(service, region_name=region, config=cfg)
     session = boto3.Session(
