@@ -9,14 +9,16 @@ failures are logged and acknowledged, exactly as in SQS mode. The Deliverer is b
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline import logs
 from pipeline.consumer.metrics import Metrics
 from pipeline.consumer.processor import MessageOutcome, MessageProcessor, build_deliverer
-from pipeline.settings import Settings
+from pipeline.settings import ConfigError, Settings
 
 log = logging.getLogger("pipeline.consumer.lambda")
 
@@ -29,8 +31,16 @@ class LambdaRuntime:
         self.workers = workers
 
     @classmethod
-    def from_settings(cls, settings: Settings, workers: int = DEFAULT_WORKERS) -> LambdaRuntime:
-        return cls(MessageProcessor(build_deliverer(settings), Metrics()), workers)
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LambdaRuntime:
+        """Lambda has no command line: the same env vars as the CLI (CONSUMER_WORKERS, PUT_ATTEMPTS)."""
+        env = os.environ if env is None else env
+        settings = Settings.from_env(env)
+        try:
+            workers = int(env.get("CONSUMER_WORKERS") or DEFAULT_WORKERS)
+            put_attempts = int(env["PUT_ATTEMPTS"]) if env.get("PUT_ATTEMPTS") else None
+        except ValueError as exc:
+            raise ConfigError(f"CONSUMER_WORKERS and PUT_ATTEMPTS must be integers: {exc}") from exc
+        return cls(MessageProcessor(build_deliverer(settings, put_attempts=put_attempts), Metrics()), workers)
 
     def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:
         records = event.get("Records") if isinstance(event, dict) else None
@@ -72,7 +82,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, list[dict[s
         with _runtime_lock:
             if _runtime is None:
                 logs.setup()
-                _runtime = LambdaRuntime.from_settings(Settings.from_env())
+                _runtime = LambdaRuntime.from_env()
     return _runtime.handle(event, context)
 
 

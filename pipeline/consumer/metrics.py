@@ -41,7 +41,8 @@ class Metrics:
         self.messages_received = Counter("logdelivery_messages_received", "SQS messages received", registry=r)
         self.messages = Counter(
             "logdelivery_messages",
-            "Messages handled, by outcome: delivered (deleted), ignored (nothing to deliver, deleted), "
+            "Messages handled, by outcome: delivered (deleted), skipped (ledger, disabled tenant or filtered "
+            "application; deleted), ignored (no object in it, deleted), "
             "rejected (non-recoverable, deleted and reported), retried (left for redelivery), "
             "released (handed back at shutdown)",
             ["outcome"],

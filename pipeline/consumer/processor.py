@@ -43,13 +43,15 @@ class MessageOutcome:
 
     @property
     def outcome(self) -> str:
-        """The `logdelivery_messages_total` label: delivered, ignored, rejected or retried."""
+        """The `logdelivery_messages_total` label: delivered, skipped, ignored, rejected or retried."""
         if not self.acknowledged:
             return "retried"
         if self.rejected or any(r.status is Status.FAILED for r in self.results):
             return "rejected"
         if not self.results:
             return "ignored"
+        if all(r.status is Status.SKIPPED for r in self.results):
+            return "skipped"
         return "delivered"
 
     @property

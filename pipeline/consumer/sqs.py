@@ -394,6 +394,7 @@ def serve(
     put_attempts: int | None = None,
 ) -> int:
     """Run the SQS consumer with its metrics server until SIGTERM; the exit code. Raises ConfigError."""
+    settings.require("queue_url", "tenant_table", "ledger_table", "central_role_arn")  # all missing at once
     options.validate()
     metrics = Metrics()
     processor = MessageProcessor(build_deliverer(settings, put_attempts=put_attempts), metrics)

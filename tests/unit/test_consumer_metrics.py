@@ -1,0 +1,102 @@
+"""Consumer metrics and the /metrics + /healthz server, over real HTTP on a free port."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.consumer.metrics import Metrics, MetricsServer, object_status
+from pipeline.delivery import ObjectResult, Status
+
+
+def get(port: int, path: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.headers["Content-Type"], r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+def test_observe_object_counts_per_tenant_and_latency() -> None:
+    m = Metrics()
+    delivered = ObjectResult(
+        key="k",
+        tenant="acme",
+        events_delivered=90,
+        events_rejected_too_old=7,
+        lines_malformed=2,
+        bytes_read=1000,
+        last_modified=100.0,
+        delivered_at=103.5,
+    )
+    m.observe_object(delivered, 0.2)
+    m.observe_object(ObjectResult(key="bad", status=Status.FAILED, reason="empty segment"), 0.001)
+    m.observe_object(ObjectResult(key="k2", tenant="acme", status=Status.FAILED, recoverable=True), 0.5)
+    s = samples(m.render().decode())
+    assert s[("logdelivery_objects_total", (("status", "delivered"), ("tenant", "acme")))] == 1
+    assert s[("logdelivery_objects_total", (("status", "rejected"), ("tenant", "_invalid")))] == 1
+    assert s[("logdelivery_objects_total", (("status", "failed"), ("tenant", "acme")))] == 1
+    assert s[("logdelivery_events_total", (("outcome", "delivered"), ("tenant", "acme")))] == 90
+    assert s[("logdelivery_events_total", (("outcome", "rejected"), ("tenant", "acme")))] == 7
+    assert s[("logdelivery_events_total", (("outcome", "malformed"), ("tenant", "acme")))] == 2
+    # Only the delivered object has a latency: 3.5 s from LastModified.
+    assert s[("logdelivery_delivery_latency_seconds_count", ())] == 1
+    assert s[("logdelivery_delivery_latency_seconds_sum", ())] == pytest.approx(3.5)
+    assert s[("logdelivery_delivery_latency_seconds_bucket", (("le", "2.0"),))] == 0
+    assert s[("logdelivery_delivery_latency_seconds_bucket", (("le", "5.0"),))] == 1
+    assert s[("logdelivery_object_duration_seconds_count", ())] == 3
+
+
+def test_two_metrics_objects_do_not_collide() -> None:
+    Metrics().messages.labels("delivered").inc()
+    assert b'logdelivery_messages_total{outcome="delivered"}' not in Metrics().render()
+
+
+@pytest.mark.parametrize(
+    ("status", "recoverable", "label"),
+    [
+        (Status.DELIVERED, False, "delivered"),
+        (Status.SKIPPED, False, "skipped"),
+        (Status.DAMAGED, False, "damaged"),
+        (Status.FAILED, False, "rejected"),
+        (Status.FAILED, True, "failed"),
+    ],
+)
+def test_object_status_labels(status: Status, recoverable: bool, label: str) -> None:
+    assert object_status(ObjectResult(key="k", status=status, recoverable=recoverable)) == label
+
+
+def test_server_serves_metrics_and_health() -> None:
+    m = Metrics()
+    m.inflight.set(3)
+    state: dict[str, Any] = {"ok": True}
+    server = MetricsServer(
+        m, lambda: (state["ok"], {"status": "running" if state["ok"] else "stalled"}), "127.0.0.1", 0
+    )
+    server.start()
+    try:
+        assert server.port > 0
+        code, ctype, body = get(server.port, "/metrics")
+        assert code == 200 and ctype.startswith("text/plain")
+        assert samples(body.decode())[("logdelivery_inflight_messages", ())] == 3
+        code, ctype, body = get(server.port, "/healthz")
+        assert (code, ctype, orjson.loads(body)) == (200, "application/json", {"status": "running"})
+        state["ok"] = False
+        code, _, body = get(server.port, "/healthz")
+        assert (code, orjson.loads(body)["status"]) == (503, "stalled")
+        assert get(server.port, "/nope")[0] == 404
+    finally:
+        server.stop()
