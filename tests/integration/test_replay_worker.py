@@ -1,0 +1,189 @@
+"""UnitRunner (the body of a Ray replay worker) without Ray: real moto S3, DynamoDB, STS and CloudWatch.
+
+What must arrive is computed from the generator's manifest and the contracts (stream =
+{application}-{pod}-{UTC date of the event}), not from the code under test.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pipeline import aws
+from pipeline.delivery import TimeWindow
+from pipeline.ledger import Ledger
+from pipeline.local.generator import GeneratorConfig, Manifest, write_dataset
+from pipeline.local.provision import LocalEnvironment
+from pipeline.local.readback import read_group
+from pipeline.replay.listing import ListingFilter, list_window
+from pipeline.replay.plan import WorkUnit, pack_units
+from pipeline.replay.report import INTERRUPTED
+from pipeline.replay.workers import UnitRunner
+from pipeline.timespec import to_ms
+
+pytestmark = pytest.mark.integration
+
+Events = Counter[tuple[str, int, str]]
+
+
+def stream_of(key: str, ts_ms: int) -> str:
+    _, _, app, pod, _ = key.split("/", 4)
+    return f"{app}-{pod}-{datetime.fromtimestamp(ts_ms / 1000, UTC):%Y-%m-%d}"
+
+
+def expected(manifest: Manifest, keys: set[str], lo: int = 0, hi: int = 1 << 62) -> Events:
+    out: Events = Counter()
+    for o in manifest.objects:
+        if o.key in keys:
+            assert o.expected is not None
+            out.update((stream_of(o.key, ts), ts, msg) for ts, msg in o.expected if lo <= ts < hi)
+    return out
+
+
+def delivered(local: LocalEnvironment, tenant: str) -> Events:
+    group = read_group(local.tenant_logs(tenant), local.tenant(tenant).log_group)
+    return Counter((stream, ts, msg) for stream, evs in group.items() for ts, msg in evs)
+
+
+def ledger_keys(local: LocalEnvironment, tenant: str) -> dict[str, int]:
+    return {e.object_key: e.events_delivered for e in Ledger(local.names.ledger_table).entries(tenant)}
+
+
+def write(local: LocalEnvironment, since: datetime, until: datetime, **kw: object) -> tuple[Manifest, WorkUnit]:
+    """Generated objects in moto, and one work unit holding all of them, built the way the job builds it."""
+    cfg = GeneratorConfig(since=since, until=until, events_per_object=25, seed=5, **kw)  # type: ignore[arg-type]
+    manifest = write_dataset(cfg, local.names.bucket, s3=local.client("s3"), workers=8)
+    flt = ListingFilter(tenants=cfg.tenants, since=since, until=until)
+    listing = list_window(aws.client("s3"), local.names.bucket, flt)
+    units = pack_units(listing.pods, workers=1)
+    assert len(units) == 1
+    assert {o.key for o in units[0].objects} == set(manifest.keys)
+    return manifest, units[0]
+
+
+@pytest.fixture
+def span() -> tuple[datetime, datetime]:
+    now = datetime.now(UTC).replace(microsecond=0)
+    return now - timedelta(hours=2), now - timedelta(hours=1)
+
+
+def test_cloudwatch_unit_is_delivered_and_recorded_in_the_ledger(
+    local_aws: LocalEnvironment, span: tuple[datetime, datetime]
+) -> None:
+    since, until = span
+    manifest, unit = write(
+        local_aws, since, until, applications=("payment-service", "frontend"), pods_per_app=2, objects_per_pod=3
+    )
+    window = TimeWindow(to_ms(since), to_ms(until) + 1)
+    runner = UnitRunner(local_aws.settings, "cloudwatch", window)
+    try:
+        results = runner.run(unit)
+    finally:
+        runner.close()
+
+    by_key = {r["key"]: r for r in results}
+    assert set(by_key) == set(manifest.keys)
+    assert {r["status"] for r in results} == {"delivered"}, [r["reason"] for r in results]
+    for o in manifest.objects:
+        assert by_key[o.key]["events_delivered"] == o.expected_count
+        assert by_key[o.key]["events_filtered"] == 0
+    assert delivered(local_aws, "acme") == expected(manifest, set(manifest.keys))
+    # Every object is in the ledger, at its ETag, with the count that really went out.
+    entries = {e.object_key: e for e in Ledger(local_aws.names.ledger_table).entries("acme")}
+    assert set(entries) == set(manifest.keys)
+    for o in manifest.objects:
+        assert entries[o.key].etag == o.etag.strip('"')
+        assert entries[o.key].events_delivered == o.expected_count
+        assert entries[o.key].source == "replay"
+
+    # Running the same unit again sends nothing twice: the ledger says it is done.
+    again = UnitRunner(local_aws.settings, "cloudwatch", window)
+    try:
+        second = again.run(unit)
+    finally:
+        again.close()
+    assert {r["status"] for r in second} == {"skipped"}
+    assert {r["reason"] for r in second} == {"already delivered (ledger)"}
+    assert delivered(local_aws, "acme") == expected(manifest, set(manifest.keys))
+
+
+def test_stopping_skips_the_rest_of_the_unit_and_leaves_it_out_of_the_ledger(
+    local_aws: LocalEnvironment, span: tuple[datetime, datetime]
+) -> None:
+    since, until = span
+    manifest, unit = write(local_aws, since, until, objects_per_pod=5)  # one pod: objects go in key order
+    window = TimeWindow(to_ms(since), to_ms(until) + 1)
+    holder: list[UnitRunner] = []
+
+    def stop_after_first_send(tenant: str, n: int) -> None:
+        # The stop request arrives while the first object is being delivered (as `DeliveryWorker.stop` does).
+        holder[0].stopping.set()
+
+    runner = UnitRunner(local_aws.settings, "cloudwatch", window, throttle=stop_after_first_send)
+    holder.append(runner)
+    try:
+        results = runner.run(unit)
+    finally:
+        runner.close()
+
+    keys = [o.key for o in unit.objects]
+    assert [r["key"] for r in results] == keys
+    first, rest = results[0], results[1:]
+    assert first["status"] == "delivered"  # the object in flight is finished, never cut in half
+    assert [(r["status"], r["reason"]) for r in rest] == [("skipped", INTERRUPTED)] * 4
+    assert all(r["events_delivered"] == 0 and r["bytes_read"] == 0 for r in rest)
+    assert ledger_keys(local_aws, "acme") == {keys[0]: manifest.by_key()[keys[0]].expected_count}
+    assert delivered(local_aws, "acme") == expected(manifest, {keys[0]})
+
+    # A re-run resumes exactly where it stopped: the first object is skipped by the ledger, the rest sent.
+    resumed = UnitRunner(local_aws.settings, "cloudwatch", window)
+    try:
+        after = resumed.run(unit)
+    finally:
+        resumed.close()
+    assert [r["status"] for r in after] == ["skipped"] + ["delivered"] * 4
+    assert set(ledger_keys(local_aws, "acme")) == set(keys)
+    assert delivered(local_aws, "acme") == expected(manifest, set(keys))
+
+
+def test_stop_before_the_unit_starts_touches_nothing(
+    local_aws: LocalEnvironment, span: tuple[datetime, datetime]
+) -> None:
+    since, until = span
+    _, unit = write(local_aws, since, until, pods_per_app=2, objects_per_pod=2)
+    runner = UnitRunner(local_aws.settings, "cloudwatch", TimeWindow(to_ms(since), to_ms(until) + 1))
+    runner.stopping.set()
+    try:
+        results = runner.run(unit)
+    finally:
+        runner.close()
+    assert [(r["status"], r["reason"], r["tenant"]) for r in results] == [("skipped", INTERRUPTED, "acme")] * 4
+    assert ledger_keys(local_aws, "acme") == {}
+    assert delivered(local_aws, "acme") == Counter()
+
+
+def test_null_sink_decodes_and_filters_but_sends_nothing_and_writes_no_ledger(
+    local_aws: LocalEnvironment, span: tuple[datetime, datetime]
+) -> None:
+    since, until = span
+    manifest, unit = write(local_aws, since, until, pods_per_app=2, objects_per_pod=3)
+    # Only the first half hour: the rest of each object's events are counted as filtered.
+    lo, hi = to_ms(since), to_ms(since + timedelta(minutes=30))
+    runner = UnitRunner(local_aws.settings, "null", TimeWindow(lo, hi))
+    try:
+        results = runner.run(unit)
+    finally:
+        runner.close()
+
+    by_key = {r["key"]: r for r in results}
+    for o in manifest.objects:
+        inside = sum(1 for ts, _ in o.expected or [] if lo <= ts < hi)
+        r = by_key[o.key]
+        assert r["status"] == "delivered"
+        assert (r["events_delivered"], r["events_filtered"]) == (inside, o.expected_count - inside)
+        assert r["bytes_read"] == o.size
+    assert 0 < sum(r["events_delivered"] for r in results) < sum(o.expected_count for o in manifest.objects)
+    assert ledger_keys(local_aws, "acme") == {}
+    assert delivered(local_aws, "acme") == Counter()
