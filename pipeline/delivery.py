@@ -60,6 +60,8 @@ class ObjectResult:
     etag: str = ""
     bytes_read: int = 0
     lines_malformed: int = 0
+    lines_repaired_utf8: int = 0
+    messages_empty: int = 0
     timestamps_defaulted: int = 0
     events_decoded: int = 0
     events_filtered: int = 0
@@ -209,6 +211,8 @@ class Deliverer:
         result.bytes_read = stats.bytes_read
         result.events_decoded = stats.events
         result.lines_malformed = stats.lines_malformed
+        result.lines_repaired_utf8 = stats.lines_repaired_utf8
+        result.messages_empty = stats.messages_empty
         result.timestamps_defaulted = stats.timestamps_defaulted
         result.malformed_samples = stats.samples
 

@@ -142,6 +142,8 @@ def listing_bounds(
     so listing goes on to `until + slack`. The lower bound is widened by the same slack as a guard
     against clock skew between the node and its collector; callers filter events by their own timestamps.
     """
+    if since.tzinfo is None or until.tzinfo is None:
+        raise ValueError("listing bounds need timezone-aware datetimes; a naive one would shift the window")
     start = prefix + (since - slack).astimezone(UTC).strftime(FILENAME_TIME_FORMAT)
     # "~" sorts after every character allowed in the rest of a filename, so the whole last second is kept.
     stop = prefix + (until + slack).astimezone(UTC).strftime(FILENAME_TIME_FORMAT) + "~"

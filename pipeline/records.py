@@ -291,9 +291,9 @@ def _ndjson_events(
                 ts = None
                 if type(tsv) is str and len(tsv) > 24 and tsv[19] == "." and tsv[-1] == "Z":
                     secs = seconds.get(tsv[:19])
-                    ms = tsv[20:23]
-                    if secs is not None and ms.isdecimal():  # isdigit() admits "²", which int() refuses
-                        ts = secs + int(ms)
+                    frac = tsv[20:-1]
+                    if secs is not None and frac.isdecimal():  # isdigit() admits "²", which int() refuses
+                        ts = secs + int(frac[:3])
                 if ts is None:
                     ts = parse_ts(tsv)
                 msg = record.get(MESSAGE_FIELD)

@@ -23,6 +23,8 @@ EVENT_COUNTERS = (
     "events_filtered",
     "events_split",
     "lines_malformed",
+    "lines_repaired_utf8",
+    "messages_empty",
     "timestamps_defaulted",
     "bytes_read",
 )
