@@ -19,28 +19,14 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import aws, logs
+from pipeline.cli import CONTEXT_SETTINGS, EXIT_CONFIG, TimeParam
 from pipeline.inventory import InventoryOptions, build_inventory, write_inventory
 from pipeline.settings import ConfigError, Settings
 from pipeline.timespec import HELP as TIME_HELP
-from pipeline.timespec import parse_time
-
-EXIT_CONFIG = 3
-
-
-class TimeParam(click.ParamType):
-    name = "TIME"
-
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        if isinstance(value, datetime):
-            return value
-        try:
-            return parse_time(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 @click.command(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    context_settings=CONTEXT_SETTINGS,
     epilog=(
         "Settings from the environment: S3_BUCKET_NAME, DELIVERY_LEDGER_TABLE (when set, each row says whether "
         "the ledger holds the object at its ETag; otherwise `delivered` is null), AWS_REGION, AWS_ENDPOINT_URL "
