@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from pipeline.keys import parse_key
 from pipeline.replay.plan import LEDGER_SKIP, ObjectSpec, Plan
 
-EXIT_INTERRUPTED = 130
 INTERRUPTED = "not attempted: the replay was interrupted"
 
 # Counters summed from each ObjectResult (pipeline.delivery) into the report, under the same names.
@@ -100,7 +100,7 @@ class ReplayReport:
         """0: everything deliverable was delivered; 1: some objects failed; 130: interrupted (re-run to resume)."""
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return 1 if self.failed else 0
+        return EXIT_FAILED if self.failed else EXIT_OK
 
     def to_dict(self) -> dict[str, Any]:
         duration = time.monotonic() - self.started
