@@ -1,0 +1,199 @@
+"""Helpers shared by the fault tests (pytest puts this folder on sys.path). Nothing of the project is mocked:
+expectations come from the generator's manifest and the contracts, results are read back from the
+tenants' own CloudWatch accounts, the ledger and the proxy's record of the wire."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.ledger import Ledger
+from pipeline.local import generator as gen
+from pipeline.local.faults import FaultProxy
+from pipeline.local.provision import LocalEnvironment
+from pipeline.local.readback import read_group
+from pipeline.local.server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+Events = Counter[tuple[str, int, str]]
+
+
+@dataclass
+class FaultStack:
+    local: LocalEnvironment  # straight to moto: setup and read-back
+    proxy: FaultProxy
+    env: dict[str, str]  # a subprocess environment whose AWS endpoint is the proxy
+
+    @property
+    def bucket(self) -> str:
+        return self.local.names.bucket
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def stream_of(key: str, ts_ms: int) -> str:
+    _, _, app, pod, _ = key.split("/", 4)
+    return f"{app}-{pod}-{datetime.fromtimestamp(ts_ms / 1000, UTC):%Y-%m-%d}"
+
+
+def write(local: LocalEnvironment, minutes: int = 30, ago: timedelta = timedelta(minutes=2), **kw: Any) -> gen.Manifest:
+    """Generated Vector objects in the central bucket, written between `minutes` and `ago` before now."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    kw.setdefault("message_bytes", 200)
+    cfg = gen.GeneratorConfig(since=now - timedelta(minutes=minutes), until=now - ago, **kw)
+    return gen.write_dataset(cfg, local.names.bucket, s3=local.client("s3"), workers=8)
+
+
+def expected(manifest: gen.Manifest, tenant: str, keys: Iterable[str] | None = None) -> Events:
+    wanted = set(keys) if keys is not None else None
+    out: Events = Counter()
+    for o in manifest.objects:
+        if o.key.split("/")[1] != tenant or (wanted is not None and o.key not in wanted):
+            continue
+        assert o.expected is not None
+        out.update((stream_of(o.key, ts), ts, msg) for ts, msg in o.expected)
+    return out
+
+
+def delivered(local: LocalEnvironment, tenant: str) -> Events:
+    """Every event in the tenant's group, read in the tenant's own account and region."""
+    group = read_group(local.tenant_logs(tenant), local.tenant(tenant).log_group)
+    return Counter((stream, ts, msg) for stream, evs in group.items() for ts, msg in evs)
+
+
+def ledger_keys(local: LocalEnvironment, tenant: str) -> set[str]:
+    return {e.object_key for e in Ledger(local.names.ledger_table).entries(tenant)}
+
+
+def ledger_count(local: LocalEnvironment) -> int:
+    return int(local.client("dynamodb").scan(TableName=local.names.ledger_table, Select="COUNT")["Count"])
+
+
+def objects_of(manifest: gen.Manifest, tenant: str) -> set[str]:
+    return {k for k in manifest.keys if k.split("/")[1] == tenant}
+
+
+def duplicated_keys(manifest: gen.Manifest, got: Events, tenant: str) -> dict[str, int]:
+    """{object key: how many times its events arrived} for the objects that arrived more than once."""
+    out: dict[str, int] = {}
+    for o in manifest.objects:
+        if o.key.split("/")[1] != tenant or not o.expected:
+            continue
+        counts = {got[(stream_of(o.key, ts), ts, msg)] for ts, msg in o.expected}
+        if max(counts) > 1:
+            out[o.key] = max(counts)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# The replay CLI
+
+
+def replay_cmd(*args: str, report: Path) -> list[str]:
+    return [sys.executable, str(REPO / "jobs" / "replay.py"), *args, "--report", str(report), "--no-progress"]
+
+
+def run_replay(stack: FaultStack, *args: str, report: Path, timeout: float = 240) -> tuple[int, dict[str, Any], str]:
+    proc = subprocess.run(
+        replay_cmd(*args, report=report),
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+    )
+    doc = orjson.loads(report.read_bytes()) if report.exists() else {}
+    return proc.returncode, doc, proc.stdout + proc.stderr
+
+
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL what is left of a process group this test started (a replay and the local Ray it spawned)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The SQS consumer
+
+
+class ConsumerProcess:
+    """One `python -m jobs.consumer --mode sqs` child, its JSON logs in a file, its metrics port."""
+
+    def __init__(self, stack: FaultStack, log_path: Path, args: list[str]) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        env = {**stack.env, "METRICS_PORT": str(self.port), "METRICS_HOST": "127.0.0.1"}
+        self._log = open(log_path, "wb")  # noqa: SIM115 -- closed in stop()
+        fast = ["--wait-time", "1", "--heartbeat-interval", "0.4"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.consumer", "--mode", "sqs", *fast, *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> ConsumerProcess:
+        def ready() -> bool:
+            assert self.proc.poll() is None, f"consumer exited early:\n{self.log_text()[-3000:]}"
+            return any(r.get("msg") == "consumer started" for r in self.logs())
+
+        wait_for(ready, timeout, "the consumer to start")
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_bytes().splitlines():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                out.append({"raw": line.decode("utf-8", "replace")})
+        return out
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+def queue_counts(local: LocalEnvironment, url: str) -> tuple[int, int]:
+    attrs = local.client("sqs").get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def queue_empty(local: LocalEnvironment) -> bool:
+    return queue_counts(local, local.queue_url) == (0, 0)
