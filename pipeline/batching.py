@@ -6,10 +6,12 @@ limits can be property-tested.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from operator import itemgetter
+from itertools import accumulate, repeat
+from operator import add, itemgetter, methodcaller
 
 Event = tuple[int, str]  # (timestamp in epoch milliseconds, message)
 
@@ -107,51 +109,65 @@ class PreparedStream:
 
 
 def prepare(events: Iterable[Event], now_ms: int) -> PreparedStream:
-    """Hold back what CloudWatch would reject (over 14 days old, over 2 h ahead), split oversized events,
-    and sort by timestamp.
+    """Sort by timestamp, hold back what CloudWatch would reject (over 14 days old, over 2 h ahead), and
+    split oversized events.
 
     Counting these here makes the report exact for every sink: Vector's CloudWatch sink drops old events
-    silently, and the native sink saves a call.
+    silently, and the native sink saves a call. A list argument is sorted in place. The common case (all
+    in range, nothing oversized) runs in C: one sort, two bisections and one max().
     """
-    out = PreparedStream()
-    oldest = now_ms - MAX_AGE_MS
-    newest = now_ms + MAX_FUTURE_MS
-    keep = out.events
-    for ev in events:
-        ts, msg = ev
-        if ts < oldest:
-            out.too_old += 1
-        elif ts > newest:
-            out.too_new += 1
-        elif len(msg) > MAX_MESSAGE_BYTES // 4 and message_bytes(msg) > MAX_MESSAGE_BYTES:
-            out.split += 1
-            keep.extend((ts, part) for part in split_message(msg))
-        else:
-            keep.append(ev)
-    keep.sort(key=itemgetter(0))  # stable: equal timestamps keep their order in the object
+    evs = events if isinstance(events, list) else list(events)
+    evs.sort(key=_ts)  # stable: equal timestamps keep their order in the object
+    lo = bisect_left(evs, now_ms - MAX_AGE_MS, key=_ts)
+    hi = bisect_right(evs, now_ms + MAX_FUTURE_MS, key=_ts)
+    out = PreparedStream(too_old=lo, too_new=len(evs) - hi)
+    kept = evs if lo == 0 and hi == len(evs) else evs[lo:hi]
+    # A character is at most 4 UTF-8 bytes, so only longer messages can be over the limit.
+    if kept and max(map(len, map(_msg, kept))) > MAX_MESSAGE_BYTES // 4:
+        kept = _split_oversized(kept, out)
+    out.events = kept
     return out
 
 
-def batches(events: list[Event]) -> Iterator[list[Event]]:
-    """Cut sorted, prepared events into PutLogEvents batches that obey every limit."""
-    batch: list[Event] = []
-    size = 0
-    first_ts = 0
+def _split_oversized(events: list[Event], out: PreparedStream) -> list[Event]:
+    kept: list[Event] = []
     for ev in events:
-        msg = ev[1]
-        n = (len(msg) if msg.isascii() else len(msg.encode("utf-8", "surrogatepass"))) + EVENT_OVERHEAD_BYTES
-        if batch and (
-            len(batch) >= MAX_BATCH_EVENTS or size + n > MAX_BATCH_BYTES or ev[0] - first_ts >= MAX_BATCH_SPAN_MS
-        ):
-            yield batch
-            batch = []
-            size = 0
-        if not batch:
-            first_ts = ev[0]
-        batch.append(ev)
-        size += n
-    if batch:
-        yield batch
+        ts, msg = ev
+        if len(msg) > MAX_MESSAGE_BYTES // 4 and message_bytes(msg) > MAX_MESSAGE_BYTES:
+            out.split += 1
+            kept.extend((ts, part) for part in split_message(msg))  # parts share ts: they stay in order
+        else:
+            kept.append(ev)
+    return kept
+
+
+def batches(events: list[Event]) -> Iterator[list[Event]]:
+    """Cut sorted, prepared events into PutLogEvents batches that obey every limit.
+
+    Greedy, like filling each batch event by event, but done with prefix sums and bisection so the
+    per-event work stays in C.
+    """
+    n = len(events)
+    if n == 0:
+        return
+    # Byte cost of each event, as running totals: cum[i] is the cost of events[:i].
+    cum = list(accumulate(map(add, map(len, map(_utf8, map(_msg, events))), repeat(EVENT_OVERHEAD_BYTES)), initial=0))
+    if n <= MAX_BATCH_EVENTS and cum[-1] <= MAX_BATCH_BYTES and events[-1][0] - events[0][0] < MAX_BATCH_SPAN_MS:
+        yield events
+        return
+    start = 0
+    while start < n:
+        end = bisect_right(cum, cum[start] + MAX_BATCH_BYTES, lo=start + 1) - 1
+        end = min(end, start + MAX_BATCH_EVENTS)
+        end = min(end, bisect_left(events, events[start][0] + MAX_BATCH_SPAN_MS, lo=start + 1, key=_ts))
+        end = max(end, start + 1)  # prepare() guarantees one event always fits
+        yield events[start:end]
+        start = end
+
+
+_ts = itemgetter(0)
+_msg = itemgetter(1)
+_utf8 = methodcaller("encode", "utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True)
