@@ -209,12 +209,17 @@ def main() -> None:
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="consumer-bench-"))  # moto and consumer logs, for a failed run
-    with MotoServer(log_path=log_dir / "consumer-bench-moto.log") as server:
-        local = provision(server.endpoint_url)
-        os.environ.update(local.env)  # this process reads the ledger and queue too
-        local.client("sqs").set_queue_attributes(QueueUrl=local.queue_url, Attributes={"VisibilityTimeout": "120"})
-        backlog = backlog_phase(local, args, log_dir)
-        stream = stream_phase(local, args, log_dir)
+    saved_env = dict(os.environ)  # `python -m bench` runs other benchmarks in this process after us
+    try:
+        with MotoServer(log_path=log_dir / "consumer-bench-moto.log") as server:
+            local = provision(server.endpoint_url)
+            os.environ.update(local.env)  # this process reads the ledger and queue too
+            local.client("sqs").set_queue_attributes(QueueUrl=local.queue_url, Attributes={"VisibilityTimeout": "120"})
+            backlog = backlog_phase(local, args, log_dir)
+            stream = stream_phase(local, args, log_dir)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
     result = {
         "benchmark": "consumer",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
