@@ -21,12 +21,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import logs
+from pipeline.cli import CONTEXT_SETTINGS, EXIT_CONFIG, EXIT_OK
 from pipeline.consumer import lambda_handler as _lambda
 from pipeline.consumer.processor import SINKS
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 3
 MODES = ("sqs", "lambda", "manual")
 
 
@@ -36,7 +34,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, list[dict[s
 
 
 @click.command(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    context_settings=CONTEXT_SETTINGS,
     epilog=(
         "Settings from the environment: SQS_QUEUE_URL (sqs mode), TENANT_CONFIG_TABLE, DELIVERY_LEDGER_TABLE, "
         "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN, AWS_REGION, AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>), "
