@@ -42,7 +42,9 @@ import http.client
 import json
 import random
 import re
+import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -206,6 +208,9 @@ class Drop:
 
 @dataclass(frozen=True)
 class Delay:
+    """Hold the request, then forward it: a slow network on the way in. A request whose client went away
+    while it was held (a killed process) is not forwarded: the service never receives it."""
+
     seconds: float
 
 
@@ -279,6 +284,7 @@ class FaultProxy:
         self._calls: list[Call] = []
         self._roles: dict[str, str] = {}  # issued access key id → role ARN
         self._secrets: set[str] = set()
+        self._inflight = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -297,9 +303,7 @@ class FaultProxy:
         class Handler(_Handler):
             owner = proxy
 
-        server = ThreadingHTTPServer((self._host, 0), Handler)
-        server.daemon_threads = True
-        server.block_on_close = False
+        server = _Server((self._host, 0), Handler)
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fault-proxy", daemon=True
@@ -360,6 +364,15 @@ class FaultProxy:
                 for c in self._calls
                 if (service is None or c.service == service) and (operation is None or c.operation == operation)
             ]
+
+    def inflight(self) -> int:
+        """Requests being handled right now (held by a delay, or waiting for the upstream)."""
+        with self._lock:
+            return self._inflight
+
+    def _enter(self, delta: int) -> None:
+        with self._lock:
+            self._inflight += delta
 
     def role_of(self, access_key: str) -> str:
         """The role ARN an access key was issued for by AssumeRole through this proxy ('' if unknown)."""
@@ -424,6 +437,17 @@ class FaultProxy:
             conn.close()
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away (a killed consumer or Ray worker) is part of the game, not an error.
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
+
 class _Handler(BaseHTTPRequestHandler):
     owner: FaultProxy
     protocol_version = "HTTP/1.1"  # keep-alive, as botocore expects of a real endpoint
@@ -445,6 +469,13 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def _handle(self) -> None:
+        self.owner._enter(1)
+        try:
+            self._serve()
+        finally:
+            self.owner._enter(-1)
+
+    def _serve(self) -> None:
         proxy = self.owner
         body = self._read_body()
         headers = {k: v for k, v in self.headers.items()}
@@ -459,6 +490,10 @@ class _Handler(BaseHTTPRequestHandler):
 
         if isinstance(action, Delay):
             time.sleep(action.seconds)
+            if self._client_gone():
+                proxy._record(req, 0, "client gone while delayed")
+                self.close_connection = True
+                return
         elif isinstance(action, Hook):
             action.fn(req)
         elif isinstance(action, Drop) and not action.after_forward:
@@ -502,6 +537,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+    def _client_gone(self) -> bool:
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _drop(self) -> None:
         self.close_connection = True
