@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 
 from pipeline.ledger import Ledger
 from pipeline.local import generator as gen
@@ -125,6 +126,18 @@ def run_replay(stack: FaultStack, *args: str, report: Path, timeout: float = 240
     )
     doc = orjson.loads(report.read_bytes()) if report.exists() else {}
     return proc.returncode, doc, proc.stdout + proc.stderr
+
+
+def kill_tree(pid: int) -> list[psutil.Process]:
+    """SIGKILL a process this test started and every descendant, all at once (Ray starts its workers in
+    their own process groups, so a group kill misses them); returns them, to wait on."""
+    root = psutil.Process(pid)
+    family = [root, *root.children(recursive=True)]
+    for p in family:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(family, timeout=30)
+    return family
 
 
 def kill_group(proc: subprocess.Popen[Any]) -> None:

@@ -101,8 +101,11 @@ def test_consumer_retries_throttling_and_5xx_refreshes_expiry_and_holds_back_onl
         x for x in proxy.calls("logs", PUT) if '"/logs/globex"' in x.body.decode()
     ], "globex had no credentials, so nothing may have been put for it"
     injected = sum(r.stats.injected for r in faults[:3])
-    ok = [x for x in proxy.calls("logs", PUT) if x.status == 200]
-    assert injected / len(ok) < 1.0
+    puts = proxy.calls("logs", PUT)
+    ok = [x for x in puts if x.status == 200]
+    # Bounded: every extra attempt is an injected fault (or a new stream's first put), never a retry storm.
+    assert len(puts) == len(ok) + injected + faults[3].stats.injected + len(proxy.calls("logs", "CreateLogStream"))
+    assert injected / len(ok) < 2.0
     print(f"consumer retry rate: {injected} injected over {len(ok)} batches ({injected / len(ok):.2f})")
 
     # The customer fixes the role: the messages that were left come back and are delivered, once.

@@ -22,6 +22,7 @@ from fault_helpers import (
     duplicated_keys,
     expected,
     kill_group,
+    kill_tree,
     ledger_count,
     ledger_keys,
     objects_of,
@@ -79,7 +80,10 @@ def test_replay_under_throttling_5xx_expiry_and_one_denied_tenant_then_a_rerun_p
     ok = [c for c in calls if c.status == 200]
     injected = sum(r.stats.injected for r in faults)
     assert len(ok) == len(objects_of(manifest, "acme"))  # one accepted batch per object
-    assert injected > 0 and injected / len(ok) < 1.0, f"{injected} retries for {len(ok)} batches"
+    # Bounded: every extra attempt is an injected fault (or a new stream's first put), never a retry storm.
+    creates = proxy.calls("logs", "CreateLogStream")
+    assert len(calls) == len(ok) + injected + sum(r.stats.injected for r in expiries) + len(creates)
+    assert 0 < injected / len(ok) < 2.0, f"{injected} retries for {len(ok)} batches"
     print(f"replay retry rate: {injected} injected over {len(ok)} batches ({injected / len(ok):.2f})")
     # Expired tokens were refreshed, not turned into failures: the batch's next attempt is signed with
     # newly issued credentials for the same role. Two threads that hit expiry together share one refresh.
@@ -198,8 +202,7 @@ def test_driver_killed_mid_run_then_rerun_loses_nothing_and_resends_exactly_the_
     try:
         wait_for(lambda: ledger_count(stack.local) >= 3 or proc.poll() is not None, 120, "objects done")
         wait_for(lambda: accepted() - ledger_keys(stack.local, "acme"), 30, "an object sent, not yet recorded")
-        psutil.Process(proc.pid).send_signal(signal.SIGKILL)
-        kill_group(proc)
+        kill_tree(proc.pid)  # the driver, its raylet, GCS and workers, in the same instant
         proc.wait(30)
     finally:
         kill_group(proc)

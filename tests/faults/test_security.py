@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from pipeline.keys import format_key
 from pipeline.local.faults import Error, FaultProxy, Rule
-from pipeline.local.provision import CENTRAL_ACCOUNT_ID, SampleTenant, provision
+from pipeline.local.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment, SampleTenant, provision
 from pipeline.local.server import MotoServer
 from pipeline.records import vector_record
 from pipeline.replay.plan import ObjectSpec, WorkUnit
@@ -72,9 +72,14 @@ def test_no_event_is_written_with_another_tenants_credentials_or_to_another_tena
 ) -> None:
     moto_server.reset()
     local = provision(moto_server.endpoint_url, tenants=[t for t, _ in tenants])
-    for k, v in {**local.env, "AWS_ENDPOINT_URL": wire.url}.items():
-        os.environ[k] = v
-    wire.reset_log()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {**local.env, "AWS_ENDPOINT_URL": wire.url}.items():
+            mp.setenv(k, v)
+        wire.reset_log()
+        check_isolation(local, wire, tenants)
+
+
+def check_isolation(local: LocalEnvironment, wire: FaultProxy, tenants: list[tuple[SampleTenant, list[str]]]) -> None:
     s3 = local.client("s3")
     written = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     ms = int(written.timestamp() * 1000) - 10_000
