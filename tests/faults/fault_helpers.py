@@ -107,6 +107,17 @@ def duplicated_keys(manifest: gen.Manifest, got: Events, tenant: str) -> dict[st
     return out
 
 
+def accepted_objects(stack: FaultStack, manifest: gen.Manifest) -> set[str]:
+    """Objects of which CloudWatch accepted at least one batch, from the proxy's record of the wire."""
+    by_event = {(ts, msg): o.key for o in manifest.objects for ts, msg in o.expected or []}
+    out = set()
+    for c in stack.proxy.calls("logs", "PutLogEvents"):
+        if c.status == 200:
+            first = orjson.loads(c.body)["logEvents"][0]
+            out.add(by_event[(first["timestamp"], first["message"])])
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------
 # The replay CLI
 

@@ -11,11 +11,11 @@ import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 from fault_helpers import (
     ConsumerProcess,
     FaultStack,
+    accepted_objects,
     delivered,
     duplicated_keys,
     expected,
@@ -27,7 +27,6 @@ from fault_helpers import (
     write,
 )
 
-from pipeline.local import generator as gen
 from pipeline.local.faults import Delay, Drop, Error, Rule
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,17 +50,6 @@ def consumer(stack: FaultStack, tmp_path: Path) -> Iterator[Callable[..., Consum
 
 def set_queue(stack: FaultStack, **attrs: str) -> None:
     stack.local.client("sqs").set_queue_attributes(QueueUrl=stack.local.queue_url, Attributes=attrs)
-
-
-def accepted_objects(stack: FaultStack, manifest: gen.Manifest) -> set[str]:
-    """Objects of which CloudWatch accepted at least one batch, from the proxy's record of the wire."""
-    by_event = {(ts, msg): o.key for o in manifest.objects for ts, msg in o.expected or []}
-    out = set()
-    for c in stack.proxy.calls("logs", PUT):
-        if c.status == 200:
-            first = orjson.loads(c.body)["logEvents"][0]
-            out.add(by_event[(first["timestamp"], first["message"])])
-    return out
 
 
 def test_consumer_retries_throttling_and_5xx_refreshes_expiry_and_holds_back_only_the_denied_tenant(

@@ -18,6 +18,7 @@ import psutil
 import pytest
 from fault_helpers import (
     FaultStack,
+    accepted_objects,
     delivered,
     duplicated_keys,
     expected,
@@ -123,6 +124,9 @@ def test_worker_killed_mid_unit_is_restarted_and_the_unit_redelivered_at_most_on
     manifest = write(stack.local, applications=("payment-service",), pods_per_app=3, objects_per_pod=6, seed=22)
     keys = set(manifest.keys)
     stack.proxy.add(Rule(Delay(0.4), service="logs", operation=PUT))  # units take seconds, not milliseconds
+    # Ledger writes held 1 s: at the kill, some objects are accepted by CloudWatch but not yet recorded.
+    ledger_table = stack.local.names.ledger_table
+    stack.proxy.add(Rule(Delay(1.0), service="dynamodb", operation="PutItem", body_contains=ledger_table))
     report = tmp_path / "report.json"
     proc = subprocess.Popen(
         replay_cmd("--tenant", "acme", *WINDOW, "--workers", "1", report=report),
@@ -135,9 +139,14 @@ def test_worker_killed_mid_unit_is_restarted_and_the_unit_redelivered_at_most_on
         driver = psutil.Process(proc.pid)
         worker = wait_for(lambda: delivery_workers(driver), 120, "the DeliveryWorker actor")[0]
         wait_for(lambda: ledger_count(stack.local) >= 3 or proc.poll() is not None, 120, "objects done")
-        before = ledger_keys(stack.local, "acme")
-        assert before < keys, "the unit finished before the kill"
+        wait_for(
+            lambda: accepted_objects(stack, manifest) - ledger_keys(stack.local, "acme"), 30, "an unrecorded object"
+        )
         worker.send_signal(signal.SIGKILL)
+        wait_for(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, 10, "the worker's end")
+        before = ledger_keys(stack.local, "acme")
+        sent_unrecorded = accepted_objects(stack, manifest) - before
+        assert before < keys and sent_unrecorded, "the kill did not land mid-unit"
         out, _ = proc.communicate(timeout=180)
     finally:
         kill_group(proc)
@@ -153,7 +162,7 @@ def test_worker_killed_mid_unit_is_restarted_and_the_unit_redelivered_at_most_on
     # At most once more: only objects that were not in the ledger at the kill, each at most twice, at most
     # one per pod thread of the killed unit.
     dups = duplicated_keys(manifest, got, "acme")
-    assert set(dups) <= keys - before and set(dups.values()) <= {2}
+    assert set(dups) == sent_unrecorded and set(dups.values()) == {2}
     assert len(dups) <= min(3, POD_THREADS)
     # Report and ledger agree: the retried unit reports the objects the first attempt finished as ledger
     # skips, and the rest as delivered, with the counts the ledger holds.
@@ -177,7 +186,6 @@ def test_driver_killed_mid_run_then_rerun_loses_nothing_and_resends_exactly_the_
         stack.local, applications=("payment-service", "frontend"), pods_per_app=2, objects_per_pod=5, seed=23
     )
     keys = set(manifest.keys)
-    by_event = {(ts, msg): o.key for o in manifest.objects for ts, msg in o.expected or []}
     ledger_table = stack.local.names.ledger_table
     stack.proxy.add(Rule(Delay(0.2), service="logs", operation=PUT))
     stack.proxy.add(Rule(Delay(1.5), service="dynamodb", operation="PutItem", body_contains=ledger_table))
@@ -190,25 +198,20 @@ def test_driver_killed_mid_run_then_rerun_loses_nothing_and_resends_exactly_the_
         start_new_session=True,
     )
 
-    def accepted() -> set[str]:
-        """Objects CloudWatch accepted a batch of (one batch per object here)."""
-        out = set()
-        for c in stack.proxy.calls("logs", PUT):
-            if c.status == 200:
-                first = orjson.loads(c.body)["logEvents"][0]
-                out.add(by_event[(first["timestamp"], first["message"])])
-        return out
-
     try:
         wait_for(lambda: ledger_count(stack.local) >= 3 or proc.poll() is not None, 120, "objects done")
-        wait_for(lambda: accepted() - ledger_keys(stack.local, "acme"), 30, "an object sent, not yet recorded")
+        wait_for(
+            lambda: accepted_objects(stack, manifest) - ledger_keys(stack.local, "acme"),
+            30,
+            "an object sent, not yet recorded",
+        )
         kill_tree(proc.pid)  # the driver, its raylet, GCS and workers, in the same instant
         proc.wait(30)
     finally:
         kill_group(proc)
     wait_for(lambda: stack.proxy.inflight() == 0, 30, "requests held by the proxy to be settled")
     settled = ledger_keys(stack.local, "acme")
-    sent_unrecorded = accepted() - settled
+    sent_unrecorded = accepted_objects(stack, manifest) - settled
     assert settled < keys and sent_unrecorded, "the kill did not land mid-run"
     assert not (tmp_path / "killed.json").exists()  # no report from a killed driver
 
