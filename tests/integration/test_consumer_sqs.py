@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.ledger import Ledger
 from pipeline.local import generator as gen
+from pipeline.local.faults import Delay, FaultProxy, Rule
 from pipeline.local.provision import LocalEnvironment
 from pipeline.local.readback import read_group
 from pipeline.local.server import free_port
@@ -59,11 +60,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class ConsumerProcess:
     """One `python -m jobs.consumer --mode sqs` child, with its JSON logs in a file and its metrics port."""
 
-    def __init__(self, local: LocalEnvironment, log_path: Path, args: list[str]) -> None:
+    def __init__(self, local: LocalEnvironment, log_path: Path, args: list[str], endpoint: str | None = None) -> None:
         self.port = free_port()
         self.log_path = log_path
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(local.env)
+        if endpoint:  # e.g. a FaultProxy in front of moto
+            env["AWS_ENDPOINT_URL"] = endpoint
         env["METRICS_PORT"] = str(self.port)
         env["METRICS_HOST"] = "127.0.0.1"
         self._log = open(log_path, "wb")  # noqa: SIM115 -- closed in wait()/kill()
@@ -128,9 +131,9 @@ class ConsumerProcess:
 def start_consumer(local_aws: LocalEnvironment, tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
     started: list[ConsumerProcess] = []
 
-    def start(*args: str, name: str = "consumer", ready: bool = True) -> ConsumerProcess:
+    def start(*args: str, name: str = "consumer", ready: bool = True, endpoint: str | None = None) -> ConsumerProcess:
         fast = ["--wait-time", "1", "--heartbeat-interval", "0.4", "--retry-delay", "0", "--workers", "4"]
-        c = ConsumerProcess(local_aws, tmp_path / f"{name}-{len(started)}.log", [*fast, *args])
+        c = ConsumerProcess(local_aws, tmp_path / f"{name}-{len(started)}.log", [*fast, *args], endpoint)
         started.append(c)
         return c.wait_ready() if ready else c
 
@@ -385,10 +388,13 @@ def test_sigterm_releases_what_it_cannot_finish_before_the_drain_deadline(
     local_aws: LocalEnvironment, start_consumer: Callable[..., ConsumerProcess]
 ) -> None:
     set_visibility(local_aws, 30)
-    consumer = start_consumer("--workers", "2", "--drain-timeout", "0.2")
-    manifest = write(local_aws, objects_per_pod=2, events=12_000)
-    wait_for(lambda: consumer.metric("logdelivery_inflight_messages") >= 1, 30, "objects in flight", interval=0.05)
-    code, seconds = consumer.terminate()
+    with FaultProxy(local_aws.endpoint_url) as proxy:
+        # Puts that take far longer than the drain deadline, whatever the machine's speed.
+        proxy.add(Rule(Delay(20.0), service="logs", operation="PutLogEvents"))
+        consumer = start_consumer("--workers", "2", "--drain-timeout", "0.2", endpoint=proxy.url)
+        manifest = write(local_aws, objects_per_pod=2, events=50)
+        wait_for(lambda: proxy.inflight() >= 1, 30, "a put in flight", interval=0.05)
+        code, seconds = consumer.terminate()
     assert code == 0
     assert seconds < 5  # drain timeout, plus at most one 1 s long poll
     released = next(r for r in consumer.logs() if r.get("msg") == "drained")["released"]
@@ -443,14 +449,17 @@ def test_duplicate_notifications_do_not_resend_events(
 def test_heartbeat_keeps_a_slow_object_from_a_second_consumer(
     local_aws: LocalEnvironment, start_consumer: Callable[..., ConsumerProcess]
 ) -> None:
-    # 2 s, beaten every 0.4 s: moto answers a heartbeat late while it chews on a 10,000-event put.
+    # A 2 s visibility timeout, beaten every 0.4 s, and a put held 4 s by the proxy: the object outlasts
+    # the timeout twice over on any machine.
     set_visibility(local_aws, 2)
-    a = start_consumer(name="a")
-    b = start_consumer(name="b")
-    manifest = write(local_aws, events=60_000)  # longer than the visibility timeout to deliver on moto
-    wait_for(lambda: ledger_keys(local_aws, "acme") == set(manifest.keys), 60, "the slow object")
-    wait_for(lambda: queue_empty(local_aws), 10, "the queue to drain")
-    time.sleep(2.5)  # past one more visibility timeout: a message still around would be received again
+    with FaultProxy(local_aws.endpoint_url) as proxy:
+        proxy.add(Rule(Delay(4.0), service="logs", operation="PutLogEvents", first=1))
+        a = start_consumer(name="a", endpoint=proxy.url)
+        b = start_consumer(name="b", endpoint=proxy.url)
+        manifest = write(local_aws, events=200)
+        wait_for(lambda: ledger_keys(local_aws, "acme") == set(manifest.keys), 60, "the slow object")
+        wait_for(lambda: queue_empty(local_aws), 10, "the queue to drain")
+        time.sleep(2.5)  # past one more visibility timeout: a message still around would be received again
 
     slow = [r for c in (a, b) for r in c.logs() if r.get("msg") == "object delivered"]
     assert len(slow) == 1
