@@ -8,10 +8,12 @@ the error codes exactly. Rejected events (too old, too new, expired) are counted
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -74,17 +76,19 @@ class CloudWatchSink:
         pass
 
     def _put(self, dest: Destination, stream: str, batch: list[Event], result: SinkResult) -> None:
-        request = {
-            "logGroupName": dest.log_group,
-            "logStreamName": stream,
-            "logEvents": [{"timestamp": ts, "message": msg} for ts, msg in batch],
-        }
+        body = orjson.dumps(
+            {
+                "logGroupName": dest.log_group,
+                "logStreamName": stream,
+                "logEvents": [{"timestamp": ts, "message": msg} for ts, msg in batch],
+            }
+        )
         where = f"{dest.log_group}/{stream} in {dest.region} for tenant {dest.tenant_id}"
         created = refreshed = False
         attempt = 0
         while True:
             try:
-                resp = self._client(dest).put_log_events(**request)
+                resp = _put_serialized(self._client(dest), dest.log_group, stream, body)
                 break
             except ClientError as exc:
                 code, status = aws.error_code(exc), aws.http_status(exc)
@@ -138,6 +142,30 @@ class CloudWatchSink:
 
 
 CREATED = "created"
+
+# botocore serializes PutLogEvents parameter by parameter in Python, which costs more than everything else
+# in the pipeline and caps a client near 200k events/s. The sink serializes the body once with orjson and
+# swaps it in through botocore's documented before-sign hook, so the signature covers the real body.
+_PRESET_EVENT = "before-sign.cloudwatch-logs.PutLogEvents"
+_preset = threading.local()
+
+
+def _swap_in_body(request: Any, **_: Any) -> None:
+    body = getattr(_preset, "body", None)
+    if body is not None:
+        _preset.body = None
+        request.data = body
+
+
+def _put_serialized(logs: Any, group: str, stream: str, body: bytes) -> Any:
+    if not getattr(logs, "_pipeline_body_hook", False):
+        logs.meta.events.register(_PRESET_EVENT, _swap_in_body)
+        logs._pipeline_body_hook = True
+    _preset.body = body
+    try:
+        return logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=[])
+    finally:
+        _preset.body = None  # never leak a body into another call if this one failed before signing
 
 
 def _try_create(call: Callable[..., Any], kwargs: dict[str, str]) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 from botocore.exceptions import ConnectionClosedError
 from botocore.stub import Stubber
@@ -22,6 +23,7 @@ from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError
 from pipeline.local.provision import LocalEnvironment, provision
 from pipeline.local.server import MotoServer
+from pipeline.sinks import cloudwatch
 from pipeline.sinks.base import Destination
 from pipeline.sinks.cloudwatch import CloudWatchSink, RetryPolicy
 
@@ -54,14 +56,23 @@ def dest(env: LocalEnvironment) -> Destination:
 
 
 class Calls:
-    """Every logs operation the client is asked to make, by name, stubbed or not."""
+    """Every logs operation the client is asked to make, by name, stubbed or not.
+
+    The sink hands PutLogEvents a body it serialized itself (swapped in at signing time), so the stubbed
+    parameters are rebuilt from that body: the Stubber's expected parameters then check what would really
+    have gone over the wire.
+    """
 
     def __init__(self, client: Any) -> None:
         self.names: list[str] = []
-        client.meta.events.register("before-parameter-build.logs", self._record)
+        # provide-client-params comes before the Stubber's own before-parameter-build check.
+        client.meta.events.register("provide-client-params.logs", self._record)
 
-    def _record(self, model: Any, **_: Any) -> None:
+    def _record(self, model: Any, params: dict[str, Any], **_: Any) -> None:
         self.names.append(model.name)
+        body = getattr(cloudwatch._preset, "body", None)
+        if model.name == "PutLogEvents" and body is not None:
+            params.update(orjson.loads(body))
 
 
 @dataclass
@@ -79,7 +90,7 @@ def cw(broker: CredentialBroker, dest: Destination) -> Iterator[Stubbed]:
     stub = Stubber(client)
     with stub:
         yield Stubbed(broker, stub, calls)
-    client.meta.events.unregister("before-parameter-build.logs", calls._record)
+    client.meta.events.unregister("provide-client-params.logs", calls._record)
 
 
 class Sleeps(list[float]):
