@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nbformat
@@ -21,7 +21,8 @@ from nbclient import NotebookClient
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.local.generator import DamageKind, GeneratorConfig, write_dataset  # noqa: E402
+from pipeline.local.demo import demo_dataset  # noqa: E402
+from pipeline.local.generator import write_dataset  # noqa: E402
 from pipeline.local.provision import provision  # noqa: E402
 from pipeline.local.server import MotoServer  # noqa: E402
 
@@ -51,20 +52,7 @@ def main() -> None:
         env = provision(server.endpoint_url)
         aws_env = {**os.environ, **env.env}
         now = datetime.now(UTC).replace(microsecond=0)
-        # pipeline/local/demo.py's data set.
-        cfg = GeneratorConfig(
-            since=now - timedelta(hours=6),
-            until=now,
-            tenants=tuple(t.tenant_id for t in env.tenants),
-            clusters=("prod-1", "prod-2"),
-            applications=("payment-service", "frontend", "checkout"),
-            pods_per_app=2,
-            objects_per_pod=4,
-            events_per_object=150,
-            damaged=(DamageKind.TRUNCATED_GZIP, DamageKind.GARBAGE_LINES, DamageKind.JSON_ARRAY),
-            keep_events=False,
-            seed=7,
-        )
+        cfg = demo_dataset(env, now)
         write_dataset(cfg, env.names.bucket, s3=env.client("s3"))
         py = sys.executable
         report = work / "demo-report.json"

@@ -43,6 +43,23 @@ def _ms(ts: int) -> str:
     return datetime.fromtimestamp(ts / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
+def demo_dataset(env: LocalEnvironment, now: datetime) -> GeneratorConfig:
+    """The demo's data set: every sample tenant, two clusters, three apps, six hours, three damaged objects."""
+    return GeneratorConfig(
+        since=now - timedelta(hours=6),
+        until=now,
+        tenants=tuple(t.tenant_id for t in env.tenants),
+        clusters=("prod-1", "prod-2"),
+        applications=("payment-service", "frontend", "checkout"),
+        pods_per_app=2,
+        objects_per_pod=4,
+        events_per_object=150,
+        damaged=(DamageKind.TRUNCATED_GZIP, DamageKind.GARBAGE_LINES, DamageKind.JSON_ARRAY),
+        keep_events=False,
+        seed=7,
+    )
+
+
 def run_demo() -> int:
     with MotoServer() as server:
         _banner(f"Local AWS (moto server) at {server.endpoint_url}")
@@ -56,19 +73,7 @@ def run_demo() -> int:
 
         _banner("Generating Vector-format objects for the last 6 hours")
         now = datetime.now(UTC).replace(microsecond=0)
-        cfg = GeneratorConfig(
-            since=now - timedelta(hours=6),
-            until=now,
-            tenants=tuple(t.tenant_id for t in env.tenants),
-            clusters=("prod-1", "prod-2"),
-            applications=("payment-service", "frontend", "checkout"),
-            pods_per_app=2,
-            objects_per_pod=4,
-            events_per_object=150,
-            damaged=(DamageKind.TRUNCATED_GZIP, DamageKind.GARBAGE_LINES, DamageKind.JSON_ARRAY),
-            keep_events=False,
-            seed=7,
-        )
+        cfg = demo_dataset(env, now)
         manifest = write_dataset(cfg, env.names.bucket, s3=env.client("s3"))
         s = manifest.summary()
         print(f"  {s['objects']} objects, {s['events']:,} events, {s['bytes'] / 1e6:.1f} MB in s3://{env.names.bucket}")
