@@ -1,0 +1,224 @@
+"""Memory benchmark: peak RSS of one replay worker process for N objects and for 10x N objects.
+
+    .venv/bin/python -m bench memory             # or: .venv/bin/python bench/memory_bench.py   (~40 s)
+    .venv/bin/python bench/memory_bench.py --objects 8 --sink null   # quicker
+
+A moto server (the project's `MotoServer`) holds N objects under one cluster and 10x N under another,
+written with bucket notifications off. For each set, a fresh worker process (this file with `--child`)
+does what a Ray `DeliveryWorker` does: one `UnitRunner` with the chosen sink, running the work units of
+`plan.pack_units` for one worker one after another (S3 GetObject from moto, decode, batch, PutLogEvents
+into the tenant's CloudWatch in moto through the double hop, a ledger write per object). Listing is done in
+the same process beforehand, as the driver would, and is part of the baseline.
+
+The child reports its own peak RSS (`VmHWM` in /proc/self/status) after setup and a one-object warm-up
+(the baseline: interpreter, boto3, clients, credentials), and after the last unit. A fresh process per set
+keeps one run's peak from hiding the other's. One object per pod, so that the small set's work units
+already hold 8 pods and keep all of the worker's 8 pod threads busy: the sets differ in objects only.
+Targets: peak(10x N) / peak(N) <= 1.15, and both under 512 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from pipeline.keys import format_key, parse_key  # noqa: E402
+from pipeline.local.generator import GZIP_PUT_ARGS, GeneratorConfig, app_names, generate  # noqa: E402
+from pipeline.local.provision import SampleTenant, provision  # noqa: E402
+from pipeline.local.server import MotoServer  # noqa: E402
+from pipeline.replay.workers import POD_THREADS  # noqa: E402
+
+TARGET_PEAK_RATIO = 1.15
+TARGET_PEAK_MIB = 512
+TENANT = SampleTenant("acme", "111111111111")
+OBJECTS_PER_POD = 1  # so that even the small set's units hold 8 pods and the worker's 8 pod threads are all busy
+
+
+def status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def child(cluster: str, sink: str, since: str, until: str) -> int:
+    """One replay worker: list the cluster's objects, then run its units; print peak RSS as JSON."""
+    from pipeline import aws
+    from pipeline.delivery import TimeWindow
+    from pipeline.replay.listing import ListingFilter, list_window
+    from pipeline.replay.plan import WorkUnit, pack_units
+    from pipeline.replay.workers import UnitRunner
+    from pipeline.settings import Settings
+    from pipeline.timespec import to_ms
+
+    settings = Settings.from_env(os.environ)
+    lo, hi = datetime.fromisoformat(since), datetime.fromisoformat(until)
+    flt = ListingFilter((TENANT.tenant_id,), lo, hi, clusters=(cluster,))
+    listing = list_window(aws.client("s3"), settings.bucket, flt)
+    units = pack_units(listing.pods, 1)
+    runner = UnitRunner(settings, sink, TimeWindow(to_ms(lo), to_ms(hi) + 1), redeliver=True)
+    runner.run(WorkUnit(-1, units[0].objects[:1], 0))  # imports, STS, clients, first stream
+    baseline_kib, rss_baseline_kib = status_kib("VmHWM"), status_kib("VmRSS")
+    start = time.perf_counter()
+    objects = events = 0
+    for unit in units:
+        for r in runner.run(unit):
+            if r["status"] != "delivered":
+                raise RuntimeError(f"{r['key']}: {r['status']} {r['reason']}")
+            objects += 1
+            events += r["events_delivered"]
+    seconds = time.perf_counter() - start
+    runner.close()
+    out = {
+        "objects": objects,
+        "events": events,
+        "work_units": len(units),
+        "seconds": round(seconds, 2),
+        "events_per_s": round(events / seconds),
+        "peak_rss_after_warm_up_mib": round(baseline_kib / 1024, 1),
+        "rss_after_warm_up_mib": round(rss_baseline_kib / 1024, 1),
+        "peak_rss_mib": round(status_kib("VmHWM") / 1024, 1),
+        "rss_at_end_mib": round(status_kib("VmRSS") / 1024, 1),
+    }
+    print(orjson.dumps(out).decode(), flush=True)
+    return 0
+
+
+def write_sets(
+    local: Any, objects: int, factor: int, unique: int, events_per_object: int, seed: int
+) -> tuple[dict[str, Any], datetime, datetime]:
+    """N objects under cluster `mem-n`, factor x N under `mem-xn`, reusing `unique` generated bodies."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    cfg = GeneratorConfig(
+        since=now - timedelta(hours=3),
+        until=now - timedelta(hours=1),
+        tenants=(TENANT.tenant_id,),
+        applications=app_names(1),
+        pods_per_app=1,
+        objects_per_pod=unique,
+        events_per_object=events_per_object,
+        seed=seed,
+        keep_events=False,
+    )
+    generated = list(generate(cfg))
+    s3 = local.client("s3")
+    bucket = local.names.bucket
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={})
+    sets = {"mem-n": objects, "mem-xn": objects * factor}
+    for cluster, n in sets.items():
+        for i in range(n):
+            g = generated[i % len(generated)]
+            p = parse_key(g.key)
+            assert p.write_time is not None
+            pod = f"{p.pod}-{i // OBJECTS_PER_POD}"
+            key = format_key(cluster, p.tenant, p.application, pod, p.write_time, f"{g.spec.uid[:-4]}{i:04d}")
+            s3.put_object(Bucket=bucket, Key=key, Body=g.body, **GZIP_PUT_ARGS)
+    info = {
+        "unique_bodies": len(generated),
+        "events_per_object": events_per_object,
+        "object_bytes_mean": round(sum(len(g.body) for g in generated) / len(generated)),
+        "objects_per_pod": OBJECTS_PER_POD,
+        "sets": sets,
+    }
+    return info, cfg.since, cfg.until
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        lines = cpuinfo.read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--objects", type=int, default=32, help="N: objects of the small set")
+    p.add_argument("--events-per-object", type=int, default=1000)
+    p.add_argument("--factor", type=int, default=10, help="the large set has factor x N objects")
+    p.add_argument("--unique-objects", type=int, default=8, help="bodies generated and reused")
+    p.add_argument("--sink", choices=["cloudwatch", "null"], default="cloudwatch")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "memory.json")
+    p.add_argument("--child", nargs=3, metavar=("CLUSTER", "SINCE", "UNTIL"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child(args.child[0], args.sink, args.child[1], args.child[2])
+
+    mach = machine()
+    t_all = time.monotonic()
+    runs: dict[str, Any] = {}
+    with MotoServer() as server:
+        local = provision(server.endpoint_url, tenants=(TENANT,))
+        data, since, until = write_sets(
+            local, args.objects, args.factor, args.unique_objects, args.events_per_object, args.seed
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | local.env
+        env["PYTHONPATH"] = str(REPO)
+        for cluster in ("mem-n", "mem-xn"):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--sink", args.sink, "--child", cluster]
+            proc = subprocess.run(
+                [*cmd, since.isoformat(), until.isoformat()], env=env, capture_output=True, text=True, timeout=600
+            )
+            if proc.returncode:
+                raise RuntimeError(f"worker for {cluster} failed:\n{proc.stderr[-3000:]}")
+            runs[cluster] = orjson.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{cluster}: {runs[cluster]}", flush=True)
+    small, large = runs["mem-n"], runs["mem-xn"]
+    ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
+    growth_small = small["peak_rss_mib"] - small["peak_rss_after_warm_up_mib"]
+    growth_large = large["peak_rss_mib"] - large["peak_rss_after_warm_up_mib"]
+    result = {
+        "benchmark": "memory",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python -m bench memory  (= python bench/memory_bench.py "
+        + " ".join(argv if argv is not None else sys.argv[1:])
+        + ")",
+        "machine": {**mach, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "sink": args.sink,
+        "pod_threads_per_worker": POD_THREADS,
+        "data": data,
+        "n": small,
+        "ten_n": large,
+        "peak_ratio_10n_over_n": round(ratio, 3),
+        "peak_growth_over_warm_up_mib": {"n": round(growth_small, 1), "ten_n": round(growth_large, 1)},
+        "target_peak_ratio_at_most": TARGET_PEAK_RATIO,
+        "target_peak_mib_under": TARGET_PEAK_MIB,
+        "meets_ratio_target": ratio <= TARGET_PEAK_RATIO,
+        "meets_peak_target": max(small["peak_rss_mib"], large["peak_rss_mib"]) < TARGET_PEAK_MIB,
+        "wall_s": round(time.monotonic() - t_all, 1),
+    }
+    print(
+        f"peak RSS: {small['peak_rss_mib']} MiB for {small['objects']} objects, {large['peak_rss_mib']} MiB for "
+        f"{large['objects']}: ratio {result['peak_ratio_10n_over_n']}",
+        flush=True,
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"written {args.output} in {result['wall_s']}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
