@@ -173,14 +173,9 @@ class _TimestampParser:
         base = value[:19]
         base_ms = self.seconds_ms.get(base)
         if base_ms is None:
-            if len(base) != 19 or base[10] not in "Tt ":
-                return self._slow(value)
-            base_ms = self._second_ms(base)
+            base_ms = self.second_ms(base)
             if base_ms is None:
-                return None
-            if len(self.seconds_ms) > 4096:
-                self.seconds_ms.clear()
-            self.seconds_ms[base] = base_ms
+                return self._slow(value)
         rest = value[19:]
         if rest == "Z" or rest == "z":
             return base_ms
@@ -190,9 +185,14 @@ class _TimestampParser:
                 return base_ms + int((frac + "00")[:3])
         return self._slow(value)
 
-    def _second_ms(self, base: str) -> int | None:
-        """Epoch ms of "YYYY-MM-DDTHH:MM:SS". A 300 s batch meets ~300 distinct seconds, so this runs for a
-        large share of events: the date is cached, the time of day is plain integer arithmetic."""
+    def second_ms(self, base: str) -> int | None:
+        """Epoch ms of "YYYY-MM-DDTHH:MM:SS", cached; None when `base` is not that shape.
+
+        A 300 s batch meets ~300 distinct seconds, so a miss is common: the date is cached on its own and
+        the time of day is plain integer arithmetic.
+        """
+        if len(base) != 19 or base[10] not in "Tt " or base[13] != ":" or base[16] != ":":
+            return None
         day_ms = self.days_ms.get(base[:10])
         if day_ms is None:
             try:
@@ -200,13 +200,16 @@ class _TimestampParser:
             except ValueError:
                 return None
             day_ms = self.days_ms[base[:10]] = (day - _EPOCH_DATE).days * 86_400_000
-        hh, mm, ss = base[11:13], base[14:16], base[17:19]
-        if base[13] != ":" or base[16] != ":" or not (hh + mm + ss).isdecimal() or not (hh + mm + ss).isascii():
+        digits = base[11:13] + base[14:16] + base[17:19]
+        if not (digits.isdecimal() and digits.isascii()):
             return None
-        h, m, sec = int(hh), int(mm), int(ss)
+        h, m, sec = int(digits[0:2]), int(digits[2:4]), int(digits[4:6])
         if h > 23 or m > 59 or sec > 59:
             return None
-        return day_ms + (h * 3600 + m * 60 + sec) * 1000
+        if len(self.seconds_ms) > 65536:
+            self.seconds_ms.clear()
+        ms = self.seconds_ms[base] = day_ms + (h * 3600 + m * 60 + sec) * 1000
+        return ms
 
     @staticmethod
     def _slow(value: str) -> int | None:
@@ -223,6 +226,8 @@ class _TimestampParser:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DATE = date(1970, 1, 1)
+# One parser for the process: consecutive objects of a pod share seconds, and the caches are bounded.
+_PARSER = _TimestampParser()
 
 
 def _message_of(record: Any) -> str:
@@ -249,7 +254,7 @@ def decode_events(
     LastModified) stands in for a missing or unparseable timestamp.
     """
     st = stats if stats is not None else DecodeStats()
-    parse_ts = _TimestampParser()
+    parse_ts = _PARSER
     lines = _lines(_inflate(_chunks(body, st), st))
 
     first = next(lines, None)
@@ -292,6 +297,7 @@ def _ndjson_events(
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
     seconds = parse_ts.seconds_ms
+    second_ms = parse_ts.second_ms
     n = st.lines  # leading blank lines were counted while looking for the first record
     events = defaulted = empty = decoded = 0
     try:
@@ -309,7 +315,7 @@ def _ndjson_events(
                 tsv = record.get(TIMESTAMP_FIELD)
                 ts = None
                 if type(tsv) is str and len(tsv) > 24 and tsv[19] == "." and tsv[-1] == "Z":
-                    secs = seconds.get(tsv[:19])
+                    secs = seconds.get(tsv[:19]) or second_ms(tsv[:19])
                     frac = tsv[20:-1]
                     if secs is not None and frac.isdecimal():  # isdigit() admits "²", which int() refuses
                         ts = secs + int(frac[:3])
