@@ -21,7 +21,7 @@ from pipeline.keys import DEFAULT_WRITE_SLACK, parse_key
 from pipeline.ledger import Ledger
 from pipeline.records import decode_events
 from pipeline.replay.listing import Listing, ListingFilter, list_window
-from pipeline.replay.plan import Plan, WorkUnit, make_plan
+from pipeline.replay.plan import LEDGER_SKIP, Plan, WorkUnit, make_plan
 from pipeline.replay.report import ReplayReport
 from pipeline.settings import Settings
 from pipeline.tenants import TenantConfig, TenantDirectory
@@ -131,7 +131,7 @@ def render_plan(plan: Plan, opts: ReplayOptions, workers: int) -> str:
             f"({plan.undeliverable_objects:,} objects written then). Those events cannot be delivered; "
             "they will be counted as events_rejected_too_old."
         )
-    other_skips = [r for _, r in plan.skipped if r != "already delivered (ledger)"]
+    other_skips = [r for _, r in plan.skipped if r != LEDGER_SKIP]
     for reason in sorted(set(other_skips)):
         lines.append(f"Skipped: {other_skips.count(reason):,} objects: {reason}")
     reasons = [r for _, r in plan.failed]
@@ -155,6 +155,9 @@ def _ray_init() -> Any:
 
 
 def _default_workers() -> int:
+    """One worker per CPU: of the Ray cluster when joining one (RAY_ADDRESS), else of this machine."""
+    if os.environ.get("RAY_ADDRESS"):
+        return max(1, int(_ray_init().cluster_resources().get("CPU", 1)))
     return max(1, os.cpu_count() or 1)
 
 
