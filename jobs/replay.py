@@ -31,7 +31,12 @@ from pipeline.timespec import HELP as TIME_HELP
         "objects in flight (run again to resume from the ledger)."
     ),
 )
-@click.option("--tenant", "tenants", multiple=True, required=True, help="Tenant (namespace) to replay. Repeatable.")
+@click.option("--tenant", "tenants", multiple=True, help="Tenant (namespace) to replay. Repeatable.")
+@click.option(
+    "--all-tenants",
+    is_flag=True,
+    help="Every enabled tenant in the tenant table (scheduled backfills). Instead of --tenant.",
+)
 @click.option("--since", required=True, type=TimeParam(), help=f"Start of the window: {TIME_HELP}.")
 @click.option("--until", default="now", show_default=True, type=TimeParam(), help="End of the window (exclusive).")
 @click.option("--cluster", "clusters", multiple=True, help="Only these clusters. Repeatable.")
@@ -59,6 +64,7 @@ from pipeline.timespec import HELP as TIME_HELP
 @click.option("--log-level", default="INFO", show_default=True, help="Structured log level (JSON on stderr).")
 def main(
     tenants: tuple[str, ...],
+    all_tenants: bool,
     since,  # type: ignore[no-untyped-def]
     until,  # type: ignore[no-untyped-def]
     clusters: tuple[str, ...],
@@ -77,6 +83,8 @@ def main(
     """Replay TENANT's logs written between --since and --until from the central S3 bucket into the
     tenant's own CloudWatch Logs, skipping what the delivery ledger says is already there."""
     logs.setup(log_level)
+    if bool(tenants) == all_tenants:
+        raise click.UsageError("give either --tenant (repeatable) or --all-tenants")
     if until <= since:
         raise click.BadParameter("--until must be after --since", param_hint="--until")
     opts = ReplayOptions(
@@ -93,6 +101,7 @@ def main(
         max_events_per_second=max_events_per_second,
         report_path=report_path,
         progress=progress,
+        all_tenants=all_tenants,
     )
     settings = Settings.from_env().with_overrides(bucket=bucket)
     try:

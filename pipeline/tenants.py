@@ -126,6 +126,24 @@ class TenantDirectory:
             raise value.with_traceback(None)
         return value
 
+    def tenant_ids(self) -> list[str]:
+        """Every tenant in the table except the disabled ones, for an all-tenant scheduled backfill.
+
+        Entries whose config does not validate are kept, so the run reports them instead of silently
+        leaving those tenants out.
+        """
+        ids: list[str] = []
+        for page in self._ddb().get_paginator("scan").paginate(TableName=self._table):
+            for raw in page.get("Items", []):
+                item = {k: _deserializer.deserialize(v) for k, v in raw.items()}
+                try:
+                    if validate(item).enabled:
+                        ids.append(item["tenant_id"])
+                except TenantConfigError:
+                    if isinstance(item.get("tenant_id"), str):
+                        ids.append(item["tenant_id"])
+        return sorted(ids)
+
     def _load(self, tenant_id: str) -> TenantConfig | TenantConfigError:
         self.lookups += 1
         resp = self._ddb().get_item(TableName=self._table, Key={"tenant_id": {"S": tenant_id}})

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -53,6 +53,7 @@ class ReplayOptions:
     report_path: Path | None = None
     slack: timedelta = DEFAULT_WRITE_SLACK
     progress: bool | None = None  # None: only on a terminal
+    all_tenants: bool = False  # every enabled tenant in the table; `tenants` is then filled in by run()
 
 
 def resolve_tenants(directory: TenantDirectory, tenant_ids: Sequence[str]) -> dict[str, TenantConfig | str]:
@@ -167,6 +168,10 @@ def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> in
     settings.require(*needed)
     if opts.sink not in SINKS:
         raise ValueError(f"unknown sink {opts.sink!r}")
+    if opts.all_tenants:
+        tenants = TenantDirectory(settings.tenant_table).tenant_ids()
+        opts = replace(opts, tenants=tuple(tenants))
+        log.info("all tenants", extra={"tenants": tenants})
     workers = opts.workers or _default_workers()
     plan = build_plan(opts, settings, workers)
     print(render_plan(plan, opts, workers), file=out, flush=True)

@@ -246,3 +246,30 @@ def test_bad_time_is_a_usage_error() -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "cannot read 'yesterday-ish' as a time" in proc.stderr
+
+
+def test_all_tenants_replays_every_enabled_tenant_in_the_table(local_aws: LocalEnvironment) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    cfg = GeneratorConfig(
+        since=now - timedelta(hours=2),
+        until=now - timedelta(minutes=5),
+        tenants=("acme", "globex", "initech"),
+        applications=("payment-service",),
+        objects_per_pod=2,
+        events_per_object=5,
+    )
+    write_dataset(cfg, local_aws.names.bucket, s3=local_aws.client("s3"))
+    cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), "--all-tenants", "--since", "3h", "--dry-run"]
+    proc = subprocess.run(cmd, env={**os.environ, **local_aws.env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    plan_header = proc.stdout.splitlines()[0]
+    assert "acme, globex" in plan_header
+    assert "initech" not in proc.stdout  # disabled: not even listed
+
+
+@pytest.mark.parametrize("args", [(), ("--tenant", "acme", "--all-tenants")])
+def test_tenant_selection_is_either_tenants_or_all(args: tuple[str, ...]) -> None:
+    cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), *args, "--since", "1h", "--dry-run"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "either --tenant" in proc.stderr
