@@ -166,8 +166,9 @@ def main(
     import orjson
 
     from pipeline.consumer.manual import run_manual
-    from pipeline.consumer.processor import MessageProcessor, build_deliverer
+    from pipeline.consumer.processor import MessageProcessor
     from pipeline.consumer.sqs import SqsOptions, serve
+    from pipeline.delivery import build_deliverer
     from pipeline.settings import ConfigError, Settings
 
     settings = Settings.from_env().with_overrides(queue_url=queue_url)
@@ -198,7 +199,7 @@ def main(
             click.echo(orjson.dumps(lambda_handler(event, None), option=orjson.OPT_INDENT_2).decode())
             sys.exit(EXIT_OK)
         processor = MessageProcessor(
-            build_deliverer(settings, sink=sink, put_attempts=put_attempts, redeliver=redeliver)
+            build_deliverer(settings, sink=sink, source="manual", put_attempts=put_attempts, redeliver=redeliver)
         )
         report, code = run_manual(processor, sys.stdin.buffer.read())
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode())

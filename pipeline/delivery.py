@@ -17,10 +17,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.batching import MAX_STREAM_NAME_CHARS, group_by_stream, prepare
+from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError, NonRecoverableError
 from pipeline.keys import InvalidKeyError, ObjectKey, parse_key
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.records import DecodeStats, decode_events
+from pipeline.settings import ConfigError, Settings
+from pipeline.sinks import make_sink
 from pipeline.sinks.base import Destination, Sink, SinkResult
 from pipeline.tenants import TenantConfig, TenantDirectory
 
@@ -247,3 +250,39 @@ class Deliverer:
                 yield ev
             else:
                 result.events_filtered += 1
+
+
+def build_deliverer(
+    settings: Settings,
+    *,
+    sink: str = "cloudwatch",
+    source: str = "consumer",
+    window: TimeWindow | None = None,
+    redeliver: bool = False,
+    throttle: Callable[[str, int], None] | None = None,
+    put_attempts: int | None = None,
+) -> Deliverer:
+    """The Deliverer every path uses (consumer modes, replay workers), with its AWS clients made up front.
+
+    Pool threads share it: the tenant directory and the credential broker lock their caches, botocore
+    clients are thread-safe, and creating the clients here (not lazily on first use) avoids threads racing
+    to build them. The null sink sends nothing, so it gets no ledger: nothing may be recorded as delivered.
+    Raises ConfigError naming any missing env var.
+    """
+    settings.require("tenant_table", *([] if sink == "null" else ["central_role_arn", "ledger_table"]))
+    ddb = aws.client("dynamodb")
+    tenants = TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s, client=ddb)
+    common: dict[str, Any] = {"s3": aws.client("s3"), "window": window, "source": source, "throttle": throttle}
+    if sink == "null":
+        return Deliverer(tenants, make_sink("null"), None, redeliver=True, **common)
+    try:
+        broker = CredentialBroker(settings.central_role_arn)
+    except ValueError as exc:
+        raise ConfigError(f"CENTRAL_LOG_DISTRIBUTION_ROLE_ARN: {exc}") from exc
+    options: dict[str, Any] = {"credentials": broker}
+    if put_attempts is not None and sink == "cloudwatch":
+        from pipeline.sinks.cloudwatch import RetryPolicy
+
+        options["retry"] = RetryPolicy(attempts=put_attempts)
+    ledger = Ledger(settings.ledger_table, client=ddb)
+    return Deliverer(tenants, make_sink(sink, **options), ledger, redeliver=redeliver, **common)

@@ -17,7 +17,8 @@ from typing import Any
 
 from pipeline import logs
 from pipeline.consumer.metrics import Metrics
-from pipeline.consumer.processor import MessageOutcome, MessageProcessor, build_deliverer
+from pipeline.consumer.processor import MessageOutcome, MessageProcessor
+from pipeline.delivery import build_deliverer
 from pipeline.settings import ConfigError, Settings
 
 log = logging.getLogger("pipeline.consumer.lambda")

@@ -14,15 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import aws
 from pipeline.consumer.events import InvalidMessageError, parse_body
 from pipeline.consumer.metrics import Metrics, object_status
-from pipeline.credentials import CredentialBroker
 from pipeline.delivery import Deliverer, ObjectResult, Status
-from pipeline.ledger import Ledger
-from pipeline.settings import ConfigError, Settings
-from pipeline.sinks import make_sink
-from pipeline.tenants import TenantDirectory
 
 log = logging.getLogger("pipeline.consumer")
 
@@ -74,7 +68,7 @@ class MessageOutcome:
 class MessageProcessor:
     """Parses one SQS body and delivers the objects it names. Never raises: the outcome says it all.
 
-    Thread-safe as long as the Deliverer is; `build_deliverer` makes one that is (clients up front).
+    Thread-safe as long as the Deliverer is; `pipeline.delivery.build_deliverer` makes one that is.
     """
 
     def __init__(self, deliverer: Deliverer, metrics: Metrics | None = None) -> None:
@@ -132,43 +126,3 @@ def _log_result(result: ObjectResult, ctx: dict[str, Any], seconds: float) -> No
     level = logging.INFO if status in ("delivered", "skipped") else logging.WARNING
     text = f"object {status}" + (f": {result.reason}" if result.reason else "")
     log.log(level, text, extra=extra)
-
-
-def build_deliverer(
-    settings: Settings,
-    *,
-    sink: str = "cloudwatch",
-    put_attempts: int | None = None,
-    redeliver: bool = False,
-) -> Deliverer:
-    """The Deliverer every consumer mode uses, with its AWS clients created up front.
-
-    Pool threads share it: the tenant directory and the credential broker lock their caches, botocore
-    clients are thread-safe, and creating the S3 and DynamoDB clients here (not lazily on first use)
-    avoids threads racing to build them. Raises ConfigError naming any missing env var.
-    """
-    settings.require("tenant_table", "central_role_arn", *(["ledger_table"] if sink != "null" else []))
-    ddb = aws.client("dynamodb")
-    tenants = TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s, client=ddb)
-    if sink == "null":
-        # Decode, route and batch, send nothing and write no ledger: reproducing a decode problem.
-        return Deliverer(tenants, make_sink("null"), None, s3=aws.client("s3"), redeliver=True, source="manual")
-    if sink != "cloudwatch":
-        raise ValueError(f"unknown sink {sink!r}: choose one of {', '.join(SINKS)}")
-    try:
-        broker = CredentialBroker(settings.central_role_arn)
-    except ValueError as exc:
-        raise ConfigError(f"CENTRAL_LOG_DISTRIBUTION_ROLE_ARN: {exc}") from exc
-    kwargs: dict[str, Any] = {"credentials": broker}
-    if put_attempts is not None:
-        from pipeline.sinks.cloudwatch import RetryPolicy
-
-        kwargs["retry"] = RetryPolicy(attempts=put_attempts)
-    return Deliverer(
-        tenants,
-        make_sink("cloudwatch", **kwargs),
-        Ledger(settings.ledger_table, client=ddb),
-        s3=aws.client("s3"),
-        redeliver=redeliver,
-        source="consumer",
-    )

@@ -32,7 +32,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.consumer.metrics import Metrics, MetricsServer
-from pipeline.consumer.processor import MessageOutcome, MessageProcessor, build_deliverer
+from pipeline.consumer.processor import MessageOutcome, MessageProcessor
+from pipeline.delivery import build_deliverer
 from pipeline.settings import ConfigError, Settings
 
 log = logging.getLogger("pipeline.consumer.sqs")

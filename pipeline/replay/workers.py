@@ -15,17 +15,13 @@ from typing import Any
 
 import ray
 
-from pipeline.credentials import CredentialBroker
-from pipeline.delivery import Deliverer, ObjectRef, ObjectResult, Status, TimeWindow
+from pipeline.delivery import ObjectRef, ObjectResult, Status, TimeWindow, build_deliverer
 from pipeline.errors import DeliveryError
 from pipeline.keys import parse_key
-from pipeline.ledger import Ledger
 from pipeline.replay.plan import ObjectSpec, WorkUnit
 from pipeline.replay.ratelimit import TenantRateLimits
 from pipeline.replay.report import INTERRUPTED
 from pipeline.settings import Settings
-from pipeline.sinks import make_sink
-from pipeline.tenants import TenantDirectory
 
 POD_THREADS = 8
 
@@ -40,27 +36,15 @@ class UnitRunner:
         throttle: Callable[[str, int], None] | None = None,
     ) -> None:
         self.settings = settings
-        if sink_kind == "null":
-            sink = make_sink("null")
-            ledger = None  # nothing is sent, so nothing may be recorded as delivered
-        else:
-            sink = make_sink(sink_kind, credentials=CredentialBroker(settings.central_role_arn))
-            ledger = Ledger(settings.ledger_table)
-        self.sink = sink
+        self.deliverer = build_deliverer(
+            settings, sink=sink_kind, source="replay", window=window, redeliver=redeliver, throttle=throttle
+        )
+        self.sink = self.deliverer.sink
         self.stopping = threading.Event()
         # Sinks that return before the data is durable (Vector) commit the ledger per unit, after a flush.
         self._commit_each = sink_kind != "vector"
         # One Vector process is fed through one stdin, so its pods are written from one thread.
         self._threads = 1 if sink_kind == "vector" else POD_THREADS
-        self.deliverer = Deliverer(
-            TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s),
-            sink,
-            ledger,
-            window=window,
-            redeliver=redeliver,
-            source="replay",
-            throttle=throttle,
-        )
 
     def run(self, unit: WorkUnit) -> list[dict[str, Any]]:
         # Pods are independent streams, so they go in parallel: a worker's time is mostly spent waiting
