@@ -390,10 +390,11 @@ def test_sigterm_releases_what_it_cannot_finish_before_the_drain_deadline(
     set_visibility(local_aws, 30)
     with FaultProxy(local_aws.endpoint_url) as proxy:
         # Puts that take far longer than the drain deadline, whatever the machine's speed.
-        proxy.add(Rule(Delay(20.0), service="logs", operation="PutLogEvents"))
+        slow_put = proxy.add(Rule(Delay(20.0), service="logs", operation="PutLogEvents"))
         consumer = start_consumer("--workers", "2", "--drain-timeout", "0.2", endpoint=proxy.url)
         manifest = write(local_aws, objects_per_pod=2, events=50)
-        wait_for(lambda: proxy.inflight() >= 1, 30, "a put in flight", interval=0.05)
+        # A put held by the proxy (not just the consumer's long poll, which is in flight too).
+        wait_for(lambda: slow_put.stats.matched >= 1, 30, "a put in flight", interval=0.05)
         code, seconds = consumer.terminate()
     assert code == 0
     assert seconds < 5  # drain timeout, plus at most one 1 s long poll
