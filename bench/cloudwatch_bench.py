@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.machine import machine  # noqa: E402
 from pipeline import records  # noqa: E402
 from pipeline.batching import EVENT_OVERHEAD_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Event, batches  # noqa: E402
 from pipeline.delivery import TimeWindow  # noqa: E402
@@ -288,26 +288,6 @@ def run(args: argparse.Namespace, events_per_object: int) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    cpu = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        lines = cpuinfo.read_text().splitlines()
-        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-    import boto3
-    import moto
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "moto": moto.__version__,
-        "boto3": boto3.__version__,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events-per-object", type=int, action="append", help="object sizes to run (default 1000, 3000)")
@@ -319,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "cloudwatch.json")
     args = p.parse_args(argv)
-    mach = machine()
+    mach = machine("moto", "boto3")
     t_all = time.monotonic()
     sets = []
     for size in args.events_per_object or [1000, 3000]:

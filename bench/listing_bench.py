@@ -33,7 +33,6 @@ import logging
 import math
 import multiprocessing as mp
 import os
-import platform
 import sys
 import time
 import uuid
@@ -49,6 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.machine import machine  # noqa: E402
 from pipeline.keys import format_key, listing_bounds, tenant_prefix  # noqa: E402
 from pipeline.local.provision import CENTRAL_ACCOUNT_ID, DEFAULT_REGION, LOCAL_CREDENTIALS  # noqa: E402
 from pipeline.local.server import free_port  # noqa: E402
@@ -217,24 +217,6 @@ def measure(shape: Shape, objects: int, repeats: int) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    cpu = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        lines = cpuinfo.read_text().splitlines()
-        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-    import moto
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "moto": moto.__version__,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--objects", type=int, default=50_000, help="objects per shape (one tenant)")
@@ -242,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="timed passes of each listing; the best is kept")
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "listing.json")
     args = p.parse_args(argv)
-    mach = machine()
+    mach = machine("moto")
     t_all = time.monotonic()
     results = []
     for shape in SHAPES:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.machine import machine  # noqa: E402
 from pipeline.keys import format_key, parse_key  # noqa: E402
 from pipeline.local.generator import GZIP_PUT_ARGS, GeneratorConfig, app_names, generate  # noqa: E402
 from pipeline.local.provision import SampleTenant, provision  # noqa: E402
@@ -135,21 +135,6 @@ def write_sets(
         "sets": sets,
     }
     return info, cfg.since, cfg.until
-
-
-def machine() -> dict[str, Any]:
-    cpu = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        lines = cpuinfo.read_text().splitlines()
-        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

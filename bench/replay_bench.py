@@ -29,7 +29,6 @@ import gzip
 import io
 import json
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -47,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.machine import machine  # noqa: E402
 from pipeline import records  # noqa: E402
 from pipeline.batching import group_by_stream, prepare  # noqa: E402
 from pipeline.delivery import TimeWindow  # noqa: E402
@@ -300,25 +300,6 @@ def profile_decode(objs: Sequence[BenchObject], now_ms: int, top: int = 12) -> l
     return out
 
 
-def machine() -> dict[str, Any]:
-    cpu = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        lines = cpuinfo.read_text().splitlines()
-        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-    import ray
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "ray": ray.__version__,
-        "inflate": getattr(records.zlib, "__name__", "zlib"),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--unique-objects", type=int, default=64, help="objects generated (the slow part)")
@@ -328,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "replay.json")
     args = p.parse_args(argv)
-    mach = machine()
+    mach = machine("ray", inflate=getattr(records.zlib, "__name__", "zlib"))
     t_all = time.monotonic()
 
     objs, data = make_objects(args.unique_objects, args.copies, args.events_per_object, args.seed)
