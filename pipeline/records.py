@@ -132,9 +132,10 @@ def _inflate(chunks: Iterator[bytes], stats: DecodeStats) -> Iterator[bytes]:
         stats.damaged = f"truncated gzip stream after {stats.bytes_read} bytes"
 
 
-def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def _lines(chunks: Iterator[bytes], stats: DecodeStats) -> Iterator[bytes]:
     tail = b""
     for chunk in chunks:
+        stats.bytes_decoded += len(chunk)
         if tail:
             chunk = tail + chunk
         parts = chunk.split(b"\n")
@@ -255,7 +256,7 @@ def decode_events(
     """
     st = stats if stats is not None else DecodeStats()
     parse_ts = _PARSER
-    lines = _lines(_inflate(_chunks(body, st), st))
+    lines = _lines(_inflate(_chunks(body, st), st), st)
 
     first = next(lines, None)
     while first is not None and not first.strip():
@@ -298,12 +299,13 @@ def _ndjson_events(
     decode_error = orjson.JSONDecodeError
     seconds = parse_ts.seconds_ms
     second_ms = parse_ts.second_ms
+    ts_field, msg_field = TIMESTAMP_FIELD, MESSAGE_FIELD
     n = st.lines  # leading blank lines were counted while looking for the first record
-    events = defaulted = empty = decoded = 0
+    first_line = n + 1
+    events = defaulted = empty = 0
     try:
-        for raw in lines:
-            n += 1
-            decoded += len(raw) + 1
+        # After the loop, n is the last line's number, which is what st.lines must say.
+        for n, raw in enumerate(lines, first_line):
             try:
                 record = loads(raw)
             except decode_error as exc:
@@ -312,7 +314,7 @@ def _ndjson_events(
                 if record is _INVALID:
                     continue
             if type(record) is dict:
-                tsv = record.get(TIMESTAMP_FIELD)
+                tsv = record.get(ts_field)
                 ts = None
                 if type(tsv) is str and len(tsv) > 24 and tsv[19] == "." and tsv[-1] == "Z":
                     secs = seconds.get(tsv[:19]) or second_ms(tsv[:19])
@@ -321,7 +323,7 @@ def _ndjson_events(
                         ts = secs + int(frac[:3])
                 if ts is None:
                     ts = parse_ts(tsv)
-                msg = record.get(MESSAGE_FIELD)
+                msg = record.get(msg_field)
                 if type(msg) is not str:
                     msg = _message_of(record)
             else:
@@ -340,7 +342,6 @@ def _ndjson_events(
         st.events += events
         st.timestamps_defaulted += defaulted
         st.messages_empty += empty
-        st.bytes_decoded += decoded
 
 
 def _bad_line(raw: bytes, exc: Exception, st: DecodeStats) -> Any:
@@ -380,7 +381,6 @@ def _repair_utf8(raw: bytes, st: DecodeStats) -> Any:
 def _array_records(first: bytes, rest: Iterator[bytes], st: DecodeStats) -> Iterator[Any]:
     body = b"\n".join(itertools.chain((first,), rest))
     st.lines += body.count(b"\n") + 1
-    st.bytes_decoded += len(body)
     try:
         records = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
