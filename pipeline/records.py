@@ -253,6 +253,10 @@ def decode_events(
     so memory stays at one read chunk plus one line; a JSON array has to be parsed whole. Bad lines are
     counted in `stats` with their line numbers, and decoding goes on. `fallback_ts_ms` (the object's
     LastModified) stands in for a missing or unparseable timestamp.
+
+    The body is read up to its first record when this is called (to tell NDJSON from an array), and
+    the rest as the events are consumed. The iterator returned is the decoding loop itself: no generator
+    layer in between, because every event passes through it.
     """
     st = stats if stats is not None else DecodeStats()
     parse_ts = _PARSER
@@ -263,11 +267,10 @@ def decode_events(
         st.lines += 1
         first = next(lines, None)
     if first is None:
-        return
+        return iter(())
     if first.lstrip()[:1] == b"[":
-        yield from _record_events(_array_records(first, lines, st), st, fallback_ts_ms, parse_ts)
-    else:
-        yield from _ndjson_events(itertools.chain((first,), lines), st, fallback_ts_ms, parse_ts)
+        return _record_events(_array_records(first, lines, st), st, fallback_ts_ms, parse_ts)
+    return _ndjson_events(itertools.chain((first,), lines), st, fallback_ts_ms, parse_ts)
 
 
 def _record_events(
