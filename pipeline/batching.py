@@ -105,23 +105,29 @@ class PreparedStream:
     events: list[Event] = field(default_factory=list)
     too_old: int = 0
     too_new: int = 0
+    filtered: int = 0  # outside the requested time window
     split: int = 0  # original events over the one-event limit, each sent as several parts
 
 
-def prepare(events: Iterable[Event], now_ms: int) -> PreparedStream:
-    """Sort by timestamp, hold back what CloudWatch would reject (over 14 days old, over 2 h ahead), and
-    split oversized events.
+def prepare(
+    events: Iterable[Event], now_ms: int, since_ms: int | None = None, until_ms: int | None = None
+) -> PreparedStream:
+    """Sort by timestamp, drop what is outside [since_ms, until_ms) (counted as filtered), hold back what
+    CloudWatch would reject (over 14 days old, over 2 h ahead), and split oversized events.
 
     Counting these here makes the report exact for every sink: Vector's CloudWatch sink drops old events
     silently, and the native sink saves a call. A list argument is sorted in place. The common case (all
-    in range, nothing oversized) runs in C: one sort, two bisections and one max().
+    in range, nothing oversized) runs in C: one sort, a few bisections and one max().
     """
     evs = events if isinstance(events, list) else list(events)
     evs.sort(key=_ts)  # stable: equal timestamps keep their order in the object
-    lo = bisect_left(evs, now_ms - MAX_AGE_MS, key=_ts)
-    hi = bisect_right(evs, now_ms + MAX_FUTURE_MS, key=_ts)
-    out = PreparedStream(too_old=lo, too_new=len(evs) - hi)
-    kept = evs if lo == 0 and hi == len(evs) else evs[lo:hi]
+    n = len(evs)
+    lo = 0 if since_ms is None else bisect_left(evs, since_ms, key=_ts)
+    hi = n if until_ms is None else bisect_left(evs, until_ms, key=_ts, lo=lo)
+    start = max(lo, bisect_left(evs, now_ms - MAX_AGE_MS, key=_ts, lo=lo, hi=hi))
+    end = min(hi, bisect_right(evs, now_ms + MAX_FUTURE_MS, key=_ts, lo=start, hi=hi))
+    out = PreparedStream(too_old=start - lo, too_new=hi - end, filtered=lo + (n - hi))
+    kept = evs if start == 0 and end == n else evs[start:end]
     # A character is at most 4 UTF-8 bytes, so only longer messages can be over the limit.
     if kept and max(map(len, map(_msg, kept))) > MAX_MESSAGE_BYTES // 4:
         kept = _split_oversized(kept, out)

@@ -208,8 +208,6 @@ class Deliverer:
 
         stats = DecodeStats(key=ref.key)
         events = decode_events(obj["Body"], fallback_ms, stats)
-        if self.window is not None:
-            events = self._in_window(events, result)
         streams = group_by_stream(events, parsed.application, parsed.pod)
         result.bytes_read = stats.bytes_read
         result.events_decoded = stats.events
@@ -222,10 +220,14 @@ class Deliverer:
         dest = Destination(tenant.tenant_id, tenant.role_arn, tenant.log_group, tenant.region)
         now_ms = int(self._clock() * 1000)
         sent = SinkResult()
+        bounds = (self.window.since_ms, self.window.until_ms) if self.window else ()
         for name in sorted(streams):
             if len(name) > MAX_STREAM_NAME_CHARS:
                 raise NonRecoverableError(f"log stream name is over {MAX_STREAM_NAME_CHARS} characters")
-            prepared = prepare(streams.pop(name), now_ms)
+            prepared = prepare(streams.pop(name), now_ms, *bounds)
+            result.events_filtered += prepared.filtered
+            if prepared.filtered and not (prepared.events or prepared.too_old or prepared.too_new):
+                continue  # the whole stream is outside the window: it is not touched
             result.events_split += prepared.split
             sent.rejected_too_old += prepared.too_old
             sent.rejected_too_new += prepared.too_new
@@ -241,15 +243,6 @@ class Deliverer:
         result.delivered_at = self._clock()
         if stats.damaged:
             result.status, result.reason = Status.DAMAGED, stats.damaged
-
-    def _in_window(self, events: Any, result: ObjectResult) -> Any:
-        assert self.window is not None
-        lo, hi = self.window.since_ms, self.window.until_ms
-        for ev in events:
-            if lo <= ev[0] < hi:
-                yield ev
-            else:
-                result.events_filtered += 1
 
 
 def build_deliverer(

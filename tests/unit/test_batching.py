@@ -372,3 +372,23 @@ def test_count_rejected_never_counts_an_event_twice(
         if (old is not None and i < old) or (expired is not None and i < expired) or (new is not None and i >= new)
     )
     assert r.total == truth
+
+
+def test_prepare_filters_the_window_before_judging_age() -> None:
+    day = 86_400_000
+    now = 100 * day
+    events = [
+        (now - 20 * day, "old-outside"),  # before the window: filtered, not "too old"
+        (now - 15 * day, "old-inside"),  # in the window, but CloudWatch would reject it
+        (now - 1000, "ok-1"),
+        (now - 999, "ok-2"),
+        (now + 3 * 3600 * 1000, "future-inside"),  # in the window, more than 2 h ahead
+        (now + 5 * day, "after"),  # at or after until: filtered
+    ]
+    since, until = now - 16 * day, now + 5 * day
+    out = prepare(list(reversed(events)), now, since, until)
+    assert [m for _, m in out.events] == ["ok-1", "ok-2"]
+    assert (out.filtered, out.too_old, out.too_new) == (2, 1, 1)
+    # Without a window nothing is filtered, and age alone decides.
+    out = prepare(list(events), now)
+    assert (out.filtered, out.too_old, out.too_new) == (0, 2, 2)
