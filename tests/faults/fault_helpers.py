@@ -9,9 +9,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +24,7 @@ from pipeline.local import generator as gen
 from pipeline.local.faults import FaultProxy
 from pipeline.local.provision import LocalEnvironment
 from pipeline.local.readback import read_group
-from pipeline.local.server import free_port
+from tests.support.consumer_process import ConsumerProcess, wait_for  # noqa: F401 -- re-exported to the fault tests
 
 REPO = Path(__file__).resolve().parents[2]
 Events = Counter[tuple[str, int, str]]
@@ -40,17 +39,6 @@ class FaultStack:
     @property
     def bucket(self) -> str:
         return self.local.names.bucket
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def stream_of(key: str, ts_ms: int) -> str:
@@ -161,54 +149,9 @@ def kill_group(proc: subprocess.Popen[Any]) -> None:
 # The SQS consumer
 
 
-class ConsumerProcess:
-    """One `python -m jobs.consumer --mode sqs` child, its JSON logs in a file, its metrics port."""
-
-    def __init__(self, stack: FaultStack, log_path: Path, args: list[str]) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        env = {**stack.env, "METRICS_PORT": str(self.port), "METRICS_HOST": "127.0.0.1"}
-        self._log = open(log_path, "wb")  # noqa: SIM115 -- closed in stop()
-        fast = ["--wait-time", "1", "--heartbeat-interval", "0.4"]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobs.consumer", "--mode", "sqs", *fast, *args],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-
-    def wait_ready(self, timeout: float = 60) -> ConsumerProcess:
-        def ready() -> bool:
-            assert self.proc.poll() is None, f"consumer exited early:\n{self.log_text()[-3000:]}"
-            return any(r.get("msg") == "consumer started" for r in self.logs())
-
-        wait_for(ready, timeout, "the consumer to start")
-        return self
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def logs(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_bytes().splitlines():
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                out.append({"raw": line.decode("utf-8", "replace")})
-        return out
-
-    def terminate(self, timeout: float = 60) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        self._log.close()
-        return code
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
+def consumer_process(stack: FaultStack, log_path: Path, args: list[str]) -> ConsumerProcess:
+    """A consumer subprocess whose clients go through the stack's fault proxy, polling fast."""
+    return ConsumerProcess(stack.env, log_path, ["--wait-time", "1", "--heartbeat-interval", "0.4", *args])
 
 
 def queue_counts(local: LocalEnvironment, url: str) -> tuple[int, int]:

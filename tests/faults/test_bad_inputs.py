@@ -21,8 +21,8 @@ from bad_inputs import (
     wrong_types_object,
 )
 from fault_helpers import (
-    ConsumerProcess,
     FaultStack,
+    consumer_process,
     delivered,
     ledger_keys,
     queue_counts,
@@ -88,14 +88,14 @@ def test_consumer_reports_every_bad_input_and_delivers_the_good_data(
     bad_messages = messages(stack.bucket, datetime.now(UTC))
     for m in bad_messages:
         sqs.send_message(QueueUrl=stack.local.queue_url, MessageBody=m.body)
-    c = ConsumerProcess(stack, tmp_path / "consumer.log", ["--workers", "4", "--retry-delay", "0"]).wait_ready()
+    c = consumer_process(stack, tmp_path / "consumer.log", ["--workers", "4", "--retry-delay", "0"]).wait_ready()
     try:
         wait_for(lambda: queue_empty(stack.local), 90, "the queue to drain")
         assert c.proc.poll() is None, "the consumer crashed"
         logs = c.logs()
-        assert c.terminate() == 0
+        assert c.terminate()[0] == 0
     finally:
-        c.stop()
+        c.kill()
 
     # Nothing was retried (every bad input is non-recoverable): nothing in the DLQ, nothing left.
     assert queue_counts(stack.local, stack.local.dlq_url) == (0, 0)

@@ -16,6 +16,7 @@ from fault_helpers import (
     ConsumerProcess,
     FaultStack,
     accepted_objects,
+    consumer_process,
     delivered,
     duplicated_keys,
     expected,
@@ -39,13 +40,13 @@ def consumer(stack: FaultStack, tmp_path: Path) -> Iterator[Callable[..., Consum
     started: list[ConsumerProcess] = []
 
     def start(*args: str) -> ConsumerProcess:
-        c = ConsumerProcess(stack, tmp_path / f"consumer-{len(started)}.log", list(args))
+        c = consumer_process(stack, tmp_path / f"consumer-{len(started)}.log", list(args))
         started.append(c)
         return c.wait_ready()
 
     yield start
     for c in started:
-        c.stop()
+        c.kill()
 
 
 def set_queue(stack: FaultStack, **attrs: str) -> None:
@@ -103,7 +104,7 @@ def test_consumer_retries_throttling_and_5xx_refreshes_expiry_and_holds_back_onl
     assert delivered(stack.local, "globex") == expected(manifest, "globex")
     assert delivered(stack.local, "acme") == expected(manifest, "acme")
     assert queue_counts(stack.local, stack.local.dlq_url) == (0, 0)
-    assert c.terminate() == 0
+    assert c.terminate()[0] == 0
 
 
 def test_consumer_sigkill_while_puts_are_slow_resends_exactly_the_unrecorded_objects(
@@ -120,7 +121,7 @@ def test_consumer_sigkill_while_puts_are_slow_resends_exactly_the_unrecorded_obj
     wait_for(lambda: len(ledger_keys(stack.local, "acme")) >= 2, 60, "objects done")
     wait_for(lambda: accepted_objects(stack, manifest) - ledger_keys(stack.local, "acme"), 30, "an unrecorded object")
     first.proc.send_signal(signal.SIGKILL)
-    first.stop()
+    first.kill()
     wait_for(lambda: stack.proxy.inflight() == 0, 30, "requests held by the proxy to settle")
     settled = ledger_keys(stack.local, "acme")
     sent_unrecorded = accepted_objects(stack, manifest) - settled
@@ -147,7 +148,7 @@ def test_consumer_sigterm_while_puts_are_slow_finishes_in_flight_work_exactly_on
     manifest = write(stack.local, applications=("payment-service",), pods_per_app=2, objects_per_pod=4, seed=33)
     keys = set(manifest.keys)
     wait_for(lambda: stack.proxy.inflight() >= 1 and ledger_keys(stack.local, "acme"), 60, "slow puts in flight")
-    assert first.terminate(timeout=60) == 0
+    assert first.terminate(timeout=60)[0] == 0
     drained = next(r for r in first.logs() if r.get("msg") == "drained")
     assert drained["released"] == 0  # in-flight objects were finished, not abandoned
     done = ledger_keys(stack.local, "acme")

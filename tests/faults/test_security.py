@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 import orjson
 import pytest
-from fault_helpers import ConsumerProcess, FaultStack, ledger_keys, run_replay, wait_for, write
+from fault_helpers import FaultStack, consumer_process, ledger_keys, run_replay, wait_for, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -151,12 +151,12 @@ def test_no_credentials_or_secrets_in_logs_or_reports(stack: FaultStack, tmp_pat
     # The consumer, on new objects (their S3 notifications are already on the queue).
     later = write(stack.local, tenants=("acme", "globex"), applications=("payment-service",), seed=42)
     acme_later = {k for k in later.keys if k.split("/")[1] == "acme"}
-    c = ConsumerProcess(stack, tmp_path / "consumer.log", ["--log-level", "DEBUG", "--retry-delay", "0"]).wait_ready()
+    c = consumer_process(stack, tmp_path / "consumer.log", ["--log-level", "DEBUG", "--retry-delay", "0"]).wait_ready()
     try:
         wait_for(lambda: acme_later <= ledger_keys(stack.local, "acme"), 60, "the consumer to deliver")
         wait_for(lambda: "AccessDeniedException" in c.log_text(), 30, "globex's denied put to be logged")
     finally:
-        c.stop()
+        c.kill()
     secrets = stack.proxy.secrets()
     assert len(secrets) >= 4  # central and tenant sessions, secret keys and tokens, from both runs
     texts = {"replay output": replay_output, "replay report": report.read_text(), "consumer log": c.log_text()}

@@ -12,29 +12,23 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote_plus
 
 import orjson
 import pytest
 from boto3.dynamodb.types import TypeSerializer
-from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.ledger import Ledger
 from pipeline.local import generator as gen
 from pipeline.local.faults import Delay, FaultProxy, Rule
 from pipeline.local.provision import LocalEnvironment
 from pipeline.local.readback import read_group
-from pipeline.local.server import free_port
+from tests.support.consumer_process import ConsumerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,85 +40,12 @@ CLUSTER = "prod-1"
 # Helpers
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-class ConsumerProcess:
-    """One `python -m jobs.consumer --mode sqs` child, with its JSON logs in a file and its metrics port."""
-
-    def __init__(self, local: LocalEnvironment, log_path: Path, args: list[str], endpoint: str | None = None) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(local.env)
-        if endpoint:  # e.g. a FaultProxy in front of moto
-            env["AWS_ENDPOINT_URL"] = endpoint
-        env["METRICS_PORT"] = str(self.port)
-        env["METRICS_HOST"] = "127.0.0.1"
-        self._log = open(log_path, "wb")  # noqa: SIM115 -- closed in wait()/kill()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobs.consumer", "--mode", "sqs", *args],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-
-    def wait_ready(self, timeout: float = 30) -> ConsumerProcess:
-        def ready() -> bool:
-            assert self.proc.poll() is None, f"consumer exited early:\n{self.log_path.read_text()[-3000:]}"
-            return any(r.get("msg") == "consumer started" for r in self.logs())
-
-        wait_for(ready, timeout, "the consumer to start")
-        return self
-
-    def logs(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_bytes().splitlines():
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                out.append({"raw": line.decode("utf-8", "replace")})
-        return out
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples called `name` whose labels include `labels` (0 when there are none)."""
-        _, body = self.get("/metrics")
-        total = 0.0
-        for family in text_string_to_metric_families(body.decode()):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    total += s.value
-        return total
-
-    def terminate(self, timeout: float = 60) -> tuple[int, float]:
-        """SIGTERM; (exit code, seconds to exit)."""
-        start = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        self._log.close()
-        return code, time.monotonic() - start
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
+def consumer_env(local: LocalEnvironment, endpoint: str | None = None) -> dict[str, str]:
+    """This process's environment without its AWS settings, pointed at the local stack (or a proxy in front)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | local.env
+    if endpoint:  # e.g. a FaultProxy in front of moto
+        env["AWS_ENDPOINT_URL"] = endpoint
+    return env
 
 
 @pytest.fixture
@@ -133,7 +54,7 @@ def start_consumer(local_aws: LocalEnvironment, tmp_path: Path) -> Iterator[Call
 
     def start(*args: str, name: str = "consumer", ready: bool = True, endpoint: str | None = None) -> ConsumerProcess:
         fast = ["--wait-time", "1", "--heartbeat-interval", "0.4", "--retry-delay", "0", "--workers", "4"]
-        c = ConsumerProcess(local_aws, tmp_path / f"{name}-{len(started)}.log", [*fast, *args], endpoint)
+        c = ConsumerProcess(consumer_env(local_aws, endpoint), tmp_path / f"{name}-{len(started)}.log", [*fast, *args])
         started.append(c)
         return c.wait_ready() if ready else c
 
