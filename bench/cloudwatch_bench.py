@@ -39,14 +39,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import machine, write_result  # noqa: E402
 from pipeline import records  # noqa: E402
 from pipeline.batching import EVENT_OVERHEAD_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Event, batches  # noqa: E402
 from pipeline.delivery import TimeWindow  # noqa: E402
@@ -323,9 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "meets_target": {str(m["data"]["events_per_object"]): m["meets_target"] for m in sets},
         "wall_s": round(time.monotonic() - t_all, 1),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"written {args.output} in {result['wall_s']}s", flush=True)
+    write_result(args.output, result)
     return 0
 
 

@@ -42,13 +42,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import machine, write_result  # noqa: E402
 from pipeline.keys import format_key, listing_bounds, tenant_prefix  # noqa: E402
 from pipeline.local.provision import CENTRAL_ACCOUNT_ID, DEFAULT_REGION, LOCAL_CREDENTIALS  # noqa: E402
 from pipeline.local.server import free_port  # noqa: E402
@@ -254,9 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "wall_s": round(time.monotonic() - t_all, 1),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"written {args.output} in {result['wall_s']}s", flush=True)
+    write_result(args.output, result)
     return 0
 
 

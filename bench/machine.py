@@ -1,4 +1,4 @@
-"""What every benchmark records about the machine it ran on, so results from different runs can be told apart."""
+"""What every benchmark records about the machine it ran on, and how it writes its result file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import platform
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 
 def machine(*packages: str, **extra: str) -> dict[str, Any]:
@@ -25,3 +27,10 @@ def machine(*packages: str, **extra: str) -> dict[str, Any]:
         **extra,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write a benchmark's result as indented JSON under bench/results/, and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"written {path} in {result['wall_s']}s", flush=True)

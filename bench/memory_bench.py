@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import machine, write_result  # noqa: E402
 from pipeline.keys import format_key, parse_key  # noqa: E402
 from pipeline.local.generator import GZIP_PUT_ARGS, GeneratorConfig, app_names, generate  # noqa: E402
 from pipeline.local.provision import SampleTenant, provision  # noqa: E402
@@ -199,9 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{large['objects']}: ratio {result['peak_ratio_10n_over_n']}",
         flush=True,
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"written {args.output} in {result['wall_s']}s", flush=True)
+    write_result(args.output, result)
     return 0
 
 

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import machine, write_result  # noqa: E402
 from pipeline import records  # noqa: E402
 from pipeline.batching import group_by_stream, prepare  # noqa: E402
 from pipeline.delivery import TimeWindow  # noqa: E402
@@ -373,9 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profile_decode_top_tottime": profile_decode(sample, now_ms),
         "wall_s": round(time.monotonic() - t_all, 1),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(f"written {args.output} in {result['wall_s']}s", flush=True)
+    write_result(args.output, result)
     return 0
 
 
