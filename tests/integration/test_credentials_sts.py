@@ -7,7 +7,6 @@ requests and read their parameters off the wire instead of trusting the broker's
 from __future__ import annotations
 
 import http.client
-import os
 import re
 import threading
 import time
@@ -22,8 +21,7 @@ import pytest
 
 from pipeline import aws
 from pipeline.credentials import CredentialBroker
-from pipeline.local.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment, provision
-from pipeline.local.server import MotoServer
+from pipeline.local.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment
 
 pytestmark = pytest.mark.integration
 
@@ -94,16 +92,8 @@ class RecordingProxy:
 
 
 @pytest.fixture(scope="module")
-def stack(moto_server: MotoServer) -> Iterator[LocalEnvironment]:
-    """One provisioned stack for the module (these tests only read it), so it is set up once, not per test."""
-    moto_server.reset()
-    local = provision(moto_server.endpoint_url)
-    with pytest.MonkeyPatch.context() as mp:
-        for var in [v for v in os.environ if v.startswith("AWS_")]:
-            mp.delenv(var)
-        for k, v in local.env.items():
-            mp.setenv(k, v)
-        yield local
+def stack(module_aws: LocalEnvironment) -> LocalEnvironment:
+    return module_aws
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ checked in order, and any call not queued (a Describe*, an extra retry) fails th
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -21,8 +20,7 @@ from botocore.stub import Stubber
 
 from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError
-from pipeline.local.provision import LocalEnvironment, provision
-from pipeline.local.server import MotoServer
+from pipeline.local.provision import LocalEnvironment
 from pipeline.sinks import cloudwatch
 from pipeline.sinks.base import Destination
 from pipeline.sinks.cloudwatch import CloudWatchSink, RetryPolicy
@@ -32,16 +30,8 @@ GROUP = "/logs/acme"
 
 
 @pytest.fixture(scope="module")
-def env(moto_server: MotoServer) -> Iterator[LocalEnvironment]:
-    """One provisioned local AWS for the whole module: these tests only need working credentials."""
-    moto_server.reset()
-    local = provision(moto_server.endpoint_url)
-    with pytest.MonkeyPatch.context() as mp:
-        for var in [v for v in os.environ if v.startswith("AWS_")]:
-            mp.delenv(var)
-        for k, v in local.env.items():
-            mp.setenv(k, v)
-        yield local
+def env(module_aws: LocalEnvironment) -> LocalEnvironment:
+    return module_aws
 
 
 @pytest.fixture(scope="module")
