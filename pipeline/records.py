@@ -9,11 +9,14 @@ from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 import orjson
+import simdjson
 
 try:  # zlib-ng inflates about twice as fast as zlib, with the same API and output
     from zlib_ng import zlib_ng as zlib
 except ImportError:  # pragma: no cover - the stdlib module is always there
     import zlib  # type: ignore[no-redef]
+
+Event = tuple[int, str]  # (timestamp in epoch milliseconds, message): what a record becomes
 
 # The fields of a Vector record that delivery reads; everything else is Vector's envelope.
 MESSAGE_FIELD = "message"
@@ -57,6 +60,7 @@ def vector_record(
 READ_CHUNK = 256 * 1024
 MAX_SAMPLES = 20  # per object: enough to diagnose, bounded so a garbage object cannot bloat a report
 GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"  # Windows tools start files with it; JSON forbids it, simdjson skips it, so do we
 MS_THRESHOLD = 1e12  # a numeric timestamp at or above this is already in milliseconds
 
 
@@ -132,7 +136,8 @@ def _inflate(chunks: Iterator[bytes], stats: DecodeStats) -> Iterator[bytes]:
         stats.damaged = f"truncated gzip stream after {stats.bytes_read} bytes"
 
 
-def _lines(chunks: Iterator[bytes], stats: DecodeStats) -> Iterator[bytes]:
+def _line_batches(chunks: Iterator[bytes], stats: DecodeStats) -> Iterator[list[bytes]]:
+    """The lines of each inflated chunk, as one list per chunk: the hot loop then runs over plain lists."""
     tail = b""
     for chunk in chunks:
         stats.bytes_decoded += len(chunk)
@@ -140,9 +145,10 @@ def _lines(chunks: Iterator[bytes], stats: DecodeStats) -> Iterator[bytes]:
             chunk = tail + chunk
         parts = chunk.split(b"\n")
         tail = parts.pop()
-        yield from parts
+        if parts:
+            yield parts
     if tail:
-        yield tail
+        yield [tail]
 
 
 class _TimestampParser:
@@ -242,40 +248,59 @@ def _message_of(record: Any) -> str:
     return orjson.dumps(record).decode()
 
 
+def decode_batches(
+    body: bytes | _ReadableBody,
+    fallback_ts_ms: int,
+    stats: DecodeStats | None = None,
+) -> Iterator[list[Event]]:
+    """Stream one object body into lists of (timestamp_ms, message) events, one list per read chunk.
+
+    The body may be gzip or plain, NDJSON or one JSON array of records. NDJSON is decoded chunk by chunk,
+    so memory stays at one inflated chunk and its events; a JSON array has to be parsed whole. Bad lines
+    are counted in `stats` with their line numbers, and decoding goes on. `fallback_ts_ms` (the object's
+    LastModified) stands in for a missing or unparseable timestamp.
+
+    The body is read up to its first record when this is called (to tell NDJSON from an array), and
+    the rest as the lists are consumed. Lists rather than single events, because every event would
+    otherwise cost a generator round trip in each layer it passes through.
+    """
+    st = stats if stats is not None else DecodeStats()
+    line_batches = _line_batches(_inflate(_chunks(body, st), st), st)
+    for parts in line_batches:
+        first = next((i for i, raw in enumerate(parts) if raw.strip()), None)
+        if first is None:
+            st.lines += len(parts)  # blank lines are framing, but they are numbered
+            continue
+        st.lines += first
+        head = parts[first:]
+        head[0] = head[0].removeprefix(UTF8_BOM)
+        rest = itertools.chain((head,), line_batches)
+        if head[0].lstrip()[:1] == b"[":
+            return _array_batches(itertools.chain.from_iterable(rest), st, fallback_ts_ms, _PARSER)
+        return _ndjson_batches(rest, st, fallback_ts_ms, _PARSER)
+    return iter(())
+
+
 def decode_events(
     body: bytes | _ReadableBody,
     fallback_ts_ms: int,
     stats: DecodeStats | None = None,
-) -> Iterator[tuple[int, str]]:
-    """Stream one object body into (timestamp_ms, message) events.
+) -> Iterator[Event]:
+    """`decode_batches`, one event at a time."""
+    return itertools.chain.from_iterable(decode_batches(body, fallback_ts_ms, stats))
 
-    The body may be gzip or plain, NDJSON or one JSON array of records. NDJSON is decoded line by line,
-    so memory stays at one read chunk plus one line; a JSON array has to be parsed whole. Bad lines are
-    counted in `stats` with their line numbers, and decoding goes on. `fallback_ts_ms` (the object's
-    LastModified) stands in for a missing or unparseable timestamp.
 
-    The body is read up to its first record when this is called (to tell NDJSON from an array), and
-    the rest as the events are consumed. The iterator returned is the decoding loop itself: no generator
-    layer in between, because every event passes through it.
-    """
-    st = stats if stats is not None else DecodeStats()
-    parse_ts = _PARSER
-    lines = _lines(_inflate(_chunks(body, st), st), st)
-
-    first = next(lines, None)
-    while first is not None and not first.strip():
-        st.lines += 1
-        first = next(lines, None)
-    if first is None:
-        return iter(())
-    if first.lstrip()[:1] == b"[":
-        return _record_events(_array_records(first, lines, st), st, fallback_ts_ms, parse_ts)
-    return _ndjson_events(itertools.chain((first,), lines), st, fallback_ts_ms, parse_ts)
+def _array_batches(
+    lines: Iterator[bytes], st: DecodeStats, fallback_ts_ms: int, parse_ts: _TimestampParser
+) -> Iterator[list[Event]]:
+    events = list(_record_events(_array_records(lines, st), st, fallback_ts_ms, parse_ts))
+    if events:
+        yield events
 
 
 def _record_events(
     records: Iterator[Any], st: DecodeStats, fallback_ts_ms: int, parse_ts: _TimestampParser
-) -> Iterator[tuple[int, str]]:
+) -> Iterator[Event]:
     for record in records:
         ts = parse_ts(record.get(TIMESTAMP_FIELD)) if type(record) is dict else None
         if ts is None:
@@ -289,60 +314,86 @@ def _record_events(
         yield ts, message
 
 
-def _ndjson_events(
-    lines: Iterator[bytes], st: DecodeStats, fallback_ts_ms: int, parse_ts: _TimestampParser
-) -> Iterator[tuple[int, str]]:
+def _ndjson_batches(
+    line_batches: Iterator[list[bytes]], st: DecodeStats, fallback_ts_ms: int, parse_ts: _TimestampParser
+) -> Iterator[list[Event]]:
     """The hot loop: one line to one event with as few Python calls as possible.
 
-    It is `_record_events` over `_line_records` fused by hand: the common record (a string message and
-    an RFC 3339 UTC timestamp whose second was seen before) takes no function call besides orjson's.
-    Counters live in locals and are written back when the loop ends, however it ends.
+    A Vector record is mostly envelope (pod labels, file, source type) that delivery never reads, and
+    materialising it is most of what a full parse costs. So simdjson parses each line lazily and only
+    `message` and `timestamp` become Python objects. A line whose record is not the common shape (a
+    non-empty string message and an RFC 3339 UTC timestamp), or that simdjson refuses, is decoded again
+    with orjson, exactly as `_record_events` would: the results are the same either way, apart from the
+    two cases where simdjson is laxer (a UTF-8 byte-order mark, and a duplicated key, where the first
+    wins). Counters live in locals and are written back when the loop ends, however it ends.
     """
+    # A lazy document borrows the parser's buffer, and the parser refuses to parse again while any
+    # proxy into it is alive: that is why `doc`, `msg` and `tsv` are reassigned on every path.
+    parse = simdjson.Parser().parse
+    lazy_object = simdjson.Object
+    lazy_array = simdjson.Array
+    dumps = orjson.dumps
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
     seconds = parse_ts.seconds_ms
     second_ms = parse_ts.second_ms
     ts_field, msg_field = TIMESTAMP_FIELD, MESSAGE_FIELD
-    n = st.lines  # leading blank lines were counted while looking for the first record
-    first_line = n + 1
-    events = defaulted = empty = 0
+    n = st.lines  # the line before the first record; leading blank lines were counted already
+    defaulted = empty = 0
     try:
-        # After the loop, n is the last line's number, which is what st.lines must say.
-        for n, raw in enumerate(lines, first_line):
-            try:
-                record = loads(raw)
-            except decode_error as exc:
-                st.lines = n
-                record = _bad_line(raw, exc, st)
-                if record is _INVALID:
-                    continue
-            if type(record) is dict:
-                tsv = record.get(ts_field)
-                ts = None
-                if type(tsv) is str and len(tsv) > 24 and tsv[19] == "." and tsv[-1] == "Z":
-                    secs = seconds.get(tsv[:19]) or second_ms(tsv[:19])
-                    frac = tsv[20:-1]
-                    if secs is not None and frac.isdecimal():  # isdigit() admits "²", which int() refuses
-                        ts = secs + int(frac[:3])
-                if ts is None:
-                    ts = parse_ts(tsv)
-                msg = record.get(msg_field)
-                if type(msg) is not str:
+        for parts in line_batches:
+            out: list[Event] = []
+            append = out.append
+            # After the loop, n is the last line's number, which is what st.lines must say.
+            for n, raw in enumerate(parts, n + 1):  # noqa: B020 - numbering carries on from the last chunk
+                try:
+                    doc = parse(raw)
+                except Exception:  # whatever simdjson refuses, orjson decides below
+                    doc = None
+                if type(doc) is lazy_object:
+                    msg = doc.get(msg_field)
+                    tsv = doc.get(ts_field)
+                    doc = None
+                    kind = type(msg)
+                    if kind is lazy_object:  # structured logging: only the message subtree is built
+                        msg = dumps(msg.as_dict()).decode()
+                    elif kind is lazy_array:
+                        msg = dumps(msg.as_list()).decode()
+                    if type(msg) is str and type(tsv) is str and len(tsv) > 24 and tsv[19] == "." and tsv[-1] == "Z":
+                        secs = seconds.get(tsv[:19]) or second_ms(tsv[:19])
+                        frac = tsv[20:-1]
+                        # isdigit() admits "²", which int() refuses
+                        if secs is not None and frac.isdecimal() and msg:
+                            append((secs + int(frac[:3]), msg))
+                            continue
+                doc = msg = tsv = None
+                try:
+                    record = loads(raw)
+                except decode_error as exc:
+                    st.lines = n
+                    record = _bad_line(raw, exc, st)
+                    if record is _INVALID:
+                        continue
+                if type(record) is dict:
+                    ts = parse_ts(record.get(ts_field))
+                    msg = record.get(msg_field)
+                    if type(msg) is not str:
+                        msg = _message_of(record)
+                else:
+                    ts = None
                     msg = _message_of(record)
-            else:
-                ts = None
-                msg = _message_of(record)
-            if ts is None:
-                ts = fallback_ts_ms
-                defaulted += 1
-            if not msg:
-                empty += 1  # CloudWatch refuses empty messages; there is nothing to deliver
-                continue
-            events += 1
-            yield ts, msg
+                if ts is None:
+                    ts = fallback_ts_ms
+                    defaulted += 1
+                if not msg:
+                    empty += 1  # CloudWatch refuses empty messages; there is nothing to deliver
+                    continue
+                append((ts, msg))
+            if out:
+                st.events += len(out)
+                yield out
     finally:
         st.lines = n
-        st.events += events
         st.timestamps_defaulted += defaulted
         st.messages_empty += empty
 
@@ -351,6 +402,12 @@ def _bad_line(raw: bytes, exc: Exception, st: DecodeStats) -> Any:
     """A record from a line orjson refused, or _INVALID after counting why. `st.lines` is this line's number."""
     if not raw.strip():
         return _INVALID  # blank lines are framing, not errors
+    if raw.startswith(UTF8_BOM):  # the fast path takes these, so the slow one must too
+        raw = raw[len(UTF8_BOM) :]
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as retry:
+            exc = retry
     record = _repair_utf8(raw, st)
     if record is not _INVALID:
         return record
@@ -381,8 +438,8 @@ def _repair_utf8(raw: bytes, st: DecodeStats) -> Any:
     return record
 
 
-def _array_records(first: bytes, rest: Iterator[bytes], st: DecodeStats) -> Iterator[Any]:
-    body = b"\n".join(itertools.chain((first,), rest))
+def _array_records(lines: Iterator[bytes], st: DecodeStats) -> Iterator[Any]:
+    body = b"\n".join(lines)
     st.lines += body.count(b"\n") + 1
     try:
         records = orjson.loads(body)

@@ -389,3 +389,77 @@ def test_raw_deflate_is_not_mistaken_for_text_silently() -> None:
     events, stats = decode(body)
     assert events == []
     assert stats.lines_malformed >= 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The lazy (simdjson) fast path against the full (orjson) parse
+# ---------------------------------------------------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+TIMESTAMPS = st.one_of(
+    st.just(T0),
+    st.datetimes(timezones=st.just(__import__("datetime").UTC)).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
+    st.integers(min_value=-1, max_value=2**53),
+    st.floats(allow_nan=True),
+    st.text(max_size=30),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.builds(rec, JSON_VALUES, TIMESTAMPS),
+            st.dictionaries(st.sampled_from(["timestamp", "log", "level", "x"]), JSON_VALUES, max_size=3),
+            JSON_VALUES,
+        ),
+        max_size=12,
+    )
+)
+def test_ndjson_lines_decode_exactly_like_the_full_parse(records: list[object]) -> None:
+    # A JSON array is decoded with orjson record by record; NDJSON goes through simdjson's lazy fast path
+    # where it can. Whatever a record holds (structured messages with floats, odd timestamps, no message,
+    # non-object lines), both must deliver the same events and count the same things. (The first record
+    # is fixed because an NDJSON body whose first line is an array reads as one JSON array.)
+    records = [rec("first"), *records]
+    via_lines, line_stats = decode(ndjson(records))
+    via_array, array_stats = decode(orjson.dumps(records))
+    assert via_lines == via_array
+    assert (line_stats.events, line_stats.timestamps_defaulted, line_stats.messages_empty) == (
+        array_stats.events,
+        array_stats.timestamps_defaulted,
+        array_stats.messages_empty,
+    )
+    assert line_stats.lines_malformed == 0
+
+
+@pytest.mark.parametrize("timestamp", ["2024-01-01T00:00:00.500000Z", "2024-01-01T00:00:00.5Z"], ids=["fast", "slow"])
+def test_a_byte_order_mark_is_skipped_on_either_path(timestamp: str) -> None:
+    # simdjson skips a UTF-8 byte-order mark that orjson refuses. A line must not be delivered or refused
+    # depending on which path its timestamp sends it down, and its lazy message must not outlive it.
+    line = b'\xef\xbb\xbf{"message":{"a":[1,2]},"timestamp":"' + timestamp.encode() + b'"}\n'
+    events, stats = decode(ndjson([rec("first")]) + line + ndjson([rec("next")]))
+    assert events[1:] == [(1_704_067_200_500, '{"a":[1,2]}'), (T0_MS, "next")]
+    assert stats.lines_malformed == 0
+
+
+@pytest.mark.parametrize("pretty", [False, True])
+def test_a_byte_order_mark_before_the_body(pretty: bool) -> None:
+    body = json.dumps(RECORDS, indent=2 if pretty else None).encode()
+    assert decode(b"\xef\xbb\xbf" + body)[0] == EXPECTED
+    assert decode(b"\xef\xbb\xbf" + ndjson(RECORDS))[0] == EXPECTED
+
+
+def test_big_integers_simdjson_cannot_hold_are_decoded_by_orjson() -> None:
+    events, stats = decode(ndjson([rec({"n": 2**64 - 1}), rec("after")]) + b'{"message":{"n":1e400}}\n')
+    assert [m for _, m in events][:2] == ['{"n":18446744073709551615}', "after"]
+    assert stats.lines_malformed == 1  # 1e400 is out of range for orjson too: counted, not guessed
