@@ -15,7 +15,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline import aws
+from pipeline import allocator, aws
 from pipeline.batching import MAX_STREAM_NAME_CHARS, group_by_stream, prepare
 from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError, NonRecoverableError
@@ -260,8 +260,10 @@ def build_deliverer(
     Pool threads share it: the tenant directory and the credential broker lock their caches, botocore
     clients are thread-safe, and creating the clients here (not lazily on first use) avoids threads racing
     to build them. The null sink sends nothing, so it gets no ledger: nothing may be recorded as delivered.
+    Every delivering process builds one, so this is also where the process's allocator is tuned.
     Raises ConfigError naming any missing env var.
     """
+    allocator.tune()
     settings.require("tenant_table", *([] if sink == "null" else ["central_role_arn", "ledger_table"]))
     ddb = aws.client("dynamodb")
     tenants = TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s, client=ddb)

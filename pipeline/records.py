@@ -330,8 +330,7 @@ def _ndjson_batches(
     # A lazy document borrows the parser's buffer, and the parser refuses to parse again while any
     # proxy into it is alive: that is why `doc`, `msg` and `tsv` are reassigned on every path.
     parse = simdjson.Parser().parse
-    lazy_object = simdjson.Object
-    lazy_array = simdjson.Array
+    lazy_object, lazy_array = simdjson.Object, simdjson.Array
     dumps = orjson.dumps
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
@@ -348,11 +347,11 @@ def _ndjson_batches(
             for n, raw in enumerate(parts, n + 1):  # noqa: B020 - numbering carries on from the last chunk
                 try:
                     doc = parse(raw)
-                except Exception:  # whatever simdjson refuses, orjson decides below
-                    doc = None
-                if type(doc) is lazy_object:
-                    msg = doc.get(msg_field)
-                    tsv = doc.get(ts_field)
+                    msg = doc[msg_field]
+                    tsv = doc[ts_field]
+                except Exception:  # not JSON to simdjson, not an object, a field missing: orjson decides below
+                    msg = None
+                else:
                     doc = None
                     kind = type(msg)
                     if kind is lazy_object:  # structured logging: only the message subtree is built
