@@ -244,8 +244,21 @@ def _message_of(record: Any) -> str:
         if type(msg) is str:
             return msg
         if msg is not None:
-            return orjson.dumps(msg).decode()
-    return orjson.dumps(record).decode()
+            return compact_json(msg)
+    return compact_json(record)
+
+
+def compact_json(value: Any) -> str:
+    """A structured message as compact JSON, printed the way the hot loop prints it (simdjson's `mini`), so
+    a record reads the same whichever path decodes it.
+
+    simdjson and orjson print the same text except for some floats (`1e+15` for `1000000000000000.0`,
+    `1e-05` for `0.00001`); both give back the same number.
+    """
+    text = orjson.dumps(value)
+    if type(value) is dict or type(value) is list:
+        text = simdjson.Parser().parse(text).mini
+    return text.decode()
 
 
 def decode_batches(
@@ -330,8 +343,7 @@ def _ndjson_batches(
     # A lazy document borrows the parser's buffer, and the parser refuses to parse again while any
     # proxy into it is alive: that is why `doc`, `msg` and `tsv` are reassigned on every path.
     parse = simdjson.Parser().parse
-    lazy_object, lazy_array = simdjson.Object, simdjson.Array
-    dumps = orjson.dumps
+    lazy_containers = (simdjson.Object, simdjson.Array)
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
     seconds = parse_ts.seconds_ms
@@ -353,11 +365,8 @@ def _ndjson_batches(
                     msg = None
                 else:
                     doc = None
-                    kind = type(msg)
-                    if kind is lazy_object:  # structured logging: only the message subtree is built
-                        msg = dumps(msg.as_dict()).decode()
-                    elif kind is lazy_array:
-                        msg = dumps(msg.as_list()).decode()
+                    if type(msg) in lazy_containers:  # structured logging: printed straight from the parse
+                        msg = msg.mini.decode()
                     if type(msg) is str and type(tsv) is str and len(tsv) > 24 and tsv[19] == "." and tsv[-1] == "Z":
                         secs = seconds.get(tsv[:19]) or second_ms(tsv[:19])
                         frac = tsv[20:-1]

@@ -8,8 +8,9 @@ has one definition.
 The result of a write is a `Manifest`: for every object its key, size, ETag, record count and the events
 delivery must produce, as `(timestamp_ms, message_str)`:
 
-- `message_str` is the `message` itself when it is a string, the compact JSON (`orjson.dumps`) of it when
-  it is an object or array, and the compact JSON of the whole record when the record has no `message`.
+- `message_str` is the `message` itself when it is a string, the compact JSON (`records.compact_json`) of
+  it when it is an object or array, and the compact JSON of the whole record when the record has no
+  `message`.
 - `timestamp_ms` is the record timestamp truncated (not rounded) to milliseconds. Epoch-seconds numbers
   are only ever whole seconds or multiples of 1/8 s, which binary floats hold exactly, so `value * 1000`
   gives the same milliseconds however a decoder converts them.
@@ -55,7 +56,7 @@ import orjson
 
 from pipeline import timespec
 from pipeline.keys import DEFAULT_WRITE_SLACK, format_key
-from pipeline.records import MESSAGE_FIELD, vector_record
+from pipeline.records import MESSAGE_FIELD, compact_json, vector_record
 
 NS_PER_S = 1_000_000_000
 NS_PER_MS = 1_000_000
@@ -647,9 +648,9 @@ def clip_utf8(text: str, max_bytes: int) -> str:
 def delivered_message(record: Mapping[str, Any]) -> str:
     """What CloudWatch should receive for a record (CONTRACTS.md §2). The manifest's rule, spelled out."""
     if MESSAGE_FIELD not in record:
-        return orjson.dumps(record).decode()
+        return compact_json(record)
     msg = record[MESSAGE_FIELD]
-    return msg if isinstance(msg, str) else orjson.dumps(msg).decode()
+    return msg if isinstance(msg, str) else compact_json(msg)
 
 
 # --------------------------------------------------------------------------------------------------------

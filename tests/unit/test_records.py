@@ -463,3 +463,19 @@ def test_big_integers_simdjson_cannot_hold_are_decoded_by_orjson() -> None:
     events, stats = decode(ndjson([rec({"n": 2**64 - 1}), rec("after")]) + b'{"message":{"n":1e400}}\n')
     assert [m for _, m in events][:2] == ['{"n":18446744073709551615}', "after"]
     assert stats.lines_malformed == 1  # 1e400 is out of range for orjson too: counted, not guessed
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.lists(JSON_VALUES, max_size=4), st.dictionaries(st.text(max_size=6), JSON_VALUES, max_size=4)))
+def test_structured_messages_are_compact_json_of_the_same_value(message: object) -> None:
+    # simdjson prints some floats differently from orjson (1e+15, 1e-05); the number must be the same.
+    [(_, text)] = decode(ndjson([rec(message)]))[0]
+    assert orjson.loads(text) == message
+    assert text == orjson.dumps(message).decode() or any(c in text for c in "eE.")
+
+
+@pytest.mark.parametrize("value", [1e15, 1e-5, 1.5e-7, 11016398457797.562, -0.0, 5e-324, 1.7976931348623157e308])
+def test_awkward_floats_in_structured_messages_keep_their_value(value: float) -> None:
+    events, _ = decode(ndjson([rec({"v": value}), rec([value])]))
+    assert [orjson.loads(m) for _, m in events] == [{"v": value}, [value]]
+    assert all(" " not in m for _, m in events)
