@@ -10,8 +10,10 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import accumulate, repeat
-from operator import add, itemgetter, methodcaller
+from itertools import accumulate, compress, repeat
+from operator import add, itemgetter, methodcaller, not_
+
+import orjson
 
 from pipeline.records import Event
 
@@ -165,7 +167,7 @@ def batches(events: list[Event]) -> Iterator[list[Event]]:
     if n == 0:
         return
     # Byte cost of each event, as running totals: cum[i] is the cost of events[:i].
-    cum = list(accumulate(map(add, map(len, map(_utf8, map(_msg, events))), repeat(EVENT_OVERHEAD_BYTES)), initial=0))
+    cum = list(accumulate(map(add, utf8_sizes(list(map(_msg, events))), repeat(EVENT_OVERHEAD_BYTES)), initial=0))
     if n <= MAX_BATCH_EVENTS and cum[-1] <= MAX_BATCH_BYTES and events[-1][0] - events[0][0] < MAX_BATCH_SPAN_MS:
         yield events
         return
@@ -177,6 +179,26 @@ def batches(events: list[Event]) -> Iterator[list[Event]]:
         end = max(end, start + 1)  # prepare() guarantees one event always fits
         yield events[start:end]
         start = end
+
+
+def put_log_events_body(log_group: str, stream: str, batch: list[Event]) -> bytes:
+    """The PutLogEvents request body for one batch, serialized in one orjson call."""
+    return orjson.dumps(
+        {
+            "logGroupName": log_group,
+            "logStreamName": stream,
+            "logEvents": [{"timestamp": ts, "message": msg} for ts, msg in batch],
+        }
+    )
+
+
+def utf8_sizes(messages: list[str]) -> list[int]:
+    """UTF-8 byte length of each message. An ASCII string's length is its byte count, and CPython knows
+    a string is ASCII without looking at it, so only the others are encoded."""
+    sizes = list(map(len, messages))
+    for i in compress(range(len(messages)), map(not_, map(str.isascii, messages))):
+        sizes[i] = len(_utf8(messages[i]))
+    return sizes
 
 
 _ts = itemgetter(0)

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -23,7 +22,7 @@ from botocore.exceptions import (
 )
 
 from pipeline import aws
-from pipeline.batching import Event, batches, count_rejected
+from pipeline.batching import Event, batches, count_rejected, put_log_events_body
 from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError
 from pipeline.sinks.base import Destination, SinkResult
@@ -76,13 +75,7 @@ class CloudWatchSink:
         pass
 
     def _put(self, dest: Destination, stream: str, batch: list[Event], result: SinkResult) -> None:
-        body = orjson.dumps(
-            {
-                "logGroupName": dest.log_group,
-                "logStreamName": stream,
-                "logEvents": [{"timestamp": ts, "message": msg} for ts, msg in batch],
-            }
-        )
+        body = put_log_events_body(dest.log_group, stream, batch)
         where = f"{dest.log_group}/{stream} in {dest.region} for tenant {dest.tenant_id}"
         created = refreshed = False
         attempt = 0

@@ -6,9 +6,7 @@ throughput experiments.
 
 from __future__ import annotations
 
-import orjson
-
-from pipeline.batching import Event, batches
+from pipeline.batching import Event, batches, put_log_events_body
 from pipeline.sinks.base import Destination, SinkResult
 
 
@@ -21,13 +19,7 @@ class NullSink:
     def send(self, dest: Destination, stream: str, events: list[Event]) -> SinkResult:
         result = SinkResult()
         for batch in batches(events):
-            body = orjson.dumps(
-                {
-                    "logGroupName": dest.log_group,
-                    "logStreamName": stream,
-                    "logEvents": [{"timestamp": ts, "message": msg} for ts, msg in batch],
-                }
-            )
+            body = put_log_events_body(dest.log_group, stream, batch)
             self.bytes_serialized += len(body)
             result.batches += 1
             result.delivered += len(batch)

@@ -19,6 +19,7 @@ from pipeline.batching import (
     prepare,
     split_message,
     stream_name,
+    utf8_sizes,
 )
 
 # The contract's numbers, written out here on purpose rather than imported: the tests check the code
@@ -392,3 +393,11 @@ def test_prepare_filters_the_window_before_judging_age() -> None:
     # Without a window nothing is filtered, and age alone decides.
     out = prepare(list(events), now)
     assert (out.filtered, out.too_old, out.too_new) == (0, 2, 2)
+
+
+MIXED_TEXT = st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("a\x00\x7f\x80é😀\ud800"))
+
+
+@given(st.lists(MIXED_TEXT, max_size=40))
+def test_utf8_sizes_are_the_encoded_lengths(messages: list[str]) -> None:
+    assert utf8_sizes(messages) == [len(m.encode("utf-8", "surrogatepass")) for m in messages]
