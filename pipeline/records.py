@@ -233,6 +233,7 @@ class _TimestampParser:
         return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
+_MILLIS = {f"{ms:03d}": ms for ms in range(1000)}  # a lookup is cheaper than int() on a str
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DATE = date(1970, 1, 1)
 # One parser for the process: consecutive objects of a pod share seconds, and the caches are bounded.
@@ -346,6 +347,7 @@ def _ndjson_batches(
     # proxy into it is alive: that is why `doc`, `msg` and `tsv` are reassigned on every path.
     parse = simdjson.Parser().parse
     lazy_containers = (simdjson.Object, simdjson.Array)
+    millis = _MILLIS
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
     seconds = parse_ts.seconds_ms
@@ -372,9 +374,8 @@ def _ndjson_batches(
                     if type(msg) is str and type(tsv) is str and len(tsv) > 24 and tsv[19] == "." and tsv[-1] == "Z":
                         secs = seconds.get(tsv[:19]) or second_ms(tsv[:19])
                         frac = tsv[20:-1]
-                        # isdigit() admits "²", which int() refuses
-                        if secs is not None and frac.isdecimal() and msg:
-                            append((secs + int(frac[:3]), msg))
+                        if secs is not None and frac.isdecimal() and frac.isascii() and msg:
+                            append((secs + millis[frac[:3]], msg))
                             continue
                 doc = msg = tsv = None
                 try:

@@ -224,7 +224,12 @@ def test_timestamps(value: object, ms: int) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["garbage", "", "2024-13-01T00:00:00Z", "2024-01-01T25:00:00Z", -1, -1.5, True, False, None, [1], {"s": 1}, "NaN"],
+    [
+        *("garbage", "", "2024-13-01T00:00:00Z", "2024-01-01T25:00:00Z", -1, -1.5, True, False, None, [1], {"s": 1}),
+        "NaN",
+        "2024-01-01T00:00:00.\u0661\u0662\u0663\u0664Z",  # Arabic-Indic digits: decimal to Python, not to RFC 3339
+        "2024-01-01T00:00:00.1_23456Z",
+    ],
 )
 def test_bad_timestamp_falls_back_to_last_modified(value: object) -> None:
     events, stats = decode(ndjson([rec("m", value)]))
