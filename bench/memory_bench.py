@@ -15,11 +15,18 @@ The child reports its own peak RSS (`VmHWM` in /proc/self/status) after setup an
 keeps one run's peak from hiding the other's. One object per pod, so that the small set's work units
 already hold 8 pods and keep all of the worker's 8 pod threads busy: the sets differ in objects only.
 Targets: peak(10x N) / peak(N) <= 1.15, and both under 512 MiB.
+
+A third set holds the collector's largest objects (64 MiB uncompressed, `batch.max_bytes` in
+collector/vector/base/vector.yaml), one per pod, enough pods to keep all 8 pod threads busy. It runs twice
+with the `null` sink (S3 reads from moto, decode, batch, serialize; no puts, which would only take longer):
+once with the worker's default memory budget (`--worker-memory`), once with the budget lifted, to show what
+the budget prevents. Target: under 512 MiB with the default budget.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import subprocess
 import sys
@@ -40,10 +47,12 @@ from pipeline.keys import format_key, parse_key  # noqa: E402
 from pipeline.local.generator import GZIP_PUT_ARGS, GeneratorConfig, app_names, generate  # noqa: E402
 from pipeline.local.provision import SampleTenant, provision  # noqa: E402
 from pipeline.local.server import MotoServer  # noqa: E402
+from pipeline.replay.budget import DEFAULT_BUDGET_MIB  # noqa: E402
 from pipeline.replay.workers import POD_THREADS  # noqa: E402
 
 TARGET_PEAK_RATIO = 1.15
 TARGET_PEAK_MIB = 512
+UNBOUNDED_MIB = 1 << 20  # a budget no set comes near: the worker as it was without one
 TENANT = SampleTenant("acme", "111111111111")
 OBJECTS_PER_POD = 1  # so that even the small set's units hold 8 pods and the worker's 8 pod threads are all busy
 
@@ -55,7 +64,7 @@ def status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def child(cluster: str, sink: str, since: str, until: str) -> int:
+def child(cluster: str, sink: str, since: str, until: str, budget_mib: int) -> int:
     """One replay worker: list the cluster's objects, then run its units; print peak RSS as JSON."""
     from pipeline import aws
     from pipeline.delivery import TimeWindow
@@ -70,7 +79,8 @@ def child(cluster: str, sink: str, since: str, until: str) -> int:
     flt = ListingFilter((TENANT.tenant_id,), lo, hi, clusters=(cluster,))
     listing = list_window(aws.client("s3"), settings.bucket, flt)
     units = pack_units(listing.pods, 1)
-    runner = UnitRunner(settings, sink, TimeWindow(to_ms(lo), to_ms(hi) + 1), redeliver=True)
+    window = TimeWindow(to_ms(lo), to_ms(hi) + 1)
+    runner = UnitRunner(settings, sink, window, redeliver=True, memory_budget_mib=budget_mib)
     runner.run(WorkUnit(-1, units[0].objects[:1], 0))  # imports, STS, clients, first stream
     baseline_kib, rss_baseline_kib = status_kib("VmHWM"), status_kib("VmRSS")
     start = time.perf_counter()
@@ -87,6 +97,7 @@ def child(cluster: str, sink: str, since: str, until: str) -> int:
         "objects": objects,
         "events": events,
         "work_units": len(units),
+        "memory_budget_mib": budget_mib,
         "seconds": round(seconds, 2),
         "events_per_s": round(events / seconds),
         "peak_rss_after_warm_up_mib": round(baseline_kib / 1024, 1),
@@ -137,6 +148,49 @@ def write_sets(
     return info, cfg.since, cfg.until
 
 
+def write_large_set(
+    local: Any, since: datetime, until: datetime, objects: int, events_per_object: int, unique: int, seed: int
+) -> dict[str, Any]:
+    """`objects` copies of `unique` big generated bodies under cluster `mem-large`, one per pod."""
+    cfg = GeneratorConfig(
+        since=since,
+        until=until,
+        tenants=(TENANT.tenant_id,),
+        applications=app_names(1),
+        pods_per_app=1,
+        objects_per_pod=unique,
+        events_per_object=events_per_object,
+        seed=seed + 1,
+        keep_events=False,
+    )
+    generated = list(generate(cfg))
+    s3 = local.client("s3")
+    for i in range(objects):
+        g = generated[i % len(generated)]
+        p = parse_key(g.key)
+        assert p.write_time is not None
+        key = format_key("mem-large", p.tenant, p.application, f"{p.pod}-{i}", p.write_time, g.spec.uid)
+        s3.put_object(Bucket=local.names.bucket, Key=key, Body=g.body, **GZIP_PUT_ARGS)
+    return {
+        "objects": objects,
+        "unique_bodies": len(generated),
+        "events_per_object": events_per_object,
+        "object_bytes_mean": round(sum(len(g.body) for g in generated) / len(generated)),
+        "uncompressed_bytes_mean": round(sum(len(gzip.decompress(g.body)) for g in generated) / len(generated)),
+    }
+
+
+def run_child(env: dict[str, str], cluster: str, sink: str, since: datetime, until: datetime, budget: int) -> Any:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--sink", sink, "--worker-memory", str(budget)]
+    cmd += ["--child", cluster, since.isoformat(), until.isoformat()]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode:
+        raise RuntimeError(f"worker for {cluster} failed:\n{proc.stderr[-3000:]}")
+    out = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"{cluster} (sink {sink}, budget {budget} MiB): {out}", flush=True)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--objects", type=int, default=32, help="N: objects of the small set")
@@ -144,12 +198,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--factor", type=int, default=10, help="the large set has factor x N objects")
     p.add_argument("--unique-objects", type=int, default=8, help="bodies generated and reused")
     p.add_argument("--sink", choices=["cloudwatch", "null"], default="cloudwatch")
+    p.add_argument("--worker-memory", type=int, default=DEFAULT_BUDGET_MIB, help="the workers' memory budget, MiB")
+    p.add_argument("--large-objects", type=int, default=32, help="objects (and pods) of the large-object set")
+    p.add_argument("--large-events-per-object", type=int, default=80_000, help="about 64 MiB uncompressed")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "memory.json")
     p.add_argument("--child", nargs=3, metavar=("CLUSTER", "SINCE", "UNTIL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        return child(args.child[0], args.sink, args.child[1], args.child[2])
+        return child(args.child[0], args.sink, args.child[1], args.child[2], args.worker_memory)
 
     mach = machine()
     t_all = time.monotonic()
@@ -159,17 +216,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         data, since, until = write_sets(
             local, args.objects, args.factor, args.unique_objects, args.events_per_object, args.seed
         )
+        large_data = (
+            write_large_set(local, since, until, args.large_objects, args.large_events_per_object, 2, args.seed)
+            if args.large_objects
+            else None
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | local.env
         env["PYTHONPATH"] = str(REPO)
         for cluster in ("mem-n", "mem-xn"):
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--sink", args.sink, "--child", cluster]
-            proc = subprocess.run(
-                [*cmd, since.isoformat(), until.isoformat()], env=env, capture_output=True, text=True, timeout=600
-            )
-            if proc.returncode:
-                raise RuntimeError(f"worker for {cluster} failed:\n{proc.stderr[-3000:]}")
-            runs[cluster] = orjson.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{cluster}: {runs[cluster]}", flush=True)
+            runs[cluster] = run_child(env, cluster, args.sink, since, until, args.worker_memory)
+        large_runs: dict[str, Any] = {}
+        if large_data:
+            for name, budget in (("default_budget", args.worker_memory), ("no_budget", UNBOUNDED_MIB)):
+                large_runs[name] = run_child(env, "mem-large", "null", since, until, budget)
     small, large = runs["mem-n"], runs["mem-xn"]
     ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
     growth_small = small["peak_rss_mib"] - small["peak_rss_after_warm_up_mib"]
@@ -192,6 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "target_peak_mib_under": TARGET_PEAK_MIB,
         "meets_ratio_target": ratio <= TARGET_PEAK_RATIO,
         "meets_peak_target": max(small["peak_rss_mib"], large["peak_rss_mib"]) < TARGET_PEAK_MIB,
+        "large_objects": {
+            "data": large_data,
+            "sink": "null",
+            **large_runs,
+            "meets_peak_target_with_default_budget": bool(large_runs)
+            and large_runs["default_budget"]["peak_rss_mib"] < TARGET_PEAK_MIB,
+        },
         "wall_s": round(time.monotonic() - t_all, 1),
     }
     print(

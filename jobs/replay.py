@@ -16,6 +16,7 @@ if __package__ in (None, ""):
 
 from pipeline import logs
 from pipeline.cli import CONTEXT_SETTINGS, EXIT_CONFIG, TimeParam
+from pipeline.replay.budget import DEFAULT_BUDGET_MIB
 from pipeline.replay.job import SINKS, ReplayOptions, run
 from pipeline.settings import ConfigError, Settings
 from pipeline.timespec import HELP as TIME_HELP
@@ -59,6 +60,15 @@ from pipeline.timespec import HELP as TIME_HELP
     type=click.FloatRange(min=0, min_open=True),
     help="Per-tenant rate limit shared by all workers, to leave the tenant's own CloudWatch quota room.",
 )
+@click.option(
+    "--worker-memory",
+    "worker_memory_mib",
+    type=click.IntRange(min=16),
+    default=DEFAULT_BUDGET_MIB,
+    show_default=True,
+    help="MiB of decoded objects one worker holds at once (about 12x an object's gzip size); its pods wait for "
+    "room beyond that. Size Ray workers for this plus about 200 MiB.",
+)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a JSON report.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar. [default: on a terminal only]")
 @click.option("--log-level", default="INFO", show_default=True, help="Structured log level (JSON on stderr).")
@@ -76,6 +86,7 @@ def main(
     dry_run: bool,
     redeliver: bool,
     max_events_per_second: float | None,
+    worker_memory_mib: int,
     report_path: Path | None,
     progress: bool | None,
     log_level: str,
@@ -99,6 +110,7 @@ def main(
         dry_run=dry_run,
         redeliver=redeliver,
         max_events_per_second=max_events_per_second,
+        worker_memory_mib=worker_memory_mib,
         report_path=report_path,
         progress=progress,
         all_tenants=all_tenants,

@@ -20,6 +20,7 @@ from pipeline.errors import NonRecoverableError
 from pipeline.keys import DEFAULT_WRITE_SLACK, parse_key
 from pipeline.ledger import Ledger
 from pipeline.records import decode_events
+from pipeline.replay.budget import DEFAULT_BUDGET_MIB
 from pipeline.replay.listing import Listing, ListingFilter, list_window
 from pipeline.replay.plan import LEDGER_SKIP, Plan, WorkUnit, make_plan
 from pipeline.replay.report import ReplayReport
@@ -53,6 +54,7 @@ class ReplayOptions:
     report_path: Path | None = None
     slack: timedelta = DEFAULT_WRITE_SLACK
     progress: bool | None = None  # None: only on a terminal
+    worker_memory_mib: int = DEFAULT_BUDGET_MIB  # decoded objects a worker holds at once
     all_tenants: bool = False  # every enabled tenant in the table; `tenants` is then filled in by run()
 
 
@@ -204,7 +206,10 @@ def _deliver(plan: Plan, opts: ReplayOptions, settings: Settings, workers: int, 
     window = TimeWindow(to_ms(opts.since), to_ms(opts.until))
     limiter = RateLimiter.remote(opts.max_events_per_second) if opts.max_events_per_second else None
     n = min(workers, len(plan.units))
-    actors = [DeliveryWorker.remote(settings, opts.sink, window, opts.redeliver, limiter) for _ in range(n)]
+    actors = [
+        DeliveryWorker.remote(settings, opts.sink, window, opts.redeliver, limiter, opts.worker_memory_mib)
+        for _ in range(n)
+    ]
     queue: list[WorkUnit] | None = list(reversed(plan.units))
     pending: dict[Any, tuple[Any, WorkUnit]] = {}
     bar = _progress(plan, opts)

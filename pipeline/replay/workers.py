@@ -18,6 +18,7 @@ import ray
 from pipeline.delivery import ObjectRef, ObjectResult, Status, TimeWindow, build_deliverer
 from pipeline.errors import DeliveryError
 from pipeline.keys import parse_key
+from pipeline.replay.budget import DEFAULT_BUDGET_MIB, MemoryBudget, decoded_footprint
 from pipeline.replay.plan import ObjectSpec, WorkUnit
 from pipeline.replay.ratelimit import TenantRateLimits
 from pipeline.replay.report import INTERRUPTED
@@ -34,6 +35,7 @@ class UnitRunner:
         window: TimeWindow | None,
         redeliver: bool = False,
         throttle: Callable[[str, int], None] | None = None,
+        memory_budget_mib: int = DEFAULT_BUDGET_MIB,
     ) -> None:
         self.settings = settings
         self.deliverer = build_deliverer(
@@ -45,6 +47,7 @@ class UnitRunner:
         self._commit_each = sink_kind != "vector"
         # One Vector process is fed through one stdin, so its pods are written from one thread.
         self._threads = 1 if sink_kind == "vector" else POD_THREADS
+        self.budget = MemoryBudget(memory_budget_mib * 1024 * 1024)
 
     def run(self, unit: WorkUnit) -> list[dict[str, Any]]:
         # Pods are independent streams, so they go in parallel: a worker's time is mostly spent waiting
@@ -70,13 +73,14 @@ class UnitRunner:
         bucket = self.settings.bucket
         results = []
         for o in objects:
-            if self.stopping.is_set():
-                # Stop between objects, never inside one: every object is either fully delivered and in
-                # the ledger, or not started, so a re-run resumes exactly where this one stopped.
-                results.append(ObjectResult(o.key, Status.SKIPPED, INTERRUPTED, tenant=parse_key(o.key).tenant))
-                continue
-            ref = ObjectRef(bucket, o.key, o.etag, o.size, datetime.fromtimestamp(o.last_modified, UTC))
-            results.append(self.deliverer.deliver(ref, commit=self._commit_each))
+            with self.budget.hold(decoded_footprint(o.size)):
+                if self.stopping.is_set():
+                    # Stop between objects, never inside one: every object is either fully delivered and in
+                    # the ledger, or not started, so a re-run resumes exactly where this one stopped.
+                    results.append(ObjectResult(o.key, Status.SKIPPED, INTERRUPTED, tenant=parse_key(o.key).tenant))
+                    continue
+                ref = ObjectRef(bucket, o.key, o.etag, o.size, datetime.fromtimestamp(o.last_modified, UTC))
+                results.append(self.deliverer.deliver(ref, commit=self._commit_each))
         return results
 
     def close(self) -> None:
@@ -104,6 +108,7 @@ class DeliveryWorker:
         window: TimeWindow | None,
         redeliver: bool,
         limiter: Any | None = None,
+        memory_budget_mib: int = DEFAULT_BUDGET_MIB,
     ) -> None:
         throttle = None
         if limiter is not None:
@@ -113,7 +118,7 @@ class DeliveryWorker:
                 if wait > 0:
                     time.sleep(wait)
 
-        self._runner = UnitRunner(settings, sink_kind, window, redeliver, throttle)
+        self._runner = UnitRunner(settings, sink_kind, window, redeliver, throttle, memory_budget_mib)
 
     def run(self, unit: WorkUnit) -> list[dict[str, Any]]:
         return self._runner.run(unit)

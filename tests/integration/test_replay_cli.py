@@ -114,6 +114,7 @@ def test_replay_delivers_each_tenant_exactly_its_window(
         local_aws,
         *("--tenant", "acme", "--tenant", "globex", "--tenant", "initech"),
         *("--since", since.isoformat(), "--until", until.isoformat(), "--workers", "2"),
+        *("--worker-memory", "16"),  # the smallest budget still delivers everything, a few objects at a time
         report=report,
     )
     assert code == 1, output  # the planted damaged objects fail the run, and nothing else does

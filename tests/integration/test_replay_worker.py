@@ -6,6 +6,8 @@ What must arrive is computed from the generator's manifest and the contracts (st
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +19,7 @@ from pipeline.ledger import Ledger
 from pipeline.local.generator import GeneratorConfig, Manifest, write_dataset
 from pipeline.local.provision import LocalEnvironment
 from pipeline.local.readback import read_group
+from pipeline.replay.budget import MemoryBudget, decoded_footprint
 from pipeline.replay.listing import ListingFilter, list_window
 from pipeline.replay.plan import WorkUnit, pack_units
 from pipeline.replay.report import INTERRUPTED
@@ -187,3 +190,38 @@ def test_null_sink_decodes_and_filters_but_sends_nothing_and_writes_no_ledger(
     assert 0 < sum(r["events_delivered"] for r in results) < sum(o.expected_count for o in manifest.objects)
     assert ledger_keys(local_aws, "acme") == {}
     assert delivered(local_aws, "acme") == Counter()
+
+
+@pytest.mark.parametrize("tight", [True, False], ids=["budget-of-one-object", "default-budget"])
+def test_the_memory_budget_bounds_the_objects_a_worker_decodes_at_once(
+    local_aws: LocalEnvironment, span: tuple[datetime, datetime], tight: bool
+) -> None:
+    since, until = span
+    manifest, unit = write(local_aws, since, until, applications=("payment-service",), pods_per_app=6)
+    window = TimeWindow(to_ms(since), to_ms(until) + 1)
+    inside: list[int] = []
+    lock = threading.Lock()
+    gauge = [0]
+
+    def slow_send(tenant: str, n: int) -> None:
+        # Called inside each object's delivery: count the objects being delivered at the same moment.
+        with lock:
+            gauge[0] += 1
+            inside.append(gauge[0])
+        time.sleep(0.2)
+        with lock:
+            gauge[0] -= 1
+
+    runner = UnitRunner(local_aws.settings, "cloudwatch", window, throttle=slow_send)
+    if tight:
+        runner.budget = MemoryBudget(max(decoded_footprint(o.size) for o in unit.objects))
+    try:
+        results = runner.run(unit)
+    finally:
+        runner.close()
+    assert [r["status"] for r in results] == ["delivered"] * len(unit.objects)
+    assert delivered(local_aws, "acme") == expected(manifest, set(manifest.keys))
+    if tight:
+        assert max(inside) == 1  # one object's worth of budget: one object at a time
+    else:
+        assert max(inside) > 1  # small objects under the default budget: pods go in parallel
