@@ -67,7 +67,7 @@ from pipeline.timespec import HELP as TIME_HELP
     default=DEFAULT_BUDGET_MIB,
     show_default=True,
     help="MiB of decoded objects one worker holds at once (about 12x an object's gzip size); its pods wait for "
-    "room beyond that. Size Ray workers for this plus about 200 MiB.",
+    "room beyond that. Size Ray workers for this plus about 300 MiB.",
 )
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a JSON report.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar. [default: on a terminal only]")
