@@ -339,9 +339,9 @@ def _ndjson_batches(
     materialising it is most of what a full parse costs. So simdjson parses each line lazily and only
     `message` and `timestamp` become Python objects. A line whose record is not the common shape (a
     non-empty string message and an RFC 3339 UTC timestamp), or that simdjson refuses, is decoded again
-    with orjson, exactly as `_record_events` would: the results are the same either way, apart from the
-    two cases where simdjson is laxer (a UTF-8 byte-order mark, and a duplicated key, where the first
-    wins). Counters live in locals and are written back when the loop ends, however it ends.
+    with orjson, exactly as `_record_events` would: the results are the same either way, apart from a
+    duplicated key, where simdjson's first value wins and orjson's last. Counters live in locals and are
+    written back when the loop ends, however it ends.
     """
     # A lazy document borrows the parser's buffer, and the parser refuses to parse again while any
     # proxy into it is alive: that is why `doc`, `msg` and `tsv` are reassigned on every path.
