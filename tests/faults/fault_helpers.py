@@ -24,7 +24,12 @@ from pipeline.local import generator as gen
 from pipeline.local.faults import FaultProxy
 from pipeline.local.provision import LocalEnvironment
 from pipeline.local.readback import read_group
-from tests.support.consumer_process import ConsumerProcess, wait_for  # noqa: F401 -- re-exported to the fault tests
+from tests.support.consumer_process import (  # noqa: F401 -- re-exported to the fault tests
+    ConsumerProcess,
+    queue_counts,
+    queue_empty,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 Events = Counter[tuple[str, int, str]]
@@ -152,15 +157,3 @@ def kill_group(proc: subprocess.Popen[Any]) -> None:
 def consumer_process(stack: FaultStack, log_path: Path, args: list[str]) -> ConsumerProcess:
     """A consumer subprocess whose clients go through the stack's fault proxy, polling fast."""
     return ConsumerProcess(stack.env, log_path, ["--wait-time", "1", "--heartbeat-interval", "0.4", *args])
-
-
-def queue_counts(local: LocalEnvironment, url: str) -> tuple[int, int]:
-    attrs = local.client("sqs").get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-
-def queue_empty(local: LocalEnvironment) -> bool:
-    return queue_counts(local, local.queue_url) == (0, 0)

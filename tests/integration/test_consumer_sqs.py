@@ -28,7 +28,7 @@ from pipeline.local import generator as gen
 from pipeline.local.faults import Delay, FaultProxy, Rule
 from pipeline.local.provision import LocalEnvironment
 from pipeline.local.readback import read_group
-from tests.support.consumer_process import ConsumerProcess, wait_for
+from tests.support.consumer_process import ConsumerProcess, queue_counts, queue_empty, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -70,19 +70,6 @@ def start_consumer(local_aws: LocalEnvironment, tmp_path: Path) -> Iterator[Call
 
 def set_visibility(local: LocalEnvironment, seconds: int) -> None:
     local.client("sqs").set_queue_attributes(QueueUrl=local.queue_url, Attributes={"VisibilityTimeout": str(seconds)})
-
-
-def queue_counts(local: LocalEnvironment, url: str) -> tuple[int, int]:
-    """(visible, in flight) as SQS reports them."""
-    attrs = local.client("sqs").get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-
-def queue_empty(local: LocalEnvironment) -> bool:
-    return queue_counts(local, local.queue_url) == (0, 0)
 
 
 def write(

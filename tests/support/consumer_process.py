@@ -15,9 +15,23 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.local.provision import LocalEnvironment
 from pipeline.local.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def queue_counts(local: LocalEnvironment, url: str) -> tuple[int, int]:
+    """(visible, in flight) as SQS reports them."""
+    attrs = local.client("sqs").get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def queue_empty(local: LocalEnvironment) -> bool:
+    return queue_counts(local, local.queue_url) == (0, 0)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
