@@ -44,7 +44,13 @@ if str(REPO) not in sys.path:
 
 from bench.machine import machine, write_result  # noqa: E402
 from pipeline.keys import format_key, parse_key  # noqa: E402
-from pipeline.local.generator import GZIP_PUT_ARGS, GeneratorConfig, app_names, generate  # noqa: E402
+from pipeline.local.generator import (  # noqa: E402
+    GZIP_PUT_ARGS,
+    GeneratedObject,
+    GeneratorConfig,
+    app_names,
+    generate,
+)
 from pipeline.local.provision import SampleTenant, provision  # noqa: E402
 from pipeline.local.server import MotoServer  # noqa: E402
 from pipeline.replay.budget import DEFAULT_BUDGET_MIB  # noqa: E402
@@ -109,49 +115,9 @@ def child(cluster: str, sink: str, since: str, until: str, budget_mib: int) -> i
     return 0
 
 
-def write_sets(
-    local: Any, objects: int, factor: int, unique: int, events_per_object: int, seed: int
-) -> tuple[dict[str, Any], datetime, datetime]:
-    """N objects under cluster `mem-n`, factor x N under `mem-xn`, reusing `unique` generated bodies."""
-    now = datetime.now(UTC).replace(microsecond=0)
-    cfg = GeneratorConfig(
-        since=now - timedelta(hours=3),
-        until=now - timedelta(hours=1),
-        tenants=(TENANT.tenant_id,),
-        applications=app_names(1),
-        pods_per_app=1,
-        objects_per_pod=unique,
-        events_per_object=events_per_object,
-        seed=seed,
-        keep_events=False,
-    )
-    generated = list(generate(cfg))
-    s3 = local.client("s3")
-    bucket = local.names.bucket
-    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={})
-    sets = {"mem-n": objects, "mem-xn": objects * factor}
-    for cluster, n in sets.items():
-        for i in range(n):
-            g = generated[i % len(generated)]
-            p = parse_key(g.key)
-            assert p.write_time is not None
-            pod = f"{p.pod}-{i // OBJECTS_PER_POD}"
-            key = format_key(cluster, p.tenant, p.application, pod, p.write_time, f"{g.spec.uid[:-4]}{i:04d}")
-            s3.put_object(Bucket=bucket, Key=key, Body=g.body, **GZIP_PUT_ARGS)
-    info = {
-        "unique_bodies": len(generated),
-        "events_per_object": events_per_object,
-        "object_bytes_mean": round(sum(len(g.body) for g in generated) / len(generated)),
-        "objects_per_pod": OBJECTS_PER_POD,
-        "sets": sets,
-    }
-    return info, cfg.since, cfg.until
-
-
-def write_large_set(
-    local: Any, since: datetime, until: datetime, objects: int, events_per_object: int, unique: int, seed: int
-) -> dict[str, Any]:
-    """`objects` copies of `unique` big generated bodies under cluster `mem-large`, one per pod."""
+def generate_bodies(
+    since: datetime, until: datetime, unique: int, events_per_object: int, seed: int
+) -> list[GeneratedObject]:
     cfg = GeneratorConfig(
         since=since,
         until=until,
@@ -160,22 +126,60 @@ def write_large_set(
         pods_per_app=1,
         objects_per_pod=unique,
         events_per_object=events_per_object,
-        seed=seed + 1,
+        seed=seed,
         keep_events=False,
     )
-    generated = list(generate(cfg))
+    return list(generate(cfg))
+
+
+def put_copies(local: Any, cluster: str, generated: list[GeneratedObject], n: int) -> None:
+    """`n` objects under `cluster`, cycling through the generated bodies, OBJECTS_PER_POD to a pod."""
     s3 = local.client("s3")
-    for i in range(objects):
+    for i in range(n):
         g = generated[i % len(generated)]
         p = parse_key(g.key)
         assert p.write_time is not None
-        key = format_key("mem-large", p.tenant, p.application, f"{p.pod}-{i}", p.write_time, g.spec.uid)
+        pod = f"{p.pod}-{i // OBJECTS_PER_POD}"
+        key = format_key(cluster, p.tenant, p.application, pod, p.write_time, f"{g.spec.uid[:-4]}{i:04d}")
         s3.put_object(Bucket=local.names.bucket, Key=key, Body=g.body, **GZIP_PUT_ARGS)
+
+
+def mean_size(generated: list[GeneratedObject]) -> int:
+    return round(sum(len(g.body) for g in generated) / len(generated))
+
+
+def write_sets(
+    local: Any, objects: int, factor: int, unique: int, events_per_object: int, seed: int
+) -> tuple[dict[str, Any], datetime, datetime]:
+    """N objects under cluster `mem-n`, factor x N under `mem-xn`, reusing `unique` generated bodies."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    since, until = now - timedelta(hours=3), now - timedelta(hours=1)
+    generated = generate_bodies(since, until, unique, events_per_object, seed)
+    local.client("s3").put_bucket_notification_configuration(Bucket=local.names.bucket, NotificationConfiguration={})
+    sets = {"mem-n": objects, "mem-xn": objects * factor}
+    for cluster, n in sets.items():
+        put_copies(local, cluster, generated, n)
+    info = {
+        "unique_bodies": len(generated),
+        "events_per_object": events_per_object,
+        "object_bytes_mean": mean_size(generated),
+        "objects_per_pod": OBJECTS_PER_POD,
+        "sets": sets,
+    }
+    return info, since, until
+
+
+def write_large_set(
+    local: Any, since: datetime, until: datetime, objects: int, events_per_object: int, unique: int, seed: int
+) -> dict[str, Any]:
+    """`objects` copies of `unique` big generated bodies under cluster `mem-large`, one per pod."""
+    generated = generate_bodies(since, until, unique, events_per_object, seed + 1)
+    put_copies(local, "mem-large", generated, objects)
     return {
         "objects": objects,
         "unique_bodies": len(generated),
         "events_per_object": events_per_object,
-        "object_bytes_mean": round(sum(len(g.body) for g in generated) / len(generated)),
+        "object_bytes_mean": mean_size(generated),
         "uncompressed_bytes_mean": round(sum(len(gzip.decompress(g.body)) for g in generated) / len(generated)),
     }
 
