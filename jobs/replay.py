@@ -1,4 +1,4 @@
-"""Replay a tenant's logs from the central bucket into its CloudWatch Logs, on Ray.
+"""Replay a tenant's logs from the central bucket into its deliveries (CloudWatch Logs, S3), on Ray.
 
 ray job submit -- python jobs/replay.py --tenant acme --since 2024-01-01
 python jobs/replay.py --tenant acme --since 6h --dry-run
@@ -19,6 +19,7 @@ from pipeline.cli import CONTEXT_SETTINGS, EXIT_CONFIG, TimeParam
 from pipeline.replay.budget import DEFAULT_BUDGET_MIB
 from pipeline.replay.job import SINKS, ReplayOptions, run
 from pipeline.settings import ConfigError, Settings
+from pipeline.sinks import describe_sinks
 from pipeline.timespec import HELP as TIME_HELP
 
 
@@ -49,8 +50,16 @@ from pipeline.timespec import HELP as TIME_HELP
     type=click.Choice(SINKS),
     default="cloudwatch",
     show_default=True,
-    help="cloudwatch: native PutLogEvents; vector: a supervised vector process per worker; "
-    "null: decode, batch and serialize but send nothing (throughput ceiling, no ledger writes).",
+    help="The sink for CloudWatch deliveries (S3 deliveries always write through the S3 sink, except with "
+    f"null). {describe_sinks(SINKS)}.",
+)
+@click.option(
+    "--delivery",
+    "deliveries",
+    multiple=True,
+    metavar="ID_OR_TYPE",
+    help="Only these deliveries: a delivery id (s3-archive) or a type (cloudwatch, s3). Repeatable. "
+    "[default: every enabled delivery of each tenant]",
 )
 @click.option("--workers", type=click.IntRange(min=1), help="Ray workers (actors). [default: CPUs available]")
 @click.option("--dry-run", is_flag=True, help="Print the plan (volumes, work units, 14-day limit, ledger) and stop.")
@@ -82,6 +91,7 @@ def main(
     pods: tuple[str, ...],
     bucket: str | None,
     sink: str,
+    deliveries: tuple[str, ...],
     workers: int | None,
     dry_run: bool,
     redeliver: bool,
@@ -91,8 +101,15 @@ def main(
     progress: bool | None,
     log_level: str,
 ) -> None:
-    """Replay TENANT's logs written between --since and --until from the central S3 bucket into the
-    tenant's own CloudWatch Logs, skipping what the delivery ledger says is already there."""
+    """Replay TENANT's logs written between --since and --until from the central S3 bucket into each of the
+    tenant's deliveries (its own CloudWatch Logs group, S3 bucket, or both), skipping what the delivery ledger
+    says each delivery already has.
+
+    \b
+    Windows: CloudWatch deliveries take the events whose own timestamp is in [since, until), and cannot take
+    events older than 14 days (they are counted as events_rejected_too_old). S3 deliveries take whole objects
+    whose write time (in the key) is in [since, until), with no age limit: adjacent windows cover every
+    object exactly once."""
     logs.setup(log_level)
     if bool(tenants) == all_tenants:
         raise click.UsageError("give either --tenant (repeatable) or --all-tenants")
@@ -106,6 +123,7 @@ def main(
         applications=applications,
         pods=pods,
         sink=sink,
+        deliveries=deliveries,
         workers=workers,
         dry_run=dry_run,
         redeliver=redeliver,

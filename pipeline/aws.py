@@ -32,6 +32,15 @@ LOGS_CONFIG = Config(
     read_timeout=60,
 )
 
+# PutObject into a tenant's bucket: the S3 sink retries SlowDown and 5xx itself, counting each retry and
+# bounding the whole delivery, so botocore must not multiply its attempts underneath.
+S3_PUT_CONFIG = Config(
+    max_pool_connections=_POOL,
+    retries={"total_max_attempts": 1},
+    connect_timeout=10,
+    read_timeout=60,
+)
+
 
 @dataclass(frozen=True)
 class StaticCredentials:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
@@ -43,6 +44,11 @@ def account_of(role_arn: str) -> str:
     if len(parts) < 6 or not parts[4].isdigit():
         raise ValueError(f"not an IAM role ARN: {role_arn!r}")
     return parts[4]
+
+
+def _role_key(role_arn: str, external_id: str) -> str:
+    # Two deliveries may share a role with different ExternalIds: the trust policy decides per id.
+    return f"{role_arn}#{external_id}"
 
 
 class CredentialBroker:
@@ -92,33 +98,47 @@ class CredentialBroker:
 
         return self._cached(self.central_role_arn, assume)
 
-    def tenant(self, tenant_id: str, role_arn: str) -> StaticCredentials:
+    def tenant(self, tenant_id: str, role_arn: str, external_id: str | None = None) -> StaticCredentials:
+        """The tenant role's credentials; `external_id` None means the default, the central account id."""
+        external_id = external_id or self.external_id
+
         def assume() -> StaticCredentials:
             sts = aws.client("sts", credentials=self.central())
-            return self._assume(sts, role_arn, session_name("logdist", tenant_id), self.external_id)
+            return self._assume(sts, role_arn, session_name("logdist", tenant_id), external_id)
 
-        return self._cached(role_arn, assume)
+        return self._cached(_role_key(role_arn, external_id), assume)
 
-    def client(self, service: str, tenant_id: str, role_arn: str, region: str) -> Any:
-        """A client in the tenant's account, rebuilt only when its credentials were refreshed."""
-        creds = self.tenant(tenant_id, role_arn)
-        key = (service, role_arn, region)
+    def client(
+        self,
+        service: str,
+        tenant_id: str,
+        role_arn: str,
+        region: str,
+        external_id: str | None = None,
+        config: Config | None = None,
+    ) -> Any:
+        """A client in the tenant's account, rebuilt only when its credentials were refreshed.
+
+        One caller per service passes `config` (a sink that owns its retries), so it is not part of the key.
+        """
+        creds = self.tenant(tenant_id, role_arn, external_id)
+        key = (service, _role_key(role_arn, external_id or self.external_id), region)
         hit = self._clients.get(key)
         if hit is not None and hit[0] is creds:
             return hit[1]
         # Building a client costs a boto3 Session and its model loading (~0.3 s of CPU): when a pool of
         # threads misses at once, build it once, not once per thread.
-        with self._lock_for(f"client:{service}:{role_arn}:{region}"):
+        with self._lock_for(f"client:{':'.join(key)}"):
             hit = self._clients.get(key)
             if hit is not None and hit[0] is creds:
                 return hit[1]
-            c = aws.client(service, region=region, credentials=creds)
+            c = aws.client(service, region=region, credentials=creds, config=config)
             self._clients[key] = (creds, c)
             return c
 
-    def invalidate(self, role_arn: str) -> None:
+    def invalidate(self, role_arn: str, external_id: str | None = None) -> None:
         """Forget a role's credentials, e.g. after the service said they expired."""
-        self._creds.pop(role_arn, None)
+        self._creds.pop(_role_key(role_arn, external_id or self.external_id), None)
 
     def _assume(self, sts: Any, role_arn: str, name: str, external_id: str | None) -> StaticCredentials:
         kwargs: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": name, "DurationSeconds": ROLE_SESSION_SECONDS}

@@ -1,4 +1,10 @@
-"""One object, end to end: source → decode → route → batch → sink → ledger.
+"""One object, end to end: source → route → decode → batch → sink → ledger, for each of its deliveries.
+
+An object goes to every enabled delivery of its tenant that wants it (application, cluster). It is read
+from the central bucket once, with the central identity; object sinks (S3) take its bytes as they are,
+and it is decoded at most once, and only when an event sink (CloudWatch, Vector) has a delivery for it.
+Each delivery's outcome is its own: one failing does not hold back or fail the others, and each is
+recorded in the ledger as soon as its data is durable, so a retry sends only what is missing.
 
 The consumer and the replay job both deliver through `Deliverer`; they differ only in where object
 references come from and how work is spread.
@@ -7,8 +13,8 @@ references come from and how work is spread.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -20,12 +26,25 @@ from pipeline.batching import MAX_STREAM_NAME_CHARS, group_by_stream, prepare
 from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError, NonRecoverableError
 from pipeline.keys import InvalidKeyError, ObjectKey, parse_key
-from pipeline.ledger import Ledger, LedgerEntry
+from pipeline.ledger import Ledger, LedgerEntry, LedgerError
 from pipeline.records import DecodeStats, decode_events
+from pipeline.retry import RetryPolicy
 from pipeline.settings import ConfigError, Settings
-from pipeline.sinks import make_sink
-from pipeline.sinks.base import Destination, Sink, SinkResult
-from pipeline.tenants import TenantConfig, TenantDirectory
+from pipeline.sinks import (
+    EventSink,
+    ObjectSink,
+    Sink,
+    SinkResult,
+    SinkTraits,
+    SourceObject,
+    build_sinks,
+    sink_plan,
+    traits_of,
+)
+from pipeline.tenants import Delivery, DeliveryType, Tenant, TenantDirectory
+
+LEDGER_SKIP = "already delivered (ledger)"
+OUTSIDE_WINDOW = "written outside the window"
 
 
 @dataclass(frozen=True)
@@ -39,17 +58,92 @@ class ObjectRef:
 
 @dataclass(frozen=True)
 class TimeWindow:
-    """Events with since_ms <= timestamp < until_ms are delivered; the rest are counted as filtered."""
+    """The replay's window, since_ms <= t < until_ms.
+
+    Event deliveries (CloudWatch) filter events by their own timestamp and count the rest as filtered.
+    Object deliveries (S3) take whole objects by the write time in their key, so adjacent windows cover
+    every object exactly once.
+    """
 
     since_ms: int
     until_ms: int
 
+    def holds_object(self, parsed: ObjectKey, last_modified: datetime | None) -> bool:
+        written = parsed.write_time or last_modified
+        return written is None or self.since_ms <= written.timestamp() * 1000 < self.until_ms
+
 
 class Status(StrEnum):
     DELIVERED = "delivered"
-    SKIPPED = "skipped"  # nothing to do: already delivered, tenant disabled, application not wanted
+    SKIPPED = "skipped"  # nothing to do: already delivered, disabled, application or cluster not wanted
     DAMAGED = "damaged"  # the readable part was delivered; the rest of the body cannot be read
     FAILED = "failed"
+
+
+@dataclass
+class DeliveryResult:
+    """What one object did at one delivery."""
+
+    delivery_id: str
+    type: str
+    target: str = ""
+    status: Status = Status.DELIVERED
+    reason: str = ""
+    recoverable: bool = False
+    events_delivered: int = 0
+    events_rejected_too_old: int = 0
+    events_rejected_too_new: int = 0
+    events_rejected_expired: int = 0
+    events_filtered: int = 0
+    events_split: int = 0
+    bytes_delivered: int = 0
+    requests: int = 0
+    retries: int = 0
+    streams: list[str] = field(default_factory=list)
+    recorded: bool = False  # in the ledger
+    durable: bool = True  # False until the sink's flush() for sinks that are not durable on return
+
+    @property
+    def events_rejected(self) -> int:
+        return self.events_rejected_too_old + self.events_rejected_too_new + self.events_rejected_expired
+
+    @property
+    def done(self) -> bool:
+        return self.status in (Status.DELIVERED, Status.DAMAGED)
+
+    def fail(self, reason: str, recoverable: bool) -> DeliveryResult:
+        self.status, self.reason, self.recoverable = Status.FAILED, reason, recoverable
+        return self
+
+    def skip(self, reason: str) -> DeliveryResult:
+        self.status, self.reason = Status.SKIPPED, reason
+        return self
+
+    def add(self, sent: SinkResult) -> None:
+        self.events_delivered += sent.delivered
+        self.events_rejected_too_old += sent.rejected_too_old
+        self.events_rejected_too_new += sent.rejected_too_new
+        self.events_rejected_expired += sent.rejected_expired
+        self.bytes_delivered += sent.bytes_written
+        self.requests += sent.batches
+        self.retries += sent.retries
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("recorded", "durable")}
+        d["status"] = str(self.status)
+        return d
+
+
+# Per-delivery counters an object's result also carries as totals over its deliveries.
+SUMMED = (
+    "events_delivered",
+    "events_rejected_too_old",
+    "events_rejected_too_new",
+    "events_rejected_expired",
+    "events_filtered",
+    "events_split",
+    "bytes_delivered",
+)
 
 
 @dataclass
@@ -67,20 +161,22 @@ class ObjectResult:
     messages_empty: int = 0
     timestamps_defaulted: int = 0
     events_decoded: int = 0
-    events_filtered: int = 0
-    events_split: int = 0
-    events_delivered: int = 0
-    events_rejected_too_old: int = 0
-    events_rejected_too_new: int = 0
-    events_rejected_expired: int = 0
-    streams: list[str] = field(default_factory=list)
     malformed_samples: list[tuple[int, str]] = field(default_factory=list)
     delivered_at: float = 0.0
     last_modified: float = 0.0
+    deliveries: list[DeliveryResult] = field(default_factory=list)
+
+    def total(self, name: str) -> int:
+        """A per-delivery counter (one of SUMMED, or events_rejected) summed over the object's deliveries."""
+        return sum(getattr(d, name) for d in self.deliveries)
+
+    @property
+    def events_delivered(self) -> int:
+        return self.total("events_delivered")
 
     @property
     def events_rejected(self) -> int:
-        return self.events_rejected_too_old + self.events_rejected_too_new + self.events_rejected_expired
+        return self.total("events_rejected")
 
     @property
     def acknowledged(self) -> bool:
@@ -88,37 +184,116 @@ class ObjectResult:
         return not (self.status is Status.FAILED and self.recoverable)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "deliveries"}
         d["status"] = str(self.status)
+        d.update({name: self.total(name) for name in SUMMED})
+        d["deliveries"] = [r.to_dict() for r in self.deliveries]
         return d
 
     def fail(self, reason: str, recoverable: bool) -> ObjectResult:
         self.status, self.reason, self.recoverable = Status.FAILED, reason, recoverable
         return self
 
+    def settle(self) -> ObjectResult:
+        """The object's status from its deliveries': any failed, else any damaged, else any delivered."""
+        if self.status is Status.FAILED and not self.deliveries:
+            return self
+        failed = [d for d in self.deliveries if d.status is Status.FAILED]
+        if failed:
+            reason = "; ".join(f"{d.delivery_id}: {d.reason}" for d in failed)
+            return self.fail(reason, any(d.recoverable for d in failed))
+        damaged = [d for d in self.deliveries if d.status is Status.DAMAGED]
+        if damaged:
+            self.status, self.reason = Status.DAMAGED, damaged[0].reason
+        elif any(d.status is Status.DELIVERED for d in self.deliveries):
+            self.status, self.reason = Status.DELIVERED, ""
+        else:
+            self.status = Status.SKIPPED
+            self.reason = "; ".join(dict.fromkeys(d.reason for d in self.deliveries)) or "no delivery takes it"
+        return self
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which of a tenant's deliveries take an object, and why the others do not: pure, shared by the
+    Deliverer (per object) and the replay plan (per listed object, with the ledger read in batches)."""
+
+    traits: Mapping[DeliveryType, SinkTraits]  # the sink serving each delivery type
+    window: TimeWindow | None = None
+    selected: frozenset[str] = frozenset()  # delivery ids or types; empty: every delivery
+    use_ledger: bool = True  # False: --redeliver, or no sink that writes the ledger
+
+    def selects(self, delivery_id: str, kind: str) -> bool:
+        return not self.selected or delivery_id in self.selected or kind in self.selected
+
+    def whole_objects(self, kind: DeliveryType) -> bool:
+        return not self.traits[kind].needs_events
+
+    def route(
+        self,
+        tenant: Tenant,
+        parsed: ObjectKey,
+        last_modified: datetime | None,
+        delivered: Callable[[], frozenset[str]],
+    ) -> tuple[list[DeliveryResult], list[tuple[Delivery, DeliveryResult]]]:
+        """(a result for every selected delivery, the deliveries with work to do and their results).
+
+        `delivered` gives the deliveries the ledger has for this object; it is called at most once, and
+        only when a delivery needs the answer.
+        """
+        results: list[DeliveryResult] = []
+        todo: list[tuple[Delivery, DeliveryResult]] = []
+        for bad in tenant.invalid:
+            if self.selects(bad.delivery_id, ""):
+                results.append(DeliveryResult(bad.delivery_id, "?").fail(bad.reason, recoverable=False))
+        done: frozenset[str] | None = None
+        for d in tenant.deliveries:
+            if not self.selects(d.delivery_id, d.type):
+                continue
+            r = DeliveryResult(d.delivery_id, str(d.type), d.target)
+            results.append(r)
+            reason = d.skip_reason(parsed)
+            if not reason and self.window and self.whole_objects(d.type):
+                reason = "" if self.window.holds_object(parsed, last_modified) else OUTSIDE_WINDOW
+            if not reason and self.use_ledger and self.traits[d.type].writes_ledger:
+                if done is None:
+                    done = delivered()
+                reason = LEDGER_SKIP if d.delivery_id in done else ""
+            if reason:
+                r.skip(reason)
+            else:
+                todo.append((d, r))
+        return results, todo
+
 
 class Deliverer:
-    """Delivers objects to their tenants' CloudWatch, one at a time, through one sink."""
+    """Delivers objects to every delivery of their tenant, one object at a time, through one sink per type."""
 
     def __init__(
         self,
         tenants: TenantDirectory,
-        sink: Sink,
+        sinks: Mapping[DeliveryType, Sink],
         ledger: Ledger | None = None,
         *,
         s3: Any | None = None,
         window: TimeWindow | None = None,
         redeliver: bool = False,
+        deliveries: Collection[str] = (),
         source: str = "consumer",
         throttle: Callable[[str, int], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.tenants = tenants
-        self.sink = sink
+        self.sinks = dict(sinks)
         self.ledger = ledger
         self._s3 = s3
         self.window = window
-        self.redeliver = redeliver
+        self.routing = Routing(
+            {kind: sink.traits for kind, sink in self.sinks.items()},
+            window,
+            frozenset(deliveries),
+            use_ledger=ledger is not None and not redeliver,
+        )
         self.source = source
         self._throttle = throttle
         self._clock = clock
@@ -129,11 +304,29 @@ class Deliverer:
             self._s3 = aws.client("s3")
         return self._s3
 
-    def deliver(self, ref: ObjectRef, *, commit: bool = True) -> ObjectResult:
-        """Deliver one object. Never raises for a bad object: the result says what happened and why.
+    @property
+    def unique_sinks(self) -> list[Sink]:
+        return list({id(s): s for s in self.sinks.values()}.values())
 
-        With commit=False the ledger is not written; the caller flushes the sink and calls commit(),
-        for sinks (Vector) that only know an object is durable once the whole process has drained.
+    @property
+    def max_writers(self) -> int | None:
+        """How many threads may deliver at once: the tightest of the sinks' limits (None: no limit)."""
+        limits = [s.traits.max_writers for s in self.unique_sinks if s.traits.max_writers is not None]
+        return min(limits) if limits else None
+
+    def flush(self) -> None:
+        for sink in self.unique_sinks:
+            sink.flush()
+
+    def close(self) -> None:
+        for sink in self.unique_sinks:
+            sink.close()
+
+    def deliver(self, ref: ObjectRef) -> ObjectResult:
+        """Deliver one object to each of its deliveries. Never raises for a bad object or a bad delivery.
+
+        Deliveries whose sink is durable on return are in the ledger when this returns; the others wait
+        for the caller's `flush()` and then `commit()`.
         """
         result = ObjectResult(key=ref.key, etag=(ref.etag or "").strip('"'))
         try:
@@ -143,57 +336,35 @@ class Deliverer:
         result.tenant, result.application = parsed.tenant, parsed.application
         try:
             tenant = self.tenants.get(parsed.tenant)
+            todo = self._route(tenant, parsed, ref, result)
         except NonRecoverableError as exc:
             return result.fail(exc.reason, recoverable=False)
-        except (ClientError, BotoCoreError) as exc:
-            return result.fail(f"tenant config lookup failed: {aws.error_code(exc) or exc}", recoverable=True)
-        skip = self._skip_reason(tenant, parsed, ref)
-        if skip:
-            result.status, result.reason = Status.SKIPPED, skip
-            return result
-        try:
-            self._deliver_body(ref, parsed, tenant, result)
-        except DeliveryError as exc:
-            return result.fail(exc.reason, exc.recoverable)
-        except (ClientError, BotoCoreError) as exc:
-            return result.fail(f"{type(exc).__name__}: {aws.error_code(exc) or exc}", recoverable=True)
-        if commit:
-            self.commit(result)
-        return result
+        except (ClientError, BotoCoreError, LedgerError) as exc:
+            return result.fail(f"tenant or ledger lookup failed: {aws.error_code(exc) or exc}", recoverable=True)
+        if todo:
+            try:
+                self._deliver_body(ref, parsed, todo, result)
+            except DeliveryError as exc:
+                return result.fail(exc.reason, exc.recoverable)
+            except (ClientError, BotoCoreError) as exc:
+                return result.fail(f"{type(exc).__name__}: {aws.error_code(exc) or exc}", recoverable=True)
+        return result.settle()
 
-    def commit(self, result: ObjectResult) -> None:
-        """Record a delivered (or damaged) object in the ledger; a failed write makes the result recoverable."""
-        if self.ledger is None or result.status not in (Status.DELIVERED, Status.DAMAGED):
-            return
-        entry = LedgerEntry(
-            tenant_id=result.tenant,
-            object_key=result.key,
-            etag=result.etag,
-            events_delivered=result.events_delivered,
-            events_rejected=result.events_rejected,
-            damaged=result.reason if result.status is Status.DAMAGED else "",
-            source=self.source,
-            delivered_at=self._clock(),
-        )
-        try:
-            self.ledger.record(entry)
-        except (ClientError, BotoCoreError) as exc:
-            result.fail(f"delivered, but the ledger write failed ({aws.error_code(exc) or exc})", recoverable=True)
+    def _route(
+        self, tenant: Tenant, parsed: ObjectKey, ref: ObjectRef, result: ObjectResult
+    ) -> list[tuple[Delivery, DeliveryResult]]:
+        ledger = self.ledger
 
-    def _skip_reason(self, tenant: TenantConfig, parsed: ObjectKey, ref: ObjectRef) -> str:
-        if not tenant.enabled:
-            return f"tenant {tenant.tenant_id!r} is disabled"
-        if not tenant.wants(parsed.application):
-            return f"application {parsed.application!r} is not in the tenant's desired_logs"
-        if (
-            self.ledger is not None
-            and not self.redeliver
-            and self.ledger.is_delivered(tenant.tenant_id, ref.key, ref.etag)
-        ):
-            return "already delivered (ledger)"
-        return ""
+        def delivered() -> frozenset[str]:
+            assert ledger is not None
+            return ledger.delivered(tenant.tenant_id, ref.key, ref.etag)
 
-    def _deliver_body(self, ref: ObjectRef, parsed: ObjectKey, tenant: TenantConfig, result: ObjectResult) -> None:
+        result.deliveries, todo = self.routing.route(tenant, parsed, ref.last_modified, delivered)
+        return todo
+
+    def _deliver_body(
+        self, ref: ObjectRef, parsed: ObjectKey, todo: list[tuple[Delivery, DeliveryResult]], result: ObjectResult
+    ) -> None:
         try:
             obj = self.s3.get_object(Bucket=ref.bucket, Key=ref.key)
         except ClientError as exc:
@@ -206,9 +377,40 @@ class Deliverer:
         fallback_ms = int(last_modified.timestamp() * 1000) if last_modified else int(self._clock() * 1000)
         result.last_modified = fallback_ms / 1000
 
-        stats = DecodeStats(key=ref.key)
-        events = decode_events(obj["Body"], fallback_ms, stats)
-        streams = group_by_stream(events, parsed.application, parsed.pod)
+        by_objects = [(d, r) for d, r in todo if not self.sinks[d.type].traits.needs_events]
+        by_events = [(d, r) for d, r in todo if self.sinks[d.type].traits.needs_events]
+        body: Any = obj["Body"]
+        if by_objects:
+            # Object deliveries go first: each is cheap and durable at once, so a kill after them leaves
+            # only the event deliveries to send again.
+            body = body.read()
+            source = SourceObject(ref.bucket, ref.key, result.etag, body, parsed)
+            result.bytes_read = len(body)
+            for d, r in by_objects:
+                self._put_object(d, r, source, result)
+        if by_events:
+            self._send_events(body, fallback_ms, parsed, by_events, result)
+        result.delivered_at = self._clock()
+
+    def _put_object(self, d: Delivery, r: DeliveryResult, source: SourceObject, result: ObjectResult) -> None:
+        sink: ObjectSink = self.sinks[d.type]  # type: ignore[assignment]
+        try:
+            r.add(sink.put_object(d, source))
+        except DeliveryError as exc:
+            r.fail(exc.reason, exc.recoverable)
+            return
+        self._record(result, r, sink)
+
+    def _send_events(
+        self,
+        body: Any,
+        fallback_ms: int,
+        parsed: ObjectKey,
+        todo: list[tuple[Delivery, DeliveryResult]],
+        result: ObjectResult,
+    ) -> None:
+        stats = DecodeStats(key=result.key)
+        streams = group_by_stream(decode_events(body, fallback_ms, stats), parsed.application, parsed.pod)
         result.bytes_read = stats.bytes_read
         result.events_decoded = stats.events
         result.lines_malformed = stats.lines_malformed
@@ -217,32 +419,85 @@ class Deliverer:
         result.timestamps_defaulted = stats.timestamps_defaulted
         result.malformed_samples = stats.samples
 
-        dest = Destination(tenant.tenant_id, tenant.role_arn, tenant.log_group, tenant.region)
         now_ms = int(self._clock() * 1000)
-        sent = SinkResult()
         bounds = (self.window.since_ms, self.window.until_ms) if self.window else ()
         for name in sorted(streams):
+            live = [(d, r) for d, r in todo if r.status is not Status.FAILED]
+            if not live:
+                break
             if len(name) > MAX_STREAM_NAME_CHARS:
-                raise NonRecoverableError(f"log stream name is over {MAX_STREAM_NAME_CHARS} characters")
+                for _, r in live:
+                    r.fail(f"log stream name is over {MAX_STREAM_NAME_CHARS} characters", recoverable=False)
+                break
             prepared = prepare(streams.pop(name), now_ms, *bounds)
-            result.events_filtered += prepared.filtered
-            if prepared.filtered and not (prepared.events or prepared.too_old or prepared.too_new):
-                continue  # the whole stream is outside the window: it is not touched
-            result.events_split += prepared.split
-            sent.rejected_too_old += prepared.too_old
-            sent.rejected_too_new += prepared.too_new
-            if prepared.events:
-                if self._throttle is not None:
-                    self._throttle(tenant.tenant_id, len(prepared.events))
-                sent.add(self.sink.send(dest, name, prepared.events))
-            result.streams.append(name)
-        result.events_delivered = sent.delivered
-        result.events_rejected_too_old = sent.rejected_too_old
-        result.events_rejected_too_new = sent.rejected_too_new
-        result.events_rejected_expired = sent.rejected_expired
-        result.delivered_at = self._clock()
-        if stats.damaged:
-            result.status, result.reason = Status.DAMAGED, stats.damaged
+            outside = prepared.filtered and not (prepared.events or prepared.too_old or prepared.too_new)
+            for d, r in live:
+                r.events_filtered += prepared.filtered
+                if outside:
+                    continue  # the whole stream is outside the window: it is not touched
+                r.events_split += prepared.split
+                r.events_rejected_too_old += prepared.too_old
+                r.events_rejected_too_new += prepared.too_new
+                if prepared.events:
+                    if self._throttle is not None:
+                        self._throttle(d.tenant_id, len(prepared.events))
+                    sink: EventSink = self.sinks[d.type]  # type: ignore[assignment]
+                    try:
+                        r.add(sink.send(d, name, prepared.events))
+                    except DeliveryError as exc:
+                        r.fail(exc.reason, exc.recoverable)
+                        continue
+                r.streams.append(name)
+        for d, r in todo:
+            if r.status is Status.FAILED:
+                continue
+            r.bytes_delivered = stats.bytes_read
+            if stats.damaged:
+                r.status, r.reason = Status.DAMAGED, stats.damaged
+            self._record(result, r, self.sinks[d.type])
+
+    def _record(self, result: ObjectResult, r: DeliveryResult, sink: Sink) -> None:
+        if not sink.traits.durable_on_return:
+            r.durable = False  # the caller records it after the sink's flush()
+            return
+        if sink.traits.writes_ledger:
+            self._write_ledger(result, r)
+
+    def commit(self, result: ObjectResult) -> None:
+        """After a successful flush(): record the deliveries that were waiting for it."""
+        for r in result.deliveries:
+            if r.done and not r.durable:
+                r.durable = True
+                self._write_ledger(result, r)
+        result.settle()
+
+    def abandon(self, result: ObjectResult, reason: str) -> None:
+        """After a failed flush(): the deliveries that were waiting for it failed, recoverably."""
+        for r in result.deliveries:
+            if r.done and not r.durable:
+                r.fail(reason, recoverable=True)
+        result.settle()
+
+    def _write_ledger(self, result: ObjectResult, r: DeliveryResult) -> None:
+        if self.ledger is None or not r.done or r.recorded:
+            return
+        entry = LedgerEntry(
+            tenant_id=result.tenant,
+            object_key=result.key,
+            etag=result.etag,
+            events_delivered=r.events_delivered,
+            events_rejected=r.events_rejected,
+            damaged=r.reason if r.status is Status.DAMAGED else "",
+            source=self.source,
+            delivered_at=self._clock(),
+            delivery_id=r.delivery_id,
+            bytes_delivered=r.bytes_delivered,
+        )
+        try:
+            self.ledger.record(entry)
+            r.recorded = True
+        except (ClientError, BotoCoreError, LedgerError) as exc:
+            r.fail(f"delivered, but the ledger write failed ({aws.error_code(exc) or exc})", recoverable=True)
 
 
 def build_deliverer(
@@ -252,32 +507,40 @@ def build_deliverer(
     source: str = "consumer",
     window: TimeWindow | None = None,
     redeliver: bool = False,
+    deliveries: Iterable[str] = (),
     throttle: Callable[[str, int], None] | None = None,
     put_attempts: int | None = None,
 ) -> Deliverer:
     """The Deliverer every path uses (consumer modes, replay workers), with its AWS clients made up front.
 
-    Pool threads share it: the tenant directory and the credential broker lock their caches, botocore
-    clients are thread-safe, and creating the clients here (not lazily on first use) avoids threads racing
-    to build them. The null sink sends nothing, so it gets no ledger: nothing may be recorded as delivered.
-    Every delivering process builds one, so this is also where the process's allocator is tuned.
-    Raises ConfigError naming any missing env var.
+    `sink` chooses the sink for the delivery types it can serve (`pipeline.sinks.sink_plan`); the other
+    types get their default sink. Pool threads share the result: the tenant directory and the credential
+    broker lock their caches, botocore clients are thread-safe, and creating the clients here (not lazily
+    on first use) avoids threads racing to build them. When no sink writes the ledger (null), it gets none:
+    nothing may be recorded as delivered. Every delivering process builds one, so this is also where the
+    process's allocator is tuned. Raises ConfigError naming any missing env var.
     """
     allocator.tune()
-    settings.require("tenant_table", *([] if sink == "null" else ["central_role_arn", "ledger_table"]))
+    writes = any(traits_of(name).writes_ledger for name in sink_plan(sink).values())
+    settings.require("tenant_table", *(["central_role_arn", "ledger_table"] if writes else []))
     ddb = aws.client("dynamodb")
     tenants = TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s, client=ddb)
-    common: dict[str, Any] = {"s3": aws.client("s3"), "window": window, "source": source, "throttle": throttle}
-    if sink == "null":
-        return Deliverer(tenants, make_sink("null"), None, redeliver=True, **common)
-    try:
-        broker = CredentialBroker(settings.central_role_arn)
-    except ValueError as exc:
-        raise ConfigError(f"CENTRAL_LOG_DISTRIBUTION_ROLE_ARN: {exc}") from exc
-    options: dict[str, Any] = {"credentials": broker}
-    if put_attempts is not None and sink == "cloudwatch":
-        from pipeline.sinks.cloudwatch import RetryPolicy
-
-        options["retry"] = RetryPolicy(attempts=put_attempts)
-    ledger = Ledger(settings.ledger_table, client=ddb)
-    return Deliverer(tenants, make_sink(sink, **options), ledger, redeliver=redeliver, **common)
+    broker: CredentialBroker | None = None
+    if writes:
+        try:
+            broker = CredentialBroker(settings.central_role_arn)
+        except ValueError as exc:
+            raise ConfigError(f"CENTRAL_LOG_DISTRIBUTION_ROLE_ARN: {exc}") from exc
+    retry = RetryPolicy(attempts=put_attempts) if put_attempts is not None else None
+    sinks = build_sinks(sink, credentials=broker, retry=retry)
+    return Deliverer(
+        tenants,
+        sinks,
+        Ledger(settings.ledger_table, client=ddb) if writes else None,
+        s3=aws.client("s3"),
+        window=window,
+        redeliver=redeliver or not writes,
+        deliveries=tuple(deliveries),
+        source=source,
+        throttle=throttle,
+    )

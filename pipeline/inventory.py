@@ -200,7 +200,8 @@ def build_inventory(
 def _delivered(ledger: Ledger, objects: Sequence[ListedObject], tenants: Iterable[str]) -> set[str]:
     found: set[str] = set()
     for tenant in tenants:
-        found |= ledger.delivered_keys(tenant, [(o.key, o.etag) for o in objects if o.parsed.tenant == tenant])
+        # Delivered means: to at least one of the tenant's deliveries, at this ETag.
+        found |= set(ledger.delivered_many(tenant, [(o.key, o.etag) for o in objects if o.parsed.tenant == tenant]))
     return found
 
 

@@ -1,20 +1,32 @@
-"""The delivery ledger: a durable record of each object fully delivered (CONTRACTS.md §7).
+"""The delivery ledger: a durable record of what each object delivered to each delivery (CONTRACTS.md §7).
 
-One item per (tenant, object key), carrying the ETag it was delivered at and its event counts. The
-consumer and the replay job share it: CloudWatch has no dedup, so this is what makes a replay after an
-outage send exactly the gap, and a duplicate S3 notification harmless.
+One item per (tenant, object key), a key schema that never changes. What each of the tenant's deliveries
+received lives inside it, in the map `deliveries`: per `delivery_id`, the ETag it was delivered at, its
+counts and when. An item written before deliveries existed has those fields at the top level; it counts
+for the delivery `cloudwatch`.
+
+Two deliveries of one object may finish at the same instant on different threads or processes. Each
+writes only its own entry of the map (`SET deliveries.#id`), so neither can overwrite the other; the map
+itself is created by a conditional write that only one of them can win.
+
+The consumer and the replay job share it: CloudWatch has no dedup, so this is what makes a replay after
+an outage send exactly the gap, and a duplicate S3 notification harmless.
 """
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline import aws
+from pipeline.tenants import V1_DELIVERY_ID
 
 BATCH_GET_MAX = 100
+UNPROCESSED_ATTEMPTS = 8  # BatchGetItem rounds for keys DynamoDB left unprocessed (throttled)
+CONDITION_FAILED = "ConditionalCheckFailedException"
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,12 @@ class LedgerEntry:
     damaged: str = ""
     source: str = ""
     delivered_at: float = 0.0
+    delivery_id: str = V1_DELIVERY_ID
+    bytes_delivered: int = 0
+
+
+class LedgerError(RuntimeError):
+    """The ledger could not answer after bounded retries (DynamoDB kept throttling)."""
 
 
 def _norm_etag(etag: str | None) -> str:
@@ -34,30 +52,31 @@ def _norm_etag(etag: str | None) -> str:
 
 
 class Ledger:
-    def __init__(self, table: str, client: Any | None = None) -> None:
+    def __init__(self, table: str, client: Any | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.table = table
         self._client = client
+        self._sleep = sleep
 
     def _ddb(self) -> Any:
         if self._client is None:
             self._client = aws.client("dynamodb")
         return self._client
 
-    def is_delivered(self, tenant_id: str, key: str, etag: str | None) -> bool:
-        """Whether this object, at this ETag, was already delivered. An overwritten object was not."""
+    def delivered(self, tenant_id: str, key: str, etag: str | None) -> frozenset[str]:
+        """The deliveries this object, at this ETag, was already delivered to. An overwritten object: none."""
         resp = self._ddb().get_item(
             TableName=self.table,
             Key={"tenant_id": {"S": tenant_id}, "object_key": {"S": key}},
             ConsistentRead=True,
         )
         item = resp.get("Item")
-        return item is not None and _matches(item, etag)
+        return _delivered_ids(item, etag) if item else frozenset()
 
-    def delivered_keys(self, tenant_id: str, objects: Iterable[tuple[str, str | None]]) -> set[str]:
-        """Of (key, etag) pairs, the keys already delivered at that ETag: one BatchGetItem per 100 keys."""
+    def delivered_many(self, tenant_id: str, objects: Iterable[tuple[str, str | None]]) -> dict[str, frozenset[str]]:
+        """Of (key, etag) pairs, {key: deliveries done at that ETag} for keys with any: a BatchGetItem per 100."""
         wanted = dict(objects)
         keys = list(wanted)
-        found: set[str] = set()
+        found: dict[str, frozenset[str]] = {}
         for i in range(0, len(keys), BATCH_GET_MAX):
             request: dict[str, Any] = {
                 self.table: {
@@ -67,33 +86,63 @@ class Ledger:
                     "ConsistentRead": True,
                 }
             }
-            while request:
+            for attempt in range(UNPROCESSED_ATTEMPTS + 1):
                 resp = self._ddb().batch_get_item(RequestItems=request)
                 for item in resp.get("Responses", {}).get(self.table, []):
                     k = item["object_key"]["S"]
-                    if _matches(item, wanted.get(k)):
-                        found.add(k)
+                    done = _delivered_ids(item, wanted.get(k))
+                    if done:
+                        found[k] = done
                 request = resp.get("UnprocessedKeys") or {}
-                if request:
-                    time.sleep(0.05)
+                if not request:
+                    break
+                if attempt == UNPROCESSED_ATTEMPTS:
+                    raise LedgerError(f"{self.table}: keys still unprocessed after {attempt + 1} BatchGetItem rounds")
+                self._sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))  # full jitter, as AWS advises
         return found
 
     def record(self, entry: LedgerEntry) -> None:
-        item: dict[str, Any] = {
-            "tenant_id": {"S": entry.tenant_id},
-            "object_key": {"S": entry.object_key},
+        """Record one delivery of one object, leaving every other delivery's record in the item as it is."""
+        record: dict[str, Any] = {
             "etag": {"S": _norm_etag(entry.etag)},
             "events_delivered": {"N": str(entry.events_delivered)},
             "events_rejected": {"N": str(entry.events_rejected)},
+            "bytes_delivered": {"N": str(entry.bytes_delivered)},
             "source": {"S": entry.source},
             "delivered_at": {"N": repr(entry.delivered_at or time.time())},
         }
         if entry.damaged:
-            item["damaged"] = {"S": entry.damaged[:1000]}
-        self._ddb().put_item(TableName=self.table, Item=item)
+            record["damaged"] = {"S": entry.damaged[:1000]}
+        key = {"tenant_id": {"S": entry.tenant_id}, "object_key": {"S": entry.object_key}}
+        ddb = self._ddb()
+        for _ in range(3):  # the create can lose a race at most once: the map then exists
+            try:
+                ddb.update_item(
+                    TableName=self.table,
+                    Key=key,
+                    UpdateExpression="SET deliveries.#id = :r",
+                    ConditionExpression="attribute_exists(deliveries)",
+                    ExpressionAttributeNames={"#id": entry.delivery_id},
+                    ExpressionAttributeValues={":r": {"M": record}},
+                )
+                return
+            except ddb.exceptions.ConditionalCheckFailedException:
+                pass  # no map yet: create it with this delivery in it, unless another writer just did
+            try:
+                ddb.update_item(
+                    TableName=self.table,
+                    Key=key,
+                    UpdateExpression="SET deliveries = :m",
+                    ConditionExpression="attribute_not_exists(deliveries)",
+                    ExpressionAttributeValues={":m": {"M": {entry.delivery_id: {"M": record}}}},
+                )
+                return
+            except ddb.exceptions.ConditionalCheckFailedException:
+                continue  # lost the race to create the map: the first form succeeds now
+        raise LedgerError(f"{self.table}: could not record {entry.delivery_id} of {entry.object_key}")
 
     def entries(self, tenant_id: str) -> list[LedgerEntry]:
-        """Every entry of one tenant (for reports, notebooks and tests)."""
+        """Every record of one tenant, one per (object, delivery): for reports, notebooks and tests."""
         out: list[LedgerEntry] = []
         kwargs: dict[str, Any] = {
             "TableName": self.table,
@@ -102,25 +151,46 @@ class Ledger:
         }
         while True:
             resp = self._ddb().query(**kwargs)
-            out.extend(_entry(i) for i in resp.get("Items", []))
+            for item in resp.get("Items", []):
+                out.extend(_entries(item))
             if "LastEvaluatedKey" not in resp:
                 return out
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
 
-def _matches(item: Mapping[str, Any], etag: str | None) -> bool:
+def _records(item: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """{delivery_id: record}; an item from before deliveries existed is the record of `cloudwatch`."""
+    records: dict[str, Mapping[str, Any]] = {}
+    if "etag" in item:
+        records[V1_DELIVERY_ID] = item
+    for delivery_id, value in item.get("deliveries", {}).get("M", {}).items():
+        records[delivery_id] = value.get("M", {})
+    return records
+
+
+def _delivered_ids(item: Mapping[str, Any], etag: str | None) -> frozenset[str]:
     # Without a known ETag (rare: a notification that lacks one) the key alone decides.
-    return etag is None or item.get("etag", {}).get("S", "") == _norm_etag(etag)
-
-
-def _entry(item: Mapping[str, Any]) -> LedgerEntry:
-    return LedgerEntry(
-        tenant_id=item["tenant_id"]["S"],
-        object_key=item["object_key"]["S"],
-        etag=item.get("etag", {}).get("S", ""),
-        events_delivered=int(item.get("events_delivered", {}).get("N", "0")),
-        events_rejected=int(item.get("events_rejected", {}).get("N", "0")),
-        damaged=item.get("damaged", {}).get("S", ""),
-        source=item.get("source", {}).get("S", ""),
-        delivered_at=float(item.get("delivered_at", {}).get("N", "0")),
+    return frozenset(
+        d for d, r in _records(item).items() if etag is None or r.get("etag", {}).get("S", "") == _norm_etag(etag)
     )
+
+
+def _entries(item: Mapping[str, Any]) -> list[LedgerEntry]:
+    def number(r: Mapping[str, Any], name: str) -> float:
+        return float(r.get(name, {}).get("N", "0"))
+
+    return [
+        LedgerEntry(
+            tenant_id=item["tenant_id"]["S"],
+            object_key=item["object_key"]["S"],
+            etag=r.get("etag", {}).get("S", ""),
+            events_delivered=int(number(r, "events_delivered")),
+            events_rejected=int(number(r, "events_rejected")),
+            damaged=r.get("damaged", {}).get("S", ""),
+            source=r.get("source", {}).get("S", ""),
+            delivered_at=number(r, "delivered_at"),
+            delivery_id=delivery_id,
+            bytes_delivered=int(number(r, "bytes_delivered")),
+        )
+        for delivery_id, r in sorted(_records(item).items())
+    ]

@@ -1,38 +1,93 @@
-"""Tenant configuration from DynamoDB (CONTRACTS.md §3): the schema, its validation, and a TTL cache."""
+"""Tenants and their deliveries (CONTRACTS.md §3): the item schema, its validation, both table shapes, a cache.
+
+A tenant has one or more deliveries, each a destination in the tenant's own account: a CloudWatch Logs
+group or an S3 bucket, with its own application and cluster filters. Table v2 keys items by
+(`tenant_id`, `delivery_id`); table v1 holds one CloudWatch delivery per tenant, keyed by `tenant_id`
+alone, and is read as the delivery `cloudwatch`. The table's key schema says which shape it has.
+
+This module is the one place an item is validated: the delivery path, the replay and the tenant CLI all
+call `parse_delivery`. A delivery that does not validate is kept as an `InvalidDelivery`, so the objects
+meant for it are reported against it while the tenant's other deliveries go on.
+"""
 
 from __future__ import annotations
 
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
+from botocore.exceptions import ClientError
 
 from pipeline import aws
 from pipeline.errors import NonRecoverableError
-from pipeline.keys import TENANT_ID_RE
+from pipeline.keys import NAME_SEGMENT_RE, TENANT_ID_RE, ObjectKey
 
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 LOG_GROUP_RE = re.compile(r"^[\w\-/.#]{1,512}$")
-REQUIRED_FIELDS = ("log_distribution_role_arn", "log_group_name", "target_region")
+DELIVERY_ID_RE = re.compile(r"^[a-z0-9][-a-z0-9]{0,62}$")
+# S3's rules for new buckets (no dots next to each other or to a dash is not checked: S3 refuses those itself).
+BUCKET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+BUCKET_PREFIX_MAX = 512
+KMS_KEY_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[\w/+=,.@-]{1,256}$")
+EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}$")  # STS's own pattern and length for ExternalId
+
+DEFAULT_BUCKET_PREFIX = "ROSA/cluster-logs/"
+V1_DELIVERY_ID = "cloudwatch"  # the delivery a v1 item (and a ledger item from before deliveries) stands for
+
+
+class DeliveryType(StrEnum):
+    CLOUDWATCH = "cloudwatch"
+    S3 = "s3"
+
+
+class TableSchema(StrEnum):
+    V1 = "v1"  # hash key tenant_id: one CloudWatch delivery per tenant
+    V2 = "v2"  # hash key tenant_id, range key delivery_id
+
+
+COMMON_REQUIRED = ("log_distribution_role_arn", "target_region")
+TYPE_REQUIRED: dict[DeliveryType, tuple[str, ...]] = {
+    DeliveryType.CLOUDWATCH: ("log_group_name",),
+    DeliveryType.S3: ("bucket_name",),
+}
 
 
 class TenantConfigError(NonRecoverableError):
-    """An unknown tenant, or a config that does not follow the schema: non-recoverable for the object."""
+    """An unknown tenant, or an item that does not follow the schema: non-recoverable for the object.
+
+    `fields` names every bad field and what is wrong with it, so one answer lists them all.
+    """
+
+    def __init__(self, reason: str, fields: Mapping[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.fields: dict[str, str] = dict(fields or {})
 
 
 @dataclass(frozen=True)
-class TenantConfig:
+class Delivery:
+    """One destination of one tenant, validated. Sinks take it as their destination."""
+
     tenant_id: str
+    delivery_id: str
+    type: DeliveryType
     role_arn: str
-    log_group: str
     region: str
     enabled: bool = True
     desired_logs: frozenset[str] | None = None  # lower-cased application names; None means all
+    clusters: frozenset[str] | None = None  # cluster ids; None means all
+    external_id: str | None = None  # None: the central account id (CONTRACTS.md §4)
+    log_group: str = ""  # cloudwatch
+    bucket: str = ""  # s3
+    bucket_prefix: str = ""  # s3, ends with "/"
+    kms_key_arn: str = ""  # s3, optional
+    created_at: str = ""
+    updated_at: str = ""
 
     @property
     def account_id(self) -> str:
@@ -41,51 +96,224 @@ class TenantConfig:
     def wants(self, application: str) -> bool:
         return self.desired_logs is None or application.lower() in self.desired_logs
 
+    def skip_reason(self, parsed: ObjectKey) -> str:
+        """Why this delivery does not take the object, or '' when it does."""
+        if not self.enabled:
+            return f"delivery {self.delivery_id!r} of tenant {self.tenant_id!r} is disabled"
+        if not self.wants(parsed.application):
+            return f"application {parsed.application!r} is not in desired_logs of delivery {self.delivery_id!r}"
+        if self.clusters is not None and parsed.cluster not in self.clusters:
+            return f"cluster {parsed.cluster!r} is not in clusters of delivery {self.delivery_id!r}"
+        return ""
 
-def _bool(tenant_id: str, value: Any) -> bool:
+    @property
+    def target(self) -> str:
+        """Where it writes, for plans, reports and logs."""
+        if self.type is DeliveryType.S3:
+            return f"s3://{self.bucket}/{self.bucket_prefix}"
+        return f"{self.log_group} ({self.region})"
+
+
+@dataclass(frozen=True)
+class InvalidDelivery:
+    """A delivery item that does not validate: its objects are reported as failed, the others go on."""
+
+    tenant_id: str
+    delivery_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Tenant:
+    tenant_id: str
+    deliveries: tuple[Delivery, ...] = ()
+    invalid: tuple[InvalidDelivery, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any delivery could take objects (invalid ones count: their failures must be reported)."""
+        return bool(self.invalid) or any(d.enabled for d in self.deliveries)
+
+    @property
+    def delivery_ids(self) -> tuple[str, ...]:
+        return tuple(sorted([d.delivery_id for d in self.deliveries] + [i.delivery_id for i in self.invalid]))
+
+
+# -- validation -------------------------------------------------------------------------------------------
+
+
+def _text(item: Mapping[str, Any], name: str, errors: dict[str, str], pattern: re.Pattern[str]) -> str:
+    value = item.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        errors[name] = "must be a non-empty string"
+        return ""
+    value = value.strip()
+    if not pattern.fullmatch(value):
+        errors[name] = f"{value[:200]!r} is not valid"
+        return ""
+    return value
+
+
+def _bool(item: Mapping[str, Any], name: str, errors: dict[str, str]) -> bool:
+    value = item.get(name, True)
     if isinstance(value, bool):
         return value
     # DynamoDB consoles and scripts often store flags as strings; accept only the unambiguous ones.
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise TenantConfigError(f"tenant {tenant_id!r}: 'enabled' must be a boolean, got {type(value).__name__}")
+    errors[name] = f"must be a boolean, got {type(value).__name__}"
+    return True
 
 
-def validate(item: Mapping[str, Any]) -> TenantConfig:
-    """A TenantConfig from a deserialized DynamoDB item, or TenantConfigError saying what is wrong."""
+def _names(item: Mapping[str, Any], name: str, errors: dict[str, str], lower: bool) -> frozenset[str] | None:
+    value = item.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | set | tuple | frozenset) or not all(isinstance(v, str) for v in value):
+        errors[name] = "must be a list of names"
+        return None
+    # An explicit empty list is a choice (take nothing), not a missing field (take all).
+    return frozenset((v.strip().lower() if lower else v.strip()) for v in value if v.strip())
+
+
+def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2) -> Delivery:
+    """A Delivery from a deserialized item, or TenantConfigError naming every bad field.
+
+    A v1 item is the one delivery `cloudwatch`, whatever else it holds.
+    """
+    errors: dict[str, str] = {}
     tenant_id = item.get("tenant_id")
     if not isinstance(tenant_id, str) or not TENANT_ID_RE.fullmatch(tenant_id):
-        raise TenantConfigError(f"tenant id {tenant_id!r} is not a valid namespace name")
-    for name in REQUIRED_FIELDS:
-        value = item.get(name)
-        if not isinstance(value, str) or not value.strip():
-            raise TenantConfigError(f"tenant {tenant_id!r}: required field {name!r} is missing or not a string")
-    role_arn = item["log_distribution_role_arn"].strip()
-    if not ROLE_ARN_RE.match(role_arn):
-        raise TenantConfigError(f"tenant {tenant_id!r}: log_distribution_role_arn {role_arn!r} is not a role ARN")
-    region = item["target_region"].strip()
-    if not REGION_RE.match(region):
-        raise TenantConfigError(f"tenant {tenant_id!r}: target_region {region!r} is not a region name")
-    group = item["log_group_name"].strip()
-    if not LOG_GROUP_RE.match(group):
-        raise TenantConfigError(f"tenant {tenant_id!r}: log_group_name {group!r} is not a valid log group name")
-    enabled = _bool(tenant_id, item.get("enabled", True))
-    desired = item.get("desired_logs")
-    desired_logs: frozenset[str] | None = None
-    if desired is not None:
-        if isinstance(desired, str):
-            desired = [desired]
-        if not isinstance(desired, list | set | tuple | frozenset) or not all(isinstance(d, str) for d in desired):
-            raise TenantConfigError(f"tenant {tenant_id!r}: desired_logs must be a list of application names")
-        desired_logs = frozenset(d.strip().lower() for d in desired if d.strip())
-    return TenantConfig(tenant_id, role_arn, group, region, enabled, desired_logs)
+        errors["tenant_id"] = f"{tenant_id!r} is not a valid namespace name"
+        tenant_id = str(tenant_id)
+    if schema is TableSchema.V1:
+        delivery_id, kind = V1_DELIVERY_ID, DeliveryType.CLOUDWATCH
+    else:
+        delivery_id = item.get("delivery_id")
+        if not isinstance(delivery_id, str) or not DELIVERY_ID_RE.fullmatch(delivery_id):
+            errors["delivery_id"] = f"{delivery_id!r} must match {DELIVERY_ID_RE.pattern}"
+            delivery_id = str(delivery_id)
+        raw_type = item.get("type")
+        if raw_type is None:
+            errors["type"] = "required field is missing (cloudwatch or s3)"
+            kind = None
+        elif not isinstance(raw_type, str) or raw_type not in set(DeliveryType):
+            errors["type"] = f"unknown type {raw_type!r} (cloudwatch or s3)"
+            kind = None
+        else:
+            kind = DeliveryType(raw_type)
+    required = COMMON_REQUIRED + (TYPE_REQUIRED[kind] if kind else ())
+    for name in required:
+        if item.get(name) is None:
+            errors[name] = "required field is missing"
+    role_arn = _text(item, "log_distribution_role_arn", errors, ROLE_ARN_RE)
+    region = _text(item, "target_region", errors, REGION_RE)
+    enabled = _bool(item, "enabled", errors)
+    desired = _names(item, "desired_logs", errors, lower=True)
+    clusters = _names(item, "clusters", errors, lower=False)
+    if clusters and (bad := sorted(c for c in clusters if not NAME_SEGMENT_RE.fullmatch(c))):
+        errors["clusters"] = f"{bad[0][:80]!r} is not a cluster id"
+    external_id = _text(item, "external_id", errors, EXTERNAL_ID_RE) or None
+    fields: dict[str, Any] = {}
+    if kind is DeliveryType.CLOUDWATCH:
+        fields["log_group"] = _text(item, "log_group_name", errors, LOG_GROUP_RE)
+    elif kind is DeliveryType.S3:
+        fields["bucket"] = _text(item, "bucket_name", errors, BUCKET_NAME_RE)
+        fields["bucket_prefix"] = _bucket_prefix(item.get("bucket_prefix", DEFAULT_BUCKET_PREFIX), errors)
+        fields["kms_key_arn"] = _text(item, "kms_key_arn", errors, KMS_KEY_ARN_RE)
+    if errors:
+        where = f"tenant {tenant_id!r}" + ("" if schema is TableSchema.V1 else f" delivery {delivery_id!r}")
+        detail = "; ".join(f"{name}: {problem}" for name, problem in sorted(errors.items()))
+        raise TenantConfigError(f"{where}: {detail}", errors)
+    assert kind is not None
+    stamps = {k: str(item[k]) for k in ("created_at", "updated_at") if isinstance(item.get(k), str)}
+    return Delivery(
+        tenant_id, delivery_id, kind, role_arn, region, enabled, desired, clusters, external_id, **fields, **stamps
+    )
 
+
+def _bucket_prefix(value: Any, errors: dict[str, str]) -> str:
+    if not isinstance(value, str):
+        errors["bucket_prefix"] = "must be a string"
+        return ""
+    if value == "":
+        return ""  # the bucket's root: objects go straight under {tenant_id}/
+    problem = ""
+    if not value.endswith("/"):
+        problem = f"{value[:200]!r} must end with '/'"
+    elif value.startswith("/") or "//" in value or len(value) > BUCKET_PREFIX_MAX:
+        problem = f"{value[:200]!r} must not start with '/', hold '//' or exceed {BUCKET_PREFIX_MAX} characters"
+    elif any(part in (".", "..") for part in value.split("/")):
+        problem = f"{value[:200]!r} must not hold '.' or '..' segments"
+    if problem:
+        errors["bucket_prefix"] = problem
+    return value
+
+
+def delivery_item(d: Delivery, schema: TableSchema = TableSchema.V2) -> dict[str, Any]:
+    """The item of a delivery, as stored (the inverse of parse_delivery): migrations and the tenant CLI."""
+    item: dict[str, Any] = {"tenant_id": d.tenant_id}
+    if schema is TableSchema.V2:
+        item.update(delivery_id=d.delivery_id, type=str(d.type))
+    item.update(log_distribution_role_arn=d.role_arn, target_region=d.region, enabled=d.enabled)
+    if d.log_group:
+        item["log_group_name"] = d.log_group
+    if d.type is DeliveryType.S3:
+        item.update(bucket_name=d.bucket, bucket_prefix=d.bucket_prefix)
+        if d.kms_key_arn:
+            item["kms_key_arn"] = d.kms_key_arn
+    for name in ("desired_logs", "clusters"):
+        value = getattr(d, name)
+        if value is not None:
+            item[name] = sorted(value)
+    for name in ("external_id", "created_at", "updated_at"):
+        if getattr(d, name):
+            item[name] = getattr(d, name)
+    return item
+
+
+def tenant_from_items(tenant_id: str, items: list[Mapping[str, Any]], schema: TableSchema) -> Tenant:
+    good: list[Delivery] = []
+    bad: list[InvalidDelivery] = []
+    for item in items:
+        try:
+            good.append(parse_delivery(item, schema))
+        except TenantConfigError as exc:
+            delivery_id = V1_DELIVERY_ID if schema is TableSchema.V1 else str(item.get("delivery_id", "?"))
+            bad.append(InvalidDelivery(tenant_id, delivery_id, exc.reason))
+    return Tenant(tenant_id, tuple(sorted(good, key=lambda d: d.delivery_id)), tuple(bad))
+
+
+# -- the table --------------------------------------------------------------------------------------------
 
 _deserializer = TypeDeserializer()
 
 
+def deserialize(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deserializer.deserialize(v) for k, v in raw.items()}
+
+
+def table_schema(ddb: Any, table: str) -> TableSchema:
+    """v1 or v2, from the table's key schema."""
+    keys = ddb.describe_table(TableName=table)["Table"]["KeySchema"]
+    names = {k["KeyType"]: k["AttributeName"] for k in keys}
+    if names.get("HASH") != "tenant_id" or names.get("RANGE") not in (None, "delivery_id"):
+        raise TenantConfigError(f"table {table} has key schema {names}, neither tenant v1 nor v2")
+    return TableSchema.V2 if "RANGE" in names else TableSchema.V1
+
+
+@dataclass
+class _Entry:
+    expires: float
+    value: Tenant | TenantConfigError = field(repr=False)
+
+
 class TenantDirectory:
-    """Looks tenants up in the config table, caching hits and misses for `ttl_s` seconds.
+    """Looks tenants up in the config table (either shape), caching hits and misses for `ttl_s` seconds.
 
     Misses are cached too: a flood of objects for an unknown tenant must not become a flood of reads.
     """
@@ -97,11 +325,12 @@ class TenantDirectory:
         client: Any | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._table = table
+        self.table = table
         self._ttl = ttl_s
         self._client = client
         self._clock = clock
-        self._cache: dict[str, tuple[float, TenantConfig | TenantConfigError]] = {}
+        self._schema: TableSchema | None = None
+        self._cache: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self.lookups = 0
 
@@ -110,47 +339,63 @@ class TenantDirectory:
             self._client = aws.client("dynamodb")
         return self._client
 
-    def get(self, tenant_id: str) -> TenantConfig:
+    @property
+    def schema(self) -> TableSchema:
+        if self._schema is None:
+            self._schema = table_schema(self._ddb(), self.table)
+        return self._schema
+
+    def get(self, tenant_id: str) -> Tenant:
         now = self._clock()
         with self._lock:
             hit = self._cache.get(tenant_id)
-        if hit is None or hit[0] <= now:
-            value = self._load(tenant_id)
+        if hit is None or hit.expires <= now:
+            hit = _Entry(now + self._ttl, self._load(tenant_id))
             with self._lock:
-                self._cache[tenant_id] = (now + self._ttl, value)
-        else:
-            value = hit[1]
-        if isinstance(value, TenantConfigError):
+                self._cache[tenant_id] = hit
+        if isinstance(hit.value, TenantConfigError):
             # One cached instance is raised again and again: drop the last caller's traceback first, or
             # every raise chains more frames (and everything they hold) onto it until the entry expires.
-            raise value.with_traceback(None)
-        return value
+            raise hit.value.with_traceback(None)
+        return hit.value
+
+    def items(self) -> Iterator[dict[str, Any]]:
+        """Every item of the table, deserialized (the tenant CLI and migrations)."""
+        for page in self._ddb().get_paginator("scan").paginate(TableName=self.table, ConsistentRead=True):
+            for raw in page.get("Items", []):
+                yield deserialize(raw)
+
+    def tenants(self) -> list[Tenant]:
+        """Every tenant in the table, each with all of its deliveries, sorted by tenant id."""
+        by_tenant: dict[str, list[dict[str, Any]]] = {}
+        for item in self.items():
+            by_tenant.setdefault(str(item.get("tenant_id")), []).append(item)
+        return [tenant_from_items(t, items, self.schema) for t, items in sorted(by_tenant.items())]
 
     def tenant_ids(self) -> list[str]:
-        """Every tenant in the table except the disabled ones, for an all-tenant scheduled backfill.
+        """Every tenant with a delivery that is enabled (or invalid, so the run reports it), for --all-tenants."""
+        return [t.tenant_id for t in self.tenants() if t.enabled]
 
-        Entries whose config does not validate are kept, so the run reports them instead of silently
-        leaving those tenants out.
-        """
-        ids: list[str] = []
-        for page in self._ddb().get_paginator("scan").paginate(TableName=self._table):
-            for raw in page.get("Items", []):
-                item = {k: _deserializer.deserialize(v) for k, v in raw.items()}
-                try:
-                    if validate(item).enabled:
-                        ids.append(item["tenant_id"])
-                except TenantConfigError:
-                    if isinstance(item.get("tenant_id"), str):
-                        ids.append(item["tenant_id"])
-        return sorted(ids)
-
-    def _load(self, tenant_id: str) -> TenantConfig | TenantConfigError:
+    def _load(self, tenant_id: str) -> Tenant | TenantConfigError:
         self.lookups += 1
-        resp = self._ddb().get_item(TableName=self._table, Key={"tenant_id": {"S": tenant_id}})
-        raw = resp.get("Item")
-        if not raw:
-            return TenantConfigError(f"unknown tenant {tenant_id!r}: no entry in {self._table}")
-        try:
-            return validate({k: _deserializer.deserialize(v) for k, v in raw.items()})
-        except TenantConfigError as exc:
-            return exc
+        schema = self.schema
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "tenant_id = :t",
+            "ExpressionAttributeValues": {":t": {"S": tenant_id}},
+        }
+        while True:
+            try:
+                resp = self._ddb().query(**kwargs)
+            except ClientError as exc:
+                if aws.error_code(exc) == "ValidationException":  # not a tenant id the table can hold
+                    return TenantConfigError(f"unknown tenant {tenant_id!r}: no entry in {self.table}")
+                raise
+            items.extend(deserialize(i) for i in resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                break
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        if not items:
+            return TenantConfigError(f"unknown tenant {tenant_id!r}: no entry in {self.table}")
+        return tenant_from_items(tenant_id, items, schema)

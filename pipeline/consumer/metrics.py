@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from pipeline.delivery import ObjectResult, Status
+from pipeline.delivery import DeliveryResult, ObjectResult, Status
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, float("inf"))
 
 
-def object_status(result: ObjectResult) -> str:
+def object_status(result: ObjectResult | DeliveryResult) -> str:
     """delivered, skipped, damaged, rejected (failed, acknowledged) or failed (recoverable, retried)."""
     if result.status is Status.FAILED:
         return "failed" if result.recoverable else "rejected"
@@ -62,6 +62,19 @@ class Metrics:
             registry=r,
         )
         self.bytes_read = Counter("logdelivery_object_bytes", "Decoded object bytes read", ["tenant"], registry=r)
+        self.deliveries = Counter(
+            "logdelivery_deliveries",
+            "Object deliveries by tenant, delivery type (cloudwatch, s3) and status (delivered, skipped, damaged, "
+            "rejected: failed for good, failed: left for a retry)",
+            ["tenant", "type", "status"],
+            registry=r,
+        )
+        self.delivered_bytes = Counter(
+            "logdelivery_delivered_bytes",
+            "Bytes delivered, by tenant and delivery type (s3: object bytes written; cloudwatch: decoded bytes)",
+            ["tenant", "type"],
+            registry=r,
+        )
         self.latency = Histogram(
             "logdelivery_delivery_latency_seconds",
             "From the object's S3 LastModified to the end of its delivery",
@@ -98,6 +111,10 @@ class Metrics:
             self.events.labels(tenant, "malformed").inc(result.lines_malformed)
         if result.bytes_read:
             self.bytes_read.labels(tenant).inc(result.bytes_read)
+        for d in result.deliveries:
+            self.deliveries.labels(tenant, d.type, object_status(d)).inc()
+            if d.bytes_delivered and d.done:
+                self.delivered_bytes.labels(tenant, d.type).inc(d.bytes_delivered)
         if result.status in (Status.DELIVERED, Status.DAMAGED) and result.delivered_at and result.last_modified:
             # Clocks of S3 and this host differ a little; a negative latency is skew, not a real value.
             self.latency.observe(max(0.0, result.delivered_at - result.last_modified))

@@ -1,10 +1,10 @@
 """One message end to end, and the acknowledge decision that SQS, Lambda and manual mode all share.
 
-A message is acknowledged (deleted, or left out of `batchItemFailures`) when every object it names is
-durably done: delivered and in the ledger, skipped (ledger, disabled tenant, filtered application), or
-failed in a way no retry can fix (malformed key, unknown tenant, a body that is not an S3 event).
-Anything recoverable leaves the whole message for redelivery; objects of it that did get delivered are
-in the ledger by then, so the retry skips them.
+A message is acknowledged (deleted, or left out of `batchItemFailures`) when every delivery of every
+object it names is durably done: delivered and in the ledger, skipped (ledger, disabled delivery,
+filtered application or cluster), or failed in a way no retry can fix (malformed key, unknown tenant, an
+invalid delivery item, a body that is not an S3 event). Anything recoverable leaves the whole message for
+redelivery; every delivery that did succeed is in the ledger by then, so the retry sends only the rest.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from typing import Any
 from pipeline.consumer.events import InvalidMessageError, parse_body
 from pipeline.consumer.metrics import Metrics, object_status
 from pipeline.delivery import Deliverer, ObjectResult, Status
+from pipeline.sinks import sink_names
+from pipeline.tenants import DeliveryType
 
 log = logging.getLogger("pipeline.consumer")
 
-SINKS = ("cloudwatch", "null")
+# The consumer acknowledges a message once delivery returns, so its CloudWatch sink must be durable by then.
+SINKS = sink_names(DeliveryType.CLOUDWATCH, durable_only=True)
 
 
 @dataclass
@@ -120,6 +123,17 @@ def _log_result(result: ObjectResult, ctx: dict[str, Any], seconds: float) -> No
         "events_rejected": result.events_rejected,
         "lines_malformed": result.lines_malformed,
         "duration_s": round(seconds, 3),
+        "deliveries": [
+            {
+                "delivery_id": d.delivery_id,
+                "type": d.type,
+                "status": object_status(d),
+                "reason": d.reason,
+                "events_delivered": d.events_delivered,
+                "bytes_delivered": d.bytes_delivered,
+            }
+            for d in result.deliveries
+        ],
     }
     if result.delivered_at and result.last_modified:
         extra["latency_s"] = round(result.delivered_at - result.last_modified, 3)

@@ -15,6 +15,7 @@ import boto3
 from boto3.dynamodb.types import TypeSerializer
 
 from pipeline.settings import Settings
+from pipeline.tenants import DEFAULT_BUCKET_PREFIX, V1_DELIVERY_ID, TableSchema
 
 CENTRAL_ACCOUNT_ID = "123456789012"  # moto's default account plays the central (processor's) account
 DEFAULT_REGION = "us-east-1"
@@ -25,12 +26,23 @@ LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "t
 
 
 @dataclass(frozen=True)
+class SampleBucket:
+    """An S3 delivery of a sample tenant: a bucket in the tenant's own account."""
+
+    delivery_id: str = "s3-archive"
+    desired_logs: tuple[str, ...] | None = None
+    prefix: str = DEFAULT_BUCKET_PREFIX
+
+
+@dataclass(frozen=True)
 class SampleTenant:
     tenant_id: str
     account_id: str
     region: str = DEFAULT_REGION
     enabled: bool = True
-    desired_logs: tuple[str, ...] | None = None
+    desired_logs: tuple[str, ...] | None = None  # of the CloudWatch delivery
+    cloudwatch: bool = True  # a CloudWatch delivery `cloudwatch` into log_group
+    s3: SampleBucket | None = None
 
     @property
     def role_arn(self) -> str:
@@ -40,7 +52,12 @@ class SampleTenant:
     def log_group(self) -> str:
         return f"/logs/{self.tenant_id}"
 
+    @property
+    def bucket(self) -> str:
+        return f"{self.tenant_id}-logs-{self.account_id}"
+
     def config_item(self) -> dict[str, Any]:
+        """The v1 item of its CloudWatch delivery (a v1 table holds nothing else)."""
         item: dict[str, Any] = {
             "tenant_id": self.tenant_id,
             "log_distribution_role_arn": self.role_arn,
@@ -52,12 +69,37 @@ class SampleTenant:
             item["desired_logs"] = list(self.desired_logs)
         return item
 
+    def delivery_items(self) -> list[dict[str, Any]]:
+        """The v2 items of every delivery it has."""
+        items = []
+        if self.cloudwatch:
+            items.append({**self.config_item(), "delivery_id": V1_DELIVERY_ID, "type": "cloudwatch"})
+        if self.s3 is not None:
+            item: dict[str, Any] = {
+                "tenant_id": self.tenant_id,
+                "delivery_id": self.s3.delivery_id,
+                "type": "s3",
+                "log_distribution_role_arn": self.role_arn,
+                "target_region": self.region,
+                "enabled": self.enabled,
+                "bucket_name": self.bucket,
+                "bucket_prefix": self.s3.prefix,
+            }
+            if self.s3.desired_logs is not None:
+                item["desired_logs"] = list(self.s3.desired_logs)
+            items.append(item)
+        return items
+
 
 SAMPLE_TENANTS: tuple[SampleTenant, ...] = (
     SampleTenant("acme", "111111111111"),
     # Mixed case on purpose: desired_logs matches application names case-insensitively.
     SampleTenant("globex", "222222222222", region="eu-west-1", desired_logs=("Payment-Service", "frontend")),
     SampleTenant("initech", "333333333333", enabled=False),
+    # Both destinations, each with its own filter: a hot set in CloudWatch, every application in S3.
+    SampleTenant("umbrella", "444444444444", desired_logs=("payment-service",), s3=SampleBucket()),
+    # S3 only: never decoded.
+    SampleTenant("hooli", "555555555555", region="eu-west-1", cloudwatch=False, s3=SampleBucket("archive")),
 )
 
 
@@ -128,6 +170,11 @@ class LocalEnvironment:
         t = self.tenant(tenant_id)
         return self.client("logs", region=t.region, account_id=t.account_id)
 
+    def tenant_s3(self, tenant_id: str) -> Any:
+        """An S3 client in the tenant's own account: its bucket is readable only from there."""
+        t = self.tenant(tenant_id)
+        return self.client("s3", region=t.region, account_id=t.account_id)
+
 
 def _trust_policy(principal_arn: str, external_id: str | None = None) -> str:
     stmt: dict[str, Any] = {
@@ -145,8 +192,12 @@ def provision(
     tenants: Sequence[SampleTenant] = SAMPLE_TENANTS,
     names: ResourceNames | None = None,
     region: str = DEFAULT_REGION,
+    tenant_schema: TableSchema = TableSchema.V2,
 ) -> LocalEnvironment:
-    """Create the central resources and the sample tenants. Idempotent enough for a fresh server."""
+    """Create the central resources and the sample tenants. Idempotent enough for a fresh server.
+
+    The tenant table is v2 (what new deployments create) unless `tenant_schema` asks for an older one.
+    """
     local = LocalEnvironment(endpoint_url, region, names or ResourceNames(), tuple(tenants))
     n = local.names
 
@@ -160,12 +211,7 @@ def provision(
     s3.create_bucket(Bucket=n.bucket)
 
     ddb = local.client("dynamodb")
-    ddb.create_table(
-        TableName=n.tenant_table,
-        KeySchema=[{"AttributeName": "tenant_id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "tenant_id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_tenant_table(ddb, n.tenant_table, tenant_schema)
     ddb.create_table(
         TableName=n.ledger_table,
         KeySchema=[
@@ -214,16 +260,35 @@ def provision(
     return local
 
 
+def create_tenant_table(ddb: Any, name: str, schema: TableSchema = TableSchema.V2) -> None:
+    """A tenant table of either shape (CONTRACTS.md §3)."""
+    keys = [("tenant_id", "HASH")] + ([("delivery_id", "RANGE")] if schema is TableSchema.V2 else [])
+    ddb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": a, "KeyType": k} for a, k in keys],
+        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a, _ in keys],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
 def add_tenants(local: LocalEnvironment, tenants: Iterable[SampleTenant]) -> None:
-    """Register tenants in the config table and create their role and log group in their own account."""
+    """Register tenants in the config table and create their role, log group and bucket in their own account."""
     table = local.client("dynamodb")
+    keys = table.describe_table(TableName=local.names.tenant_table)["Table"]["KeySchema"]
+    v2 = len(keys) == 2
     ser = TypeSerializer()
     for t in tenants:
-        item = {k: ser.serialize(v) for k, v in t.config_item().items()}
-        table.put_item(TableName=local.names.tenant_table, Item=item)
+        for item in t.delivery_items() if v2 else [t.config_item()]:
+            table.put_item(TableName=local.names.tenant_table, Item={k: ser.serialize(v) for k, v in item.items()})
         iam = local.client("iam", account_id=t.account_id)
         iam.create_role(
             RoleName=t.role_arn.rsplit("/", 1)[1],
             AssumeRolePolicyDocument=_trust_policy(local.central_role_arn, external_id=CENTRAL_ACCOUNT_ID),
         )
-        local.client("logs", region=t.region, account_id=t.account_id).create_log_group(logGroupName=t.log_group)
+        if t.cloudwatch:
+            local.client("logs", region=t.region, account_id=t.account_id).create_log_group(logGroupName=t.log_group)
+        if t.s3 is not None:
+            # Made with credentials in the tenant's account, so the bucket belongs to it, not to the central one.
+            s3 = local.client("s3", t.region, t.account_id)
+            config = {} if t.region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": t.region}}
+            s3.create_bucket(Bucket=t.bucket, **config)

@@ -37,6 +37,8 @@ class MotoServer:
         # A server must not forward its own calls to itself, nor inherit a caller's endpoint.
         for var in [v for v in env if v.startswith("AWS_ENDPOINT_URL")]:
             env.pop(var)
+        # Without this, moto lets any account write any bucket, and an S3 isolation test would prove nothing.
+        env["MOTO_S3_ALLOW_CROSSACCOUNT_ACCESS"] = "false"
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
             stdout=out,

@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,22 +15,25 @@ from typing import Any, TextIO
 import orjson
 
 from pipeline import aws
-from pipeline.delivery import TimeWindow
+from pipeline.cli import EXIT_USAGE
+from pipeline.delivery import LEDGER_SKIP, Routing, TimeWindow
 from pipeline.errors import NonRecoverableError
 from pipeline.keys import DEFAULT_WRITE_SLACK, parse_key
 from pipeline.ledger import Ledger
 from pipeline.records import decode_events
 from pipeline.replay.budget import DEFAULT_BUDGET_MIB
 from pipeline.replay.listing import Listing, ListingFilter, list_window
-from pipeline.replay.plan import LEDGER_SKIP, Plan, WorkUnit, make_plan
+from pipeline.replay.plan import Plan, WorkUnit, make_plan
 from pipeline.replay.report import ReplayReport
 from pipeline.settings import Settings
-from pipeline.tenants import TenantConfig, TenantDirectory
+from pipeline.sinks import sink_names, sink_plan, traits_of
+from pipeline.tenants import DeliveryType, Tenant, TenantDirectory
 from pipeline.timespec import to_ms
 
 log = logging.getLogger("pipeline.replay")
 
-SINKS = ("cloudwatch", "vector", "null")
+SINKS = sink_names(DeliveryType.CLOUDWATCH)  # --sink picks CloudWatch deliveries' sink; S3 keeps its own
+
 IN_FLIGHT_PER_WORKER = 2  # one running, one queued: workers never idle, the driver never holds the window
 SAMPLE_OBJECTS = 3
 # Environment a worker on another node needs to reach the same endpoints; credentials are not forwarded
@@ -47,6 +50,7 @@ class ReplayOptions:
     applications: tuple[str, ...] = ()
     pods: tuple[str, ...] = ()
     sink: str = "cloudwatch"
+    deliveries: tuple[str, ...] = ()  # delivery ids or types; empty: every enabled delivery of each tenant
     workers: int | None = None
     dry_run: bool = False
     redeliver: bool = False
@@ -58,14 +62,30 @@ class ReplayOptions:
     all_tenants: bool = False  # every enabled tenant in the table; `tenants` is then filled in by run()
 
 
-def resolve_tenants(directory: TenantDirectory, tenant_ids: Sequence[str]) -> dict[str, TenantConfig | str]:
-    out: dict[str, TenantConfig | str] = {}
+def resolve_tenants(directory: TenantDirectory, tenant_ids: Sequence[str]) -> dict[str, Tenant | str]:
+    out: dict[str, Tenant | str] = {}
     for t in tenant_ids:
         try:
             out[t] = directory.get(t)
         except NonRecoverableError as exc:
             out[t] = exc.reason
     return out
+
+
+def routing_for(opts: ReplayOptions) -> Routing:
+    traits = {kind: traits_of(name) for kind, name in sink_plan(opts.sink).items()}
+    use_ledger = not opts.redeliver and any(t.writes_ledger for t in traits.values())
+    window = TimeWindow(to_ms(opts.since), to_ms(opts.until))
+    return Routing(traits, window, frozenset(opts.deliveries), use_ledger)
+
+
+def unmatched_deliveries(opts: ReplayOptions, tenants: Mapping[str, Tenant | str]) -> list[str]:
+    """The --delivery values that name no delivery of any of the tenants (a typo, most likely)."""
+    known = set(DeliveryType)
+    for t in tenants.values():
+        if isinstance(t, Tenant):
+            known |= set(t.delivery_ids)
+    return [d for d in opts.deliveries if d not in known]
 
 
 def estimate_events_per_byte(s3: Any, bucket: str, listing: Listing) -> float:
@@ -79,7 +99,7 @@ def estimate_events_per_byte(s3: Any, bucket: str, listing: Listing) -> float:
     return events / size if size else 0.0
 
 
-def build_plan(opts: ReplayOptions, settings: Settings, workers: int) -> Plan:
+def build_plan(opts: ReplayOptions, settings: Settings, workers: int, tenants: Mapping[str, Tenant | str]) -> Plan:
     s3 = aws.client("s3")
     flt = ListingFilter(
         tenants=opts.tenants,
@@ -91,19 +111,25 @@ def build_plan(opts: ReplayOptions, settings: Settings, workers: int) -> Plan:
         slack=opts.slack,
     )
     listing = list_window(s3, settings.bucket, flt)
-    tenants = resolve_tenants(TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s), opts.tenants)
-    delivered: set[str] = set()
-    if not opts.redeliver and settings.ledger_table and opts.sink != "null":
+    routing = routing_for(opts)
+    delivered: dict[str, frozenset[str]] = {}
+    if routing.use_ledger and settings.ledger_table:
         ledger = Ledger(settings.ledger_table)
         for tenant in opts.tenants:
-            objs = [(o.key, o.etag) for o in listing.objects if o.parsed.tenant == tenant]
-            delivered |= ledger.delivered_keys(tenant, objs)
+            delivered |= ledger.delivered_many(
+                tenant, [(o.key, o.etag) for o in listing.objects if o.parsed.tenant == tenant]
+            )
     per_byte = estimate_events_per_byte(s3, settings.bucket, listing)
-    return make_plan(listing, tenants, delivered, opts.since, opts.until, workers, datetime.now(UTC), per_byte)
+    return make_plan(listing, tenants, delivered, opts.since, opts.until, workers, datetime.now(UTC), per_byte, routing)
 
 
 def _mib(n: int) -> str:
     return f"{n / 1048576:,.1f} MiB"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
 def render_plan(plan: Plan, opts: ReplayOptions, workers: int) -> str:
@@ -118,8 +144,29 @@ def render_plan(plan: Plan, opts: ReplayOptions, workers: int) -> str:
         rows.append(
             (tenant, app, f"{s.objects:,}", _mib(s.bytes), f"{s.estimated_events:,}", f"{s.already_delivered:,}")
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    lines += _table(rows)
+    lines += ["", "Per delivery (S3 takes whole objects written in the window; CloudWatch takes events in it):"]
+    rows = [("tenant", "delivery", "type", "target", "to deliver", "bytes", "already delivered", "past 14 days")]
+    for (tenant, delivery_id), d in sorted(plan.deliveries.items()):
+        past = "-" if d.whole_objects else f"{d.older_than_14d:,} objects"
+        rows.append(
+            (
+                tenant,
+                delivery_id,
+                d.type,
+                d.target,
+                f"{d.objects:,} objects",
+                _mib(d.bytes),
+                f"{d.already_delivered:,}",
+                past,
+            )
+        )
+    lines += _table(rows)
+    for (tenant, delivery_id), d in sorted(plan.deliveries.items()):
+        for reason, n in sorted(d.skipped.items()):
+            lines.append(f"  {tenant}/{delivery_id}: skips {n:,} objects: {reason}")
+        for reason, n in sorted(d.failed.items()):
+            lines.append(f"  {tenant}/{delivery_id}: cannot deliver {n:,} objects: {reason}")
     lines += [
         "",
         f"Objects listed: {plan.objects_listed:,} in {plan.list_calls:,} LIST calls",
@@ -128,11 +175,11 @@ def render_plan(plan: Plan, opts: ReplayOptions, workers: int) -> str:
         f"Already delivered (ledger): {plan.skipped_ledger:,} objects"
         + (" — ignored, --redeliver" if opts.redeliver else ""),
     ]
-    if plan.undeliverable_fraction > 0:
+    if plan.undeliverable_fraction > 0 and plan.has_event_deliveries:
         lines.append(
             f"WARNING: {plan.undeliverable_fraction:.0%} of the window is older than CloudWatch's 14-day limit "
-            f"({plan.undeliverable_objects:,} objects written then). Those events cannot be delivered; "
-            "they will be counted as events_rejected_too_old."
+            f"({plan.undeliverable_objects:,} objects written then). Those events cannot be delivered to "
+            "CloudWatch; they will be counted as events_rejected_too_old. S3 deliveries have no age limit."
         )
     other_skips = [r for _, r in plan.skipped if r != LEDGER_SKIP]
     for reason in sorted(set(other_skips)):
@@ -166,16 +213,19 @@ def _default_workers() -> int:
 
 def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> int:
     """Run one replay; returns the process exit code (0: all deliverable delivered, 1: some failed)."""
-    needed = ["bucket", "tenant_table"] + ([] if opts.sink == "null" else ["central_role_arn", "ledger_table"])
-    settings.require(*needed)
-    if opts.sink not in SINKS:
-        raise ValueError(f"unknown sink {opts.sink!r}")
+    writes = any(traits_of(name).writes_ledger for name in sink_plan(opts.sink).values())
+    settings.require("bucket", "tenant_table", *(["central_role_arn", "ledger_table"] if writes else []))
     if opts.all_tenants:
         tenants = TenantDirectory(settings.tenant_table).tenant_ids()
         opts = replace(opts, tenants=tuple(tenants))
         log.info("all tenants", extra={"tenants": tenants})
     workers = opts.workers or _default_workers()
-    plan = build_plan(opts, settings, workers)
+    tenants = resolve_tenants(TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s), opts.tenants)
+    unmatched = unmatched_deliveries(opts, tenants)
+    if unmatched:
+        print(f"error: --delivery {', '.join(unmatched)} names no delivery of {', '.join(opts.tenants)}", file=out)
+        return EXIT_USAGE
+    plan = build_plan(opts, settings, workers, tenants)
     print(render_plan(plan, opts, workers), file=out, flush=True)
     report = ReplayReport(plan)
     if not opts.dry_run and plan.units:
@@ -185,6 +235,7 @@ def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> in
         return report.exit_code
     doc = report.to_dict()
     print("\n" + report.summary_table(), file=out)
+    print("\n" + report.deliveries_table(), file=out)
     print(
         f"\n{doc['objects_delivered']:,} objects, {doc['events_delivered']:,} events delivered in {doc['duration_s']}s "
         f"({doc['events_per_s']:,.0f} events/s); {len(doc['objects_failed'])} objects failed",
@@ -207,7 +258,9 @@ def _deliver(plan: Plan, opts: ReplayOptions, settings: Settings, workers: int, 
     limiter = RateLimiter.remote(opts.max_events_per_second) if opts.max_events_per_second else None
     n = min(workers, len(plan.units))
     actors = [
-        DeliveryWorker.remote(settings, opts.sink, window, opts.redeliver, limiter, opts.worker_memory_mib)
+        DeliveryWorker.remote(
+            settings, opts.sink, window, opts.redeliver, limiter, opts.worker_memory_mib, opts.deliveries
+        )
         for _ in range(n)
     ]
     queue: list[WorkUnit] | None = list(reversed(plan.units))

@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from pipeline.batching import MAX_AGE_MS
+from pipeline.delivery import LEDGER_SKIP, DeliveryResult, ObjectResult, Routing, Status, TimeWindow
 from pipeline.replay.listing import ListedObject, Listing
-from pipeline.tenants import TenantConfig
+from pipeline.sinks import sink_plan, traits_of
+from pipeline.tenants import Delivery, DeliveryType, Tenant
+from pipeline.timespec import to_ms
 
 MIN_UNIT_BYTES = 256 * 1024  # below this, per-unit overhead outweighs balance
 UNITS_PER_WORKER = 4
@@ -47,14 +50,32 @@ class GroupStats:
 
 
 @dataclass
+class DeliveryPlan:
+    """What one delivery of one tenant will take from the window, for the dry run and the report."""
+
+    tenant: str
+    delivery_id: str
+    type: str
+    target: str
+    whole_objects: bool = False  # S3: whole objects by write time; else events by their own timestamp
+    objects: int = 0  # to deliver
+    bytes: int = 0
+    estimated_events: int = 0
+    already_delivered: int = 0
+    older_than_14d: int = 0  # event deliveries: objects written past CloudWatch's age limit
+    skipped: dict[str, int] = field(default_factory=dict)  # reason → objects (other than the ledger)
+    failed: dict[str, int] = field(default_factory=dict)  # reason → objects
+
+
+@dataclass
 class Plan:
     since: datetime
     until: datetime
     units: list[WorkUnit] = field(default_factory=list)
     by_tenant_app: dict[tuple[str, str], GroupStats] = field(default_factory=dict)
+    deliveries: dict[tuple[str, str], DeliveryPlan] = field(default_factory=dict)  # (tenant, delivery_id)
+    settled: list[ObjectResult] = field(default_factory=list)  # decided here: no worker needs to see them
     objects_listed: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): ledger, disabled, filtered
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): malformed, bad tenant
     undeliverable_fraction: float = 0.0  # share of the window older than CloudWatch's 14 days
     undeliverable_objects: int = 0
     list_calls: int = 0
@@ -68,26 +89,46 @@ class Plan:
         return sum(u.bytes for u in self.units)
 
     @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(key, reason) of objects no delivery takes: ledger, disabled, filtered, outside the window."""
+        return [(r.key, r.reason) for r in self.settled if r.status is Status.SKIPPED]
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        """(key, reason) of objects that cannot be delivered anywhere: malformed, unknown tenant, bad config."""
+        return [(r.key, r.reason) for r in self.settled if r.status is Status.FAILED]
+
+    @property
     def skipped_ledger(self) -> int:
-        return sum(1 for _, reason in self.skipped if reason == LEDGER_SKIP)
+        return sum(1 for r in self.settled if r.status is Status.SKIPPED and r.reason == LEDGER_SKIP)
+
+    @property
+    def has_event_deliveries(self) -> bool:
+        return any(not d.whole_objects for d in self.deliveries.values())
 
 
-LEDGER_SKIP = "already delivered (ledger)"
+def default_routing(since: datetime, until: datetime) -> Routing:
+    """Each delivery type through its default sink, over the window: what a plain replay does."""
+    traits = {kind: traits_of(name) for kind, name in sink_plan("cloudwatch").items()}
+    return Routing(traits, TimeWindow(to_ms(since), to_ms(until)))
 
 
 def make_plan(
     listing: Listing,
-    tenants: Mapping[str, TenantConfig | str],
-    delivered: set[str],
+    tenants: Mapping[str, Tenant | str],
+    delivered: Mapping[str, frozenset[str]],
     since: datetime,
     until: datetime,
     workers: int,
     now: datetime,
     events_per_byte: float = 0.0,
+    routing: Routing | None = None,
 ) -> Plan:
-    """A plan of work units. `tenants` maps a tenant id to its config, or to why it cannot be used."""
+    """A plan of work units. `tenants` maps a tenant id to its config, or to why it cannot be used;
+    `delivered` maps an object key to the deliveries the ledger already has for it."""
+    routing = routing or default_routing(since, until)
     plan = Plan(since=since, until=until, list_calls=listing.list_calls)
-    plan.failed.extend(listing.malformed)
+    plan.settled.extend(ObjectResult(key).fail(reason, recoverable=False) for key, reason in listing.malformed)
     plan.objects_listed = sum(len(v) for v in listing.pods.values()) + len(listing.malformed)
     cutoff_ms = now.timestamp() * 1000 - MAX_AGE_MS
     plan.undeliverable_fraction = _fraction_before(since, until, cutoff_ms)
@@ -97,32 +138,74 @@ def make_plan(
         first = objs[0].parsed
         tenant = tenants.get(first.tenant, f"tenant {first.tenant!r} was not looked up")
         if isinstance(tenant, str):
-            plan.failed.extend((o.key, tenant) for o in objs)
+            plan.settled.extend(_result(o).fail(tenant, recoverable=False) for o in objs)
             continue
-        if not tenant.enabled:
-            plan.skipped.extend((o.key, f"tenant {tenant.tenant_id!r} is disabled") for o in objs)
-            continue
-        if not tenant.wants(first.application):
-            reason = f"application {first.application!r} is not in the tenant's desired_logs"
-            plan.skipped.extend((o.key, reason) for o in objs)
-            continue
-        stats = plan.by_tenant_app.setdefault((first.tenant, first.application), GroupStats())
-        todo: list[ListedObject] = []
+        todo_objects: list[ListedObject] = []
         for o in objs:
-            stats.objects += 1
-            stats.bytes += o.size
-            stats.estimated_events += int(o.size * events_per_byte)
-            if o.parsed.write_time is not None and o.parsed.write_time.timestamp() * 1000 < cutoff_ms:
-                plan.undeliverable_objects += 1
-            if o.key in delivered:
-                stats.already_delivered += 1
-                plan.skipped.append((o.key, LEDGER_SKIP))
-            else:
-                todo.append(o)
-        if todo:
-            pods[prefix] = todo
+            results, todo = routing.route(tenant, o.parsed, o.last_modified, lambda k=o.key: delivered.get(k, _NONE))
+            too_old = o.parsed.write_time is not None and o.parsed.write_time.timestamp() * 1000 < cutoff_ms
+            _count(plan, tenant.tenant_id, routing, results, todo, o, too_old, events_per_byte)
+            if todo:
+                todo_objects.append(o)
+                continue
+            settled = _result(o)
+            settled.deliveries = results
+            plan.settled.append(settled.settle())
+        if todo_objects:
+            pods[prefix] = todo_objects
     plan.units = pack_units(pods, workers)
     return plan
+
+
+_NONE: frozenset[str] = frozenset()
+
+
+def _result(o: ListedObject) -> ObjectResult:
+    return ObjectResult(o.key, tenant=o.parsed.tenant, application=o.parsed.application, etag=o.etag)
+
+
+def _count(
+    plan: Plan,
+    tenant_id: str,
+    routing: Routing,
+    results: list[DeliveryResult],
+    todo: list[tuple[Delivery, DeliveryResult]],
+    o: ListedObject,
+    too_old: bool,
+    events_per_byte: float,
+) -> None:
+    """Fold one object's routing into the per-delivery and per-application figures."""
+    pending = {id(r) for _, r in todo}
+    for r in results:
+        kind = DeliveryType(r.type) if r.type in set(DeliveryType) else None
+        dp = plan.deliveries.get((tenant_id, r.delivery_id))
+        if dp is None:
+            whole = kind is not None and routing.whole_objects(kind)
+            dp = plan.deliveries[(tenant_id, r.delivery_id)] = DeliveryPlan(
+                tenant_id, r.delivery_id, r.type, r.target, whole
+            )
+        if id(r) in pending:
+            dp.objects += 1
+            dp.bytes += o.size
+            if not dp.whole_objects:
+                dp.estimated_events += int(o.size * events_per_byte)
+                if too_old:
+                    dp.older_than_14d += 1
+        elif r.status is Status.FAILED:
+            dp.failed[r.reason] = dp.failed.get(r.reason, 0) + 1
+        elif r.reason == LEDGER_SKIP:
+            dp.already_delivered += 1
+        else:
+            dp.skipped[r.reason] = dp.skipped.get(r.reason, 0) + 1
+    if todo or any(r.reason == LEDGER_SKIP for r in results):
+        stats = plan.by_tenant_app.setdefault((tenant_id, o.parsed.application), GroupStats())
+        stats.objects += 1
+        stats.bytes += o.size
+        stats.estimated_events += int(o.size * events_per_byte)
+        if not todo:
+            stats.already_delivered += 1
+        if too_old and any(not routing.whole_objects(d.type) for d, _ in todo):
+            plan.undeliverable_objects += 1
 
 
 def _fraction_before(since: datetime, until: datetime, cutoff_ms: float) -> float:

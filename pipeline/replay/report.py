@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from pipeline.delivery import LEDGER_SKIP, Status
 from pipeline.keys import parse_key
-from pipeline.replay.plan import LEDGER_SKIP, ObjectSpec, Plan
+from pipeline.replay.plan import ObjectSpec, Plan
 
 INTERRUPTED = "not attempted: the replay was interrupted"
 
@@ -27,7 +28,68 @@ EVENT_COUNTERS = (
     "messages_empty",
     "timestamps_defaulted",
     "bytes_read",
+    "bytes_delivered",
 )
+# Counters summed from each delivery's result (DeliveryResult) into that delivery's section.
+DELIVERY_COUNTERS = (
+    "events_delivered",
+    "events_rejected_too_old",
+    "events_rejected_too_new",
+    "events_rejected_expired",
+    "events_filtered",
+    "events_split",
+    "bytes_delivered",
+    "requests",
+    "retries",
+)
+FAILED_DETAIL_MAX = 1000  # per delivery: failures beyond this are counted, not listed
+
+
+@dataclass
+class DeliveryTotals:
+    tenant: str
+    delivery_id: str
+    type: str = ""
+    target: str = ""
+    objects_planned: int = 0
+    objects_older_than_14d: int = 0
+    objects_delivered: int = 0
+    objects_damaged: int = 0
+    objects_skipped: dict[str, int] = field(default_factory=dict)
+    objects_failed: list[dict[str, str]] = field(default_factory=list)
+    objects_failed_count: int = 0
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DELIVERY_COUNTERS, 0))
+
+    def add(self, key: str, d: dict[str, Any]) -> None:
+        self.type, self.target = d.get("type") or self.type, d.get("target") or self.target
+        for name in DELIVERY_COUNTERS:
+            self.counters[name] += int(d.get(name, 0))
+        status = d.get("status")
+        if status in ("delivered", "damaged"):
+            self.objects_delivered += 1
+            self.objects_damaged += status == "damaged"
+        elif status == "skipped":
+            self.objects_skipped[d["reason"]] = self.objects_skipped.get(d["reason"], 0) + 1
+        else:
+            self.objects_failed_count += 1
+            if len(self.objects_failed) < FAILED_DETAIL_MAX:
+                self.objects_failed.append({"key": key, "reason": d.get("reason", "")})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "delivery_id": self.delivery_id,
+            "type": self.type,
+            "target": self.target,
+            "objects_planned": self.objects_planned,
+            "objects_older_than_14d": self.objects_older_than_14d,
+            "objects_delivered": self.objects_delivered,
+            "objects_damaged": self.objects_damaged,
+            "objects_skipped": dict(sorted(self.objects_skipped.items())),
+            "objects_failed_count": self.objects_failed_count,
+            "objects_failed": self.objects_failed,
+            **self.counters,
+        }
 
 
 @dataclass
@@ -47,17 +109,37 @@ class ReplayReport:
     skipped: list[dict[str, str]] = field(default_factory=list)
     damaged: list[dict[str, str]] = field(default_factory=list)
     timeline: list[dict[str, float]] = field(default_factory=list)
+    deliveries: dict[tuple[str, str], DeliveryTotals] = field(default_factory=dict)
     objects_delivered: int = 0
     interrupted: bool = False
 
     def __post_init__(self) -> None:
-        for key, reason in self.plan.failed:
-            self.failed.append({"key": key, "reason": reason})
-        for key, reason in self.plan.skipped:
-            self.skipped.append({"key": key, "reason": reason})
+        for (tenant, delivery_id), p in self.plan.deliveries.items():
+            totals = self._delivery(tenant, delivery_id)
+            totals.type, totals.target = p.type, p.target
+            totals.objects_planned, totals.objects_older_than_14d = p.objects, p.older_than_14d
+        # Objects the plan settled (ledger, filters, bad keys and tenants) are listed, and counted in their
+        # deliveries' sections; the per-tenant totals count what the workers did.
+        for result in self.plan.settled:
+            r = result.to_dict()
+            self._add_deliveries(r)
+            (self.skipped if result.status is Status.SKIPPED else self.failed).append(
+                {"key": r["key"], "reason": r["reason"]}
+            )
+
+    def _delivery(self, tenant: str, delivery_id: str) -> DeliveryTotals:
+        key = (tenant, delivery_id)
+        if key not in self.deliveries:
+            self.deliveries[key] = DeliveryTotals(tenant, delivery_id)
+        return self.deliveries[key]
+
+    def _add_deliveries(self, result: dict[str, Any]) -> None:
+        for d in result.get("deliveries", ()):
+            self._delivery(result.get("tenant") or "?", d["delivery_id"]).add(result["key"], d)
 
     def add(self, result: dict[str, Any]) -> None:
         """Fold in one object's result (ObjectResult.to_dict())."""
+        self._add_deliveries(result)
         totals = self.tenants[result.get("tenant") or "?"]
         for name in EVENT_COUNTERS:
             totals.counters[name] += int(result.get(name, 0))
@@ -122,6 +204,7 @@ class ReplayReport:
             "list_calls": plan.list_calls,
             "work_units": len(plan.units),
             "window_older_than_14d_fraction": round(plan.undeliverable_fraction, 4),
+            "deliveries": [d.to_dict() for _, d in sorted(self.deliveries.items())],
             "tenants": {
                 tenant: {
                     "objects_delivered": t.objects_delivered,
@@ -133,6 +216,27 @@ class ReplayReport:
             },
             "timeline": self.timeline,
         }
+
+    def deliveries_table(self) -> str:
+        cols = ("tenant", "delivery", "type", "objects", "failed", "skipped", "events", "MiB", "too_old")
+        rows = [cols]
+        for (tenant, delivery_id), d in sorted(self.deliveries.items()):
+            c = d.counters
+            rows.append(
+                (
+                    tenant,
+                    delivery_id,
+                    d.type,
+                    str(d.objects_delivered),
+                    str(d.objects_failed_count),
+                    str(sum(d.objects_skipped.values())),
+                    str(c["events_delivered"]),
+                    f"{c['bytes_delivered'] / 1048576:.1f}",
+                    str(c["events_rejected_too_old"]),
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+        return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
 
     def summary_table(self) -> str:
         cols = ("tenant", "objects", "failed", "events", "too_old", "too_new", "expired", "filtered", "malformed")

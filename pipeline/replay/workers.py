@@ -36,17 +36,21 @@ class UnitRunner:
         redeliver: bool = False,
         throttle: Callable[[str, int], None] | None = None,
         memory_budget_mib: int = DEFAULT_BUDGET_MIB,
+        deliveries: tuple[str, ...] = (),
     ) -> None:
         self.settings = settings
         self.deliverer = build_deliverer(
-            settings, sink=sink_kind, source="replay", window=window, redeliver=redeliver, throttle=throttle
+            settings,
+            sink=sink_kind,
+            source="replay",
+            window=window,
+            redeliver=redeliver,
+            deliveries=deliveries,
+            throttle=throttle,
         )
-        self.sink = self.deliverer.sink
         self.stopping = threading.Event()
-        # Sinks that return before the data is durable (Vector) commit the ledger per unit, after a flush.
-        self._commit_each = sink_kind != "vector"
-        # One Vector process is fed through one stdin, so its pods are written from one thread.
-        self._threads = 1 if sink_kind == "vector" else POD_THREADS
+        # A sink that takes one writer at a time (one Vector stdin per destination) gets one pod thread.
+        self._threads = min(POD_THREADS, self.deliverer.max_writers or POD_THREADS)
         self.budget = MemoryBudget(memory_budget_mib * 1024 * 1024)
 
     def run(self, unit: WorkUnit) -> list[dict[str, Any]]:
@@ -58,15 +62,16 @@ class UnitRunner:
         with ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="pod") as pool:
             per_pod = list(pool.map(self._run_pod, pods.values()))
         results = [r for pod_results in per_pod for r in pod_results]
-        if not self._commit_each:
+        # Deliveries through a sink that is not durable on return (Vector) are recorded only after a flush.
+        if any(not d.durable for r in results for d in r.deliveries):
             try:
-                self.sink.flush()
+                self.deliverer.flush()
             except DeliveryError as exc:
                 for r in results:
-                    if r.status in (Status.DELIVERED, Status.DAMAGED):
-                        r.fail(f"sink flush failed: {exc.reason}", recoverable=True)
-            for r in results:
-                self.deliverer.commit(r)
+                    self.deliverer.abandon(r, f"sink flush failed: {exc.reason}")
+            else:
+                for r in results:
+                    self.deliverer.commit(r)
         return [r.to_dict() for r in results]
 
     def _run_pod(self, objects: list[ObjectSpec]) -> list[ObjectResult]:
@@ -80,11 +85,11 @@ class UnitRunner:
                     results.append(ObjectResult(o.key, Status.SKIPPED, INTERRUPTED, tenant=parse_key(o.key).tenant))
                     continue
                 ref = ObjectRef(bucket, o.key, o.etag, o.size, datetime.fromtimestamp(o.last_modified, UTC))
-                results.append(self.deliverer.deliver(ref, commit=self._commit_each))
+                results.append(self.deliverer.deliver(ref))
         return results
 
     def close(self) -> None:
-        self.sink.close()
+        self.deliverer.close()
 
 
 @ray.remote(num_cpus=0)
@@ -109,6 +114,7 @@ class DeliveryWorker:
         redeliver: bool,
         limiter: Any | None = None,
         memory_budget_mib: int = DEFAULT_BUDGET_MIB,
+        deliveries: tuple[str, ...] = (),
     ) -> None:
         throttle = None
         if limiter is not None:
@@ -118,7 +124,7 @@ class DeliveryWorker:
                 if wait > 0:
                     time.sleep(wait)
 
-        self._runner = UnitRunner(settings, sink_kind, window, redeliver, throttle, memory_budget_mib)
+        self._runner = UnitRunner(settings, sink_kind, window, redeliver, throttle, memory_budget_mib, deliveries)
 
     def run(self, unit: WorkUnit) -> list[dict[str, Any]]:
         return self._runner.run(unit)

@@ -1,26 +1,131 @@
-"""Where prepared events go: the native CloudWatch Logs sink, a supervised Vector process, or nowhere.
+"""Where a delivery's data goes, and the one registry of sinks.
 
-Every sink takes one stream's events already prepared by `pipeline.batching.prepare` (sorted, within the
-one-event limit, too-old and too-new held back and counted) and reports what happened to them.
+Event sinks take one stream's events already prepared by `pipeline.batching.prepare` (sorted, within
+the one-event limit, too-old and too-new held back and counted); object sinks take the source object's
+bytes as they are. Each sink declares its traits (`SinkTraits`); nothing outside this package tests a
+sink's name. Adding a sink is one entry in `REGISTRY`.
 """
 
-from pipeline.sinks.base import Destination, Sink, SinkResult
+from __future__ import annotations
 
-__all__ = ["Destination", "Sink", "SinkResult", "make_sink"]
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.sinks.base import EventSink, ObjectSink, Sink, SinkResult, SinkTraits, SourceObject
+from pipeline.tenants import DeliveryType
+
+__all__ = [
+    "REGISTRY",
+    "EventSink",
+    "ObjectSink",
+    "Sink",
+    "SinkResult",
+    "SinkSpec",
+    "SinkTraits",
+    "SourceObject",
+    "build_sinks",
+    "describe_sinks",
+    "sink_names",
+    "sink_plan",
+    "traits_of",
+]
+
+CW, S3 = DeliveryType.CLOUDWATCH, DeliveryType.S3
 
 
-def make_sink(kind: str, **kwargs: object) -> Sink:
-    """Build a sink by name: 'cloudwatch', 'vector' or 'null'."""
-    if kind == "cloudwatch":
-        from pipeline.sinks.cloudwatch import CloudWatchSink
+@dataclass(frozen=True)
+class SinkSpec:
+    name: str
+    traits: SinkTraits
+    target: str  # "module:Class", imported only when the sink is built (Vector's module is not cheap)
+    help: str
+    default_for: frozenset[DeliveryType] = frozenset()  # the delivery types it serves when none is chosen
 
-        return CloudWatchSink(**kwargs)  # type: ignore[arg-type]
-    if kind == "vector":
-        from pipeline.sinks.vector import VectorSink
 
-        return VectorSink(**kwargs)  # type: ignore[arg-type]
-    if kind == "null":
-        from pipeline.sinks.null import NullSink
+REGISTRY: dict[str, SinkSpec] = {
+    s.name: s
+    for s in (
+        SinkSpec(
+            "cloudwatch",
+            SinkTraits(frozenset({CW}), needs_events=True, durable_on_return=True, writes_ledger=True),
+            "pipeline.sinks.cloudwatch:CloudWatchSink",
+            "native PutLogEvents into the tenant's log group",
+            default_for=frozenset({CW}),
+        ),
+        SinkSpec(
+            "vector",
+            # One Vector process per destination is fed through one stdin; durable only once it has drained.
+            SinkTraits(frozenset({CW}), needs_events=True, durable_on_return=False, writes_ledger=True, max_writers=1),
+            "pipeline.sinks.vector:VectorSink",
+            "a supervised vector process per destination, fed on stdin",
+        ),
+        SinkSpec(
+            "s3",
+            SinkTraits(frozenset({S3}), needs_events=False, durable_on_return=True, writes_ledger=True),
+            "pipeline.sinks.s3:S3Sink",
+            "the source object's bytes, unchanged, into the tenant's bucket",
+            default_for=frozenset({S3}),
+        ),
+        SinkSpec(
+            "null",
+            SinkTraits(frozenset({CW, S3}), needs_events=True, durable_on_return=True, writes_ledger=False),
+            "pipeline.sinks.null:NullSink",
+            "decode, batch and serialize every delivery's events, send nothing (throughput ceiling, no ledger)",
+        ),
+    )
+}
 
-        return NullSink()
-    raise ValueError(f"unknown sink {kind!r}: choose cloudwatch, vector or null")
+
+def sink_names(serving: DeliveryType | None = None, durable_only: bool = False) -> tuple[str, ...]:
+    """Sink names, optionally only those serving a delivery type, or durable when a send returns (the
+    consumer acknowledges a message as soon as delivery returns, so it can only use those)."""
+    return tuple(
+        s.name
+        for s in REGISTRY.values()
+        if (serving is None or serving in s.traits.delivers) and (s.traits.durable_on_return or not durable_only)
+    )
+
+
+def describe_sinks(names: tuple[str, ...]) -> str:
+    """`name: what it does` for each, for --help texts."""
+    return "; ".join(f"{n}: {REGISTRY[n].help}" for n in names)
+
+
+def traits_of(name: str) -> SinkTraits:
+    return _spec(name).traits
+
+
+def _spec(name: str) -> SinkSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown sink {name!r}: choose one of {', '.join(REGISTRY)}") from None
+
+
+def sink_plan(chosen: str) -> dict[DeliveryType, str]:
+    """Which sink serves each delivery type: `chosen` wherever it can, the type's default elsewhere."""
+    spec = _spec(chosen)
+    plan: dict[DeliveryType, str] = {}
+    for kind in DeliveryType:
+        if kind in spec.traits.delivers:
+            plan[kind] = spec.name
+        else:
+            plan[kind] = next(s.name for s in REGISTRY.values() if kind in s.default_for)
+    return plan
+
+
+def build_sinks(chosen: str, *, credentials: Any = None, retry: Any = None) -> dict[DeliveryType, Sink]:
+    """One sink instance per sink named in `sink_plan(chosen)`, shared by the types it serves.
+
+    Every sink is built the same way, from the credential broker (None for sinks that send nothing) and
+    the retry policy (None: the sink's default).
+    """
+    built: dict[str, Sink] = {}
+    out: dict[DeliveryType, Sink] = {}
+    for kind, name in sink_plan(chosen).items():
+        if name not in built:
+            module, cls = _spec(name).target.split(":")
+            built[name] = getattr(importlib.import_module(module), cls)(credentials=credentials, retry=retry)
+        out[kind] = built[name]
+    return out

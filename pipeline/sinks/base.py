@@ -1,46 +1,73 @@
-"""The one small interface every sink implements."""
+"""What every sink is: the traits it declares, what it reports, and the two ways it takes work.
+
+A sink declares its traits instead of being recognised by name, so the delivery path, the replay workers
+and the consumer ask a sink what it can do (does it need decoded events? is a send durable when it
+returns?) and adding a sink touches only the registry in `pipeline.sinks`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from pipeline.batching import Event
+from pipeline.keys import ObjectKey
+from pipeline.tenants import Delivery, DeliveryType
 
 
 @dataclass(frozen=True)
-class Destination:
-    """One tenant's log group, in the tenant's own account and region."""
-
-    tenant_id: str
-    role_arn: str
-    log_group: str
-    region: str
+class SinkTraits:
+    delivers: frozenset[DeliveryType]  # the delivery types it can deliver to
+    needs_events: bool  # True: takes decoded, prepared events (send); False: the object's bytes (put_object)
+    durable_on_return: bool  # True: what send/put_object accepted is at the destination; False: after flush()
+    writes_ledger: bool  # False: it sends nothing real, so nothing may be recorded as delivered
+    max_writers: int | None = None  # threads that may use it at once; None: any number
 
 
 @dataclass
 class SinkResult:
-    delivered: int = 0
+    delivered: int = 0  # events (event sinks) accepted by the destination
     rejected_too_old: int = 0
     rejected_too_new: int = 0
     rejected_expired: int = 0
-    batches: int = 0
+    batches: int = 0  # requests that carried data: PutLogEvents calls, PutObject calls
     retries: int = 0
+    bytes_written: int = 0  # object sinks: bytes stored at the destination
 
     def add(self, other: SinkResult) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
-class Sink(Protocol):
-    name: str
+@dataclass(frozen=True)
+class SourceObject:
+    """One object of the central bucket, read once, as object sinks take it."""
 
-    def send(self, dest: Destination, stream: str, events: list[Event]) -> SinkResult:
-        """Deliver one stream's prepared events. Raises DeliveryError when they could not all be delivered."""
-        ...
+    bucket: str
+    key: str
+    etag: str
+    body: bytes
+    parsed: ObjectKey
+
+
+class Sink(Protocol):
+    name: ClassVar[str]
+    traits: ClassVar[SinkTraits]
 
     def flush(self) -> None:
         """Return once everything sent so far is durable at the destination."""
         ...
 
     def close(self) -> None: ...
+
+
+class EventSink(Sink, Protocol):
+    def send(self, dest: Delivery, stream: str, events: list[Event]) -> SinkResult:
+        """Deliver one stream's prepared events. Raises DeliveryError when they could not all be delivered."""
+        ...
+
+
+class ObjectSink(Sink, Protocol):
+    def put_object(self, dest: Delivery, source: SourceObject) -> SinkResult:
+        """Store the object's bytes unchanged at the destination. Raises DeliveryError when it could not."""
+        ...

@@ -7,47 +7,34 @@ the error codes exactly. Rejected events (too old, too new, expired) are counted
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    ReadTimeoutError,
-)
+from botocore.exceptions import ClientError
 
 from pipeline import aws
 from pipeline.batching import Event, batches, count_rejected, put_log_events_body
 from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError
-from pipeline.sinks.base import Destination, SinkResult
+from pipeline.retry import NETWORK_ERRORS, RetryPolicy
+from pipeline.sinks import traits_of
+from pipeline.sinks.base import SinkResult, SinkTraits
+from pipeline.tenants import Delivery
 
 RETRYABLE_CODES = frozenset({"ThrottlingException", "ServiceUnavailableException"})
 EXPIRED_CREDENTIAL_CODES = frozenset({"ExpiredTokenException", "ExpiredToken", "RequestExpired"})
-NETWORK_ERRORS = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
 ALREADY_EXISTS = "ResourceAlreadyExistsException"
 NOT_FOUND = "ResourceNotFoundException"
 
 
-class RetryPolicy:
-    """Capped exponential backoff with full jitter (the AWS architecture blog's recommendation)."""
-
-    def __init__(self, attempts: int = 8, base_s: float = 0.1, cap_s: float = 10.0) -> None:
-        self.attempts = attempts
-        self.base_s = base_s
-        self.cap_s = cap_s
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.cap_s, self.base_s * (2**attempt)))
+__all__ = ["CloudWatchSink", "RetryPolicy"]
 
 
 class CloudWatchSink:
-    name = "cloudwatch"
+    name: ClassVar[str] = "cloudwatch"
+    traits: ClassVar[SinkTraits] = traits_of(name)
 
     def __init__(
         self,
@@ -59,10 +46,10 @@ class CloudWatchSink:
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
 
-    def _client(self, dest: Destination) -> Any:
-        return self._creds.client("logs", dest.tenant_id, dest.role_arn, dest.region)
+    def _client(self, dest: Delivery) -> Any:
+        return self._creds.client("logs", dest.tenant_id, dest.role_arn, dest.region, dest.external_id)
 
-    def send(self, dest: Destination, stream: str, events: list[Event]) -> SinkResult:
+    def send(self, dest: Delivery, stream: str, events: list[Event]) -> SinkResult:
         result = SinkResult()
         for batch in batches(events):
             self._put(dest, stream, batch, result)
@@ -74,7 +61,7 @@ class CloudWatchSink:
     def close(self) -> None:
         pass
 
-    def _put(self, dest: Destination, stream: str, batch: list[Event], result: SinkResult) -> None:
+    def _put(self, dest: Delivery, stream: str, batch: list[Event], result: SinkResult) -> None:
         body = put_log_events_body(dest.log_group, stream, batch)
         where = f"{dest.log_group}/{stream} in {dest.region} for tenant {dest.tenant_id}"
         created = refreshed = False
@@ -91,7 +78,7 @@ class CloudWatchSink:
                         attempt = self._backoff(attempt, where, "create throttled", result)
                     continue
                 if code in EXPIRED_CREDENTIAL_CODES and not refreshed:
-                    self._creds.invalidate(dest.role_arn)
+                    self._creds.invalidate(dest.role_arn, dest.external_id)
                     refreshed = True
                     continue
                 if code in RETRYABLE_CODES or status >= 500:
@@ -109,13 +96,11 @@ class CloudWatchSink:
         result.rejected_expired += rejected.expired
 
     def _backoff(self, attempt: int, where: str, code: str, result: SinkResult) -> int:
-        if attempt + 1 >= self._retry.attempts:
-            raise DeliveryError(f"PutLogEvents to {where} still failing after {attempt + 1} attempts: {code}")
+        attempt = self._retry.backoff(attempt, f"PutLogEvents to {where}", code, self._sleep)
         result.retries += 1
-        self._sleep(self._retry.delay(attempt))
-        return attempt + 1
+        return attempt
 
-    def _create(self, dest: Destination, stream: str) -> bool:
+    def _create(self, dest: Delivery, stream: str) -> bool:
         """Create the stream, and the group first if that is what is missing. Existing counts as success.
 
         Returns False when CloudWatch throttled the create (CreateLogStream is 50/s per account).

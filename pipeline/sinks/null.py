@@ -6,17 +6,22 @@ throughput experiments.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pipeline.batching import Event, batches, put_log_events_body
-from pipeline.sinks.base import Destination, SinkResult
+from pipeline.sinks import traits_of
+from pipeline.sinks.base import SinkResult, SinkTraits
+from pipeline.tenants import Delivery
 
 
 class NullSink:
-    name = "null"
+    name: ClassVar[str] = "null"
+    traits: ClassVar[SinkTraits] = traits_of(name)
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: object = None, retry: object = None) -> None:
         self.bytes_serialized = 0
 
-    def send(self, dest: Destination, stream: str, events: list[Event]) -> SinkResult:
+    def send(self, dest: Delivery, stream: str, events: list[Event]) -> SinkResult:
         result = SinkResult()
         for batch in batches(events):
             body = put_log_events_body(dest.log_group, stream, batch)

@@ -43,14 +43,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import orjson
 
 from pipeline.aws import StaticCredentials
 from pipeline.batching import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Event, batches, message_bytes, split_message
 from pipeline.errors import DeliveryError, NonRecoverableError
-from pipeline.sinks.base import Destination, SinkResult
+from pipeline.retry import RetryPolicy
+from pipeline.sinks import traits_of
+from pipeline.sinks.base import SinkResult, SinkTraits
+from pipeline.tenants import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +121,7 @@ def logs_endpoint(env: Mapping[str, str]) -> str | None:
 
 
 def render_config(
-    dest: Destination,
+    dest: Delivery,
     *,
     external_id: str,
     data_dir: str,
@@ -287,7 +290,7 @@ def error_lines(log_text: str) -> list[str]:
     return found
 
 
-def _where(dest: Destination) -> str:
+def _where(dest: Delivery) -> str:
     return f"{dest.log_group} in {dest.region} for tenant {dest.tenant_id}"
 
 
@@ -298,7 +301,7 @@ def _where(dest: Destination) -> str:
 
 @dataclass
 class _Process:
-    dest: Destination
+    dest: Delivery
     popen: subprocess.Popen[bytes]
     directory: Path
     log_path: Path
@@ -364,10 +367,11 @@ class _Process:
 class VectorSink:
     """Delivers through one supervised `vector` process per destination. See the module docstring.
 
-    Not synchronous: callers use `Deliverer.deliver(ref, commit=False)`, then `flush()`, then `commit()`.
+    Not durable on return: callers `flush()` after a unit's objects, then `Deliverer.commit()` each result.
     """
 
-    name = "vector"
+    name: ClassVar[str] = "vector"
+    traits: ClassVar[SinkTraits] = traits_of(name)
 
     def __init__(
         self,
@@ -380,6 +384,7 @@ class VectorSink:
         restart_backoff_s: float = 0.5,
         batch_timeout_s: float = 1.0,
         retry_attempts: int = 8,
+        retry: RetryPolicy | None = None,
         max_message_bytes: int = VECTOR_MAX_MESSAGE_BYTES,
         env: Mapping[str, str] | None = None,
         temp_parent: str | None = None,
@@ -392,14 +397,14 @@ class VectorSink:
         self.max_restarts = max_restarts
         self.restart_backoff_s = restart_backoff_s
         self.batch_timeout_s = batch_timeout_s
-        self.retry_attempts = retry_attempts
+        self.retry_attempts = retry.attempts if retry is not None else retry_attempts  # Vector's own retries
         self.max_message_bytes = max_message_bytes
         self._env = env  # None: read os.environ at each start, so a refreshed environment is seen
         self._temp_parent = temp_parent
         self._sleep = sleep
         self._lock = threading.RLock()
-        self._procs: dict[Destination, _Process] = {}
-        self._crashes: dict[Destination, int] = {}  # deaths since the last flush, per destination
+        self._procs: dict[Delivery, _Process] = {}
+        self._crashes: dict[Delivery, int] = {}  # deaths since the last flush, per destination
         self._lost: list[str] = []  # why events handed over since the last flush may not be delivered
         self._workdir: Path | None = None
         self._spawned = 0
@@ -408,7 +413,7 @@ class VectorSink:
 
     # -- the Sink protocol -------------------------------------------------------------------------
 
-    def send(self, dest: Destination, stream: str, events: list[Event]) -> SinkResult:
+    def send(self, dest: Delivery, stream: str, events: list[Event]) -> SinkResult:
         result = SinkResult()
         if not events:
             return result
@@ -469,13 +474,13 @@ class VectorSink:
     def workdir(self) -> Path | None:
         return self._workdir
 
-    def pids(self) -> dict[Destination, int]:
+    def pids(self) -> dict[Delivery, int]:
         with self._lock:
             return {dest: proc.popen.pid for dest, proc in self._procs.items()}
 
     # -- supervision --------------------------------------------------------------------------------
 
-    def _write(self, dest: Destination, payload: bytes, count: int) -> int:
+    def _write(self, dest: Delivery, payload: bytes, count: int) -> int:
         """Write one chunk, restarting a dead process once. Returns how many restarts this write needed."""
         restarts = 0
         failed_writes = 0
@@ -518,7 +523,7 @@ class VectorSink:
             )
         proc.remove_files()
 
-    def _start(self, dest: Destination) -> _Process:
+    def _start(self, dest: Delivery) -> _Process:
         crashes = self._crashes.get(dest, 0)
         if crashes > self.max_restarts:
             raise DeliveryError(
@@ -537,7 +542,7 @@ class VectorSink:
         data_dir.mkdir(mode=0o700)
         config = render_config(
             dest,
-            external_id=self._creds.external_id,
+            external_id=dest.external_id or self._creds.external_id,
             data_dir=str(data_dir),
             endpoint=logs_endpoint(env_base),
             batch_timeout_s=self.batch_timeout_s,
