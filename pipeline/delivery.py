@@ -209,7 +209,9 @@ class ObjectResult:
             self.status, self.reason = Status.DELIVERED, ""
         else:
             self.status = Status.SKIPPED
-            self.reason = "; ".join(dict.fromkeys(d.reason for d in self.deliveries)) or "no delivery takes it"
+            reasons = list(dict.fromkeys(d.reason for d in self.deliveries))
+            # Every delivery that takes the object has it: the others' filters are beside the point.
+            self.reason = LEDGER_SKIP if LEDGER_SKIP in reasons else "; ".join(reasons) or "no delivery takes it"
         return self
 
 

@@ -5,9 +5,9 @@ received lives inside it, in the map `deliveries`: per `delivery_id`, the ETag i
 counts and when. An item written before deliveries existed has those fields at the top level; it counts
 for the delivery `cloudwatch`.
 
-Two deliveries of one object may finish at the same instant on different threads or processes. Each
-writes only its own entry of the map (`SET deliveries.#id`), so neither can overwrite the other; the map
-itself is created by a conditional write that only one of them can win.
+Two deliveries of one object may finish at the same instant on different threads or processes. The map
+is created by a conditional write that only one of them can win; every later write sets only its own
+entry of the map (`SET deliveries.#id`), so neither can overwrite the other.
 
 The consumer and the replay job share it: CloudWatch has no dedup, so this is what makes a replay after
 an outage send exactly the gap, and a duplicate S3 notification harmless.
@@ -115,7 +115,20 @@ class Ledger:
             record["damaged"] = {"S": entry.damaged[:1000]}
         key = {"tenant_id": {"S": entry.tenant_id}, "object_key": {"S": entry.object_key}}
         ddb = self._ddb()
-        for _ in range(3):  # the create can lose a race at most once: the map then exists
+        # The first delivery of an object (the common case) creates the map in one write; a later one, or the
+        # loser of a race to create it, sets only its own entry.
+        for _ in range(2):
+            try:
+                ddb.update_item(
+                    TableName=self.table,
+                    Key=key,
+                    UpdateExpression="SET deliveries = :m",
+                    ConditionExpression="attribute_not_exists(deliveries)",
+                    ExpressionAttributeValues={":m": {"M": {entry.delivery_id: {"M": record}}}},
+                )
+                return
+            except ddb.exceptions.ConditionalCheckFailedException:
+                pass
             try:
                 ddb.update_item(
                     TableName=self.table,
@@ -127,18 +140,7 @@ class Ledger:
                 )
                 return
             except ddb.exceptions.ConditionalCheckFailedException:
-                pass  # no map yet: create it with this delivery in it, unless another writer just did
-            try:
-                ddb.update_item(
-                    TableName=self.table,
-                    Key=key,
-                    UpdateExpression="SET deliveries = :m",
-                    ConditionExpression="attribute_not_exists(deliveries)",
-                    ExpressionAttributeValues={":m": {"M": {entry.delivery_id: {"M": record}}}},
-                )
-                return
-            except ddb.exceptions.ConditionalCheckFailedException:
-                continue  # lost the race to create the map: the first form succeeds now
+                continue  # the item was deleted in between (an operator's cleanup): start over
         raise LedgerError(f"{self.table}: could not record {entry.delivery_id} of {entry.object_key}")
 
     def entries(self, tenant_id: str) -> list[LedgerEntry]:

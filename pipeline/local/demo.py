@@ -1,8 +1,9 @@
 """`make demo`: the whole system on one machine, no AWS account needed.
 
-Starts the embedded local AWS, writes a realistic multi-tenant data set (plus damaged objects), runs the
-real replay CLI on a local Ray for one tenant, then reads every tenant's own CloudWatch back and shows,
-per stream, what arrived, next to the job's report.
+Starts the embedded local AWS, writes a realistic multi-tenant data set (plus damaged objects) and 30 days
+of older data, runs the real replay CLI on a local Ray for one tenant and then a 30-day backfill into a
+tenant with both destinations (S3 takes everything, CloudWatch says what it cannot take) and an S3-only
+one, then reads every tenant's own CloudWatch and bucket back and shows what arrived, next to the reports.
 """
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from pipeline.local.generator import DamageKind, GeneratorConfig, write_dataset
 from pipeline.local.provision import LocalEnvironment, provision
-from pipeline.local.readback import read_group
+from pipeline.local.readback import read_bucket, read_group
 from pipeline.local.server import MotoServer
 
 DEMO_TENANT = "acme"
 REPORT_PATH = Path("reports/demo-report.json")
+BACKFILL_REPORT_PATH = Path("reports/demo-backfill-report.json")
+BACKFILL_DAYS = 30
+BACKFILL_TENANTS = ("umbrella", "hooli")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -60,42 +65,116 @@ def demo_dataset(env: LocalEnvironment, now: datetime) -> GeneratorConfig:
     )
 
 
+def backfill_dataset(now: datetime) -> GeneratorConfig:
+    """30 days of a tenant with both destinations, and 6 hours of an S3-only one: the backfill's data."""
+    return GeneratorConfig(
+        since=now - timedelta(days=BACKFILL_DAYS),
+        until=now - timedelta(hours=1),
+        tenants=BACKFILL_TENANTS,
+        clusters=("prod-1",),
+        applications=("payment-service", "frontend"),
+        pods_per_app=1,
+        objects_per_pod=BACKFILL_DAYS,
+        events_per_object=40,
+        keep_events=False,
+        seed=11,
+    )
+
+
+def _replay(env: LocalEnvironment, report: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), *args, "--report", str(report), "--no-progress"]
+    code = subprocess.run([*cmd, "--log-level", "WARNING"], env={**os.environ, **env.env}, check=False).returncode
+    return code, orjson.loads(report.read_bytes())
+
+
+def _show_buckets(env: LocalEnvironment) -> bool:
+    """Print what each tenant's bucket holds; True when every object is the source's bytes, unchanged."""
+    central = env.client("s3")
+    identical = True
+    for t in env.tenants:
+        if t.s3 is None:
+            continue
+        objects = read_bucket(env.tenant_s3(t.tenant_id), t.bucket)
+        same = sum(
+            o["body"]
+            == central.get_object(Bucket=o["metadata"]["source-bucket"], Key=o["metadata"]["source-key"])["Body"].read()
+            for o in objects.values()
+        )
+        identical &= same == len(objects)
+        size = sum(o["size"] for o in objects.values())
+        print(
+            f"  account {t.account_id} ({t.tenant_id}) s3://{t.bucket}/: {len(objects)} objects, "
+            f"{size / 1e6:.2f} MB, {same} byte-identical to their source"
+        )
+        for key in sorted(objects)[:2]:
+            print(f"    {key}")
+    return identical
+
+
+def _show_deliveries(report: dict[str, Any]) -> None:
+    for d in report["deliveries"]:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in d["objects_skipped"].items())
+        print(
+            f"  {d['tenant']}/{d['delivery_id']:<11} {d['type']:<10} {d['objects_delivered']:>4} objects"
+            f" {d['events_delivered']:>6,} events {d['bytes_delivered'] / 1e6:>6.2f} MB"
+            f"  too old for CloudWatch: {d['events_rejected_too_old']:,} events"
+            + (f"  skipped: {skipped}" if skipped else "")
+        )
+
+
 def run_demo() -> int:
     with MotoServer() as server:
         _banner(f"Local AWS (moto server) at {server.endpoint_url}")
         env = provision(server.endpoint_url)
         for t in env.tenants:
             state = "enabled" if t.enabled else "disabled"
-            wants = ", ".join(t.desired_logs) if t.desired_logs else "all apps"
-            print(
-                f"  tenant {t.tenant_id:<8} account {t.account_id}  {t.region:<10} {t.log_group:<14} {state}, {wants}"
-            )
+            targets = []
+            if t.cloudwatch:
+                wants = ", ".join(t.desired_logs) if t.desired_logs else "all apps"
+                targets.append(f"CloudWatch {t.log_group} ({wants})")
+            if t.s3 is not None:
+                targets.append(f"S3 s3://{t.bucket}/{t.s3.prefix} (all apps)")
+            print(f"  tenant {t.tenant_id:<8} account {t.account_id}  {t.region:<10} {state:<8} {' + '.join(targets)}")
 
-        _banner("Generating Vector-format objects for the last 6 hours")
+        _banner("Generating Vector-format objects for the last 6 hours, and 30 days for a backfill")
         now = datetime.now(UTC).replace(microsecond=0)
-        cfg = demo_dataset(env, now)
-        manifest = write_dataset(cfg, env.names.bucket, s3=env.client("s3"))
+        manifest = write_dataset(demo_dataset(env, now), env.names.bucket, s3=env.client("s3"))
         s = manifest.summary()
         print(f"  {s['objects']} objects, {s['events']:,} events, {s['bytes'] / 1e6:.1f} MB in s3://{env.names.bucket}")
         for kind, key in s["damaged"].items():
             print(f"  damaged on purpose: {kind:<15} {key}")
+        old = write_dataset(backfill_dataset(now), env.names.bucket, s3=env.client("s3")).summary()
+        print(f"  backfill set: {old['objects']} objects over {BACKFILL_DAYS} days for {', '.join(BACKFILL_TENANTS)}")
 
         _banner(f"python jobs/replay.py --tenant {DEMO_TENANT} --since 7h  (local Ray)")
         REPORT_PATH.parent.mkdir(exist_ok=True)
-        cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), "--tenant", DEMO_TENANT, "--since", "7h"]
-        cmd += ["--report", str(REPORT_PATH), "--no-progress", "--log-level", "WARNING"]
-        code = subprocess.run(cmd, env={**os.environ, **env.env}, check=False).returncode
-        report = orjson.loads(REPORT_PATH.read_bytes())
+        code, report = _replay(env, REPORT_PATH, "--tenant", DEMO_TENANT, "--since", "7h")
+
+        _banner(f"python jobs/replay.py --tenant umbrella --tenant hooli --since {BACKFILL_DAYS + 1}d  (backfill)")
+        backfill_code, backfill = _replay(
+            env,
+            BACKFILL_REPORT_PATH,
+            *(a for t in BACKFILL_TENANTS for a in ("--tenant", t)),
+            "--since",
+            f"{BACKFILL_DAYS + 1}d",
+        )
+        print("  S3 takes every object of the window; CloudWatch cannot take events older than 14 days:")
+        _show_deliveries(backfill)
 
         _banner("What arrived where (read back from each tenant's own account)")
         total = 0
         for t in env.tenants:
+            if not t.cloudwatch:
+                continue
             streams = _streams(env, t.tenant_id)
             n = sum(x[1] for x in streams)
             total += n if t.tenant_id == DEMO_TENANT else 0
             print(f"  account {t.account_id} ({t.tenant_id}) {t.log_group}: {len(streams)} streams, {n:,} events")
-            for name, count, first, last, sample in streams:
+            for name, count, first, last, sample in streams[:6]:
                 print(f"    {name:<52} {count:>5} events  {_ms(first)}–{_ms(last)}  {sample!r}")
+            if len(streams) > 6:
+                print(f"    … and {len(streams) - 6} more streams")
+        identical = _show_buckets(env)
 
         _banner("The job's report next to CloudWatch")
         print(f"  report events_delivered     {report['events_delivered']:,}")
@@ -104,5 +183,6 @@ def run_demo() -> int:
         for f in report["objects_failed"]:
             print(f"    failed: {f['key']}: {f['reason']}")
         print(f"  lines_malformed             {report['lines_malformed']}")
-        print(f"  full report: {REPORT_PATH}  (replay exit code {code}: 1 means some objects failed, as planted)")
-        return 0 if report["events_delivered"] == total else 1
+        print(f"  full reports: {REPORT_PATH}, {BACKFILL_REPORT_PATH}")
+        print(f"  (replay exit codes {code} and {backfill_code}: 1 means some objects failed, as planted)")
+        return 0 if report["events_delivered"] == total and identical and backfill_code == 0 else 1

@@ -108,6 +108,7 @@ class Call:
     status: int  # the status the client saw; 0 when the connection was dropped
     injected: str = ""  # the rule that changed this call's outcome, if any
     at: float = field(default_factory=time.monotonic)
+    path: str = ""  # for S3, the bucket and key: /bucket/key
 
 
 def _operation(service: str, method: str, path: str, headers: dict[str, str], body: bytes) -> str:
@@ -403,7 +404,16 @@ class FaultProxy:
     def _record(self, req: Request, status: int, injected: str) -> None:
         with self._lock:
             self._calls.append(
-                Call(len(self._calls), req.service, req.operation, req.access_key, req.body, status, injected)
+                Call(
+                    len(self._calls),
+                    req.service,
+                    req.operation,
+                    req.access_key,
+                    req.body,
+                    status,
+                    injected,
+                    path=unquote_plus(urlsplit(req.path).path),
+                )
             )
 
     def _learn_credentials(self, req: Request, body: bytes) -> None:

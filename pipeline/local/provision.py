@@ -15,7 +15,7 @@ import boto3
 from boto3.dynamodb.types import TypeSerializer
 
 from pipeline.settings import Settings
-from pipeline.tenants import DEFAULT_BUCKET_PREFIX, V1_DELIVERY_ID, TableSchema
+from pipeline.tenants import DEFAULT_BUCKET_PREFIX, V1_DELIVERY_ID, Delivery, TableSchema, parse_delivery
 
 CENTRAL_ACCOUNT_ID = "123456789012"  # moto's default account plays the central (processor's) account
 DEFAULT_REGION = "us-east-1"
@@ -68,6 +68,11 @@ class SampleTenant:
         if self.desired_logs is not None:
             item["desired_logs"] = list(self.desired_logs)
         return item
+
+    def delivery(self, delivery_id: str = V1_DELIVERY_ID) -> Delivery:
+        """One of its deliveries, validated as the delivery path reads it."""
+        item = next(i for i in self.delivery_items() if i["delivery_id"] == delivery_id)
+        return parse_delivery(item)
 
     def delivery_items(self) -> list[dict[str, Any]]:
         """The v2 items of every delivery it has."""

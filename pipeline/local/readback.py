@@ -1,4 +1,4 @@
-"""Read a log group back, every stream and every event: for the demo, the tests and the benchmarks."""
+"""Read a tenant's destinations back (a log group, a bucket), whole: for the demo, the tests and the benchmarks."""
 
 from __future__ import annotations
 
@@ -25,4 +25,20 @@ def read_group(logs: Any, group: str) -> dict[str, list[tuple[int, str]]]:
                     break
                 kwargs["nextToken"] = token
             out[name] = events
+    return out
+
+
+def read_bucket(s3: Any, bucket: str, prefix: str = "") -> dict[str, dict[str, Any]]:
+    """{key: {"size", "metadata", "content_encoding", "body"}} of every object under `prefix`."""
+    out: dict[str, dict[str, Any]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            got = s3.get_object(Bucket=bucket, Key=o["Key"])
+            out[o["Key"]] = {
+                "size": o["Size"],
+                "metadata": got.get("Metadata", {}),
+                "content_type": got.get("ContentType", ""),
+                "content_encoding": got.get("ContentEncoding", ""),
+                "body": got["Body"].read(),
+            }
     return out

@@ -116,7 +116,7 @@ def test_consumer_sigkill_while_puts_are_slow_resends_exactly_the_unrecorded_obj
     # Ledger writes are held long enough that the kill lands while they are held (the proxy then drops
     # them: their client is gone). With a short hold, a write released between the check below and the
     # kill would still record its object, and the run would have nothing unrecorded to resend.
-    stack.proxy.add(Rule(Delay(4.0), service="dynamodb", operation="PutItem", body_contains=ledger_table))
+    stack.proxy.add(Rule(Delay(4.0), service="dynamodb", operation="UpdateItem", body_contains=ledger_table))
     first = consumer("--workers", "3")
     manifest = write(stack.local, applications=("payment-service",), pods_per_app=3, objects_per_pod=3, seed=32)
     keys = set(manifest.keys)

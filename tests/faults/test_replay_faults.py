@@ -126,7 +126,7 @@ def test_worker_killed_mid_unit_is_restarted_and_the_unit_redelivered_at_most_on
     stack.proxy.add(Rule(Delay(0.4), service="logs", operation=PUT))  # units take seconds, not milliseconds
     # Ledger writes held 1 s: at the kill, some objects are accepted by CloudWatch but not yet recorded.
     ledger_table = stack.local.names.ledger_table
-    stack.proxy.add(Rule(Delay(1.0), service="dynamodb", operation="PutItem", body_contains=ledger_table))
+    stack.proxy.add(Rule(Delay(1.0), service="dynamodb", operation="UpdateItem", body_contains=ledger_table))
     report = tmp_path / "report.json"
     proc = subprocess.Popen(
         replay_cmd("--tenant", "acme", *WINDOW, "--workers", "1", report=report),
@@ -188,7 +188,7 @@ def test_driver_killed_mid_run_then_rerun_loses_nothing_and_resends_exactly_the_
     keys = set(manifest.keys)
     ledger_table = stack.local.names.ledger_table
     stack.proxy.add(Rule(Delay(0.2), service="logs", operation=PUT))
-    stack.proxy.add(Rule(Delay(1.5), service="dynamodb", operation="PutItem", body_contains=ledger_table))
+    stack.proxy.add(Rule(Delay(1.5), service="dynamodb", operation="UpdateItem", body_contains=ledger_table))
     args = ("--tenant", "acme", *WINDOW, "--workers", "2")
     proc = subprocess.Popen(
         replay_cmd(*args, report=tmp_path / "killed.json"),

@@ -13,7 +13,6 @@ import pytest
 from pipeline.batching import prepare, stream_name
 from pipeline.credentials import CredentialBroker
 from pipeline.local.provision import LocalEnvironment
-from pipeline.sinks.base import Destination
 from pipeline.sinks.vector import VectorSink
 
 pytestmark = [
@@ -27,7 +26,7 @@ pytestmark = [
 
 def test_events_arrive_exactly_in_the_tenants_cloudwatch(local_aws: LocalEnvironment) -> None:
     tenant = local_aws.tenant("acme")
-    dest = Destination(tenant.tenant_id, tenant.role_arn, tenant.log_group, tenant.region)
+    dest = tenant.delivery()
     now_ms = int(time.time() * 1000)
     base = now_ms - 60_000
     raw = [(base + i * 7, f"line {i} ünïcödé {{json}}") for i in range(25)]
