@@ -1,0 +1,348 @@
+"""The tenant CLI (`jobs/tenants.py list` and `migrate`) against a real moto server over HTTP.
+
+One provisioned stack serves the module; every test that writes makes its own tables, with names of its own,
+so the tests stay independent. Expectations come from the sample tenants of pipeline.local.provision and
+from CONTRACTS.md §3 read independently (the v2 item of a v1 tenant is its v1 fields plus
+`delivery_id = type = "cloudwatch"`), never from the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from click.testing import CliRunner, Result
+
+from jobs.tenants import main
+from pipeline.local.provision import LocalEnvironment, create_tenant_table
+from pipeline.tenants import TableSchema, TenantDirectory
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+ROLE = "arn:aws:iam::999999999999:role/CustomerLogDistribution-{}"
+
+
+@pytest.fixture
+def env(module_aws: LocalEnvironment) -> LocalEnvironment:
+    return module_aws
+
+
+def cli(*args: str, **env: str | None) -> Result:
+    return CliRunner().invoke(main, list(args), env=env or None, catch_exceptions=False)
+
+
+def as_json(result: Result) -> dict[str, Any]:
+    return json.loads(result.stdout)
+
+
+def new_table(env: LocalEnvironment, schema: TableSchema, items: Sequence[dict[str, Any]] = ()) -> str:
+    name = f"tenants-{schema}-{uuid.uuid4().hex[:8]}"
+    ddb = env.client("dynamodb")
+    create_tenant_table(ddb, name, schema)
+    ser = TypeSerializer()
+    for item in items:
+        ddb.put_item(TableName=name, Item={k: ser.serialize(v) for k, v in item.items()})
+    return name
+
+
+def scan(env: LocalEnvironment, table: str) -> dict[tuple[str, str], dict[str, Any]]:
+    de = TypeDeserializer()
+    out = {}
+    for page in env.client("dynamodb").get_paginator("scan").paginate(TableName=table):
+        for raw in page["Items"]:
+            item = {k: de.deserialize(v) for k, v in raw.items()}
+            out[(item["tenant_id"], item.get("delivery_id", ""))] = item
+    return out
+
+
+def v1_items(env: LocalEnvironment) -> list[dict[str, Any]]:
+    """The v1 item of every sample tenant that has a CloudWatch delivery (a v1 table holds nothing else)."""
+    return [t.config_item() for t in env.tenants if t.cloudwatch]
+
+
+def expected_v2(v1: dict[str, Any]) -> dict[str, Any]:
+    """§3 by hand: the v1 fields, the delivery `cloudwatch`, `enabled` explicit, desired_logs lower-cased."""
+    out = {**v1, "delivery_id": "cloudwatch", "type": "cloudwatch", "enabled": v1.get("enabled", True)}
+    if "desired_logs" in v1:
+        out["desired_logs"] = sorted(n.lower() for n in v1["desired_logs"])
+    return out
+
+
+def one_line(result: Result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+# -- list ----------------------------------------------------------------------------------------------------
+
+
+def test_list_v2_shows_every_delivery_of_every_tenant(env: LocalEnvironment) -> None:
+    result = cli("list")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.splitlines()[0].split() == [
+        "TENANT",
+        "DELIVERY",
+        "TYPE",
+        "ENABLED",
+        "TARGET",
+        "DESIRED_LOGS",
+        "CLUSTERS",
+    ]
+    assert f"table {env.names.tenant_table} (v2): 5 tenants, 6 deliveries, 0 invalid" in out
+    rows = {tuple(line.split()[:3]): line for line in out.splitlines()[1:-1]}
+    want = {(t.tenant_id, i["delivery_id"], i["type"]) for t in env.tenants for i in t.delivery_items()}
+    assert set(rows) == want
+    assert "/logs/globex (eu-west-1)" in rows[("globex", "cloudwatch", "cloudwatch")]
+    assert "frontend,payment-service" in rows[("globex", "cloudwatch", "cloudwatch")]
+    assert rows[("initech", "cloudwatch", "cloudwatch")].split()[3] == "no"
+    umbrella_s3 = env.tenant("umbrella").bucket
+    assert f"s3://{umbrella_s3}/ROSA/cluster-logs/" in rows[("umbrella", "s3-archive", "s3")]
+    assert rows[("hooli", "archive", "s3")].split()[3] == "yes"
+
+
+def test_list_json_is_each_delivery_as_its_v2_item(env: LocalEnvironment) -> None:
+    result = cli("list", "--json")
+    assert result.exit_code == 0, result.output
+    doc = as_json(result)
+    assert doc["schema"] == "v2"
+    assert doc["counts"] == {"tenants": 5, "deliveries": 6, "invalid": 0}
+    got = {(t["tenant_id"], d["delivery_id"]): d for t in doc["tenants"] for d in t["deliveries"]}
+    hooli = env.tenant("hooli")
+    assert got[("hooli", "archive")] == {
+        "tenant_id": "hooli",
+        "delivery_id": "archive",
+        "type": "s3",
+        "log_distribution_role_arn": hooli.role_arn,
+        "target_region": "eu-west-1",
+        "enabled": True,
+        "bucket_name": hooli.bucket,
+        "bucket_prefix": "ROSA/cluster-logs/",
+        "target": f"s3://{hooli.bucket}/ROSA/cluster-logs/",
+    }
+    assert got[("acme", "cloudwatch")]["log_group_name"] == "/logs/acme"
+    assert got[("globex", "cloudwatch")]["desired_logs"] == ["frontend", "payment-service"]
+
+
+def test_list_reads_a_v1_table(env: LocalEnvironment) -> None:
+    table = new_table(env, TableSchema.V1, v1_items(env))
+    result = cli("list", "--table", table, "--json")
+    assert result.exit_code == 0, result.output
+    doc = as_json(result)
+    assert doc["schema"] == "v1"
+    got = {(t["tenant_id"], d["delivery_id"], d["type"]) for t in doc["tenants"] for d in t["deliveries"]}
+    assert got == {(i["tenant_id"], "cloudwatch", "cloudwatch") for i in v1_items(env)}
+    human = cli("list", "--table", table)
+    assert human.exit_code == 0
+    assert f"table {table} (v1): 4 tenants, 4 deliveries, 0 invalid" in human.stdout
+
+
+def test_list_shows_an_invalid_delivery_with_its_fields_and_exits_1(env: LocalEnvironment) -> None:
+    good = env.tenant("umbrella").delivery_items()
+    bad = {"tenant_id": "umbrella", "delivery_id": "ftp", "type": "ftp", "target_region": "nowhere"}
+    no_prefix_slash = {**good[1], "delivery_id": "s3-raw", "bucket_prefix": "raw"}
+    table = new_table(env, TableSchema.V2, [*good, bad, no_prefix_slash])
+    result = cli("list", "--table", table)
+    assert result.exit_code == 1, result.output
+    lines = {tuple(line.split()[:3]): line for line in result.stdout.splitlines()}
+    ftp = lines[("umbrella", "ftp", "INVALID")]
+    for name in ("type", "log_distribution_role_arn", "target_region"):
+        assert f"{name}:" in ftp
+    assert "bucket_prefix" in lines[("umbrella", "s3-raw", "INVALID")]
+    assert ("umbrella", "cloudwatch", "cloudwatch") in lines  # the tenant's other deliveries are unaffected
+    assert ("umbrella", "s3-archive", "s3") in lines
+    doc = as_json(cli("list", "--table", table, "--json"))
+    assert {i["delivery_id"] for i in doc["tenants"][0]["invalid"]} == {"ftp", "s3-raw"}
+    assert doc["counts"] == {"tenants": 1, "deliveries": 2, "invalid": 2}
+
+
+def test_list_as_a_user_runs_it_subprocess(env: LocalEnvironment) -> None:
+    environ = {**os.environ, **env.env}
+    proc = subprocess.run(
+        [sys.executable, "jobs/tenants.py", "list"], cwd=REPO, env=environ, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("TENANT")
+    assert "acme" in proc.stdout and "/logs/acme (us-east-1)" in proc.stdout
+    assert proc.stderr == ""
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.tenants", "list", "--json"],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["counts"]["deliveries"] == 6
+
+
+# -- configuration errors: exit 3, one line ------------------------------------------------------------------
+
+
+def test_missing_table_name_exits_3(env: LocalEnvironment) -> None:
+    result = cli("list", TENANT_CONFIG_TABLE=None)
+    assert result.exit_code == 3
+    assert "TENANT_CONFIG_TABLE" in one_line(result)
+
+
+def test_table_not_found_exits_3_naming_it(env: LocalEnvironment) -> None:
+    result = cli("list", "--table", "no-such-table")
+    assert result.exit_code == 3
+    assert "'no-such-table' does not exist" in one_line(result)
+    v2 = new_table(env, TableSchema.V2)
+    result = cli("migrate", "--from", "no-such-v1", "--to", v2)
+    assert result.exit_code == 3
+    assert "--from table 'no-such-v1' does not exist" in one_line(result)
+
+
+def test_wrong_key_schema_exits_3_naming_the_table(env: LocalEnvironment) -> None:
+    v1 = new_table(env, TableSchema.V1, v1_items(env))
+    v2 = new_table(env, TableSchema.V2)
+    result = cli("migrate", "--from", v2, "--to", v2)
+    assert result.exit_code == 3
+    line = one_line(result)
+    assert f"--from table '{v2}' is a v2" in line and "needs a v1" in line
+    result = cli("migrate", "--from", v1, "--to", v1)
+    assert result.exit_code == 3
+    assert f"--to table '{v1}' is a v1" in one_line(result)
+    result = cli("list", "--table", env.names.ledger_table)  # hash tenant_id, range object_key
+    assert result.exit_code == 3
+    assert f"'{env.names.ledger_table}' is not a tenant table" in one_line(result)
+    assert scan(env, v2) == {}
+
+
+def test_usage_errors_exit_2(env: LocalEnvironment) -> None:
+    assert cli("migrate", "--from", "x").exit_code == 2
+    assert cli("list", "--bogus").exit_code == 2
+
+
+# -- migrate -------------------------------------------------------------------------------------------------
+
+
+def test_dry_run_writes_nothing_and_says_what_it_would_do(env: LocalEnvironment) -> None:
+    v1 = new_table(env, TableSchema.V1, v1_items(env))
+    v2 = new_table(env, TableSchema.V2)
+    result = cli("migrate", "--from", v1, "--to", v2, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "dry run: nothing written" in result.stdout
+    assert result.stdout.count("would copy") == 4
+    assert scan(env, v2) == {}
+    doc = as_json(cli("migrate", "--from", v1, "--to", v2, "--dry-run", "--json"))
+    assert doc["dry_run"] is True and doc["ok"] is True
+    assert doc["counts"] == {"copied": 4, "unchanged": 0, "conflict": 0, "invalid": 0}
+    assert {t["tenant_id"]: t["item"] for t in doc["tenants"]} == {
+        i["tenant_id"]: expected_v2(i) for i in v1_items(env)
+    }
+    assert scan(env, v2) == {}
+
+
+def test_migrate_copies_the_sample_tenants_and_a_second_run_is_all_unchanged(env: LocalEnvironment) -> None:
+    stamped = {**v1_items(env)[0], "created_at": "2023-01-02T03:04:05Z", "updated_at": "2024-02-03T04:05:06Z"}
+    items = [stamped, *v1_items(env)[1:]]
+    v1 = new_table(env, TableSchema.V1, items)
+    v2 = new_table(env, TableSchema.V2)
+    result = cli("migrate", "--from", v1, "--to", v2, "--json")
+    assert result.exit_code == 0, result.output
+    doc = as_json(result)
+    assert doc["counts"] == {"copied": 4, "unchanged": 0, "conflict": 0, "invalid": 0}
+    assert scan(env, v2) == {(i["tenant_id"], "cloudwatch"): expected_v2(i) for i in items}
+    # Stamps are kept where they exist and never invented.
+    assert "created_at" not in scan(env, v2)[("globex", "cloudwatch")]
+
+    again = cli("migrate", "--from", v1, "--to", v2)
+    assert again.exit_code == 0, again.output
+    assert "4 v1 items: 0 copied, 4 unchanged, 0 conflict, 0 invalid" in again.stdout
+    assert scan(env, v2) == {(i["tenant_id"], "cloudwatch"): expected_v2(i) for i in items}
+    assert scan(env, v1) == {(i["tenant_id"], ""): i for i in items}  # the source is only read
+
+
+def test_a_migrated_table_gives_the_same_tenants_as_the_v1_one(env: LocalEnvironment) -> None:
+    items = [*v1_items(env), {**v1_items(env)[0], "tenant_id": "stamped", "created_at": "2023-01-02T03:04:05Z"}]
+    v1 = new_table(env, TableSchema.V1, items)
+    v2 = new_table(env, TableSchema.V2)
+    assert cli("migrate", "--from", v1, "--to", v2).exit_code == 0
+    ddb = env.client("dynamodb")
+    before, after = TenantDirectory(v1, client=ddb), TenantDirectory(v2, client=ddb)
+    assert (before.schema, after.schema) == (TableSchema.V1, TableSchema.V2)
+    assert before.tenants() == after.tenants()
+    assert [t.tenant_id for t in after.tenants()] == sorted(i["tenant_id"] for i in items)
+    assert before.get("globex") == after.get("globex")
+
+
+def test_into_the_provisioned_v2_table_every_tenant_is_already_there(env: LocalEnvironment) -> None:
+    """provision wrote the same deliveries, globex's desired_logs in their original case: the same delivery."""
+    v1 = new_table(env, TableSchema.V1, v1_items(env))
+    before = scan(env, env.names.tenant_table)
+    result = cli("migrate", "--from", v1, "--to", env.names.tenant_table)
+    assert result.exit_code == 0, result.output
+    assert "4 v1 items: 0 copied, 4 unchanged, 0 conflict, 0 invalid" in result.stdout
+    assert scan(env, env.names.tenant_table) == before
+
+
+def test_a_different_existing_v2_item_is_a_conflict_and_is_not_overwritten(env: LocalEnvironment) -> None:
+    v1 = new_table(env, TableSchema.V1, v1_items(env))
+    theirs = {**expected_v2(v1_items(env)[0]), "log_group_name": "/logs/acme-moved", "enabled": False}
+    v2 = new_table(env, TableSchema.V2, [theirs])
+    result = cli("migrate", "--from", v1, "--to", v2)
+    assert result.exit_code == 1, result.output
+    conflict = next(line for line in result.stdout.splitlines() if line.startswith("acme "))
+    assert "conflict" in conflict and "log_group_name" in conflict and "enabled" in conflict
+    assert "3 copied, 0 unchanged, 1 conflict, 0 invalid" in result.stdout
+    assert scan(env, v2)[("acme", "cloudwatch")] == theirs
+    doc = as_json(cli("migrate", "--from", v1, "--to", v2, "--json"))
+    acme = next(t for t in doc["tenants"] if t["tenant_id"] == "acme")
+    assert acme["action"] == "conflict"
+    assert set(acme["fields"]) == {"log_group_name", "enabled"}
+    assert "/logs/acme-moved" in acme["fields"]["log_group_name"]
+    assert doc["ok"] is False
+
+
+def test_an_invalid_v1_item_is_reported_with_its_fields_and_not_copied(env: LocalEnvironment) -> None:
+    broken = {"tenant_id": "broken", "log_distribution_role_arn": ROLE.format("broken"), "target_region": "moon"}
+    noted = {**v1_items(env)[0], "tenant_id": "noted", "notes": "onboarded by hand", "bucket_name": "x-logs"}
+    v1 = new_table(env, TableSchema.V1, [*v1_items(env), broken, noted])
+    v2 = new_table(env, TableSchema.V2)
+    result = cli("migrate", "--from", v1, "--to", v2)
+    assert result.exit_code == 1, result.output
+    line = next(line for line in result.stdout.splitlines() if line.startswith("broken "))
+    assert "invalid" in line and "log_group_name: required field is missing" in line and "target_region" in line
+    assert "(not copied: bucket_name, notes)" in next(li for li in result.stdout.splitlines() if li.startswith("noted"))
+    copied = scan(env, v2)
+    assert ("broken", "cloudwatch") not in copied
+    assert set(copied) == {(i["tenant_id"], "cloudwatch") for i in v1_items(env)} | {("noted", "cloudwatch")}
+    assert "notes" not in copied[("noted", "cloudwatch")]
+    doc = as_json(cli("migrate", "--from", v1, "--to", v2, "--json"))
+    assert doc["counts"] == {"copied": 0, "unchanged": 5, "conflict": 0, "invalid": 1}
+    entry = next(t for t in doc["tenants"] if t["tenant_id"] == "broken")
+    assert set(entry["fields"]) == {"log_group_name", "target_region"}
+
+
+def test_more_tenants_than_one_batch_read(env: LocalEnvironment) -> None:
+    items = [
+        {
+            "tenant_id": f"t-{n:03d}",
+            "log_distribution_role_arn": ROLE.format(n),
+            "log_group_name": f"/logs/t-{n:03d}",
+            "target_region": "us-east-1",
+        }
+        for n in range(130)
+    ]
+    v1 = new_table(env, TableSchema.V1, items)
+    v2 = new_table(env, TableSchema.V2, [expected_v2(items[110])])
+    doc = as_json(cli("migrate", "--from", v1, "--to", v2, "--json"))
+    assert doc["counts"] == {"copied": 129, "unchanged": 1, "conflict": 0, "invalid": 0}
+    assert len(scan(env, v2)) == 130
+    doc = as_json(cli("migrate", "--from", v1, "--to", v2, "--json"))
+    assert doc["counts"] == {"copied": 0, "unchanged": 130, "conflict": 0, "invalid": 0}
