@@ -2,9 +2,11 @@
 # Deploy the log delivery stacks in the order they depend on each other:
 #   1. -t global     central log distribution role            (once per central account)
 #   2. -t regional   core: bucket, KMS, SNS, tables, roles     (per region)
+#      --tenant-table-mode  which tenant tables, and which one the processors read (v1 -> v2 migration)
 #      --include-sqs     + queue and DLQ subscribed to the topic
 #      --include-lambda  + container-image Lambda on the queue (needs --include-sqs, --ecr-image-uri)
 #   3. -t customer   the tenant's CustomerLogDistribution role (in the tenant's account)
+#      --bucket-name     + an S3 destination: PutObject under --bucket-prefix (bucket created, or --existing-bucket)
 #   4. -t cluster    IRSA roles for Vector and the consumer    (per Kubernetes cluster)
 #   5. -t replay     IRSA role for the KubeRay replay          (per Kubernetes cluster)
 # Later stacks read earlier stacks' outputs with describe-stacks; --dry-run prints the commands only.
@@ -22,10 +24,18 @@ Usage: deploy.sh -t global|regional|customer|cluster|replay [options]
       --include-sqs            regional: also deploy the SQS stack
       --include-lambda         regional: also deploy the Lambda stack (requires --include-sqs)
       --ecr-image-uri URI      regional Lambda: the processor image in ECR
+      --tenant-table-mode MODE regional: v2 | v1-and-v2-read-v1 | v1-and-v2-read-v2 (docs/DEPLOY.md,
+                               "Migrating a v1 tenant table to v2"). Default: the stack's current mode;
+                               v2 for a new stack; v1-and-v2-read-v1 for a stack from before v2
       --cluster-name NAME      cluster, replay: short cluster name (cluster: add --include-sqs
                                when the cluster runs the SQS consumer)
       --oidc-provider HOST     cluster, replay: OIDC issuer without https://
       --log-group-name NAME    customer: the log group to deliver into (default /logs/delivered)
+      --bucket-name NAME       customer: also deliver to this S3 bucket (created by the stack unless
+                               --existing-bucket)
+      --existing-bucket        customer: the bucket exists already; grant the role on it only
+      --bucket-prefix PREFIX   customer: key prefix in the bucket, ending with / (default ROSA/cluster-logs/)
+      --kms-key-arn ARN        customer: SSE-KMS key for the bucket's objects (default SSE-S3)
       --dry-run                print the aws commands, run nothing
   -h, --help
 USAGE
@@ -37,7 +47,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TYPE="" REGION="${AWS_REGION:-us-east-1}" ENVIRONMENT="${ENVIRONMENT:-development}"
 PROJECT="multi-tenant-logging" TEMPLATE_BUCKET="" CENTRAL_ROLE_ARN=""
 INCLUDE_SQS=false INCLUDE_LAMBDA=false ECR_IMAGE_URI="" CLUSTER_NAME="" OIDC_PROVIDER=""
-LOG_GROUP_NAME="" DRY_RUN=false
+LOG_GROUP_NAME="" DRY_RUN=false TENANT_TABLE_MODE=""
+BUCKET_NAME="" EXISTING_BUCKET=false BUCKET_PREFIX="" KMS_KEY_ARN=""
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -53,6 +64,11 @@ while [[ $# -gt 0 ]]; do
     --cluster-name) CLUSTER_NAME="${2:?}"; shift 2 ;;
     --oidc-provider) OIDC_PROVIDER="${2#https://}"; shift 2 ;;
     --log-group-name) LOG_GROUP_NAME="${2:?}"; shift 2 ;;
+    --tenant-table-mode) TENANT_TABLE_MODE="${2:?}"; shift 2 ;;
+    --bucket-name) BUCKET_NAME="${2:?}"; shift 2 ;;
+    --existing-bucket) EXISTING_BUCKET=true; shift ;;
+    --bucket-prefix) BUCKET_PREFIX="${2:?}"; shift 2 ;;
+    --kms-key-arn) KMS_KEY_ARN="${2:?}"; shift 2 ;;
     --dry-run) DRY_RUN=true; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -100,8 +116,25 @@ case "$TYPE" in
       $INCLUDE_SQS || die "--include-lambda needs --include-sqs: the function reads the queue"
       [[ -n "$ECR_IMAGE_URI" ]] || die "--include-lambda needs --ecr-image-uri"
     fi
-    deploy "$CORE_STACK" regional/core-infrastructure.yaml \
-      "ProjectName=$PROJECT" "Environment=$ENVIRONMENT" "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN"
+    params=("ProjectName=$PROJECT" "Environment=$ENVIRONMENT" "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN")
+    case "$TENANT_TABLE_MODE" in
+      v2|v1-and-v2-read-v1|v1-and-v2-read-v2) params+=("TenantTableMode=$TENANT_TABLE_MODE") ;;
+      "")
+        # Not given: an existing stack keeps its mode (aws cloudformation deploy reuses previous values),
+        # a new one gets v2. A stack from before the v2 table has no such parameter, and the default
+        # would move its processors to the new, empty v2 table: add v2 beside v1 and keep reading v1.
+        if ! $DRY_RUN && has_mode="$(aws cloudformation describe-stacks --region "$REGION" \
+            --stack-name "$CORE_STACK" --output text \
+            --query "length(Stacks[0].Parameters[?ParameterKey=='TenantTableMode'])" 2>/dev/null)" \
+            && [[ "$has_mode" == "0" ]]; then
+          echo "deploy.sh: $CORE_STACK predates the v2 tenant table: TenantTableMode=v1-and-v2-read-v1" \
+            "(the processors keep the v1 table; see docs/DEPLOY.md to migrate)" >&2
+          params+=("TenantTableMode=v1-and-v2-read-v1")
+        fi
+        ;;
+      *) die "--tenant-table-mode must be v2, v1-and-v2-read-v1 or v1-and-v2-read-v2" ;;
+    esac
+    deploy "$CORE_STACK" regional/core-infrastructure.yaml "${params[@]}"
     if $INCLUDE_SQS; then
       topic_arn="$(output "$CORE_STACK" TopicArn)"
       deploy "$SQS_STACK" regional/sqs-stack.yaml \
@@ -123,6 +156,14 @@ case "$TYPE" in
     [[ -n "$CENTRAL_ROLE_ARN" ]] || die "customer needs --central-role-arn (from the log delivery provider)"
     params=("CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN")
     [[ -n "$LOG_GROUP_NAME" ]] && params+=("LogGroupName=$LOG_GROUP_NAME")
+    if [[ -n "$BUCKET_NAME" ]]; then
+      params+=("BucketName=$BUCKET_NAME")
+      $EXISTING_BUCKET && params+=("CreateBucket=false")
+      [[ -n "$BUCKET_PREFIX" ]] && params+=("BucketPrefix=$BUCKET_PREFIX")
+      [[ -n "$KMS_KEY_ARN" ]] && params+=("KmsKeyArn=$KMS_KEY_ARN")
+    elif $EXISTING_BUCKET || [[ -n "$BUCKET_PREFIX$KMS_KEY_ARN" ]]; then
+      die "--existing-bucket, --bucket-prefix and --kms-key-arn need --bucket-name"
+    fi
     deploy "$PROJECT-customer-$REGION" customer/customer-log-distribution-role.yaml "${params[@]}"
     ;;
   cluster)

@@ -47,22 +47,61 @@ def template_params(template: Mapping[str, Any], overrides: Mapping[str, str] | 
     return params
 
 
+NO_VALUE = object()  # Ref AWS::NoValue: dropped from the dict or list that holds it
+
+
 class Resolver:
     """Resolves the intrinsic functions the templates use, for static checks.
 
     A Ref to a resource becomes "<Logical>", a GetAtt "<Logical.Attr>", so a test can see *which*
-    resource a policy points at. Conditions are not evaluated: an !If resolves to its first branch.
+    resource a policy points at. Conditions are evaluated with the parameters given: an !If takes the
+    branch CloudFormation would, and `exists` tells whether a resource or output is created at all.
     """
 
     def __init__(self, template: Mapping[str, Any], params: Mapping[str, Any]) -> None:
         self.resources = template.get("Resources", {})
+        self.outputs = template.get("Outputs", {})
+        self.conditions = template.get("Conditions", {})
+        self._evaluated: dict[str, bool] = {}
         self.values: dict[str, Any] = {
             "AWS::AccountId": ACCOUNT,
             "AWS::Region": REGION,
             "AWS::Partition": "aws",
             "AWS::StackName": "stack",
+            "AWS::NoValue": NO_VALUE,
             **params,
         }
+
+    def condition(self, name: str) -> bool:
+        if name not in self._evaluated:
+            self._evaluated[name] = self._evaluate(self.conditions[name])
+        return self._evaluated[name]
+
+    def _evaluate(self, node: Mapping[str, Any]) -> bool:
+        ((fn, arg),) = node.items()
+        if fn == "Condition":
+            return self.condition(arg)
+        if fn == "Fn::Equals":
+            left, right = (self(x) for x in arg)
+            return str(left) == str(right)
+        if fn == "Fn::Not":
+            return not self._evaluate(arg[0])
+        if fn == "Fn::And":
+            return all(self._evaluate(x) for x in arg)
+        if fn == "Fn::Or":
+            return any(self._evaluate(x) for x in arg)
+        raise KeyError(f"unsupported condition function {fn}")
+
+    def exists(self, logical: str) -> bool:
+        """Whether CloudFormation creates this resource (or output) with these parameters."""
+        entry = self.resources.get(logical) or self.outputs[logical]
+        return "Condition" not in entry or self.condition(entry["Condition"])
+
+    def active_resources(self) -> dict[str, Any]:
+        return {name: res for name, res in self.resources.items() if self.exists(name)}
+
+    def active_outputs(self) -> dict[str, Any]:
+        return {name: self(out["Value"]) for name, out in self.outputs.items() if self.exists(name)}
 
     def ref(self, name: str) -> Any:
         if name in self.values:
@@ -84,7 +123,7 @@ class Resolver:
 
     def __call__(self, node: Any) -> Any:
         if isinstance(node, list):
-            return [self(n) for n in node]
+            return [v for v in (self(n) for n in node) if v is not NO_VALUE]
         if not isinstance(node, dict):
             return node
         if len(node) == 1:
@@ -105,8 +144,9 @@ class Resolver:
             if fn == "Fn::Join":
                 return arg[0].join(str(x) for x in self(arg[1]))
             if fn == "Fn::If":
-                return self(arg[1])
-        return {k: self(v) for k, v in node.items()}
+                return self(arg[1] if self.condition(arg[0]) else arg[2])
+        resolved = {k: self(v) for k, v in node.items()}
+        return {k: v for k, v in resolved.items() if v is not NO_VALUE}
 
 
 def policy_document(resolved: Any) -> dict[str, Any]:

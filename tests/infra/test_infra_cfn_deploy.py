@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shlex
 import subprocess
 import urllib.parse
@@ -21,11 +22,16 @@ from typing import Any
 
 import boto3
 import pytest
-from infra_helpers import ACCOUNT, CFN_DIR, REGION, TEMPLATES, load_template
+from infra_helpers import ACCOUNT, CFN_DIR, REGION, TEMPLATES, Resolver, load_template, template_params
 
 MOTO_SKIPS = {"AWS::SNS::TopicPolicy", "AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::SNS::Subscription"}
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/log-processor:1.0"
 OIDC = "oidc.example.com/id/ABC"
+# Tenants deploy the customer template in their own accounts (moto keeps accounts apart by credentials).
+BUCKET_TENANT = "111111111111"  # creates its bucket, SSE-KMS with its own key
+EXISTING_BUCKET_TENANT = "222222222222"  # brings an existing bucket, no key
+ARCHIVE_BUCKET = "acme-archive-111111111111"
+EXISTING_BUCKET = "globex-logs-222222222222"
 
 pytestmark = pytest.mark.integration
 
@@ -40,21 +46,38 @@ class Deployed:
         }
         self.cfn = self.client("cloudformation")
         self.outputs: dict[str, dict[str, str]] = {}
+        self.stacks: dict[str, tuple[str, dict[str, str], str]] = {}  # stack key -> (template, params, account)
 
-    def client(self, service: str) -> Any:
-        return boto3.client(service, **self.kw)
+    def client(self, service: str, account: str = ACCOUNT) -> Any:
+        if account == ACCOUNT:
+            return boto3.client(service, **self.kw)
+        creds = self.client("sts").assume_role(
+            RoleArn=f"arn:aws:iam::{account}:role/Admin", RoleSessionName="infra-test"
+        )["Credentials"]
+        return boto3.client(
+            service,
+            endpoint_url=self.kw["endpoint_url"],
+            region_name=REGION,
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+        )
 
-    def deploy(self, name: str, **params: str) -> dict[str, str]:
-        self.cfn.create_stack(
-            StackName=f"it-{name}",
+    def deploy(self, name: str, *, key: str | None = None, account: str = ACCOUNT, **params: str) -> dict[str, str]:
+        """Create stack it-<key> (default: the template's name) from template `name`, in `account`."""
+        key = key or name
+        cfn = self.client("cloudformation", account)
+        cfn.create_stack(
+            StackName=f"it-{key}",
             TemplateBody=TEMPLATES[name].read_text(),
             Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
             Capabilities=["CAPABILITY_NAMED_IAM"],
         )
-        stack = self.cfn.describe_stacks(StackName=f"it-{name}")["Stacks"][0]
+        stack = cfn.describe_stacks(StackName=f"it-{key}")["Stacks"][0]
         assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
-        self.outputs[name] = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-        return self.outputs[name]
+        self.outputs[key] = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+        self.stacks[key] = (name, params, account)
+        return self.outputs[key]
 
 
 @pytest.fixture(scope="module")
@@ -86,21 +109,57 @@ def deployed(moto_server: Any) -> Iterator[Deployed]:
         QueueConsumerPolicyArn=sqs["QueueConsumerPolicyArn"],
     )
     d.deploy("replay", ClusterName="prod-1", OidcProvider=OIDC, DeliveryPolicyArn=core["DeliveryPolicyArn"])
+    # An older deployment half way through its migration: v1 table beside v2, processors still on v1.
+    # (Another project name, so its names do not collide with the stack above.)
+    d.deploy(
+        "core",
+        key="core-migrating",
+        ProjectName="legacy-logging",
+        CentralLogDistributionRoleArn=central,
+        TenantTableMode="v1-and-v2-read-v1",
+    )
+    # Tenants with an S3 destination, each in its own account.
+    key_arn = d.client("kms", BUCKET_TENANT).create_key(Description="acme archive")["KeyMetadata"]["Arn"]
+    d.deploy(
+        "customer",
+        key="customer-bucket",
+        account=BUCKET_TENANT,
+        CentralLogDistributionRoleArn=central,
+        LogGroupName="/logs/acme",
+        BucketName=ARCHIVE_BUCKET,
+        BucketPrefix="audit/rosa/",
+        KmsKeyArn=key_arn,
+    )
+    d.client("s3", EXISTING_BUCKET_TENANT).create_bucket(Bucket=EXISTING_BUCKET)
+    d.deploy(
+        "customer",
+        key="customer-existing-bucket",
+        account=EXISTING_BUCKET_TENANT,
+        CentralLogDistributionRoleArn=central,
+        BucketName=EXISTING_BUCKET,
+        CreateBucket="false",
+    )
     yield d
     moto_server.reset()
 
 
-@pytest.mark.parametrize("name", sorted(TEMPLATES))
-def test_only_known_resource_types_are_skipped(deployed: Deployed, name: str) -> None:
+STACKS = [*sorted(TEMPLATES), "core-migrating", "customer-bucket", "customer-existing-bucket"]
+
+
+@pytest.mark.parametrize("key", STACKS)
+def test_only_known_resource_types_are_skipped(deployed: Deployed, key: str) -> None:
+    """Every resource the stack's parameters select was created, and nothing the Conditions leave out."""
+    name, params, account = deployed.stacks[key]
     template = load_template(TEMPLATES[name])
-    created = {
-        r["LogicalResourceId"]: r
-        for r in deployed.cfn.list_stack_resources(StackName=f"it-{name}")["StackResourceSummaries"]
-    }
-    for logical, res in template["Resources"].items():
+    wanted = Resolver(template, template_params(template, params)).active_resources()
+    summaries = deployed.client("cloudformation", account).list_stack_resources(StackName=f"it-{key}")
+    # (moto lists what it skips, and what a Condition leaves out, as an entry without a logical id)
+    created = {r["LogicalResourceId"]: r for r in summaries["StackResourceSummaries"] if r["LogicalResourceId"]}
+    assert set(created) <= set(wanted), f"{key}: created though its Condition is false"
+    for logical, res in wanted.items():
         if res["Type"] in MOTO_SKIPS:
             continue
-        assert logical in created, f"{name}: {logical} ({res['Type']}) was not created"
+        assert logical in created, f"{key}: {logical} ({res['Type']}) was not created"
         assert created[logical]["ResourceStatus"] == "CREATE_COMPLETE"
         assert created[logical]["PhysicalResourceId"]
 
@@ -135,14 +194,59 @@ def test_core_bucket_topic_key_and_tables(deployed: Deployed) -> None:
     attrs = deployed.client("sns").get_topic_attributes(TopicArn=out["TopicArn"])["Attributes"]
     assert attrs["KmsMasterKeyId"]
     ddb = deployed.client("dynamodb")
+    # A new stack: the v2 tenant table only, and the processors read it.
+    assert (
+        out["TenantConfigTableName"] == out["TenantTableV2Name"] == "multi-tenant-logging-development-tenant-deliveries"
+    )
+    assert "TenantTableV1Name" not in out
     tenant = ddb.describe_table(TableName=out["TenantConfigTableName"])["Table"]
-    assert tenant["KeySchema"] == [{"AttributeName": "tenant_id", "KeyType": "HASH"}]
+    assert tenant["KeySchema"] == V2_KEYS
+    assert "multi-tenant-logging-development-tenant-configs" not in ddb.list_tables()["TableNames"]
     ledger = ddb.describe_table(TableName=out["DeliveryLedgerTableName"])["Table"]
     assert ledger["KeySchema"] == [
         {"AttributeName": "tenant_id", "KeyType": "HASH"},
         {"AttributeName": "object_key", "KeyType": "RANGE"},
     ]
     assert ledger["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+
+
+V1_KEYS = [{"AttributeName": "tenant_id", "KeyType": "HASH"}]
+V2_KEYS = [{"AttributeName": "tenant_id", "KeyType": "HASH"}, {"AttributeName": "delivery_id", "KeyType": "RANGE"}]
+
+
+def delivery_policy(deployed: Deployed, stack: str) -> dict[str, Any]:
+    iam = deployed.client("iam")
+    policy = iam.get_policy(PolicyArn=deployed.outputs[stack]["DeliveryPolicyArn"])["Policy"]
+    version = iam.get_policy_version(PolicyArn=policy["Arn"], VersionId=policy["DefaultVersionId"])
+    return as_doc(version["PolicyVersion"]["Document"])
+
+
+def table_arn(deployed: Deployed, name: str) -> str:
+    return deployed.client("dynamodb").describe_table(TableName=name)["Table"]["TableArn"]
+
+
+def test_core_processors_may_describe_and_read_the_tenant_table(deployed: Deployed) -> None:
+    out = deployed.outputs["core"]
+    (read,) = [st for st in delivery_policy(deployed, "core")["Statement"] if st.get("Sid") == "ReadTenantConfig"]
+    assert "dynamodb:DescribeTable" in read["Action"]  # the readers tell v1 from v2 by the key schema
+    assert {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan"} <= set(read["Action"])
+    assert as_list(read["Resource"]) == [table_arn(deployed, out["TenantTableV2Name"])]
+
+
+def test_core_migrating_keeps_v1_for_the_processors_beside_v2(deployed: Deployed) -> None:
+    out = deployed.outputs["core-migrating"]
+    ddb = deployed.client("dynamodb")
+    assert out["TenantConfigTableName"] == out["TenantTableV1Name"] == "legacy-logging-development-tenant-configs"
+    assert out["TenantTableV2Name"] == "legacy-logging-development-tenant-deliveries"
+    assert ddb.describe_table(TableName=out["TenantTableV1Name"])["Table"]["KeySchema"] == V1_KEYS
+    assert ddb.describe_table(TableName=out["TenantTableV2Name"])["Table"]["KeySchema"] == V2_KEYS
+    (read,) = [
+        st for st in delivery_policy(deployed, "core-migrating")["Statement"] if st.get("Sid") == "ReadTenantConfig"
+    ]
+    assert "dynamodb:DescribeTable" in read["Action"]
+    assert sorted(as_list(read["Resource"])) == sorted(
+        table_arn(deployed, out[k]) for k in ("TenantTableV1Name", "TenantTableV2Name")
+    )
 
 
 def test_core_roles_and_delivery_policy(deployed: Deployed) -> None:
@@ -207,6 +311,58 @@ def test_customer_role_and_log_group(deployed: Deployed) -> None:
     assert st["Condition"] == {"StringEquals": {"sts:ExternalId": ACCOUNT}}
     groups = deployed.client("logs").describe_log_groups(logGroupNamePrefix="/logs/acme")["logGroups"]
     assert [(g["logGroupName"], g.get("retentionInDays")) for g in groups] == [("/logs/acme", 30)]
+    # No bucket given: no S3 delivery, and no S3 or KMS permission.
+    assert not {"BucketName", "BucketPrefix", "KmsKeyArn"} & set(out)
+    assert set(role_policies(deployed, ACCOUNT)) == {"deliver-to-log-group"}
+
+
+def role_policies(deployed: Deployed, account: str) -> dict[str, list[dict[str, Any]]]:
+    """The customer role's inline policies in `account`: name -> statements."""
+    iam = deployed.client("iam", account)
+    role = f"CustomerLogDistribution-{REGION}"
+    return {
+        name: as_list(as_doc(iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"])["Statement"])
+        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]
+    }
+
+
+def test_customer_with_a_created_bucket_and_a_key(deployed: Deployed) -> None:
+    out = deployed.outputs["customer-bucket"]
+    assert (
+        out["CustomerLogDistributionRoleArn"] == f"arn:aws:iam::{BUCKET_TENANT}:role/CustomerLogDistribution-{REGION}"
+    )
+    assert out["ExternalId"] == ACCOUNT  # still the central account's id
+    assert (out["BucketName"], out["BucketPrefix"]) == (ARCHIVE_BUCKET, "audit/rosa/")
+    key_arn = out["KmsKeyArn"]
+    s3 = deployed.client("s3", BUCKET_TENANT)
+    s3.head_bucket(Bucket=ARCHIVE_BUCKET)
+    assert ARCHIVE_BUCKET not in {b["Name"] for b in deployed.client("s3").list_buckets()["Buckets"]}
+    (rule,) = s3.get_bucket_encryption(Bucket=ARCHIVE_BUCKET)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn}
+    policies = role_policies(deployed, BUCKET_TENANT)
+    assert set(policies) == {"deliver-to-log-group", "deliver-to-bucket", "encrypt-with-bucket-key"}
+    (put,) = policies["deliver-to-bucket"]
+    assert (put["Effect"], put["Action"], put["Resource"]) == (
+        "Allow",
+        "s3:PutObject",
+        f"arn:aws:s3:::{ARCHIVE_BUCKET}/audit/rosa/*",
+    )
+    (kms,) = policies["encrypt-with-bucket-key"]
+    assert (kms["Effect"], kms["Action"], kms["Resource"]) == ("Allow", "kms:GenerateDataKey", key_arn)
+
+
+def test_customer_with_an_existing_bucket_and_no_key(deployed: Deployed) -> None:
+    out = deployed.outputs["customer-existing-bucket"]
+    assert (out["BucketName"], out["BucketPrefix"]) == (EXISTING_BUCKET, "ROSA/cluster-logs/")
+    assert "KmsKeyArn" not in out
+    resources = deployed.client("cloudformation", EXISTING_BUCKET_TENANT).list_stack_resources(
+        StackName="it-customer-existing-bucket"
+    )["StackResourceSummaries"]
+    assert not [r for r in resources if r["ResourceType"].startswith("AWS::S3::")], "the bucket is the tenant's own"
+    policies = role_policies(deployed, EXISTING_BUCKET_TENANT)
+    assert set(policies) == {"deliver-to-log-group", "deliver-to-bucket"}
+    (put,) = policies["deliver-to-bucket"]
+    assert (put["Action"], put["Resource"]) == ("s3:PutObject", f"arn:aws:s3:::{EXISTING_BUCKET}/ROSA/cluster-logs/*")
 
 
 @pytest.mark.parametrize(
@@ -222,6 +378,10 @@ def test_irsa_roles(deployed: Deployed, role: str, subject: str) -> None:
     (st,) = doc["Statement"]
     assert st["Principal"] == {"Federated": f"arn:aws:iam::{ACCOUNT}:oidc-provider/{OIDC}"}
     assert st["Condition"]["StringEquals"][f"{OIDC}:sub"] == subject
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def as_doc(doc: Any) -> dict[str, Any]:
@@ -283,6 +443,10 @@ def test_deploy_sh_regional_deploys_core_then_sqs_then_lambda_with_valid_paramet
         ("-t", "regional", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--include-sqs",
          "--include-lambda", "--ecr-image-uri", IMAGE),
         ("-t", "customer", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--log-group-name", "/l"),
+        ("-t", "customer", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--bucket-name", "acme-logs",
+         "--existing-bucket", "--bucket-prefix", "audit/", "--kms-key-arn", "arn:aws:kms:us-east-1:123456789012:key/k"),
+        ("-t", "regional", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--tenant-table-mode",
+         "v1-and-v2-read-v2"),
         ("-t", "cluster", "--cluster-name", "c1", "--oidc-provider", "https://oidc.x/id/1", "--include-sqs"),
         ("-t", "replay", "--cluster-name", "c1", "--oidc-provider", "oidc.x/id/1"),
     ],
@@ -305,6 +469,9 @@ def test_deploy_sh_passes_exactly_the_template_parameters(args: tuple[str, ...])
         (("-t", "regional", "--central-role-arn", "a", "--include-sqs", "--include-lambda"), "--ecr-image-uri"),
         (("-t", "cluster", "--cluster-name", "c"), "--oidc-provider"),
         (("-t", "nope",), "unknown type"),
+        (("-t", "customer", "--central-role-arn", "a", "--kms-key-arn", "k"), "need --bucket-name"),
+        (("-t", "customer", "--central-role-arn", "a", "--existing-bucket"), "need --bucket-name"),
+        (("-t", "regional", "--central-role-arn", "a", "--tenant-table-mode", "v3"), "--tenant-table-mode must be"),
         (("--bogus",), "unknown argument"),
     ],
 )  # fmt: skip
@@ -313,3 +480,67 @@ def test_deploy_sh_refuses_incomplete_flags(args: tuple[str, ...], message: str)
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "aws cloudformation deploy" not in proc.stdout
+
+
+def test_deploy_sh_customer_bucket_flags_become_the_s3_parameters() -> None:
+    central = f"arn:aws:iam::{ACCOUNT}:role/c"
+    ((_, _, params),) = deploy_commands("-t", "customer", "--central-role-arn", central)
+    assert not {"BucketName", "CreateBucket", "BucketPrefix", "KmsKeyArn"} & set(params)
+    ((_, _, params),) = deploy_commands(
+        "-t", "customer", "--central-role-arn", central, "--bucket-name", "acme-logs", "--bucket-prefix", "a/"
+    )
+    assert {k: params.get(k) for k in ("BucketName", "CreateBucket", "BucketPrefix")} == {
+        "BucketName": "acme-logs",
+        "CreateBucket": None,  # the template's default: create it
+        "BucketPrefix": "a/",
+    }
+    ((_, _, params),) = deploy_commands(
+        "-t", "customer", "--central-role-arn", central, "--bucket-name", "acme-logs", "--existing-bucket"
+    )
+    assert params["CreateBucket"] == "false"
+
+
+FAKE_AWS = """#!/usr/bin/env bash
+# Answers describe-stacks as $FAKE_CORE says (absent | pre-v2 | v2), prints every other command.
+if [[ "$2" == describe-stacks ]]; then
+  case "$FAKE_CORE" in
+    absent) echo "An error occurred (ValidationError): Stack does not exist" >&2; exit 254 ;;
+    pre-v2) echo 0 ;;
+    v2) echo 1 ;;
+  esac
+  exit 0
+fi
+printf '%q ' aws "$@"; echo
+"""
+
+
+@pytest.mark.parametrize(
+    ("core", "flags", "mode"),
+    [
+        ("absent", (), None),  # a new stack: the template's default, v2
+        ("v2", (), None),  # aws cloudformation deploy keeps the stack's current mode
+        ("pre-v2", (), "v1-and-v2-read-v1"),  # never moved to an empty table by a plain redeploy
+        ("pre-v2", ("--tenant-table-mode", "v1-and-v2-read-v2"), "v1-and-v2-read-v2"),
+    ],
+)
+def test_deploy_sh_keeps_a_pre_v2_stack_on_its_v1_tenant_table(
+    tmp_path: Any, core: str, flags: tuple[str, ...], mode: str | None
+) -> None:
+    aws = tmp_path / "aws"
+    aws.write_text(FAKE_AWS)
+    aws.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "FAKE_CORE": core}
+    proc = subprocess.run(
+        ["bash", str(CFN_DIR / "deploy.sh"), "-t", "regional", "--central-role-arn", "arn:aws:iam::1:role/c", *flags],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.splitlines()
+    argv = shlex.split(line)
+    assert argv[:3] == ["aws", "cloudformation", "deploy"]
+    overrides = dict(kv.partition("=")[::2] for kv in argv[argv.index("--parameter-overrides") + 1 :])
+    assert overrides.get("TenantTableMode") == mode
+    assert ("predates the v2 tenant table" in proc.stderr) is (core == "pre-v2" and not flags)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -49,9 +50,9 @@ REQUIRED_PARAMS = {
 }
 
 
-def resolved(name: str) -> tuple[dict, Resolver]:
+def resolved(name: str, **overrides: str) -> tuple[dict, Resolver]:
     template = load_template(TEMPLATES[name])
-    return template, Resolver(template, template_params(template, REQUIRED_PARAMS.get(name)))
+    return template, Resolver(template, template_params(template, {**REQUIRED_PARAMS.get(name, {}), **overrides}))
 
 
 def statements(doc: dict) -> list[dict]:
@@ -79,10 +80,17 @@ def test_cfn_lint_catches_a_broken_template(tmp_path: Path) -> None:
     assert any(m.rule.id.startswith("E") for m in lint_file(bad))
 
 
-@pytest.mark.parametrize("name", sorted(TEMPLATES))
-def test_no_policy_allows_wildcard_actions(name: str) -> None:
+# Templates whose Conditions switch policies on: every policy is checked with them switched on as well.
+WITH_OPTIONS = {"customer": {"BucketName": "acme-logs", "KmsKeyArn": "arn:aws:kms:us-east-1:111122223333:key/k-1"}}
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [(n, {}) for n in sorted(TEMPLATES)] + [(n, o) for n, o in sorted(WITH_OPTIONS.items())],
+)
+def test_no_policy_allows_wildcard_actions(name: str, options: dict[str, str]) -> None:
     template = load_template(TEMPLATES[name])
-    params = template_params(template, REQUIRED_PARAMS.get(name))
+    params = template_params(template, {**REQUIRED_PARAMS.get(name, {}), **options})
     seen = 0
     for resource, kind, doc in iter_policies(template, params):
         for st in statements(doc):
@@ -146,6 +154,129 @@ def test_customer_permissions_are_least_privilege_on_its_log_group() -> None:
     assert {"logs:PutLogEvents", "logs:CreateLogStream", "logs:CreateLogGroup"} <= granted
 
 
+KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def customer_grants(**params: str) -> list[dict]:
+    """Every Allow statement the customer role gets with these parameters: its inline policies and the
+    policy resources attached to it that the template's Conditions create."""
+    _, resolve = resolved("customer", **params)
+    active = resolve.active_resources()
+    role = active["CustomerLogDistributionRole"]["Properties"]
+    docs = [resolve(p["PolicyDocument"]) for p in role.get("Policies", [])]
+    for res in active.values():
+        if res["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            props = resolve(res["Properties"])
+            if "<CustomerLogDistributionRole>" in props.get("Roles", []):
+                docs.append(props["PolicyDocument"])
+    grants = [st for doc in docs for st in statements(doc)]
+    assert all(st["Effect"] == "Allow" for st in grants)
+    return grants
+
+
+def s3_and_kms(grants: list[dict]) -> list[dict]:
+    return [st for st in grants if any(a.split(":")[0] in ("s3", "kms") for a in as_list(st["Action"]))]
+
+
+def test_customer_without_a_bucket_gets_no_s3_or_kms_permission() -> None:
+    template, resolve = resolved("customer")
+    assert template["Parameters"]["BucketName"]["Default"] == ""
+    # A key without a bucket grants nothing either: it only ever serves the bucket.
+    for params in ({}, {"KmsKeyArn": KEY_ARN}):
+        assert s3_and_kms(customer_grants(**params)) == []
+        _, resolve = resolved("customer", **params)
+        assert not {n for n, r in resolve.active_resources().items() if r["Type"].startswith("AWS::S3::")}
+        assert set(resolve.active_outputs()) == {"CustomerLogDistributionRoleArn", "LogGroupName", "ExternalId"}
+
+
+@pytest.mark.parametrize("create", ["true", "false"])
+@pytest.mark.parametrize("prefix", [None, "audit/rosa/"])
+def test_customer_bucket_grant_is_exactly_put_object_under_the_prefix(create: str, prefix: str | None) -> None:
+    params = {"BucketName": "acme-logs", "CreateBucket": create, **({"BucketPrefix": prefix} if prefix else {})}
+    expected_prefix = prefix or "ROSA/cluster-logs/"  # CONTRACTS.md §3 default
+    grants = customer_grants(**params)
+    (st,) = s3_and_kms(grants)
+    assert as_list(st["Action"]) == ["s3:PutObject"]
+    assert as_list(st["Resource"]) == [f"arn:aws:s3:::acme-logs/{expected_prefix}*"]
+    assert "Condition" not in st
+    # The CloudWatch delivery is still there, unchanged.
+    assert {"logs:PutLogEvents", "logs:CreateLogStream"} <= {a for g in grants for a in as_list(g["Action"])}
+    _, resolve = resolved("customer", **params)
+    outputs = resolve.active_outputs()
+    assert outputs["BucketName"] == ("<DeliveredLogBucket>" if create == "true" else "acme-logs")
+    assert outputs["BucketPrefix"] == expected_prefix
+    assert "KmsKeyArn" not in outputs
+
+
+def test_customer_kms_grant_only_with_a_key_and_only_generate_data_key() -> None:
+    grants = s3_and_kms(customer_grants(BucketName="acme-logs", KmsKeyArn=KEY_ARN))
+    kms = [st for st in grants if any(a.startswith("kms:") for a in as_list(st["Action"]))]
+    assert len(grants) == 2 and len(kms) == 1
+    assert as_list(kms[0]["Action"]) == ["kms:GenerateDataKey"]  # what SSE-KMS PutObject needs
+    assert as_list(kms[0]["Resource"]) == [KEY_ARN]
+    (s3,) = [st for st in grants if st not in kms]
+    assert as_list(s3["Action"]) == ["s3:PutObject"]
+
+
+@pytest.mark.parametrize(("key", "algorithm"), [(None, "AES256"), (KEY_ARN, "aws:kms")])
+def test_created_customer_bucket_is_private_encrypted_and_tls_only(key: str | None, algorithm: str) -> None:
+    _, resolve = resolved("customer", BucketName="acme-logs", **({"KmsKeyArn": key} if key else {}))
+    active = resolve.active_resources()
+    bucket = active["DeliveredLogBucket"]
+    assert (bucket["DeletionPolicy"], bucket["UpdateReplacePolicy"]) == ("Retain", "Retain")
+    props = resolve(bucket["Properties"])
+    assert props["BucketName"] == "acme-logs"
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    (sse,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    default = {"SSEAlgorithm": algorithm, **({"KMSMasterKeyID": key} if key else {})}
+    assert sse["ServerSideEncryptionByDefault"] == default
+    policy = resolve(active["DeliveredLogBucketPolicy"]["Properties"])
+    assert policy["Bucket"] == "<DeliveredLogBucket>"
+    (deny,) = statements(policy["PolicyDocument"])
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and deny["Action"] == "s3:*"
+    assert deny["Resource"] == ["<DeliveredLogBucket.Arn>", "<DeliveredLogBucket.Arn>/*"]
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_existing_customer_bucket_is_left_as_it_is() -> None:
+    _, resolve = resolved("customer", BucketName="acme-logs", CreateBucket="false", KmsKeyArn=KEY_ARN)
+    assert not {n for n, r in resolve.active_resources().items() if r["Type"].startswith("AWS::S3::")}
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "ok"),
+    [
+        ("BucketPrefix", "ROSA/cluster-logs/", True),
+        ("BucketPrefix", "logs/", True),
+        ("BucketPrefix", "a/b.c/d_e-f/", True),
+        ("BucketPrefix", "logs", False),  # the trailing "/" is required (CONTRACTS.md §3)
+        ("BucketPrefix", "", False),
+        ("BucketPrefix", "/", False),
+        ("BucketPrefix", "/logs/", False),
+        ("BucketPrefix", "a//b/", False),
+        ("BucketPrefix", "logs*/", False),  # a wildcard would widen the role's resource ARN
+        ("BucketPrefix", "lo?s/", False),
+        ("BucketName", "", True),
+        ("BucketName", "acme-logs.archive", True),
+        ("BucketName", "Acme", False),
+        ("BucketName", "a", False),
+        ("KmsKeyArn", "", True),
+        ("KmsKeyArn", KEY_ARN, True),
+        ("KmsKeyArn", "arn:aws:kms:us-east-1:111122223333:alias/logs", False),
+        ("KmsKeyArn", "1234abcd-12ab-34cd-56ef-1234567890ab", False),
+    ],
+)
+def test_customer_s3_parameters_are_constrained(param: str, value: str, ok: bool) -> None:
+    spec = load_template(TEMPLATES["customer"])["Parameters"][param]
+    assert (re.fullmatch(spec["AllowedPattern"], value) is not None) is ok
+
+
 def test_bucket_blocks_public_access_encrypts_with_kms_and_expires_objects() -> None:
     template, resolve = resolved("core")
     bucket = resolve(template["Resources"]["CentralLogBucket"]["Properties"])
@@ -179,18 +310,101 @@ def test_topic_policy_is_scoped_to_the_bucket_without_a_dependency_cycle() -> No
     assert res["CentralLogBucket"]["DependsOn"] == "ObjectCreatedTopicPolicy"
 
 
+TENANT_TABLE_MODES = ("v2", "v1-and-v2-read-v1", "v1-and-v2-read-v2")
+
+
 def test_tables_have_contract_keys_pitr_and_kms() -> None:
-    template, resolve = resolved("core")
+    template, resolve = resolved("core", TenantTableMode="v1-and-v2-read-v1")
     expected = {
+        # CONTRACTS.md §3: v2 for every stack; v1 only while an older stack migrates.
+        "TenantDeliveriesTable": [("tenant_id", "HASH"), ("delivery_id", "RANGE")],
         "TenantConfigTable": [("tenant_id", "HASH")],
+        # §7: the ledger's key schema never changes.
         "DeliveryLedgerTable": [("tenant_id", "HASH"), ("object_key", "RANGE")],
     }
     for name, keys in expected.items():
-        props = resolve(template["Resources"][name]["Properties"])
+        res = template["Resources"][name]
+        props = resolve(res["Properties"])
         assert [(k["AttributeName"], k["KeyType"]) for k in props["KeySchema"]] == keys
-        assert {a["AttributeType"] for a in props["AttributeDefinitions"]} == {"S"}
+        assert {(a["AttributeName"], a["AttributeType"]) for a in props["AttributeDefinitions"]} == {
+            (k, "S") for k, _ in keys
+        }
         assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
         assert props["SSESpecification"] == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": "<LogsKey>"}
+        # A replacement or a removal from the stack keeps the table and its items.
+        assert (res["DeletionPolicy"], res["UpdateReplacePolicy"]) == ("Retain", "Retain"), name
+
+
+def test_v1_tenant_table_keeps_what_existing_stacks_have() -> None:
+    """Stacks created before v2 hold logical TenantConfigTable, named <project>-<env>-tenant-configs, keyed by
+    tenant_id. Changing any of these would make CloudFormation replace (or refuse to replace) it."""
+    template, resolve = resolved("core", TenantTableMode="v1-and-v2-read-v1")
+    v1 = resolve(template["Resources"]["TenantConfigTable"]["Properties"])
+    assert v1["TableName"] == "multi-tenant-logging-development-tenant-configs"
+    v2 = resolve(template["Resources"]["TenantDeliveriesTable"]["Properties"])
+    assert v2["TableName"] == "multi-tenant-logging-development-tenant-deliveries"
+    assert template["Parameters"]["TenantTableMode"]["Default"] == "v2", "new stacks get only the v2 table"
+    assert set(template["Parameters"]["TenantTableMode"]["AllowedValues"]) == set(TENANT_TABLE_MODES)
+
+
+@pytest.mark.parametrize(
+    ("mode", "tables", "processors_read"),
+    [
+        ("v2", {"TenantDeliveriesTable"}, "TenantDeliveriesTable"),
+        ("v1-and-v2-read-v1", {"TenantConfigTable", "TenantDeliveriesTable"}, "TenantConfigTable"),
+        ("v1-and-v2-read-v2", {"TenantConfigTable", "TenantDeliveriesTable"}, "TenantDeliveriesTable"),
+    ],
+)
+def test_tenant_table_mode_selects_the_tables_and_the_one_the_processors_read(
+    mode: str, tables: set[str], processors_read: str
+) -> None:
+    template, resolve = resolved("core", TenantTableMode=mode)
+    active = resolve.active_resources()
+    assert {n for n, r in active.items() if r["Type"] == "AWS::DynamoDB::Table"} == tables | {"DeliveryLedgerTable"}
+    outputs = resolve.active_outputs()
+    assert outputs["TenantConfigTableName"] == f"<{processors_read}>"  # TENANT_CONFIG_TABLE (lambda, k8s)
+    assert outputs["TenantTableV2Name"] == "<TenantDeliveriesTable>"
+    assert outputs.get("TenantTableV1Name") == ("<TenantConfigTable>" if "TenantConfigTable" in tables else None)
+    # The processors may read every tenant table the stack holds, and describe it (v1 or v2 by key schema).
+    doc = resolve(template["Resources"]["DeliveryPolicy"]["Properties"]["PolicyDocument"])
+    (read,) = [st for st in statements(doc) if st["Sid"] == "ReadTenantConfig"]
+    assert set(as_list(read["Action"])) == {
+        "dynamodb:DescribeTable",
+        "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",
+        "dynamodb:Query",
+        "dynamodb:Scan",
+    }
+    assert sorted(as_list(read["Resource"])) == sorted(f"<{t}.Arn>" for t in tables)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("core", {"TenantTableMode": m}) for m in TENANT_TABLE_MODES]
+    + [
+        ("customer", {}),
+        ("customer", {"BucketName": "acme-logs"}),
+        ("customer", {"BucketName": "acme-logs", "CreateBucket": "false"}),
+        ("customer", {"BucketName": "acme-logs", "KmsKeyArn": "arn:aws:kms:us-east-1:111122223333:key/k-1"}),
+        ("customer", {"KmsKeyArn": "arn:aws:kms:us-east-1:111122223333:key/k-1"}),
+    ],
+)
+def test_nothing_created_refers_to_a_resource_that_is_not(name: str, params: dict[str, str]) -> None:
+    """cfn-lint only warns (W1001) about a Ref to a resource its Condition may leave out; the deploy fails."""
+    template, resolve = resolved(name, **params)
+    active = resolve.active_resources()
+    text = str([resolve(r) for r in active.values()]) + str(resolve.active_outputs())
+    for logical in set(template["Resources"]) - set(active):
+        assert f"<{logical}>" not in text and f"<{logical}." not in text, f"{name} {params}: {logical} is absent"
+
+
+def test_ledger_is_read_and_written_by_key_only() -> None:
+    template, resolve = resolved("core")
+    doc = resolve(template["Resources"]["DeliveryPolicy"]["Properties"]["PolicyDocument"])
+    (ledger,) = [st for st in statements(doc) if st["Resource"] == "<DeliveryLedgerTable.Arn>"]
+    # UpdateItem: each delivery's record is written into the object's item without losing the others'.
+    assert {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem"} <= set(ledger["Action"])
+    assert not {"dynamodb:DeleteItem", "dynamodb:Scan", "dynamodb:DeleteTable"} & set(ledger["Action"])
 
 
 def test_s3_writer_can_only_put_objects() -> None:
@@ -270,6 +484,7 @@ def test_replay_role_gets_the_delivery_policy_and_nothing_else() -> None:
     actions = {a for st in statements(doc) for a in as_list(st["Action"])}
     # What a replay does: list and read objects, read tenants, read/write the ledger, take the first hop.
     assert {"s3:ListBucket", "s3:GetObject", "kms:Decrypt", "dynamodb:GetItem", "dynamodb:PutItem"} <= actions
+    assert {"dynamodb:DescribeTable", "dynamodb:Query", "dynamodb:UpdateItem"} <= actions
     assert {"sts:AssumeRole"} <= actions
     assert not {a for a in actions if a.startswith("sqs:") or a in ("s3:PutObject", "s3:DeleteObject")}
     (hop,) = [st for st in statements(doc) if st["Action"] == "sts:AssumeRole"]
