@@ -179,6 +179,26 @@ class ObjectResult:
         return self.total("events_rejected")
 
     @property
+    def events_rejected_too_old(self) -> int:
+        return self.total("events_rejected_too_old")
+
+    @property
+    def events_rejected_too_new(self) -> int:
+        return self.total("events_rejected_too_new")
+
+    @property
+    def events_rejected_expired(self) -> int:
+        return self.total("events_rejected_expired")
+
+    @property
+    def events_filtered(self) -> int:
+        return self.total("events_filtered")
+
+    @property
+    def events_split(self) -> int:
+        return self.total("events_split")
+
+    @property
     def acknowledged(self) -> bool:
         """Whether the work is durably done: delivered, or failed in a way a retry cannot fix."""
         return not (self.status is Status.FAILED and self.recoverable)
@@ -254,6 +274,9 @@ class Routing:
                 continue
             r = DeliveryResult(d.delivery_id, str(d.type), d.target)
             results.append(r)
+            if d.type not in self.traits:  # a process built without that sink: leave the work for one with it
+                r.fail(f"no sink for {d.type} deliveries in this process", recoverable=True)
+                continue
             reason = d.skip_reason(parsed)
             if not reason and self.window and self.whole_objects(d.type):
                 reason = "" if self.window.holds_object(parsed, last_modified) else OUTSIDE_WINDOW

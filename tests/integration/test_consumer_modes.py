@@ -60,6 +60,8 @@ def add_unreachable_tenant(local: LocalEnvironment, tenant_id: str) -> None:
     """Well-formed, but its region (eu-south-3) has no moto backend: every call there gets HTTP 500."""
     item = {
         "tenant_id": tenant_id,
+        "delivery_id": "cloudwatch",
+        "type": "cloudwatch",
         "log_distribution_role_arn": f"arn:aws:iam::444444444444:role/CustomerLogDistribution-{tenant_id}",
         "log_group_name": f"/logs/{tenant_id}",
         "target_region": "eu-south-3",
@@ -73,10 +75,10 @@ def add_unreachable_tenant(local: LocalEnvironment, tenant_id: str) -> None:
 def test_lambda_handler_returns_exactly_the_failed_message_ids(
     local_aws: LocalEnvironment, fresh_lambda: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    add_unreachable_tenant(local_aws, "hooli")
+    add_unreachable_tenant(local_aws, "oscorp")
     good = put(local_aws, "acme", seed=1)
-    retry = put(local_aws, "hooli", seed=2)
-    put(local_aws, "umbrella", seed=3)  # unknown tenant: non-recoverable
+    retry = put(local_aws, "oscorp", seed=2)
+    put(local_aws, "tyrell", seed=3)  # unknown tenant: non-recoverable
     put(local_aws, "initech", seed=4)  # disabled: skipped
     messages = receive_all(local_aws, 5)  # four objects and provisioning's s3:TestEvent
     assert len(messages) == 5
@@ -121,9 +123,9 @@ def run_manual(local: LocalEnvironment, stdin: bytes, *args: str) -> tuple[int, 
 
 def test_manual_mode_reproduces_one_object(local_aws: LocalEnvironment) -> None:
     obj = put(local_aws, "acme", seed=5)
-    put(local_aws, "umbrella", seed=6)
+    put(local_aws, "tyrell", seed=6)
     messages = receive_all(local_aws, 3)
-    bodies = {"acme" if "acme" in m["Body"] else "umbrella" if "umbrella" in m["Body"] else "test": m for m in messages}
+    bodies = {"acme" if "acme" in m["Body"] else "tyrell" if "tyrell" in m["Body"] else "test": m for m in messages}
 
     code, report = run_manual(local_aws, bodies["acme"]["Body"].encode())
     assert code == 0
@@ -137,7 +139,7 @@ def test_manual_mode_reproduces_one_object(local_aws: LocalEnvironment) -> None:
     code, report = run_manual(local_aws, bodies["acme"]["Body"].encode(), "--redeliver")
     assert (code, report["objects"][0]["status"]) == (0, "delivered")
 
-    code, report = run_manual(local_aws, bodies["umbrella"]["Body"].encode())
+    code, report = run_manual(local_aws, bodies["tyrell"]["Body"].encode())
     assert code == 1
     assert report["outcome"] == "rejected"
-    assert "unknown tenant 'umbrella'" in report["objects"][0]["reason"]
+    assert "unknown tenant 'tyrell'" in report["objects"][0]["reason"]

@@ -167,7 +167,7 @@ def test_non_recoverable_failures_are_deleted_and_reported_never_retried(
     body = gen.gzip_bytes(b'{"message": "hello", "timestamp": 1700000000}\n')
     s3.put_object(Bucket=bucket, Key="stray-upload.json.gz", Body=body)  # one segment
     s3.put_object(Bucket=bucket, Key=f"{CLUSTER}/Acme_Corp/app/pod-1/20240101-000000-x.json.gz", Body=body)
-    s3.put_object(Bucket=bucket, Key=f"{CLUSTER}/umbrella/app/pod-1/20240101-000000-x.json.gz", Body=body)
+    s3.put_object(Bucket=bucket, Key=f"{CLUSTER}/tyrell/app/pod-1/20240101-000000-x.json.gz", Body=body)
     write(local_aws, tenants=("initech",))  # a disabled tenant
     sqs.send_message(QueueUrl=local_aws.queue_url, MessageBody="this is not json")
     removed = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete", "s3": {}}]}
@@ -186,10 +186,10 @@ def test_non_recoverable_failures_are_deleted_and_reported_never_retried(
     reasons = " | ".join(r.get("reason", "") for r in logs if r.get("level") == "warning")
     assert "has 1 segments" in reasons
     assert "'Acme_Corp' is not a valid namespace name" in reasons
-    assert "unknown tenant 'umbrella'" in reasons
+    assert "unknown tenant 'tyrell'" in reasons
     assert "message body is not JSON" in reasons
     assert consumer.metric("logdelivery_objects_total", tenant="_invalid", status="rejected") == 2
-    assert consumer.metric("logdelivery_objects_total", tenant="umbrella", status="rejected") == 1
+    assert consumer.metric("logdelivery_objects_total", tenant="tyrell", status="rejected") == 1
     assert consumer.metric("logdelivery_objects_total", tenant="initech", status="skipped") == 1
     assert consumer.metric("logdelivery_messages_total", outcome="rejected") == 4
     assert consumer.metric("logdelivery_messages_total", outcome="retried") == 0
@@ -199,7 +199,7 @@ def test_non_recoverable_failures_are_deleted_and_reported_never_retried(
     assert delivered_events(local_aws, "initech") == Counter()
 
 
-def add_unreachable_tenant(local: LocalEnvironment, tenant_id: str = "hooli") -> None:
+def add_unreachable_tenant(local: LocalEnvironment, tenant_id: str = "oscorp") -> None:
     """A tenant whose target_region is well-formed but has no CloudWatch endpoint behind it.
 
     moto has no backend for eu-south-3 and answers every call there with HTTP 500: the path a
@@ -207,6 +207,8 @@ def add_unreachable_tenant(local: LocalEnvironment, tenant_id: str = "hooli") ->
     """
     item = {
         "tenant_id": tenant_id,
+        "delivery_id": "cloudwatch",
+        "type": "cloudwatch",
         "log_distribution_role_arn": f"arn:aws:iam::444444444444:role/CustomerLogDistribution-{tenant_id}",
         "log_group_name": f"/logs/{tenant_id}",
         "target_region": "eu-south-3",
@@ -223,7 +225,7 @@ def test_recoverable_failure_comes_back_and_ends_in_the_dlq_after_three_receives
 ) -> None:
     add_unreachable_tenant(local_aws)
     consumer = start_consumer("--put-attempts", "1")
-    bad = write(local_aws, tenants=("hooli",))
+    bad = write(local_aws, tenants=("oscorp",))
     good = write(local_aws, tenants=("acme",), seed=1)
     bad_key = bad.objects[0].key
 
@@ -235,8 +237,8 @@ def test_recoverable_failure_comes_back_and_ends_in_the_dlq_after_three_receives
     retried = [r for r in consumer.logs() if r.get("msg") == "message left for redelivery"]
     assert sorted(r["receive_count"] for r in retried) == [1, 2, 3]
     assert all("eu-south-3" in r["reasons"][0] and r["reasons"][0].endswith(": 500") for r in retried)
-    assert consumer.metric("logdelivery_objects_total", tenant="hooli", status="failed") == 3
-    assert ledger_keys(local_aws, "hooli") == set()
+    assert consumer.metric("logdelivery_objects_total", tenant="oscorp", status="failed") == 3
+    assert ledger_keys(local_aws, "oscorp") == set()
     # One broken tenant does not hold the others back.
     assert delivered_events(local_aws, "acme") == expected_events(good, "acme")
 

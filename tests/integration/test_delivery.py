@@ -23,7 +23,7 @@ from pipeline.ledger import Ledger
 from pipeline.local.provision import LocalEnvironment
 from pipeline.records import vector_record
 from pipeline.sinks.cloudwatch import CloudWatchSink
-from pipeline.tenants import TenantDirectory
+from pipeline.tenants import DeliveryType, TenantDirectory
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,7 @@ def deliverer(local: LocalEnvironment, **kwargs: Any) -> Deliverer:
     s = local.settings
     return Deliverer(
         TenantDirectory(s.tenant_table),
-        CloudWatchSink(CredentialBroker(s.central_role_arn)),
+        {DeliveryType.CLOUDWATCH: CloudWatchSink(CredentialBroker(s.central_role_arn))},
         Ledger(s.ledger_table),
         **kwargs,
     )
@@ -174,9 +174,9 @@ def test_skips_and_non_recoverable_failures(local_aws: LocalEnvironment) -> None
     )
     assert unwanted.status is Status.SKIPPED and "desired_logs" in unwanted.reason and unwanted.acknowledged
 
-    unknown = d.deliver(upload(local_aws, "hooli", "api", "api-1", records("hooli", "api", "api-1", [(t, "x")])))
+    unknown = d.deliver(upload(local_aws, "oscorp", "api", "api-1", records("oscorp", "api", "api-1", [(t, "x")])))
     assert unknown.status is Status.FAILED and not unknown.recoverable and unknown.acknowledged
-    assert "unknown tenant" in unknown.reason and "hooli" in unknown.reason
+    assert "unknown tenant" in unknown.reason and "oscorp" in unknown.reason
 
     bad_key = put(local_aws, "a//b/c/f.json.gz", records("acme", "api", "api-1", [(t, "x")]))
     malformed = d.deliver(bad_key)

@@ -20,6 +20,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient import NotebookClient
 
+from pipeline.delivery import ObjectResult
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.local.generator import DamageKind, GeneratorConfig, Manifest, write_dataset
 from pipeline.local.provision import LocalEnvironment, provision
@@ -190,7 +191,8 @@ def make_report(
     since: datetime, results_: list[dict[str, Any]], step_s: float, failed: list[tuple[str, str]]
 ) -> dict[str, Any]:
     """A report from the replay's own ReplayReport, with a timeline point after every object."""
-    plan = Plan(since=since, until=since + timedelta(hours=1), failed=list(failed))
+    settled = [ObjectResult(key).fail(reason, recoverable=False) for key, reason in failed]
+    plan = Plan(since=since, until=since + timedelta(hours=1), settled=settled)
     report = ReplayReport(plan)
     report.started = time.monotonic()
     for i, res in enumerate(results_):
