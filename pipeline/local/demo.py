@@ -114,12 +114,13 @@ def _show_buckets(env: LocalEnvironment) -> bool:
 def _show_deliveries(report: dict[str, Any]) -> None:
     for d in report["deliveries"]:
         skipped = ", ".join(f"{n} {reason}" for reason, n in d["objects_skipped"].items())
-        print(
-            f"  {d['tenant']}/{d['delivery_id']:<11} {d['type']:<10} {d['objects_delivered']:>4} objects"
-            f" {d['events_delivered']:>6,} events {d['bytes_delivered'] / 1e6:>6.2f} MB"
-            f"  too old for CloudWatch: {d['events_rejected_too_old']:,} events"
-            + (f"  skipped: {skipped}" if skipped else "")
-        )
+        line = f"  {d['tenant'] + '/' + d['delivery_id']:<22} {d['type']:<10} {d['objects_delivered']:>4} objects"
+        line += f" {d['bytes_delivered'] / 1e6:>5.2f} MB"
+        if d["type"] == "cloudwatch":
+            line += f" {d['events_delivered']:>6,} events, {d['events_rejected_too_old']:,} too old for CloudWatch"
+        print(line)
+        if skipped:
+            print(f"    skipped: {skipped}")
 
 
 def run_demo() -> int:

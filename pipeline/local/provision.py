@@ -283,7 +283,8 @@ def add_tenants(local: LocalEnvironment, tenants: Iterable[SampleTenant]) -> Non
     v2 = len(keys) == 2
     ser = TypeSerializer()
     for t in tenants:
-        for item in t.delivery_items() if v2 else [t.config_item()]:
+        # A v1 table holds one CloudWatch delivery per tenant: an S3-only tenant has nothing to put there.
+        for item in t.delivery_items() if v2 else [t.config_item()] if t.cloudwatch else []:
             table.put_item(TableName=local.names.tenant_table, Item={k: ser.serialize(v) for k, v in item.items()})
         iam = local.client("iam", account_id=t.account_id)
         iam.create_role(
