@@ -370,10 +370,17 @@ class Deliverer:
             try:
                 self._deliver_body(ref, parsed, todo, result)
             except DeliveryError as exc:
-                return result.fail(exc.reason, exc.recoverable)
+                self._fail_unrecorded(todo, exc.reason, exc.recoverable)
             except (ClientError, BotoCoreError) as exc:
-                return result.fail(f"{type(exc).__name__}: {aws.error_code(exc) or exc}", recoverable=True)
+                self._fail_unrecorded(todo, f"{type(exc).__name__}: {aws.error_code(exc) or exc}", recoverable=True)
         return result.settle()
+
+    @staticmethod
+    def _fail_unrecorded(todo: list[tuple[Delivery, DeliveryResult]], reason: str, recoverable: bool) -> None:
+        """The object itself failed (unreadable, gone): every delivery not yet in the ledger failed with it."""
+        for _, r in todo:
+            if not r.recorded and r.status is not Status.FAILED:
+                r.fail(reason, recoverable)
 
     def _route(
         self, tenant: Tenant, parsed: ObjectKey, ref: ObjectRef, result: ObjectResult
@@ -476,7 +483,7 @@ class Deliverer:
         for d, r in todo:
             if r.status is Status.FAILED:
                 continue
-            r.bytes_delivered = stats.bytes_read
+            r.bytes_delivered = stats.bytes_decoded  # the decoded object, whatever the window kept of it
             if stats.damaged:
                 r.status, r.reason = Status.DAMAGED, stats.damaged
             self._record(result, r, self.sinks[d.type])
