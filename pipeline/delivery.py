@@ -347,11 +347,12 @@ class Deliverer:
         for sink in self.unique_sinks:
             sink.close()
 
-    def deliver(self, ref: ObjectRef) -> ObjectResult:
+    def deliver(self, ref: ObjectRef, delivered: frozenset[str] | None = None) -> ObjectResult:
         """Deliver one object to each of its deliveries. Never raises for a bad object or a bad delivery.
 
-        Deliveries whose sink is durable on return are in the ledger when this returns; the others wait
-        for the caller's `flush()` and then `commit()`.
+        `delivered`: what the ledger has for the object, when the caller read it in a batch (`ledger_view`);
+        None reads it here. Deliveries whose sink is durable on return are in the ledger when this returns;
+        the others wait for the caller's `flush()` and then `commit()`.
         """
         result = ObjectResult(key=ref.key, etag=(ref.etag or "").strip('"'))
         try:
@@ -361,7 +362,7 @@ class Deliverer:
         result.tenant, result.application = parsed.tenant, parsed.application
         try:
             tenant = self.tenants.get(parsed.tenant)
-            todo = self._route(tenant, parsed, ref, result)
+            todo = self._route(tenant, parsed, ref, result, delivered)
         except NonRecoverableError as exc:
             return result.fail(exc.reason, recoverable=False)
         except (ClientError, BotoCoreError, LedgerError) as exc:
@@ -383,16 +384,43 @@ class Deliverer:
                 r.fail(reason, recoverable)
 
     def _route(
-        self, tenant: Tenant, parsed: ObjectKey, ref: ObjectRef, result: ObjectResult
+        self,
+        tenant: Tenant,
+        parsed: ObjectKey,
+        ref: ObjectRef,
+        result: ObjectResult,
+        known: frozenset[str] | None,
     ) -> list[tuple[Delivery, DeliveryResult]]:
         ledger = self.ledger
 
         def delivered() -> frozenset[str]:
+            if known is not None:
+                return known
             assert ledger is not None
             return ledger.delivered(tenant.tenant_id, ref.key, ref.etag)
 
         result.deliveries, todo = self.routing.route(tenant, parsed, ref.last_modified, delivered)
         return todo
+
+    def ledger_view(self, refs: Iterable[ObjectRef]) -> dict[str, frozenset[str]] | None:
+        """What the ledger has for many objects, read in batches (BatchGetItem, 100 keys a call): for callers
+        that deliver a known set of objects (a replay unit), instead of one read per object.
+
+        None when this Deliverer does not consult the ledger. Keys absent from the answer have nothing.
+        """
+        if self.ledger is None or not self.routing.use_ledger:
+            return None
+        by_tenant: dict[str, list[tuple[str, str | None]]] = {}
+        for ref in refs:
+            try:
+                tenant = parse_key(ref.key).tenant
+            except InvalidKeyError:
+                continue  # deliver() reports it
+            by_tenant.setdefault(tenant, []).append((ref.key, ref.etag))
+        view: dict[str, frozenset[str]] = {}
+        for tenant, objects in by_tenant.items():
+            view |= self.ledger.delivered_many(tenant, objects)
+        return view
 
     def _deliver_body(
         self, ref: ObjectRef, parsed: ObjectKey, todo: list[tuple[Delivery, DeliveryResult]], result: ObjectResult
