@@ -207,3 +207,30 @@ def test_the_tenant_bucket_refuses_another_accounts_write(local_aws: LocalEnviro
             Bucket=local_aws.tenant("umbrella").bucket, Key="ROSA/cluster-logs/x", Body=b"x"
         )
     assert err.value.response["Error"]["Code"] == "AccessDenied"
+
+
+def test_a_batched_ledger_view_answers_for_every_object_and_stands_in_for_the_per_object_read(
+    local_aws: LocalEnvironment,
+) -> None:
+    manifest = write(local_aws, ("umbrella", "hooli"), seed=14)
+    deliverer = build_deliverer(local_aws.settings)
+    refs = [ObjectRef(local_aws.names.bucket, o.key) for o in manifest.objects]
+    assert deliverer.ledger_view(refs) == {}
+    for ref in refs:
+        deliverer.deliver(ref)
+
+    view = deliverer.ledger_view([*refs, ObjectRef(local_aws.names.bucket, "not/a/key")])
+    assert view is not None
+    for o in manifest.objects:
+        tenant, app = o.key.split("/")[1:3]
+        if tenant == "hooli":
+            assert view[o.key] == {"archive"}
+        else:
+            assert view[o.key] == ({"cloudwatch", "s3-archive"} if app == "payment-service" else {"s3-archive"})
+    # The view is what the caller knows: given it, the object is skipped; told "nothing yet", it is sent again.
+    ref = next(r for r in refs if "/hooli/" in r.key)
+    assert deliverer.deliver(ref, view[ref.key]).status is Status.SKIPPED
+    again = deliverer.deliver(ref, frozenset())
+    assert again.status is Status.DELIVERED and again.deliveries[0].bytes_delivered > 0
+    # A Deliverer that ignores the ledger (--redeliver) has no view to offer.
+    assert build_deliverer(local_aws.settings, redeliver=True).ledger_view(refs) is None
