@@ -234,3 +234,23 @@ def test_a_batched_ledger_view_answers_for_every_object_and_stands_in_for_the_pe
     assert again.status is Status.DELIVERED and again.deliveries[0].bytes_delivered > 0
     # A Deliverer that ignores the ledger (--redeliver) has no view to offer.
     assert build_deliverer(local_aws.settings, redeliver=True).ledger_view(refs) is None
+
+
+def test_an_s3_delivery_with_a_kms_key_writes_sse_kms_objects(local_aws: LocalEnvironment) -> None:
+    hooli = local_aws.tenant("hooli")
+    key_arn = local_aws.client("kms", region=hooli.region, account_id=hooli.account_id).create_key()["KeyMetadata"][
+        "Arn"
+    ]
+    item = {**hooli.delivery_items()[0], "kms_key_arn": key_arn}
+    ser = TypeSerializer()
+    local_aws.client("dynamodb").put_item(
+        TableName=local_aws.names.tenant_table, Item={k: ser.serialize(v) for k, v in item.items()}
+    )
+    manifest = write(local_aws, ("hooli",), seed=15)
+    results = deliver_all(local_aws, manifest)
+    assert all(r.status is Status.DELIVERED for r in results.values())
+    s3 = local_aws.tenant_s3("hooli")
+    for o in manifest.objects:
+        head = s3.head_object(Bucket=hooli.bucket, Key=destination_key(o.key))
+        assert head["ServerSideEncryption"] == "aws:kms"
+        assert head["SSEKMSKeyId"] == key_arn
