@@ -22,8 +22,8 @@ from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError
 from pipeline.local.provision import LocalEnvironment
 from pipeline.sinks import cloudwatch
-from pipeline.sinks.base import Destination
 from pipeline.sinks.cloudwatch import CloudWatchSink, RetryPolicy
+from pipeline.tenants import Delivery, DeliveryType
 
 NOW = 1_717_200_000_000
 GROUP = "/logs/acme"
@@ -39,10 +39,21 @@ def broker(env: LocalEnvironment) -> CredentialBroker:
     return CredentialBroker(env.central_role_arn)
 
 
+def cloudwatch_delivery(env: LocalEnvironment, tenant_id: str) -> Delivery:
+    t = env.tenant(tenant_id)
+    return Delivery(
+        tenant_id=t.tenant_id,
+        delivery_id="cloudwatch",
+        type=DeliveryType.CLOUDWATCH,
+        role_arn=t.role_arn,
+        region=t.region,
+        log_group=t.log_group,
+    )
+
+
 @pytest.fixture
-def dest(env: LocalEnvironment) -> Destination:
-    t = env.tenant("acme")
-    return Destination(t.tenant_id, t.role_arn, t.log_group, t.region)
+def dest(env: LocalEnvironment) -> Delivery:
+    return cloudwatch_delivery(env, "acme")
 
 
 class Calls:
@@ -73,7 +84,7 @@ class Stubbed:
 
 
 @pytest.fixture
-def cw(broker: CredentialBroker, dest: Destination) -> Iterator[Stubbed]:
+def cw(broker: CredentialBroker, dest: Delivery) -> Iterator[Stubbed]:
     """Stubber on the very logs client the broker hands the sink."""
     client = broker.client("logs", dest.tenant_id, dest.role_arn, dest.region)
     calls = Calls(client)
@@ -116,7 +127,7 @@ def error(stub: Stubber, op: str, code: str, status: int = 400, params: dict[str
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_throttling_503_and_500_are_retried_with_backoff(cw: Stubbed, dest: Destination) -> None:
+def test_throttling_503_and_500_are_retried_with_backoff(cw: Stubbed, dest: Delivery) -> None:
     stub, calls = cw.stub, cw.calls
     evs = events(5)
     p = put_params("s-retry", evs)
@@ -127,7 +138,7 @@ def test_throttling_503_and_500_are_retried_with_backoff(cw: Stubbed, dest: Dest
     stub.add_response("put_log_events", {"nextSequenceToken": "x"}, p)
     sleeps = Sleeps()
     policy = RetryPolicy(attempts=8, base_s=0.1, cap_s=0.3)
-    result = CloudWatchSink(cw.broker, retry=policy, sleep=sleeps).send(dest, "s-retry", evs)
+    result = CloudWatchSink(credentials=cw.broker, retry=policy, sleep=sleeps).send(dest, "s-retry", evs)
     stub.assert_no_pending_responses()
     assert result.delivered == 5 and result.batches == 1 and result.retries == 4
     assert len(sleeps) == 4
@@ -136,12 +147,12 @@ def test_throttling_503_and_500_are_retried_with_backoff(cw: Stubbed, dest: Dest
     assert calls.names == ["PutLogEvents"] * 5
 
 
-def test_retries_exhausted_is_a_recoverable_delivery_error(cw: Stubbed, dest: Destination) -> None:
+def test_retries_exhausted_is_a_recoverable_delivery_error(cw: Stubbed, dest: Delivery) -> None:
     stub, calls = cw.stub, cw.calls
     for _ in range(4):
         error(stub, "put_log_events", "ThrottlingException")
     sleeps = Sleeps()
-    sink = CloudWatchSink(cw.broker, retry=RetryPolicy(attempts=4), sleep=sleeps)
+    sink = CloudWatchSink(credentials=cw.broker, retry=RetryPolicy(attempts=4), sleep=sleeps)
     with pytest.raises(DeliveryError) as info:
         sink.send(dest, "s-exhaust", events(3))
     stub.assert_no_pending_responses()  # exactly `attempts` puts, no more
@@ -161,12 +172,12 @@ def test_retries_exhausted_is_a_recoverable_delivery_error(cw: Stubbed, dest: De
         ("DataAlreadyAcceptedException", 400),
     ],
 )
-def test_non_retryable_errors_fail_at_once(cw: Stubbed, dest: Destination, code: str, status: int) -> None:
+def test_non_retryable_errors_fail_at_once(cw: Stubbed, dest: Delivery, code: str, status: int) -> None:
     stub, calls = cw.stub, cw.calls
     error(stub, "put_log_events", code, status)
     sleeps = Sleeps()
     with pytest.raises(DeliveryError) as info:
-        CloudWatchSink(cw.broker, sleep=sleeps).send(dest, "s-fatal", events(2))
+        CloudWatchSink(credentials=cw.broker, sleep=sleeps).send(dest, "s-fatal", events(2))
     stub.assert_no_pending_responses()
     assert code in info.value.reason
     assert sleeps == [] and calls.names == ["PutLogEvents"]
@@ -184,7 +195,7 @@ def test_jitter_is_full_and_capped() -> None:
         assert len(set(samples)) > 250
 
 
-def test_network_error_is_retried(broker: CredentialBroker, env: LocalEnvironment, dest: Destination) -> None:
+def test_network_error_is_retried(broker: CredentialBroker, env: LocalEnvironment, dest: Delivery) -> None:
     """A dropped connection before the request was answered: retried against the real local service."""
     client = broker.client("logs", dest.tenant_id, dest.role_arn, dest.region)
     failures = [1]
@@ -198,7 +209,7 @@ def test_network_error_is_retried(broker: CredentialBroker, env: LocalEnvironmen
     try:
         sleeps = Sleeps()
         evs = recent(4, "net")
-        result = CloudWatchSink(broker, sleep=sleeps).send(dest, "s-network", evs)
+        result = CloudWatchSink(credentials=broker, sleep=sleeps).send(dest, "s-network", evs)
     finally:
         client.meta.events.unregister("before-send.logs.PutLogEvents", drop)
     assert result.delivered == 4 and result.retries == 1 and len(sleeps) == 1
@@ -211,20 +222,20 @@ def test_network_error_is_retried(broker: CredentialBroker, env: LocalEnvironmen
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_missing_stream_is_created_then_put_again(cw: Stubbed, dest: Destination) -> None:
+def test_missing_stream_is_created_then_put_again(cw: Stubbed, dest: Delivery) -> None:
     stub, calls = cw.stub, cw.calls
     evs = events(3)
     p = put_params("s-new", evs)
     error(stub, "put_log_events", "ResourceNotFoundException", 400, p)
     stub.add_response("create_log_stream", {}, {"logGroupName": GROUP, "logStreamName": "s-new"})
     stub.add_response("put_log_events", {}, p)
-    result = CloudWatchSink(cw.broker, sleep=Sleeps()).send(dest, "s-new", evs)
+    result = CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-new", evs)
     stub.assert_no_pending_responses()
     assert result.delivered == 3
     assert calls.names == ["PutLogEvents", "CreateLogStream", "PutLogEvents"]
 
 
-def test_missing_group_is_created_then_the_stream(cw: Stubbed, dest: Destination) -> None:
+def test_missing_group_is_created_then_the_stream(cw: Stubbed, dest: Delivery) -> None:
     stub, calls = cw.stub, cw.calls
     evs = events(2)
     p = put_params("s-nogroup", evs)
@@ -233,13 +244,13 @@ def test_missing_group_is_created_then_the_stream(cw: Stubbed, dest: Destination
     stub.add_response("create_log_group", {}, {"logGroupName": GROUP})
     stub.add_response("create_log_stream", {}, {"logGroupName": GROUP, "logStreamName": "s-nogroup"})
     stub.add_response("put_log_events", {}, p)
-    result = CloudWatchSink(cw.broker, sleep=Sleeps()).send(dest, "s-nogroup", evs)
+    result = CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-nogroup", evs)
     stub.assert_no_pending_responses()
     assert result.delivered == 2
     assert calls.names == ["PutLogEvents", "CreateLogStream", "CreateLogGroup", "CreateLogStream", "PutLogEvents"]
 
 
-def test_already_exists_counts_as_created(cw: Stubbed, dest: Destination) -> None:
+def test_already_exists_counts_as_created(cw: Stubbed, dest: Delivery) -> None:
     """Another worker created the stream (or the group) first: that is success, not an error."""
     stub, calls = cw.stub, cw.calls
     evs = events(2)
@@ -247,7 +258,7 @@ def test_already_exists_counts_as_created(cw: Stubbed, dest: Destination) -> Non
     error(stub, "put_log_events", "ResourceNotFoundException", 400, p)
     error(stub, "create_log_stream", "ResourceAlreadyExistsException")
     stub.add_response("put_log_events", {}, p)
-    result = CloudWatchSink(cw.broker, sleep=Sleeps()).send(dest, "s-race", evs)
+    result = CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-race", evs)
     stub.assert_no_pending_responses()
     assert result.delivered == 2
 
@@ -256,13 +267,13 @@ def test_already_exists_counts_as_created(cw: Stubbed, dest: Destination) -> Non
     error(stub, "create_log_group", "ResourceAlreadyExistsException")
     stub.add_response("create_log_stream", {})
     stub.add_response("put_log_events", {}, p)
-    result = CloudWatchSink(cw.broker, sleep=Sleeps()).send(dest, "s-race", evs)
+    result = CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-race", evs)
     stub.assert_no_pending_responses()
     assert result.delivered == 2
     assert not any(n.startswith("Describe") for n in calls.names)
 
 
-def test_throttled_create_backs_off_and_tries_again(cw: Stubbed, dest: Destination) -> None:
+def test_throttled_create_backs_off_and_tries_again(cw: Stubbed, dest: Delivery) -> None:
     stub, calls = cw.stub, cw.calls
     evs = events(2)
     p = put_params("s-slowcreate", evs)
@@ -272,28 +283,28 @@ def test_throttled_create_backs_off_and_tries_again(cw: Stubbed, dest: Destinati
     stub.add_response("create_log_stream", {})
     stub.add_response("put_log_events", {}, p)
     sleeps = Sleeps()
-    result = CloudWatchSink(cw.broker, sleep=sleeps).send(dest, "s-slowcreate", evs)
+    result = CloudWatchSink(credentials=cw.broker, sleep=sleeps).send(dest, "s-slowcreate", evs)
     stub.assert_no_pending_responses()
     assert result.delivered == 2 and len(sleeps) == 1
     assert not any(n.startswith("Describe") for n in calls.names)
 
 
-def test_create_denied_is_an_error(cw: Stubbed, dest: Destination) -> None:
+def test_create_denied_is_an_error(cw: Stubbed, dest: Delivery) -> None:
     stub = cw.stub
     error(stub, "put_log_events", "ResourceNotFoundException")
     error(stub, "create_log_stream", "AccessDeniedException")
     with pytest.raises(DeliveryError, match="AccessDeniedException"):
-        CloudWatchSink(cw.broker, sleep=Sleeps()).send(dest, "s-denied", events(1))
+        CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-denied", events(1))
     stub.assert_no_pending_responses()
 
 
-def test_still_missing_after_create_is_an_error_not_a_loop(cw: Stubbed, dest: Destination) -> None:
+def test_still_missing_after_create_is_an_error_not_a_loop(cw: Stubbed, dest: Delivery) -> None:
     stub = cw.stub
     error(stub, "put_log_events", "ResourceNotFoundException")
     stub.add_response("create_log_stream", {})
     error(stub, "put_log_events", "ResourceNotFoundException")
     with pytest.raises(DeliveryError, match="ResourceNotFoundException"):
-        CloudWatchSink(cw.broker, sleep=Sleeps()).send(dest, "s-vanishing", events(1))
+        CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-vanishing", events(1))
     stub.assert_no_pending_responses()
 
 
@@ -302,19 +313,19 @@ def test_still_missing_after_create_is_an_error_not_a_loop(cw: Stubbed, dest: De
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_rejected_events_are_counted_and_not_retried(cw: Stubbed, dest: Destination) -> None:
+def test_rejected_events_are_counted_and_not_retried(cw: Stubbed, dest: Delivery) -> None:
     stub, calls = cw.stub, cw.calls
     evs = events(10)
     info = {"tooOldLogEventEndIndex": 2, "expiredLogEventEndIndex": 3, "tooNewLogEventStartIndex": 9}
     stub.add_response("put_log_events", {"rejectedLogEventsInfo": info}, put_params("s-rej", evs))
-    result = CloudWatchSink(cw.broker, sleep=Sleeps()).send(dest, "s-rej", evs)
+    result = CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-rej", evs)
     stub.assert_no_pending_responses()
     assert (result.rejected_too_old, result.rejected_expired, result.rejected_too_new) == (2, 1, 1)
     assert result.delivered == 6
     assert calls.names == ["PutLogEvents"]
 
 
-def test_many_events_go_in_several_batches_each_sent_once(cw: Stubbed, dest: Destination) -> None:
+def test_many_events_go_in_several_batches_each_sent_once(cw: Stubbed, dest: Delivery) -> None:
     stub, calls = cw.stub, cw.calls
     evs = events(25_000)
     chunks = [evs[:10_000], evs[10_000:20_000], evs[20_000:]]
@@ -322,7 +333,7 @@ def test_many_events_go_in_several_batches_each_sent_once(cw: Stubbed, dest: Des
     error(stub, "put_log_events", "ThrottlingException", 400, put_params("s-many", chunks[1]))
     stub.add_response("put_log_events", {}, put_params("s-many", chunks[1]))
     stub.add_response("put_log_events", {}, put_params("s-many", chunks[2]))
-    result = CloudWatchSink(cw.broker, sleep=Sleeps()).send(dest, "s-many", evs)
+    result = CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-many", evs)
     stub.assert_no_pending_responses()
     assert result.delivered == 25_000 and result.batches == 3 and result.retries == 1
     assert calls.names == ["PutLogEvents"] * 4
@@ -334,13 +345,13 @@ def test_many_events_go_in_several_batches_each_sent_once(cw: Stubbed, dest: Des
 
 
 def test_expired_token_refreshes_credentials_once(
-    cw: Stubbed, broker: CredentialBroker, env: LocalEnvironment, dest: Destination
+    cw: Stubbed, broker: CredentialBroker, env: LocalEnvironment, dest: Delivery
 ) -> None:
     """The service says the session expired: the sink drops it, re-assumes, and the put goes through."""
     stub = cw.stub
     error(stub, "put_log_events", "ExpiredTokenException")
     before = broker.sts_calls
-    result = CloudWatchSink(broker, sleep=Sleeps()).send(dest, "s-expired", recent(3, "exp"))
+    result = CloudWatchSink(credentials=broker, sleep=Sleeps()).send(dest, "s-expired", recent(3, "exp"))
     stub.assert_no_pending_responses()
     assert broker.sts_calls == before + 1  # the tenant hop only
     assert result.delivered == 3
@@ -350,11 +361,11 @@ def test_expired_token_refreshes_credentials_once(
 
 def test_put_into_a_deleted_group_recreates_it(broker: CredentialBroker, env: LocalEnvironment) -> None:
     t = env.tenant("globex")
-    dest = Destination(t.tenant_id, t.role_arn, t.log_group, t.region)
+    dest = cloudwatch_delivery(env, "globex")
     tenant_logs = env.tenant_logs("globex")
     tenant_logs.delete_log_group(logGroupName=t.log_group)
     assert tenant_logs.describe_log_groups()["logGroups"] == []
-    sink = CloudWatchSink(broker, sleep=Sleeps())
+    sink = CloudWatchSink(credentials=broker, sleep=Sleeps())
     evs = recent(5, "back")
     result = sink.send(dest, "frontend-web-1-2024-06-01", evs)
     assert result.delivered == 5

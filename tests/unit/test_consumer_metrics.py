@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.consumer.metrics import Metrics, MetricsServer, object_status
-from pipeline.delivery import ObjectResult, Status
+from pipeline.delivery import DeliveryResult, ObjectResult, Status
 
 
 def get(port: int, path: str) -> tuple[int, str, bytes]:
@@ -35,12 +35,11 @@ def test_observe_object_counts_per_tenant_and_latency() -> None:
     delivered = ObjectResult(
         key="k",
         tenant="acme",
-        events_delivered=90,
-        events_rejected_too_old=7,
         lines_malformed=2,
         bytes_read=1000,
         last_modified=100.0,
         delivered_at=103.5,
+        deliveries=[DeliveryResult("cloudwatch", "cloudwatch", events_delivered=90, events_rejected_too_old=7)],
     )
     m.observe_object(delivered, 0.2)
     m.observe_object(ObjectResult(key="bad", status=Status.FAILED, reason="empty segment"), 0.001)
@@ -60,6 +59,45 @@ def test_observe_object_counts_per_tenant_and_latency() -> None:
     assert s[("logdelivery_object_duration_seconds_count", ())] == 3
 
 
+def test_observe_object_counts_each_delivery_by_type_and_status() -> None:
+    m = Metrics()
+    both = ObjectResult(
+        key="k",
+        tenant="umbrella",
+        bytes_read=1000,
+        deliveries=[
+            DeliveryResult("cloudwatch", "cloudwatch", events_delivered=40, events_rejected_expired=2),
+            DeliveryResult("s3-archive", "s3", bytes_delivered=1000),
+        ],
+    )
+    m.observe_object(both, 0.1)
+    partly = ObjectResult(
+        key="k2",
+        tenant="umbrella",
+        deliveries=[
+            DeliveryResult("cloudwatch", "cloudwatch").skip("application 'x' is not in desired_logs of delivery"),
+            DeliveryResult("s3-archive", "s3", bytes_delivered=500).fail("SlowDown", recoverable=True),
+            DeliveryResult("s3-old", "s3").fail("AccessDenied", recoverable=False),
+        ],
+    )
+    m.observe_object(partly.settle(), 0.1)
+    s = samples(m.render().decode())
+
+    def deliveries(kind: str, status: str) -> float:
+        return s.get(("logdelivery_deliveries_total", (("status", status), ("tenant", "umbrella"), ("type", kind))), 0)
+
+    assert deliveries("cloudwatch", "delivered") == 1
+    assert deliveries("cloudwatch", "skipped") == 1
+    assert deliveries("s3", "delivered") == 1
+    assert deliveries("s3", "failed") == 1  # recoverable: left for a retry
+    assert deliveries("s3", "rejected") == 1  # failed for good
+    # Only what was delivered counts as delivered bytes; the events are the object's totals.
+    assert s[("logdelivery_delivered_bytes_total", (("tenant", "umbrella"), ("type", "s3")))] == 1000
+    assert s[("logdelivery_events_total", (("outcome", "delivered"), ("tenant", "umbrella")))] == 40
+    assert s[("logdelivery_events_total", (("outcome", "rejected"), ("tenant", "umbrella")))] == 2
+    assert s[("logdelivery_objects_total", (("status", "failed"), ("tenant", "umbrella")))] == 1
+
+
 def test_two_metrics_objects_do_not_collide() -> None:
     Metrics().messages.labels("delivered").inc()
     assert b'logdelivery_messages_total{outcome="delivered"}' not in Metrics().render()
@@ -77,6 +115,7 @@ def test_two_metrics_objects_do_not_collide() -> None:
 )
 def test_object_status_labels(status: Status, recoverable: bool, label: str) -> None:
     assert object_status(ObjectResult(key="k", status=status, recoverable=recoverable)) == label
+    assert object_status(DeliveryResult("d", "s3", status=status, recoverable=recoverable)) == label
 
 
 def test_server_serves_metrics_and_health() -> None:

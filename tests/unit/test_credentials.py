@@ -199,3 +199,101 @@ def test_central_hop_is_assumed_once_under_concurrency(sts: Any) -> None:
     assert not errors
     assert len(results) == 20 and all(r is results[0] for r in results)
     assert broker.sts_calls == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tenant hop: ExternalId per delivery, cache keyed by role and ExternalId
+# ---------------------------------------------------------------------------------------------------------
+
+TENANT_ROLE = "arn:aws:iam::111111111111:role/logging/CustomerLogDistribution-acme"
+
+
+class FakeSts:
+    """Both hops' AssumeRole, recorded; every answer is a new set of credentials valid for an hour."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def assume_role(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(kwargs)
+        return creds(len(self.calls), NOW + timedelta(hours=1))
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> tuple[CredentialBroker, FakeSts, list[tuple[str, Any]]]:
+    """A broker whose STS (both hops) is FakeSts, and whose tenant clients are recorded, not built."""
+    from pipeline import credentials as module
+
+    sts = FakeSts()
+    built: list[tuple[str, Any]] = []
+
+    def client(service: str, region: str | None = None, credentials: Any = None, config: Any = None) -> Any:
+        if service == "sts":
+            return sts
+        built.append((service, credentials))
+        return object()
+
+    monkeypatch.setattr(module.aws, "client", client)
+    return CredentialBroker(CENTRAL, clock=Clock(NOW), base_sts=sts), sts, built
+
+
+def tenant_calls(sts: FakeSts) -> list[dict[str, Any]]:
+    return [c for c in sts.calls if c["RoleArn"] != CENTRAL]
+
+
+def test_the_tenant_hop_uses_the_central_account_as_external_id_by_default(hops: Any) -> None:
+    broker, sts, _ = hops
+    broker.tenant("acme", TENANT_ROLE)
+    [call] = tenant_calls(sts)
+    assert call["ExternalId"] == "123456789012"
+    assert call["RoleArn"] == TENANT_ROLE
+    assert SESSION_NAME_RE.fullmatch(call["RoleSessionName"]) and call["DurationSeconds"] <= 3600
+    # None and the central account id are the same thing: no second STS call.
+    broker.tenant("acme", TENANT_ROLE, None)
+    broker.tenant("acme", TENANT_ROLE, "123456789012")
+    assert len(tenant_calls(sts)) == 1
+
+
+def test_a_deliverys_own_external_id_is_cached_apart(hops: Any) -> None:
+    broker, sts, _ = hops
+    default = broker.tenant("acme", TENANT_ROLE)
+    own = broker.tenant("acme", TENANT_ROLE, "tenant-acme-7f3a")
+    assert own is not default
+    assert [c["ExternalId"] for c in tenant_calls(sts)] == ["123456789012", "tenant-acme-7f3a"]
+    for _ in range(5):
+        assert broker.tenant("acme", TENANT_ROLE, "tenant-acme-7f3a") is own
+        assert broker.tenant("acme", TENANT_ROLE) is default
+    assert len(tenant_calls(sts)) == 2
+    assert len([c for c in sts.calls if c["RoleArn"] == CENTRAL]) == 1  # the first hop is shared
+
+
+def test_invalidate_drops_only_that_role_and_external_id(hops: Any) -> None:
+    broker, sts, _ = hops
+    default = broker.tenant("acme", TENANT_ROLE)
+    own = broker.tenant("acme", TENANT_ROLE, "tenant-acme-7f3a")
+    broker.invalidate(TENANT_ROLE, "tenant-acme-7f3a")
+    assert broker.tenant("acme", TENANT_ROLE) is default
+    fresh = broker.tenant("acme", TENANT_ROLE, "tenant-acme-7f3a")
+    assert fresh is not own
+    assert [c["ExternalId"] for c in tenant_calls(sts)][-1] == "tenant-acme-7f3a"
+    broker.invalidate(TENANT_ROLE)  # None: the default ExternalId's credentials
+    assert broker.tenant("acme", TENANT_ROLE) is not default
+    assert broker.tenant("acme", TENANT_ROLE, "tenant-acme-7f3a") is fresh
+
+
+def test_clients_are_cached_per_role_external_id_and_region(hops: Any) -> None:
+    broker, _, built = hops
+    a = broker.client("s3", "acme", TENANT_ROLE, "us-east-1")
+    assert broker.client("s3", "acme", TENANT_ROLE, "us-east-1", None) is a
+    b = broker.client("s3", "acme", TENANT_ROLE, "us-east-1", "tenant-acme-7f3a")
+    c = broker.client("s3", "acme", TENANT_ROLE, "eu-west-1")
+    d = broker.client("logs", "acme", TENANT_ROLE, "us-east-1")
+    assert len({id(x) for x in (a, b, c, d)}) == 4
+    assert len(built) == 4
+    # Each is built on the credentials of its own ExternalId.
+    assert built[1][1] is broker.tenant("acme", TENANT_ROLE, "tenant-acme-7f3a")
+    assert built[0][1] is broker.tenant("acme", TENANT_ROLE)
+    # Refreshed credentials (after invalidate) get a new client.
+    broker.invalidate(TENANT_ROLE, "tenant-acme-7f3a")
+    assert broker.client("s3", "acme", TENANT_ROLE, "us-east-1", "tenant-acme-7f3a") is not b
+    assert broker.client("s3", "acme", TENANT_ROLE, "us-east-1") is a

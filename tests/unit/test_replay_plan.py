@@ -7,16 +7,18 @@ the 14-day limit is spelled out here, and balance is checked against the greedy 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.delivery import LEDGER_SKIP
 from pipeline.keys import format_key, parse_key
 from pipeline.replay.listing import ListedObject, Listing
-from pipeline.replay.plan import LEDGER_SKIP, Plan, WorkUnit, make_plan, pack_units
-from pipeline.tenants import TenantConfig, validate
+from pipeline.replay.plan import Plan, WorkUnit, make_plan, pack_units
+from pipeline.tenants import InvalidDelivery, Tenant, parse_delivery
 
 NOW = datetime(2024, 6, 20, 12, 0, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -56,16 +58,20 @@ def listing_of(*pods: list[ListedObject], malformed: list[tuple[str, str]] | Non
     return Listing(pods={prefix_of(objs[0]): objs for objs in pods}, malformed=list(malformed or []), list_calls=7)
 
 
-def tenant(tenant_id: str = "acme", **extra: object) -> TenantConfig:
-    return validate(
+def tenant(tenant_id: str = "acme", **extra: object) -> Tenant:
+    """A tenant with the one CloudWatch delivery `cloudwatch`, as a v1 table (or a plain v2 one) holds it."""
+    delivery = parse_delivery(
         {
             "tenant_id": tenant_id,
+            "delivery_id": "cloudwatch",
+            "type": "cloudwatch",
             "log_distribution_role_arn": f"arn:aws:iam::111111111111:role/CustomerLogDistribution-{tenant_id}",
             "log_group_name": f"/logs/{tenant_id}",
             "target_region": "us-east-1",
             **extra,
         }
     )
+    return Tenant(tenant_id, (delivery,))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -172,20 +178,22 @@ def test_no_pods_no_units() -> None:
 
 def plan_for(
     listing: Listing,
-    tenants: dict[str, TenantConfig | str],
+    tenants: dict[str, Tenant | str],
     delivered: set[str] | None = None,
     since: datetime = NOW - DAY,
     until: datetime = NOW,
     events_per_byte: float = 0.0,
 ) -> Plan:
-    return make_plan(listing, tenants, delivered or set(), since, until, 2, NOW, events_per_byte)
+    """A plan where `delivered` names the keys the ledger has for the delivery `cloudwatch`."""
+    ledger = {k: frozenset({"cloudwatch"}) for k in delivered or ()}
+    return make_plan(listing, tenants, ledger, since, until, 2, NOW, events_per_byte)
 
 
 def test_disabled_tenant_is_skipped_with_its_reason() -> None:
     acme = pod_objects("api-1", [100, 200])
     initech = pod_objects("api-1", [300], tenant="initech")
     plan = plan_for(listing_of(acme, initech), {"acme": tenant(), "initech": tenant("initech", enabled=False)})
-    assert plan.skipped == [(o.key, "tenant 'initech' is disabled") for o in initech]
+    assert plan.skipped == [(o.key, "delivery 'cloudwatch' of tenant 'initech' is disabled") for o in initech]
     assert [o.key for u in plan.units for o in u.objects] == [o.key for o in acme]
     assert plan.failed == []
     assert ("initech", "payment-service") not in plan.by_tenant_app
@@ -200,7 +208,9 @@ def test_desired_logs_filter_is_case_insensitive() -> None:
     plan = plan_for(listing_of(pay, front, other), {"acme": cfg})
     planned = {o.key for u in plan.units for o in u.objects}
     assert planned == {o.key for o in pay + front}
-    assert plan.skipped == [(o.key, "application 'checkout' is not in the tenant's desired_logs") for o in other]
+    assert plan.skipped == [
+        (o.key, "application 'checkout' is not in desired_logs of delivery 'cloudwatch'") for o in other
+    ]
     assert set(plan.by_tenant_app) == {("acme", "payment-service"), ("acme", "FrontEnd")}
 
 
@@ -275,3 +285,109 @@ def test_objects_written_before_the_14_day_limit_are_counted_as_undeliverable() 
     )
     assert plan.undeliverable_objects == 3
     assert plan.undeliverable_fraction == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# make_plan with several deliveries per tenant
+
+
+def umbrella(**s3_extra: object) -> Tenant:
+    """CloudWatch for payment-service only, and every application to S3 (the sample tenant `umbrella`)."""
+    role = "arn:aws:iam::444444444444:role/CustomerLogDistribution-umbrella"
+    common = {"tenant_id": "umbrella", "log_distribution_role_arn": role, "target_region": "us-east-1"}
+    cw = parse_delivery(
+        {**common, "delivery_id": "cloudwatch", "type": "cloudwatch", "log_group_name": "/logs/umbrella"}
+        | {"desired_logs": ["payment-service"]}
+    )
+    s3 = parse_delivery(
+        {**common, "delivery_id": "s3-archive", "type": "s3", "bucket_name": "umbrella-logs-444444444444"}
+        | dict(s3_extra)
+    )
+    return Tenant("umbrella", (cw, s3))
+
+
+def planned_keys(plan: Plan) -> list[str]:
+    return [o.key for u in plan.units for o in u.objects]
+
+
+def test_each_delivery_has_its_own_plan() -> None:
+    pay = pod_objects("pay-1", [100, 200], tenant="umbrella")
+    chk = pod_objects("chk-1", [300], tenant="umbrella", app="checkout")
+    plan = plan_for(listing_of(pay, chk), {"umbrella": umbrella()}, events_per_byte=0.5)
+    # checkout goes to S3 only, but it goes: the object is planned.
+    assert sorted(planned_keys(plan)) == sorted(o.key for o in pay + chk)
+    assert plan.skipped == [] and plan.failed == [] and plan.settled == []
+    cw, s3 = plan.deliveries[("umbrella", "cloudwatch")], plan.deliveries[("umbrella", "s3-archive")]
+    assert (cw.type, cw.target, cw.whole_objects) == ("cloudwatch", "/logs/umbrella (us-east-1)", False)
+    assert (cw.objects, cw.bytes, cw.estimated_events) == (2, 300, 150)
+    assert cw.skipped == {"application 'checkout' is not in desired_logs of delivery 'cloudwatch'": 1}
+    assert (s3.type, s3.target, s3.whole_objects) == ("s3", "s3://umbrella-logs-444444444444/ROSA/cluster-logs/", True)
+    assert (s3.objects, s3.bytes, s3.skipped) == (3, 600, {})
+    assert s3.estimated_events == 0  # S3 takes bytes, never events
+    assert plan.has_event_deliveries
+
+
+def test_the_ledger_is_per_delivery() -> None:
+    pay = pod_objects("pay-1", [100, 200, 300], tenant="umbrella")
+    ledger = {
+        pay[0].key: frozenset({"cloudwatch", "s3-archive"}),  # done everywhere: nothing to do
+        pay[1].key: frozenset({"cloudwatch"}),  # S3 still missing
+    }
+    plan = make_plan(listing_of(pay), {"umbrella": umbrella()}, ledger, NOW - DAY, NOW, 2, NOW)
+    assert planned_keys(plan) == [pay[1].key, pay[2].key]
+    assert plan.skipped == [(pay[0].key, LEDGER_SKIP)] and plan.skipped_ledger == 1
+    cw, s3 = plan.deliveries[("umbrella", "cloudwatch")], plan.deliveries[("umbrella", "s3-archive")]
+    assert (cw.objects, cw.already_delivered) == (1, 2)
+    assert (s3.objects, s3.already_delivered) == (2, 1)
+    [settled] = plan.settled
+    assert {d.delivery_id: d.reason for d in settled.deliveries} == {
+        "cloudwatch": LEDGER_SKIP,
+        "s3-archive": LEDGER_SKIP,
+    }
+
+
+def test_s3_takes_whole_objects_written_in_the_window_cloudwatch_filters_events() -> None:
+    since, until = NOW - DAY, NOW - DAY / 2
+    before = pod_objects("pay-1", [10], start=since - timedelta(minutes=2), tenant="umbrella")  # listing slack
+    inside = pod_objects("pay-2", [20], start=since, tenant="umbrella")
+    after = pod_objects("pay-3", [30], start=until, tenant="umbrella")  # until is not in the window
+    plan = plan_for(listing_of(before, inside, after), {"umbrella": umbrella()}, since=since, until=until)
+    s3 = plan.deliveries[("umbrella", "s3-archive")]
+    assert (s3.objects, s3.skipped) == (1, {"written outside the window": 2})
+    # Events in the objects around the window can be inside it: CloudWatch still reads all three.
+    assert plan.deliveries[("umbrella", "cloudwatch")].objects == 3
+    assert sorted(planned_keys(plan)) == sorted(o.key for o in before + inside + after)
+
+
+def test_old_objects_count_against_cloudwatch_only() -> None:
+    cutoff = NOW - FOURTEEN_DAYS
+    old_pay = pod_objects("pay-1", [1, 1], start=cutoff - timedelta(hours=1), tenant="umbrella")
+    old_chk = pod_objects("chk-1", [1], start=cutoff - timedelta(hours=1), tenant="umbrella", app="checkout")
+    plan = plan_for(listing_of(old_pay, old_chk), {"umbrella": umbrella()}, since=cutoff - 2 * DAY, until=cutoff + DAY)
+    assert plan.deliveries[("umbrella", "cloudwatch")].older_than_14d == 2
+    assert plan.deliveries[("umbrella", "s3-archive")].older_than_14d == 0  # S3 has no 14-day limit
+    assert plan.undeliverable_objects == 2  # checkout goes to S3 only: nothing of it is lost
+
+
+def test_an_s3_only_tenant_has_no_event_deliveries() -> None:
+    hooli = Tenant("hooli", (replace(umbrella().deliveries[1], tenant_id="hooli", delivery_id="archive"),))
+    objs = pod_objects("api-1", [5, 6], tenant="hooli", start=NOW - FOURTEEN_DAYS - DAY)
+    plan = plan_for(listing_of(objs), {"hooli": hooli}, since=NOW - 20 * DAY, until=NOW)
+    assert not plan.has_event_deliveries
+    assert plan.undeliverable_objects == 0
+    assert plan.objects_to_deliver == 2
+
+
+def test_an_invalid_delivery_fails_its_objects_and_the_others_go_on() -> None:
+    good = umbrella().deliveries[0]  # cloudwatch, payment-service only
+    bad = InvalidDelivery("umbrella", "s3-archive", "tenant 'umbrella' delivery 's3-archive': bucket_name: missing")
+    tenant = Tenant("umbrella", (good,), (bad,))
+    pay = pod_objects("pay-1", [10], tenant="umbrella")
+    chk = pod_objects("chk-1", [20], tenant="umbrella", app="checkout")
+    plan = plan_for(listing_of(pay, chk), {"umbrella": tenant})
+    # payment-service still goes to CloudWatch (the worker reports the failed delivery with it).
+    assert planned_keys(plan) == [pay[0].key]
+    # checkout has nowhere to go but the broken delivery: it fails here, naming it.
+    assert plan.failed == [(chk[0].key, f"s3-archive: {bad.reason}")]
+    assert plan.deliveries[("umbrella", "s3-archive")].failed == {bad.reason: 2}
+    assert plan.deliveries[("umbrella", "s3-archive")].type == "?"

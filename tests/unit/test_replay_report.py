@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
 
-from pipeline.delivery import ObjectResult, Status
-from pipeline.replay.plan import LEDGER_SKIP, ObjectSpec, Plan, WorkUnit
-from pipeline.replay.report import EXIT_INTERRUPTED, INTERRUPTED, ReplayReport
+from pipeline.delivery import LEDGER_SKIP, DeliveryResult, ObjectResult, Status
+from pipeline.replay.plan import DeliveryPlan, ObjectSpec, Plan, WorkUnit
+from pipeline.replay.report import EXIT_INTERRUPTED, FAILED_DETAIL_MAX, INTERRUPTED, ReplayReport
 
 UNTIL = datetime(2024, 6, 20, 12, tzinfo=UTC)
 UTC_SINCE = UNTIL - timedelta(hours=1)
@@ -34,18 +37,30 @@ def key(tenant: str, n: int) -> str:
     return f"prod-1/{tenant}/payment-service/pay-1/20240620-11{n:04d}-{n:08d}-0000-4000-8000-000000000000.json.gz"
 
 
-def make_plan(**kw: object) -> Plan:
+def make_plan(failed: Sequence[tuple[str, str]] = (), skipped: Sequence[tuple[str, str]] = (), **kw: object) -> Plan:
+    """A plan; `failed` and `skipped` are (key, reason) of objects the plan settled itself."""
     plan = Plan(since=UTC_SINCE, until=UNTIL, objects_listed=10, list_calls=4)
     for name, value in kw.items():
         setattr(plan, name, value)
+    for k, reason in failed:
+        plan.settled.append(ObjectResult(k).fail(reason, recoverable=False))
+    for k, reason in skipped:
+        plan.settled.append(ObjectResult(k, Status.SKIPPED, reason, tenant=k.split("/")[1]))
+    assert (plan.failed, plan.skipped) == (list(failed), list(skipped))
     return plan
 
 
+# Counters each delivery carries (the object's are their totals); the rest belong to the object itself.
+PER_DELIVERY = {f.name for f in fields(DeliveryResult) if f.name.startswith(("events_", "bytes_delivered"))}
+
+
 def delivered(k: str, events: int, **counts: int) -> dict[str, object]:
+    """An object delivered to its tenant's one delivery, `cloudwatch`."""
     r = ObjectResult(k, tenant=k.split("/")[1], application="payment-service")
-    r.events_delivered = events
+    d = DeliveryResult("cloudwatch", "cloudwatch", "/logs/x (us-east-1)", events_delivered=events)
+    r.deliveries.append(d)
     for name, value in counts.items():
-        setattr(r, name, value)
+        setattr(d if name in PER_DELIVERY else r, name, value)
     return r.to_dict()
 
 
@@ -77,7 +92,9 @@ def test_failed_and_damaged_objects_are_listed_with_reasons_and_fail_the_run() -
     failed = ObjectResult(key("acme", 2), tenant="acme").fail("AccessDenied on PutLogEvents", recoverable=False)
     report.add(failed.to_dict())
     damaged = ObjectResult(key("acme", 3), Status.DAMAGED, "truncated gzip stream after 812 bytes", tenant="acme")
-    damaged.events_delivered = 4
+    damaged.deliveries.append(
+        DeliveryResult("cloudwatch", "cloudwatch", status=Status.DAMAGED, reason=damaged.reason, events_delivered=4)
+    )
     report.add(damaged.to_dict())
     doc = report.to_dict()
     assert doc["objects_failed"] == [
@@ -95,7 +112,11 @@ def test_failed_and_damaged_objects_are_listed_with_reasons_and_fail_the_run() -
 def test_plan_failures_and_skips_are_carried_into_the_report() -> None:
     plan = make_plan(
         failed=[("prod-1/acme//p/x.json.gz", "contains an empty segment")],
-        skipped=[(key("acme", 1), LEDGER_SKIP), (key("acme", 2), LEDGER_SKIP), (key("initech", 3), "disabled")],
+        skipped=[
+            (key("acme", 1), LEDGER_SKIP),
+            (key("acme", 2), LEDGER_SKIP),
+            (key("initech", 3), "delivery 'cloudwatch' of tenant 'initech' is disabled"),
+        ],
     )
     report = ReplayReport(plan)
     # A ledger skip found by a worker (delivered meanwhile by the consumer) counts the same way.
@@ -104,14 +125,18 @@ def test_plan_failures_and_skips_are_carried_into_the_report() -> None:
     doc = report.to_dict()
     assert doc["objects_failed"] == [{"key": "prod-1/acme//p/x.json.gz", "reason": "contains an empty segment"}]
     assert doc["objects_skipped_ledger"] == 3
-    assert {s["reason"] for s in doc["objects_skipped"]} == {LEDGER_SKIP, "disabled"}
+    assert {s["reason"] for s in doc["objects_skipped"]} == {
+        LEDGER_SKIP,
+        "delivery 'cloudwatch' of tenant 'initech' is disabled",
+    }
     assert doc["objects_delivered"] == 0
     assert report.exit_code == 1  # the malformed key is a failure an operator must see
 
 
 def test_skipped_objects_alone_do_not_fail_the_run() -> None:
     report = ReplayReport(make_plan(skipped=[(key("acme", 1), LEDGER_SKIP)]))
-    report.add(ObjectResult(key("acme", 2), Status.SKIPPED, "tenant 'acme' is disabled", tenant="acme").to_dict())
+    disabled = "delivery 'cloudwatch' of tenant 'acme' is disabled"
+    report.add(ObjectResult(key("acme", 2), Status.SKIPPED, disabled, tenant="acme").to_dict())
     assert report.exit_code == 0
     assert report.to_dict()["tenants"]["acme"]["objects_skipped"] == 1
 
@@ -157,3 +182,126 @@ def test_rate_and_plan_figures() -> None:
     assert doc["timeline"][-1]["events"] == 1000
     table = report.summary_table()
     assert table.splitlines()[1].split()[:4] == ["acme", "1", "0", "1000"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-delivery sections
+
+
+def umbrella_result(n: int, cw: DeliveryResult, s3: DeliveryResult, **counts: int) -> dict[str, object]:
+    r = ObjectResult(key("umbrella", n), tenant="umbrella", application="payment-service", deliveries=[cw, s3])
+    for name, value in counts.items():
+        setattr(r, name, value)
+    return r.settle().to_dict()
+
+
+def cw_result(**kw: Any) -> DeliveryResult:
+    return DeliveryResult("cloudwatch", "cloudwatch", "/logs/umbrella (us-east-1)", **kw)
+
+
+def s3_result(**kw: Any) -> DeliveryResult:
+    return DeliveryResult("s3-archive", "s3", "s3://umbrella-logs/ROSA/cluster-logs/", **kw)
+
+
+def test_each_delivery_has_its_own_section() -> None:
+    plan = make_plan(
+        deliveries={
+            ("umbrella", "cloudwatch"): DeliveryPlan(
+                "umbrella", "cloudwatch", "cloudwatch", "/logs/umbrella (us-east-1)", objects=3, older_than_14d=1
+            ),
+            ("umbrella", "s3-archive"): DeliveryPlan(
+                "umbrella", "s3-archive", "s3", "s3://umbrella-logs/ROSA/cluster-logs/", True, objects=4
+            ),
+        }
+    )
+    report = ReplayReport(plan)
+    report.add(
+        umbrella_result(
+            1,
+            cw_result(events_delivered=10, bytes_delivered=900, requests=1, events_rejected_too_old=2),
+            s3_result(bytes_delivered=400, requests=1, retries=2),
+            bytes_read=900,
+        )
+    )
+    report.add(
+        umbrella_result(
+            2,
+            cw_result(status=Status.DAMAGED, reason="truncated gzip stream", events_delivered=3),
+            s3_result(bytes_delivered=500, requests=1),
+        )
+    )
+    report.add(
+        umbrella_result(
+            3,
+            cw_result().skip("application 'checkout' is not in desired_logs of delivery 'cloudwatch'"),
+            s3_result().fail("AccessDenied writing s3://umbrella-logs/k", recoverable=False),
+        )
+    )
+    doc = report.to_dict()
+    cw, s3 = doc["deliveries"]  # sorted by (tenant, delivery)
+    assert (cw["tenant"], cw["delivery_id"], cw["type"], cw["target"]) == (
+        "umbrella",
+        "cloudwatch",
+        "cloudwatch",
+        "/logs/umbrella (us-east-1)",
+    )
+    assert (cw["objects_planned"], cw["objects_older_than_14d"]) == (3, 1)
+    assert (cw["objects_delivered"], cw["objects_damaged"], cw["objects_failed_count"]) == (2, 1, 0)
+    assert cw["objects_skipped"] == {"application 'checkout' is not in desired_logs of delivery 'cloudwatch'": 1}
+    assert (cw["events_delivered"], cw["events_rejected_too_old"], cw["bytes_delivered"]) == (13, 2, 900)
+    assert (s3["delivery_id"], s3["type"], s3["objects_planned"]) == ("s3-archive", "s3", 4)
+    assert (s3["objects_delivered"], s3["objects_failed_count"]) == (2, 1)
+    assert s3["objects_failed"] == [{"key": key("umbrella", 3), "reason": "AccessDenied writing s3://umbrella-logs/k"}]
+    assert (s3["bytes_delivered"], s3["requests"], s3["retries"], s3["events_delivered"]) == (900, 2, 2, 0)
+    # The totals: bytes delivered over every delivery, next to the bytes read once per object.
+    assert doc["bytes_delivered"] == 1800 and doc["bytes_read"] == 900
+    assert doc["tenants"]["umbrella"]["bytes_delivered"] == 1800
+    assert doc["events_delivered"] == 13
+    assert orjson.loads(orjson.dumps(doc))["deliveries"][1]["objects_failed_count"] == 1
+    table = report.deliveries_table().splitlines()
+    assert table[0].split() == [
+        "tenant",
+        "delivery",
+        "type",
+        "objects",
+        "failed",
+        "skipped",
+        "events",
+        "MiB",
+        "too_old",
+    ]
+    assert table[1].split() == ["umbrella", "cloudwatch", "cloudwatch", "2", "0", "1", "13", "0.0", "2"]
+    assert table[2].split() == ["umbrella", "s3-archive", "s3", "2", "1", "0", "0", "0.0", "0"]
+
+
+def test_objects_the_plan_settled_count_in_their_deliveries_sections() -> None:
+    settled = ObjectResult(
+        key("umbrella", 1),
+        tenant="umbrella",
+        deliveries=[
+            cw_result().skip(LEDGER_SKIP),
+            s3_result().skip("written outside the window"),
+        ],
+    ).settle()
+    plan = make_plan()
+    plan.settled.append(settled)
+    doc = ReplayReport(plan).to_dict()
+    sections = {d["delivery_id"]: d for d in doc["deliveries"]}
+    assert sections["cloudwatch"]["objects_skipped"] == {LEDGER_SKIP: 1}
+    assert sections["s3-archive"]["objects_skipped"] == {"written outside the window": 1}
+    # Every delivery that takes the object has it: the object counts as a ledger skip.
+    assert doc["objects_skipped"] == [{"key": key("umbrella", 1), "reason": LEDGER_SKIP}]
+    assert doc["objects_skipped_ledger"] == 1
+    # Settled by the plan: counted in the sections and listed, but not as work a tenant's worker did.
+    assert doc["tenants"] == {}
+
+
+def test_failures_listed_per_delivery_are_bounded_but_all_counted() -> None:
+    report = ReplayReport(make_plan())
+    n = FAILED_DETAIL_MAX + 25
+    for i in range(n):
+        report.add(umbrella_result(i, cw_result(), s3_result().fail("SlowDown", recoverable=True)))
+    s3 = {d["delivery_id"]: d for d in report.to_dict()["deliveries"]}["s3-archive"]
+    assert s3["objects_failed_count"] == n
+    assert len(s3["objects_failed"]) == FAILED_DETAIL_MAX
+    assert len(report.to_dict()["objects_failed"]) == n  # the run's own list names every object

@@ -1,47 +1,101 @@
-"""Tenant configuration (CONTRACTS.md §3): schema validation, and the TTL cache against the local DynamoDB."""
+"""Tenants and their deliveries (CONTRACTS.md §3): item validation, both table shapes, the TTL cache.
+
+`parse_delivery` is checked against the contract's table of fields; `delivery_item` is checked as its
+inverse with generated deliveries; `TenantDirectory` runs against the local DynamoDB, for a v2 table (what
+`provision` creates) and a v1 table (hash key `tenant_id` only).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import string
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from boto3.dynamodb.types import TypeSerializer
+from botocore.exceptions import ClientError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from pipeline.local.provision import LocalEnvironment
-from pipeline.tenants import TenantConfigError, TenantDirectory, validate
+from pipeline.delivery import Routing
+from pipeline.keys import parse_key
+from pipeline.local.provision import SAMPLE_TENANTS, LocalEnvironment, create_tenant_table
+from pipeline.sinks import sink_plan, traits_of
+from pipeline.tenants import (
+    DEFAULT_BUCKET_PREFIX,
+    V1_DELIVERY_ID,
+    Delivery,
+    DeliveryType,
+    InvalidDelivery,
+    TableSchema,
+    Tenant,
+    TenantConfigError,
+    TenantDirectory,
+    delivery_item,
+    deserialize,
+    parse_delivery,
+    table_schema,
+)
 
+ROLE = "arn:aws:iam::111111111111:role/CustomerLogDistribution-acme"
 GOOD: dict[str, Any] = {
     "tenant_id": "acme",
-    "log_distribution_role_arn": "arn:aws:iam::111111111111:role/CustomerLogDistribution-acme",
+    "delivery_id": "cloudwatch",
+    "type": "cloudwatch",
+    "log_distribution_role_arn": ROLE,
     "log_group_name": "/logs/acme",
     "target_region": "us-east-1",
 }
-
-
-def item(**changes: Any) -> dict[str, Any]:
-    out = {**GOOD, **changes}
-    return {k: v for k, v in out.items() if v is not _DROP}
-
+V1_GOOD: dict[str, Any] = {k: v for k, v in GOOD.items() if k not in ("delivery_id", "type")}
+S3_GOOD: dict[str, Any] = {
+    "tenant_id": "acme",
+    "delivery_id": "s3-archive",
+    "type": "s3",
+    "log_distribution_role_arn": ROLE,
+    "target_region": "eu-west-1",
+    "bucket_name": "acme-logs-111111111111",
+}
 
 _DROP = object()
 
 
+def item(base: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
+    out = {**(GOOD if base is None else base), **changes}
+    return {k: v for k, v in out.items() if v is not _DROP}
+
+
+def validate(raw: dict[str, Any]) -> Delivery:
+    return parse_delivery(raw)
+
+
+def bad_fields(raw: dict[str, Any], schema: TableSchema = TableSchema.V2) -> dict[str, str]:
+    with pytest.raises(TenantConfigError) as info:
+        parse_delivery(raw, schema)
+    assert info.value.recoverable is False
+    assert "\n" not in info.value.reason  # one line
+    return info.value.fields
+
+
 # ---------------------------------------------------------------------------------------------------------
-# validate()
+# parse_delivery(): the fields every delivery has
 # ---------------------------------------------------------------------------------------------------------
 
 
 def test_minimal_config_defaults() -> None:
     cfg = validate(GOOD)
     assert cfg.tenant_id == "acme"
+    assert (cfg.delivery_id, cfg.type) == ("cloudwatch", DeliveryType.CLOUDWATCH)
     assert cfg.role_arn == GOOD["log_distribution_role_arn"]
     assert cfg.log_group == "/logs/acme"
     assert cfg.region == "us-east-1"
     assert cfg.enabled is True  # default
     assert cfg.desired_logs is None  # default: all applications
+    assert cfg.clusters is None  # default: all clusters
+    assert cfg.external_id is None  # default: the central account id, filled in by the broker
     assert cfg.wants("anything") and cfg.wants("Payment-Service")
     assert cfg.account_id == "111111111111"
+    assert cfg.target == "/logs/acme (us-east-1)"
 
 
 def test_full_config() -> None:
@@ -76,12 +130,16 @@ def test_empty_desired_logs_wants_nothing() -> None:
     "arn",
     [
         "arn:aws:iam::111111111111:role/with/path/R+=,.@-_1",
+        "arn:aws:iam::111111111111:role/logging/CustomerLogDistribution-x",  # the contract's own example
+        "arn:aws:iam::111111111111:role/a/b/c/d/CustomerLogDistribution-acme",
         "arn:aws-us-gov:iam::111111111111:role/R",
         "arn:aws-cn:iam::111111111111:role/R",
     ],
 )
 def test_role_arns_accepted(arn: str) -> None:
-    assert validate(item(log_distribution_role_arn=arn)).role_arn == arn
+    d = validate(item(log_distribution_role_arn=arn))
+    assert d.role_arn == arn
+    assert d.account_id == "111111111111"  # an IAM path does not move the account field
 
 
 @pytest.mark.parametrize("region", ["us-east-1", "eu-west-1", "ap-southeast-2", "us-gov-west-1", "eu-central-2"])
@@ -92,12 +150,12 @@ def test_regions_accepted(region: str) -> None:
 @pytest.mark.parametrize(
     ("changes", "fragment"),
     [
-        ({"tenant_id": _DROP}, "tenant id"),
-        ({"tenant_id": "Acme"}, "tenant id"),
-        ({"tenant_id": "-acme"}, "tenant id"),
-        ({"tenant_id": "a" * 64}, "tenant id"),
-        ({"tenant_id": "acme\n"}, "tenant id"),
-        ({"tenant_id": 7}, "tenant id"),
+        ({"tenant_id": _DROP}, "tenant_id"),
+        ({"tenant_id": "Acme"}, "tenant_id"),
+        ({"tenant_id": "-acme"}, "tenant_id"),
+        ({"tenant_id": "a" * 64}, "tenant_id"),
+        ({"tenant_id": "acme\n"}, "tenant_id"),
+        ({"tenant_id": 7}, "tenant_id"),
         ({"log_distribution_role_arn": _DROP}, "log_distribution_role_arn"),
         ({"log_group_name": _DROP}, "log_group_name"),
         ({"target_region": _DROP}, "target_region"),
@@ -120,18 +178,345 @@ def test_regions_accepted(region: str) -> None:
         ({"desired_logs": Decimal(5)}, "desired_logs"),
         ({"desired_logs": ["api", 3]}, "desired_logs"),
         ({"desired_logs": {"app": "api"}}, "desired_logs"),
+        ({"clusters": 5}, "clusters"),
+        ({"clusters": ["prod-1", "bad cluster"]}, "clusters"),
+        ({"clusters": ["../x"]}, "clusters"),
+        ({"external_id": ""}, "external_id"),
+        ({"external_id": "x"}, "external_id"),  # STS wants at least 2 characters
+        ({"external_id": "has space"}, "external_id"),
+        ({"external_id": 123456789012}, "external_id"),
+        ({"delivery_id": _DROP}, "delivery_id"),
+        ({"delivery_id": "CloudWatch"}, "delivery_id"),
+        ({"delivery_id": "-cw"}, "delivery_id"),
+        ({"delivery_id": "a" * 64}, "delivery_id"),
     ],
 )
 def test_invalid_configs_raise_a_clear_error(changes: dict[str, Any], fragment: str) -> None:
     with pytest.raises(TenantConfigError) as info:
         validate(item(**changes))
     assert fragment in str(info.value)
+    assert fragment in info.value.fields
     assert info.value.recoverable is False
 
 
 def test_enabled_as_an_unambiguous_string() -> None:
     assert validate(item(enabled="false")).enabled is False
     assert validate(item(enabled="True")).enabled is True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# parse_delivery(): the two table shapes and the two types
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_v1_item_is_the_cloudwatch_delivery() -> None:
+    d = parse_delivery(V1_GOOD, TableSchema.V1)
+    assert (d.tenant_id, d.delivery_id, d.type) == ("acme", V1_DELIVERY_ID, DeliveryType.CLOUDWATCH)
+    assert d.delivery_id == "cloudwatch"
+    assert (d.role_arn, d.log_group, d.region) == (ROLE, "/logs/acme", "us-east-1")
+    # Whatever else a v1 item holds, it is the one CloudWatch delivery.
+    assert parse_delivery({**V1_GOOD, "delivery_id": "other", "type": "s3"}, TableSchema.V1) == d
+
+
+def test_a_v1_item_without_a_log_group_names_it() -> None:
+    fields = bad_fields(item(V1_GOOD, log_group_name=_DROP), TableSchema.V1)
+    assert set(fields) == {"log_group_name"}
+
+
+def test_a_v1_error_names_the_tenant_only() -> None:
+    with pytest.raises(TenantConfigError) as info:
+        parse_delivery(item(V1_GOOD, target_region="mars"), TableSchema.V1)
+    assert info.value.reason.startswith("tenant 'acme': ")
+    assert "delivery" not in info.value.reason
+
+
+def test_a_v2_error_names_the_tenant_and_the_delivery() -> None:
+    with pytest.raises(TenantConfigError) as info:
+        parse_delivery(item(target_region="mars"))
+    assert info.value.reason.startswith("tenant 'acme' delivery 'cloudwatch': ")
+    assert "target_region" in info.value.reason
+
+
+def test_v2_cloudwatch_delivery() -> None:
+    d = parse_delivery(item(delivery_id="cw-eu", target_region="eu-west-1"))
+    assert (d.delivery_id, d.type, d.log_group, d.region) == (
+        "cw-eu",
+        DeliveryType.CLOUDWATCH,
+        "/logs/acme",
+        "eu-west-1",
+    )
+    assert (d.bucket, d.bucket_prefix, d.kms_key_arn) == ("", "", "")
+
+
+def test_v2_s3_delivery_with_defaults() -> None:
+    d = parse_delivery(S3_GOOD)
+    assert (d.delivery_id, d.type) == ("s3-archive", DeliveryType.S3)
+    assert d.bucket == "acme-logs-111111111111"
+    assert d.bucket_prefix == DEFAULT_BUCKET_PREFIX == "ROSA/cluster-logs/"
+    assert d.kms_key_arn == ""  # the bucket's own default encryption
+    assert d.log_group == ""
+    assert d.target == "s3://acme-logs-111111111111/ROSA/cluster-logs/"
+    assert d.account_id == "111111111111"
+
+
+def test_v2_s3_delivery_with_every_field() -> None:
+    kms = "arn:aws:kms:eu-west-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    d = parse_delivery(
+        {
+            **S3_GOOD,
+            "bucket_prefix": "logs/rosa/",
+            "kms_key_arn": kms,
+            "desired_logs": ["API"],
+            "clusters": ["prod-1", "Prod-2"],
+            "external_id": "tenant-acme-7f3a",
+            "enabled": False,
+            "created_at": "2024-06-01T00:00:00Z",
+            "updated_at": "2024-06-02T00:00:00Z",
+        }
+    )
+    assert (d.bucket_prefix, d.kms_key_arn) == ("logs/rosa/", kms)
+    assert d.desired_logs == frozenset({"api"})
+    assert d.clusters == frozenset({"prod-1", "Prod-2"})  # cluster ids keep their case
+    assert d.external_id == "tenant-acme-7f3a"
+    assert d.enabled is False
+    assert (d.created_at, d.updated_at) == ("2024-06-01T00:00:00Z", "2024-06-02T00:00:00Z")
+
+
+def test_an_empty_bucket_prefix_is_the_bucket_root() -> None:
+    assert parse_delivery({**S3_GOOD, "bucket_prefix": ""}).bucket_prefix == ""
+
+
+def test_s3_delivery_without_bucket_name() -> None:
+    fields = bad_fields(item(S3_GOOD, bucket_name=_DROP))
+    assert set(fields) == {"bucket_name"}
+    assert "missing" in fields["bucket_name"]
+
+
+@pytest.mark.parametrize(
+    "prefix", ["ROSA/cluster-logs", "logs", "/logs/", "a//b/", "a/../b/", "./", "x" * 600 + "/", 5]
+)
+def test_bad_bucket_prefixes(prefix: Any) -> None:
+    assert set(bad_fields({**S3_GOOD, "bucket_prefix": prefix})) == {"bucket_prefix"}
+
+
+def test_bucket_prefix_must_end_with_a_slash() -> None:
+    fields = bad_fields({**S3_GOOD, "bucket_prefix": "ROSA/cluster-logs"})
+    assert "must end with '/'" in fields["bucket_prefix"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("bucket_name", "Upper-Case"),
+        ("bucket_name", "ab"),
+        ("bucket_name", "has_underscore"),
+        ("kms_key_arn", "not-an-arn"),
+        ("kms_key_arn", "arn:aws:kms:eu-west-1:1111:key/x"),
+    ],
+)
+def test_bad_s3_fields(field: str, value: str) -> None:
+    assert set(bad_fields({**S3_GOOD, field: value})) == {field}
+
+
+def test_unknown_type() -> None:
+    fields = bad_fields(item(type="kinesis"))
+    assert set(fields) == {"type"}
+    assert "unknown type 'kinesis'" in fields["type"]
+
+
+def test_a_v2_item_without_type() -> None:
+    fields = bad_fields(item(type=_DROP))
+    assert set(fields) == {"type"}
+    assert "missing" in fields["type"]
+
+
+def test_a_cloudwatch_delivery_does_not_need_a_bucket_nor_an_s3_one_a_log_group() -> None:
+    assert parse_delivery(GOOD).bucket == ""
+    assert parse_delivery(S3_GOOD).log_group == ""
+    assert set(bad_fields(item(S3_GOOD, type="cloudwatch"))) == {"log_group_name"}
+    assert set(bad_fields(item(GOOD, type="s3"))) == {"bucket_name"}
+
+
+def test_every_bad_field_is_named_at_once() -> None:
+    raw = {
+        "tenant_id": "Not_A_Namespace",
+        "delivery_id": "Bad Id",
+        "type": "s3",
+        "log_distribution_role_arn": "arn:aws:iam::1:role/x",
+        "target_region": "mars",
+        "enabled": "maybe",
+        "desired_logs": 7,
+        "clusters": ["ok", "not ok"],
+        "external_id": "x",
+        "bucket_name": "Bad_Bucket",
+        "bucket_prefix": "no-slash",
+        "kms_key_arn": "arn:nope",
+    }
+    with pytest.raises(TenantConfigError) as info:
+        parse_delivery(raw)
+    fields = info.value.fields
+    assert set(fields) == {
+        "tenant_id",
+        "delivery_id",
+        "log_distribution_role_arn",
+        "target_region",
+        "enabled",
+        "desired_logs",
+        "clusters",
+        "external_id",
+        "bucket_name",
+        "bucket_prefix",
+        "kms_key_arn",
+    }
+    assert all(problem for problem in fields.values())
+    # The one-line reason carries each of them too.
+    for name in fields:
+        assert f"{name}: " in info.value.reason
+    assert "\n" not in info.value.reason
+
+
+def test_every_missing_required_field_is_named_at_once() -> None:
+    fields = bad_fields({"tenant_id": "acme", "delivery_id": "cw", "type": "cloudwatch"})
+    assert set(fields) == {"log_distribution_role_arn", "target_region", "log_group_name"}
+    fields = bad_fields({"tenant_id": "acme", "delivery_id": "s3", "type": "s3"})
+    assert set(fields) == {"log_distribution_role_arn", "target_region", "bucket_name"}
+
+
+def test_clusters_and_external_id() -> None:
+    d = parse_delivery(item(clusters=["prod-1", "stage.eu-2"], external_id="arn:aws:iam::1:root/x=y,z@w"))
+    assert d.clusters == frozenset({"prod-1", "stage.eu-2"})
+    assert d.external_id == "arn:aws:iam::1:root/x=y,z@w"
+    # As a DynamoDB string set, and as a single string.
+    assert parse_delivery(item(clusters={"prod-1"})).clusters == frozenset({"prod-1"})
+    assert parse_delivery(item(clusters="prod-1")).clusters == frozenset({"prod-1"})
+    # An explicit empty list takes no cluster at all; a missing one takes every cluster.
+    assert parse_delivery(item(clusters=[])).clusters == frozenset()
+
+
+KEY = "prod-1/acme/payment-service/pay-1/20240620-110000-00000000-0000-4000-8000-000000000000.json.gz"
+
+
+def test_skip_reason_names_the_delivery() -> None:
+    parsed = parse_key(KEY)
+    assert validate(GOOD).skip_reason(parsed) == ""
+    assert validate(item(enabled=False)).skip_reason(parsed) == "delivery 'cloudwatch' of tenant 'acme' is disabled"
+    assert (
+        validate(item(desired_logs=["checkout"])).skip_reason(parsed)
+        == "application 'payment-service' is not in desired_logs of delivery 'cloudwatch'"
+    )
+    assert (
+        validate(item(clusters=["prod-2"])).skip_reason(parsed)
+        == "cluster 'prod-1' is not in clusters of delivery 'cloudwatch'"
+    )
+    assert validate(item(clusters=["prod-1"], desired_logs=["Payment-Service"])).skip_reason(parsed) == ""
+    # Cluster ids are compared exactly: they are not case-insensitive names like applications.
+    assert validate(item(clusters=["PROD-1"])).skip_reason(parsed) != ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# delivery_item(): the inverse of parse_delivery
+# ---------------------------------------------------------------------------------------------------------
+
+LOWER = string.ascii_lowercase + string.digits
+NAME = string.ascii_letters + string.digits
+
+
+@st.composite
+def labels(draw: st.DrawFn, first: str, rest: str, max_rest: int, last: str | None = None, min_rest: int = 0) -> str:
+    head = draw(st.sampled_from(first))
+    body = draw(st.text(rest, min_size=min_rest, max_size=max_rest))
+    tail = draw(st.sampled_from(last)) if last is not None else ""
+    return head + body + tail
+
+
+tenant_ids = st.one_of(st.text(LOWER, min_size=1, max_size=1), labels(LOWER, LOWER + "-", 40, LOWER))
+delivery_ids = labels(LOWER, LOWER + "-", 62)
+cluster_ids = st.one_of(st.text(NAME, min_size=1, max_size=1), labels(NAME, NAME + "-_.", 30, NAME))
+app_names = st.text(LOWER + "-_.", min_size=1, max_size=20).filter(lambda s: s.strip() == s)
+role_arns = st.builds(
+    lambda partition, account, path, name: f"arn:{partition}:iam::{account}:role/{path}{name}",
+    st.sampled_from(["aws", "aws-cn", "aws-us-gov"]),
+    st.text(string.digits, min_size=12, max_size=12),
+    st.sampled_from(["", "logging/", "a/b/c/"]),
+    st.text(NAME + "+=,.@-_", min_size=1, max_size=40),
+)
+regions = st.sampled_from(["us-east-1", "eu-west-1", "ap-southeast-2", "us-gov-west-1", "eu-central-2"])
+names_or_all = st.one_of(st.none(), st.frozensets(app_names, max_size=4))
+clusters_or_all = st.one_of(st.none(), st.frozensets(cluster_ids, max_size=4))
+external_ids = st.one_of(st.none(), st.text(NAME + "_+=,.@:/-", min_size=2, max_size=60))
+stamps = st.sampled_from(["", "2024-06-01T00:00:00Z", "2024-06-01T12:34:56.789+00:00"])
+log_groups = st.text(NAME + "_-/.#", min_size=1, max_size=60)
+buckets = labels(LOWER, LOWER + ".-", 30, LOWER, min_rest=1)
+prefixes = st.one_of(
+    st.just(""),
+    st.just(DEFAULT_BUCKET_PREFIX),
+    st.lists(st.text(NAME + "-_", min_size=1, max_size=10), min_size=1, max_size=4).map(lambda p: "/".join(p) + "/"),
+)
+kms_keys = st.one_of(
+    st.just(""),
+    st.builds(
+        lambda region, account, kind, ident: f"arn:aws:kms:{region}:{account}:{kind}/{ident}",
+        regions,
+        st.text(string.digits, min_size=12, max_size=12),
+        st.sampled_from(["key", "alias"]),
+        st.text(NAME + "-_/", min_size=1, max_size=36),
+    ),
+)
+
+
+@st.composite
+def deliveries(draw: st.DrawFn, kinds: tuple[DeliveryType, ...] = tuple(DeliveryType)) -> Delivery:
+    kind = draw(st.sampled_from(kinds))
+    common: dict[str, Any] = {
+        "tenant_id": draw(tenant_ids),
+        "delivery_id": draw(delivery_ids),
+        "type": kind,
+        "role_arn": draw(role_arns),
+        "region": draw(regions),
+        "enabled": draw(st.booleans()),
+        "desired_logs": draw(names_or_all),
+        "clusters": draw(clusters_or_all),
+        "external_id": draw(external_ids),
+        "created_at": draw(stamps),
+        "updated_at": draw(stamps),
+    }
+    if kind is DeliveryType.CLOUDWATCH:
+        return Delivery(**common, log_group=draw(log_groups))
+    return Delivery(**common, bucket=draw(buckets), bucket_prefix=draw(prefixes), kms_key_arn=draw(kms_keys))
+
+
+PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPS
+@given(d=deliveries())
+def test_delivery_item_round_trips(d: Delivery) -> None:
+    assert parse_delivery(delivery_item(d)) == d
+
+
+@PROPS
+@given(d=deliveries())
+def test_delivery_item_round_trips_through_dynamodb_types(d: Delivery) -> None:
+    """As stored: serialized to DynamoDB's wire types and back (lists stay lists, sets come back as sets)."""
+    ser = TypeSerializer()
+    stored = {k: ser.serialize(v) for k, v in delivery_item(d).items()}
+    assert parse_delivery(deserialize(stored)) == d
+
+
+@PROPS
+@given(d=deliveries(kinds=(DeliveryType.CLOUDWATCH,)))
+def test_a_cloudwatch_delivery_round_trips_through_a_v1_item(d: Delivery) -> None:
+    d = dataclasses.replace(d, delivery_id=V1_DELIVERY_ID)
+    raw = delivery_item(d, TableSchema.V1)
+    assert "delivery_id" not in raw and "type" not in raw
+    assert parse_delivery(raw, TableSchema.V1) == d
+
+
+def test_delivery_item_of_the_sample_items() -> None:
+    for t in SAMPLE_TENANTS:
+        for raw in t.delivery_items():
+            d = parse_delivery(raw)
+            assert parse_delivery(delivery_item(d)) == d
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -147,31 +532,108 @@ class FakeClock:
         return self.t
 
 
-def put_tenant(local: LocalEnvironment, raw: dict[str, Any]) -> None:
+def put_item(local: LocalEnvironment, raw: dict[str, Any], table: str | None = None) -> None:
     ser = TypeSerializer()
     local.client("dynamodb").put_item(
-        TableName=local.names.tenant_table, Item={k: ser.serialize(v) for k, v in raw.items()}
+        TableName=table or local.names.tenant_table, Item={k: ser.serialize(v) for k, v in raw.items()}
     )
 
 
-def directory(local: LocalEnvironment, clock: FakeClock, ttl: float = 60.0) -> TenantDirectory:
-    return TenantDirectory(local.names.tenant_table, ttl_s=ttl, clock=clock)
+def directory(
+    local: LocalEnvironment, clock: FakeClock, ttl: float = 60.0, table: str | None = None
+) -> TenantDirectory:
+    return TenantDirectory(table or local.names.tenant_table, ttl_s=ttl, clock=clock)
+
+
+def only(tenant: Tenant, delivery_id: str = V1_DELIVERY_ID) -> Delivery:
+    return next(d for d in tenant.deliveries if d.delivery_id == delivery_id)
 
 
 @pytest.mark.integration
 def test_sample_tenants_load(local_aws: LocalEnvironment) -> None:
     d = directory(local_aws, FakeClock())
-    acme = d.get("acme")
+    assert d.schema is TableSchema.V2
+    acme = only(d.get("acme"))
     assert acme.role_arn == "arn:aws:iam::111111111111:role/CustomerLogDistribution-acme"
     assert acme.enabled and acme.desired_logs is None
-    globex = d.get("globex")
+    globex = only(d.get("globex"))
     assert globex.region == "eu-west-1"
     assert globex.wants("payment-service") and globex.wants("FRONTEND") and not globex.wants("backend")
-    assert d.get("initech").enabled is False
+    assert only(d.get("initech")).enabled is False
+    assert d.get("initech").enabled is False  # no delivery of it can take anything
     # desired_logs written as a DynamoDB string set (SS) rather than a list (L)
-    put_tenant(local_aws, {**GOOD, "tenant_id": "ss", "desired_logs": {"API", "Web"}})
-    cfg = d.get("ss")
+    put_item(local_aws, {**GOOD, "tenant_id": "ss", "desired_logs": {"API", "Web"}})
+    cfg = only(d.get("ss"))
     assert cfg.wants("api") and cfg.wants("web") and not cfg.wants("db")
+
+
+@pytest.mark.integration
+def test_a_tenant_with_two_deliveries_of_two_types(local_aws: LocalEnvironment) -> None:
+    d = directory(local_aws, FakeClock())
+    umbrella = d.get("umbrella")
+    assert umbrella.delivery_ids == ("cloudwatch", "s3-archive")
+    assert umbrella.invalid == ()
+    cw, s3 = only(umbrella, "cloudwatch"), only(umbrella, "s3-archive")
+    assert cw.type is DeliveryType.CLOUDWATCH and cw.desired_logs == frozenset({"payment-service"})
+    assert s3.type is DeliveryType.S3 and s3.desired_logs is None
+    assert s3.bucket == local_aws.tenant("umbrella").bucket and s3.bucket_prefix == DEFAULT_BUCKET_PREFIX
+    hooli = d.get("hooli")
+    assert [(x.delivery_id, x.type) for x in hooli.deliveries] == [("archive", DeliveryType.S3)]
+    assert d.lookups == 2  # one Query per tenant, however many deliveries it has
+
+
+@pytest.mark.integration
+def test_a_v1_table_reads_as_one_cloudwatch_delivery_per_tenant(local_aws: LocalEnvironment) -> None:
+    table = "tenant-configs-v1"
+    create_tenant_table(local_aws.client("dynamodb"), table, TableSchema.V1)
+    for t in SAMPLE_TENANTS:
+        if t.cloudwatch:
+            put_item(local_aws, t.config_item(), table)
+    d = directory(local_aws, FakeClock(), table=table)
+    assert d.schema is TableSchema.V1
+    assert table_schema(local_aws.client("dynamodb"), table) is TableSchema.V1
+    acme = d.get("acme")
+    assert acme.delivery_ids == ("cloudwatch",)
+    cw = only(acme)
+    assert cw.type is DeliveryType.CLOUDWATCH
+    assert (cw.log_group, cw.region, cw.role_arn) == ("/logs/acme", "us-east-1", local_aws.tenant("acme").role_arn)
+    # The same deliveries as the v2 table holds for the same tenants.
+    v2 = directory(local_aws, FakeClock())
+    for t in SAMPLE_TENANTS:
+        if t.cloudwatch:
+            assert only(d.get(t.tenant_id)) == only(v2.get(t.tenant_id))
+    with pytest.raises(TenantConfigError, match="unknown tenant 'hooli'"):
+        d.get("hooli")  # S3 only: nothing in a v1 table
+    # A bad v1 item is the invalid delivery `cloudwatch`.
+    put_item(local_aws, {**V1_GOOD, "tenant_id": "bad", "target_region": "moon"}, table)
+    bad = d.get("bad")
+    assert bad.deliveries == ()
+    assert [(i.tenant_id, i.delivery_id) for i in bad.invalid] == [("bad", "cloudwatch")]
+    assert "target_region" in bad.invalid[0].reason
+
+
+@pytest.mark.integration
+def test_table_schema_refuses_a_table_of_neither_shape(local_aws: LocalEnvironment) -> None:
+    ddb = local_aws.client("dynamodb")
+    assert table_schema(ddb, local_aws.names.tenant_table) is TableSchema.V2
+    with pytest.raises(TenantConfigError, match="neither tenant v1 nor v2"):
+        table_schema(ddb, local_aws.names.ledger_table)  # range key object_key
+
+
+@pytest.mark.integration
+def test_tenants_items_and_tenant_ids(local_aws: LocalEnvironment) -> None:
+    put_item(local_aws, {**GOOD, "tenant_id": "broken", "delivery_id": "cw", "target_region": "moon"})
+    d = directory(local_aws, FakeClock())
+    tenants = {t.tenant_id: t for t in d.tenants()}
+    assert list(tenants) == sorted(tenants)
+    assert set(tenants) == {t.tenant_id for t in SAMPLE_TENANTS} | {"broken"}
+    assert tenants["umbrella"].delivery_ids == ("cloudwatch", "s3-archive")
+    assert tenants["broken"].invalid[0].delivery_id == "cw"
+    # Every tenant that could take objects, and the invalid one so its failures are reported; not initech.
+    assert d.tenant_ids() == sorted(({t.tenant_id for t in SAMPLE_TENANTS} - {"initech"}) | {"broken"})
+    items = list(d.items())
+    assert len(items) == sum(len(t.delivery_items()) for t in SAMPLE_TENANTS) + 1
+    assert {(i["tenant_id"], i["delivery_id"]) for i in items} >= {("umbrella", "s3-archive"), ("hooli", "archive")}
 
 
 @pytest.mark.integration
@@ -190,10 +652,10 @@ def test_hits_are_cached_for_the_ttl_then_reloaded(local_aws: LocalEnvironment) 
     d.get("globex")
     assert d.lookups == 3
     # A config change shows once the TTL has passed, not before.
-    put_tenant(local_aws, {**local_aws.tenant("acme").config_item(), "enabled": False})
-    assert d.get("acme").enabled, "served from the cache until the TTL passes"
+    put_item(local_aws, {**local_aws.tenant("acme").delivery_items()[0], "enabled": False})
+    assert only(d.get("acme")).enabled, "served from the cache until the TTL passes"
     clock.t += 60
-    assert d.get("acme").enabled is False
+    assert only(d.get("acme")).enabled is False
     assert d.lookups == 4
 
 
@@ -202,15 +664,15 @@ def test_misses_are_cached_too(local_aws: LocalEnvironment) -> None:
     clock = FakeClock()
     d = directory(local_aws, clock, ttl=60)
     for _ in range(50):
-        with pytest.raises(TenantConfigError, match="unknown tenant 'hooli'"):
-            d.get("hooli")
+        with pytest.raises(TenantConfigError, match="unknown tenant 'wayne'"):
+            d.get("wayne")
     assert d.lookups == 1
-    put_tenant(local_aws, {**GOOD, "tenant_id": "hooli"})
+    put_item(local_aws, {**GOOD, "tenant_id": "wayne"})
     with pytest.raises(TenantConfigError):
-        d.get("hooli")  # still the cached miss
+        d.get("wayne")  # still the cached miss
     assert d.lookups == 1
     clock.t += 61
-    assert d.get("hooli").tenant_id == "hooli"
+    assert d.get("wayne").tenant_id == "wayne"
     assert d.lookups == 2
 
 
@@ -228,7 +690,7 @@ def test_cached_miss_does_not_grow_without_bound(local_aws: LocalEnvironment) ->
     lengths = []
     for _ in range(30):
         try:
-            d.get("hooli")
+            d.get("wayne")
         except TenantConfigError as exc:
             lengths.append(tb_len(exc))
     assert d.lookups == 1
@@ -241,17 +703,105 @@ BAD_STORED = [
     ({**GOOD, "tenant_id": "bad3", "log_distribution_role_arn": "arn:aws:iam::1:role/x"}, "role"),
     ({k: v for k, v in GOOD.items() if k != "log_group_name"} | {"tenant_id": "bad4"}, "log_group_name"),
     ({**GOOD, "tenant_id": "bad5", "target_region": "moon-1"}, "target_region"),
+    ({**GOOD, "tenant_id": "bad6", "type": "kinesis"}, "unknown type"),
+    ({k: v for k, v in GOOD.items() if k != "type"} | {"tenant_id": "bad7"}, "type"),
 ]
+ROUTING = Routing({kind: traits_of(name) for kind, name in sink_plan("cloudwatch").items()})
 
 
 @pytest.mark.integration
 def test_invalid_stored_config_is_a_cached_non_recoverable_error(local_aws: LocalEnvironment) -> None:
     for raw, _ in BAD_STORED:
-        put_tenant(local_aws, raw)
+        put_item(local_aws, raw)
     d = directory(local_aws, FakeClock())
     for raw, fragment in BAD_STORED:
         for _ in range(3):
-            with pytest.raises(TenantConfigError, match=fragment) as info:
-                d.get(raw["tenant_id"])
-            assert info.value.recoverable is False
+            tenant = d.get(raw["tenant_id"])
+            assert tenant.deliveries == ()
+            assert tenant.invalid == (InvalidDelivery(raw["tenant_id"], "cloudwatch", tenant.invalid[0].reason),)
+            assert fragment in tenant.invalid[0].reason
+            # Its objects fail for that delivery, for good: a retry cannot fix a config.
+            parsed = parse_key(KEY.replace("/acme/", f"/{raw['tenant_id']}/"))
+            results, todo = ROUTING.route(tenant, parsed, None, lambda: frozenset())
+            assert todo == []
+            assert [(r.delivery_id, r.status, r.recoverable) for r in results] == [("cloudwatch", "failed", False)]
+            assert fragment in results[0].reason
+        with pytest.raises(TenantConfigError) as info:
+            parse_delivery(raw)
+        assert info.value.recoverable is False
     assert d.lookups == len(BAD_STORED)
+
+
+@pytest.mark.integration
+def test_one_invalid_delivery_leaves_the_others_of_the_tenant_alone(local_aws: LocalEnvironment) -> None:
+    put_item(local_aws, {**S3_GOOD, "tenant_id": "acme", "delivery_id": "s3-bad", "bucket_prefix": "nope"})
+    acme = directory(local_aws, FakeClock()).get("acme")
+    assert [x.delivery_id for x in acme.deliveries] == ["cloudwatch"]
+    assert [x.delivery_id for x in acme.invalid] == ["s3-bad"]
+    assert "bucket_prefix" in acme.invalid[0].reason
+    assert acme.delivery_ids == ("cloudwatch", "s3-bad")
+    assert acme.enabled
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TenantDirectory's reads, with a scripted client
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ScriptedDdb:
+    """DescribeTable and Query answers, one Query page at a time."""
+
+    def __init__(self, pages: list[list[dict[str, Any]]], error: str = "") -> None:
+        self.pages = pages
+        self.error = error
+        self.queries: list[dict[str, Any]] = []
+
+    def describe_table(self, TableName: str) -> dict[str, Any]:
+        return {
+            "Table": {
+                "KeySchema": [
+                    {"AttributeName": "tenant_id", "KeyType": "HASH"},
+                    {"AttributeName": "delivery_id", "KeyType": "RANGE"},
+                ]
+            }
+        }
+
+    def query(self, **kwargs: Any) -> dict[str, Any]:
+        self.queries.append(kwargs)
+        if self.error:
+            raise ClientError({"Error": {"Code": self.error, "Message": self.error}}, "Query")
+        n = len(self.queries) - 1
+        ser = TypeSerializer()
+        resp: dict[str, Any] = {"Items": [{k: ser.serialize(v) for k, v in i.items()} for i in self.pages[n]]}
+        if n + 1 < len(self.pages):
+            resp["LastEvaluatedKey"] = {"tenant_id": {"S": "acme"}, "delivery_id": {"S": f"page-{n}"}}
+        return resp
+
+
+def test_a_tenant_is_read_with_query_across_pages() -> None:
+    ddb = ScriptedDdb([[GOOD], [], [S3_GOOD]])
+    tenant = TenantDirectory("t", client=ddb, clock=FakeClock()).get("acme")
+    assert tenant.delivery_ids == ("cloudwatch", "s3-archive")
+    assert len(ddb.queries) == 3
+    assert all(q["KeyConditionExpression"] == "tenant_id = :t" for q in ddb.queries)
+    assert all(q["ExpressionAttributeValues"] == {":t": {"S": "acme"}} for q in ddb.queries)
+    assert "ExclusiveStartKey" not in ddb.queries[0]
+    assert ddb.queries[1]["ExclusiveStartKey"]["delivery_id"] == {"S": "page-0"}
+    assert ddb.queries[2]["ExclusiveStartKey"]["delivery_id"] == {"S": "page-1"}
+
+
+def test_a_tenant_id_the_table_cannot_hold_is_an_unknown_tenant() -> None:
+    d = TenantDirectory("t", client=ScriptedDdb([], error="ValidationException"), clock=FakeClock())
+    with pytest.raises(TenantConfigError, match="unknown tenant"):
+        d.get("")
+
+
+def test_other_read_errors_are_not_a_verdict_on_the_tenant() -> None:
+    """Throttling says nothing about the tenant: it is raised (recoverable upstream), never cached as a miss."""
+    ddb = ScriptedDdb([[GOOD]], error="ProvisionedThroughputExceededException")
+    d = TenantDirectory("t", client=ddb, clock=FakeClock())
+    with pytest.raises(ClientError):
+        d.get("acme")
+    ddb.error = ""
+    ddb.queries.clear()
+    assert d.get("acme").delivery_ids == ("cloudwatch",)

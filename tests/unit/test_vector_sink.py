@@ -7,6 +7,7 @@ tests/integration/test_vector_e2e.py when a `vector` binary exists.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -22,8 +23,8 @@ import pytest
 from pipeline.aws import StaticCredentials
 from pipeline.batching import EVENT_OVERHEAD_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS
 from pipeline.errors import DeliveryError, NonRecoverableError
-from pipeline.sinks import make_sink
-from pipeline.sinks.base import Destination
+from pipeline.retry import RetryPolicy
+from pipeline.sinks import build_sinks, traits_of
 from pipeline.sinks.vector import (
     STREAM_FIELD,
     VECTOR_MAX_MESSAGE_BYTES,
@@ -38,12 +39,25 @@ from pipeline.sinks.vector import (
     serialize_config,
     vector_command,
 )
+from pipeline.tenants import Delivery, DeliveryType
 
 FAKE_VECTOR = Path(__file__).resolve().parent.parent / "support" / "fake_vector.py"
 
-DEST = Destination("acme", "arn:aws:iam::111111111111:role/CustomerLogDistribution-acme", "/logs/acme", "eu-west-1")
-OTHER = Destination(
-    "globex", "arn:aws:iam::222222222222:role/CustomerLogDistribution-globex", "/logs/globex", "us-east-1"
+DEST = Delivery(
+    tenant_id="acme",
+    delivery_id="cloudwatch",
+    type=DeliveryType.CLOUDWATCH,
+    role_arn="arn:aws:iam::111111111111:role/CustomerLogDistribution-acme",
+    region="eu-west-1",
+    log_group="/logs/acme",
+)
+OTHER = Delivery(
+    tenant_id="globex",
+    delivery_id="cloudwatch",
+    type=DeliveryType.CLOUDWATCH,
+    role_arn="arn:aws:iam::222222222222:role/CustomerLogDistribution-globex",
+    region="us-east-1",
+    log_group="/logs/globex",
 )
 CENTRAL_ACCOUNT = "123456789012"
 SECRET = "sEcReT/never-in-a-file-0123456789abcdef"
@@ -234,10 +248,14 @@ def test_resolve_binary(tmp_path: Path) -> None:
     assert resolve_binary(None, {"VECTOR_BIN": str(exe)}) == str(exe)
 
 
-def test_make_sink_builds_a_vector_sink() -> None:
-    sink = make_sink("vector", credentials=FakeBroker())
+def test_build_sinks_builds_a_vector_sink() -> None:
+    sinks = build_sinks("vector", credentials=FakeBroker())
+    sink = sinks[DeliveryType.CLOUDWATCH]
     assert isinstance(sink, VectorSink) and sink.name == "vector"
-    sink.close()
+    assert sink.traits == traits_of("vector")
+    assert not isinstance(sinks[DeliveryType.S3], VectorSink)  # Vector writes CloudWatch only
+    for s in {id(s): s for s in sinks.values()}.values():
+        s.close()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,6 +371,23 @@ def test_supervision_one_process_per_destination_each_with_its_own_config(fake: 
     assert len(starts) == 2
     groups = sorted(json.loads(s["config"])["sinks"]["cloudwatch"]["group_name"] for s in starts)
     assert groups == ["/logs/acme", "/logs/globex"]
+
+
+def test_supervision_a_delivery_with_its_own_external_id_assumes_with_it(fake: Fake) -> None:
+    """A delivery's `external_id` replaces the central account id in that delivery's process only."""
+    own = dataclasses.replace(DEST, delivery_id="cw-own", external_id="tenant-acme-7f3a")
+    with fake.sink() as sink:
+        sink.send(DEST, "s", events(1))
+        sink.send(own, "s", events(1, start=1))
+        assert len(sink.pids()) == 2  # same group, role and region, but another ExternalId: another process
+        sink.flush()
+    auths = sorted(json.loads(s["config"])["sinks"]["cloudwatch"]["auth"]["external_id"] for s in fake.starts())
+    assert auths == sorted([CENTRAL_ACCOUNT, "tenant-acme-7f3a"])
+
+
+def test_the_shared_retry_policy_bounds_vectors_own_retries() -> None:
+    assert VectorSink(FakeBroker(), retry=RetryPolicy(attempts=3)).retry_attempts == 3
+    assert VectorSink(FakeBroker(), retry_attempts=5).retry_attempts == 5
 
 
 def test_supervision_next_send_after_flush_starts_a_fresh_process(fake: Fake) -> None:
