@@ -22,7 +22,7 @@ import psutil
 from pipeline.ledger import Ledger
 from pipeline.local import generator as gen
 from pipeline.local.faults import FaultProxy
-from pipeline.local.provision import LocalEnvironment
+from pipeline.local.provision import LocalEnvironment, SampleTenant
 from pipeline.local.readback import read_group
 from tests.support.consumer_process import (  # noqa: F401 -- re-exported to the fault tests
     ConsumerProcess,
@@ -78,6 +78,21 @@ def delivered(local: LocalEnvironment, tenant: str) -> Events:
 
 def ledger_keys(local: LocalEnvironment, tenant: str) -> set[str]:
     return {e.object_key for e in Ledger(local.names.ledger_table).entries(tenant)}
+
+
+def ledger_records(local: LocalEnvironment, tenant: str, delivery_id: str) -> set[str]:
+    """The tenant's objects the ledger holds as delivered to one of its deliveries."""
+    return {e.object_key for e in Ledger(local.names.ledger_table).entries(tenant) if e.delivery_id == delivery_id}
+
+
+def s3_path(t: SampleTenant, source_key: str) -> str:
+    """`/bucket/key` of a source object in the tenant's bucket, as `Call.path` shows a PutObject.
+
+    CONTRACTS.md §8, written out here on purpose: prefix, tenant, application, pod, filename; no cluster.
+    """
+    assert t.s3 is not None, f"{t.tenant_id} has no S3 delivery"
+    _cluster, tenant, app, pod, filename = source_key.split("/")
+    return f"/{t.bucket}/{t.s3.prefix}{tenant}/{app}/{pod}/{filename}"
 
 
 def ledger_count(local: LocalEnvironment) -> int:

@@ -1,9 +1,11 @@
 """Tenant isolation and secret hygiene, checked on the wire through the fault proxy.
 
 - Property test: over random tenant sets (long ids, ids sharing prefixes, tenants sharing one AWS account,
-  two regions) and random keys, every PutLogEvents is signed with credentials issued for the role of the
-  tenant whose events it carries, and goes to that tenant's group; every account holds only its own
-  tenants' events; every RoleSessionName is valid and at most 64 characters.
+  two regions, CloudWatch, S3 or both, several bucket prefixes) and random keys, every PutLogEvents and
+  every PutObject is signed with credentials issued for the role of the tenant whose events or object it
+  carries, and goes to that tenant's group, or that tenant's bucket under that tenant's prefix; every
+  account holds only its own tenants' events and objects; every RoleSessionName is valid and at most 64
+  characters.
 - No issued secret key or session token appears in any log line or report, on the replay and consumer
   paths, error paths included.
 """
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -20,17 +23,19 @@ from urllib.parse import parse_qs
 
 import orjson
 import pytest
-from fault_helpers import FaultStack, consumer_process, ledger_keys, run_replay, wait_for, write
+from fault_helpers import FaultStack, consumer_process, ledger_keys, run_replay, s3_path, wait_for, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.keys import format_key
 from pipeline.local.faults import Error, FaultProxy, Rule
-from pipeline.local.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment, SampleTenant, provision
+from pipeline.local.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment, SampleBucket, SampleTenant, provision
+from pipeline.local.readback import read_bucket
 from pipeline.local.server import MotoServer
 from pipeline.records import vector_record
 from pipeline.replay.plan import ObjectSpec, WorkUnit
 from pipeline.replay.workers import UnitRunner
+from pipeline.tenants import DEFAULT_BUCKET_PREFIX
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +47,19 @@ tenant_ids = st.one_of(
     st.integers(0, 9).map(lambda i: f"{'t' * 60}-{i}"[:63]),  # long, sharing a 60-character prefix
 )
 pod_names = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?", fullmatch=True)
+buckets = st.sampled_from([DEFAULT_BUCKET_PREFIX, "", "audit/k8s/"]).map(lambda p: SampleBucket(prefix=p))
+
+
+class AnyTenant(SampleTenant):
+    """A sample tenant whose bucket name fits S3's 63 characters however long its id (up to 63 itself)."""
+
+    @property
+    def bucket(self) -> str:
+        name = super().bucket
+        if len(name) <= 63:
+            return name
+        digest = hashlib.sha256(self.tenant_id.encode()).hexdigest()[:12]
+        return f"{self.tenant_id[:24].rstrip('-')}-{digest}-{self.account_id}"
 
 
 @st.composite
@@ -49,11 +67,15 @@ def tenant_sets(draw: st.DrawFn) -> list[tuple[SampleTenant, list[str]]]:
     ids = draw(st.lists(tenant_ids, min_size=2, max_size=4, unique=True))
     accounts = draw(st.lists(st.sampled_from(["111111111111", "222222222222", "333333333333"]), min_size=len(ids),
                              max_size=len(ids)))  # fmt: skip
-    out = []
-    for tid, account in zip(ids, accounts, strict=True):
+    out: list[tuple[SampleTenant, list[str]]] = []
+    for i, (tid, account) in enumerate(zip(ids, accounts, strict=True)):
         region = draw(st.sampled_from(["us-east-1", "eu-west-1"]))
         pods = draw(st.lists(pod_names, min_size=1, max_size=2, unique=True))
-        out.append((SampleTenant(tid, account, region=region), pods))
+        # The first tenant always has a bucket, so every example writes S3; the others have CloudWatch, S3
+        # or both.
+        s3 = draw(buckets if i == 0 else st.none() | buckets)
+        cloudwatch = s3 is None or draw(st.booleans())
+        out.append((AnyTenant(tid, account, region=region, cloudwatch=cloudwatch, s3=s3), pods))
     return out
 
 
@@ -84,6 +106,7 @@ def check_isolation(local: LocalEnvironment, wire: FaultProxy, tenants: list[tup
     written = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     ms = int(written.timestamp() * 1000) - 10_000
     specs = []
+    keys: dict[str, list[str]] = {}
     for t, pods in tenants:
         for pod in pods:
             key = format_key("prod-1", t.tenant_id, "app", pod, written, f"{t.tenant_id[:8]}-{pod[:8]}")
@@ -92,6 +115,7 @@ def check_isolation(local: LocalEnvironment, wire: FaultProxy, tenants: list[tup
             body = gzip.compress(b"\n".join(lines) + b"\n")
             etag = s3.put_object(Bucket=local.names.bucket, Key=key, Body=body)["ETag"]
             specs.append(ObjectSpec(key, len(body), etag.strip('"'), written.timestamp()))
+            keys.setdefault(t.tenant_id, []).append(key)
     runner = UnitRunner(local.settings, "cloudwatch", None)  # 8 threads, one broker for every tenant
     try:
         results = runner.run(WorkUnit(1, tuple(specs), 0))
@@ -103,9 +127,20 @@ def check_isolation(local: LocalEnvironment, wire: FaultProxy, tenants: list[tup
     for c in wire.calls("logs", "PutLogEvents"):
         owner = by_role[wire.role_of(c.access_key)]  # signed with credentials issued for this tenant's role
         doc = orjson.loads(c.body)
-        assert doc["logGroupName"] == owner.log_group
+        assert owner.cloudwatch and doc["logGroupName"] == owner.log_group
         marks = {MARK_RE.match(e["message"]).group(1) for e in doc["logEvents"]}  # type: ignore[union-attr]
         assert marks == {owner.tenant_id}
+    # Every PutObject: signed for the role of the tenant whose object it carries, into that tenant's bucket
+    # only, under that tenant's prefix; each of the tenant's objects once.
+    puts = wire.calls("s3", "PutObject")
+    want = {t.tenant_id: {s3_path(t, k) for k in keys[t.tenant_id]} for t, _ in tenants if t.s3}
+    assert sorted(c.path for c in puts) == sorted(p for paths in want.values() for p in paths)
+    for c in puts:
+        owner = by_role[wire.role_of(c.access_key)]
+        assert owner.s3 is not None and c.status == 200
+        bucket, key = c.path[1:].split("/", 1)
+        assert bucket == owner.bucket and key.startswith(f"{owner.s3.prefix}{owner.tenant_id}/"), c.path
+        assert c.path in want[owner.tenant_id]
     for c in wire.calls("sts", "AssumeRole"):
         form = {k: v[0] for k, v in parse_qs(c.body.decode()).items()}
         assert SESSION_NAME_RE.fullmatch(form["RoleSessionName"]), form["RoleSessionName"]
@@ -113,20 +148,31 @@ def check_isolation(local: LocalEnvironment, wire: FaultProxy, tenants: list[tup
             assert form["ExternalId"] == CENTRAL_ACCOUNT_ID
             assert wire.role_of(c.access_key) == local.central_role_arn
 
-    # Read back every account and region the tenants use: each group holds its own tenant's events only.
+    # Read back every account and region the tenants use: each group holds its own tenant's events only,
+    # each account's buckets are its own tenants', each holding that tenant's objects only.
     for account, region in {(t.account_id, t.region) for t, _ in tenants}:
         logs = local.client("logs", region=region, account_id=account)
         groups = {g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]}
-        owners = {t.log_group: t for t, _ in tenants if (t.account_id, t.region) == (account, region)}
+        owners = {
+            t.log_group: (t, pods)
+            for t, pods in tenants
+            if t.cloudwatch and (t.account_id, t.region) == (account, region)
+        }
         assert groups == set(owners)
-        for group, t in owners.items():
+        for group, (t, pods) in owners.items():
             events = logs.filter_log_events(logGroupName=group)["events"]
-            assert (
-                len(events) == 5 * len(dict(tenants)[t])
-                if False
-                else len(events) == 5 * len(next(p for x, p in tenants if x is t))
-            )
+            assert len(events) == 5 * len(pods)
             assert {MARK_RE.match(e["message"]).group(1) for e in events} == {t.tenant_id}  # type: ignore[union-attr]
+    for account in {t.account_id for t, _ in tenants}:
+        s3_in = local.client("s3", account_id=account)
+        mine = {t.bucket: t for t, _ in tenants if t.s3 and t.account_id == account}
+        assert {b["Name"] for b in s3_in.list_buckets()["Buckets"]} == set(mine)
+        for bucket, t in mine.items():
+            got = read_bucket(s3_in, bucket)
+            assert {f"/{bucket}/{k}" for k in got} == want[t.tenant_id]
+            for obj in got.values():
+                messages = [orjson.loads(line)["message"] for line in gzip.decompress(obj["body"]).splitlines()]
+                assert {MARK_RE.match(m).group(1) for m in messages} == {t.tenant_id}  # type: ignore[union-attr]
 
 
 def scan(texts: dict[str, str], secrets: set[str]) -> list[str]:

@@ -31,7 +31,7 @@ from pipeline.local.faults import Status as HttpStatus
 from pipeline.replay.plan import ObjectSpec, WorkUnit
 from pipeline.replay.workers import UnitRunner
 from pipeline.sinks.cloudwatch import CloudWatchSink, RetryPolicy
-from pipeline.tenants import TenantDirectory
+from pipeline.tenants import DeliveryType, TenantDirectory
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def deliverer(stack: FaultStack, retry: RetryPolicy | None = None) -> Deliverer:
     s = stack.local.settings
     return Deliverer(
         TenantDirectory(s.tenant_table),
-        CloudWatchSink(CredentialBroker(s.central_role_arn), retry=retry),
+        {DeliveryType.CLOUDWATCH: CloudWatchSink(CredentialBroker(s.central_role_arn), retry=retry)},
         Ledger(s.ledger_table),
     )
 

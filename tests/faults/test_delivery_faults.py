@@ -1,0 +1,377 @@
+"""Several deliveries per tenant (CloudWatch and S3) under faults injected on the wire (issue 12).
+
+The sample tenants: `umbrella` has the delivery `cloudwatch` (payment-service only) and `s3-archive` (every
+application, into its bucket in its own account); `hooli` has only the S3 delivery `archive`. What is
+checked is what the proxy saw on the wire (each PutObject's bucket and key, each PutLogEvents), what the
+tenants' own buckets and log groups hold, read back in their own accounts, and the ledger's record per
+delivery.
+
+- S3 `SlowDown`, 503 with an S3 error body and a bare 503 on PutObject are retried with backoff, bounded,
+  and every object is stored once, byte for byte.
+- One delivery's `AccessDenied` leaves the tenant's other delivery fully delivered; on the consumer path the
+  message comes back, and after the fix only the missing delivery is sent.
+- A consumer killed between the two deliveries of one object sends only the unrecorded one on restart.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from fault_helpers import (
+    ConsumerProcess,
+    FaultStack,
+    accepted_objects,
+    consumer_process,
+    delivered,
+    duplicated_keys,
+    expected,
+    ledger_records,
+    objects_of,
+    queue_counts,
+    queue_empty,
+    s3_path,
+    wait_for,
+    write,
+)
+
+from pipeline.delivery import LEDGER_SKIP, Deliverer, ObjectRef, ObjectResult, Status, build_deliverer
+from pipeline.local import generator as gen
+from pipeline.local.faults import Call, Delay, Error, Rule
+from pipeline.local.faults import Status as HttpStatus
+from pipeline.local.readback import read_bucket
+
+pytestmark = pytest.mark.integration
+
+PUT_OBJECT = "PutObject"
+PUT_EVENTS = "PutLogEvents"
+APPS = ("payment-service", "frontend")
+HOT = "payment-service"  # umbrella's CloudWatch delivery takes only this application
+
+SLOW_DOWN = Error("SlowDown", 503, "Please reduce your request rate.", sender_fault=False)
+UNAVAILABLE = Error("ServiceUnavailable", 503, "Service Unavailable", sender_fault=False)
+BARE_503 = HttpStatus(503, b"<html><body>503 Service Unavailable</body></html>")
+
+
+def hot_keys(manifest: gen.Manifest, tenant: str) -> set[str]:
+    """The tenant's objects its CloudWatch delivery takes (umbrella: payment-service only)."""
+    return {k for k in objects_of(manifest, tenant) if k.split("/")[2] == HOT}
+
+
+def paths_of(stack: FaultStack, manifest: gen.Manifest, tenant: str) -> dict[str, str]:
+    """{source key: /bucket/key in the tenant's bucket} for the tenant's objects."""
+    t = stack.local.tenant(tenant)
+    return {k: s3_path(t, k) for k in objects_of(manifest, tenant)}
+
+
+def stored(calls: list[Call]) -> Counter[str]:
+    """How many PutObject calls S3 accepted, per /bucket/key."""
+    return Counter(c.path for c in calls if c.operation == PUT_OBJECT and c.status == 200)
+
+
+def group_puts(calls: list[Call], group: str) -> list[Call]:
+    return [c for c in calls if c.operation == PUT_EVENTS and orjson.loads(c.body)["logGroupName"] == group]
+
+
+def events_on_the_wire(calls: list[Call]) -> Counter[tuple[str, int, str]]:
+    """Every event CloudWatch accepted in these PutLogEvents calls, as (stream, timestamp, message)."""
+    out: Counter[tuple[str, int, str]] = Counter()
+    for c in calls:
+        if c.status == 200:
+            doc = orjson.loads(c.body)
+            out.update((doc["logStreamName"], e["timestamp"], e["message"]) for e in doc["logEvents"])
+    return out
+
+
+def assert_buckets_hold_the_sources(stack: FaultStack, manifest: gen.Manifest, *tenants: str) -> None:
+    """Each tenant's bucket, read in its own account, holds exactly its objects, byte for byte, traceable."""
+    central = stack.local.client("s3")
+    for tenant in tenants:
+        t = stack.local.tenant(tenant)
+        got = read_bucket(stack.local.tenant_s3(tenant), t.bucket)
+        paths = paths_of(stack, manifest, tenant)
+        assert {f"/{t.bucket}/{k}" for k in got} == set(paths.values()), tenant
+        for source_key, path in paths.items():
+            obj = got[path.split("/", 2)[2]]
+            source = central.get_object(Bucket=stack.bucket, Key=source_key)
+            assert obj["body"] == source["Body"].read(), source_key
+            assert obj["metadata"]["source-key"] == source_key
+            assert obj["metadata"]["source-etag"] == source["ETag"].strip('"')
+
+
+def deliver_all(d: Deliverer, stack: FaultStack, manifest: gen.Manifest) -> dict[str, ObjectResult]:
+    """One object after another: the proxy's seeded faults then fall on requests in a fixed order."""
+    return {o.key: d.deliver(ObjectRef(stack.bucket, o.key, o.etag, o.size)) for o in manifest.objects}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Deliverer, in this process, through the proxy
+
+
+def test_s3_slowdown_and_503_are_retried_with_backoff_and_every_object_is_stored_once(stack: FaultStack) -> None:
+    manifest = write(
+        stack.local, tenants=("umbrella", "hooli"), applications=APPS, pods_per_app=2, objects_per_pod=2,
+        events_per_object=20, seed=51,
+    )  # fmt: skip
+    paths = paths_of(stack, manifest, "umbrella") | paths_of(stack, manifest, "hooli")
+    first, second, third = (paths[k] for k in sorted(paths)[:3])
+    proxy = stack.proxy
+    put = {"service": "s3", "operation": PUT_OBJECT}
+    # Each kind of answer for sure (one object three SlowDowns in a row), then seeded background noise.
+    sure = [
+        proxy.add(Rule(SLOW_DOWN, **put, body_contains=first, first=3)),
+        proxy.add(Rule(UNAVAILABLE, **put, body_contains=second, first=1)),
+        proxy.add(Rule(BARE_503, **put, body_contains=third, first=1)),
+    ]
+    noise = [
+        proxy.add(Rule(SLOW_DOWN, **put, probability=0.2)),
+        proxy.add(Rule(UNAVAILABLE, **put, probability=0.08)),
+        proxy.add(Rule(BARE_503, **put, probability=0.04)),
+    ]
+    # 10 attempts: with ~30% of attempts failing, running out is a ~1e-4 event even for the burst object.
+    d = build_deliverer(stack.local.settings, put_attempts=10)
+    results = deliver_all(d, stack, manifest)
+
+    assert {r.status for r in results.values()} == {Status.DELIVERED}, [r.reason for r in results.values()]
+    assert [r.stats.injected for r in sure] == [3, 1, 1]
+    injected = sum(r.stats.injected for r in sure + noise)
+    calls = proxy.calls("s3", PUT_OBJECT)
+    # Every object stored by exactly one accepted PutObject, and every other attempt was an injected fault:
+    # bounded retries, no retry storm, nothing sent twice once it was stored.
+    assert stored(calls) == Counter(paths.values())
+    assert len(calls) == len(paths) + injected
+    assert all(c.status == 503 for c in calls if c.injected)
+    s3_results = [dr for r in results.values() for dr in r.deliveries if dr.type == "s3"]
+    assert sum(dr.retries for dr in s3_results) == injected  # the sink counts what it retried
+    burst = next(dr for k, r in results.items() if paths[k] == first for dr in r.deliveries if dr.type == "s3")
+    assert burst.retries >= 3 and burst.status is Status.DELIVERED
+    # Backoff: the time between a failed attempt and the next one at the same key. Full jitter draws the
+    # first wait from U(0, 0.1 s); a sink that retried at once would sum to about nothing.
+    gaps = []
+    for i, c in enumerate(calls):
+        if c.injected:
+            nxt = next(x for x in calls[i + 1 :] if x.path == c.path)
+            gaps.append(nxt.at - c.at)
+    assert len(gaps) == injected and sum(gaps) > 0.25 * 0.05 * len(gaps), gaps
+    print(f"S3 retry rate: {injected} injected over {len(paths)} objects ({injected / len(paths):.2f})")
+
+    # What the tenants hold: every object once, byte for byte; CloudWatch untouched by the S3 faults.
+    assert_buckets_hold_the_sources(stack, manifest, "umbrella", "hooli")
+    assert delivered(stack.local, "umbrella") == expected(manifest, "umbrella", hot_keys(manifest, "umbrella"))
+    assert ledger_records(stack.local, "umbrella", "s3-archive") == objects_of(manifest, "umbrella")
+    assert ledger_records(stack.local, "hooli", "archive") == objects_of(manifest, "hooli")
+
+    # Everything is in the ledger: the same objects again put nothing anywhere.
+    proxy.clear()
+    before = len(proxy.calls())
+    again = deliver_all(d, stack, manifest)
+    assert {r.status for r in again.values()} == {Status.SKIPPED}
+    assert not [c for c in proxy.calls()[before:] if c.operation in (PUT_OBJECT, PUT_EVENTS)]
+
+
+def test_one_deliverys_access_denied_leaves_the_other_delivered_and_a_retry_sends_only_the_missing_one(
+    stack: FaultStack,
+) -> None:
+    manifest = write(
+        stack.local, tenants=("umbrella", "hooli"), applications=APPS, pods_per_app=1, objects_per_pod=3, seed=52
+    )
+    umbrella = stack.local.tenant("umbrella")
+    umbrella_keys, hot = objects_of(manifest, "umbrella"), hot_keys(manifest, "umbrella")
+    denied = stack.proxy.add(
+        Rule(Error.access_denied(), service="s3", operation=PUT_OBJECT, body_contains=f"/{umbrella.bucket}/")
+    )
+    d = build_deliverer(stack.local.settings)
+    results = deliver_all(d, stack, manifest)
+
+    for k in umbrella_keys:
+        r = results[k]
+        by_id = {x.delivery_id: x for x in r.deliveries}
+        s3 = by_id["s3-archive"]
+        assert (s3.status, s3.recoverable) == (Status.FAILED, True), s3
+        # The reason says what the customer has to fix: which bucket, which role, which permission.
+        assert "AccessDenied" in s3.reason and umbrella.bucket in s3.reason and umbrella.role_arn in s3.reason
+        assert "s3:PutObject" in s3.reason
+        assert by_id["cloudwatch"].status is (Status.DELIVERED if k in hot else Status.SKIPPED)
+        assert (r.status, r.recoverable, r.acknowledged) == (Status.FAILED, True, False)
+    assert {results[k].status for k in objects_of(manifest, "hooli")} == {Status.DELIVERED}
+    assert denied.stats.injected == len(umbrella_keys)  # a refusal is not retried: one attempt per object
+    assert delivered(stack.local, "umbrella") == expected(manifest, "umbrella", hot)
+    assert ledger_records(stack.local, "umbrella", "cloudwatch") == hot
+    assert ledger_records(stack.local, "umbrella", "s3-archive") == set()
+
+    # The customer fixes the bucket policy: the same objects again send exactly the missing delivery.
+    stack.proxy.clear()
+    before = len(stack.proxy.calls())
+    again = deliver_all(d, stack, manifest)
+    after = stack.proxy.calls()[before:]
+    assert not [c for c in after if c.operation == PUT_EVENTS]
+    assert stored(after) == Counter(paths_of(stack, manifest, "umbrella").values())
+    for k in hot:
+        assert {x.delivery_id: (x.status, x.reason) for x in again[k].deliveries} == {
+            "cloudwatch": (Status.SKIPPED, LEDGER_SKIP),
+            "s3-archive": (Status.DELIVERED, ""),
+        }
+    assert delivered(stack.local, "umbrella") == expected(manifest, "umbrella", hot)  # still once each
+    assert_buckets_hold_the_sources(stack, manifest, "umbrella", "hooli")
+
+
+# --------------------------------------------------------------------------------------------------------
+# The SQS consumer (a real subprocess), objects reaching it through S3 → SNS → SQS
+
+
+@pytest.fixture
+def consumer(stack: FaultStack, tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
+    started: list[ConsumerProcess] = []
+
+    def start(*args: str) -> ConsumerProcess:
+        c = consumer_process(stack, tmp_path / f"consumer-{len(started)}.log", list(args))
+        started.append(c)
+        return c.wait_ready()
+
+    yield start
+    for c in started:
+        c.kill()
+
+
+def set_queue(stack: FaultStack, **attrs: str) -> None:
+    stack.local.client("sqs").set_queue_attributes(QueueUrl=stack.local.queue_url, Attributes=attrs)
+
+
+def object_logs(c: ConsumerProcess, key: str) -> list[dict[str, object]]:
+    return [r for r in c.logs() if r.get("object_key") == key and "deliveries" in r]
+
+
+def delivery_outcomes(record: dict[str, object]) -> dict[str, tuple[str, str]]:
+    return {d["delivery_id"]: (d["status"], d["reason"]) for d in record["deliveries"]}  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_consumer_denied_bucket_holds_the_message_back_and_after_the_fix_sends_only_the_s3_delivery(
+    stack: FaultStack, consumer: Callable[..., ConsumerProcess]
+) -> None:
+    # More receives than the production 3 before the DLQ: the test decides when the customer fixes the
+    # bucket policy, and must not race the redrive.
+    dlq_arn = stack.local.client("sqs").get_queue_attributes(QueueUrl=stack.local.dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    set_queue(stack, RedrivePolicy=json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "20"}))
+    umbrella = stack.local.tenant("umbrella")
+    proxy = stack.proxy
+    proxy.add(Rule(Error.access_denied(), service="s3", operation=PUT_OBJECT, body_contains=f"/{umbrella.bucket}/"))
+    c = consumer("--workers", "4", "--retry-delay", "1")
+    manifest = write(
+        stack.local, tenants=("umbrella", "hooli"), applications=APPS, pods_per_app=2, objects_per_pod=2, seed=53
+    )
+    umbrella_keys, hot, hooli_keys = (
+        objects_of(manifest, "umbrella"),
+        hot_keys(manifest, "umbrella"),
+        objects_of(manifest, "hooli"),
+    )
+    umbrella_paths = paths_of(stack, manifest, "umbrella")
+
+    def left() -> list[str]:
+        """The reason of every message the consumer left for redelivery."""
+        return [r["reasons"][0] for r in c.logs() if r.get("msg") == "message left for redelivery"]
+
+    def came_back_twice() -> bool:
+        reasons = left()
+        return all(sum(p in r for r in reasons) >= 2 for p in umbrella_paths.values())
+
+    wait_for(lambda: ledger_records(stack.local, "hooli", "archive") == hooli_keys, 60, "every hooli object")
+    wait_for(lambda: ledger_records(stack.local, "umbrella", "cloudwatch") == hot, 60, "umbrella's CloudWatch")
+    # Every umbrella message came back at least once and was tried again: the S3 delivery is still missing.
+    wait_for(came_back_twice, 60, "umbrella's messages to come back")
+
+    assert ledger_records(stack.local, "umbrella", "s3-archive") == set()
+    assert read_bucket(stack.local.tenant_s3("umbrella"), umbrella.bucket) == {}
+    visible, invisible = queue_counts(stack.local, stack.local.queue_url)
+    assert visible + invisible == len(umbrella_keys)  # hooli's are deleted; umbrella's are not acknowledged
+    # Each says what the customer has to fix, and only umbrella's S3 delivery was ever held back.
+    assert all(r.startswith("s3-archive: AccessDenied") and umbrella.role_arn in r for r in left())
+    assert {x.path for x in proxy.calls("s3", PUT_OBJECT) if x.injected} == set(umbrella_paths.values())
+    # The redeliveries did not send CloudWatch again: on the wire, each umbrella event was accepted once.
+    assert events_on_the_wire(group_puts(proxy.calls("logs", PUT_EVENTS), umbrella.log_group)) == expected(
+        manifest, "umbrella", hot
+    )
+    for k in hot:
+        outcomes = [delivery_outcomes(r) for r in object_logs(c, k)]
+        assert len(outcomes) >= 2
+        assert outcomes[0]["cloudwatch"][0] == "delivered" and outcomes[0]["s3-archive"][0] == "failed"
+        assert all(o["cloudwatch"] == ("skipped", LEDGER_SKIP) for o in outcomes[1:])
+
+    # The customer fixes the bucket policy: the messages come back once more and only S3 is sent.
+    fixed_at = len(proxy.calls())
+    proxy.clear()
+    wait_for(lambda: ledger_records(stack.local, "umbrella", "s3-archive") == umbrella_keys, 60, "umbrella's S3")
+    wait_for(lambda: queue_empty(stack.local), 30, "the queue to drain")
+    after = proxy.calls()[fixed_at:]
+    assert not group_puts(after, umbrella.log_group), "CloudWatch was sent again after the fix"
+    assert stored(after) == Counter(umbrella_paths.values())  # each missing object once, nothing else
+    assert delivered(stack.local, "umbrella") == expected(manifest, "umbrella", hot)  # each event once
+    assert_buckets_hold_the_sources(stack, manifest, "umbrella", "hooli")
+    assert queue_counts(stack.local, stack.local.dlq_url) == (0, 0)
+    assert c.terminate()[0] == 0
+
+
+@pytest.mark.slow
+def test_consumer_killed_between_the_two_deliveries_of_an_object_resends_only_the_unrecorded_one(
+    stack: FaultStack, consumer: Callable[..., ConsumerProcess]
+) -> None:
+    set_queue(stack, VisibilityTimeout="3")
+    umbrella = stack.local.tenant("umbrella")
+    proxy = stack.proxy
+    # Umbrella's CloudWatch puts are held: a worker delivers and records S3 first, then waits here. The
+    # kill lands while they are held, so the proxy drops them (their client is gone): CloudWatch never
+    # receives them.
+    held = proxy.add(Rule(Delay(5.0), service="logs", operation=PUT_EVENTS, body_contains=f'"{umbrella.log_group}"'))
+    workers = 2
+    first = consumer("--workers", str(workers))
+    manifest = write(stack.local, tenants=("umbrella",), applications=APPS, pods_per_app=2, objects_per_pod=3, seed=54)
+    keys, hot = objects_of(manifest, "umbrella"), hot_keys(manifest, "umbrella")
+    paths = paths_of(stack, manifest, "umbrella")
+
+    def holding() -> int:
+        settled = [x for x in proxy.calls("logs", PUT_EVENTS) if x.injected in (held.name, "client gone while delayed")]
+        return held.stats.injected - len(settled)
+
+    # Every worker is waiting on a held CloudWatch put, so none is between an S3 put and its ledger write.
+    wait_for(lambda: holding() == workers, 60, "every worker to hold a CloudWatch put")
+    first.proc.send_signal(signal.SIGKILL)
+    first.kill()
+    wait_for(lambda: proxy.inflight() == 0, 30, "requests held by the proxy to settle")
+
+    s3_done = ledger_records(stack.local, "umbrella", "s3-archive")
+    cw_done = ledger_records(stack.local, "umbrella", "cloudwatch")
+    between = (s3_done & hot) - cw_done
+    assert len(between) == workers, "the kill did not land between the two deliveries"
+    # Every S3 put made before the kill is in the ledger, once; no CloudWatch put reached CloudWatch.
+    assert stored(proxy.calls("s3", PUT_OBJECT)) == Counter(paths[k] for k in s3_done)
+    sent_unrecorded = accepted_objects(stack, manifest) - cw_done
+    assert not sent_unrecorded, "a held put was forwarded after its client was killed"
+
+    proxy.clear()
+    second = consumer("--workers", str(workers))  # the messages come back after the 3 s visibility timeout
+    wait_for(lambda: ledger_records(stack.local, "umbrella", "s3-archive") == keys, 60, "every S3 delivery")
+    wait_for(lambda: ledger_records(stack.local, "umbrella", "cloudwatch") == hot, 60, "every CloudWatch delivery")
+    wait_for(lambda: queue_empty(stack.local), 30, "the queue to drain")
+
+    # S3: every object stored by exactly one PutObject over both runs; the ones recorded before the kill
+    # were not sent again.
+    assert stored(proxy.calls("s3", PUT_OBJECT)) == Counter(paths.values())
+    # CloudWatch: each event once (at-least-once would apply only to batches accepted before the kill).
+    got = delivered(stack.local, "umbrella")
+    assert not expected(manifest, "umbrella", hot) - got, "events lost"
+    assert set(duplicated_keys(manifest, got, "umbrella")) == sent_unrecorded
+    assert got == expected(manifest, "umbrella", hot)
+    for k in between:  # the restarted consumer sent only the delivery that was not recorded
+        assert [delivery_outcomes(r) for r in object_logs(second, k)] == [
+            {"s3-archive": ("skipped", LEDGER_SKIP), "cloudwatch": ("delivered", "")}
+        ]
+    assert_buckets_hold_the_sources(stack, manifest, "umbrella")
+    assert queue_counts(stack.local, stack.local.dlq_url) == (0, 0)
+    print(f"kill between deliveries: {len(s3_done)} of {len(keys)} in S3 at the kill, {len(between)} waiting on CW")
