@@ -6,6 +6,7 @@ cross-account delivery (and its isolation) is real here, not simulated.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ CENTRAL_ACCOUNT_ID = "123456789012"  # moto's default account plays the central 
 DEFAULT_REGION = "us-east-1"
 CENTRAL_ROLE_NAME = "CentralLogDistributionRole"
 CUSTOMER_ROLE_PREFIX = "CustomerLogDistribution-"
+BUCKET_NAME_MAX = 63
 # moto accepts any credentials; these are obviously not real ones.
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
@@ -54,7 +56,12 @@ class SampleTenant:
 
     @property
     def bucket(self) -> str:
-        return f"{self.tenant_id}-logs-{self.account_id}"
+        """`{tenant}-logs-{account}`; a tenant id too long for S3's 63 characters is cut and given a digest."""
+        name = f"{self.tenant_id}-logs-{self.account_id}"
+        if len(name) <= BUCKET_NAME_MAX:
+            return name
+        digest = hashlib.sha256(self.tenant_id.encode()).hexdigest()[:12]
+        return f"{self.tenant_id[:24].rstrip('-')}-{digest}-{self.account_id}"
 
     def config_item(self) -> dict[str, Any]:
         """The v1 item of its CloudWatch delivery (a v1 table holds nothing else)."""

@@ -205,18 +205,23 @@ def messages(bucket: str, written: datetime) -> list[CorpusMessage]:
 
 DELETED_KEY_POD = "deleted-pod"
 
-# A tenant whose config has the wrong types (DynamoDB attribute values as stored): a number for a region,
-# a string that is not a boolean, a number for a list.
+# A tenant whose one delivery (a v2 item) has the wrong types (DynamoDB attribute values as stored): a number
+# for a region, a string that is not a boolean, a number for a list. The validator names every bad field.
 WRONG_TYPES_TENANT = "wrongtypes"
 WRONG_TYPES_ITEM: dict[str, Any] = {
     "tenant_id": {"S": WRONG_TYPES_TENANT},
+    "delivery_id": {"S": "cloudwatch"},
+    "type": {"S": "cloudwatch"},
     "log_distribution_role_arn": {"S": "arn:aws:iam::444444444444:role/CustomerLogDistribution-wrongtypes"},
     "log_group_name": {"S": "/logs/wrongtypes"},
     "target_region": {"N": "5"},
     "enabled": {"S": "maybe"},
     "desired_logs": {"N": "7"},
 }
-WRONG_TYPES_REASON = "required field 'target_region' is missing or not a string"
+WRONG_TYPES_REASON = (
+    "delivery 'cloudwatch': desired_logs: must be a list of names; enabled: must be a boolean, got str; "
+    "target_region: must be a non-empty string"
+)
 
 
 def wrong_types_object(written: datetime) -> CorpusObject:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -38,21 +37,14 @@ from pipeline.batching import MAX_MESSAGE_BYTES
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SPLIT_RE = re.compile(r"^\[split (\d+)/(\d+)\] ", re.S)
-WRONG_TYPES_V2_ITEM = {**WRONG_TYPES_ITEM, "delivery_id": {"S": "cloudwatch"}, "type": {"S": "cloudwatch"}}
-WRONG_TYPES_REASON = (
-    "delivery 'cloudwatch': desired_logs: must be a list of names; enabled: must be a boolean, got str; "
-    "target_region: must be a non-empty string"
-)
 
 
 @pytest.fixture
 def corpus(stack: FaultStack) -> Iterator[list[CorpusObject]]:
     """The corpus objects in the central bucket (those S3 can hold), and the broken tenant in the table."""
     written = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
-    # The tenant table is v2 now: the broken item is the tenant's one CloudWatch delivery, and the shared
-    # validator names each bad field (the corpus still holds the v1 item and the old validator's words).
-    items = [*objects(written), replace(wrong_types_object(written), reason=WRONG_TYPES_REASON)]
-    stack.local.client("dynamodb").put_item(TableName=stack.local.names.tenant_table, Item=WRONG_TYPES_V2_ITEM)
+    items = [*objects(written), wrong_types_object(written)]
+    stack.local.client("dynamodb").put_item(TableName=stack.local.names.tenant_table, Item=WRONG_TYPES_ITEM)
     s3 = stack.local.client("s3")
     for o in items:
         if o.via_s3:

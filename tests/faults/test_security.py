@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -50,18 +49,6 @@ pod_names = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?", fullmatch=True)
 buckets = st.sampled_from([DEFAULT_BUCKET_PREFIX, "", "audit/k8s/"]).map(lambda p: SampleBucket(prefix=p))
 
 
-class AnyTenant(SampleTenant):
-    """A sample tenant whose bucket name fits S3's 63 characters however long its id (up to 63 itself)."""
-
-    @property
-    def bucket(self) -> str:
-        name = super().bucket
-        if len(name) <= 63:
-            return name
-        digest = hashlib.sha256(self.tenant_id.encode()).hexdigest()[:12]
-        return f"{self.tenant_id[:24].rstrip('-')}-{digest}-{self.account_id}"
-
-
 @st.composite
 def tenant_sets(draw: st.DrawFn) -> list[tuple[SampleTenant, list[str]]]:
     ids = draw(st.lists(tenant_ids, min_size=2, max_size=4, unique=True))
@@ -75,7 +62,7 @@ def tenant_sets(draw: st.DrawFn) -> list[tuple[SampleTenant, list[str]]]:
         # or both.
         s3 = draw(buckets if i == 0 else st.none() | buckets)
         cloudwatch = s3 is None or draw(st.booleans())
-        out.append((AnyTenant(tid, account, region=region, cloudwatch=cloudwatch, s3=s3), pods))
+        out.append((SampleTenant(tid, account, region=region, cloudwatch=cloudwatch, s3=s3), pods))
     return out
 
 
