@@ -1,28 +1,36 @@
-"""S3 delivery benchmark: the project's delivery path into a tenant's bucket, against a plain boto3 loop.
+"""S3 delivery benchmark: the project's two delivery paths into a tenant's bucket, against a plain boto3 loop.
 
     .venv/bin/python -m bench s3              # or: .venv/bin/python -m bench.s3_bench   (~2.5 min)
     .venv/bin/python -m bench.s3_bench --typical-unique 8 --large-copies 4 --repeats 2 --large-repeats 2   # quicker
 
 One moto server (the project's `MotoServer`, a separate process, over HTTP, started with
 MOTO_S3_ALLOW_CROSSACCOUNT_ACCESS=false), provisioned with the sample tenant `hooli` only: S3 delivery
-`archive` into its own bucket in its own account (555555555555), no CloudWatch. Three passes over the same
+`archive` into its own bucket in its own account (555555555555), no CloudWatch. Four passes over the same
 objects, with the same number of threads, rotated and repeated (`--repeats`, `--large-repeats`):
 
-- project: `Deliverer.deliver(ObjectRef(bucket, key, etag, size))` of `build_deliverer(settings)`, as the
-  consumer calls it: tenant lookup (cached), ledger read (GetItem), GetObject from the central bucket with
-  the process's own credentials, PutObject through the real `S3Sink` with the tenant role's credentials
-  (double hop, cached), and the ledger record (UpdateItem). The ledger is emptied between passes (outside
-  the timings), so every pass delivers every object.
-- project, no ledger: the same Deliverer parts (tenant directory, sink, credential broker, S3 client) in a
-  `Deliverer(..., ledger=None)`: no ledger read, no ledger write. The difference to the full path is what
-  the ledger costs; the ledger calls of the full pass are also timed one by one.
+- consumer: `Deliverer.deliver(ObjectRef(bucket, key, etag, size))` of `build_deliverer(settings)`, one
+  object at a time, as the consumer calls it: tenant lookup (cached), ledger read (GetItem), GetObject from
+  the central bucket with the process's own credentials, PutObject through the real `S3Sink` with the
+  tenant role's credentials (double hop, cached), and the ledger record (UpdateItem).
+- replay: `UnitRunner(settings, "cloudwatch", window=None).run(unit)`, the replay worker's path (S3
+  backfills): one `WorkUnit` holding every object of the set (`ObjectSpec`s in `pack_units`' order: pods
+  by prefix, each pod's objects in key order). The runner reads the ledger for the whole unit first
+  (`Deliverer.ledger_view`: BatchGetItem, 100 keys a call), then runs the unit's pods on its pod threads,
+  each object through `Deliverer.deliver(ref, delivered=...)`: GetObject, PutObject, UpdateItem, no GetItem.
+  Its memory budget is the worker's default. For N threads the runner's pool size is set to N
+  (`runner._threads`: the runner has no public knob; 8 is its default, `POD_THREADS`).
+- consumer, no ledger: the consumer path's Deliverer parts (tenant directory, sink, credential broker, S3
+  client) in a `Deliverer(..., ledger=None)`: no ledger read, no ledger write. The difference to the full
+  path is what the ledger costs; the ledger calls of the ledger passes are also timed one by one.
 - baseline: plain boto3. GetObject from the central bucket with the local default (central) credentials,
   then PutObject of the same bytes to the same destination key in the tenant's bucket, with credentials
   assumed into the tenant's account and the headers the sink sends (ContentType, ContentEncoding,
   x-amz-meta-source-*, ExpectedBucketOwner). No ledger.
 
-Each pass runs on 1 thread, and on 8 threads (a replay worker's pod threads). Target: project objects/s
-(and MB/s) >= 0.8 of the baseline's, as the median of the per-repeat ratios of passes run back to back.
+The ledger is emptied after every consumer and replay pass (outside the timings; the number of items it
+held must equal the objects), so every pass delivers and records every object. Each pass runs on 1 thread,
+and on 8 threads (a replay worker's pod threads). Target: objects/s (and MB/s) >= 0.8 of the baseline's,
+as the median of the per-repeat ratios of passes run back to back, for each project path.
 Also recorded per pass: the API calls each path made and their mean wall time (botocore before-call to
 after-call), the CPU seconds of this process and of moto's (psutil) per object, which are much less exposed
 than the wall clock to whatever else the machine runs, and the time spent inside the ledger's calls.
@@ -44,8 +52,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,12 +72,15 @@ from pipeline.keys import parse_key, pod_prefix  # noqa: E402
 from pipeline.local.generator import GeneratorConfig, app_names, write_dataset  # noqa: E402
 from pipeline.local.provision import SAMPLE_TENANTS, LocalEnvironment, provision  # noqa: E402
 from pipeline.local.server import MotoServer  # noqa: E402
+from pipeline.replay.plan import ObjectSpec, WorkUnit  # noqa: E402
+from pipeline.replay.workers import UnitRunner  # noqa: E402
 from pipeline.tenants import DeliveryType  # noqa: E402
 
 TARGET_RATIO = 0.8
 TENANT = next(t for t in SAMPLE_TENANTS if t.tenant_id == "hooli")
 MB = 1_000_000
-PATHS = ("baseline", "project", "project_no_ledger")
+PATHS = ("baseline", "consumer", "replay", "consumer_no_ledger")
+LEDGER_PATHS = ("consumer", "replay")  # the ones that write the ledger: emptied after each of their passes
 
 
 @dataclass(frozen=True)
@@ -134,7 +146,8 @@ def write_set(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The three paths: each takes one ObjectRef and returns the bytes it delivered.
+# The paths. Baseline and consumer take one ObjectRef and return the bytes delivered; a pool (or the main
+# thread) maps them over the set. Replay takes the whole set as one work unit on its own pod threads.
 
 
 class Baseline:
@@ -165,7 +178,7 @@ class Baseline:
         return len(body)
 
 
-class Project:
+class Consumer:
     """`Deliverer.deliver`, failing loudly on anything but one delivered (and, with a ledger, recorded) S3 delivery."""
 
     def __init__(self, deliverer: Deliverer) -> None:
@@ -179,16 +192,67 @@ class Project:
         return result.deliveries[0].bytes_delivered
 
 
+class Replay:
+    """The replay worker's path: `UnitRunner.run` of one work unit holding every object of the set."""
+
+    def __init__(self, runner: UnitRunner, last_modified: dict[str, float]) -> None:
+        self.runner = runner
+        self.last_modified = last_modified  # key → epoch seconds, from the central bucket's listing
+        # Thread-seconds the pod threads wait for the worker's memory budget before an object starts.
+        self.budget_wait_s = 0.0
+        self._lock = threading.Lock()
+        hold = runner.budget.hold
+
+        @contextmanager
+        def timed_hold(nbytes: int) -> Iterator[None]:
+            start = time.perf_counter()
+            with hold(nbytes):  # the wait is in entering
+                waited = time.perf_counter() - start
+                with self._lock:
+                    self.budget_wait_s += waited
+                yield
+
+        runner.budget.hold = timed_hold  # type: ignore[method-assign]
+
+    def take_budget_wait(self) -> float:
+        with self._lock:
+            out, self.budget_wait_s = self.budget_wait_s, 0.0
+        return out
+
+    def unit(self, refs: list[ObjectRef]) -> WorkUnit:
+        """One unit, in `pack_units`' order: pods by prefix, each pod's objects in key (= time) order."""
+        ordered = sorted(refs, key=lambda r: (r.key.rsplit("/", 1)[0], r.key))
+        specs = tuple(ObjectSpec(r.key, r.size or 0, r.etag or "", self.last_modified[r.key]) for r in ordered)
+        return WorkUnit(0, specs, sum(o.size for o in specs))
+
+    def run(self, unit: WorkUnit, threads: int) -> int:
+        self.runner._threads = threads  # the pod pool's size; the runner's default is POD_THREADS (8)
+        results = self.runner.run(unit)
+        bad = [
+            r
+            for r in results
+            if r["status"] != str(Status.DELIVERED) or [d["status"] for d in r["deliveries"]] != [str(Status.DELIVERED)]
+        ]
+        if bad or len(results) != len(unit.objects):
+            raise RuntimeError(
+                f"replay: {len(results)} results for {len(unit.objects)} objects; not delivered: {bad[:3]}"
+            )
+        return sum(r["bytes_delivered"] for r in results)
+
+
 class LedgerClock:
-    """Wall time spent inside the ledger's calls (read and record), summed over threads."""
+    """Wall time spent inside a Deliverer's ledger calls, summed over threads: `delivered` (one GetItem),
+    `delivered_many` (BatchGetItem, 100 keys a call) and `record` (UpdateItem)."""
+
+    METHODS = ("delivered", "delivered_many", "record")
 
     def __init__(self, deliverer: Deliverer) -> None:
         ledger = deliverer.ledger
         assert ledger is not None
-        self.read_s = self.record_s = 0.0
+        self.seconds = dict.fromkeys(self.METHODS, 0.0)
         self._lock = threading.Lock()
-        ledger.delivered = self._timed(ledger.delivered, "read_s")  # type: ignore[method-assign]
-        ledger.record = self._timed(ledger.record, "record_s")  # type: ignore[method-assign]
+        for name in self.METHODS:
+            setattr(ledger, name, self._timed(getattr(ledger, name), name))
 
     def _timed(self, fn: Callable[..., Any], slot: str) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -198,14 +262,13 @@ class LedgerClock:
             finally:
                 elapsed = time.perf_counter() - start
                 with self._lock:
-                    setattr(self, slot, getattr(self, slot) + elapsed)
+                    self.seconds[slot] += elapsed
 
         return wrapper
 
-    def take(self) -> tuple[float, float]:
+    def take(self) -> dict[str, float]:
         with self._lock:
-            out = (self.read_s, self.record_s)
-            self.read_s = self.record_s = 0.0
+            out, self.seconds = self.seconds, dict.fromkeys(self.METHODS, 0.0)
         return out
 
 
@@ -265,9 +328,13 @@ class Sample:
     bytes: int
     client_cpu_s: float
     moto_cpu_s: float
-    ledger_read_s: float = 0.0
-    ledger_record_s: float = 0.0
+    ledger_s: dict[str, float] | None = None  # LedgerClock.take() for ledger passes
+    budget_wait_s: float = 0.0  # replay: thread-seconds waiting for the worker's memory budget
     calls: dict[str, dict[str, float]] | None = None
+
+    @property
+    def ledger_total_s(self) -> float:
+        return sum((self.ledger_s or {}).values())
 
     @property
     def objects_per_s(self) -> float:
@@ -283,13 +350,12 @@ class Sample:
         return (self.client_cpu_s + self.moto_cpu_s) / self.objects * 1000
 
 
-def timed_pass(
-    fn: Callable[[ObjectRef], int], refs: list[ObjectRef], pool: ThreadPoolExecutor | None, moto: Any
-) -> Sample:
+def timed_pass(work: Callable[[], int], refs: list[ObjectRef], moto: Any) -> Sample:
+    """Time `work()` (one pass over `refs`, returning the bytes it delivered)."""
     m0 = moto.cpu_times()
     cpu0 = time.process_time()
     start = time.perf_counter()
-    delivered = sum(fn(r) for r in refs) if pool is None else sum(pool.map(fn, refs))
+    delivered = work()
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu0
     m1 = moto.cpu_times()
@@ -329,30 +395,59 @@ def paired(num: list[Sample], den: list[Sample]) -> float:
     return round(statistics.median(a.objects_per_s / b.objects_per_s for a, b in zip(num, den, strict=True)), 3)
 
 
+CONSUMER_PATH = (
+    "consumer's path, one object at a time: build_deliverer(settings).deliver(ObjectRef): tenant lookup "
+    "(cached), ledger GetItem, GetObject, S3Sink PutObject (double hop, cached), ledger UpdateItem"
+)
+REPLAY_PATH = (
+    "replay worker's path: UnitRunner(settings, 'cloudwatch', window=None).run(one unit of every object): "
+    "ledger_view (BatchGetItem per 100 keys) when the unit starts, then per object on the pod threads "
+    "GetObject, S3Sink PutObject (double hop, cached), ledger UpdateItem"
+)
+
+
 def measure(
     data: DataSet,
     threads: int,
-    paths: dict[str, Callable[[ObjectRef], int]],
+    per_object: dict[str, Callable[[ObjectRef], int]],
+    replay: Replay,
     repeats: int,
     moto: Any,
     clear: Callable[[], int],
-    ledger_clock: LedgerClock,
+    clocks: dict[str, LedgerClock],
     counter: CallCounter,
 ) -> dict[str, Any]:
     samples: dict[str, list[Sample]] = {name: [] for name in PATHS}
     pool = ThreadPoolExecutor(threads, thread_name_prefix="deliver") if threads > 1 else None
+    unit = replay.unit(data.refs)
+
+    def work(name: str) -> Callable[[], int]:
+        if name == "replay":
+            return lambda: replay.run(unit, threads)
+        fn = per_object[name]
+        if pool is None:
+            return lambda: sum(fn(r) for r in data.refs)
+        return lambda: sum(pool.map(fn, data.refs))
+
     try:
         for i in range(repeats):
             order = PATHS[i % len(PATHS) :] + PATHS[: i % len(PATHS)]  # rotate: no path always goes first
             for name in order:
-                if name == "project":
-                    clear()
-                    ledger_clock.take()
+                for clock in clocks.values():
+                    clock.take()
                 counter.take()
-                s = timed_pass(paths[name], data.refs, pool, moto)
+                replay.take_budget_wait()
+                s = timed_pass(work(name), data.refs, moto)
                 s.calls = counter.take()
-                if name == "project":
-                    s.ledger_read_s, s.ledger_record_s = ledger_clock.take()
+                if name in LEDGER_PATHS:
+                    s.ledger_s = clocks[name].take()
+                    recorded = clear()
+                    if recorded != len(data.refs):
+                        raise RuntimeError(
+                            f"{name}: the ledger holds {recorded} items after the pass, not {len(data.refs)}"
+                        )
+                if name == "replay":
+                    s.budget_wait_s = replay.take_budget_wait()
                 samples[name].append(s)
             print(
                 f"  {data.name}, {threads} thread(s), repeat {i}: "
@@ -362,46 +457,65 @@ def measure(
     finally:
         if pool is not None:
             pool.shutdown()
-    clear()
-    full, bare, base = samples["project"], samples["project_no_ledger"], samples["baseline"]
-    # Thread-seconds inside the ledger's calls over thread-seconds inside deliver(): the share of the full
-    # path's time that is the ledger, for 1 and for 8 threads alike.
-    ledger_share = statistics.median((s.ledger_read_s + s.ledger_record_s) / (s.wall_s * threads) for s in full)
+    base, bare = samples["baseline"], samples["consumer_no_ledger"]
+    out: dict[str, Any] = {"threads": threads, "objects": len(data.refs)}
+    out["baseline"] = {
+        **summarize(base),
+        "path": "plain boto3: get_object (central credentials), put_object of the same bytes (tenant's "
+        "account, the sink's headers); no ledger",
+    }
+    for name, description in (("consumer", CONSUMER_PATH), ("replay", REPLAY_PATH)):
+        out[name] = {
+            **summarize(samples[name]),
+            "path": description,
+            **{
+                f"ledger_{method}_ms_per_object_median": round(
+                    statistics.median((s.ledger_s or {})[method] / s.objects for s in samples[name]) * 1000, 3
+                )
+                for method in LedgerClock.METHODS
+            },
+        }
+    # Waiting for the memory budget: the budget charges every object decoded_footprint(size), 12x its
+    # stored size, whatever its deliveries; past the budget, pod threads wait their turn.
+    out["replay"]["budget_wait_share_of_time_median"] = round(
+        statistics.median(s.budget_wait_s / (s.wall_s * threads) for s in samples["replay"]), 3
+    )
+    out["replay"]["memory_budget_mib"] = replay.runner.budget.capacity // (1024 * 1024)
+    out["consumer_no_ledger"] = {
+        **summarize(bare),
+        "path": "the consumer path's tenant directory, S3Sink, broker and S3 client in Deliverer(ledger=None)",
+    }
+    out["ratios"] = {name: ratios(samples[name], base, bare, threads) for name in ("consumer", "replay")}
+    out["ratios"]["consumer_no_ledger"] = {
+        "objects_per_s_paired_median": paired(bare, base),
+        "mb_per_s_paired_median": paired_mb(bare, base),
+        "cpu_per_object_median": cpu_ratio(base, bare),
+    }
+    out["ratios"]["replay_vs_consumer_paired_median"] = paired(samples["replay"], samples["consumer"])
+    return out
+
+
+def cpu_ratio(base: list[Sample], other: list[Sample]) -> float:
+    """Wall-clock independent: baseline CPU per object (this process + moto) over the other path's."""
+    return round(
+        statistics.median(b.cpu_ms_per_object for b in base) / statistics.median(o.cpu_ms_per_object for o in other), 3
+    )
+
+
+def ratios(full: list[Sample], base: list[Sample], bare: list[Sample], threads: int) -> dict[str, Any]:
     ratio = paired(full, base)
     return {
-        "threads": threads,
-        "baseline": {
-            **summarize(base),
-            "path": "plain boto3: get_object (central credentials), put_object of the same bytes (tenant's "
-            "account, the sink's headers); no ledger",
-        },
-        "project": {
-            **summarize(full),
-            "path": "build_deliverer(settings).deliver(ObjectRef): tenant lookup (cached), ledger GetItem, "
-            "GetObject, S3Sink PutObject (double hop, cached), ledger UpdateItem",
-            "ledger_read_ms_per_object_median": round(
-                statistics.median(s.ledger_read_s / s.objects for s in full) * 1000, 2
-            ),
-            "ledger_record_ms_per_object_median": round(
-                statistics.median(s.ledger_record_s / s.objects for s in full) * 1000, 2
-            ),
-        },
-        "project_no_ledger": {
-            **summarize(bare),
-            "path": "the same tenant directory, S3Sink, broker and S3 client in Deliverer(ledger=None)",
-        },
-        "ratio_objects_per_s_paired_median": ratio,
+        "objects_per_s_paired_median": ratio,
         # The same objects in every pass, so the MB/s ratio is the objects/s ratio.
-        "ratio_mb_per_s_paired_median": paired_mb(full, base),
-        "ratio_best": round(max(s.objects_per_s for s in full) / max(s.objects_per_s for s in base), 3),
-        # Wall-clock independent: baseline CPU per object (this process + moto) over the project's.
-        "ratio_cpu_per_object_median": round(
-            statistics.median(b.cpu_ms_per_object for b in base) / statistics.median(f.cpu_ms_per_object for f in full),
-            3,
+        "mb_per_s_paired_median": paired_mb(full, base),
+        "best": round(max(s.objects_per_s for s in full) / max(s.objects_per_s for s in base), 3),
+        "cpu_per_object_median": cpu_ratio(base, full),
+        "vs_no_ledger_paired_median": paired(full, bare),
+        # Thread-seconds inside the ledger's calls over the pass's thread-seconds (wall x threads): the share
+        # of the path's time that is the ledger, for 1 and for 8 threads alike.
+        "ledger_share_of_time_median": round(
+            statistics.median(s.ledger_total_s / (s.wall_s * threads) for s in full), 3
         ),
-        "ratio_no_ledger_paired_median": paired(bare, base),
-        "ratio_full_vs_no_ledger_paired_median": paired(full, bare),
-        "ledger_share_of_project_time_median": round(ledger_share, 3),
         "target_ratio": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO,
     }
@@ -411,23 +525,39 @@ def paired_mb(num: list[Sample], den: list[Sample]) -> float:
     return round(statistics.median(a.mb_per_s / b.mb_per_s for a, b in zip(num, den, strict=True)), 3)
 
 
-def same_headers(local: LocalEnvironment, ref: ObjectRef, project: Project, baseline: Baseline) -> dict[str, Any]:
-    """Deliver one object both ways; the destination object's headers must be the same, its bytes the source's."""
+def same_headers(
+    local: LocalEnvironment, ref: ObjectRef, paths: dict[str, Callable[[ObjectRef], Any]], clear: Callable[[], int]
+) -> dict[str, Any]:
+    """Deliver one object every way; the destination object's headers must be the same, its bytes the source's."""
     tenant_s3 = local.tenant_s3(TENANT.tenant_id)
     source = local.client("s3").get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read()
     key = None
     heads = {}
-    for name, path in (("project", project), ("baseline", baseline)):
+    for name, path in paths.items():
+        clear()
+        for o in tenant_s3.list_objects_v2(Bucket=TENANT.bucket).get("Contents", []):
+            tenant_s3.delete_object(Bucket=TENANT.bucket, Key=o["Key"])
         path(ref)
-        listed = tenant_s3.list_objects_v2(Bucket=TENANT.bucket)["Contents"]
-        key = next(o["Key"] for o in listed if o["Key"].endswith(ref.key.rsplit("/", 1)[1]))
+        listed = tenant_s3.list_objects_v2(Bucket=TENANT.bucket).get("Contents", [])
+        if len(listed) != 1:
+            raise RuntimeError(f"{name}: {len(listed)} objects in the tenant's bucket after one delivery")
+        key = listed[0]["Key"]
         obj = tenant_s3.get_object(Bucket=TENANT.bucket, Key=key)
         if obj["Body"].read() != source:
             raise RuntimeError(f"{name}: the delivered object is not byte-identical to the source")
-        heads[name] = {k: obj.get(k) for k in ("ContentType", "ContentEncoding", "Metadata")}
-    if heads["project"] != heads["baseline"]:
-        raise RuntimeError(f"the baseline does not write what the sink writes: {heads}")
-    return {"destination_key": key, **heads["project"]}
+        heads[name] = {"key": key, **{k: obj.get(k) for k in ("ContentType", "ContentEncoding", "Metadata")}}
+    first = next(iter(heads.values()))
+    if any(h != first for h in heads.values()):
+        raise RuntimeError(f"the paths do not write the same object: {heads}")
+    clear()
+    return {"destination_key": key, **{k: v for k, v in first.items() if k != "key"}}
+
+
+def central_last_modified(local: LocalEnvironment) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for page in local.client("s3").get_paginator("list_objects_v2").paginate(Bucket=local.names.bucket):
+        out.update({o["Key"]: o["LastModified"].timestamp() for o in page.get("Contents", [])})
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -451,11 +581,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             full = build_deliverer(local.settings)
             bare = Deliverer(full.tenants, full.sinks, None, s3=full.s3)
-            project, no_ledger, baseline = Project(full), Project(bare), Baseline(local)
-            paths: dict[str, Callable[[ObjectRef], int]] = {
+            consumer, no_ledger, baseline = Consumer(full), Consumer(bare), Baseline(local)
+            runner = UnitRunner(local.settings, "cloudwatch", window=None)
+            replay = Replay(runner, central_last_modified(local))
+            per_object: dict[str, Callable[[ObjectRef], int]] = {
                 "baseline": baseline,
-                "project": project,
-                "project_no_ledger": no_ledger,
+                "consumer": consumer,
+                "consumer_no_ledger": no_ledger,
             }
             ddb = local.client("dynamodb")
 
@@ -463,18 +595,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 return clear_ledger(ddb, local.names.ledger_table)
 
             # Warm-up (STS, clients, tenant lookup, first connections) and the fairness check.
-            out["destination_object"] = same_headers(local, sets[0].refs[0], project, baseline)
-            no_ledger(sets[0].refs[0])
-            clear()
-            ledger_clock = LedgerClock(full)
-            sink = full.sinks[DeliveryType.S3]
+            first = sets[0].refs[0]
+            out["destination_object"] = same_headers(
+                local,
+                first,
+                {
+                    **per_object,
+                    "replay": lambda ref: replay.run(replay.unit([ref]), 1),
+                },
+                clear,
+            )
+            clocks = {"consumer": LedgerClock(full), "replay": LedgerClock(runner.deliverer)}
             dest = full.tenants.get(TENANT.tenant_id).deliveries[0]
-            # The clients the paths use, to count their calls: the Deliverer's S3 and DynamoDB clients, the
+            # The clients the paths use, to count their calls: each Deliverer's S3 and DynamoDB clients, its
             # sink's cached tenant client, and the baseline's two.
             counter = CallCounter(
                 full.s3,
                 full.ledger._ddb(),  # type: ignore[union-attr]
-                sink._client(dest),  # type: ignore[attr-defined]
+                full.sinks[DeliveryType.S3]._client(dest),  # type: ignore[attr-defined]
+                runner.deliverer.s3,
+                runner.deliverer.ledger._ddb(),  # type: ignore[union-attr]
+                runner.deliverer.sinks[DeliveryType.S3]._client(dest),  # type: ignore[attr-defined]
                 baseline.central,
                 baseline.tenant,
             )
@@ -483,16 +624,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 out["sets"][d.name] = {"data": d.info, "runs": []}
                 repeats = args.large_repeats if d.name == "large" else args.repeats
                 for threads in args.threads:
-                    m = measure(d, threads, paths, repeats, moto, clear, ledger_clock, counter)
+                    m = measure(d, threads, per_object, replay, repeats, moto, clear, clocks, counter)
                     out["sets"][d.name]["runs"].append(m)
+                    r = m["ratios"]
                     print(
-                        f"{d.name}, {threads} thread(s): project {m['project']['best_objects_per_s']} obj/s "
-                        f"({m['project']['best_mb_per_s']} MB/s) vs baseline {m['baseline']['best_objects_per_s']} "
-                        f"obj/s: ratio {m['ratio_objects_per_s_paired_median']} (paired median); "
-                        f"without ledger {m['ratio_no_ledger_paired_median']}",
+                        f"{d.name}, {threads} thread(s), ratio to baseline (paired median): consumer "
+                        f"{r['consumer']['objects_per_s_paired_median']}, replay "
+                        f"{r['replay']['objects_per_s_paired_median']}, consumer without ledger "
+                        f"{r['consumer_no_ledger']['objects_per_s_paired_median']}",
                         flush=True,
                     )
-            out["sts_calls"] = sink._creds.sts_calls  # type: ignore[attr-defined]
+            out["sts_calls"] = {
+                "consumer": full.sinks[DeliveryType.S3]._creds.sts_calls,  # type: ignore[attr-defined]
+                "replay": runner.deliverer.sinks[DeliveryType.S3]._creds.sts_calls,  # type: ignore[attr-defined]
+            }
         finally:
             os.environ.clear()
             os.environ.update(saved_env)
@@ -527,8 +672,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--large-copies", type=int, default=12, help="each large object is also copied to make this many")
     p.add_argument("--large-events", type=int, default=80_000, help="events per large object (about 64 MiB raw)")
     p.add_argument("--threads", type=int, action="append", help="concurrency of every path (default 1 and 8)")
-    p.add_argument("--repeats", type=int, default=3, help="rotated baseline/project/no-ledger passes, typical set")
-    p.add_argument("--large-repeats", type=int, default=5, help="the same for the large set (its passes are short)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=4,
+        help="rotated baseline/consumer/replay/no-ledger passes, typical set (4: each path goes first once)",
+    )
+    p.add_argument("--large-repeats", type=int, default=4, help="the same for the large set")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "s3.json")
     args = p.parse_args(argv)
@@ -548,7 +698,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "target_ratio": TARGET_RATIO,
         **measured,
         "meets_target": {
-            f"{name}/{m['threads']}": m["meets_target"] for name, s in measured["sets"].items() for m in s["runs"]
+            path: {
+                f"{name}/{m['threads']}": m["ratios"][path]["meets_target"]
+                for name, s in measured["sets"].items()
+                for m in s["runs"]
+            }
+            for path in LEDGER_PATHS
         },
         "wall_s": round(time.monotonic() - t_all, 1),
     }
