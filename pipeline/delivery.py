@@ -347,6 +347,22 @@ class Deliverer:
         for sink in self.unique_sinks:
             sink.close()
 
+    def may_decode(self, key: str) -> bool:
+        """Whether delivering the object can decode it (an event sink has a delivery that takes it): what
+        a memory budget charges for it. True when that cannot be told yet; deliver() reports why."""
+        try:
+            parsed = parse_key(key)
+            tenant = self.tenants.get(parsed.tenant)
+        except (InvalidKeyError, DeliveryError, ClientError, BotoCoreError):
+            return True
+        return any(
+            self.routing.selects(d.delivery_id, d.type)
+            and d.type in self.sinks
+            and self.sinks[d.type].traits.needs_events
+            and not d.skip_reason(parsed)
+            for d in tenant.deliveries
+        )
+
     def deliver(self, ref: ObjectRef, delivered: frozenset[str] | None = None) -> ObjectResult:
         """Deliver one object to each of its deliveries. Never raises for a bad object or a bad delivery.
 

@@ -18,9 +18,9 @@ DECODED_BYTES_PER_STORED_BYTE = 12  # gzip NDJSON: measured 11.5 for the generat
 DEFAULT_BUDGET_MIB = 128  # throttles only objects over about 2 MiB gzip; typical ones are far smaller
 
 
-def decoded_footprint(stored_bytes: int) -> int:
-    """Estimated memory one object takes while it is decoded and delivered."""
-    return max(stored_bytes, 0) * DECODED_BYTES_PER_STORED_BYTE
+def decoded_footprint(stored_bytes: int, decoded: bool = True) -> int:
+    """Estimated memory one object takes while it is delivered: decoded, or only held as its bytes (S3)."""
+    return max(stored_bytes, 0) * (DECODED_BYTES_PER_STORED_BYTE if decoded else 1)
 
 
 class MemoryBudget:

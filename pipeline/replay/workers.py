@@ -87,7 +87,7 @@ class UnitRunner:
     def _run_pod(self, objects: list[ObjectSpec], ledger: dict[str, frozenset[str]] | None) -> list[ObjectResult]:
         results = []
         for o in objects:
-            with self.budget.hold(decoded_footprint(o.size)):
+            with self.budget.hold(decoded_footprint(o.size, self.deliverer.may_decode(o.key))):
                 if self.stopping.is_set():
                     # Stop between objects, never inside one: every object is either fully delivered and in
                     # the ledger, or not started, so a re-run resumes exactly where this one stopped.

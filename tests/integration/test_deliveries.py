@@ -254,3 +254,18 @@ def test_an_s3_delivery_with_a_kms_key_writes_sse_kms_objects(local_aws: LocalEn
         head = s3.head_object(Bucket=hooli.bucket, Key=destination_key(o.key))
         assert head["ServerSideEncryption"] == "aws:kms"
         assert head["SSEKMSKeyId"] == key_arn
+
+
+def test_may_decode_tells_the_memory_budget_which_objects_only_travel_as_bytes(local_aws: LocalEnvironment) -> None:
+    def key(tenant: str, app: str) -> str:
+        return f"prod-1/{tenant}/{app}/{app}-1/20240101-000000-u.json.gz"
+
+    d = build_deliverer(local_aws.settings)
+    assert d.may_decode(key("acme", "frontend"))  # CloudWatch only
+    assert d.may_decode(key("umbrella", "payment-service"))  # CloudWatch wants it, and S3
+    assert not d.may_decode(key("umbrella", "frontend"))  # only S3 wants it
+    assert not d.may_decode(key("hooli", "payment-service"))  # S3 only
+    assert d.may_decode("not/a/valid/key")  # cannot tell: charged as decoded
+    assert d.may_decode(key("nobody", "api"))
+    only_s3 = build_deliverer(local_aws.settings, deliveries=("s3",))
+    assert not only_s3.may_decode(key("umbrella", "payment-service"))

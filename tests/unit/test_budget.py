@@ -84,3 +84,8 @@ def test_footprint_estimate_and_bad_capacity() -> None:
     assert decoded_footprint(-5) == 0
     with pytest.raises(ValueError, match="positive"):
         MemoryBudget(0)
+
+
+def test_an_object_that_is_not_decoded_costs_only_its_bytes() -> None:
+    assert decoded_footprint(1_000_000, decoded=False) == 1_000_000
+    assert decoded_footprint(1_000_000, decoded=True) == decoded_footprint(1_000_000)
