@@ -13,7 +13,7 @@ references come from and how work is spread.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
@@ -102,6 +102,7 @@ class DeliveryResult:
     streams: list[str] = field(default_factory=list)
     recorded: bool = False  # in the ledger
     durable: bool = True  # False until the sink's flush() for sinks that are not durable on return
+    batched: bool = False  # durable, its record left for the caller's commit() to write with others
 
     @property
     def events_rejected(self) -> int:
@@ -129,7 +130,7 @@ class DeliveryResult:
         self.retries += sent.retries
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("recorded", "durable")}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("recorded", "durable", "batched")}
         d["status"] = str(self.status)
         return d
 
@@ -216,7 +217,11 @@ class ObjectResult:
 
     def settle(self) -> ObjectResult:
         """The object's status from its deliveries': any failed, else any damaged, else any delivered."""
-        if self.status is Status.FAILED and not self.deliveries:
+        if not self.deliveries:
+            # Unless already decided for the object as a whole (bad key, unknown tenant, interrupted), no
+            # delivery takes it: the tenant has none, or none was selected.
+            if self.status is Status.DELIVERED:
+                self.status, self.reason = Status.SKIPPED, "no delivery takes it"
             return self
         failed = [d for d in self.deliveries if d.status is Status.FAILED]
         if failed:
@@ -231,7 +236,7 @@ class ObjectResult:
             self.status = Status.SKIPPED
             reasons = list(dict.fromkeys(d.reason for d in self.deliveries))
             # Every delivery that takes the object has it: the others' filters are beside the point.
-            self.reason = LEDGER_SKIP if LEDGER_SKIP in reasons else "; ".join(reasons) or "no delivery takes it"
+            self.reason = LEDGER_SKIP if LEDGER_SKIP in reasons else "; ".join(reasons)
         return self
 
 
@@ -306,9 +311,13 @@ class Deliverer:
         deliveries: Collection[str] = (),
         source: str = "consumer",
         throttle: Callable[[str, int], None] | None = None,
+        group_commit: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.tenants = tenants
+        # Callers that deliver many objects and then commit() them (replay units) may have the records of
+        # idempotent deliveries written in batches: see deliver().
+        self.group_commit = group_commit
         self.sinks = dict(sinks)
         self.ledger = ledger
         self._s3 = s3
@@ -368,7 +377,10 @@ class Deliverer:
 
         `delivered`: what the ledger has for the object, when the caller read it in a batch (`ledger_view`);
         None reads it here. Deliveries whose sink is durable on return are in the ledger when this returns;
-        the others wait for the caller's `flush()` and then `commit()`.
+        the others wait for the caller's `finish()` (flush, then `commit()`). With `group_commit`, so do the
+        records of an object whose tenant has only idempotent deliveries (S3) and that the ledger had no
+        record of: they are written whole, in batches (`Ledger.replace_items`), because losing one to a
+        crash costs a resend that overwrites the same objects, never a duplicate.
         """
         result = ObjectResult(key=ref.key, etag=(ref.etag or "").strip('"'))
         try:
@@ -379,6 +391,9 @@ class Deliverer:
         try:
             tenant = self.tenants.get(parsed.tenant)
             todo = self._route(tenant, parsed, ref, result, delivered)
+            if self.group_commit and delivered is not None and not delivered and self._idempotent_only(tenant):
+                for _, r in todo:
+                    r.batched = True
         except NonRecoverableError as exc:
             return result.fail(exc.reason, recoverable=False)
         except (ClientError, BotoCoreError, LedgerError) as exc:
@@ -532,20 +547,53 @@ class Deliverer:
                 r.status, r.reason = Status.DAMAGED, stats.damaged
             self._record(result, r, self.sinks[d.type])
 
+    def _idempotent_only(self, tenant: Tenant) -> bool:
+        """Whether every delivery the tenant has goes through an idempotent sink: its ledger items can then
+        hold nothing but records whose loss costs an overwrite, never a duplicate."""
+        return not tenant.invalid and all(
+            d.type in self.sinks and self.sinks[d.type].traits.idempotent for d in tenant.deliveries
+        )
+
     def _record(self, result: ObjectResult, r: DeliveryResult, sink: Sink) -> None:
         if not sink.traits.durable_on_return:
             r.durable = False  # the caller records it after the sink's flush()
             return
-        if sink.traits.writes_ledger:
+        if sink.traits.writes_ledger and not r.batched:
             self._write_ledger(result, r)
 
-    def commit(self, result: ObjectResult) -> None:
-        """After a successful flush(): record the deliveries that were waiting for it."""
-        for r in result.deliveries:
-            if r.done and not r.durable:
-                r.durable = True
-                self._write_ledger(result, r)
-        result.settle()
+    def finish(self, results: Sequence[ObjectResult]) -> None:
+        """After a run of deliver() calls: flush the sinks if a delivery waits for it, then commit them all."""
+        if any(not d.durable for r in results for d in r.deliveries):
+            try:
+                self.flush()
+            except DeliveryError as exc:
+                for r in results:
+                    self.abandon(r, f"sink flush failed: {exc.reason}")
+        self.commit(*results)
+
+    def commit(self, *results: ObjectResult) -> None:
+        """After a successful flush(): record the deliveries that were waiting for it, and the batched ones."""
+        batched: list[tuple[ObjectResult, DeliveryResult]] = []
+        for result in results:
+            for r in result.deliveries:
+                if not r.done or r.recorded:
+                    continue
+                if not r.durable:
+                    r.durable = True
+                    self._write_ledger(result, r)
+                elif r.batched:
+                    batched.append((result, r))
+        if batched and self.ledger is not None:
+            try:
+                self.ledger.replace_items(self._entry(result, r) for result, r in batched)
+            except (ClientError, BotoCoreError, LedgerError) as exc:
+                for _, r in batched:
+                    r.fail(f"delivered, but the ledger write failed ({aws.error_code(exc) or exc})", recoverable=True)
+            else:
+                for _, r in batched:
+                    r.recorded = True
+        for result in results:
+            result.settle()
 
     def abandon(self, result: ObjectResult, reason: str) -> None:
         """After a failed flush(): the deliveries that were waiting for it failed, recoverably."""
@@ -554,10 +602,8 @@ class Deliverer:
                 r.fail(reason, recoverable=True)
         result.settle()
 
-    def _write_ledger(self, result: ObjectResult, r: DeliveryResult) -> None:
-        if self.ledger is None or not r.done or r.recorded:
-            return
-        entry = LedgerEntry(
+    def _entry(self, result: ObjectResult, r: DeliveryResult) -> LedgerEntry:
+        return LedgerEntry(
             tenant_id=result.tenant,
             object_key=result.key,
             etag=result.etag,
@@ -569,8 +615,12 @@ class Deliverer:
             delivery_id=r.delivery_id,
             bytes_delivered=r.bytes_delivered,
         )
+
+    def _write_ledger(self, result: ObjectResult, r: DeliveryResult) -> None:
+        if self.ledger is None or not r.done or r.recorded:
+            return
         try:
-            self.ledger.record(entry)
+            self.ledger.record(self._entry(result, r))
             r.recorded = True
         except (ClientError, BotoCoreError, LedgerError) as exc:
             r.fail(f"delivered, but the ledger write failed ({aws.error_code(exc) or exc})", recoverable=True)
@@ -586,6 +636,7 @@ def build_deliverer(
     deliveries: Iterable[str] = (),
     throttle: Callable[[str, int], None] | None = None,
     put_attempts: int | None = None,
+    group_commit: bool = False,
 ) -> Deliverer:
     """The Deliverer every path uses (consumer modes, replay workers), with its AWS clients made up front.
 
@@ -619,4 +670,5 @@ def build_deliverer(
         deliveries=tuple(deliveries),
         source=source,
         throttle=throttle,
+        group_commit=group_commit,
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,8 @@ from pipeline import aws
 from pipeline.tenants import V1_DELIVERY_ID
 
 BATCH_GET_MAX = 100
-UNPROCESSED_ATTEMPTS = 8  # BatchGetItem rounds for keys DynamoDB left unprocessed (throttled)
+BATCH_WRITE_MAX = 25
+UNPROCESSED_ATTEMPTS = 8  # batch rounds for keys DynamoDB left unprocessed (throttled)
 CONDITION_FAILED = "ConditionalCheckFailedException"
 
 
@@ -86,33 +87,17 @@ class Ledger:
                     "ConsistentRead": True,
                 }
             }
-            for attempt in range(UNPROCESSED_ATTEMPTS + 1):
-                resp = self._ddb().batch_get_item(RequestItems=request)
+            for resp in self._rounds(self._ddb().batch_get_item, request, "UnprocessedKeys"):
                 for item in resp.get("Responses", {}).get(self.table, []):
                     k = item["object_key"]["S"]
                     done = _delivered_ids(item, wanted.get(k))
                     if done:
                         found[k] = done
-                request = resp.get("UnprocessedKeys") or {}
-                if not request:
-                    break
-                if attempt == UNPROCESSED_ATTEMPTS:
-                    raise LedgerError(f"{self.table}: keys still unprocessed after {attempt + 1} BatchGetItem rounds")
-                self._sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))  # full jitter, as AWS advises
         return found
 
     def record(self, entry: LedgerEntry) -> None:
         """Record one delivery of one object, leaving every other delivery's record in the item as it is."""
-        record: dict[str, Any] = {
-            "etag": {"S": _norm_etag(entry.etag)},
-            "events_delivered": {"N": str(entry.events_delivered)},
-            "events_rejected": {"N": str(entry.events_rejected)},
-            "bytes_delivered": {"N": str(entry.bytes_delivered)},
-            "source": {"S": entry.source},
-            "delivered_at": {"N": repr(entry.delivered_at or time.time())},
-        }
-        if entry.damaged:
-            record["damaged"] = {"S": entry.damaged[:1000]}
+        record = _record_value(entry)
         key = {"tenant_id": {"S": entry.tenant_id}, "object_key": {"S": entry.object_key}}
         ddb = self._ddb()
         # The first delivery of an object (the common case) creates the map in one write; a later one, or the
@@ -143,6 +128,40 @@ class Ledger:
                 continue  # the item was deleted in between (an operator's cleanup): start over
         raise LedgerError(f"{self.table}: could not record {entry.delivery_id} of {entry.object_key}")
 
+    def replace_items(self, entries: Iterable[LedgerEntry]) -> None:
+        """Write whole items, one per object with the records given for it, in BatchWriteItem calls of 25.
+
+        Unconditional: each item replaces whatever the table held for its object. Only for items that can
+        hold nothing but records of idempotent deliveries (S3), so that the worst a replaced record costs
+        is one resend that overwrites the same destination object.
+        """
+        items: dict[tuple[str, str], dict[str, Any]] = {}
+        for e in entries:
+            item = items.setdefault(
+                (e.tenant_id, e.object_key),
+                {"tenant_id": {"S": e.tenant_id}, "object_key": {"S": e.object_key}, "deliveries": {"M": {}}},
+            )
+            item["deliveries"]["M"][e.delivery_id] = {"M": _record_value(e)}
+        requests = [{"PutRequest": {"Item": item}} for item in items.values()]
+        for i in range(0, len(requests), BATCH_WRITE_MAX):
+            for _ in self._rounds(self._ddb().batch_write_item, {self.table: requests[i : i + BATCH_WRITE_MAX]}):
+                pass
+
+    def _rounds(
+        self, call: Callable[..., Any], request: dict[str, Any], leftover: str = "UnprocessedItems"
+    ) -> Iterator[dict[str, Any]]:
+        """Each answer of a batch call, sent again with what DynamoDB left unprocessed (throttled): bounded,
+        with full-jitter backoff as AWS advises, then LedgerError."""
+        for attempt in range(UNPROCESSED_ATTEMPTS + 1):
+            resp: dict[str, Any] = call(RequestItems=request)
+            yield resp
+            request = resp.get(leftover) or {}
+            if not request:
+                return
+            if attempt == UNPROCESSED_ATTEMPTS:
+                raise LedgerError(f"{self.table}: still unprocessed after {attempt + 1} batch rounds ({leftover})")
+            self._sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+
     def entries(self, tenant_id: str) -> list[LedgerEntry]:
         """Every record of one tenant, one per (object, delivery): for reports, notebooks and tests."""
         out: list[LedgerEntry] = []
@@ -158,6 +177,21 @@ class Ledger:
             if "LastEvaluatedKey" not in resp:
                 return out
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+
+def _record_value(entry: LedgerEntry) -> dict[str, Any]:
+    """One delivery's record, as the value under `deliveries.{delivery_id}`."""
+    record: dict[str, Any] = {
+        "etag": {"S": _norm_etag(entry.etag)},
+        "events_delivered": {"N": str(entry.events_delivered)},
+        "events_rejected": {"N": str(entry.events_rejected)},
+        "bytes_delivered": {"N": str(entry.bytes_delivered)},
+        "source": {"S": entry.source},
+        "delivered_at": {"N": repr(entry.delivered_at or time.time())},
+    }
+    if entry.damaged:
+        record["damaged"] = {"S": entry.damaged[:1000]}
+    return record
 
 
 def _records(item: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:

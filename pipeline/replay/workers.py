@@ -18,7 +18,6 @@ import ray
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.delivery import ObjectRef, ObjectResult, Status, TimeWindow, build_deliverer
-from pipeline.errors import DeliveryError
 from pipeline.keys import parse_key
 from pipeline.ledger import LedgerError
 from pipeline.replay.budget import DEFAULT_BUDGET_MIB, MemoryBudget, decoded_footprint
@@ -50,6 +49,7 @@ class UnitRunner:
             redeliver=redeliver,
             deliveries=deliveries,
             throttle=throttle,
+            group_commit=True,
         )
         self.stopping = threading.Event()
         # A sink that takes one writer at a time (one Vector stdin per destination) gets one pod thread.
@@ -72,16 +72,9 @@ class UnitRunner:
         with ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="pod") as pool:
             per_pod = list(pool.map(partial(self._run_pod, ledger=ledger), pods.values()))
         results = [r for pod_results in per_pod for r in pod_results]
-        # Deliveries through a sink that is not durable on return (Vector) are recorded only after a flush.
-        if any(not d.durable for r in results for d in r.deliveries):
-            try:
-                self.deliverer.flush()
-            except DeliveryError as exc:
-                for r in results:
-                    self.deliverer.abandon(r, f"sink flush failed: {exc.reason}")
-            else:
-                for r in results:
-                    self.deliverer.commit(r)
+        # Deliveries through a sink that is not durable on return (Vector) are recorded after a flush, and
+        # those of S3-only objects in batches: a unit's result says delivered only once it is in the ledger.
+        self.deliverer.finish(results)
         return [r.to_dict() for r in results]
 
     def _run_pod(self, objects: list[ObjectSpec], ledger: dict[str, frozenset[str]] | None) -> list[ObjectResult]:

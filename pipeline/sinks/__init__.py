@@ -62,7 +62,10 @@ REGISTRY: dict[str, SinkSpec] = {
         ),
         SinkSpec(
             "s3",
-            SinkTraits(frozenset({S3}), needs_events=False, durable_on_return=True, writes_ledger=True),
+            # The same source object always maps to the same destination key: a resend overwrites it.
+            SinkTraits(
+                frozenset({S3}), needs_events=False, durable_on_return=True, writes_ledger=True, idempotent=True
+            ),
             "pipeline.sinks.s3:S3Sink",
             "the source object's bytes, unchanged, into the tenant's bucket",
             default_for=frozenset({S3}),

@@ -22,6 +22,7 @@ class SinkTraits:
     durable_on_return: bool  # True: what send/put_object accepted is at the destination; False: after flush()
     writes_ledger: bool  # False: it sends nothing real, so nothing may be recorded as delivered
     max_writers: int | None = None  # threads that may use it at once; None: any number
+    idempotent: bool = False  # True: a resend overwrites what it sent before instead of adding a duplicate
 
 
 @dataclass

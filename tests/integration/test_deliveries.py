@@ -269,3 +269,27 @@ def test_may_decode_tells_the_memory_budget_which_objects_only_travel_as_bytes(l
     assert d.may_decode(key("nobody", "api"))
     only_s3 = build_deliverer(local_aws.settings, deliveries=("s3",))
     assert not only_s3.may_decode(key("umbrella", "payment-service"))
+
+
+def test_group_commit_batches_only_records_whose_loss_costs_an_overwrite(local_aws: LocalEnvironment) -> None:
+    manifest = write(local_aws, ("umbrella", "hooli"), seed=16)
+    d = build_deliverer(local_aws.settings, group_commit=True)
+    ledger = Ledger(local_aws.names.ledger_table)
+    hooli = [o.key for o in manifest.objects if "/hooli/" in o.key]
+    umbrella = [o.key for o in manifest.objects if "/umbrella/" in o.key]
+
+    # An S3-only tenant's objects the ledger had nothing for: stored now, recorded by commit(), in batches.
+    results = [d.deliver(ObjectRef(local_aws.names.bucket, k), frozenset()) for k in hooli]
+    assert all(r.deliveries[0].batched and not r.deliveries[0].recorded for r in results)
+    assert ledger.entries("hooli") == []
+    d.commit(*results)
+    assert {e.object_key for e in ledger.entries("hooli")} == set(hooli)
+    assert all(r.status is Status.DELIVERED and r.deliveries[0].recorded for r in results)
+
+    # A tenant with a CloudWatch delivery too: never batched, every record written as its delivery completes.
+    r = d.deliver(ObjectRef(local_aws.names.bucket, umbrella[0]), frozenset())
+    assert not any(x.batched for x in r.deliveries) and all(x.recorded for x in r.deliveries if x.done)
+    # Without a ledger view (the consumer's path), nothing is batched either.
+    again = build_deliverer(local_aws.settings, redeliver=True, group_commit=True)
+    r = again.deliver(ObjectRef(local_aws.names.bucket, hooli[0]))
+    assert not r.deliveries[0].batched and r.deliveries[0].recorded

@@ -293,3 +293,23 @@ def test_keys_left_unprocessed_for_good_are_a_ledger_error() -> None:
         Ledger("t", client=ddb, sleep=sleeps.append).delivered_many("umbrella", keys)
     assert len(ddb.calls) == UNPROCESSED_ATTEMPTS + 1
     assert len(sleeps) == UNPROCESSED_ATTEMPTS
+
+
+def test_replace_items_writes_whole_items_in_batches_of_25(local_aws: LocalEnvironment) -> None:
+    ledger = Ledger(local_aws.names.ledger_table)
+    entries = [LedgerEntry("hooli", f"k/{i:03d}", f"e{i}", delivery_id="archive", bytes_delivered=i) for i in range(60)]
+    calls: list[int] = []
+    ddb = ledger._ddb()
+    ddb.meta.events.register(
+        "provide-client-params.dynamodb.BatchWriteItem",
+        lambda params, **_: calls.append(len(params["RequestItems"][local_aws.names.ledger_table])),
+    )
+    ledger.replace_items(entries)
+    assert calls == [25, 25, 10]
+    got = {e.object_key: e for e in ledger.entries("hooli")}
+    assert set(got) == {e.object_key for e in entries}
+    assert got["k/007"].etag == "e7" and got["k/007"].bytes_delivered == 7 and got["k/007"].delivery_id == "archive"
+    assert ledger.delivered("hooli", "k/007", "e7") == {"archive"}
+    # Whole items: a second write replaces the first one's records.
+    ledger.replace_items([LedgerEntry("hooli", "k/007", "e7b", delivery_id="archive-2")])
+    assert ledger.delivered("hooli", "k/007", None) == {"archive-2"}
