@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,10 +32,14 @@ from fault_helpers import (
     delivered,
     duplicated_keys,
     expected,
+    kill_group,
+    kill_tree,
     ledger_records,
     objects_of,
     queue_counts,
     queue_empty,
+    replay_cmd,
+    run_replay,
     s3_path,
     wait_for,
     write,
@@ -375,3 +380,55 @@ def test_consumer_killed_between_the_two_deliveries_of_an_object_resends_only_th
     assert_buckets_hold_the_sources(stack, manifest, "umbrella")
     assert queue_counts(stack.local, stack.local.dlq_url) == (0, 0)
     print(f"kill between deliveries: {len(s3_done)} of {len(keys)} in S3 at the kill, {len(between)} waiting on CW")
+
+
+# --------------------------------------------------------------------------------------------------------
+# The replay CLI, killed while an S3-only tenant's unit is half stored
+
+
+@pytest.mark.slow
+def test_replay_killed_before_its_batched_s3_records_resends_only_overwrites(stack: FaultStack, tmp_path: Path) -> None:
+    """An S3-only tenant's records are written in batches when a unit ends. A replay killed before that has
+    stored objects it never recorded: the rerun stores them again, over themselves, and nothing is lost."""
+    manifest = write(
+        stack.local, tenants=("hooli",), applications=APPS, pods_per_app=2, objects_per_pod=4, seed=41
+    )  # fmt: skip
+    paths = paths_of(stack, manifest, "hooli")
+    stack.proxy.add(
+        Rule(Delay(0.3), service="s3", operation=PUT_OBJECT, body_contains=stack.local.tenant("hooli").bucket)
+    )
+    args = ("--tenant", "hooli", "--since", "45m", "--workers", "1")
+    proc = subprocess.Popen(
+        replay_cmd(*args, report=tmp_path / "killed.json"),
+        env=stack.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: len(stored(stack.proxy.calls("s3"))) >= 3 or proc.poll() is not None, 120, "objects stored")
+        kill_tree(proc.pid)
+        proc.wait(30)
+    finally:
+        kill_group(proc)
+    wait_for(lambda: stack.proxy.inflight() == 0, 30, "requests held by the proxy to be settled")
+    before = stored(stack.proxy.calls("s3"))
+    recorded = ledger_records(stack.local, "hooli", "archive")
+    assert before and len(before) < len(paths), "the kill did not land mid-run"
+    assert not recorded  # the unit had not ended: its records were still to be written, in one batch
+
+    stack.proxy.clear()
+    code, doc, output = run_replay(stack, *args, report=tmp_path / "rerun.json")
+    assert code == 0, output[-3000:]
+    assert ledger_records(stack.local, "hooli", "archive") == set(paths)
+    assert doc["objects_delivered"] == len(paths)
+    total = stored(stack.proxy.calls("s3"))
+    # Every object stored; those stored before the kill exactly twice (over themselves), the rest once.
+    assert set(total) == set(paths.values())
+    assert {p for p, n in total.items() if n == 2} == set(before) and set(total.values()) <= {1, 2}
+    assert_buckets_hold_the_sources(stack, manifest, "hooli")
+    # A third run sends nothing: every object is in the ledger now.
+    stack.proxy.reset_log()
+    code, doc, output = run_replay(stack, *args, report=tmp_path / "third.json")
+    assert code == 0 and doc["objects_skipped_ledger"] == len(paths), output[-3000:]
+    assert not stored(stack.proxy.calls("s3"))
