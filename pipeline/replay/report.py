@@ -9,39 +9,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from pipeline.delivery import LEDGER_SKIP, Status
+from pipeline.delivery import LEDGER_SKIP, SUMMED, Status
 from pipeline.keys import parse_key
 from pipeline.replay.plan import ObjectSpec, Plan
 
 INTERRUPTED = "not attempted: the replay was interrupted"
 
-# Counters summed from each ObjectResult (pipeline.delivery) into the report, under the same names.
+# Counters summed from each ObjectResult (pipeline.delivery) into the report, under the same names: the
+# per-delivery ones (totals over the object's deliveries) and what decoding the object saw.
 EVENT_COUNTERS = (
-    "events_delivered",
-    "events_rejected_too_old",
-    "events_rejected_too_new",
-    "events_rejected_expired",
-    "events_filtered",
-    "events_split",
+    *SUMMED,
     "lines_malformed",
     "lines_repaired_utf8",
     "messages_empty",
     "timestamps_defaulted",
     "bytes_read",
-    "bytes_delivered",
 )
 # Counters summed from each delivery's result (DeliveryResult) into that delivery's section.
-DELIVERY_COUNTERS = (
-    "events_delivered",
-    "events_rejected_too_old",
-    "events_rejected_too_new",
-    "events_rejected_expired",
-    "events_filtered",
-    "events_split",
-    "bytes_delivered",
-    "requests",
-    "retries",
-)
+DELIVERY_COUNTERS = (*SUMMED, "requests", "retries")
 FAILED_DETAIL_MAX = 1000  # per delivery: failures beyond this are counted, not listed
 
 

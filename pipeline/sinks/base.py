@@ -7,11 +7,15 @@ returns?) and adding a sink touches only the registry in `pipeline.sinks`.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import ClassVar, Protocol
 
 from pipeline.batching import Event
+from pipeline.credentials import CredentialBroker
 from pipeline.keys import ObjectKey
+from pipeline.retry import RetryPolicy
 from pipeline.tenants import Delivery, DeliveryType
 
 
@@ -60,6 +64,27 @@ class Sink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class TenantWriter:
+    """What the sinks that write into a tenant's account with its role share: the credential broker, the
+    shared retry policy (which errors are retried stays each sink's own decision), and an injectable sleep."""
+
+    def __init__(
+        self,
+        credentials: CredentialBroker,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._creds = credentials
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+
+    def flush(self) -> None:
+        pass  # every write has returned by the time send() or put_object() does
+
+    def close(self) -> None:
+        pass
 
 
 class EventSink(Sink, Protocol):

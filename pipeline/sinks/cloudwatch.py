@@ -8,7 +8,6 @@ the error codes exactly. Rejected events (too old, too new, expired) are counted
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -16,11 +15,10 @@ from botocore.exceptions import ClientError
 
 from pipeline import aws
 from pipeline.batching import Event, batches, count_rejected, put_log_events_body
-from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError
 from pipeline.retry import NETWORK_ERRORS, RetryPolicy
 from pipeline.sinks import traits_of
-from pipeline.sinks.base import SinkResult, SinkTraits
+from pipeline.sinks.base import SinkResult, SinkTraits, TenantWriter
 from pipeline.tenants import Delivery
 
 RETRYABLE_CODES = frozenset({"ThrottlingException", "ServiceUnavailableException"})
@@ -32,19 +30,9 @@ NOT_FOUND = "ResourceNotFoundException"
 __all__ = ["CloudWatchSink", "RetryPolicy"]
 
 
-class CloudWatchSink:
+class CloudWatchSink(TenantWriter):
     name: ClassVar[str] = "cloudwatch"
     traits: ClassVar[SinkTraits] = traits_of(name)
-
-    def __init__(
-        self,
-        credentials: CredentialBroker,
-        retry: RetryPolicy | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self._creds = credentials
-        self._retry = retry or RetryPolicy()
-        self._sleep = sleep
 
     def _client(self, dest: Delivery) -> Any:
         return self._creds.client("logs", dest.tenant_id, dest.role_arn, dest.region, dest.external_id)
@@ -54,12 +42,6 @@ class CloudWatchSink:
         for batch in batches(events):
             self._put(dest, stream, batch, result)
         return result
-
-    def flush(self) -> None:
-        pass  # every put has returned by the time send() does
-
-    def close(self) -> None:
-        pass
 
     def _put(self, dest: Delivery, stream: str, batch: list[Event], result: SinkResult) -> None:
         body = put_log_events_body(dest.log_group, stream, batch)

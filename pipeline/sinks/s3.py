@@ -18,19 +18,16 @@ delivery at once with a reason that says what the customer has to fix.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from botocore.exceptions import ClientError
 
 from pipeline import aws
-from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError
 from pipeline.keys import ObjectKey
-from pipeline.retry import NETWORK_ERRORS, RetryPolicy
+from pipeline.retry import NETWORK_ERRORS
 from pipeline.sinks import traits_of
-from pipeline.sinks.base import SinkResult, SinkTraits, SourceObject
+from pipeline.sinks.base import SinkResult, SinkTraits, SourceObject, TenantWriter
 from pipeline.tenants import Delivery
 
 CONTENT_TYPE = "application/x-ndjson"
@@ -69,19 +66,9 @@ def refusal_reason(code: str, message: str, dest: Delivery, key: str) -> str:
     return f"{code or 'error'} writing {where}: {message}"
 
 
-class S3Sink:
+class S3Sink(TenantWriter):
     name: ClassVar[str] = "s3"
     traits: ClassVar[SinkTraits] = traits_of(name)
-
-    def __init__(
-        self,
-        credentials: CredentialBroker,
-        retry: RetryPolicy | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self._creds = credentials
-        self._retry = retry or RetryPolicy()
-        self._sleep = sleep
 
     def _client(self, dest: Delivery) -> Any:
         return self._creds.client(
@@ -128,9 +115,3 @@ class S3Sink:
         result.batches += 1
         result.bytes_written += len(source.body)
         return result
-
-    def flush(self) -> None:
-        pass  # PutObject has returned by the time put_object does: the object is stored
-
-    def close(self) -> None:
-        pass

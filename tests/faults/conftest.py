@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from pipeline.local.server import MotoServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpus"))
 
-from fault_helpers import FaultStack
+from fault_helpers import ConsumerProcess, FaultStack, consumer_process
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,3 +47,18 @@ def stack(moto_server: MotoServer, fault_proxy: FaultProxy, monkeypatch: pytest.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | through_proxy
     yield FaultStack(local, fault_proxy, env)
     fault_proxy.clear()
+
+
+@pytest.fixture
+def consumer(stack: FaultStack, tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
+    """Starts consumer subprocesses through the stack's proxy (ready when returned); kills them after the test."""
+    started: list[ConsumerProcess] = []
+
+    def start(*args: str) -> ConsumerProcess:
+        c = consumer_process(stack, tmp_path / f"consumer-{len(started)}.log", list(args))
+        started.append(c)
+        return c.wait_ready()
+
+    yield start
+    for c in started:
+        c.kill()

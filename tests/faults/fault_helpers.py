@@ -5,6 +5,7 @@ tenants' own CloudWatch accounts, the ledger and the proxy's record of the wire.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -167,6 +168,19 @@ def kill_group(proc: subprocess.Popen[Any]) -> None:
 
 # --------------------------------------------------------------------------------------------------------
 # The SQS consumer
+
+
+def set_queue(stack: FaultStack, **attrs: str) -> None:
+    stack.local.client("sqs").set_queue_attributes(QueueUrl=stack.local.queue_url, Attributes=attrs)
+
+
+def allow_receives(stack: FaultStack, n: int) -> None:
+    """Redrive to the DLQ only after `n` receives (production: 3), so a test that decides when a customer
+    fixes their side does not race the redrive."""
+    dlq_arn = stack.local.client("sqs").get_queue_attributes(QueueUrl=stack.local.dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    set_queue(stack, RedrivePolicy=json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(n)}))
 
 
 def consumer_process(stack: FaultStack, log_path: Path, args: list[str]) -> ConsumerProcess:

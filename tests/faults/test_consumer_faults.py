@@ -6,17 +6,15 @@ own CloudWatch accounts, the ledger, the queues and the consumer's own logs.
 
 from __future__ import annotations
 
-import json
 import signal
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from fault_helpers import (
     ConsumerProcess,
     FaultStack,
     accepted_objects,
-    consumer_process,
+    allow_receives,
     delivered,
     duplicated_keys,
     expected,
@@ -24,6 +22,7 @@ from fault_helpers import (
     objects_of,
     queue_counts,
     queue_empty,
+    set_queue,
     wait_for,
     write,
 )
@@ -35,33 +34,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PUT = "PutLogEvents"
 
 
-@pytest.fixture
-def consumer(stack: FaultStack, tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
-    started: list[ConsumerProcess] = []
-
-    def start(*args: str) -> ConsumerProcess:
-        c = consumer_process(stack, tmp_path / f"consumer-{len(started)}.log", list(args))
-        started.append(c)
-        return c.wait_ready()
-
-    yield start
-    for c in started:
-        c.kill()
-
-
-def set_queue(stack: FaultStack, **attrs: str) -> None:
-    stack.local.client("sqs").set_queue_attributes(QueueUrl=stack.local.queue_url, Attributes=attrs)
-
-
 def test_consumer_retries_throttling_and_5xx_refreshes_expiry_and_holds_back_only_the_denied_tenant(
     stack: FaultStack, consumer: Callable[..., ConsumerProcess]
 ) -> None:
-    # More receives than the production 3 before the DLQ: the test decides when the customer fixes the
-    # role, and must not race the redrive.
-    dlq_arn = stack.local.client("sqs").get_queue_attributes(QueueUrl=stack.local.dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    set_queue(stack, RedrivePolicy=json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "20"}))
+    allow_receives(stack, 20)  # the test decides when the customer fixes their side
     globex = stack.local.tenant("globex")
     proxy = stack.proxy
     faults = [

@@ -15,11 +15,10 @@ delivery.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -28,7 +27,7 @@ from fault_helpers import (
     ConsumerProcess,
     FaultStack,
     accepted_objects,
-    consumer_process,
+    allow_receives,
     delivered,
     duplicated_keys,
     expected,
@@ -41,6 +40,7 @@ from fault_helpers import (
     replay_cmd,
     run_replay,
     s3_path,
+    set_queue,
     wait_for,
     write,
 )
@@ -229,24 +229,6 @@ def test_one_deliverys_access_denied_leaves_the_other_delivered_and_a_retry_send
 # The SQS consumer (a real subprocess), objects reaching it through S3 → SNS → SQS
 
 
-@pytest.fixture
-def consumer(stack: FaultStack, tmp_path: Path) -> Iterator[Callable[..., ConsumerProcess]]:
-    started: list[ConsumerProcess] = []
-
-    def start(*args: str) -> ConsumerProcess:
-        c = consumer_process(stack, tmp_path / f"consumer-{len(started)}.log", list(args))
-        started.append(c)
-        return c.wait_ready()
-
-    yield start
-    for c in started:
-        c.kill()
-
-
-def set_queue(stack: FaultStack, **attrs: str) -> None:
-    stack.local.client("sqs").set_queue_attributes(QueueUrl=stack.local.queue_url, Attributes=attrs)
-
-
 def object_logs(c: ConsumerProcess, key: str) -> list[dict[str, object]]:
     return [r for r in c.logs() if r.get("object_key") == key and "deliveries" in r]
 
@@ -259,12 +241,7 @@ def delivery_outcomes(record: dict[str, object]) -> dict[str, tuple[str, str]]:
 def test_consumer_denied_bucket_holds_the_message_back_and_after_the_fix_sends_only_the_s3_delivery(
     stack: FaultStack, consumer: Callable[..., ConsumerProcess]
 ) -> None:
-    # More receives than the production 3 before the DLQ: the test decides when the customer fixes the
-    # bucket policy, and must not race the redrive.
-    dlq_arn = stack.local.client("sqs").get_queue_attributes(QueueUrl=stack.local.dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    set_queue(stack, RedrivePolicy=json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "20"}))
+    allow_receives(stack, 20)  # the test decides when the customer fixes their side
     umbrella = stack.local.tenant("umbrella")
     proxy = stack.proxy
     proxy.add(Rule(Error.access_denied(), service="s3", operation=PUT_OBJECT, body_contains=f"/{umbrella.bucket}/"))
