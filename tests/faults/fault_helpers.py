@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -146,6 +146,27 @@ def run_replay(stack: FaultStack, *args: str, report: Path, timeout: float = 240
     )
     doc = orjson.loads(report.read_bytes()) if report.exists() else {}
     return proc.returncode, doc, proc.stdout + proc.stderr
+
+
+def kill_replay_mid_run(
+    stack: FaultStack, *args: str, report: Path, when: Callable[[subprocess.Popen[Any]], None]
+) -> None:
+    """Run the replay CLI, SIGKILL it with its local Ray (a lost pod) once `when(proc)` returns, and wait for
+    the proxy to settle the requests it held (a held request whose client died is never forwarded)."""
+    proc = subprocess.Popen(
+        replay_cmd(*args, report=report),
+        env=stack.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        when(proc)
+        kill_tree(proc.pid)  # the driver, its raylet, GCS and workers, in the same instant
+        proc.wait(30)
+    finally:
+        kill_group(proc)
+    wait_for(lambda: stack.proxy.inflight() == 0, 30, "requests held by the proxy to be settled")
 
 
 def kill_tree(pid: int) -> list[psutil.Process]:

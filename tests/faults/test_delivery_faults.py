@@ -20,6 +20,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -31,13 +32,11 @@ from fault_helpers import (
     delivered,
     duplicated_keys,
     expected,
-    kill_group,
-    kill_tree,
+    kill_replay_mid_run,
     ledger_records,
     objects_of,
     queue_counts,
     queue_empty,
-    replay_cmd,
     run_replay,
     s3_path,
     set_queue,
@@ -375,20 +374,11 @@ def test_replay_killed_before_its_batched_s3_records_resends_only_overwrites(sta
         Rule(Delay(0.3), service="s3", operation=PUT_OBJECT, body_contains=stack.local.tenant("hooli").bucket)
     )
     args = ("--tenant", "hooli", "--since", "45m", "--workers", "1")
-    proc = subprocess.Popen(
-        replay_cmd(*args, report=tmp_path / "killed.json"),
-        env=stack.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+
+    def some_stored(proc: subprocess.Popen[Any]) -> None:
         wait_for(lambda: len(stored(stack.proxy.calls("s3"))) >= 3 or proc.poll() is not None, 120, "objects stored")
-        kill_tree(proc.pid)
-        proc.wait(30)
-    finally:
-        kill_group(proc)
-    wait_for(lambda: stack.proxy.inflight() == 0, 30, "requests held by the proxy to be settled")
+
+    kill_replay_mid_run(stack, *args, report=tmp_path / "killed.json", when=some_stored)
     before = stored(stack.proxy.calls("s3"))
     recorded = ledger_records(stack.local, "hooli", "archive")
     assert before and len(before) < len(paths), "the kill did not land mid-run"

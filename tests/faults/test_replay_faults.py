@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote_plus
 
 import orjson
@@ -23,7 +24,7 @@ from fault_helpers import (
     duplicated_keys,
     expected,
     kill_group,
-    kill_tree,
+    kill_replay_mid_run,
     ledger_count,
     ledger_keys,
     objects_of,
@@ -190,26 +191,16 @@ def test_driver_killed_mid_run_then_rerun_loses_nothing_and_resends_exactly_the_
     stack.proxy.add(Rule(Delay(0.2), service="logs", operation=PUT))
     stack.proxy.add(Rule(Delay(1.5), service="dynamodb", operation="UpdateItem", body_contains=ledger_table))
     args = ("--tenant", "acme", *WINDOW, "--workers", "2")
-    proc = subprocess.Popen(
-        replay_cmd(*args, report=tmp_path / "killed.json"),
-        env=stack.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
 
-    try:
+    def some_sent_not_recorded(proc: subprocess.Popen[Any]) -> None:
         wait_for(lambda: ledger_count(stack.local) >= 3 or proc.poll() is not None, 120, "objects done")
         wait_for(
             lambda: accepted_objects(stack, manifest) - ledger_keys(stack.local, "acme"),
             30,
             "an object sent, not yet recorded",
         )
-        kill_tree(proc.pid)  # the driver, its raylet, GCS and workers, in the same instant
-        proc.wait(30)
-    finally:
-        kill_group(proc)
-    wait_for(lambda: stack.proxy.inflight() == 0, 30, "requests held by the proxy to be settled")
+
+    kill_replay_mid_run(stack, *args, report=tmp_path / "killed.json", when=some_sent_not_recorded)
     settled = ledger_keys(stack.local, "acme")
     sent_unrecorded = accepted_objects(stack, manifest) - settled
     assert settled < keys and sent_unrecorded, "the kill did not land mid-run"
