@@ -38,8 +38,7 @@ from pipeline.sinks import (
     SinkTraits,
     SourceObject,
     build_sinks,
-    sink_plan,
-    traits_of,
+    writes_ledger,
 )
 from pipeline.tenants import Delivery, DeliveryType, Tenant, TenantDirectory
 
@@ -321,7 +320,6 @@ class Deliverer:
         self.sinks = dict(sinks)
         self.ledger = ledger
         self._s3 = s3
-        self.window = window
         self.routing = Routing(
             {kind: sink.traits for kind, sink in self.sinks.items()},
             window,
@@ -511,7 +509,8 @@ class Deliverer:
         result.malformed_samples = stats.samples
 
         now_ms = int(self._clock() * 1000)
-        bounds = (self.window.since_ms, self.window.until_ms) if self.window else ()
+        window = self.routing.window
+        bounds = (window.since_ms, window.until_ms) if window else ()
         for name in sorted(streams):
             live = [(d, r) for d, r in todo if r.status is not Status.FAILED]
             if not live:
@@ -648,7 +647,7 @@ def build_deliverer(
     process's allocator is tuned. Raises ConfigError naming any missing env var.
     """
     allocator.tune()
-    writes = any(traits_of(name).writes_ledger for name in sink_plan(sink).values())
+    writes = writes_ledger(sink)
     settings.require("tenant_table", *(["central_role_arn", "ledger_table"] if writes else []))
     ddb = aws.client("dynamodb")
     tenants = TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s, client=ddb)

@@ -26,7 +26,7 @@ from pipeline.replay.listing import Listing, ListingFilter, list_window
 from pipeline.replay.plan import Plan, WorkUnit, make_plan
 from pipeline.replay.report import ReplayReport
 from pipeline.settings import Settings
-from pipeline.sinks import sink_names, sink_plan, traits_of
+from pipeline.sinks import plan_traits, sink_names, writes_ledger
 from pipeline.tenants import DeliveryType, Tenant, TenantDirectory
 from pipeline.timespec import to_ms
 
@@ -73,7 +73,7 @@ def resolve_tenants(directory: TenantDirectory, tenant_ids: Sequence[str]) -> di
 
 
 def routing_for(opts: ReplayOptions) -> Routing:
-    traits = {kind: traits_of(name) for kind, name in sink_plan(opts.sink).items()}
+    traits = plan_traits(opts.sink)
     use_ledger = not opts.redeliver and any(t.writes_ledger for t in traits.values())
     window = TimeWindow(to_ms(opts.since), to_ms(opts.until))
     return Routing(traits, window, frozenset(opts.deliveries), use_ledger)
@@ -213,8 +213,8 @@ def _default_workers() -> int:
 
 def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> int:
     """Run one replay; returns the process exit code (0: all deliverable delivered, 1: some failed)."""
-    writes = any(traits_of(name).writes_ledger for name in sink_plan(opts.sink).values())
-    settings.require("bucket", "tenant_table", *(["central_role_arn", "ledger_table"] if writes else []))
+    needed = ["central_role_arn", "ledger_table"] if writes_ledger(opts.sink) else []
+    settings.require("bucket", "tenant_table", *needed)
     if opts.all_tenants:
         tenants = TenantDirectory(settings.tenant_table).tenant_ids()
         opts = replace(opts, tenants=tuple(tenants))

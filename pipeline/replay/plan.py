@@ -16,7 +16,7 @@ from datetime import datetime
 from pipeline.batching import MAX_AGE_MS
 from pipeline.delivery import LEDGER_SKIP, DeliveryResult, ObjectResult, Routing, Status, TimeWindow
 from pipeline.replay.listing import ListedObject, Listing
-from pipeline.sinks import sink_plan, traits_of
+from pipeline.sinks import plan_traits
 from pipeline.tenants import Delivery, DeliveryType, Tenant
 from pipeline.timespec import to_ms
 
@@ -109,8 +109,7 @@ class Plan:
 
 def default_routing(since: datetime, until: datetime) -> Routing:
     """Each delivery type through its default sink, over the window: what a plain replay does."""
-    traits = {kind: traits_of(name) for kind, name in sink_plan("cloudwatch").items()}
-    return Routing(traits, TimeWindow(to_ms(since), to_ms(until)))
+    return Routing(plan_traits("cloudwatch"), TimeWindow(to_ms(since), to_ms(until)))
 
 
 def make_plan(

@@ -26,9 +26,11 @@ __all__ = [
     "SourceObject",
     "build_sinks",
     "describe_sinks",
+    "plan_traits",
     "sink_names",
     "sink_plan",
     "traits_of",
+    "writes_ledger",
 ]
 
 CW, S3 = DeliveryType.CLOUDWATCH, DeliveryType.S3
@@ -116,6 +118,16 @@ def sink_plan(chosen: str) -> dict[DeliveryType, str]:
         else:
             plan[kind] = next(s.name for s in REGISTRY.values() if kind in s.default_for)
     return plan
+
+
+def plan_traits(chosen: str) -> dict[DeliveryType, SinkTraits]:
+    """The traits of the sink serving each delivery type when `chosen` is picked (see sink_plan)."""
+    return {kind: traits_of(name) for kind, name in sink_plan(chosen).items()}
+
+
+def writes_ledger(chosen: str) -> bool:
+    """Whether any sink `chosen` puts to work sends for real, so the ledger and credentials are needed."""
+    return any(t.writes_ledger for t in plan_traits(chosen).values())
 
 
 def build_sinks(chosen: str, *, credentials: Any = None, retry: Any = None) -> dict[DeliveryType, Sink]:
