@@ -198,8 +198,10 @@ def main(
             event = orjson.loads(sys.stdin.buffer.read() or b"{}")
             click.echo(orjson.dumps(lambda_handler(event, None), option=orjson.OPT_INDENT_2).decode())
             sys.exit(EXIT_OK)
+        settings.require("bucket")
         processor = MessageProcessor(
-            build_deliverer(settings, sink=sink, source="manual", put_attempts=put_attempts, redeliver=redeliver)
+            build_deliverer(settings, sink=sink, source="manual", put_attempts=put_attempts, redeliver=redeliver),
+            bucket=settings.bucket,
         )
         report, code = run_manual(processor, sys.stdin.buffer.read())
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode())

@@ -100,10 +100,12 @@ class Delivery:
         """Why this delivery does not take the object, or '' when it does."""
         if not self.enabled:
             return f"delivery {self.delivery_id!r} of tenant {self.tenant_id!r} is disabled"
+        if self.clusters is not None and parsed.cluster not in self.clusters:
+            # Before the application filter: a namespace of the same name in another cluster is not this
+            # tenant, and the report must say so rather than name an application filter.
+            return f"cluster {parsed.cluster!r} is not allowed for tenant {self.tenant_id!r}"
         if not self.wants(parsed.application):
             return f"application {parsed.application!r} is not in desired_logs of delivery {self.delivery_id!r}"
-        if self.clusters is not None and parsed.cluster not in self.clusters:
-            return f"cluster {parsed.cluster!r} is not in clusters of delivery {self.delivery_id!r}"
         return ""
 
     @property

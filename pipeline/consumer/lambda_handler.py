@@ -41,7 +41,9 @@ class LambdaRuntime:
             put_attempts = int(env["PUT_ATTEMPTS"]) if env.get("PUT_ATTEMPTS") else None
         except ValueError as exc:
             raise ConfigError(f"CONSUMER_WORKERS and PUT_ATTEMPTS must be integers: {exc}") from exc
-        return cls(MessageProcessor(build_deliverer(settings, put_attempts=put_attempts), Metrics()), workers)
+        settings.require("bucket")
+        deliverer = build_deliverer(settings, put_attempts=put_attempts)
+        return cls(MessageProcessor(deliverer, Metrics(), bucket=settings.bucket), workers)
 
     def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:
         records = event.get("Records") if isinstance(event, dict) else None

@@ -3,8 +3,13 @@
 A message is acknowledged (deleted, or left out of `batchItemFailures`) when every delivery of every
 object it names is durably done: delivered and in the ledger, skipped (ledger, disabled delivery,
 filtered application or cluster), or failed in a way no retry can fix (malformed key, unknown tenant, an
-invalid delivery item, a body that is not an S3 event). Anything recoverable leaves the whole message for
-redelivery; every delivery that did succeed is in the ledger by then, so the retry sends only the rest.
+invalid delivery item, a body that is not an S3 event, an object in another bucket than the central one).
+Anything recoverable leaves the whole message for redelivery; every delivery that did succeed is in the
+ledger by then, so the retry sends only the rest.
+
+Only objects of the central bucket (`S3_BUCKET_NAME`) are delivered. A notification is data anyone who can
+send to the queue controls, and the consumer reads with an identity that may read other buckets too: a
+record naming another bucket is refused, never fetched, and acknowledged (retrying cannot change it).
 """
 
 from __future__ import annotations
@@ -74,9 +79,12 @@ class MessageProcessor:
     Thread-safe as long as the Deliverer is; `pipeline.delivery.build_deliverer` makes one that is.
     """
 
-    def __init__(self, deliverer: Deliverer, metrics: Metrics | None = None) -> None:
+    def __init__(self, deliverer: Deliverer, metrics: Metrics | None = None, *, bucket: str) -> None:
+        if not bucket:
+            raise ValueError("the central bucket (S3_BUCKET_NAME) is required: it is the only one delivered from")
         self.deliverer = deliverer
         self.metrics = metrics or Metrics()
+        self.bucket = bucket
 
     def process(self, body: str | bytes, message_id: str = "", receive_count: int = 0) -> MessageOutcome:
         outcome = MessageOutcome(message_id)
@@ -91,12 +99,18 @@ class MessageProcessor:
             outcome.error = f"{type(exc).__name__}: {exc}"
             log.exception("message parsing failed unexpectedly", extra=ctx)
             return outcome
-        outcome.skipped, outcome.rejected = parsed.skipped, parsed.rejected
-        for reason in parsed.skipped:
-            log.info("event skipped: %s", reason, extra={**ctx, "reason": reason})
-        for reason in parsed.rejected:
-            log.warning("record rejected: %s", reason, extra={**ctx, "reason": reason})
+        outcome.skipped, outcome.rejected = list(parsed.skipped), list(parsed.rejected)
+        refs = []
         for ref in parsed.refs:
+            if ref.bucket == self.bucket:
+                refs.append(ref)
+            else:
+                outcome.rejected.append(foreign_bucket_reason(ref.bucket, ref.key, self.bucket))
+        for reason in outcome.skipped:
+            log.info("event skipped: %s", reason, extra={**ctx, "reason": reason})
+        for reason in outcome.rejected:
+            log.warning("record rejected: %s", reason, extra={**ctx, "reason": reason})
+        for ref in refs:
             start = time.monotonic()
             try:
                 result = self.deliverer.deliver(ref)
@@ -108,6 +122,13 @@ class MessageProcessor:
             outcome.results.append(result)
             _log_result(result, ctx, time.monotonic() - start)
         return outcome
+
+
+def foreign_bucket_reason(bucket: str, key: str, central: str) -> str:
+    return (
+        f"object s3://{bucket}/{key} refused: bucket {bucket!r} is not the central bucket {central!r} "
+        "(S3_BUCKET_NAME); only its objects are delivered"
+    )
 
 
 def _log_result(result: ObjectResult, ctx: dict[str, Any], seconds: float) -> None:

@@ -395,10 +395,11 @@ def serve(
     put_attempts: int | None = None,
 ) -> int:
     """Run the SQS consumer with its metrics server until SIGTERM; the exit code. Raises ConfigError."""
-    settings.require("queue_url", "tenant_table", "ledger_table", "central_role_arn")  # all missing at once
+    # All missing at once; the bucket too, since it is the only one the consumer delivers from.
+    settings.require("queue_url", "bucket", "tenant_table", "ledger_table", "central_role_arn")
     options.validate()
     metrics = Metrics()
-    processor = MessageProcessor(build_deliverer(settings, put_attempts=put_attempts), metrics)
+    processor = MessageProcessor(build_deliverer(settings, put_attempts=put_attempts), metrics, bucket=settings.bucket)
     consumer = SqsConsumer(processor, aws.client("sqs"), options, metrics)
     install_signal_handlers(consumer)
     server = MetricsServer(metrics, consumer.health, metrics_host, metrics_port).start()

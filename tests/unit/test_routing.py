@@ -100,7 +100,7 @@ def test_disabled_and_cluster_filters() -> None:
     assert todo == []
     assert outcome(results) == {
         "cloudwatch": ("skipped", "delivery 'cloudwatch' of tenant 'umbrella' is disabled"),
-        "s3-archive": ("skipped", "cluster 'prod-1' is not in clusters of delivery 's3-archive'"),
+        "s3-archive": ("skipped", "cluster 'prod-1' is not allowed for tenant 'umbrella'"),
     }
     _, todo = routing().route(tenant, parsed(cluster="prod-2"), None, Ledger())
     assert todo_ids(todo) == ["s3-archive"]

@@ -405,12 +405,16 @@ def test_skip_reason_names_the_delivery() -> None:
         == "application 'payment-service' is not in desired_logs of delivery 'cloudwatch'"
     )
     assert (
-        validate(item(clusters=["prod-2"])).skip_reason(parsed)
-        == "cluster 'prod-1' is not in clusters of delivery 'cloudwatch'"
+        validate(item(clusters=["prod-2"])).skip_reason(parsed) == "cluster 'prod-1' is not allowed for tenant 'acme'"
     )
     assert validate(item(clusters=["prod-1"], desired_logs=["Payment-Service"])).skip_reason(parsed) == ""
     # Cluster ids are compared exactly: they are not case-insensitive names like applications.
     assert validate(item(clusters=["PROD-1"])).skip_reason(parsed) != ""
+    # Both filters refuse: the report names the cluster, the reason that matters for isolation.
+    assert (
+        validate(item(clusters=["prod-2"], desired_logs=["checkout"])).skip_reason(parsed)
+        == "cluster 'prod-1' is not allowed for tenant 'acme'"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
