@@ -170,6 +170,7 @@ def main(
     from pipeline.consumer.sqs import SqsOptions, serve
     from pipeline.delivery import build_deliverer
     from pipeline.settings import ConfigError, Settings
+    from pipeline.sinks import writes_ledger
 
     settings = Settings.from_env().with_overrides(queue_url=queue_url)
     if mode != "manual" and (sink != "cloudwatch" or redeliver):
@@ -198,7 +199,10 @@ def main(
             event = orjson.loads(sys.stdin.buffer.read() or b"{}")
             click.echo(orjson.dumps(lambda_handler(event, None), option=orjson.OPT_INDENT_2).decode())
             sys.exit(EXIT_OK)
-        settings.require("bucket")
+        # Everything the deliverer will need too, so one error names every missing variable.
+        settings.require(
+            "bucket", "tenant_table", *(["central_role_arn", "ledger_table"] if writes_ledger(sink) else [])
+        )
         processor = MessageProcessor(
             build_deliverer(settings, sink=sink, source="manual", put_attempts=put_attempts, redeliver=redeliver),
             bucket=settings.bucket,

@@ -41,7 +41,7 @@ class LambdaRuntime:
             put_attempts = int(env["PUT_ATTEMPTS"]) if env.get("PUT_ATTEMPTS") else None
         except ValueError as exc:
             raise ConfigError(f"CONSUMER_WORKERS and PUT_ATTEMPTS must be integers: {exc}") from exc
-        settings.require("bucket")
+        settings.require("bucket", "tenant_table", "ledger_table", "central_role_arn")  # all missing at once
         deliverer = build_deliverer(settings, put_attempts=put_attempts)
         return cls(MessageProcessor(deliverer, Metrics(), bucket=settings.bucket), workers)
 

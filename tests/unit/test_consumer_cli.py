@@ -22,6 +22,7 @@ OFFLINE = {
 }
 CONFIGURED = {
     **OFFLINE,
+    "S3_BUCKET_NAME": "central-logs",
     "TENANT_CONFIG_TABLE": "tenant-configs",
     "DELIVERY_LEDGER_TABLE": "delivery-ledger",
     "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/CentralLogDistributionRole",
@@ -48,6 +49,14 @@ def test_missing_configuration_exits_3_naming_the_variables(mode: str) -> None:
     proc = run(["--mode", mode], OFFLINE)
     assert proc.returncode == 3
     assert b"TENANT_CONFIG_TABLE" in proc.stderr and b"CENTRAL_LOG_DISTRIBUTION_ROLE_ARN" in proc.stderr
+    assert b"S3_BUCKET_NAME" in proc.stderr  # the only bucket the consumer delivers from
+
+
+@pytest.mark.parametrize("mode", ["sqs", "manual", "lambda"])
+def test_missing_bucket_exits_3_in_every_mode(mode: str) -> None:
+    env = {k: v for k, v in CONFIGURED.items() if k != "S3_BUCKET_NAME"}
+    proc = run(["--mode", mode], env, stdin=b'{"Records": []}')
+    assert proc.returncode == 3 and b"S3_BUCKET_NAME" in proc.stderr, proc.stderr.decode()
 
 
 def test_missing_queue_url_exits_3() -> None:
