@@ -284,6 +284,7 @@ class FaultProxy:
         self._rules: list[Rule] = []
         self._calls: list[Call] = []
         self._roles: dict[str, str] = {}  # issued access key id → role ARN
+        self._external_ids: dict[str, str] = {}  # issued access key id → the ExternalId it was assumed with
         self._secrets: set[str] = set()
         self._inflight = 0
         self._server: ThreadingHTTPServer | None = None
@@ -380,6 +381,11 @@ class FaultProxy:
         with self._lock:
             return self._roles.get(access_key, "")
 
+    def external_id_of(self, access_key: str) -> str:
+        """The ExternalId the AssumeRole that issued an access key carried ('' if none, or unknown)."""
+        with self._lock:
+            return self._external_ids.get(access_key, "")
+
     def secrets(self) -> set[str]:
         """Every secret access key and session token the proxy saw STS issue."""
         with self._lock:
@@ -420,10 +426,13 @@ class FaultProxy:
         if req.service != "sts" or req.operation != "AssumeRole":
             return
         found = {k: p.search(body) for k, p in _ASSUMED_RE.items()}
-        role = parse_qs(req.text).get("RoleArn", [""])[0]
+        form = parse_qs(req.text)
+        role = form.get("RoleArn", [""])[0]
         with self._lock:
             if found["access_key"]:
-                self._roles[found["access_key"].group(1).decode()] = role
+                issued = found["access_key"].group(1).decode()
+                self._roles[issued] = role
+                self._external_ids[issued] = form.get("ExternalId", [""])[0]
             for k in ("secret", "token"):
                 m = found[k]
                 if m:

@@ -45,10 +45,13 @@ class SampleTenant:
     desired_logs: tuple[str, ...] | None = None  # of the CloudWatch delivery
     cloudwatch: bool = True  # a CloudWatch delivery `cloudwatch` into log_group
     s3: SampleBucket | None = None
+    clusters: tuple[str, ...] | None = None  # of every delivery: the clusters whose logs it accepts
+    external_id: str | None = None  # of every delivery, and what its role's trust requires
+    role_path: str = ""  # an IAM path for its role, "logging/" for role/logging/CustomerLogDistribution-<t>
 
     @property
     def role_arn(self) -> str:
-        return f"arn:aws:iam::{self.account_id}:role/{CUSTOMER_ROLE_PREFIX}{self.tenant_id}"
+        return f"arn:aws:iam::{self.account_id}:role/{self.role_path}{CUSTOMER_ROLE_PREFIX}{self.tenant_id}"
 
     @property
     def log_group(self) -> str:
@@ -74,7 +77,16 @@ class SampleTenant:
         }
         if self.desired_logs is not None:
             item["desired_logs"] = list(self.desired_logs)
+        item.update(self._shared_fields())
         return item
+
+    def _shared_fields(self) -> dict[str, Any]:
+        shared: dict[str, Any] = {}
+        if self.clusters is not None:
+            shared["clusters"] = list(self.clusters)
+        if self.external_id is not None:
+            shared["external_id"] = self.external_id
+        return shared
 
     def delivery(self, delivery_id: str = V1_DELIVERY_ID) -> Delivery:
         """One of its deliveries, validated as the delivery path reads it."""
@@ -99,6 +111,7 @@ class SampleTenant:
             }
             if self.s3.desired_logs is not None:
                 item["desired_logs"] = list(self.s3.desired_logs)
+            item.update(self._shared_fields())
             items.append(item)
         return items
 
@@ -296,7 +309,10 @@ def add_tenants(local: LocalEnvironment, tenants: Iterable[SampleTenant]) -> Non
         iam = local.client("iam", account_id=t.account_id)
         iam.create_role(
             RoleName=t.role_arn.rsplit("/", 1)[1],
-            AssumeRolePolicyDocument=_trust_policy(local.central_role_arn, external_id=CENTRAL_ACCOUNT_ID),
+            Path=f"/{t.role_path}",
+            AssumeRolePolicyDocument=_trust_policy(
+                local.central_role_arn, external_id=t.external_id or CENTRAL_ACCOUNT_ID
+            ),
         )
         if t.cloudwatch:
             local.client("logs", region=t.region, account_id=t.account_id).create_log_group(logGroupName=t.log_group)

@@ -1,11 +1,16 @@
 """Tenant isolation and secret hygiene, checked on the wire through the fault proxy.
 
 - Property test: over random tenant sets (long ids, ids sharing prefixes, tenants sharing one AWS account,
-  two regions, CloudWatch, S3 or both, several bucket prefixes) and random keys, every PutLogEvents and
-  every PutObject is signed with credentials issued for the role of the tenant whose events or object it
-  carries, and goes to that tenant's group, or that tenant's bucket under that tenant's prefix; every
+  two regions, CloudWatch, S3 or both, several bucket prefixes, roles with an IAM path, deliveries bound
+  to clusters, deliveries with their own ExternalId) and random keys from two clusters, every PutLogEvents
+  and every PutObject is signed with credentials issued for the role of the tenant whose events or object
+  it carries, and goes to that tenant's group, or that tenant's bucket under that tenant's prefix; an
+  object from a cluster a tenant's deliveries do not allow is reported skipped with that reason and sent
+  nowhere; every second hop carries the delivery's ExternalId (the central account id by default); every
   account holds only its own tenants' events and objects; every RoleSessionName is valid and at most 64
   characters.
+- A delivery with its own `external_id` assumes its role with that id, on the wire, and the tenant's
+  other delivery with the default keeps the central account id.
 - No issued secret key or session token appears in any log line or report, on the replay and consumer
   paths, error paths included.
 """
@@ -22,13 +27,22 @@ from urllib.parse import parse_qs
 
 import orjson
 import pytest
+from boto3.dynamodb.types import TypeSerializer
 from fault_helpers import FaultStack, consumer_process, ledger_keys, run_replay, s3_path, wait_for, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.delivery import ObjectRef, Status, build_deliverer
 from pipeline.keys import format_key
 from pipeline.local.faults import Error, FaultProxy, Rule
-from pipeline.local.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment, SampleBucket, SampleTenant, provision
+from pipeline.local.provision import (
+    CENTRAL_ACCOUNT_ID,
+    LocalEnvironment,
+    SampleBucket,
+    SampleTenant,
+    add_tenants,
+    provision,
+)
 from pipeline.local.readback import read_bucket
 from pipeline.local.server import MotoServer
 from pipeline.records import vector_record
@@ -47,23 +61,43 @@ tenant_ids = st.one_of(
 )
 pod_names = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?", fullmatch=True)
 buckets = st.sampled_from([DEFAULT_BUCKET_PREFIX, "", "audit/k8s/"]).map(lambda p: SampleBucket(prefix=p))
+CLUSTERS = ("prod-1", "prod-2")
+cluster_bindings = st.sampled_from([None, ("prod-1",), ("prod-2",), CLUSTERS])
+external_ids = st.none() | st.from_regex(r"[A-Za-z0-9_+=,.@:/-]{2,40}", fullmatch=True)
+role_paths = st.sampled_from(["", "logging/", "a/b.c/"])
 
 
 @st.composite
-def tenant_sets(draw: st.DrawFn) -> list[tuple[SampleTenant, list[str]]]:
+def tenant_sets(draw: st.DrawFn) -> list[tuple[SampleTenant, list[tuple[str, str]]]]:
+    """Tenants, each with its (cluster, pod) pairs: the same namespace may run in both clusters."""
     ids = draw(st.lists(tenant_ids, min_size=2, max_size=4, unique=True))
     accounts = draw(st.lists(st.sampled_from(["111111111111", "222222222222", "333333333333"]), min_size=len(ids),
                              max_size=len(ids)))  # fmt: skip
-    out: list[tuple[SampleTenant, list[str]]] = []
+    out: list[tuple[SampleTenant, list[tuple[str, str]]]] = []
     for i, (tid, account) in enumerate(zip(ids, accounts, strict=True)):
         region = draw(st.sampled_from(["us-east-1", "eu-west-1"]))
-        pods = draw(st.lists(pod_names, min_size=1, max_size=2, unique=True))
-        # The first tenant always has a bucket, so every example writes S3; the others have CloudWatch, S3
-        # or both.
+        pods = draw(st.lists(st.tuples(st.sampled_from(CLUSTERS), pod_names), min_size=1, max_size=3, unique=True))
+        # The first tenant always has a bucket and takes every cluster, so every example writes S3; the
+        # others have CloudWatch, S3 or both, bound to clusters or not.
         s3 = draw(buckets if i == 0 else st.none() | buckets)
         cloudwatch = s3 is None or draw(st.booleans())
-        out.append((SampleTenant(tid, account, region=region, cloudwatch=cloudwatch, s3=s3), pods))
+        clusters = None if i == 0 else draw(cluster_bindings)
+        tenant = SampleTenant(
+            tid,
+            account,
+            region=region,
+            cloudwatch=cloudwatch,
+            s3=s3,
+            clusters=clusters,
+            external_id=draw(external_ids),
+            role_path=draw(role_paths),
+        )
+        out.append((tenant, pods))
     return out
+
+
+def allowed(t: SampleTenant, cluster: str) -> bool:
+    return t.clusters is None or cluster in t.clusters
 
 
 @pytest.fixture
@@ -77,7 +111,7 @@ def wire(moto_server: MotoServer, fault_proxy: FaultProxy, monkeypatch: pytest.M
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tenants=tenant_sets())
 def test_no_event_is_written_with_another_tenants_credentials_or_to_another_tenants_group(
-    moto_server: MotoServer, wire: FaultProxy, tenants: list[tuple[SampleTenant, list[str]]]
+    moto_server: MotoServer, wire: FaultProxy, tenants: list[tuple[SampleTenant, list[tuple[str, str]]]]
 ) -> None:
     moto_server.reset()
     local = provision(moto_server.endpoint_url, tenants=[t for t, _ in tenants])
@@ -88,27 +122,39 @@ def test_no_event_is_written_with_another_tenants_credentials_or_to_another_tena
         check_isolation(local, wire, tenants)
 
 
-def check_isolation(local: LocalEnvironment, wire: FaultProxy, tenants: list[tuple[SampleTenant, list[str]]]) -> None:
+def check_isolation(
+    local: LocalEnvironment, wire: FaultProxy, tenants: list[tuple[SampleTenant, list[tuple[str, str]]]]
+) -> None:
     s3 = local.client("s3")
     written = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     ms = int(written.timestamp() * 1000) - 10_000
     specs = []
-    keys: dict[str, list[str]] = {}
+    keys: dict[str, list[str]] = {}  # the keys each tenant's deliveries take
+    refused: dict[str, str] = {}  # key -> the reason it must be reported with
     for t, pods in tenants:
-        for pod in pods:
-            key = format_key("prod-1", t.tenant_id, "app", pod, written, f"{t.tenant_id[:8]}-{pod[:8]}")
-            lines = [orjson.dumps(vector_record(f"<{t.tenant_id}> {i}", ms + i, "prod-1", t.tenant_id, "app", pod))
+        for cluster, pod in pods:
+            key = format_key(cluster, t.tenant_id, "app", pod, written, f"{t.tenant_id[:8]}-{cluster}-{pod[:8]}")
+            lines = [orjson.dumps(vector_record(f"<{t.tenant_id}> {i}", ms + i, cluster, t.tenant_id, "app", pod))
                      for i in range(5)]  # fmt: skip
             body = gzip.compress(b"\n".join(lines) + b"\n")
             etag = s3.put_object(Bucket=local.names.bucket, Key=key, Body=body)["ETag"]
             specs.append(ObjectSpec(key, len(body), etag.strip('"'), written.timestamp()))
-            keys.setdefault(t.tenant_id, []).append(key)
+            if allowed(t, cluster):
+                keys.setdefault(t.tenant_id, []).append(key)
+            else:
+                refused[key] = f"cluster {cluster!r} is not allowed for tenant {t.tenant_id!r}"
     runner = UnitRunner(local.settings, "cloudwatch", None)  # 8 threads, one broker for every tenant
     try:
         results = runner.run(WorkUnit(1, tuple(specs), 0))
     finally:
         runner.close()
-    assert {r["status"] for r in results} == {"delivered"}, [r["reason"] for r in results]
+    by_key = {r["key"]: r for r in results}
+    for key, r in by_key.items():
+        if key in refused:  # reported with its reason, never silently dropped, and not a failure to retry
+            assert (r["status"], r["reason"]) == ("skipped", refused[key]), r
+            assert {d["reason"] for d in r["deliveries"]} == {refused[key]}
+        else:
+            assert r["status"] == "delivered", r["reason"]
 
     by_role = {t.role_arn: t for t, _ in tenants}
     for c in wire.calls("logs", "PutLogEvents"):
@@ -120,7 +166,7 @@ def check_isolation(local: LocalEnvironment, wire: FaultProxy, tenants: list[tup
     # Every PutObject: signed for the role of the tenant whose object it carries, into that tenant's bucket
     # only, under that tenant's prefix; each of the tenant's objects once.
     puts = wire.calls("s3", "PutObject")
-    want = {t.tenant_id: {s3_path(t, k) for k in keys[t.tenant_id]} for t, _ in tenants if t.s3}
+    want = {t.tenant_id: {s3_path(t, k) for k in keys.get(t.tenant_id, [])} for t, _ in tenants if t.s3}
     assert sorted(c.path for c in puts) == sorted(p for paths in want.values() for p in paths)
     for c in puts:
         owner = by_role[wire.role_of(c.access_key)]
@@ -128,28 +174,30 @@ def check_isolation(local: LocalEnvironment, wire: FaultProxy, tenants: list[tup
         bucket, key = c.path[1:].split("/", 1)
         assert bucket == owner.bucket and key.startswith(f"{owner.s3.prefix}{owner.tenant_id}/"), c.path
         assert c.path in want[owner.tenant_id]
+    second_hops = set()
     for c in wire.calls("sts", "AssumeRole"):
         form = {k: v[0] for k, v in parse_qs(c.body.decode()).items()}
         assert SESSION_NAME_RE.fullmatch(form["RoleSessionName"]), form["RoleSessionName"]
         if form["RoleArn"] != local.central_role_arn:  # the second hop: from the central session only
-            assert form["ExternalId"] == CENTRAL_ACCOUNT_ID
+            owner = by_role[form["RoleArn"]]
+            assert form["ExternalId"] == (owner.external_id or CENTRAL_ACCOUNT_ID)
             assert wire.role_of(c.access_key) == local.central_role_arn
+            second_hops.add(owner.tenant_id)
+    # Only tenants with something to deliver were assumed at all: a refused cluster costs no credentials.
+    assert second_hops == set(keys)
 
     # Read back every account and region the tenants use: each group holds its own tenant's events only,
     # each account's buckets are its own tenants', each holding that tenant's objects only.
     for account, region in {(t.account_id, t.region) for t, _ in tenants}:
         logs = local.client("logs", region=region, account_id=account)
         groups = {g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]}
-        owners = {
-            t.log_group: (t, pods)
-            for t, pods in tenants
-            if t.cloudwatch and (t.account_id, t.region) == (account, region)
-        }
+        owners = {t.log_group: t for t, _ in tenants if t.cloudwatch and (t.account_id, t.region) == (account, region)}
         assert groups == set(owners)
-        for group, (t, pods) in owners.items():
+        for group, t in owners.items():
             events = logs.filter_log_events(logGroupName=group)["events"]
-            assert len(events) == 5 * len(pods)
-            assert {MARK_RE.match(e["message"]).group(1) for e in events} == {t.tenant_id}  # type: ignore[union-attr]
+            assert len(events) == 5 * len(keys.get(t.tenant_id, []))
+            marks = {MARK_RE.match(e["message"]).group(1) for e in events}  # type: ignore[union-attr]
+            assert marks <= {t.tenant_id}
     for account in {t.account_id for t, _ in tenants}:
         s3_in = local.client("s3", account_id=account)
         mine = {t.bucket: t for t, _ in tenants if t.s3 and t.account_id == account}
@@ -160,6 +208,37 @@ def check_isolation(local: LocalEnvironment, wire: FaultProxy, tenants: list[tup
             for obj in got.values():
                 messages = [orjson.loads(line)["message"] for line in gzip.decompress(obj["body"]).splitlines()]
                 assert {MARK_RE.match(m).group(1) for m in messages} == {t.tenant_id}  # type: ignore[union-attr]
+
+
+def test_a_delivery_with_its_own_external_id_assumes_its_role_with_that_id(stack: FaultStack) -> None:
+    """On the wire: the second hop for the delivery with `external_id` carries it, the same tenant's other
+    delivery (no `external_id`) carries the central account id, and each write is signed with the
+    credentials of its own hop. The role has an IAM path, as customers who file roles under one may."""
+    own_id = "stark-logs-7f3a"
+    stark = SampleTenant("stark", "777777777777", role_path="logging/", external_id=own_id, s3=SampleBucket())
+    add_tenants(stack.local, [stark])
+    s3_item = next(i for i in stark.delivery_items() if i["type"] == "s3")
+    del s3_item["external_id"]  # this one keeps the default
+    ser = TypeSerializer()
+    stack.local.client("dynamodb").put_item(
+        TableName=stack.local.names.tenant_table, Item={k: ser.serialize(v) for k, v in s3_item.items()}
+    )
+    assert stark.role_arn == "arn:aws:iam::777777777777:role/logging/CustomerLogDistribution-stark"
+    manifest = write(stack.local, tenants=("stark",), applications=("payment-service",), seed=43)
+    stack.proxy.reset_log()
+    deliverer = build_deliverer(stack.local.settings)
+    results = [deliverer.deliver(ObjectRef(stack.bucket, k)) for k in manifest.keys]
+    assert {r.status for r in results} == {Status.DELIVERED}, [r.reason for r in results]
+
+    hops = [{k: v[0] for k, v in parse_qs(c.body.decode()).items()} for c in stack.proxy.calls("sts", "AssumeRole")]
+    second = sorted((h["RoleArn"], h["ExternalId"]) for h in hops if h["RoleArn"] != stack.local.central_role_arn)
+    assert second == sorted([(stark.role_arn, own_id), (stark.role_arn, CENTRAL_ACCOUNT_ID)])
+    puts = stack.proxy.calls("logs", "PutLogEvents")
+    objects = stack.proxy.calls("s3", "PutObject")
+    assert puts and objects
+    assert {stack.proxy.external_id_of(c.access_key) for c in puts} == {own_id}
+    assert {stack.proxy.external_id_of(c.access_key) for c in objects} == {CENTRAL_ACCOUNT_ID}
+    assert {stack.proxy.role_of(c.access_key) for c in puts + objects} == {stark.role_arn}
 
 
 def scan(texts: dict[str, str], secrets: set[str]) -> list[str]:
