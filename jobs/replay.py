@@ -70,6 +70,13 @@ from pipeline.timespec import HELP as TIME_HELP
     help="Per-tenant rate limit shared by all workers, to leave the tenant's own CloudWatch quota room.",
 )
 @click.option(
+    "--max-requests-per-second",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Per-tenant limit on PutLogEvents calls, shared by all workers: the unit CloudWatch's per-account quota "
+    "counts (1,500-5,000/s per region, shared with the tenant's own workloads). Needs a sink whose calls the "
+    "job makes (cloudwatch, null).",
+)
+@click.option(
     "--worker-memory",
     "worker_memory_mib",
     type=click.IntRange(min=16),
@@ -96,6 +103,7 @@ def main(
     dry_run: bool,
     redeliver: bool,
     max_events_per_second: float | None,
+    max_requests_per_second: float | None,
     worker_memory_mib: int,
     report_path: Path | None,
     progress: bool | None,
@@ -128,6 +136,7 @@ def main(
         dry_run=dry_run,
         redeliver=redeliver,
         max_events_per_second=max_events_per_second,
+        max_requests_per_second=max_requests_per_second,
         worker_memory_mib=worker_memory_mib,
         report_path=report_path,
         progress=progress,

@@ -6,12 +6,13 @@ limits can be property-tested.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import accumulate, compress, repeat
-from operator import add, itemgetter, methodcaller, not_
+from itertools import accumulate, compress, islice, repeat
+from operator import add, itemgetter, le, methodcaller, not_
 
 import orjson
 
@@ -167,7 +168,7 @@ def batches(events: list[Event]) -> Iterator[list[Event]]:
     if n == 0:
         return
     # Byte cost of each event, as running totals: cum[i] is the cost of events[:i].
-    cum = list(accumulate(map(add, utf8_sizes(list(map(_msg, events))), repeat(EVENT_OVERHEAD_BYTES)), initial=0))
+    cum = list(accumulate(event_costs(events), initial=0))
     if n <= MAX_BATCH_EVENTS and cum[-1] <= MAX_BATCH_BYTES and events[-1][0] - events[0][0] < MAX_BATCH_SPAN_MS:
         yield events
         return
@@ -179,6 +180,168 @@ def batches(events: list[Event]) -> Iterator[list[Event]]:
         end = max(end, start + 1)  # prepare() guarantees one event always fits
         yield events[start:end]
         start = end
+
+
+def event_costs(events: list[Event]) -> list[int]:
+    """Each event's cost against the batch byte limit (its UTF-8 message bytes plus the overhead)."""
+    return list(map(add, utf8_sizes(list(map(_msg, events))), repeat(EVENT_OVERHEAD_BYTES)))
+
+
+def min_put_requests(events: Iterable[Event]) -> int:
+    """The fewest PutLogEvents calls one stream's events need under every limit of CONTRACTS §5.
+
+    Events are taken in time order (a call must be sorted, and a stream is read back in time order).
+    Cutting the sorted events greedily, each call as full as the limits allow, is optimal among
+    partitions into time-ordered runs: every limit (count, bytes, 24 h span) holds for any part of a run
+    that satisfies it, so a greedy call always ends at or after the matching call of any other
+    partition. The events must already be within the one-event limit (see `prepare`).
+    """
+    evs = sorted(events, key=_ts)
+    return min_put_requests_of(array("q", map(_ts, evs)), event_costs(evs))
+
+
+def min_put_requests_of(timestamps: Sequence[int], costs: Sequence[int]) -> int:
+    """`min_put_requests` from each event's timestamp and byte cost, in any order: what a sender keeps of
+    a stream instead of its events."""
+    n = len(timestamps)
+    if n == 0:
+        return 0
+    if not all(map(le, timestamps, islice(timestamps, 1, None))):
+        order = sorted(range(n), key=timestamps.__getitem__)
+        timestamps, costs = [timestamps[i] for i in order], [costs[i] for i in order]
+    cum = list(accumulate(costs, initial=0))
+    calls = start = 0
+    while start < n:
+        end = min(n, start + MAX_BATCH_EVENTS, bisect_right(cum, cum[start] + MAX_BATCH_BYTES, lo=start) - 1)
+        end = min(end, bisect_left(timestamps, timestamps[start] + MAX_BATCH_SPAN_MS, lo=start + 1, hi=n))
+        if end <= start:
+            raise ValueError(f"an event of {costs[start]} bytes is over the one-event limit")
+        calls += 1
+        start = end
+    return calls
+
+
+@dataclass
+class Batch:
+    """One PutLogEvents call's events, sorted, and which owner (the object they came from) each belongs to.
+
+    `runs` is the owners in the order of `events`, run-length encoded: (owner, end) means the events from
+    the previous run's end up to `end` are that owner's. An owner can have several runs when objects
+    overlap in time.
+    """
+
+    events: list[Event]
+    runs: list[tuple[Hashable, int]]
+
+    def owned(self, lo: int = 0, hi: int | None = None) -> dict[Hashable, int]:
+        """Events per owner among events[lo:hi]."""
+        hi = len(self.events) if hi is None else hi
+        out: dict[Hashable, int] = {}
+        start = 0
+        for owner, end in self.runs:
+            n = min(end, hi) - max(start, lo)
+            if n > 0:
+                out[owner] = out.get(owner, 0) + n
+            start = end
+        return out
+
+
+class BatchFiller:
+    """Fills one stream's PutLogEvents batches across the objects that feed it, one object at a time.
+
+    A quiet pod's objects hold a few hundred events each; sending each object's events as its own call
+    would cost one call per object, so consecutive objects share batches up to every limit. `add` gives
+    back the batches that are full; `drain` the last, partial one. Each object's events arrive sorted (from
+    `prepare`); a batch spanning objects that overlap in time is sorted when it is cut. Pure, like the
+    rest of this module: the caller does the sending and settles owners from each batch's `runs`.
+    """
+
+    def __init__(self) -> None:
+        self._events: list[Event] = []
+        self._runs: list[tuple[Hashable, int]] = []
+        self._bytes = 0
+        self._first = self._last = 0  # earliest and latest timestamp held
+        # Every event added, as (timestamp, cost): 12 bytes each instead of the event, for `minimum()`.
+        self._timestamps = array("q")
+        self._costs = array("l")
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def add(self, owner: Hashable, events: list[Event]) -> list[Batch]:
+        """Add one owner's sorted, prepared events; return the batches this filled."""
+        full: list[Batch] = []
+        n = len(events)
+        if n == 0:
+            return full
+        costs = event_costs(events)
+        self._timestamps.extend(map(_ts, events))
+        self._costs.extend(costs)
+        cum = list(accumulate(costs, initial=0))
+        i = 0
+        while i < n:
+            end = self._fits(events, cum, i)
+            if end == i:
+                if not self._events:
+                    raise ValueError(f"an event of {cum[i + 1] - cum[i]} bytes is over the one-event limit")
+                full.append(self._cut())
+                continue
+            if not self._events:
+                self._first, self._last = events[i][0], events[end - 1][0]
+            else:
+                self._first, self._last = min(self._first, events[i][0]), max(self._last, events[end - 1][0])
+            self._events.extend(events[i:end] if i or end < n else events)
+            self._runs.append((owner, len(self._events)))
+            self._bytes += cum[end] - cum[i]
+            i = end
+        if len(self._events) == MAX_BATCH_EVENTS or self._bytes > MAX_BATCH_BYTES - EVENT_OVERHEAD_BYTES:
+            full.append(self._cut())  # nothing more can join it: send it now rather than on the next add
+        return full
+
+    def drain(self) -> Batch | None:
+        """The partial batch still being filled, if any: when the stream has no more objects."""
+        return self._cut() if self._events else None
+
+    def minimum(self) -> int:
+        """The fewest calls every event added so far needs (`min_put_requests`), to compare with the calls
+        this filler made."""
+        return min_put_requests_of(self._timestamps, self._costs)
+
+    def _fits(self, events: list[Event], cum: list[int], i: int) -> int:
+        """The end of the longest run events[i:end] that can join the batch being filled."""
+        n = len(events)
+        end = min(n, i + MAX_BATCH_EVENTS - len(self._events))
+        end = min(end, bisect_right(cum, cum[i] + MAX_BATCH_BYTES - self._bytes, lo=i, hi=end + 1) - 1)
+        first = min(self._first, events[i][0]) if self._events else events[i][0]
+        if self._events and self._last - first >= MAX_BATCH_SPAN_MS:
+            return i
+        return min(end, bisect_left(events, first + MAX_BATCH_SPAN_MS, lo=i, hi=max(i, end), key=_ts))
+
+    def _cut(self) -> Batch:
+        events, runs = self._events, self._runs
+        self._events, self._runs, self._bytes = [], [], 0
+        if len(runs) > 1 and any(events[end - 1][0] > events[end][0] for _, end in runs[:-1]):
+            events, runs = _merge(events, runs)
+        return Batch(events, runs)
+
+
+def _merge(events: list[Event], runs: list[tuple[Hashable, int]]) -> tuple[list[Event], list[tuple[Hashable, int]]]:
+    """Sort a batch whose objects overlap in time, keeping track of whose each event is. Stable: events
+    with the same timestamp keep their objects' order."""
+    owners: list[int] = []
+    start = 0
+    for index, (_, end) in enumerate(runs):
+        owners.extend(repeat(index, end - start))
+        start = end
+    order = sorted(range(len(events)), key=lambda j: events[j][0])
+    merged: list[tuple[Hashable, int]] = []
+    for pos, j in enumerate(order, 1):
+        owner = runs[owners[j]][0]
+        if merged and merged[-1][0] == owner:
+            merged[-1] = (owner, pos)
+        else:
+            merged.append((owner, pos))
+    return [events[j] for j in order], merged
 
 
 def put_log_events_body(log_group: str, stream: str, batch: list[Event]) -> bytes:

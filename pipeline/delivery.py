@@ -12,17 +12,21 @@ references come from and how work is spread.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import allocator, aws
-from pipeline.batching import MAX_STREAM_NAME_CHARS, group_by_stream, prepare
+from pipeline.assembly import IN_FLIGHT_PUTS, Pending, PodBatches, PutPipeline
+from pipeline.batching import MAX_STREAM_NAME_CHARS, Event, group_by_stream, prepare
 from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError, NonRecoverableError
 from pipeline.keys import InvalidKeyError, ObjectKey, parse_key
@@ -31,6 +35,7 @@ from pipeline.records import DecodeStats, decode_events
 from pipeline.retry import RetryPolicy
 from pipeline.settings import ConfigError, Settings
 from pipeline.sinks import (
+    BatchSink,
     EventSink,
     ObjectSink,
     Sink,
@@ -97,6 +102,8 @@ class DeliveryResult:
     events_split: int = 0
     bytes_delivered: int = 0
     requests: int = 0
+    # Batches filled across objects: the fewest calls the stream needed, counted on its last object.
+    requests_minimum: int = 0
     retries: int = 0
     streams: list[str] = field(default_factory=list)
     recorded: bool = False  # in the ledger
@@ -309,8 +316,9 @@ class Deliverer:
         redeliver: bool = False,
         deliveries: Collection[str] = (),
         source: str = "consumer",
-        throttle: Callable[[str, int], None] | None = None,
+        throttle: Callable[[str, int, int], None] | None = None,
         group_commit: bool = False,
+        in_flight: int = IN_FLIGHT_PUTS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.tenants = tenants
@@ -327,7 +335,11 @@ class Deliverer:
             use_ledger=ledger is not None and not redeliver,
         )
         self.source = source
+        # (tenant, events, requests) before each send: the replay's shared per-tenant rate limits.
         self._throttle = throttle
+        self._in_flight = in_flight
+        self._puts: PutPipeline | None = None
+        self._puts_lock = threading.Lock()
         self._clock = clock
 
     @property
@@ -351,8 +363,28 @@ class Deliverer:
             sink.flush()
 
     def close(self) -> None:
+        if self._puts is not None:
+            self._puts.close()
         for sink in self.unique_sinks:
             sink.close()
+
+    @contextmanager
+    def batching(self) -> Iterator[PodBatches | None]:
+        """Fill PutLogEvents batches across the objects delivered inside (`pipeline.assembly`): one pod's,
+        in order, on one thread. On leaving, the partial batches go out; `finish()` waits for the answers.
+        None when no sink takes single batches (Vector batches on its own): each object is sent alone."""
+        if not any(s.traits.fills_batches for s in self.unique_sinks):
+            yield None
+            return
+        with self._puts_lock:
+            if self._puts is None:
+                self._puts = PutPipeline(self._in_flight, self._throttle)
+        batches = PodBatches(self._puts)
+        try:
+            yield batches
+        finally:
+            for pending, minimum in batches.drain():
+                pending.tag.requests_minimum += minimum
 
     def may_decode(self, key: str) -> bool:
         """Whether delivering the object can decode it (an event sink has a delivery that takes it): what
@@ -370,12 +402,17 @@ class Deliverer:
             for d in tenant.deliveries
         )
 
-    def deliver(self, ref: ObjectRef, delivered: frozenset[str] | None = None) -> ObjectResult:
+    def deliver(
+        self, ref: ObjectRef, delivered: frozenset[str] | None = None, batches: PodBatches | None = None
+    ) -> ObjectResult:
         """Deliver one object to each of its deliveries. Never raises for a bad object or a bad delivery.
 
         `delivered`: what the ledger has for the object, when the caller read it in a batch (`ledger_view`);
-        None reads it here. Deliveries whose sink is durable on return are in the ledger when this returns;
-        the others wait for the caller's `finish()` (flush, then `commit()`). With `group_commit`, so do the
+        None reads it here. `batches`: the pod's batches being filled (`batching()`), which hold back the
+        events of deliveries whose sink takes single batches until a batch is full. Deliveries whose sink is
+        durable on return are in the ledger when every one of their events is answered, which is on return
+        unless they went into `batches`; the others wait for the caller's `finish()` (flush, then
+        `commit()`). With `group_commit`, so do the
         records of an object whose tenant has only idempotent deliveries (S3) and that the ledger had no
         record of: they are written whole, in batches (`Ledger.replace_items`), because losing one to a
         crash costs a resend that overwrites the same objects, never a duplicate.
@@ -398,7 +435,7 @@ class Deliverer:
             return result.fail(f"tenant or ledger lookup failed: {aws.error_code(exc) or exc}", recoverable=True)
         if todo:
             try:
-                self._deliver_body(ref, parsed, todo, result)
+                self._deliver_body(ref, parsed, todo, result, batches)
             except DeliveryError as exc:
                 self._fail_unrecorded(todo, exc.reason, exc.recoverable)
             except (ClientError, BotoCoreError) as exc:
@@ -452,7 +489,12 @@ class Deliverer:
         return view
 
     def _deliver_body(
-        self, ref: ObjectRef, parsed: ObjectKey, todo: list[tuple[Delivery, DeliveryResult]], result: ObjectResult
+        self,
+        ref: ObjectRef,
+        parsed: ObjectKey,
+        todo: list[tuple[Delivery, DeliveryResult]],
+        result: ObjectResult,
+        batches: PodBatches | None,
     ) -> None:
         try:
             obj = self.s3.get_object(Bucket=ref.bucket, Key=ref.key)
@@ -478,7 +520,7 @@ class Deliverer:
             for d, r in by_objects:
                 self._put_object(d, r, source, result)
         if by_events:
-            self._send_events(body, fallback_ms, parsed, by_events, result)
+            self._send_events(body, fallback_ms, parsed, by_events, result, batches)
         result.delivered_at = self._clock()
 
     def _put_object(self, d: Delivery, r: DeliveryResult, source: SourceObject, result: ObjectResult) -> None:
@@ -497,6 +539,7 @@ class Deliverer:
         parsed: ObjectKey,
         todo: list[tuple[Delivery, DeliveryResult]],
         result: ObjectResult,
+        batches: PodBatches | None,
     ) -> None:
         stats = DecodeStats(key=result.key)
         streams = group_by_stream(decode_events(body, fallback_ms, stats), parsed.application, parsed.pod)
@@ -508,6 +551,29 @@ class Deliverer:
         result.timestamps_defaulted = stats.timestamps_defaulted
         result.malformed_samples = stats.samples
 
+        pending: dict[int, Pending] = {}
+        if batches is not None:
+            for d, r in todo:
+                if self.sinks[d.type].traits.fills_batches:
+                    sink: BatchSink = self.sinks[d.type]  # type: ignore[assignment]
+                    pending[id(r)] = Pending(d, sink, partial(self._settle, result, r), tag=r)
+        try:
+            self._send_streams(streams, stats, todo, result, batches, pending)
+        finally:
+            # Sealed even when sending stopped early, so the object settles and never holds up finish().
+            for p in pending.values():
+                assert self._puts is not None
+                self._puts.seal(p)
+
+    def _send_streams(
+        self,
+        streams: dict[str, list[Event]],
+        stats: DecodeStats,
+        todo: list[tuple[Delivery, DeliveryResult]],
+        result: ObjectResult,
+        batches: PodBatches | None,
+        pending: dict[int, Pending],
+    ) -> None:
         now_ms = int(self._clock() * 1000)
         window = self.routing.window
         bounds = (window.since_ms, window.until_ms) if window else ()
@@ -528,9 +594,12 @@ class Deliverer:
                 r.events_split += prepared.split
                 r.events_rejected_too_old += prepared.too_old
                 r.events_rejected_too_new += prepared.too_new
-                if prepared.events:
+                if prepared.events and id(r) in pending:
+                    assert batches is not None
+                    batches.add(pending[id(r)], name, prepared.events)
+                elif prepared.events:
                     if self._throttle is not None:
-                        self._throttle(d.tenant_id, len(prepared.events))
+                        self._throttle(d.tenant_id, len(prepared.events), 0)
                     sink: EventSink = self.sinks[d.type]  # type: ignore[assignment]
                     try:
                         r.add(sink.send(d, name, prepared.events))
@@ -544,7 +613,15 @@ class Deliverer:
             r.bytes_delivered = stats.bytes_decoded  # the decoded object, whatever the window kept of it
             if stats.damaged:
                 r.status, r.reason = Status.DAMAGED, stats.damaged
-            self._record(result, r, self.sinks[d.type])
+            if id(r) not in pending:  # those are recorded when their last batch is answered (_settle)
+                self._record(result, r, self.sinks[d.type])
+
+    def _settle(self, result: ObjectResult, r: DeliveryResult, p: Pending) -> None:
+        """Every event the object gave a delivery through filled batches is answered (on a put thread)."""
+        r.add(p.sent)
+        if p.error is not None and r.status is not Status.FAILED:
+            r.fail(p.error.reason, p.error.recoverable)
+        self._record(result, r, p.sink)
 
     def _idempotent_only(self, tenant: Tenant) -> bool:
         """Whether every delivery the tenant has goes through an idempotent sink: its ledger items can then
@@ -561,7 +638,10 @@ class Deliverer:
             self._write_ledger(result, r)
 
     def finish(self, results: Sequence[ObjectResult]) -> None:
-        """After a run of deliver() calls: flush the sinks if a delivery waits for it, then commit them all."""
+        """After a run of deliver() calls: wait for the batches in flight, flush the sinks if a delivery
+        waits for it, then commit them all."""
+        if self._puts is not None:
+            self._puts.wait()
         if any(not d.durable for r in results for d in r.deliveries):
             try:
                 self.flush()
@@ -633,7 +713,7 @@ def build_deliverer(
     window: TimeWindow | None = None,
     redeliver: bool = False,
     deliveries: Iterable[str] = (),
-    throttle: Callable[[str, int], None] | None = None,
+    throttle: Callable[[str, int, int], None] | None = None,
     put_attempts: int | None = None,
     group_commit: bool = False,
 ) -> Deliverer:

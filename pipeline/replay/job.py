@@ -26,7 +26,7 @@ from pipeline.replay.listing import Listing, ListingFilter, list_window
 from pipeline.replay.plan import Plan, WorkUnit, make_plan
 from pipeline.replay.report import ReplayReport
 from pipeline.settings import Settings
-from pipeline.sinks import plan_traits, sink_names, writes_ledger
+from pipeline.sinks import plan_traits, sink_names, traits_of, writes_ledger
 from pipeline.tenants import DeliveryType, Tenant, TenantDirectory
 from pipeline.timespec import to_ms
 
@@ -55,6 +55,7 @@ class ReplayOptions:
     dry_run: bool = False
     redeliver: bool = False
     max_events_per_second: float | None = None
+    max_requests_per_second: float | None = None  # PutLogEvents calls; only sinks whose calls the job makes
     report_path: Path | None = None
     slack: timedelta = DEFAULT_WRITE_SLACK
     progress: bool | None = None  # None: only on a terminal
@@ -219,6 +220,9 @@ def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> in
         tenants = TenantDirectory(settings.tenant_table).tenant_ids()
         opts = replace(opts, tenants=tuple(tenants))
         log.info("all tenants", extra={"tenants": tenants})
+    if opts.max_requests_per_second and not traits_of(opts.sink).fills_batches:
+        print(f"error: --max-requests-per-second: the {opts.sink} sink makes its own requests", file=out)
+        return EXIT_USAGE
     workers = opts.workers or _default_workers()
     tenants = resolve_tenants(TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s), opts.tenants)
     unmatched = unmatched_deliveries(opts, tenants)
@@ -255,7 +259,8 @@ def _deliver(plan: Plan, opts: ReplayOptions, settings: Settings, workers: int, 
     from pipeline.replay.workers import DeliveryWorker, RateLimiter
 
     window = TimeWindow(to_ms(opts.since), to_ms(opts.until))
-    limiter = RateLimiter.remote(opts.max_events_per_second) if opts.max_events_per_second else None
+    limits = (opts.max_events_per_second, opts.max_requests_per_second)
+    limiter = RateLimiter.remote(*limits) if any(limits) else None
     n = min(workers, len(plan.units))
     actors = [
         DeliveryWorker.remote(

@@ -33,14 +33,21 @@ class TokenBucket:
 
 
 class TenantRateLimits:
-    """One bucket per tenant, created on first use, with a one-second burst."""
+    """Per tenant, a bucket of events and one of PutLogEvents requests (the unit AWS's quotas count), each
+    created on first use with a one-second burst. A limit that is None is not applied."""
 
-    def __init__(self, events_per_second: float) -> None:
-        self.rate = events_per_second
-        self._buckets: dict[str, TokenBucket] = {}
+    def __init__(self, events_per_second: float | None, requests_per_second: float | None = None) -> None:
+        self.rates = (events_per_second, requests_per_second)
+        self._buckets: dict[tuple[str, int], TokenBucket] = {}
 
-    def reserve(self, tenant: str, n: int, now: float) -> float:
-        bucket = self._buckets.get(tenant)
-        if bucket is None:
-            bucket = self._buckets[tenant] = TokenBucket(self.rate, burst=self.rate)
-        return bucket.reserve(n, now)
+    def reserve(self, tenant: str, events: int, requests: int, now: float) -> float:
+        """Take the tokens; return how long to wait: the longer of the two limits' waits."""
+        wait = 0.0
+        for kind, (rate, n) in enumerate(zip(self.rates, (events, requests), strict=True)):
+            if rate is None or n == 0:
+                continue
+            bucket = self._buckets.get((tenant, kind))
+            if bucket is None:
+                bucket = self._buckets[(tenant, kind)] = TokenBucket(rate, burst=rate)
+            wait = max(wait, bucket.reserve(n, now))
+        return wait

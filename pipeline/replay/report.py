@@ -12,6 +12,7 @@ from pipeline.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from pipeline.delivery import LEDGER_SKIP, SUMMED, Status
 from pipeline.keys import parse_key
 from pipeline.replay.plan import ObjectSpec, Plan
+from pipeline.tenants import DeliveryType
 
 INTERRUPTED = "not attempted: the replay was interrupted"
 
@@ -26,7 +27,10 @@ EVENT_COUNTERS = (
     "bytes_read",
 )
 # Counters summed from each delivery's result (DeliveryResult) into that delivery's section.
-DELIVERY_COUNTERS = (*SUMMED, "requests", "retries")
+DELIVERY_COUNTERS = (*SUMMED, "requests", "requests_minimum", "retries")
+# Per tenant: the PutLogEvents calls its event deliveries made, and the fewest their events needed
+# (`pipeline.batching.min_put_requests`): the quota unit the tenant shares with its own workloads.
+PUT_COUNTERS = {"put_requests": "requests", "put_requests_minimum": "requests_minimum"}
 FAILED_DETAIL_MAX = 1000  # per delivery: failures beyond this are counted, not listed
 
 
@@ -82,7 +86,7 @@ class TenantTotals:
     objects_delivered: int = 0
     objects_skipped: int = 0
     objects_failed: int = 0
-    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVENT_COUNTERS, 0))
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*EVENT_COUNTERS, *PUT_COUNTERS), 0))
 
 
 @dataclass
@@ -128,6 +132,10 @@ class ReplayReport:
         totals = self.tenants[result.get("tenant") or "?"]
         for name in EVENT_COUNTERS:
             totals.counters[name] += int(result.get(name, 0))
+        for d in result.get("deliveries", ()):
+            if d.get("type") == DeliveryType.CLOUDWATCH:
+                for name, field_name in PUT_COUNTERS.items():
+                    totals.counters[name] += int(d.get(field_name, 0))
         status = result["status"]
         if status == "delivered":
             totals.objects_delivered += 1
@@ -183,7 +191,7 @@ class ReplayReport:
             "interrupted": self.interrupted,
             "objects_damaged": self.damaged,
             "objects_failed": self.failed,
-            **{name: self.total(name) for name in EVENT_COUNTERS},
+            **{name: self.total(name) for name in (*EVENT_COUNTERS, *PUT_COUNTERS)},
             "duration_s": round(duration, 3),
             "events_per_s": round(events / duration, 1) if duration > 0 else 0.0,
             "list_calls": plan.list_calls,
@@ -224,7 +232,10 @@ class ReplayReport:
         return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
 
     def summary_table(self) -> str:
-        cols = ("tenant", "objects", "failed", "events", "too_old", "too_new", "expired", "filtered", "malformed")
+        cols = (
+            "tenant", "objects", "failed", "events", "too_old", "too_new", "expired", "filtered", "malformed",
+            "puts", "min_puts",
+        )  # fmt: skip
         rows = [cols]
         for tenant, t in sorted(self.tenants.items()):
             c = t.counters
@@ -239,6 +250,8 @@ class ReplayReport:
                     str(c["events_rejected_expired"]),
                     str(c["events_filtered"]),
                     str(c["lines_malformed"]),
+                    str(c["put_requests"]),
+                    str(c["put_requests_minimum"]),
                 )
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]

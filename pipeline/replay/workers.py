@@ -36,7 +36,7 @@ class UnitRunner:
         sink_kind: str,
         window: TimeWindow | None,
         redeliver: bool = False,
-        throttle: Callable[[str, int], None] | None = None,
+        throttle: Callable[[str, int, int], None] | None = None,
         memory_budget_mib: int = DEFAULT_BUDGET_MIB,
         deliveries: tuple[str, ...] = (),
     ) -> None:
@@ -72,22 +72,26 @@ class UnitRunner:
         with ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="pod") as pool:
             per_pod = list(pool.map(partial(self._run_pod, ledger=ledger), pods.values()))
         results = [r for pod_results in per_pod for r in pod_results]
-        # Deliveries through a sink that is not durable on return (Vector) are recorded after a flush, and
-        # those of S3-only objects in batches: a unit's result says delivered only once it is in the ledger.
+        # Batches in flight are answered first. Deliveries through a sink that is not durable on return
+        # (Vector) are recorded after a flush, and those of S3-only objects in batches: a unit's result says
+        # delivered only once it is in the ledger.
         self.deliverer.finish(results)
         return [r.to_dict() for r in results]
 
     def _run_pod(self, objects: list[ObjectSpec], ledger: dict[str, frozenset[str]] | None) -> list[ObjectResult]:
         results = []
-        for o in objects:
-            with self.budget.hold(decoded_footprint(o.size, self.deliverer.may_decode(o.key))):
-                if self.stopping.is_set():
-                    # Stop between objects, never inside one: every object is either fully delivered and in
-                    # the ledger, or not started, so a re-run resumes exactly where this one stopped.
-                    results.append(ObjectResult(o.key, Status.SKIPPED, INTERRUPTED, tenant=parse_key(o.key).tenant))
-                    continue
-                known = None if ledger is None else ledger.get(o.key, frozenset())
-                results.append(self.deliverer.deliver(self._ref(o), known))
+        # The pod's objects fill its streams' batches together; leaving sends the last, partial ones.
+        with self.deliverer.batching() as batches:
+            for o in objects:
+                with self.budget.hold(decoded_footprint(o.size, self.deliverer.may_decode(o.key))):
+                    if self.stopping.is_set():
+                        # Stop between objects, never inside one: every object started is delivered and in
+                        # the ledger once its batches are answered, so a re-run resumes where this one stopped.
+                        tenant = parse_key(o.key).tenant
+                        results.append(ObjectResult(o.key, Status.SKIPPED, INTERRUPTED, tenant=tenant))
+                        continue
+                    known = None if ledger is None else ledger.get(o.key, frozenset())
+                    results.append(self.deliverer.deliver(self._ref(o), known, batches))
         return results
 
     def _ref(self, o: ObjectSpec) -> ObjectRef:
@@ -99,11 +103,11 @@ class UnitRunner:
 
 @ray.remote(num_cpus=0)
 class RateLimiter:
-    def __init__(self, events_per_second: float) -> None:
-        self._limits = TenantRateLimits(events_per_second)
+    def __init__(self, events_per_second: float | None, requests_per_second: float | None = None) -> None:
+        self._limits = TenantRateLimits(events_per_second, requests_per_second)
 
-    def reserve(self, tenant: str, n: int) -> float:
-        return self._limits.reserve(tenant, n, time.monotonic())
+    def reserve(self, tenant: str, events: int, requests: int) -> float:
+        return self._limits.reserve(tenant, events, requests, time.monotonic())
 
 
 # A worker that dies mid-unit is restarted once and the unit retried once; objects it had already
@@ -124,8 +128,8 @@ class DeliveryWorker:
         throttle = None
         if limiter is not None:
 
-            def throttle(tenant: str, n: int) -> None:
-                wait = ray.get(limiter.reserve.remote(tenant, n))
+            def throttle(tenant: str, events: int, requests: int) -> None:
+                wait = ray.get(limiter.reserve.remote(tenant, events, requests))
                 if wait > 0:
                     time.sleep(wait)
 

@@ -12,11 +12,12 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.sinks.base import EventSink, ObjectSink, Sink, SinkResult, SinkTraits, SourceObject
+from pipeline.sinks.base import BatchSink, EventSink, ObjectSink, Sink, SinkResult, SinkTraits, SourceObject
 from pipeline.tenants import DeliveryType
 
 __all__ = [
     "REGISTRY",
+    "BatchSink",
     "EventSink",
     "ObjectSink",
     "Sink",
@@ -50,7 +51,9 @@ REGISTRY: dict[str, SinkSpec] = {
     for s in (
         SinkSpec(
             "cloudwatch",
-            SinkTraits(frozenset({CW}), needs_events=True, durable_on_return=True, writes_ledger=True),
+            SinkTraits(
+                frozenset({CW}), needs_events=True, durable_on_return=True, writes_ledger=True, fills_batches=True
+            ),
             "pipeline.sinks.cloudwatch:CloudWatchSink",
             "native PutLogEvents into the tenant's log group",
             default_for=frozenset({CW}),
@@ -74,7 +77,9 @@ REGISTRY: dict[str, SinkSpec] = {
         ),
         SinkSpec(
             "null",
-            SinkTraits(frozenset({CW, S3}), needs_events=True, durable_on_return=True, writes_ledger=False),
+            SinkTraits(
+                frozenset({CW, S3}), needs_events=True, durable_on_return=True, writes_ledger=False, fills_batches=True
+            ),
             "pipeline.sinks.null:NullSink",
             "decode, batch and serialize every delivery's events, send nothing (throughput ceiling, no ledger)",
         ),

@@ -27,6 +27,9 @@ class SinkTraits:
     writes_ledger: bool  # False: it sends nothing real, so nothing may be recorded as delivered
     max_writers: int | None = None  # threads that may use it at once; None: any number
     idempotent: bool = False  # True: a resend overwrites what it sent before instead of adding a duplicate
+    # True: it takes one PutLogEvents batch at a time (put_batch), so the replay can fill batches across
+    # objects and keep several in flight; False: it batches on its own (Vector), one send per stream.
+    fills_batches: bool = False
 
 
 @dataclass
@@ -90,6 +93,13 @@ class TenantWriter:
 class EventSink(Sink, Protocol):
     def send(self, dest: Delivery, stream: str, events: list[Event]) -> SinkResult:
         """Deliver one stream's prepared events. Raises DeliveryError when they could not all be delivered."""
+        ...
+
+
+class BatchSink(EventSink, Protocol):
+    def put_batch(self, dest: Delivery, stream: str, batch: list[Event]) -> SinkResult:
+        """Send one batch that obeys every limit (from `pipeline.batching`) as one request; thread-safe.
+        Its rejected counts cover the batch's events in order: too old first, then expired, too new last."""
         ...
 
 

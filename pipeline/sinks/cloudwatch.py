@@ -40,10 +40,11 @@ class CloudWatchSink(TenantWriter):
     def send(self, dest: Delivery, stream: str, events: list[Event]) -> SinkResult:
         result = SinkResult()
         for batch in batches(events):
-            self._put(dest, stream, batch, result)
+            result.add(self.put_batch(dest, stream, batch))
         return result
 
-    def _put(self, dest: Delivery, stream: str, batch: list[Event], result: SinkResult) -> None:
+    def put_batch(self, dest: Delivery, stream: str, batch: list[Event]) -> SinkResult:
+        result = SinkResult()
         body = put_log_events_body(dest.log_group, stream, batch)
         where = f"{dest.log_group}/{stream} in {dest.region} for tenant {dest.tenant_id}"
         created = refreshed = False
@@ -76,6 +77,7 @@ class CloudWatchSink(TenantWriter):
         result.rejected_too_old += rejected.too_old
         result.rejected_too_new += rejected.too_new
         result.rejected_expired += rejected.expired
+        return result
 
     def _backoff(self, attempt: int, where: str, code: str, result: SinkResult) -> int:
         attempt = self._retry.backoff(attempt, f"PutLogEvents to {where}", code, self._sleep)

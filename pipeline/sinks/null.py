@@ -24,11 +24,13 @@ class NullSink:
     def send(self, dest: Delivery, stream: str, events: list[Event]) -> SinkResult:
         result = SinkResult()
         for batch in batches(events):
-            body = put_log_events_body(dest.log_group, stream, batch)
-            self.bytes_serialized += len(body)
-            result.batches += 1
-            result.delivered += len(batch)
+            result.add(self.put_batch(dest, stream, batch))
         return result
+
+    def put_batch(self, dest: Delivery, stream: str, batch: list[Event]) -> SinkResult:
+        body = put_log_events_body(dest.log_group, stream, batch)
+        self.bytes_serialized += len(body)  # a statistic: a lost update between threads costs nothing
+        return SinkResult(delivered=len(batch), batches=1)
 
     def flush(self) -> None:
         pass

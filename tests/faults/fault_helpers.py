@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import psutil
 
+from pipeline.batching import min_put_requests
 from pipeline.ledger import Ledger
 from pipeline.local import generator as gen
 from pipeline.local.faults import FaultProxy
@@ -116,15 +117,30 @@ def duplicated_keys(manifest: gen.Manifest, got: Events, tenant: str) -> dict[st
     return out
 
 
-def accepted_objects(stack: FaultStack, manifest: gen.Manifest) -> set[str]:
-    """Objects of which CloudWatch accepted at least one batch, from the proxy's record of the wire."""
+def accepted_batches(stack: FaultStack, manifest: gen.Manifest) -> list[set[str]]:
+    """The objects each batch CloudWatch accepted held events of, from the proxy's record of the wire: the
+    replay fills a batch across a pod's objects."""
     by_event = {(ts, msg): o.key for o in manifest.objects for ts, msg in o.expected or []}
-    out = set()
-    for c in stack.proxy.calls("logs", "PutLogEvents"):
-        if c.status == 200:
-            first = orjson.loads(c.body)["logEvents"][0]
-            out.add(by_event[(first["timestamp"], first["message"])])
-    return out
+    return [
+        {by_event[(e["timestamp"], e["message"])] for e in orjson.loads(c.body)["logEvents"]}
+        for c in stack.proxy.calls("logs", "PutLogEvents")
+        if c.status == 200
+    ]
+
+
+def accepted_objects(stack: FaultStack, manifest: gen.Manifest) -> set[str]:
+    """Objects of which CloudWatch accepted at least one event."""
+    return set().union(*accepted_batches(stack, manifest))
+
+
+def min_calls(manifest: gen.Manifest, tenant: str) -> int:
+    """The fewest PutLogEvents calls the tenant's events need (`min_put_requests`, stream by stream)."""
+    streams: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for o in manifest.objects:
+        if o.key.split("/")[1] == tenant:
+            for ts, msg in o.expected or []:
+                streams[stream_of(o.key, ts)].append((ts, msg))
+    return sum(min_put_requests(evs) for evs in streams.values())
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import psutil
 import pytest
 from fault_helpers import (
     FaultStack,
+    accepted_batches,
     accepted_objects,
     delivered,
     duplicated_keys,
@@ -27,6 +28,7 @@ from fault_helpers import (
     kill_replay_mid_run,
     ledger_count,
     ledger_keys,
+    min_calls,
     objects_of,
     replay_cmd,
     run_replay,
@@ -34,10 +36,10 @@ from fault_helpers import (
     write,
 )
 
+from pipeline.assembly import IN_FLIGHT_PUTS
 from pipeline.ledger import Ledger
 from pipeline.local.faults import Delay, Drop, Error, Rule
 from pipeline.replay.plan import LEDGER_SKIP
-from pipeline.replay.workers import POD_THREADS
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.slow]
 
@@ -81,7 +83,9 @@ def test_replay_under_throttling_5xx_expiry_and_one_denied_tenant_then_a_rerun_p
     calls = proxy.calls("logs", PUT)
     ok = [c for c in calls if c.status == 200]
     injected = sum(r.stats.injected for r in faults)
-    assert len(ok) == len(objects_of(manifest, "acme"))  # one accepted batch per object
+    # Batches filled across each pod's objects: the fewest calls, and the report says so.
+    assert len(ok) == min_calls(manifest, "acme") < len(objects_of(manifest, "acme"))
+    assert doc["tenants"]["acme"]["put_requests"] == len(ok) == doc["tenants"]["acme"]["put_requests_minimum"]
     # Bounded: every extra attempt is an injected fault (or a new stream's first put), never a retry storm.
     creates = proxy.calls("logs", "CreateLogStream")
     assert len(calls) == len(ok) + injected + sum(r.stats.injected for r in expiries) + len(creates)
@@ -146,7 +150,8 @@ def test_worker_killed_mid_unit_is_restarted_and_the_unit_redelivered_at_most_on
         worker.send_signal(signal.SIGKILL)
         wait_for(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, 10, "the worker's end")
         before = ledger_keys(stack.local, "acme")
-        sent_unrecorded = accepted_objects(stack, manifest) - before
+        at_kill = accepted_batches(stack, manifest)
+        sent_unrecorded = set().union(*at_kill) - before
         assert before < keys and sent_unrecorded, "the kill did not land mid-unit"
         out, _ = proc.communicate(timeout=180)
     finally:
@@ -160,11 +165,14 @@ def test_worker_killed_mid_unit_is_restarted_and_the_unit_redelivered_at_most_on
     assert ledger_keys(stack.local, "acme") == keys
     got = delivered(stack.local, "acme")
     assert not expected(manifest, "acme") - got, "events lost"
-    # At most once more: only objects that were not in the ledger at the kill, each at most twice, at most
-    # one per pod thread of the killed unit.
+    # At most once more: only objects that were not in the ledger at the kill, each at most twice, and only
+    # those of the batches being sent or recorded then (pipeline.assembly: at most IN_FLIGHT_PUTS), which
+    # spanned several objects each.
     dups = duplicated_keys(manifest, got, "acme")
     assert set(dups) == sent_unrecorded and set(dups.values()) == {2}
-    assert len(dups) <= min(3, POD_THREADS)
+    holding = [b for b in at_kill if b & sent_unrecorded]
+    assert len(holding) <= IN_FLIGHT_PUTS and max(map(len, holding)) > 1
+    assert len(dups) <= sum(map(len, holding))
     # Report and ledger agree: the retried unit reports the objects the first attempt finished as ledger
     # skips, and the rest as delivered, with the counts the ledger holds.
     assert doc["objects_delivered"] + doc["objects_skipped_ledger"] == len(keys)
@@ -202,7 +210,8 @@ def test_driver_killed_mid_run_then_rerun_loses_nothing_and_resends_exactly_the_
 
     kill_replay_mid_run(stack, *args, report=tmp_path / "killed.json", when=some_sent_not_recorded)
     settled = ledger_keys(stack.local, "acme")
-    sent_unrecorded = accepted_objects(stack, manifest) - settled
+    at_kill = accepted_batches(stack, manifest)
+    sent_unrecorded = set().union(*at_kill) - settled
     assert settled < keys and sent_unrecorded, "the kill did not land mid-run"
     assert not (tmp_path / "killed.json").exists()  # no report from a killed driver
 
@@ -217,5 +226,6 @@ def test_driver_killed_mid_run_then_rerun_loses_nothing_and_resends_exactly_the_
     dups = duplicated_keys(manifest, got, "acme")
     # At-least-once exactly for what was in flight: accepted by CloudWatch, not yet in the ledger.
     assert set(dups) == sent_unrecorded and set(dups.values()) == {2}
-    assert len(dups) <= 4  # one object per pod at most (a pod's objects go one after another)
+    # Only objects of batches being sent or recorded at the kill: at most IN_FLIGHT_PUTS per worker.
+    assert len([b for b in at_kill if b & sent_unrecorded]) <= 2 * IN_FLIGHT_PUTS
     print(f"driver kill: {len(settled)} of {len(keys)} recorded, {len(dups)} sent twice")

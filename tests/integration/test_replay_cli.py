@@ -172,18 +172,18 @@ def test_interrupted_replay_resumes_without_duplicates_or_gaps(
         until=now - timedelta(minutes=1),
         tenants=("acme",),
         applications=APPS,
-        pods_per_app=3,
-        objects_per_pod=8,
+        pods_per_app=6,  # more pods than a worker's pod threads: some are still waiting to start when stopped
+        objects_per_pod=4,
         events_per_object=25,
         seed=5,
     )
     manifest = write_dataset(cfg, local_aws.names.bucket, s3=local_aws.client("s3"))
     total_objects = len(manifest.objects)
-    args = ("--tenant", "acme", "--since", since.isoformat(), "--until", until.isoformat(), "--workers", "2")
+    args = ("--tenant", "acme", "--since", since.isoformat(), "--until", until.isoformat(), "--workers", "1")
     report1 = tmp_path / "first.json"
     cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), *args, "--report", str(report1), "--no-progress"]
-    # Slow enough that the interruption lands mid-run.
-    cmd += ["--max-events-per-second", "400"]
+    # Slow enough that the interruption lands mid-run: each pod's objects fill one batch, sent at one a second.
+    cmd += ["--max-requests-per-second", "1"]
     proc = subprocess.Popen(cmd, env={**os.environ, **local_aws.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ddb = local_aws.client("dynamodb")
     deadline = time.monotonic() + 180

@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -118,14 +119,15 @@ def test_stopping_skips_the_rest_of_the_unit_and_leaves_it_out_of_the_ledger(
     since, until = span
     manifest, unit = write(local_aws, since, until, objects_per_pod=5)  # one pod: objects go in key order
     window = TimeWindow(to_ms(since), to_ms(until) + 1)
-    holder: list[UnitRunner] = []
+    runner = UnitRunner(local_aws.settings, "cloudwatch", window)
+    deliver = runner.deliverer.deliver
 
-    def stop_after_first_send(tenant: str, n: int) -> None:
+    def deliver_then_stop(*args: Any) -> Any:
         # The stop request arrives while the first object is being delivered (as `DeliveryWorker.stop` does).
-        holder[0].stopping.set()
+        runner.stopping.set()
+        return deliver(*args)
 
-    runner = UnitRunner(local_aws.settings, "cloudwatch", window, throttle=stop_after_first_send)
-    holder.append(runner)
+    runner.deliverer.deliver = deliver_then_stop  # type: ignore[method-assign]
     try:
         results = runner.run(unit)
     finally:
@@ -203,16 +205,22 @@ def test_the_memory_budget_bounds_the_objects_a_worker_decodes_at_once(
     lock = threading.Lock()
     gauge = [0]
 
-    def slow_send(tenant: str, n: int) -> None:
-        # Called inside each object's delivery: count the objects being delivered at the same moment.
+    runner = UnitRunner(local_aws.settings, "cloudwatch", window)
+    deliver = runner.deliverer.deliver
+
+    def slow_deliver(*args: Any) -> Any:
+        # Count the objects being delivered at the same moment (the budget is held around each delivery).
         with lock:
             gauge[0] += 1
             inside.append(gauge[0])
         time.sleep(0.2)
-        with lock:
-            gauge[0] -= 1
+        try:
+            return deliver(*args)
+        finally:
+            with lock:
+                gauge[0] -= 1
 
-    runner = UnitRunner(local_aws.settings, "cloudwatch", window, throttle=slow_send)
+    runner.deliverer.deliver = slow_deliver  # type: ignore[method-assign]
     if tight:
         runner.budget = MemoryBudget(max(decoded_footprint(o.size) for o in unit.objects))
     try:

@@ -96,12 +96,12 @@ def test_rate_must_be_positive() -> None:
 def test_tenants_have_independent_buckets() -> None:
     limits = TenantRateLimits(events_per_second=1000)
     # acme exhausts its bucket and runs 9 s into debt...
-    assert limits.reserve("acme", 1000, 10.0) == 0.0
-    assert limits.reserve("acme", 9000, 10.0) == pytest.approx(9.0)
+    assert limits.reserve("acme", 1000, 0, 10.0) == 0.0
+    assert limits.reserve("acme", 9000, 0, 10.0) == pytest.approx(9.0)
     # ...which costs globex nothing: it still has its own full one-second burst.
-    assert limits.reserve("globex", 1000, 10.0) == 0.0
-    assert limits.reserve("globex", 500, 10.0) == pytest.approx(0.5)
-    assert limits.reserve("acme", 1, 10.0) == pytest.approx(9.001)
+    assert limits.reserve("globex", 1000, 0, 10.0) == 0.0
+    assert limits.reserve("globex", 500, 0, 10.0) == pytest.approx(0.5)
+    assert limits.reserve("acme", 1, 0, 10.0) == pytest.approx(9.001)
 
 
 def test_each_tenant_gets_its_own_rate_under_interleaved_load() -> None:
@@ -118,7 +118,7 @@ def test_each_tenant_gets_its_own_rate_under_interleaved_load() -> None:
         now += rng.expovariate(5000)
         t = rng.choice(list(next_free))
         n = rng.randint(1, 200)
-        wait = limits.reserve(t, n, now)
+        wait = limits.reserve(t, n, 0, now)
         used[t] += n
         last_use[t] = max(last_use[t], now + wait)
     for t in used:
