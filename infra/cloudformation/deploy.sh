@@ -7,7 +7,7 @@
 #      --include-lambda  + container-image Lambda on the queue (needs --include-sqs, --ecr-image-uri)
 #   3. -t customer   the tenant's CustomerLogDistribution role (in the tenant's account)
 #      --bucket-name     + an S3 destination: PutObject under --bucket-prefix (bucket created, or --existing-bucket)
-#   4. -t cluster    IRSA roles for Vector and the consumer    (per Kubernetes cluster)
+#   4. -t cluster    IRSA roles for Vector (writes under its cluster id) and the consumer (per cluster)
 #   5. -t replay     IRSA role for the KubeRay replay          (per Kubernetes cluster)
 # Later stacks read earlier stacks' outputs with describe-stacks; --dry-run prints the commands only.
 set -euo pipefail
@@ -27,10 +27,12 @@ Usage: deploy.sh -t global|regional|customer|cluster|replay [options]
       --tenant-table-mode MODE regional: v2 | v1-and-v2-read-v1 | v1-and-v2-read-v2 (docs/DEPLOY.md,
                                "Migrating a v1 tenant table to v2"). Default: the stack's current mode;
                                v2 for a new stack; v1-and-v2-read-v1 for a stack from before v2
-      --cluster-name NAME      cluster, replay: short cluster name (cluster: add --include-sqs
-                               when the cluster runs the SQS consumer)
+      --cluster-name NAME      cluster, replay: the cluster id (CLUSTER_ID of its collector; cluster:
+                               add --include-sqs when the cluster runs the SQS consumer)
       --oidc-provider HOST     cluster, replay: OIDC issuer without https://
       --log-group-name NAME    customer: the log group to deliver into (default /logs/delivered)
+      --external-id ID         customer: the ExternalId the central role must present (default: the
+                               central account id; external_id of the tenant's delivery items)
       --bucket-name NAME       customer: also deliver to this S3 bucket (created by the stack unless
                                --existing-bucket)
       --existing-bucket        customer: the bucket exists already; grant the role on it only
@@ -47,7 +49,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TYPE="" REGION="${AWS_REGION:-us-east-1}" ENVIRONMENT="${ENVIRONMENT:-development}"
 PROJECT="multi-tenant-logging" TEMPLATE_BUCKET="" CENTRAL_ROLE_ARN=""
 INCLUDE_SQS=false INCLUDE_LAMBDA=false ECR_IMAGE_URI="" CLUSTER_NAME="" OIDC_PROVIDER=""
-LOG_GROUP_NAME="" DRY_RUN=false TENANT_TABLE_MODE=""
+LOG_GROUP_NAME="" DRY_RUN=false TENANT_TABLE_MODE="" EXTERNAL_ID=""
 BUCKET_NAME="" EXISTING_BUCKET=false BUCKET_PREFIX="" KMS_KEY_ARN=""
 
 while [[ $# -gt 0 ]]; do
@@ -64,6 +66,7 @@ while [[ $# -gt 0 ]]; do
     --cluster-name) CLUSTER_NAME="${2:?}"; shift 2 ;;
     --oidc-provider) OIDC_PROVIDER="${2#https://}"; shift 2 ;;
     --log-group-name) LOG_GROUP_NAME="${2:?}"; shift 2 ;;
+    --external-id) EXTERNAL_ID="${2:?}"; shift 2 ;;
     --tenant-table-mode) TENANT_TABLE_MODE="${2:?}"; shift 2 ;;
     --bucket-name) BUCKET_NAME="${2:?}"; shift 2 ;;
     --existing-bucket) EXISTING_BUCKET=true; shift ;;
@@ -156,6 +159,7 @@ case "$TYPE" in
     [[ -n "$CENTRAL_ROLE_ARN" ]] || die "customer needs --central-role-arn (from the log delivery provider)"
     params=("CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN")
     [[ -n "$LOG_GROUP_NAME" ]] && params+=("LogGroupName=$LOG_GROUP_NAME")
+    [[ -n "$EXTERNAL_ID" ]] && params+=("ExternalId=$EXTERNAL_ID")
     if [[ -n "$BUCKET_NAME" ]]; then
       params+=("BucketName=$BUCKET_NAME")
       $EXISTING_BUCKET && params+=("CreateBucket=false")
@@ -169,7 +173,7 @@ case "$TYPE" in
   cluster)
     [[ -n "$CLUSTER_NAME" && -n "$OIDC_PROVIDER" ]] || die "cluster needs --cluster-name and --oidc-provider"
     params=("ProjectName=$PROJECT" "ClusterName=$CLUSTER_NAME" "OidcProvider=$OIDC_PROVIDER")
-    for key in S3WriterRoleArn DeliveryPolicyArn; do
+    for key in BucketName LogsKeyArn DeliveryPolicyArn; do
       value="$(output "$CORE_STACK" "$key")"
       params+=("$key=$value")
     done

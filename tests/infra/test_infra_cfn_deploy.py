@@ -31,6 +31,7 @@ OIDC = "oidc.example.com/id/ABC"
 BUCKET_TENANT = "111111111111"  # creates its bucket, SSE-KMS with its own key
 EXISTING_BUCKET_TENANT = "222222222222"  # brings an existing bucket, no key
 ARCHIVE_BUCKET = "acme-archive-111111111111"
+OWN_EXTERNAL_ID = "globex-7f3a9c"  # the existing-bucket tenant's role requires an ExternalId of its own
 EXISTING_BUCKET = "globex-logs-222222222222"
 
 pytestmark = pytest.mark.integration
@@ -104,7 +105,8 @@ def deployed(moto_server: Any) -> Iterator[Deployed]:
         "cluster",
         ClusterName="prod-1",
         OidcProvider=OIDC,
-        S3WriterRoleArn=core["S3WriterRoleArn"],
+        BucketName=core["BucketName"],
+        LogsKeyArn=core["LogsKeyArn"],
         DeliveryPolicyArn=core["DeliveryPolicyArn"],
         QueueConsumerPolicyArn=sqs["QueueConsumerPolicyArn"],
     )
@@ -138,6 +140,7 @@ def deployed(moto_server: Any) -> Iterator[Deployed]:
         CentralLogDistributionRoleArn=central,
         BucketName=EXISTING_BUCKET,
         CreateBucket="false",
+        ExternalId=OWN_EXTERNAL_ID,
     )
     yield d
     moto_server.reset()
@@ -173,8 +176,11 @@ def test_global_role(deployed: Deployed) -> None:
     (policy_name,) = iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"]
     doc = as_doc(iam.get_role_policy(RoleName=role["RoleName"], PolicyName=policy_name)["PolicyDocument"])
     (st,) = doc["Statement"]
-    assert st["Resource"] == "arn:aws:iam::*:role/CustomerLogDistribution-*"
-    assert st["Condition"] == {"StringEquals": {"sts:ExternalId": ACCOUNT}}
+    assert st["Resource"] == [
+        "arn:aws:iam::*:role/CustomerLogDistribution-*",
+        "arn:aws:iam::*:role/*/CustomerLogDistribution-*",
+    ]
+    assert st["Condition"] == {"Null": {"sts:ExternalId": "false"}}
 
 
 def test_core_bucket_topic_key_and_tables(deployed: Deployed) -> None:
@@ -229,7 +235,7 @@ def test_core_processors_may_describe_and_read_the_tenant_table(deployed: Deploy
     out = deployed.outputs["core"]
     (read,) = [st for st in delivery_policy(deployed, "core")["Statement"] if st.get("Sid") == "ReadTenantConfig"]
     assert "dynamodb:DescribeTable" in read["Action"]  # the readers tell v1 from v2 by the key schema
-    assert {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan"} <= set(read["Action"])
+    assert set(read["Action"]) == {"dynamodb:DescribeTable", "dynamodb:Query", "dynamodb:Scan"}
     assert as_list(read["Resource"]) == [table_arn(deployed, out["TenantTableV2Name"])]
 
 
@@ -252,8 +258,7 @@ def test_core_migrating_keeps_v1_for_the_processors_beside_v2(deployed: Deployed
 def test_core_roles_and_delivery_policy(deployed: Deployed) -> None:
     out = deployed.outputs["core"]
     iam = deployed.client("iam")
-    writer = iam.get_role(RoleName=out["S3WriterRoleArn"].rsplit("/", 1)[1])["Role"]
-    assert writer["RoleName"].endswith("-s3-writer")
+    assert "S3WriterRoleArn" not in out, "no shared role may write the whole bucket"
     processor = iam.get_role(RoleName=out["ProcessorRoleName"])["Role"]
     trust = as_doc(processor["AssumeRolePolicyDocument"])["Statement"]
     assert trust[0]["Principal"] == {"Service": "lambda.amazonaws.com"}
@@ -363,6 +368,24 @@ def test_customer_with_an_existing_bucket_and_no_key(deployed: Deployed) -> None
     assert set(policies) == {"deliver-to-log-group", "deliver-to-bucket"}
     (put,) = policies["deliver-to-bucket"]
     assert (put["Action"], put["Resource"]) == ("s3:PutObject", f"arn:aws:s3:::{EXISTING_BUCKET}/ROSA/cluster-logs/*")
+    # Its own ExternalId, in the trust and in the outputs the tenant sends back.
+    assert out["ExternalId"] == OWN_EXTERNAL_ID
+    iam = deployed.client("iam", EXISTING_BUCKET_TENANT)
+    role = iam.get_role(RoleName=f"CustomerLogDistribution-{REGION}")["Role"]
+    (st,) = as_doc(role["AssumeRolePolicyDocument"])["Statement"]
+    assert st["Condition"] == {"StringEquals": {"sts:ExternalId": OWN_EXTERNAL_ID}}
+
+
+def test_collector_role_writes_only_under_its_cluster_id(deployed: Deployed) -> None:
+    iam = deployed.client("iam")
+    name = "multi-tenant-logging-prod-1-vector"
+    (policy,) = iam.list_role_policies(RoleName=name)["PolicyNames"]
+    statements = as_list(as_doc(iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"])["Statement"])
+    by_action = {st["Action"]: st["Resource"] for st in statements}
+    assert by_action == {
+        "s3:PutObject": f"arn:aws:s3:::{deployed.outputs['core']['BucketName']}/prod-1/*",
+        "kms:GenerateDataKey": deployed.outputs["core"]["LogsKeyArn"],
+    }
 
 
 @pytest.mark.parametrize(
@@ -443,6 +466,7 @@ def test_deploy_sh_regional_deploys_core_then_sqs_then_lambda_with_valid_paramet
         ("-t", "regional", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--include-sqs",
          "--include-lambda", "--ecr-image-uri", IMAGE),
         ("-t", "customer", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--log-group-name", "/l"),
+        ("-t", "customer", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--external-id", "acme-7f3a"),
         ("-t", "customer", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--bucket-name", "acme-logs",
          "--existing-bucket", "--bucket-prefix", "audit/", "--kms-key-arn", "arn:aws:kms:us-east-1:123456789012:key/k"),
         ("-t", "regional", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--tenant-table-mode",
@@ -498,6 +522,8 @@ def test_deploy_sh_customer_bucket_flags_become_the_s3_parameters() -> None:
         "-t", "customer", "--central-role-arn", central, "--bucket-name", "acme-logs", "--existing-bucket"
     )
     assert params["CreateBucket"] == "false"
+    ((_, _, params),) = deploy_commands("-t", "customer", "--central-role-arn", central, "--external-id", "acme-7f")
+    assert params["ExternalId"] == "acme-7f"
 
 
 FAKE_AWS = """#!/usr/bin/env bash

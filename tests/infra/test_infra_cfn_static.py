@@ -39,7 +39,8 @@ REQUIRED_PARAMS = {
     "cluster": {
         "ClusterName": "prod-1",
         "OidcProvider": "oidc.example.com/id/ABC",
-        "S3WriterRoleArn": f"arn:aws:iam::{ACCOUNT}:role/w",
+        "BucketName": f"multi-tenant-logging-development-{ACCOUNT}-{REGION}",
+        "LogsKeyArn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab",
         "DeliveryPolicyArn": f"arn:aws:iam::{ACCOUNT}:policy/d",
     },
     "replay": {
@@ -103,7 +104,7 @@ def test_no_policy_allows_wildcard_actions(name: str, options: dict[str, str]) -
     assert seen, f"{name} has no policies at all?"
 
 
-def test_central_role_assumes_only_customer_roles_with_its_own_account_as_external_id() -> None:
+def test_central_role_assumes_exactly_customer_roles_with_or_without_a_path_and_always_with_an_external_id() -> None:
     template, resolve = resolved("global")
     role = template["Resources"]["CentralLogDistributionRole"]["Properties"]
     grants = [st for p in role["Policies"] for st in statements(resolve(p["PolicyDocument"]))]
@@ -111,8 +112,14 @@ def test_central_role_assumes_only_customer_roles_with_its_own_account_as_extern
     for st in grants:
         assert st["Effect"] == "Allow"
         assert as_list(st["Action"]) == ["sts:AssumeRole"]
-        assert as_list(st["Resource"]) == ["arn:aws:iam::*:role/CustomerLogDistribution-*"]
-        assert st["Condition"] == {"StringEquals": {"sts:ExternalId": ACCOUNT}}
+        # Exactly these two patterns: role/logging/CustomerLogDistribution-x (an IAM path) works, and no
+        # other role name in any account does.
+        assert as_list(st["Resource"]) == [
+            "arn:aws:iam::*:role/CustomerLogDistribution-*",
+            "arn:aws:iam::*:role/*/CustomerLogDistribution-*",
+        ]
+        # The value is each customer role's trust's to check (a delivery may have its own); none at all is refused.
+        assert st["Condition"] == {"Null": {"sts:ExternalId": "false"}}
     assert not role.get("ManagedPolicyArns"), "managed policies would grant more than the customer hop"
     policy_types = ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
     other = [r for r, res in template["Resources"].items() if res["Type"] in policy_types]
@@ -125,8 +132,11 @@ def test_central_role_assumes_only_customer_roles_with_its_own_account_as_extern
     ]
 
 
-def test_customer_trust_requires_the_external_id_of_the_central_account() -> None:
-    template, resolve = resolved("customer")
+@pytest.mark.parametrize(("given", "expected"), [(None, "999988887777"), ("acme-7f3a9c", "acme-7f3a9c")])
+def test_customer_trust_requires_the_external_id_given_else_the_central_account(
+    given: str | None, expected: str
+) -> None:
+    template, resolve = resolved("customer", **({"ExternalId": given} if given else {}))
     role = template["Resources"]["CustomerLogDistributionRole"]["Properties"]
     assert resolve(role["RoleName"]).startswith("CustomerLogDistribution-"), "central role could not assume it"
     trust = statements(resolve(role["AssumeRolePolicyDocument"]))
@@ -134,8 +144,19 @@ def test_customer_trust_requires_the_external_id_of_the_central_account() -> Non
     (st,) = trust
     assert st["Principal"] == {"AWS": REQUIRED_PARAMS["customer"]["CentralLogDistributionRoleArn"]}
     assert st["Action"] == "sts:AssumeRole"
-    # The ExternalId is the *central* account (from the central role's ARN), not the customer's own.
-    assert st["Condition"] == {"StringEquals": {"sts:ExternalId": "999988887777"}}
+    # By default the *central* account (from the central role's ARN), not the customer's own.
+    assert st["Condition"] == {"StringEquals": {"sts:ExternalId": expected}}
+    assert resolve.active_outputs()["ExternalId"] == expected  # what the tenant sends back
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [("", True), ("acme-7f3a9c", True), ("a+b=c,d.e@f:g/h-i_j", True), ("x", False), ("has space", False),
+     ("x" * 1225, False)],
+)  # fmt: skip
+def test_customer_external_id_parameter_follows_sts(value: str, ok: bool) -> None:
+    spec = load_template(TEMPLATES["customer"])["Parameters"]["ExternalId"]
+    assert (re.fullmatch(spec["AllowedPattern"], value) is not None) is ok
 
 
 def test_customer_permissions_are_least_privilege_on_its_log_group() -> None:
@@ -146,12 +167,11 @@ def test_customer_permissions_are_least_privilege_on_its_log_group() -> None:
     for st in statements(resolve(role["Policies"][0]["PolicyDocument"])):
         actions = as_list(st["Action"])
         assert all(a.startswith("logs:") for a in actions)
-        if st["Resource"] == "*":
-            assert actions == ["logs:DescribeLogGroups"], "only DescribeLogGroups may use Resource *"
-        else:
-            assert as_list(st["Resource"])[0] in (group_arn, f"{group_arn}:log-stream:*")
+        assert as_list(st["Resource"]) in ([group_arn], [f"{group_arn}:log-stream:*"]), "nothing on Resource *"
     granted = {a for st in statements(resolve(role["Policies"][0]["PolicyDocument"])) for a in as_list(st["Action"])}
-    assert {"logs:PutLogEvents", "logs:CreateLogStream", "logs:CreateLogGroup"} <= granted
+    # What the sinks call (pipeline/sinks/cloudwatch.py; DescribeLogStreams: Vector's sink), nothing more:
+    # no DescribeLogGroups, no PutRetentionPolicy (the stack sets the retention).
+    assert granted == {"logs:PutLogEvents", "logs:CreateLogStream", "logs:CreateLogGroup", "logs:DescribeLogStreams"}
 
 
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -368,13 +388,8 @@ def test_tenant_table_mode_selects_the_tables_and_the_one_the_processors_read(
     # The processors may read every tenant table the stack holds, and describe it (v1 or v2 by key schema).
     doc = resolve(template["Resources"]["DeliveryPolicy"]["Properties"]["PolicyDocument"])
     (read,) = [st for st in statements(doc) if st["Sid"] == "ReadTenantConfig"]
-    assert set(as_list(read["Action"])) == {
-        "dynamodb:DescribeTable",
-        "dynamodb:GetItem",
-        "dynamodb:BatchGetItem",
-        "dynamodb:Query",
-        "dynamodb:Scan",
-    }
+    # What pipeline/tenants.py calls (DescribeTable, Query, and Scan for --all-tenants), nothing more.
+    assert set(as_list(read["Action"])) == {"dynamodb:DescribeTable", "dynamodb:Query", "dynamodb:Scan"}
     assert sorted(as_list(read["Resource"])) == sorted(f"<{t}.Arn>" for t in tables)
 
 
@@ -402,19 +417,43 @@ def test_ledger_is_read_and_written_by_key_only() -> None:
     template, resolve = resolved("core")
     doc = resolve(template["Resources"]["DeliveryPolicy"]["Properties"]["PolicyDocument"])
     (ledger,) = [st for st in statements(doc) if st["Resource"] == "<DeliveryLedgerTable.Arn>"]
-    # UpdateItem: each delivery's record is written into the object's item without losing the others'.
-    assert {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem"} <= set(ledger["Action"])
-    assert not {"dynamodb:DeleteItem", "dynamodb:Scan", "dynamodb:DeleteTable"} & set(ledger["Action"])
+    # Exactly what pipeline/ledger.py calls: UpdateItem writes each delivery's record into the object's item
+    # without losing the others', BatchWriteItem writes the whole items of S3-only objects of a replay unit.
+    assert set(ledger["Action"]) == {
+        "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",
+        "dynamodb:Query",
+        "dynamodb:UpdateItem",
+        "dynamodb:BatchWriteItem",
+    }
 
 
-def test_s3_writer_can_only_put_objects() -> None:
-    template, resolve = resolved("core")
-    role = template["Resources"]["S3WriterRole"]["Properties"]
-    docs = [resolve(p["PolicyDocument"]) for p in role["Policies"]]
-    actions = {a for doc in docs for st in statements(doc) for a in as_list(st["Action"])}
-    assert {a for a in actions if a.startswith("s3:")} == {"s3:PutObject", "s3:AbortMultipartUpload"}
-    (trust,) = statements(resolve(role["AssumeRolePolicyDocument"]))
-    assert trust["Condition"]["ArnLike"]["aws:PrincipalArn"].endswith(":role/multi-tenant-logging-*-vector")
+def test_no_shared_writer_role_can_write_the_whole_bucket() -> None:
+    """The collectors write with their own cluster's role (cluster stack): nothing in the core stack may
+    put objects into the central bucket."""
+    template = load_template(TEMPLATES["core"])
+    for resource, _kind, doc in iter_policies(template, template_params(template, REQUIRED_PARAMS["core"])):
+        for st in statements(doc):
+            if st["Effect"] == "Allow":
+                assert not {"s3:PutObject", "s3:AbortMultipartUpload"} & set(as_list(st["Action"])), resource
+
+
+@pytest.mark.parametrize("cluster", ["prod-1", "c" * 21])
+def test_a_collector_role_writes_only_under_its_own_cluster_prefix(cluster: str) -> None:
+    template, resolve = resolved("cluster", ClusterName=cluster)
+    role = template["Resources"]["VectorRole"]["Properties"]
+    assert "ManagedPolicyArns" not in role
+    grants = [st for p in role["Policies"] for st in statements(resolve(p["PolicyDocument"]))]
+    bucket = REQUIRED_PARAMS["cluster"]["BucketName"]
+    by_action = {a: st for st in grants for a in as_list(st["Action"])}
+    assert all(st["Effect"] == "Allow" and "Condition" not in st for st in grants)
+    assert set(by_action) == {"s3:PutObject", "kms:GenerateDataKey"}
+    # CONTRACTS.md §1: the key's first segment is the cluster id, so "<bucket>/<cluster>/*" is its keys only.
+    assert as_list(by_action["s3:PutObject"]["Resource"]) == [f"arn:aws:s3:::{bucket}/{cluster}/*"]
+    assert as_list(by_action["kms:GenerateDataKey"]["Resource"]) == [REQUIRED_PARAMS["cluster"]["LogsKeyArn"]]
+    # The other role of the stack, the consumer's, writes nothing into the bucket either.
+    processor = resolve(template["Resources"]["ProcessorRole"]["Properties"])
+    assert "Policies" not in processor
 
 
 def test_sqs_queue_contract_and_topic_scoped_queue_policy() -> None:
@@ -483,7 +522,7 @@ def test_replay_role_gets_the_delivery_policy_and_nothing_else() -> None:
     doc = core_resolve(core["Resources"]["DeliveryPolicy"]["Properties"]["PolicyDocument"])
     actions = {a for st in statements(doc) for a in as_list(st["Action"])}
     # What a replay does: list and read objects, read tenants, read/write the ledger, take the first hop.
-    assert {"s3:ListBucket", "s3:GetObject", "kms:Decrypt", "dynamodb:GetItem", "dynamodb:PutItem"} <= actions
+    assert {"s3:ListBucket", "s3:GetObject", "kms:Decrypt", "dynamodb:GetItem", "dynamodb:BatchWriteItem"} <= actions
     assert {"dynamodb:DescribeTable", "dynamodb:Query", "dynamodb:UpdateItem"} <= actions
     assert {"sts:AssumeRole"} <= actions
     assert not {a for a in actions if a.startswith("sqs:") or a in ("s3:PutObject", "s3:DeleteObject")}
