@@ -233,3 +233,26 @@ def test_the_memory_budget_bounds_the_objects_a_worker_decodes_at_once(
         assert max(inside) == 1  # one object's worth of budget: one object at a time
     else:
         assert max(inside) > 1  # small objects under the default budget: pods go in parallel
+
+
+def test_a_pods_small_objects_share_full_batches_and_each_is_recorded_once_all_its_events_are_in(
+    local_aws: LocalEnvironment, span: tuple[datetime, datetime]
+) -> None:
+    since, until = span
+    manifest, unit = write(
+        local_aws, since, until, applications=("payment-service",), pods_per_app=3, objects_per_pod=12
+    )
+    streams = {stream_of(o.key, ts) for o in manifest.objects for ts, _ in o.expected or []}
+    runner = UnitRunner(local_aws.settings, "cloudwatch", TimeWindow(to_ms(since), to_ms(until) + 1))
+    try:
+        results = runner.run(unit)
+    finally:
+        runner.close()
+
+    assert [r["status"] for r in results] == ["delivered"] * 36
+    assert delivered(local_aws, "acme") == expected(manifest, set(manifest.keys))  # every event, once
+    assert ledger_keys(local_aws, "acme") == {o.key: o.expected_count for o in manifest.objects}
+    # 36 objects of 25 events in 3 streams: 3 calls, not 36, and the minimum says the same.
+    cw = [d for r in results for d in r["deliveries"]]
+    assert sum(d["requests"] for d in cw) == sum(d["requests_minimum"] for d in cw) == len(streams) == 3
+    assert sum(d["events_delivered"] for d in cw) == sum(o.expected_count for o in manifest.objects)
