@@ -164,6 +164,10 @@ class PodBatches:
         for batch in filler.add(pending, events):
             self._pipeline.submit(_last_owner(batch), stream, batch)
 
+    def seal(self, pending: Pending) -> None:
+        """Every event of the object has been added (`PutPipeline.seal`)."""
+        self._pipeline.seal(pending)
+
     def drain(self) -> list[tuple[Pending, int]]:
         """Send every partial batch: the pod has no more objects. Returns each stream's last owner with the
         fewest calls its events needed (`BatchFiller.minimum`), for the report."""

@@ -462,8 +462,7 @@ class Deliverer:
         def delivered() -> frozenset[str]:
             if known is not None:
                 return known
-            assert ledger is not None
-            return ledger.delivered(tenant.tenant_id, ref.key, ref.etag)
+            return frozenset() if ledger is None else ledger.delivered(tenant.tenant_id, ref.key, ref.etag)
 
         result.deliveries, todo = self.routing.route(tenant, parsed, ref.last_modified, delivered)
         return todo
@@ -561,9 +560,9 @@ class Deliverer:
             self._send_streams(streams, stats, todo, result, batches, pending)
         finally:
             # Sealed even when sending stopped early, so the object settles and never holds up finish().
-            for p in pending.values():
-                assert self._puts is not None
-                self._puts.seal(p)
+            if batches is not None:
+                for p in pending.values():
+                    batches.seal(p)
 
     def _send_streams(
         self,
@@ -594,8 +593,7 @@ class Deliverer:
                 r.events_split += prepared.split
                 r.events_rejected_too_old += prepared.too_old
                 r.events_rejected_too_new += prepared.too_new
-                if prepared.events and id(r) in pending:
-                    assert batches is not None
+                if prepared.events and batches is not None and id(r) in pending:
                     batches.add(pending[id(r)], name, prepared.events)
                 elif prepared.events:
                     if self._throttle is not None:

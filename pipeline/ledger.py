@@ -160,7 +160,8 @@ class Ledger:
                 return
             if attempt == UNPROCESSED_ATTEMPTS:
                 raise LedgerError(f"{self.table}: still unprocessed after {attempt + 1} batch rounds ({leftover})")
-            self._sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+            # S311: jitter, not a secret.
+            self._sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))  # noqa: S311
 
     def entries(self, tenant_id: str) -> list[LedgerEntry]:
         """Every record of one tenant, one per (object, delivery): for reports, notebooks and tests."""

@@ -26,7 +26,8 @@ class RetryPolicy:
         self.cap_s = cap_s
 
     def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.cap_s, self.base_s * (2**attempt)))
+        # S311: jitter, not a secret.
+        return random.uniform(0, min(self.cap_s, self.base_s * (2**attempt)))  # noqa: S311
 
     def backoff(self, attempt: int, what: str, code: str, sleep: Callable[[float], None]) -> int:
         """Sleep before attempt `attempt + 1`, or raise DeliveryError once the attempts are spent."""

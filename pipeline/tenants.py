@@ -227,11 +227,10 @@ def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2
         fields["bucket"] = _text(item, "bucket_name", errors, BUCKET_NAME_RE)
         fields["bucket_prefix"] = _bucket_prefix(item.get("bucket_prefix", DEFAULT_BUCKET_PREFIX), errors)
         fields["kms_key_arn"] = _text(item, "kms_key_arn", errors, KMS_KEY_ARN_RE)
-    if errors:
+    if errors or kind is None:  # no type is always an error too
         where = f"tenant {tenant_id!r}" + ("" if schema is TableSchema.V1 else f" delivery {delivery_id!r}")
         detail = "; ".join(f"{name}: {problem}" for name, problem in sorted(errors.items()))
         raise TenantConfigError(f"{where}: {detail}", errors)
-    assert kind is not None
     stamps = {k: str(item[k]) for k in ("created_at", "updated_at") if isinstance(item.get(k), str)}
     return Delivery(
         tenant_id, delivery_id, kind, role_arn, region, enabled, desired, clusters, external_id, **fields, **stamps

@@ -72,7 +72,8 @@ class MigrationLine:
             return problems
         if self.action is Action.CONFLICT:
             return f"the v2 table holds a different item, left as it is: {problems}"
-        assert self.item is not None
+        if self.item is None:
+            return problems
         where = parse_delivery(self.item).target
         return where + (f" (not copied: {', '.join(self.dropped)})" if self.dropped else "")
 
@@ -195,9 +196,8 @@ def migrate(ddb: Any, source: str, target: str, dry_run: bool = False) -> Migrat
 def _copy(ddb: Any, target: str, v1_item: Mapping[str, Any], line: MigrationLine) -> MigrationLine:
     """Write a planned copy, on the condition that the key is still free."""
     for _ in range(3):
-        if line.action is not Action.COPIED:
+        if line.action is not Action.COPIED or line.item is None:
             return line
-        assert line.item is not None
         try:
             ddb.put_item(
                 TableName=target,

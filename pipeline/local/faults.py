@@ -27,7 +27,8 @@ reproducible) and at most `first` times (None: no limit).
 
 Actions: `Error` (an HTTP status and an AWS error code, rendered in the service's own protocol so botocore
 parses it as the real service's error), `Drop` (close the socket without answering, before or after
-forwarding), `Delay` (sleep, then forward), `Hook` (call a function, e.g. delete a log group through moto,
+forwarding), `Delay` (sleep, then forward), `Answer` (sleep, then answer success without forwarding: a
+fixed-latency stand-in for benchmarks), `Hook` (call a function, e.g. delete a log group through moto,
 then forward).
 
 Credentials: the proxy reads STS AssumeRole answers and remembers which role each issued access key
@@ -216,13 +217,22 @@ class Delay:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """Answer with success after `seconds`, without forwarding: a stand-in for the service with a fixed
+    latency and no cost of its own (for benchmarks, where the local service's CPU would be measured too)."""
+
+    seconds: float = 0.0
+    body: bytes = b"{}"  # PutLogEvents' answer when nothing was rejected
+
+
+@dataclass(frozen=True)
 class Hook:
     """Call `fn(request)` and then forward the request as usual (e.g. delete a log group first)."""
 
     fn: Callable[[Request], None]
 
 
-Action = Error | Status | Drop | Delay | Hook
+Action = Error | Status | Drop | Delay | Answer | Hook
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -279,7 +289,8 @@ class FaultProxy:
         self._up_host, self._up_port = up.hostname, up.port
         self._host = host
         self._timeout = timeout_s
-        self._rng = random.Random(seed)
+        # S311: seeded, reproducible test data; not a secret.
+        self._rng = random.Random(seed)  # noqa: S311
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
         self._calls: list[Call] = []
@@ -527,6 +538,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif isinstance(action, Status):
             proxy._record(req, action.status, injected)
             self._answer(action.status, [("Content-Type", "text/html")], action.body)
+            return
+        elif isinstance(action, Answer):
+            time.sleep(action.seconds)
+            proxy._record(req, 200, injected)
+            self._answer(200, [("Content-Type", "application/x-amz-json-1.1")], action.body)
             return
 
         try:

@@ -230,7 +230,9 @@ def app_names(count: int) -> tuple[str, ...]:
 
 def plan(cfg: GeneratorConfig) -> list[ObjectSpec]:
     """Every object to write, in a fixed order: regular objects pod by pod, then the damaged ones."""
-    rng = random.Random(f"{cfg.seed}:plan")  # str seeds hash with SHA-512: stable across runs and hosts
+    # str seeds hash with SHA-512: stable across runs and hosts.
+    # S311: seeded, reproducible test data; not a secret.
+    rng = random.Random(f"{cfg.seed}:plan")  # noqa: S311
     first_s = _ceil_s(cfg.since_ns)
     last_s = cfg.until_ns // NS_PER_S
     seconds = last_s - first_s + 1
@@ -589,7 +591,8 @@ class MessageFactory:
 
 
 def _build_corpus(words: list[str], size: int, seed: str) -> str:
-    rng = random.Random(seed)
+    # S311: seeded, reproducible test data; not a secret.
+    rng = random.Random(seed)  # noqa: S311
     out: list[str] = []
     total = 0
     while total < size:
@@ -633,8 +636,10 @@ def _avg_len(items: tuple[str, ...]) -> int:
 _ASCII_CORPUS = _build_corpus(_WORDS, 256 * 1024, "ascii-corpus")
 _UNICODE_CORPUS = _build_corpus(_UNICODE_WORDS * 3 + _WORDS, 64 * 1024, "unicode-corpus")
 _UNICODE_BYTES_PER_CHAR = len(_UNICODE_CORPUS.encode()) / len(_UNICODE_CORPUS)
-_JAVA_FRAMES = _frame_pool(random.Random("java-frames"), java=True)
-_PY_FRAMES = _frame_pool(random.Random("python-frames"), java=False)
+# S311: seeded, reproducible test data; not a secret.
+_JAVA_FRAMES = _frame_pool(random.Random("java-frames"), java=True)  # noqa: S311
+# S311: seeded, reproducible test data; not a secret.
+_PY_FRAMES = _frame_pool(random.Random("python-frames"), java=False)  # noqa: S311
 
 
 def clip_utf8(text: str, max_bytes: int) -> str:
@@ -680,7 +685,8 @@ class GeneratedObject:
 
 
 def _rng(cfg: GeneratorConfig, spec: ObjectSpec) -> random.Random:
-    return random.Random(f"{cfg.seed}:object:{spec.index}")
+    # S311: seeded, reproducible test data; not a secret.
+    return random.Random(f"{cfg.seed}:object:{spec.index}")  # noqa: S311
 
 
 def build_records(

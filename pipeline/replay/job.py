@@ -214,20 +214,21 @@ def _default_workers() -> int:
 
 def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> int:
     """Run one replay; returns the process exit code (0: all deliverable delivered, 1: some failed)."""
+    if opts.max_requests_per_second and not traits_of(opts.sink).fills_batches:
+        print(f"error: --max-requests-per-second: the {opts.sink} sink makes its own requests", file=sys.stderr)
+        return EXIT_USAGE
     needed = ["central_role_arn", "ledger_table"] if writes_ledger(opts.sink) else []
     settings.require("bucket", "tenant_table", *needed)
     if opts.all_tenants:
         tenants = TenantDirectory(settings.tenant_table).tenant_ids()
         opts = replace(opts, tenants=tuple(tenants))
         log.info("all tenants", extra={"tenants": tenants})
-    if opts.max_requests_per_second and not traits_of(opts.sink).fills_batches:
-        print(f"error: --max-requests-per-second: the {opts.sink} sink makes its own requests", file=out)
-        return EXIT_USAGE
     workers = opts.workers or _default_workers()
     tenants = resolve_tenants(TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s), opts.tenants)
     unmatched = unmatched_deliveries(opts, tenants)
     if unmatched:
-        print(f"error: --delivery {', '.join(unmatched)} names no delivery of {', '.join(opts.tenants)}", file=out)
+        names, tenants_named = ", ".join(unmatched), ", ".join(opts.tenants)
+        print(f"error: --delivery {names} names no delivery of {tenants_named}", file=sys.stderr)
         return EXIT_USAGE
     plan = build_plan(opts, settings, workers, tenants)
     print(render_plan(plan, opts, workers), file=out, flush=True)
@@ -274,7 +275,8 @@ def _deliver(plan: Plan, opts: ReplayOptions, settings: Settings, workers: int, 
     log.info("replay started", extra={"units": len(plan.units), "workers": n, "sink": opts.sink})
 
     def submit(actor: Any) -> None:
-        assert queue
+        if not queue:
+            return
         unit = queue.pop()
         pending[actor.run.remote(unit)] = (actor, unit)
 

@@ -126,3 +126,20 @@ def test_each_tenant_gets_its_own_rate_under_interleaved_load() -> None:
         assert used[t] <= rate + rate * elapsed + 1e-6
         # Each tenant asked for far more than its rate, so it got close to all of it, independently.
         assert used[t] / elapsed == pytest.approx(rate, rel=0.02)
+
+
+def test_requests_have_their_own_bucket_and_the_longer_wait_wins() -> None:
+    limits = TenantRateLimits(events_per_second=1000, requests_per_second=2)
+    assert limits.reserve("acme", 500, 1, 0.0) == 0.0
+    assert limits.reserve("acme", 500, 1, 0.0) == 0.0  # both bursts spent, neither in debt
+    # 100 events would wait 0.1 s; the third call in the same second waits 0.5 s for its request token.
+    assert limits.reserve("acme", 100, 1, 0.0) == pytest.approx(0.5)
+    assert limits.reserve("globex", 100, 1, 0.0) == 0.0  # per tenant
+
+
+def test_a_limit_left_unset_is_not_applied() -> None:
+    only_requests = TenantRateLimits(None, requests_per_second=1)
+    assert only_requests.reserve("acme", 10**9, 1, 0.0) == 0.0
+    assert only_requests.reserve("acme", 0, 1, 0.0) == pytest.approx(1.0)
+    only_events = TenantRateLimits(100)
+    assert [only_events.reserve("acme", 0, 1, 0.0) for _ in range(1000)] == [0.0] * 1000

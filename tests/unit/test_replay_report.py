@@ -305,3 +305,22 @@ def test_failures_listed_per_delivery_are_bounded_but_all_counted() -> None:
     assert s3["objects_failed_count"] == n
     assert len(s3["objects_failed"]) == FAILED_DETAIL_MAX
     assert len(report.to_dict()["objects_failed"]) == n  # the run's own list names every object
+
+
+def test_put_requests_and_their_minimum_count_only_cloudwatch_deliveries_per_tenant() -> None:
+    report = ReplayReport(make_plan())
+    for n, (tenant, calls, minimum) in enumerate([("acme", 2, 1), ("acme", 0, 0), ("globex", 3, 3)]):
+        r = ObjectResult(key(tenant, n), tenant=tenant, application="payment-service")
+        r.deliveries = [
+            DeliveryResult("cloudwatch", "cloudwatch", requests=calls, requests_minimum=minimum),
+            DeliveryResult("s3-archive", "s3", requests=7),  # PutObject calls: not PutLogEvents
+        ]
+        report.add(r.settle().to_dict())
+    doc = report.to_dict()
+    assert (doc["put_requests"], doc["put_requests_minimum"]) == (5, 4)
+    assert (doc["tenants"]["acme"]["put_requests"], doc["tenants"]["acme"]["put_requests_minimum"]) == (2, 1)
+    assert (doc["tenants"]["globex"]["put_requests"], doc["tenants"]["globex"]["put_requests_minimum"]) == (3, 3)
+    sections = {d["delivery_id"]: d for d in doc["deliveries"] if d["tenant"] == "acme"}
+    assert (sections["cloudwatch"]["requests"], sections["cloudwatch"]["requests_minimum"]) == (2, 1)
+    assert sections["s3-archive"]["requests"] == 14
+    assert "min_puts" in report.summary_table()
