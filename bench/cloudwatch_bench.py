@@ -55,6 +55,7 @@ from pipeline.local.provision import LocalEnvironment, SampleTenant, provision  
 from pipeline.local.server import MotoServer  # noqa: E402
 from pipeline.replay.listing import ListingFilter, list_window  # noqa: E402
 from pipeline.replay.plan import ObjectSpec, WorkUnit, pack_units  # noqa: E402
+from pipeline.tenants import DeliveryType  # noqa: E402
 from pipeline.timespec import to_ms  # noqa: E402
 
 TARGET_RATIO = 0.8
@@ -264,7 +265,7 @@ def run(args: argparse.Namespace, events_per_object: int) -> dict[str, Any]:
             "work_units": len(units),
             "put_log_events_calls_per_pass": data.pop("replay_puts"),
             "warm_up_events": warm_events,
-            "sts_calls": runner.sink._creds.sts_calls,  # type: ignore[attr-defined]
+            "sts_calls": runner.deliverer.sinks[DeliveryType.CLOUDWATCH]._creds.sts_calls,  # type: ignore[attr-defined]
         },
         "ceiling": {
             **out_ceiling,
