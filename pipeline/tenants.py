@@ -51,10 +51,56 @@ class TableSchema(StrEnum):
     V2 = "v2"  # hash key tenant_id, range key delivery_id
 
 
-COMMON_REQUIRED = ("log_distribution_role_arn", "target_region")
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of a §3 delivery item. `FIELDS` is the table every other description of an item derives
+    from: the required fields `parse_delivery` checks, the API's request and response models and its
+    OpenAPI document, the tenant CLI's flags, and the set of attributes an item may hold."""
+
+    name: str
+    kind: str  # "string", "boolean" or "names" (a list of strings)
+    description: str
+    required_for: frozenset[DeliveryType] = frozenset()  # the delivery types that must have it
+    types: frozenset[DeliveryType] = frozenset(DeliveryType)  # the delivery types it belongs to
+    pattern: re.Pattern[str] | None = None
+    default: Any = None
+    key: bool = False  # part of the table's key: comes from the path in the API, an argument in the CLI
+    managed: bool = False  # set by the management tools, never taken from a request
+
+
+_ALL = frozenset(DeliveryType)
+_CW = frozenset({DeliveryType.CLOUDWATCH})
+_S3 = frozenset({DeliveryType.S3})
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("tenant_id", "string", "the tenant: a Kubernetes namespace name", _ALL, pattern=TENANT_ID_RE, key=True),
+    FieldSpec("delivery_id", "string", "chosen by whoever creates the item, e.g. cloudwatch, s3-archive", _ALL,
+              pattern=DELIVERY_ID_RE, key=True),
+    FieldSpec("type", "string", "cloudwatch or s3", _ALL),
+    FieldSpec("log_distribution_role_arn", "string",
+              "the customer role in the tenant's account, assumed with ExternalId; may carry an IAM path", _ALL,
+              pattern=ROLE_ARN_RE),
+    FieldSpec("target_region", "string", "region of the destination", _ALL, pattern=REGION_RE),
+    FieldSpec("enabled", "boolean", "false: skip this delivery (the tenant's others go on)", default=True),
+    FieldSpec("desired_logs", "names", "application names for this delivery, case-insensitive; absent: all"),
+    FieldSpec("clusters", "names", "cluster ids whose logs this delivery accepts; absent: all"),
+    FieldSpec("external_id", "string", "ExternalId of the second hop; absent: the central account id",
+              pattern=EXTERNAL_ID_RE),
+    FieldSpec("log_group_name", "string", "CloudWatch Logs group in the tenant's account", _CW, _CW,
+              pattern=LOG_GROUP_RE),
+    FieldSpec("bucket_name", "string", "the tenant's bucket", _S3, _S3, pattern=BUCKET_NAME_RE),
+    FieldSpec("bucket_prefix", "string", "key prefix in the bucket; ends with '/' (or empty: the bucket's root)",
+              types=_S3, default=DEFAULT_BUCKET_PREFIX),
+    FieldSpec("kms_key_arn", "string", "SSE-KMS key for the objects written; absent: the bucket's default",
+              types=_S3, pattern=KMS_KEY_ARN_RE),
+    FieldSpec("created_at", "string", "ISO 8601, set by the management tools", managed=True),
+    FieldSpec("updated_at", "string", "ISO 8601, set by the management tools", managed=True),
+)  # fmt: skip
+FIELD_NAMES: frozenset[str] = frozenset(f.name for f in FIELDS)
+
+COMMON_REQUIRED = tuple(f.name for f in FIELDS if f.required_for == _ALL and not f.key and f.name != "type")
 TYPE_REQUIRED: dict[DeliveryType, tuple[str, ...]] = {
-    DeliveryType.CLOUDWATCH: ("log_group_name",),
-    DeliveryType.S3: ("bucket_name",),
+    t: tuple(f.name for f in FIELDS if f.required_for == frozenset({t})) for t in DeliveryType
 }
 
 
@@ -182,12 +228,16 @@ def _names(item: Mapping[str, Any], name: str, errors: dict[str, str], lower: bo
     return frozenset((v.strip().lower() if lower else v.strip()) for v in value if v.strip())
 
 
-def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2) -> Delivery:
+def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2, strict: bool = False) -> Delivery:
     """A Delivery from a deserialized item, or TenantConfigError naming every bad field.
 
-    A v1 item is the one delivery `cloudwatch`, whatever else it holds.
+    A v1 item is the one delivery `cloudwatch`, whatever else it holds. `strict` (the management tools,
+    before they write) also refuses attributes §3 does not define and fields of the other delivery type:
+    readers tolerate them in the table, but nothing new should put them there.
     """
     errors: dict[str, str] = {}
+    if strict:
+        errors.update(_foreign_fields(item))
     tenant_id = item.get("tenant_id")
     if not isinstance(tenant_id, str) or not TENANT_ID_RE.fullmatch(tenant_id):
         errors["tenant_id"] = f"{tenant_id!r} is not a valid namespace name"
@@ -235,6 +285,16 @@ def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2
     return Delivery(
         tenant_id, delivery_id, kind, role_arn, region, enabled, desired, clusters, external_id, **fields, **stamps
     )
+
+
+def _foreign_fields(item: Mapping[str, Any]) -> dict[str, str]:
+    kind = item.get("type")
+    out = {name: "not a field of a delivery (CONTRACTS.md §3)" for name in item if name not in FIELD_NAMES}
+    if kind in set(DeliveryType):
+        for spec in FIELDS:
+            if spec.name in item and DeliveryType(kind) not in spec.types:
+                out[spec.name] = f"not a field of a {kind} delivery"
+    return out
 
 
 def _bucket_prefix(value: Any, errors: dict[str, str]) -> str:

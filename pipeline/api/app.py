@@ -1,0 +1,261 @@
+"""The tenant management API (CONTRACTS.md §9), as a FastAPI application.
+
+Everything but `GET /healthz` and `GET /openapi.json` is authenticated by `HmacAuth`, an ASGI middleware in
+front of the routes: it reads the raw body, checks the signature, and answers 401 with the same body
+whatever was wrong (no header, stale time, another body, another key), before any route or 404 is reached.
+Routes read bodies raw and validate them with `parse_delivery(strict=True)` through `pipeline.admin.store`,
+the one validator; the request and response models in the OpenAPI document come from the same field table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.admin.preflight import Preflight
+from pipeline.admin.schema import (
+    DeliveryList,
+    DeliveryOut,
+    ErrorBody,
+    PreflightOut,
+    TenantPage,
+    body_schema,
+)
+from pipeline.admin.store import NotFound, PreconditionFailed, TenantStore
+from pipeline.api import auth
+from pipeline.tenants import TableSchema, TenantConfigError, parse_delivery
+
+log = logging.getLogger("pipeline.api")
+
+OPEN_PATHS = frozenset({"/healthz", "/openapi.json"})
+MAX_BODY = 256 * 1024  # a delivery is a few hundred bytes
+UNAUTHORIZED = b'{"error":"unauthorized"}'
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class HmacAuth:
+    """ASGI middleware: every request outside OPEN_PATHS must carry a valid signature of itself."""
+
+    def __init__(self, app: Any, key: str, clock: Callable[[], float] = time.time) -> None:
+        self.app = app
+        self._key = key
+        self._clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"] == "GET" and scope["path"] in OPEN_PATHS):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY:
+                await _answer(send, 413, b'{"error":"body too large"}')
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if not auth.verify(self._key, scope["method"], _signed_path(scope), headers, body, self._clock):
+            log.warning("unauthorized request", extra={"method": scope["method"], "path": scope["path"]})
+            await _answer(send, 401, UNAUTHORIZED)
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _signed_path(scope: Scope) -> str:
+    """The path as the client sent it, with its query string: what the signature covers."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if isinstance(raw, bytes | bytearray) and raw else scope["path"]
+    query = scope.get("query_string") or b""
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+async def _answer(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _json_body(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw or b"{}")
+    except ValueError:
+        raise TenantConfigError("the body is not JSON", {"body": "not valid JSON"}) from None
+    if not isinstance(doc, dict):
+        raise TenantConfigError("the body is not a JSON object", {"body": "must be a JSON object"})
+    return doc
+
+
+def _error(status: int, error: str, fields: dict[str, str] | None = None) -> JSONResponse:
+    content: dict[str, Any] = {"error": error}
+    if fields:
+        content["fields"] = dict(sorted(fields.items()))
+    return JSONResponse(content, status_code=status)
+
+
+def _item_response(item: dict[str, Any], etag: str, status: int = 200) -> JSONResponse:
+    return JSONResponse(item, status_code=status, headers={"ETag": etag})
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a malformed item or parameter: `fields` names each bad one"},
+    401: {"description": "no valid signature (no detail is given)"},
+    404: {"model": ErrorBody, "description": "unknown tenant or delivery"},
+}
+BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema()}}}}
+
+
+def create_app(
+    key: str,
+    store: TenantStore,
+    preflight: Preflight | None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """The application over `store`; `preflight` None answers validate with 503 (no central role set)."""
+    app = FastAPI(
+        title="Tenant management API",
+        version="1",
+        description=(
+            "Deliveries of tenants (CONTRACTS.md §3, §9). Every request but /healthz and /openapi.json is signed: "
+            "X-Timestamp (Unix seconds, within 300 s), X-Body-SHA256 (hex SHA-256 of the raw body) and "
+            "Authorization: HMAC-SHA256 <hex HMAC-SHA256 with the pre-shared key of "
+            "METHOD\\npath-with-query\\nX-Timestamp\\nX-Body-SHA256>."
+        ),
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.exception_handler(TenantConfigError)
+    async def _invalid(_: Request, exc: TenantConfigError) -> JSONResponse:
+        return _error(400, exc.reason, exc.fields or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = {str(e["loc"][-1]): str(e["msg"]) for e in exc.errors()}
+        return _error(400, "invalid parameters", fields)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(PreconditionFailed)
+    async def _precondition(_: Request, exc: PreconditionFailed) -> JSONResponse:
+        return _error(412, str(exc))
+
+    @app.get("/healthz", include_in_schema=True)
+    async def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/tenants", response_model=None, responses={200: {"model": TenantPage}, **ERRORS})
+    async def list_tenants(
+        limit: int = Query(100, ge=1, le=1000), next_token: str | None = Query(None, alias="next")
+    ) -> JSONResponse:
+        ids, token = await run_in_threadpool(store.page, limit, next_token)
+        return JSONResponse({"tenants": ids, "next": token})
+
+    @app.get("/tenants/{tenant_id}/deliveries", response_model=None, responses={200: {"model": DeliveryList}, **ERRORS})
+    async def list_deliveries(tenant_id: str) -> JSONResponse:
+        good, bad = await run_in_threadpool(store.tenant, tenant_id)
+        return JSONResponse(
+            {
+                "tenant_id": tenant_id,
+                "deliveries": [s.item for s in good],
+                "invalid": [{"delivery_id": d, "reason": r} for d, r in bad],
+            }
+        )
+
+    one = "/tenants/{tenant_id}/deliveries/{delivery_id}"
+
+    @app.get(one, response_model=None, responses={200: {"model": DeliveryOut}, **ERRORS})
+    async def get_delivery(tenant_id: str, delivery_id: str) -> JSONResponse:
+        stored = await run_in_threadpool(store.get, tenant_id, delivery_id)
+        return _item_response(stored.item, stored.etag)
+
+    conflict = {412: {"model": ErrorBody, "description": "If-Match names another version: read it again"}}
+
+    @app.put(
+        one,
+        response_model=None,
+        openapi_extra=BODY,
+        responses={200: {"model": DeliveryOut}, 201: {"model": DeliveryOut}, **ERRORS, **conflict},
+    )
+    async def put_delivery(tenant_id: str, delivery_id: str, request: Request) -> JSONResponse:
+        body = _json_body(await request.body())
+        change = await run_in_threadpool(store.put, tenant_id, delivery_id, body, request.headers.get("if-match"))
+        return _item_response(change.after or {}, change.etag or "", 201 if change.action == "created" else 200)
+
+    @app.patch(
+        one,
+        response_model=None,
+        openapi_extra=BODY,
+        responses={200: {"model": DeliveryOut}, **ERRORS, **conflict},
+    )
+    async def patch_delivery(tenant_id: str, delivery_id: str, request: Request) -> JSONResponse:
+        body = _json_body(await request.body())
+        change = await run_in_threadpool(store.patch, tenant_id, delivery_id, body, request.headers.get("if-match"))
+        return _item_response(change.after or {}, change.etag or "")
+
+    @app.delete(one, status_code=204, response_model=None, responses={**ERRORS, **conflict})
+    async def delete_delivery(tenant_id: str, delivery_id: str, request: Request) -> Response:
+        await run_in_threadpool(store.delete, tenant_id, delivery_id, request.headers.get("if-match"))
+        return Response(status_code=204)
+
+    @app.post(
+        one + "/validate",
+        response_model=None,
+        responses={200: {"model": PreflightOut, "description": "the steps; `ok` false when one failed"}, **ERRORS},
+    )
+    async def validate_delivery(tenant_id: str, delivery_id: str) -> JSONResponse:
+        stored = await run_in_threadpool(store.get, tenant_id, delivery_id)
+        delivery = parse_delivery(stored.item, TableSchema.V2)
+        if preflight is None:
+            return _error(503, "no central role: set CENTRAL_LOG_DISTRIBUTION_ROLE_ARN")
+        report = await run_in_threadpool(preflight.run, delivery)
+        return JSONResponse(report.to_json())
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            doc.setdefault("components", {})["securitySchemes"] = {
+                "hmac": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "HMAC-SHA256 <hex>, with X-Timestamp and X-Body-SHA256 (see the description)",
+                }
+            }
+            doc["security"] = [{"hmac": []}]
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(HmacAuth, key=key, clock=clock)
+    return app
