@@ -21,9 +21,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import logs
-from pipeline.cli import CONTEXT_SETTINGS, EXIT_CONFIG, EXIT_OK
+from pipeline.cli import CONTEXT_SETTINGS, EXIT_OK, exit_on_bad_environment
 from pipeline.consumer import lambda_handler as _lambda
 from pipeline.consumer.processor import SINKS
+from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB
 
 MODES = ("sqs", "lambda", "manual")
 
@@ -42,7 +43,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, list[dict[s
         "(AWS_LAMBDA_RUNTIME_API set) starts the runtime interface client; outside it reads one Lambda SQS "
         "event from stdin and prints the response. Exit codes: 0 clean shutdown (sqs), or everything "
         "delivered or skipped (manual, lambda); 1 something failed (manual), or an unexpected error; "
-        "2 bad usage; 3 missing or invalid configuration. See docs/CONSUMER.md."
+        "2 bad usage; 3 missing or invalid configuration, or a wrong AWS environment (a bucket, table or queue "
+        "that does not exist or may not be read, no credentials, an unreachable endpoint: one line naming it, "
+        "the traceback at --log-level DEBUG). See docs/CONSUMER.md."
     ),
 )
 @click.option(
@@ -131,6 +134,17 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, list[dict[s
     show_envvar=True,
     help="Port for /metrics and /healthz (sqs mode); 0 picks a free one.",
 )
+@click.option(
+    "--memory-budget",
+    "memory_budget_mib",
+    type=click.IntRange(min=16),
+    envvar="CONSUMER_MEMORY_MIB",
+    default=DEFAULT_CONSUMER_BUDGET_MIB,
+    show_default=True,
+    show_envvar=True,
+    help="MiB of decoded objects the workers hold at once (about 12x an object's gzip size); a worker waits "
+    "for room beyond it. Size the pod for this plus about 300 MiB.",
+)
 # S104: the metrics port is scraped from other pods; the NetworkPolicy limits who reaches it.
 @click.option("--metrics-host", envvar="METRICS_HOST", default="0.0.0.0", show_default=True, help="Bind address.")  # noqa: S104
 @click.option("--redeliver", is_flag=True, help="manual: deliver even when the ledger says it was delivered.")
@@ -160,6 +174,7 @@ def main(
     redeliver: bool,
     sink: str,
     log_level: str,
+    memory_budget_mib: int,
 ) -> None:
     """Deliver each object named by an S3 notification to its tenant's CloudWatch Logs."""
     logs.setup(log_level)
@@ -170,13 +185,14 @@ def main(
     from pipeline.consumer.processor import MessageProcessor
     from pipeline.consumer.sqs import SqsOptions, serve
     from pipeline.delivery import build_deliverer
-    from pipeline.settings import ConfigError, Settings
+    from pipeline.replay.budget import MemoryBudget
+    from pipeline.settings import Settings
     from pipeline.sinks import writes_ledger
 
     settings = Settings.from_env().with_overrides(queue_url=queue_url)
     if mode != "manual" and (sink != "cloudwatch" or redeliver):
         raise click.UsageError("--sink and --redeliver are for manual mode only")
-    try:
+    with exit_on_bad_environment(log_level):
         if mode == "sqs":
             options = SqsOptions(
                 queue_url=settings.queue_url,
@@ -190,7 +206,12 @@ def main(
             )
             sys.exit(
                 serve(
-                    settings, options, metrics_host=metrics_host, metrics_port=metrics_port, put_attempts=put_attempts
+                    settings,
+                    options,
+                    metrics_host=metrics_host,
+                    metrics_port=metrics_port,
+                    put_attempts=put_attempts,
+                    memory_budget_mib=memory_budget_mib,
                 )
             )
         if mode == "lambda":
@@ -205,16 +226,16 @@ def main(
         settings.require(
             "bucket", "tenant_table", *(["central_role_arn", "ledger_table"] if writes_ledger(sink) else [])
         )
+        # No startup reads here: manual mode answers a body that names no object without touching AWS, and
+        # every delivery failure is in the report it prints.
         processor = MessageProcessor(
             build_deliverer(settings, sink=sink, source="manual", put_attempts=put_attempts, redeliver=redeliver),
             bucket=settings.bucket,
+            budget=MemoryBudget(memory_budget_mib * 1024 * 1024),
         )
         report, code = run_manual(processor, sys.stdin.buffer.read())
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode())
         sys.exit(code)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ import click
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import aws, logs
-from pipeline.cli import CONTEXT_SETTINGS, EXIT_CONFIG, TimeParam
+from pipeline import environment, logs
+from pipeline.cli import CONTEXT_SETTINGS, TimeParam, exit_on_bad_environment
 from pipeline.inventory import InventoryOptions, build_inventory, write_inventory
-from pipeline.settings import ConfigError, Settings
+from pipeline.settings import Settings
 from pipeline.timespec import HELP as TIME_HELP
 
 
@@ -31,7 +31,8 @@ from pipeline.timespec import HELP as TIME_HELP
         "Settings from the environment: S3_BUCKET_NAME, DELIVERY_LEDGER_TABLE (when set, each row says whether "
         "the ledger holds the object at its ETag; otherwise `delivered` is null), AWS_REGION, AWS_ENDPOINT_URL "
         "(and AWS_ENDPOINT_URL_<SERVICE>), AWS_PROFILE. Exit codes: 0 the inventory was written; 2 bad usage; "
-        "3 missing configuration or a bucket that does not exist."
+        "3 missing configuration or a wrong AWS environment (a bucket or table that does not exist or may not be "
+        "read, no credentials, an unreachable endpoint: one line naming it, the traceback at --log-level DEBUG)."
     ),
 )
 @click.option("--tenant", "tenants", multiple=True, required=True, help="Tenant (namespace) to list. Repeatable.")
@@ -43,9 +44,9 @@ from pipeline.timespec import HELP as TIME_HELP
     "--output",
     "-o",
     required=True,
-    type=click.Path(path_type=Path),
+    metavar="PATH|s3://BUCKET/KEY",
     help="A file ending in .parquet, or a dataset directory (one tenant=<id>/ partition per tenant, each "
-    "replaced as a whole, so other tenants' partitions stay).",
+    "replaced as a whole, so other tenants' partitions stay); either may be an s3:// URI.",
 )
 @click.option(
     "--sample-fraction",
@@ -62,7 +63,7 @@ def main(
     until: datetime,
     clusters: tuple[str, ...],
     bucket: str | None,
-    output: Path,
+    output: str,
     sample_fraction: float,
     seed: int,
     log_level: str,
@@ -73,11 +74,9 @@ def main(
     if until <= since:
         raise click.BadParameter("--until must be after --since", param_hint="--until")
     settings = Settings.from_env().with_overrides(bucket=bucket)
-    try:
+    with exit_on_bad_environment(log_level):
         settings.require("bucket")
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
+        environment.check(settings, bucket=True, ledger_table=True)
     opts = InventoryOptions(
         bucket=settings.bucket,
         tenants=tenants,
@@ -88,14 +87,9 @@ def main(
         seed=seed,
         ledger_table=settings.ledger_table,
     )
-    try:
+    with exit_on_bad_environment(log_level):
         inv = build_inventory(opts)
-    except Exception as exc:
-        if aws.error_code(exc) in ("NoSuchBucket", "ResourceNotFoundException"):
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_CONFIG)
-        raise
-    files = write_inventory(inv, output)
+        files = write_inventory(inv, output)
 
     for key, reason in inv.malformed:
         click.echo(f"warning: not in the inventory, malformed key {key!r}: {reason}", err=True)

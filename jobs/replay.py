@@ -15,10 +15,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import logs
-from pipeline.cli import CONTEXT_SETTINGS, EXIT_CONFIG, TimeParam
+from pipeline.cli import CONTEXT_SETTINGS, TimeParam, exit_on_bad_environment
 from pipeline.replay.budget import DEFAULT_BUDGET_MIB
-from pipeline.replay.job import SINKS, ReplayOptions, run
-from pipeline.settings import ConfigError, Settings
+from pipeline.replay.job import SINKS, WORKERS_ENV, ReplayOptions, run
+from pipeline.settings import Settings
 from pipeline.sinks import describe_sinks
 from pipeline.timespec import HELP as TIME_HELP
 
@@ -29,7 +29,8 @@ from pipeline.timespec import HELP as TIME_HELP
         "Settings from the environment: S3_BUCKET_NAME, TENANT_CONFIG_TABLE, DELIVERY_LEDGER_TABLE, "
         "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN, AWS_REGION, AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>), "
         "AWS_PROFILE. Exit codes: 0 everything deliverable was delivered; 1 some objects failed (see the "
-        "report); 2 bad usage; 3 missing configuration; 130 interrupted by SIGINT/SIGTERM after finishing the "
+        "report); 2 bad usage; 3 missing configuration or a wrong AWS environment (one line naming the resource "
+        "and the fix; the traceback at --log-level DEBUG); 130 interrupted by SIGINT/SIGTERM after finishing the "
         "objects in flight (run again to resume from the ledger)."
     ),
 )
@@ -61,7 +62,12 @@ from pipeline.timespec import HELP as TIME_HELP
     help="Only these deliveries: a delivery id (s3-archive) or a type (cloudwatch, s3). Repeatable. "
     "[default: every enabled delivery of each tenant]",
 )
-@click.option("--workers", type=click.IntRange(min=1), help="Ray workers (actors). [default: CPUs available]")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help=f"Ray workers (actors), each asking Ray for 1 CPU and --worker-memory plus 300 MiB. [default: "
+    f"${WORKERS_ENV} (a RayJob sets what its cluster can grow to), else the CPUs of the cluster or machine]",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan (volumes, work units, 14-day limit, ledger) and stop.")
 @click.option("--redeliver", is_flag=True, help="Ignore the ledger and deliver everything in the window again.")
 @click.option(
@@ -85,7 +91,13 @@ from pipeline.timespec import HELP as TIME_HELP
     help="MiB of decoded objects one worker holds at once (about 12x an object's gzip size); its pods wait for "
     "room beyond that. Size Ray workers for this plus about 300 MiB.",
 )
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a JSON report.")
+@click.option(
+    "--report",
+    "report_path",
+    metavar="PATH|s3://BUCKET/KEY",
+    help="Write the JSON report to a file or to S3; a target ending in / is a prefix, and the report is named "
+    "replay-<start time>.json under it.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar. [default: on a terminal only]")
 @click.option("--log-level", default="INFO", show_default=True, help="Structured log level (JSON on stderr).")
 def main(
@@ -105,7 +117,7 @@ def main(
     max_events_per_second: float | None,
     max_requests_per_second: float | None,
     worker_memory_mib: int,
-    report_path: Path | None,
+    report_path: str | None,
     progress: bool | None,
     log_level: str,
 ) -> None:
@@ -143,11 +155,8 @@ def main(
         all_tenants=all_tenants,
     )
     settings = Settings.from_env().with_overrides(bucket=bucket)
-    try:
+    with exit_on_bad_environment(log_level):
         code = run(opts, settings)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
     sys.exit(code)
 
 

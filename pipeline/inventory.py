@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import aws
+from pipeline import aws, storage
 from pipeline.keys import DEFAULT_WRITE_SLACK
 from pipeline.ledger import Ledger
 from pipeline.records import DecodeStats, decode_events
@@ -260,14 +260,53 @@ def is_single_file(path: Path) -> bool:
     return path.suffix.lower() in PARQUET_SUFFIXES
 
 
-def write_inventory(inv: Inventory, path: Path) -> list[Path]:
-    """Write `path.parquet` as one file, or any other path as a dataset directory partitioned by tenant.
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return bytes(sink.getvalue())
+
+
+def _write_s3(table: pa.Table, inv: Inventory, uri: str) -> list[str]:
+    if uri.endswith(".parquet"):
+        storage.write_bytes(uri, _parquet_bytes(table))
+        return [uri]
+    prefix = uri.rstrip("/") + "/"
+    written = []
+    for tenant in inv.options.tenants:
+        part = f"{prefix}tenant={tenant}/"
+        storage.delete_s3(storage.list_s3(part, ".parquet"))
+        target = f"{part}part-0.parquet"
+        storage.write_bytes(target, _parquet_bytes(table.filter(pc.equal(table["tenant"], tenant))))
+        written.append(target)
+    return written
+
+
+def _files(path: str | Path) -> list[str | Path]:
+    """The Parquet files of a single-file inventory or of a dataset (directory or s3:// prefix)."""
+    if storage.is_s3(path):
+        uri = str(path)
+        if uri.endswith(".parquet"):
+            return [uri]
+        return [u for u in storage.list_s3(uri.rstrip("/") + "/", ".parquet") if "/tenant=" in u]
+    path = Path(path)
+    return sorted(path.glob("tenant=*/*.parquet")) if path.is_dir() else [path]
+
+
+def _read_file(f: str | Path) -> pq.ParquetFile:
+    return pq.ParquetFile(pa.BufferReader(storage.read_bytes(f)) if storage.is_s3(f) else f)
+
+
+def write_inventory(inv: Inventory, path: str | Path) -> list[Any]:
+    """Write `path.parquet` as one file, or any other path as a dataset directory partitioned by tenant;
+    either may be an s3:// URI (a dataset is then a prefix).
 
     In a dataset directory each tenant's partition (`tenant=<id>/`) is replaced as a whole, so an
     inventory of one tenant can be refreshed without touching the others. The build's parameters are
     kept in the Parquet schema metadata of every file. Returns the files written.
     """
     table = inv.table.replace_schema_metadata({METADATA_KEY: json.dumps(inv.metadata).encode()})
+    if storage.is_s3(path):
+        return _write_s3(table, inv, str(path))
     path = Path(path)
     if is_single_file(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,24 +328,20 @@ def write_inventory(inv: Inventory, path: Path) -> list[Path]:
 
 
 def read_inventory(path: str | Path) -> pa.Table:
-    """Read a single-file inventory or a dataset directory, with the columns of SCHEMA, in key order."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("tenant=*/*.parquet"))
-        tables = [pq.read_table(f, schema=SCHEMA) for f in files]
-        table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-    else:
-        table = pq.read_table(path, schema=SCHEMA)
+    """Read a single-file inventory or a dataset (a directory or an s3:// prefix), with the columns of SCHEMA,
+    in key order."""
+    if not storage.is_s3(path) and not Path(path).is_dir():
+        return pq.read_table(path, schema=SCHEMA).sort_by("key")
+    tables = [_read_file(f).read().cast(SCHEMA) for f in _files(path)]
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     return table.sort_by("key")
 
 
 def read_metadata(path: str | Path) -> list[dict[str, Any]]:
     """The build parameters stored with the inventory: one dict per file (one per tenant in a dataset)."""
-    path = Path(path)
-    files = sorted(path.glob("tenant=*/*.parquet")) if path.is_dir() else [path]
     out = []
-    for f in files:
-        meta = pq.read_schema(f).metadata or {}
+    for f in _files(path):
+        meta = _read_file(f).schema_arrow.metadata or {}
         if METADATA_KEY in meta:
             out.append(json.loads(meta[METADATA_KEY]))
     return out

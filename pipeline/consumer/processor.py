@@ -21,7 +21,8 @@ from typing import Any
 
 from pipeline.consumer.events import InvalidMessageError, parse_body
 from pipeline.consumer.metrics import Metrics, object_status
-from pipeline.delivery import Deliverer, ObjectResult, Status
+from pipeline.delivery import Deliverer, ObjectRef, ObjectResult, Status
+from pipeline.replay.budget import MemoryBudget, decoded_footprint
 from pipeline.sinks import sink_names
 from pipeline.tenants import DeliveryType
 
@@ -79,12 +80,22 @@ class MessageProcessor:
     Thread-safe as long as the Deliverer is; `pipeline.delivery.build_deliverer` makes one that is.
     """
 
-    def __init__(self, deliverer: Deliverer, metrics: Metrics | None = None, *, bucket: str) -> None:
+    def __init__(
+        self,
+        deliverer: Deliverer,
+        metrics: Metrics | None = None,
+        *,
+        bucket: str,
+        budget: MemoryBudget | None = None,
+    ) -> None:
         if not bucket:
             raise ValueError("the central bucket (S3_BUCKET_NAME) is required: it is the only one delivered from")
         self.deliverer = deliverer
         self.metrics = metrics or Metrics()
         self.bucket = bucket
+        # Workers wait for room before an object that would not fit, so the pod's memory follows the budget,
+        # not object size times workers.
+        self.budget = budget
 
     def process(self, body: str | bytes, message_id: str = "", receive_count: int = 0) -> MessageOutcome:
         outcome = MessageOutcome(message_id)
@@ -113,7 +124,7 @@ class MessageProcessor:
         for ref in refs:
             start = time.monotonic()
             try:
-                result = self.deliverer.deliver(ref)
+                result = self._deliver(ref)
             except Exception as exc:  # deliver() never raises for a bad object; this is a bug or a crash
                 outcome.error = f"{type(exc).__name__}: {exc}"
                 log.exception("delivery raised unexpectedly", extra={**ctx, "object_key": ref.key})
@@ -122,6 +133,13 @@ class MessageProcessor:
             outcome.results.append(result)
             _log_result(result, ctx, time.monotonic() - start)
         return outcome
+
+    def _deliver(self, ref: ObjectRef) -> ObjectResult:
+        if self.budget is None:
+            return self.deliverer.deliver(ref)
+        # An event without a size (never seen from S3) is charged nothing rather than blocking the pool.
+        with self.budget.hold(decoded_footprint(ref.size or 0, self.deliverer.may_decode(ref.key))):
+            return self.deliverer.deliver(ref)
 
 
 def foreign_bucket_reason(bucket: str, key: str, central: str) -> str:

@@ -14,7 +14,9 @@ Flow of one message:
 - A recoverable failure sets the message's visibility to `retry_delay` and lets it come back; the queue's
   redrive policy moves a poison message to the DLQ after maxReceiveCount receives. That is not our job.
 - SIGTERM: stop receiving, let workers finish until the drain deadline, then release (visibility 0)
-  whatever is still in flight so another pod picks it up at once, and return 0.
+  whatever is still in flight so another pod picks it up at once, and return 0. The long poll runs on its
+  own thread, so an idle consumer does not wait out its 20 s poll: it leaves the poll behind (it holds no
+  message until it returns one) and exits within a second or so.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline import aws
+from pipeline import aws, environment
 from pipeline.consumer.metrics import Metrics, MetricsServer
 from pipeline.consumer.processor import MessageOutcome, MessageProcessor
 from pipeline.delivery import build_deliverer
+from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
 from pipeline.settings import ConfigError, Settings
 
 log = logging.getLogger("pipeline.consumer.sqs")
@@ -43,6 +46,34 @@ SQS_MAX_WAIT_S = 20
 SQS_MAX_VISIBILITY_S = 12 * 3600
 DEFAULT_HEARTBEAT_CAP_S = 60.0
 QUEUE_MISSING_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+STOP_CHECK_S = 0.1  # how often the loop looks for a stop request while a long poll is open
+# After a stop request, how long an open poll may still answer: a poll about to return messages is worth a
+# moment (they are released at once); an idle one is left behind.
+POLL_GRACE_S = 0.3
+
+
+class _Poll:
+    """One ReceiveMessage on its own daemon thread, so the loop can stop without waiting for it."""
+
+    def __init__(self, receive: Callable[[int], list[dict[str, Any]]], n: int) -> None:
+        self.done = threading.Event()
+        self._messages: list[dict[str, Any]] = []
+        self._error: BaseException | None = None
+        self._receive, self._n = receive, n
+        threading.Thread(target=self._run, name="sqs-poll", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._messages = self._receive(self._n)
+        except BaseException as exc:  # handed to the loop, which decides
+            self._error = exc
+        finally:
+            self.done.set()
+
+    def result(self) -> list[dict[str, Any]]:
+        if self._error is not None:
+            raise self._error
+        return self._messages
 
 
 @dataclass(frozen=True)
@@ -69,6 +100,17 @@ class SqsOptions:
             raise ConfigError("retry delay must be within 0 s..12 h")
         if self.drain_timeout_s < 0:
             raise ConfigError("drain timeout must not be negative")
+        if self.visibility_timeout_s and self.heartbeat_interval_s:
+            check_heartbeat(self.heartbeat_interval_s, self.visibility_timeout_s)
+
+
+def check_heartbeat(interval_s: float, visibility_s: int) -> None:
+    if interval_s >= visibility_s:
+        # A beat that comes after the timeout ran out lets a second consumer take the message.
+        raise ConfigError(
+            f"heartbeat interval ({interval_s} s) must be shorter than the visibility timeout ({visibility_s} s); "
+            "a third of it is a safe choice"
+        )
 
 
 @dataclass
@@ -109,6 +151,7 @@ class SqsConsumer:
         self.heartbeat_interval_s = options.heartbeat_interval_s or 0.0
         self.state = "starting"
         self._last_loop = clock()
+        self._abandoned: _Poll | None = None
 
     # -- control ------------------------------------------------------------------------------------------
 
@@ -157,7 +200,7 @@ class SqsConsumer:
             if not slots:
                 continue
             try:
-                messages = self._receive(slots)
+                received = self._receive_until_stopped(slots)
                 backoff = 0.0
             except (ClientError, BotoCoreError) as exc:
                 self._give_back_slots(slots)
@@ -171,6 +214,10 @@ class SqsConsumer:
                 )
                 self._stop.wait(backoff)
                 continue
+            if received is None:  # stopped while the poll was still open
+                self._give_back_slots(slots)
+                break
+            messages = received
             self._give_back_slots(slots - len(messages))
             if self._stop.is_set():
                 # Received during the last long poll after SIGTERM: hand them straight back.
@@ -180,9 +227,35 @@ class SqsConsumer:
             for m in messages:
                 self._start(m)
         self._drain()
+        self._settle_abandoned_poll()
         self._heartbeat_stop.set()
         self.state = "stopped"
         return 0
+
+    def _receive_until_stopped(self, n: int) -> list[dict[str, Any]] | None:
+        """The messages of one receive; None when a stop came first and the poll stayed open."""
+        poll = _Poll(self._receive, n)
+        while not poll.done.wait(STOP_CHECK_S):
+            if self._stop.is_set() and not poll.done.wait(POLL_GRACE_S):
+                self._abandoned = poll
+                return None
+        return poll.result()
+
+    def _settle_abandoned_poll(self) -> None:
+        """A poll left open at the stop holds no message until it answers. If it answered meanwhile, its
+        messages go straight back; if it answers after the process is gone, SQS makes them visible again
+        after the visibility timeout (nothing is lost, the ledger keeps them from being sent twice)."""
+        poll, self._abandoned = self._abandoned, None
+        if poll is None:
+            return
+        if poll.done.is_set():
+            try:
+                messages = poll.result()
+            except (ClientError, BotoCoreError):
+                return
+            self._release(messages, "received after the stop request")
+        else:
+            log.info("left an idle long poll open at shutdown")
 
     def _resolve_timeouts(self) -> None:
         if not self.visibility_timeout_s:
@@ -199,12 +272,7 @@ class SqsConsumer:
             raise ConfigError("the visibility timeout must be at least 1 s for a heartbeat to keep messages")
         if not self.heartbeat_interval_s:
             self.heartbeat_interval_s = min(DEFAULT_HEARTBEAT_CAP_S, self.visibility_timeout_s / 3)
-        if self.heartbeat_interval_s >= self.visibility_timeout_s:
-            # A beat that comes after the timeout ran out lets a second consumer take the message.
-            raise ConfigError(
-                f"heartbeat interval ({self.heartbeat_interval_s} s) must be shorter than the visibility "
-                f"timeout ({self.visibility_timeout_s} s); a third of it is a safe choice"
-            )
+        check_heartbeat(self.heartbeat_interval_s, self.visibility_timeout_s)
 
     def _take_slots(self) -> int:
         """Wait (≤ 1 s, to notice a stop) for one free worker, then take up to max_messages free ones."""
@@ -394,13 +462,18 @@ def serve(
     metrics_host: str = "0.0.0.0",  # noqa: S104
     metrics_port: int = 8080,
     put_attempts: int | None = None,
+    memory_budget_mib: int | None = None,
 ) -> int:
     """Run the SQS consumer with its metrics server until SIGTERM; the exit code. Raises ConfigError."""
     # All missing at once; the bucket too, since it is the only one the consumer delivers from.
     settings.require("queue_url", "bucket", "tenant_table", "ledger_table", "central_role_arn")
     options.validate()
+    environment.check(settings, bucket=True, tenant_table=True, ledger_table=True, queue=True)
     metrics = Metrics()
-    processor = MessageProcessor(build_deliverer(settings, put_attempts=put_attempts), metrics, bucket=settings.bucket)
+    budget = MemoryBudget((memory_budget_mib or DEFAULT_CONSUMER_BUDGET_MIB) * 1024 * 1024)
+    processor = MessageProcessor(
+        build_deliverer(settings, put_attempts=put_attempts), metrics, bucket=settings.bucket, budget=budget
+    )
     consumer = SqsConsumer(processor, aws.client("sqs"), options, metrics)
     install_signal_handlers(consumer)
     server = MetricsServer(metrics, consumer.health, metrics_host, metrics_port).start()

@@ -1,4 +1,4 @@
-"""A worker's memory budget for decoded objects, shared by its pod threads.
+"""A memory budget for decoded objects, shared by a replay worker's pod threads or a consumer's workers.
 
 A decoded object lives in memory as Python strings until its last batch is sent, with its batches'
 request bodies on top: about twelve times its stored (gzip) size, more than its uncompressed size
@@ -16,6 +16,10 @@ from contextlib import contextmanager
 
 DECODED_BYTES_PER_STORED_BYTE = 12  # gzip NDJSON: measured 11.5 for the generator's realistic mix
 DEFAULT_BUDGET_MIB = 128  # throttles only objects over about 2 MiB gzip; typical ones are far smaller
+# The consumer's pool delivers one object per worker. Its pod's limit is 1 GiB and the process itself takes
+# about 300 MiB; eight workers on the collector's largest objects (64 MiB uncompressed, about 70 MiB decoded
+# each) would take 560 MiB more. 256 MiB keeps the pod near 600 MiB whatever arrives.
+DEFAULT_CONSUMER_BUDGET_MIB = 256
 
 
 def decoded_footprint(stored_bytes: int, decoded: bool = True) -> int:

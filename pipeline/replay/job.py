@@ -9,12 +9,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
 
-from pipeline import aws
+from pipeline import aws, environment, storage
 from pipeline.cli import EXIT_USAGE
 from pipeline.delivery import LEDGER_SKIP, Routing, TimeWindow
 from pipeline.errors import NonRecoverableError
@@ -25,7 +24,7 @@ from pipeline.replay.budget import DEFAULT_BUDGET_MIB
 from pipeline.replay.listing import Listing, ListingFilter, list_window
 from pipeline.replay.plan import Plan, WorkUnit, make_plan
 from pipeline.replay.report import ReplayReport
-from pipeline.settings import Settings
+from pipeline.settings import ConfigError, Settings
 from pipeline.sinks import plan_traits, sink_names, traits_of, writes_ledger
 from pipeline.tenants import DeliveryType, Tenant, TenantDirectory
 from pipeline.timespec import to_ms
@@ -38,7 +37,11 @@ IN_FLIGHT_PER_WORKER = 2  # one running, one queued: workers never idle, the dri
 SAMPLE_OBJECTS = 3
 # Environment a worker on another node needs to reach the same endpoints; credentials are not forwarded
 # (on a cluster they come from the pod's own identity).
-FORWARDED_ENV_PREFIXES = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "VECTOR_BIN")
+FORWARDED_ENV_PREFIXES = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "VECTOR_BIN", "LEDGER_RETENTION")
+# The RayJob's explicit size: what its RayCluster can grow to (worker group maxReplicas times the workers
+# one node holds). The autoscaler adds nodes for actors that wait, so sizing from the CPUs present at start
+# would give an empty autoscaling cluster one worker.
+WORKERS_ENV = "REPLAY_WORKERS"
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class ReplayOptions:
     redeliver: bool = False
     max_events_per_second: float | None = None
     max_requests_per_second: float | None = None  # PutLogEvents calls; only sinks whose calls the job makes
-    report_path: Path | None = None
+    report_path: str | None = None  # a file, an s3:// URI, or a prefix ending in / (a name is added)
     slack: timedelta = DEFAULT_WRITE_SLACK
     progress: bool | None = None  # None: only on a terminal
     worker_memory_mib: int = DEFAULT_BUDGET_MIB  # decoded objects a worker holds at once
@@ -205,11 +208,29 @@ def _ray_init() -> Any:
     return ray
 
 
-def _default_workers() -> int:
-    """One worker per CPU: of the Ray cluster when joining one (RAY_ADDRESS), else of this machine."""
-    if os.environ.get("RAY_ADDRESS"):
+def default_workers(env: Mapping[str, str] | None = None) -> int:
+    """REPLAY_WORKERS when the RayJob sets it (what its cluster can grow to); else one worker per CPU, of the
+    Ray cluster when joining one (RAY_ADDRESS), or of this machine."""
+    env = os.environ if env is None else env
+    explicit = env.get(WORKERS_ENV, "").strip()
+    if explicit:
+        try:
+            n = int(explicit)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ConfigError(f"{WORKERS_ENV} must be a positive integer, not {explicit!r}")
+        return n
+    if env.get("RAY_ADDRESS"):
         return max(1, int(_ray_init().cluster_resources().get("CPU", 1)))
     return max(1, os.cpu_count() or 1)
+
+
+def report_target(target: str, started: datetime) -> str:
+    """The report's file or URI; a target ending in / is a prefix, and the report is named by its start."""
+    if target.endswith("/"):
+        return f"{target}replay-{started:%Y%m%dT%H%M%SZ}.json"
+    return target
 
 
 def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> int:
@@ -219,17 +240,19 @@ def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> in
         return EXIT_USAGE
     needed = ["central_role_arn", "ledger_table"] if writes_ledger(opts.sink) else []
     settings.require("bucket", "tenant_table", *needed)
+    environment.check(settings, bucket=True, tenant_table=True, ledger_table=True)
     if opts.all_tenants:
         tenants = TenantDirectory(settings.tenant_table).tenant_ids()
         opts = replace(opts, tenants=tuple(tenants))
         log.info("all tenants", extra={"tenants": tenants})
-    workers = opts.workers or _default_workers()
+    workers = opts.workers or default_workers()
     tenants = resolve_tenants(TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s), opts.tenants)
     unmatched = unmatched_deliveries(opts, tenants)
     if unmatched:
         names, tenants_named = ", ".join(unmatched), ", ".join(opts.tenants)
         print(f"error: --delivery {names} names no delivery of {tenants_named}", file=sys.stderr)
         return EXIT_USAGE
+    started = datetime.now(UTC)
     plan = build_plan(opts, settings, workers, tenants)
     print(render_plan(plan, opts, workers), file=out, flush=True)
     report = ReplayReport(plan)
@@ -249,22 +272,22 @@ def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> in
     for f in doc["objects_failed"][:20]:
         print(f"  FAILED {f['key']}: {f['reason']}", file=out)
     if opts.report_path:
-        opts.report_path.parent.mkdir(parents=True, exist_ok=True)
-        opts.report_path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-        print(f"Report written to {opts.report_path}", file=out)
+        target = report_target(opts.report_path, started)
+        storage.write_bytes(target, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        print(f"Report written to {target}", file=out)
     return report.exit_code
 
 
 def _deliver(plan: Plan, opts: ReplayOptions, settings: Settings, workers: int, report: ReplayReport) -> None:
     ray = _ray_init()
-    from pipeline.replay.workers import DeliveryWorker, RateLimiter
+    from pipeline.replay.workers import DeliveryWorker, RateLimiter, worker_options
 
     window = TimeWindow(to_ms(opts.since), to_ms(opts.until))
     limits = (opts.max_events_per_second, opts.max_requests_per_second)
     limiter = RateLimiter.remote(*limits) if any(limits) else None
     n = min(workers, len(plan.units))
     actors = [
-        DeliveryWorker.remote(
+        DeliveryWorker.options(**worker_options(opts.worker_memory_mib)).remote(
             settings, opts.sink, window, opts.redeliver, limiter, opts.worker_memory_mib, opts.deliveries
         )
         for _ in range(n)

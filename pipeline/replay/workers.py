@@ -27,6 +27,16 @@ from pipeline.replay.report import INTERRUPTED
 from pipeline.settings import Settings
 
 POD_THREADS = 8
+WORKER_CPUS = 1
+# What a worker takes besides its budget of decoded objects: the interpreter, boto3, Ray's core worker and
+# the sink's buffers (docs/PERFORMANCE.md, memory).
+WORKER_BASE_MEMORY_MIB = 300
+
+
+def worker_options(memory_budget_mib: int = DEFAULT_BUDGET_MIB) -> dict[str, Any]:
+    """The resources a DeliveryWorker asks Ray for: what it uses, so an autoscaler adds the nodes it needs
+    and a node never holds more workers than its memory allows."""
+    return {"num_cpus": WORKER_CPUS, "memory": (memory_budget_mib + WORKER_BASE_MEMORY_MIB) * 1024 * 1024}
 
 
 class UnitRunner:
