@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from click.testing import CliRunner, Result
 
@@ -346,3 +347,139 @@ def test_more_tenants_than_one_batch_read(env: LocalEnvironment) -> None:
     assert len(scan(env, v2)) == 130
     doc = as_json(cli("migrate", "--from", v1, "--to", v2, "--json"))
     assert doc["counts"] == {"copied": 0, "unchanged": 130, "conflict": 0, "invalid": 0}
+
+
+# -- changing deliveries: put, show, patch, enable, disable, delete, export, import ---------------------------------
+
+
+def cw_item(tenant: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "cloudwatch",
+        "log_distribution_role_arn": ROLE.format(tenant),
+        "target_region": "us-east-1",
+        "log_group_name": f"/logs/{tenant}",
+        **extra,
+    }
+
+
+def test_put_from_a_yaml_file_then_show_patch_disable_enable_delete(env: LocalEnvironment, tmp_path: Path) -> None:
+    table = new_table(env, TableSchema.V2)
+    source = tmp_path / "acme.yaml"
+    source.write_text("type: cloudwatch\nlog_distribution_role_arn: " + ROLE.format("acme") +
+                      "\ntarget_region: us-east-1\nlog_group_name: /logs/acme\ndesired_logs: [Frontend]\n")  # fmt: skip
+    put = cli("put", "acme", "cloudwatch", "--file", str(source), "--table", table, "--json")
+    assert put.exit_code == 0, put.output
+    assert as_json(put)["action"] == "created"
+    stored = scan(env, table)[("acme", "cloudwatch")]
+    assert stored["desired_logs"] == ["frontend"] and stored["created_at"] == stored["updated_at"]
+    # The same again is unchanged and not written.
+    again = cli("put", "acme", "cloudwatch", "--file", str(source), "--table", table, "--json")
+    assert as_json(again)["action"] == "unchanged"
+    assert scan(env, table)[("acme", "cloudwatch")]["updated_at"] == stored["updated_at"]
+
+    shown = cli("show", "acme", "--table", table, "--json")
+    assert shown.exit_code == 0
+    (item,) = as_json(shown)["deliveries"]
+    human = cli("show", "acme", "--table", table)
+    assert "log_group_name" in human.stdout and "/logs/acme" in human.stdout and item["etag"] in human.stdout
+
+    patched = cli("patch", "acme", "cloudwatch", "--desired-logs", "a,b", "--desired-logs", "c", "--table", table)
+    assert patched.exit_code == 0, patched.output
+    assert scan(env, table)[("acme", "cloudwatch")]["desired_logs"] == ["a", "b", "c"]
+    stale = cli("patch", "acme", "cloudwatch", "--unset", "desired_logs", "--if-match", item["etag"], "--table", table)
+    assert stale.exit_code == 1 and "If-Match" in stale.stderr
+    assert cli("disable", "acme", "--table", table).exit_code == 0
+    assert scan(env, table)[("acme", "cloudwatch")]["enabled"] is False
+    assert cli("enable", "acme", "cloudwatch", "--table", table).exit_code == 0
+    assert scan(env, table)[("acme", "cloudwatch")]["enabled"] is True
+
+    declined = CliRunner().invoke(main, ["delete", "acme", "cloudwatch", "--table", table], input="n\n")
+    assert declined.exit_code == 1 and ("acme", "cloudwatch") in scan(env, table)
+    assert cli("delete", "acme", "cloudwatch", "--yes", "--table", table).exit_code == 0
+    assert scan(env, table) == {}
+    assert cli("show", "acme", "--table", table).exit_code == 1
+
+
+def test_put_from_flags_refuses_a_bad_item_naming_every_field_and_writes_nothing(env: LocalEnvironment) -> None:
+    table = new_table(env, TableSchema.V2)
+    result = cli("put", "acme", "s3-archive", "--type", "s3", "--target-region", "mars", "--bucket-prefix", "x",
+                 "--log-group-name", "/logs/acme", "--table", table, "--json")  # fmt: skip
+    assert result.exit_code == 1
+    assert set(as_json(result)["fields"]) == {
+        "log_distribution_role_arn",  # missing
+        "target_region",  # not a region
+        "bucket_name",  # missing
+        "bucket_prefix",  # does not end with '/'
+        "log_group_name",  # not a field of an s3 delivery
+    }
+    human = cli("put", "acme", "s3-archive", "--type", "s3", "--table", table)
+    assert human.exit_code == 1 and "bucket_name: required field is missing" in human.stderr
+    assert scan(env, table) == {}
+
+
+def test_export_then_import_round_trips_and_import_validates_everything_first(
+    env: LocalEnvironment, tmp_path: Path
+) -> None:
+    source = new_table(env, TableSchema.V2, [i for t in env.tenants for i in t.delivery_items()])
+    exported = cli("export", "--table", source)
+    assert exported.exit_code == 0, exported.output
+    doc = yaml.safe_load(exported.stdout)
+    assert set(doc["tenants"]) == {t.tenant_id for t in env.tenants}
+    assert doc["tenants"]["umbrella"]["s3-archive"]["bucket_prefix"] == "ROSA/cluster-logs/"
+    assert "created_at" not in exported.stdout
+    path = tmp_path / "tenants.yaml"
+    path.write_text(exported.stdout)
+
+    target = new_table(env, TableSchema.V2, [{"tenant_id": "gone", "delivery_id": "cloudwatch", **cw_item("gone")}])
+    dry = cli("import", str(path), "--table", target, "--prune", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    actions = {(d["tenant_id"], d["action"]) for d in as_json(dry)["deliveries"]}
+    assert actions >= {("acme", "would create"), ("gone", "would delete")}
+    assert set(scan(env, target)) == {("gone", "cloudwatch")}
+    applied = cli("import", str(path), "--table", target, "--prune")
+    assert applied.exit_code == 0, applied.output
+    strip = ("created_at", "updated_at")
+    got = {k: {f: v for f, v in i.items() if f not in strip} for k, i in scan(env, target).items()}
+    # §3: desired_logs are case-insensitive, written as every reader reads them.
+    want = {k: {**i, **({"desired_logs": sorted(n.lower() for n in i["desired_logs"])} if "desired_logs" in i else {})}
+            for k, i in scan(env, source).items()}  # fmt: skip
+    assert got == want
+    assert cli("export", "--table", target).stdout.replace(target, source) == exported.stdout
+    assert "0 created" not in cli("import", str(path), "--table", target).stdout  # a rerun: all unchanged
+
+    # One bad delivery in the file: nothing is written, and every bad field of it is named.
+    doc["tenants"]["acme"]["cloudwatch"]["target_region"] = "mars"
+    doc["tenants"]["newco"] = {"cloudwatch": cw_item("newco", colour="blue")}
+    path.write_text(yaml.safe_dump(doc))
+    before = scan(env, target)
+    bad = cli("import", str(path), "--table", target, "--json")
+    assert bad.exit_code == 1
+    assert as_json(bad)["invalid"] == {
+        "acme/cloudwatch": {"target_region": "'mars' is not valid"},
+        "newco/cloudwatch": {"colour": "not a field of a delivery (CONTRACTS.md §3)"},
+    }
+    assert scan(env, target) == before
+
+
+def test_writes_need_a_v2_table_and_a_table_name(env: LocalEnvironment) -> None:
+    v1 = new_table(env, TableSchema.V1)
+    result = cli("put", "acme", "cloudwatch", "--type", "cloudwatch", "--table", v1)
+    assert result.exit_code == 3 and v1 in result.stderr
+    assert cli("export", TENANT_CONFIG_TABLE=None).exit_code == 3
+    assert cli("serve", TENANT_API_KEY=None, TENANT_API_KEY_SECRET_ARN=None).exit_code == 3
+    assert cli("patch", "acme", "cloudwatch").exit_code == 2  # nothing to change
+    assert cli("delete", "acme").exit_code == 2
+
+
+def test_serve_reads_the_key_from_secrets_manager_and_refuses_a_missing_one(env: LocalEnvironment) -> None:
+    from pipeline.api.keys import load_key
+    from pipeline.settings import ConfigError
+
+    arn = env.client("secretsmanager").create_secret(Name=f"api-{uuid.uuid4().hex[:6]}",
+                                                     SecretString="s3cr3t-from-secrets-manager")["ARN"]  # fmt: skip
+    assert load_key({"TENANT_API_KEY_SECRET_ARN": arn}) == "s3cr3t-from-secrets-manager"
+    with pytest.raises(ConfigError, match="ResourceNotFoundException") as info:
+        load_key({"TENANT_API_KEY_SECRET_ARN": arn + "-nope"})
+    assert "s3cr3t" not in str(info.value)
+    with pytest.raises(ConfigError, match="TENANT_API_KEY"):
+        load_key({})
