@@ -11,6 +11,12 @@ entry of the map (`SET deliveries.#id`), so neither can overwrite the other.
 
 The consumer and the replay job share it: CloudWatch has no dedup, so this is what makes a replay after
 an outage send exactly the gap, and a duplicate S3 notification harmless.
+
+Retention: with a retention set (LEDGER_RETENTION_DAYS), every write stamps the item with `expires_at`
+(epoch seconds), the table's TTL attribute. DynamoDB deletes expired items only eventually (often days
+later), so every read treats an item past its `expires_at` as absent already: an expired object counts as
+not delivered, and a replay of it sends it again. Keep the retention above the bucket's, so nothing the
+bucket still holds can expire from the ledger.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline import aws
+from pipeline.settings import Settings
 from pipeline.tenants import V1_DELIVERY_ID
 
 BATCH_GET_MAX = 100
 BATCH_WRITE_MAX = 25
 UNPROCESSED_ATTEMPTS = 8  # batch rounds for keys DynamoDB left unprocessed (throttled)
 CONDITION_FAILED = "ConditionalCheckFailedException"
+TTL_ATTRIBUTE = "expires_at"
 
 
 @dataclass(frozen=True)
@@ -53,10 +61,26 @@ def _norm_etag(etag: str | None) -> str:
 
 
 class Ledger:
-    def __init__(self, table: str, client: Any | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        table: str,
+        client: Any | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        retention_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.table = table
         self._client = client
         self._sleep = sleep
+        # None: the process's LEDGER_RETENTION_DAYS. Every entrypoint and worker builds its ledger through
+        # pipeline.delivery, which passes no retention, so the setting is read here once.
+        self.retention_s = Settings.from_env().ledger_retention_s if retention_s is None else retention_s
+        self._clock = clock
+
+    def _expiry(self) -> dict[str, Any] | None:
+        if self.retention_s <= 0:
+            return None
+        return {"N": str(int(self._clock() + self.retention_s))}
 
     def _ddb(self) -> Any:
         if self._client is None:
@@ -71,7 +95,7 @@ class Ledger:
             ConsistentRead=True,
         )
         item = resp.get("Item")
-        return _delivered_ids(item, etag) if item else frozenset()
+        return _delivered_ids(item, etag) if item and not _expired(item, self._clock()) else frozenset()
 
     def delivered_many(self, tenant_id: str, objects: Iterable[tuple[str, str | None]]) -> dict[str, frozenset[str]]:
         """Of (key, etag) pairs, {key: deliveries done at that ETag} for keys with any: a BatchGetItem per 100."""
@@ -89,6 +113,8 @@ class Ledger:
             }
             for resp in self._rounds(self._ddb().batch_get_item, request, "UnprocessedKeys"):
                 for item in resp.get("Responses", {}).get(self.table, []):
+                    if _expired(item, self._clock()):
+                        continue
                     k = item["object_key"]["S"]
                     done = _delivered_ids(item, wanted.get(k))
                     if done:
@@ -100,6 +126,10 @@ class Ledger:
         record = _record_value(entry)
         key = {"tenant_id": {"S": entry.tenant_id}, "object_key": {"S": entry.object_key}}
         ddb = self._ddb()
+        # Each write moves the item's expiry on: an object is forgotten a retention after its last delivery.
+        expiry = self._expiry()
+        ttl_set = f", {TTL_ATTRIBUTE} = :e" if expiry else ""
+        ttl_value = {":e": expiry} if expiry else {}
         # The first delivery of an object (the common case) creates the map in one write; a later one, or the
         # loser of a race to create it, sets only its own entry.
         for _ in range(2):
@@ -107,9 +137,9 @@ class Ledger:
                 ddb.update_item(
                     TableName=self.table,
                     Key=key,
-                    UpdateExpression="SET deliveries = :m",
+                    UpdateExpression="SET deliveries = :m" + ttl_set,
                     ConditionExpression="attribute_not_exists(deliveries)",
-                    ExpressionAttributeValues={":m": {"M": {entry.delivery_id: {"M": record}}}},
+                    ExpressionAttributeValues={":m": {"M": {entry.delivery_id: {"M": record}}}, **ttl_value},
                 )
                 return
             except ddb.exceptions.ConditionalCheckFailedException:
@@ -118,10 +148,10 @@ class Ledger:
                 ddb.update_item(
                     TableName=self.table,
                     Key=key,
-                    UpdateExpression="SET deliveries.#id = :r",
+                    UpdateExpression="SET deliveries.#id = :r" + ttl_set,
                     ConditionExpression="attribute_exists(deliveries)",
                     ExpressionAttributeNames={"#id": entry.delivery_id},
-                    ExpressionAttributeValues={":r": {"M": record}},
+                    ExpressionAttributeValues={":r": {"M": record}, **ttl_value},
                 )
                 return
             except ddb.exceptions.ConditionalCheckFailedException:
@@ -136,11 +166,14 @@ class Ledger:
         is one resend that overwrites the same destination object.
         """
         items: dict[tuple[str, str], dict[str, Any]] = {}
+        expiry = self._expiry()
         for e in entries:
             item = items.setdefault(
                 (e.tenant_id, e.object_key),
                 {"tenant_id": {"S": e.tenant_id}, "object_key": {"S": e.object_key}, "deliveries": {"M": {}}},
             )
+            if expiry:
+                item[TTL_ATTRIBUTE] = expiry
             item["deliveries"]["M"][e.delivery_id] = {"M": _record_value(e)}
         requests = [{"PutRequest": {"Item": item}} for item in items.values()]
         for i in range(0, len(requests), BATCH_WRITE_MAX):
@@ -203,6 +236,12 @@ def _records(item: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     for delivery_id, value in item.get("deliveries", {}).get("M", {}).items():
         records[delivery_id] = value.get("M", {})
     return records
+
+
+def _expired(item: Mapping[str, Any], now: float) -> bool:
+    """Past its TTL: DynamoDB has not deleted it yet, but it is gone as far as delivery is concerned."""
+    expires = item.get(TTL_ATTRIBUTE, {}).get("N")
+    return expires is not None and float(expires) <= now
 
 
 def _delivered_ids(item: Mapping[str, Any], etag: str | None) -> frozenset[str]:

@@ -24,6 +24,7 @@ class Settings:
     queue_url: str = ""
     region: str = "us-east-1"
     tenant_cache_ttl_s: float = 60.0
+    ledger_retention_days: float = 0.0  # 0: ledger items carry no expiry (the table's TTL never removes them)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -35,7 +36,12 @@ class Settings:
             central_role_arn=env.get("CENTRAL_LOG_DISTRIBUTION_ROLE_ARN", ""),
             queue_url=env.get("SQS_QUEUE_URL", ""),
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            ledger_retention_days=_days(env.get("LEDGER_RETENTION_DAYS", "")),
         )
+
+    @property
+    def ledger_retention_s(self) -> float:
+        return self.ledger_retention_days * 86400
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -52,3 +58,13 @@ class Settings:
         missing = [env_names.get(n, n) for n in names if not getattr(self, n)]
         if missing:
             raise ConfigError("missing required setting(s): " + ", ".join(missing))
+
+
+def _days(value: str) -> float:
+    try:
+        days = float(value or 0)
+    except ValueError as exc:
+        raise ConfigError(f"LEDGER_RETENTION_DAYS must be a number of days, not {value!r}") from exc
+    if days < 0:
+        raise ConfigError("LEDGER_RETENTION_DAYS must not be negative")
+    return days

@@ -146,7 +146,8 @@ case "$TYPE" in
     if $INCLUDE_LAMBDA; then
       params=("ProjectName=$PROJECT" "Environment=$ENVIRONMENT" "EcrImageUri=$ECR_IMAGE_URI"
         "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN")
-      for key in ProcessorRoleArn ProcessorRoleName BucketName TenantConfigTableName DeliveryLedgerTableName; do
+      for key in ProcessorRoleArn ProcessorRoleName BucketName TenantConfigTableName DeliveryLedgerTableName \
+        LedgerRetentionDays; do
         value="$(output "$CORE_STACK" "$key")"
         params+=("$key=$value")
       done

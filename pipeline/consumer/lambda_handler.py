@@ -4,6 +4,15 @@ Only the messages to retry are listed, so one bad message does not make the whol
 (the event source mapping needs `FunctionResponseTypes: [ReportBatchItemFailures]`). Non-recoverable
 failures are logged and acknowledged, exactly as in SQS mode. The Deliverer is built once per container
 (cold start) and reused across invocations, so the credential and tenant caches survive between them.
+
+Time: a record is started only while more than the reserve (LAMBDA_TIME_RESERVE_SECONDS, default 30 s) is
+left of the invocation; the records not started by then are listed in `batchItemFailures` and come back,
+while those started finish. Without it, a batch that outlasts the timeout is killed whole, the response
+never sent, and every message of it comes back, the delivered ones too.
+
+Metrics: CloudWatch embedded metric format lines on stdout, one set per invocation, with the names of the
+SQS mode's Prometheus metrics (pipeline.consumer.emf). Logs: JSON on stderr, each line with the invocation's
+`request_id`.
 """
 
 from __future__ import annotations
@@ -16,20 +25,49 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline import logs
+from pipeline.consumer.emf import DEFAULT_NAMESPACE, EmfMetrics
 from pipeline.consumer.metrics import Metrics
 from pipeline.consumer.processor import MessageOutcome, MessageProcessor
 from pipeline.delivery import build_deliverer
+from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
 from pipeline.settings import ConfigError, Settings
 
 log = logging.getLogger("pipeline.consumer.lambda")
 
 DEFAULT_WORKERS = 10  # the default SQS batch size for Lambda
+# The longest one object takes to deliver, with the sink's retries: a record is not started with less left.
+DEFAULT_TIME_RESERVE_S = 30.0
+NOT_STARTED = "not started: the invocation was running out of time"
+
+_request_id = ""  # one invocation at a time per container, read by the log filter from every thread
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _request_id and not hasattr(record, "request_id"):
+            record.request_id = _request_id
+        return True
+
+
+def install_request_id_logging() -> None:
+    """Every JSON log line of an invocation carries its request id (the formatter prints record extras)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RequestIdFilter) for f in handler.filters):
+            handler.addFilter(_RequestIdFilter())
 
 
 class LambdaRuntime:
-    def __init__(self, processor: MessageProcessor, workers: int = DEFAULT_WORKERS) -> None:
+    def __init__(
+        self,
+        processor: MessageProcessor,
+        workers: int = DEFAULT_WORKERS,
+        time_reserve_s: float = DEFAULT_TIME_RESERVE_S,
+        namespace: str = DEFAULT_NAMESPACE,
+    ) -> None:
         self.processor = processor
         self.workers = workers
+        self.time_reserve_s = time_reserve_s
+        self.namespace = namespace
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LambdaRuntime:
@@ -39,35 +77,74 @@ class LambdaRuntime:
         try:
             workers = int(env.get("CONSUMER_WORKERS") or DEFAULT_WORKERS)
             put_attempts = int(env["PUT_ATTEMPTS"]) if env.get("PUT_ATTEMPTS") else None
+            reserve = float(env.get("LAMBDA_TIME_RESERVE_SECONDS") or DEFAULT_TIME_RESERVE_S)
+            budget_mib = int(env.get("CONSUMER_MEMORY_MIB") or DEFAULT_CONSUMER_BUDGET_MIB)
         except ValueError as exc:
-            raise ConfigError(f"CONSUMER_WORKERS and PUT_ATTEMPTS must be integers: {exc}") from exc
+            raise ConfigError(
+                f"CONSUMER_WORKERS, PUT_ATTEMPTS, LAMBDA_TIME_RESERVE_SECONDS and CONSUMER_MEMORY_MIB must be "
+                f"numbers: {exc}"
+            ) from exc
         settings.require("bucket", "tenant_table", "ledger_table", "central_role_arn")  # all missing at once
         deliverer = build_deliverer(settings, put_attempts=put_attempts)
-        return cls(MessageProcessor(deliverer, Metrics(), bucket=settings.bucket), workers)
+        budget = MemoryBudget(budget_mib * 1024 * 1024)
+        processor = MessageProcessor(deliverer, Metrics(), bucket=settings.bucket, budget=budget)
+        return cls(processor, workers, reserve, env.get("METRICS_NAMESPACE") or DEFAULT_NAMESPACE)
 
     def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:
+        global _request_id
+        _request_id = str(getattr(context, "aws_request_id", "") or "")
+        metrics = self.processor.metrics = EmfMetrics()
+        try:
+            return self._handle(event, context, metrics)
+        finally:
+            metrics.emit(self.namespace, {"request_id": _request_id} if _request_id else None)
+            _request_id = ""
+
+    def _handle(self, event: Any, context: Any, metrics: EmfMetrics) -> dict[str, list[dict[str, str]]]:
         records = event.get("Records") if isinstance(event, dict) else None
         if not isinstance(records, list):
             # Not an SQS batch at all: nothing can be listed as failed, and raising would retry garbage.
             log.error("lambda event has no Records list; nothing to do", extra={"event_keys": _keys(event)})
             return {"batchItemFailures": []}
+        metrics.messages_received.inc(len(records))
+        remaining = _remaining_s(context)
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(records)))) as pool:
-            outcomes = list(pool.map(self._one, records))
+            outcomes = list(pool.map(lambda r: self._one(r, remaining), records))
         failures = [{"itemIdentifier": o.message_id} for o in outcomes if not o.acknowledged and o.message_id]
+        not_started = sum(1 for o in outcomes if o.error == NOT_STARTED)
         log.info(
             "lambda batch done",
-            extra={"messages": len(records), "retry": len(failures), "outcomes": [o.outcome for o in outcomes]},
+            extra={
+                "messages": len(records),
+                "retry": len(failures),
+                "not_started": not_started,
+                "outcomes": [o.outcome for o in outcomes],
+            },
         )
         return {"batchItemFailures": failures}
 
-    def _one(self, record: Any) -> MessageOutcome:
+    def _one(self, record: Any, remaining: Any) -> MessageOutcome:
         if not isinstance(record, dict):
             return self.processor.process("", "")
+        message_id = str(record.get("messageId", ""))
+        left = remaining()
+        if left is not None and left < self.time_reserve_s:
+            # Handed back untouched: it is listed in batchItemFailures and comes back after its visibility.
+            self.processor.metrics.messages.labels("released").inc()
+            return MessageOutcome(message_id, error=NOT_STARTED)
         attrs = record.get("attributes") or {}
         count = int(attrs.get("ApproximateReceiveCount", "0") or 0)
-        outcome = self.processor.process(record.get("body", ""), str(record.get("messageId", "")), count)
+        outcome = self.processor.process(record.get("body", ""), message_id, count)
         self.processor.metrics.messages.labels(outcome.outcome).inc()
         return outcome
+
+
+def _remaining_s(context: Any) -> Any:
+    """Seconds the invocation has left, as a function (None outside Lambda: no limit)."""
+    get = getattr(context, "get_remaining_time_in_millis", None)
+    if not callable(get):
+        return lambda: None
+    return lambda: get() / 1000.0
 
 
 def _keys(event: Any) -> list[str]:
@@ -84,7 +161,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, list[dict[s
     if _runtime is None:
         with _runtime_lock:
             if _runtime is None:
-                logs.setup()
+                logs.setup(os.environ.get("LOG_LEVEL") or "INFO")
+                install_request_id_logging()
                 _runtime = LambdaRuntime.from_env()
     return _runtime.handle(event, context)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -98,6 +99,12 @@ class Metrics:
         self.last_poll = Gauge(
             "logdelivery_last_poll_timestamp_seconds", "Unix time the poll loop last started a receive", registry=r
         )
+        self.last_delivery = Gauge(
+            "logdelivery_last_delivery_timestamp_seconds",
+            "Unix time the tenant's last object was delivered (the canary alert watches its tenant's)",
+            ["tenant"],
+            registry=r,
+        )
 
     def observe_object(self, result: ObjectResult, seconds: float) -> None:
         tenant = result.tenant or INVALID_TENANT
@@ -118,6 +125,8 @@ class Metrics:
         if result.status in (Status.DELIVERED, Status.DAMAGED) and result.delivered_at and result.last_modified:
             # Clocks of S3 and this host differ a little; a negative latency is skew, not a real value.
             self.latency.observe(max(0.0, result.delivered_at - result.last_modified))
+        if result.status in (Status.DELIVERED, Status.DAMAGED) and result.tenant:
+            self.last_delivery.labels(result.tenant).set(result.delivered_at or time.time())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -24,7 +24,12 @@ import boto3
 import pytest
 from infra_helpers import ACCOUNT, CFN_DIR, REGION, TEMPLATES, Resolver, load_template, template_params
 
-MOTO_SKIPS = {"AWS::SNS::TopicPolicy", "AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::SNS::Subscription"}
+MOTO_SKIPS = {"AWS::SNS::TopicPolicy", "AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::SNS::Subscription",
+              # moto's CloudFormation does not create these (the tenant API's secret and HTTP API).
+              "AWS::SecretsManager::Secret", "AWS::ApiGatewayV2::Api", "AWS::ApiGatewayV2::Integration",
+              "AWS::ApiGatewayV2::Route", "AWS::ApiGatewayV2::Stage",
+              # moto creates no alarms (checked statically in test_infra_cfn_static.py)
+              "AWS::CloudWatch::Alarm"}  # fmt: skip
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/log-processor:1.0"
 OIDC = "oidc.example.com/id/ABC"
 # Tenants deploy the customer template in their own accounts (moto keeps accounts apart by credentials).
@@ -98,6 +103,14 @@ def deployed(moto_server: Any) -> Iterator[Deployed]:
         BucketName=core["BucketName"],
         TenantConfigTableName=core["TenantConfigTableName"],
         DeliveryLedgerTableName=core["DeliveryLedgerTableName"],
+        LedgerRetentionDays=core["LedgerRetentionDays"],
+        CentralLogDistributionRoleArn=central,
+    )
+    d.deploy(
+        "tenant-api",
+        EcrImageUri=IMAGE,
+        TenantConfigTableName=core["TenantTableV2Name"],
+        LogsKeyArn=core["LogsKeyArn"],
         CentralLogDistributionRoleArn=central,
     )
     d.deploy("customer", CentralLogDistributionRoleArn=central, LogGroupName="/logs/acme")
@@ -278,9 +291,16 @@ def test_sqs_queue_and_dlq(deployed: Deployed) -> None:
     assert attrs["ReceiveMessageWaitTimeSeconds"] == "20"
     redrive = json.loads(attrs["RedrivePolicy"])
     assert redrive["deadLetterTargetArn"] == out["DeadLetterQueueArn"]
-    assert int(redrive["maxReceiveCount"]) == 3
+    assert int(redrive["maxReceiveCount"]) == 5
     dlq = sqs.get_queue_attributes(QueueUrl=out["DeadLetterQueueUrl"], AttributeNames=["MessageRetentionPeriod"])
     assert dlq["Attributes"]["MessageRetentionPeriod"] == "1209600"
+
+
+def attrs_visibility(deployed: Deployed) -> str:
+    attrs = deployed.client("sqs").get_queue_attributes(
+        QueueUrl=deployed.outputs["sqs"]["QueueUrl"], AttributeNames=["VisibilityTimeout"]
+    )
+    return str(attrs["Attributes"]["VisibilityTimeout"])
 
 
 def test_lambda_function_and_event_source(deployed: Deployed) -> None:
@@ -288,8 +308,11 @@ def test_lambda_function_and_event_source(deployed: Deployed) -> None:
     lam = deployed.client("lambda")
     cfg = lam.get_function(FunctionName=out["FunctionName"])["Configuration"]
     assert cfg["Role"] == core["ProcessorRoleArn"]
-    assert cfg["Timeout"] <= 900
+    assert cfg["Timeout"] * 6 <= int(attrs_visibility(deployed))
     assert cfg["Environment"]["Variables"] == {
+        "LEDGER_RETENTION_DAYS": int(core["LedgerRetentionDays"]),
+        "LAMBDA_TIME_RESERVE_SECONDS": 30,
+        "METRICS_NAMESPACE": "LogDelivery",
         "EXECUTION_MODE": "lambda",
         "S3_BUCKET_NAME": core["BucketName"],
         "TENANT_CONFIG_TABLE": core["TenantConfigTableName"],
@@ -300,7 +323,10 @@ def test_lambda_function_and_event_source(deployed: Deployed) -> None:
     assert esm["EventSourceArn"] == deployed.outputs["sqs"]["QueueArn"]
     assert esm["BatchSize"] == 10
     assert esm["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    groups = deployed.client("logs").describe_log_groups(logGroupNamePrefix="/aws/lambda/")["logGroups"]
+    # (the tenant API stack's function has a group of its own under /aws/lambda/ too)
+    groups = deployed.client("logs").describe_log_groups(logGroupNamePrefix=f"/aws/lambda/{out['FunctionName']}")[
+        "logGroups"
+    ]
     assert [g["logGroupName"] for g in groups] == [f"/aws/lambda/{out['FunctionName']}"]
     iam = deployed.client("iam")
     assert iam.list_role_policies(RoleName=core["ProcessorRoleName"])["PolicyNames"], "no SQS policy on the role"

@@ -462,7 +462,7 @@ def test_sqs_queue_contract_and_topic_scoped_queue_policy() -> None:
     queue = resolve(res["DeliveryQueue"]["Properties"])
     assert queue["VisibilityTimeout"] == 900
     assert queue["ReceiveMessageWaitTimeSeconds"] == 20
-    assert queue["RedrivePolicy"] == {"deadLetterTargetArn": "<DeadLetterQueue.Arn>", "maxReceiveCount": 3}
+    assert queue["RedrivePolicy"] == {"deadLetterTargetArn": "<DeadLetterQueue.Arn>", "maxReceiveCount": 5}
     (st,) = statements(resolve(res["DeliveryQueuePolicy"]["Properties"]["PolicyDocument"]))
     assert st["Condition"] == {"ArnEquals": {"aws:SourceArn": REQUIRED_PARAMS["sqs"]["TopicArn"]}}
     sub = resolve(res["TopicSubscription"]["Properties"])
@@ -480,12 +480,54 @@ def test_lambda_function_shape_and_environment() -> None:
         "TENANT_CONFIG_TABLE",
         "DELIVERY_LEDGER_TABLE",
         "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN",
+        "LEDGER_RETENTION_DAYS",
+        "LAMBDA_TIME_RESERVE_SECONDS",
+        "METRICS_NAMESPACE",
     }
     assert fn["Environment"]["Variables"]["EXECUTION_MODE"] == "lambda"
-    assert int(template["Parameters"]["TimeoutSeconds"]["MaxValue"]) <= 900, "must stay below the visibility timeout"
     esm = resolve(template["Resources"]["QueueEventSource"]["Properties"])
     assert esm["BatchSize"] == 10
     assert esm["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_lambda_settings_follow_aws_advice_for_sqs_event_sources() -> None:
+    """Visibility at least 6x the function timeout, maxReceiveCount at least 5, and the event source's
+    MaximumConcurrency rather than reserved concurrency (which throttles and burns receives)."""
+    lam, resolve = resolved("lambda")
+    sqs, resolve_sqs = resolved("sqs")
+    visibility = resolve_sqs(sqs["Resources"]["DeliveryQueue"]["Properties"])["VisibilityTimeout"]
+    timeout = lam["Parameters"]["TimeoutSeconds"]
+    assert visibility >= 6 * int(timeout["MaxValue"]) and visibility >= 6 * int(timeout["Default"])
+    redrive = resolve_sqs(sqs["Resources"]["DeliveryQueue"]["Properties"])["RedrivePolicy"]
+    assert redrive["maxReceiveCount"] >= 5
+    fn = resolve(lam["Resources"]["LogDistributorFunction"]["Properties"])
+    assert "ReservedConcurrentExecutions" not in fn
+    esm = resolve(lam["Resources"]["QueueEventSource"]["Properties"])
+    assert 2 <= int(esm["ScalingConfig"]["MaximumConcurrency"]) <= 1000
+    reserve = int(lam["Parameters"]["TimeReserveSeconds"]["Default"])
+    assert reserve < int(timeout["MinValue"]), "the reserve must leave time to start records"
+
+
+def test_alarms_cover_the_queue_the_dlq_and_the_lambda_path() -> None:
+    alarms = {}
+    for name in ("sqs", "lambda"):
+        template, resolve = resolved(name, **({"CanaryTenant": "log-canary"} if name == "lambda" else {}))
+        for logical, res in template["Resources"].items():
+            if res["Type"] == "AWS::CloudWatch::Alarm":
+                alarms[logical] = resolve(res["Properties"])
+    metrics = {(a["Namespace"], a["MetricName"]) for a in alarms.values()}
+    assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible") in metrics  # DLQ not empty
+    assert ("AWS/SQS", "ApproximateAgeOfOldestMessage") in metrics
+    assert {("AWS/Lambda", "Errors"), ("AWS/Lambda", "Throttles")} <= metrics
+    canary = alarms["CanaryLateAlarm"]
+    assert canary["TreatMissingData"] == "breaching"
+    # The EMF metric names the handler prints are the Prometheus names (pipeline/consumer/emf.py).
+    from pipeline.consumer.metrics import Metrics
+
+    exported = {f.name + "_total" for f in Metrics().registry.collect() if f.type == "counter"}
+    for a in alarms.values():
+        if a["Namespace"] == "<MetricsNamespace>" or not a["Namespace"].startswith("AWS/"):
+            assert a["MetricName"] in exported, a["MetricName"]
 
 
 @pytest.mark.parametrize(
