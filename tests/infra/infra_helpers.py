@@ -23,6 +23,7 @@ TEMPLATES = {
     "core": CFN_DIR / "regional" / "core-infrastructure.yaml",
     "sqs": CFN_DIR / "regional" / "sqs-stack.yaml",
     "lambda": CFN_DIR / "regional" / "lambda-stack.yaml",
+    "tenant-api": CFN_DIR / "regional" / "tenant-api.yaml",
     "customer": CFN_DIR / "customer" / "customer-log-distribution-role.yaml",
     "cluster": CFN_DIR / "cluster" / "cluster-iam-roles.yaml",
     "replay": CFN_DIR / "cluster" / "replay-role.yaml",

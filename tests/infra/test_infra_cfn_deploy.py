@@ -25,6 +25,10 @@ import pytest
 from infra_helpers import ACCOUNT, CFN_DIR, REGION, TEMPLATES, Resolver, load_template, template_params
 
 MOTO_SKIPS = {"AWS::SNS::TopicPolicy", "AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::SNS::Subscription",
+              # moto's CloudFormation does not create these (the tenant API's secret and HTTP API), or
+              # gives them no physical id (the permission API Gateway invokes the function with).
+              "AWS::SecretsManager::Secret", "AWS::ApiGatewayV2::Api", "AWS::ApiGatewayV2::Integration",
+              "AWS::ApiGatewayV2::Route", "AWS::ApiGatewayV2::Stage", "AWS::Lambda::Permission",
               # moto creates no alarms (checked statically in test_infra_cfn_static.py)
               "AWS::CloudWatch::Alarm"}  # fmt: skip
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/log-processor:1.0"
@@ -101,6 +105,13 @@ def deployed(moto_server: Any) -> Iterator[Deployed]:
         TenantConfigTableName=core["TenantConfigTableName"],
         DeliveryLedgerTableName=core["DeliveryLedgerTableName"],
         LedgerRetentionDays=core["LedgerRetentionDays"],
+        CentralLogDistributionRoleArn=central,
+    )
+    d.deploy(
+        "tenant-api",
+        EcrImageUri=IMAGE,
+        TenantConfigTableName=core["TenantTableV2Name"],
+        LogsKeyArn=core["LogsKeyArn"],
         CentralLogDistributionRoleArn=central,
     )
     d.deploy("customer", CentralLogDistributionRoleArn=central, LogGroupName="/logs/acme")
@@ -313,7 +324,10 @@ def test_lambda_function_and_event_source(deployed: Deployed) -> None:
     assert esm["EventSourceArn"] == deployed.outputs["sqs"]["QueueArn"]
     assert esm["BatchSize"] == 10
     assert esm["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    groups = deployed.client("logs").describe_log_groups(logGroupNamePrefix="/aws/lambda/")["logGroups"]
+    # (the tenant API stack's function has a group of its own under /aws/lambda/ too)
+    groups = deployed.client("logs").describe_log_groups(logGroupNamePrefix=f"/aws/lambda/{out['FunctionName']}")[
+        "logGroups"
+    ]
     assert [g["logGroupName"] for g in groups] == [f"/aws/lambda/{out['FunctionName']}"]
     iam = deployed.client("iam")
     assert iam.list_role_policies(RoleName=core["ProcessorRoleName"])["PolicyNames"], "no SQS policy on the role"

@@ -1,0 +1,82 @@
+"""The tenant API's deployable parts: the CloudFormation stack (Lambda behind an HTTP API, the key in
+Secrets Manager) and the Kubernetes Deployment in k8s/consumer (probes, non-root, resources, reachable only
+from the control plane and monitoring)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infra_helpers import TEMPLATES, Resolver, load_template, template_params
+from test_infra_k8s import find, render
+from test_infra_security import reachable_from
+
+PARAMS = {
+    "EcrImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/log-processor:1",
+    "TenantConfigTableName": "tenants",
+    "LogsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/k-1",
+    "CentralLogDistributionRoleArn": "arn:aws:iam::123456789012:role/CentralLogDistributionRole",
+}
+
+
+def resolved() -> tuple[dict[str, Any], Resolver]:
+    template = load_template(TEMPLATES["tenant-api"])
+    return template, Resolver(template, template_params(template, PARAMS))
+
+
+def test_the_function_reads_its_key_from_the_stack_secret_and_never_holds_it() -> None:
+    template, resolve = resolved()
+    fn = resolve(template["Resources"]["TenantApiFunction"]["Properties"])
+    env = fn["Environment"]["Variables"]
+    assert env["TENANT_API_KEY_SECRET_ARN"] == "<ApiKeySecret>"
+    assert "TENANT_API_KEY" not in env
+    assert env["TENANT_CONFIG_TABLE"] == "tenants"
+    assert fn["ImageConfig"]["Command"] == ["pipeline.api.lambda_handler.handler"]
+    secret = template["Resources"]["ApiKeySecret"]["Properties"]
+    assert "SecretString" not in secret and secret["GenerateSecretString"]["PasswordLength"] >= 32
+
+
+def test_the_role_reads_only_its_secret_and_writes_only_the_tenant_table() -> None:
+    template, resolve = resolved()
+    (policy,) = resolve(template["Resources"]["TenantApiRole"]["Properties"]["Policies"])
+    grants = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
+    assert grants["ApiKey"]["Action"] == "secretsmanager:GetSecretValue"
+    assert grants["ApiKey"]["Resource"] == "<ApiKeySecret>"
+    assert grants["TenantTable"]["Resource"].endswith(":table/tenants")
+    assert grants["PreflightFirstHop"] == {"Sid": "PreflightFirstHop", "Effect": "Allow", "Action": "sts:AssumeRole",
+                                           "Resource": PARAMS["CentralLogDistributionRoleArn"]}  # fmt: skip
+    actions = {a for s in grants.values() for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert not any(a.endswith("*") for a in actions)
+    assert not {"s3:PutObject", "logs:CreateLogGroup"} & actions  # the preflight writes with the tenant's role
+
+
+def test_the_http_api_proxies_every_route_to_the_function() -> None:
+    template, resolve = resolved()
+    res = template["Resources"]
+    assert resolve(res["DefaultRoute"]["Properties"])["RouteKey"] == "$default"
+    assert resolve(res["LambdaIntegration"]["Properties"])["PayloadFormatVersion"] == "2.0"
+    # The service authenticates every request itself (HMAC); an authorizer would need the key too.
+    assert "AuthorizationType" not in res["DefaultRoute"]["Properties"]
+
+
+def test_the_deployment_is_probed_non_root_with_resources_and_reachable_only_from_named_peers() -> None:
+    objs = render("consumer")
+    dep = find(objs, "Deployment", "tenant-api")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert pod["serviceAccountName"] == "tenant-api"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and "memory" in c["resources"]["limits"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": 8080}
+    assert c["command"] == ["python", "-m", "jobs.tenants"] and c["args"][0] == "serve"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["TENANT_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "tenant-api-key"
+    assert {p["containerPort"] for p in c["ports"]} == {8080}
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert reachable_from(objs, "log-delivery", labels, 8080) == {"tenant-control-plane"}
+    # The consumer's pods do not take API calls, and the API's pods are not the consumer's.
+    consumer = find(objs, "Deployment", "log-consumer")["spec"]["template"]["metadata"]["labels"]
+    assert consumer != labels
