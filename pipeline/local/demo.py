@@ -9,8 +9,11 @@ one, then reads every tenant's own CloudWatch and bucket back and shows what arr
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,15 +21,16 @@ from typing import Any
 import orjson
 
 from pipeline.local.generator import DamageKind, GeneratorConfig, write_dataset
-from pipeline.local.provision import LocalEnvironment, provision
+from pipeline.local.provision import LocalEnvironment, SampleTenant, create_tenant_resources, provision
 from pipeline.local.readback import read_bucket, read_group
-from pipeline.local.server import MotoServer
+from pipeline.local.server import MotoServer, free_port
 
 DEMO_TENANT = "acme"
 REPORT_PATH = Path("reports/demo-report.json")
 BACKFILL_REPORT_PATH = Path("reports/demo-backfill-report.json")
 BACKFILL_DAYS = 30
 BACKFILL_TENANTS = ("umbrella", "hooli")
+ONBOARDED_TENANT = "wayne"  # onboarded through the tenant API, not provisioned
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -124,6 +128,56 @@ def _show_deliveries(report: dict[str, Any]) -> None:
             print(f"    skipped: {skipped}")
 
 
+def _onboard_through_the_api(env: LocalEnvironment) -> bool:
+    """Onboard a new tenant through the tenant API (signed requests over HTTP), then run its preflight."""
+    import httpx
+    import uvicorn
+
+    from pipeline.admin.preflight import Preflight
+    from pipeline.admin.store import TenantStore
+    from pipeline.api.app import create_app
+    from pipeline.api.auth import sign
+
+    tenant = SampleTenant(ONBOARDED_TENANT, "666666666666")
+    create_tenant_resources(env, tenant)  # what the customer deploys in its own account
+    key = secrets.token_urlsafe(32)
+    store = TenantStore(env.names.tenant_table, env.client("dynamodb"), actor="demo")
+    app = create_app(key, store, Preflight(env.central_role_arn))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    saved = {k: os.environ.get(k) for k in env.env}
+    os.environ.update(env.env)  # the preflight's STS, CloudWatch and S3 clients go to the local AWS
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+
+        def call(method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+            raw = orjson.dumps(body) if body is not None else b""
+            headers = sign(key, method, path, raw)
+            return httpx.request(method, f"http://127.0.0.1:{port}{path}", content=raw, headers=headers, timeout=30)
+
+        path = f"/tenants/{ONBOARDED_TENANT}/deliveries/cloudwatch"
+        _banner(f"Onboarding tenant {ONBOARDED_TENANT} through the tenant API: PUT {path}")
+        item = {k: v for k, v in tenant.delivery_items()[0].items() if k not in ("tenant_id", "delivery_id")}
+        put = call("PUT", path, item)
+        print(f"  {put.status_code} ETag {put.headers.get('etag')}: {tenant.log_group} in account {tenant.account_id}")
+        _banner(f"POST {path}/validate  (the live preflight)")
+        report = call("POST", f"{path}/validate").json()
+        for step in report["steps"]:
+            print(f"  {step['step']:<13} {step['status']:<7} {step['detail'] or step['hint'] or ''}")
+        return put.status_code == 201 and bool(report["ok"])
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_demo() -> int:
     with MotoServer() as server:
         _banner(f"Local AWS (moto server) at {server.endpoint_url}")
@@ -137,6 +191,8 @@ def run_demo() -> int:
             if t.s3 is not None:
                 targets.append(f"S3 s3://{t.bucket}/{t.s3.prefix} (all apps)")
             print(f"  tenant {t.tenant_id:<8} account {t.account_id}  {t.region:<10} {state:<8} {' + '.join(targets)}")
+
+        onboarded = _onboard_through_the_api(env)
 
         _banner("Generating Vector-format objects for the last 6 hours, and 30 days for a backfill")
         now = datetime.now(UTC).replace(microsecond=0)
@@ -187,4 +243,5 @@ def run_demo() -> int:
         print(f"  lines_malformed             {report['lines_malformed']}")
         print(f"  full reports: {REPORT_PATH}, {BACKFILL_REPORT_PATH}")
         print(f"  (replay exit codes {code} and {backfill_code}: 1 means some objects failed, as planted)")
-        return 0 if report["events_delivered"] == total and identical and backfill_code == 0 else 1
+        ok = report["events_delivered"] == total and identical and backfill_code == 0 and onboarded
+        return 0 if ok else 1

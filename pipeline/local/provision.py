@@ -306,18 +306,22 @@ def add_tenants(local: LocalEnvironment, tenants: Iterable[SampleTenant]) -> Non
         # A v1 table holds one CloudWatch delivery per tenant: an S3-only tenant has nothing to put there.
         for item in t.delivery_items() if v2 else [t.config_item()] if t.cloudwatch else []:
             table.put_item(TableName=local.names.tenant_table, Item={k: ser.serialize(v) for k, v in item.items()})
-        iam = local.client("iam", account_id=t.account_id)
-        iam.create_role(
-            RoleName=t.role_arn.rsplit("/", 1)[1],
-            Path=f"/{t.role_path}",
-            AssumeRolePolicyDocument=_trust_policy(
-                local.central_role_arn, external_id=t.external_id or CENTRAL_ACCOUNT_ID
-            ),
-        )
-        if t.cloudwatch:
-            local.client("logs", region=t.region, account_id=t.account_id).create_log_group(logGroupName=t.log_group)
-        if t.s3 is not None:
-            # Made with credentials in the tenant's account, so the bucket belongs to it, not to the central one.
-            s3 = local.client("s3", t.region, t.account_id)
-            config = {} if t.region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": t.region}}
-            s3.create_bucket(Bucket=t.bucket, **config)
+        create_tenant_resources(local, t)
+
+
+def create_tenant_resources(local: LocalEnvironment, t: SampleTenant) -> None:
+    """A tenant's side only: its role (trusting the central role with its ExternalId), group and bucket, in its
+    own account, and nothing in the tenant table (for onboarding it through the CLI or the API)."""
+    iam = local.client("iam", account_id=t.account_id)
+    iam.create_role(
+        RoleName=t.role_arn.rsplit("/", 1)[1],
+        Path=f"/{t.role_path}",
+        AssumeRolePolicyDocument=_trust_policy(local.central_role_arn, external_id=t.external_id or CENTRAL_ACCOUNT_ID),
+    )
+    if t.cloudwatch:
+        local.client("logs", region=t.region, account_id=t.account_id).create_log_group(logGroupName=t.log_group)
+    if t.s3 is not None:
+        # Made with credentials in the tenant's account, so the bucket belongs to it, not to the central one.
+        s3 = local.client("s3", t.region, t.account_id)
+        config = {} if t.region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": t.region}}
+        s3.create_bucket(Bucket=t.bucket, **config)
