@@ -203,7 +203,10 @@ def make_report(
     return report.to_dict()
 
 
-def test_replay_report_notebook(kernel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replay_report_notebook(
+    kernel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, world: tuple[LocalEnvironment, Manifest]
+) -> None:
+    local = world[0]
     since = NOW - timedelta(hours=2)
     ok = [
         {"key": f"prod-1/acme/app/pod/{i}.json.gz", "tenant": "acme", "status": "delivered", "events_delivered": 100}
@@ -217,12 +220,14 @@ def test_replay_report_notebook(kernel: str, tmp_path: Path, monkeypatch: pytest
     ]
     first = make_report(since, ok + damaged, 0.5, [("a//b/c/f.json.gz", "invalid object key: empty segment")])
     second = make_report(since, ok[:2], 2.0, [])
-    (tmp_path / "more").mkdir()
     (tmp_path / "first.json").write_text(json.dumps(first))
-    (tmp_path / "more" / "second.json").write_text(json.dumps(second))
+    # The second where the backfill RayJob writes its reports: the central bucket's reports/ prefix.
+    bucket = local.names.bucket
+    local.client("s3").put_object(Bucket=bucket, Key="reports/second.json", Body=json.dumps(second).encode())
 
     figures = tmp_path / "figures"
-    env = {"REPORT_PATHS": f"{tmp_path / 'first.json'},{tmp_path / 'more' / '*.json'}", "FIGURES_DIR": str(figures)}
+    paths = f"{tmp_path / 'first.json'},s3://{bucket}/reports/"
+    env = {**local.env, "REPORT_PATHS": paths, "FIGURES_DIR": str(figures)}
     r = results(run_notebook("replay_report.ipynb", kernel, tmp_path, env, monkeypatch), "REPLAY_RESULTS")
 
     assert r["reports"] == ["first", "second"]
