@@ -48,8 +48,8 @@ ENVIRONMENT = f"Settings from the environment: TENANT_CONFIG_TABLE, {AWS_ENV}."
 @click.group(
     context_settings=CONTEXT_SETTINGS,
     epilog=(
-        f"{ENVIRONMENT} Exit codes: 0 ok; 1 an invalid delivery or a migration conflict was found (the output "
-        "names it); 2 bad usage; 3 configuration: no table name, a table that does not exist or cannot be "
+        f"{ENVIRONMENT} Exit codes: 0 ok; 1 an invalid delivery, a failed preflight or a migration conflict "
+        "(the output names it); 2 bad usage; 3 configuration: no table name, a table that does not exist or cannot be "
         "reached, or one with the wrong key schema. Run COMMAND --help for each command."
     ),
 )
