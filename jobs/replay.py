@@ -95,8 +95,10 @@ from pipeline.timespec import HELP as TIME_HELP
     "--report",
     "report_path",
     metavar="PATH|s3://BUCKET/KEY",
+    envvar="REPLAY_REPORT",
     help="Write the JSON report to a file or to S3; a target ending in / is a prefix, and the report is named "
-    "replay-<start time>.json under it.",
+    "replay-<start time>.json under it; {bucket} is the central bucket (s3://{bucket}/reports/). "
+    "[default: $REPLAY_REPORT]",
 )
 @click.option("--progress/--no-progress", default=None, help="Progress bar. [default: on a terminal only]")
 @click.option("--log-level", default="INFO", show_default=True, help="Structured log level (JSON on stderr).")

@@ -187,9 +187,11 @@ case "$TYPE" in
   replay)
     [[ -n "$CLUSTER_NAME" && -n "$OIDC_PROVIDER" ]] || die "replay needs --cluster-name and --oidc-provider"
     value="$(output "$CORE_STACK" DeliveryPolicyArn)"
+    bucket="$(output "$CORE_STACK" BucketName)"
+    key="$(output "$CORE_STACK" LogsKeyArn)"
     deploy "$PROJECT-$ENVIRONMENT-replay-$CLUSTER_NAME" cluster/replay-role.yaml \
       "ProjectName=$PROJECT" "ClusterName=$CLUSTER_NAME" "OidcProvider=$OIDC_PROVIDER" \
-      "DeliveryPolicyArn=$value"
+      "DeliveryPolicyArn=$value" "BucketName=$bucket" "LogsKeyArn=$key"
     ;;
   *) die "unknown type $TYPE (global|regional|customer|cluster|replay)" ;;
 esac

@@ -226,8 +226,10 @@ def default_workers(env: Mapping[str, str] | None = None) -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def report_target(target: str, started: datetime) -> str:
-    """The report's file or URI; a target ending in / is a prefix, and the report is named by its start."""
+def report_target(target: str, started: datetime, bucket: str = "") -> str:
+    """The report's file or URI; a target ending in / is a prefix, and the report is named by its start.
+    `{bucket}` stands for the central bucket, so a manifest names its reports/ prefix without repeating it."""
+    target = target.replace("{bucket}", bucket)
     if target.endswith("/"):
         return f"{target}replay-{started:%Y%m%dT%H%M%SZ}.json"
     return target
@@ -272,7 +274,7 @@ def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> in
     for f in doc["objects_failed"][:20]:
         print(f"  FAILED {f['key']}: {f['reason']}", file=out)
     if opts.report_path:
-        target = report_target(opts.report_path, started)
+        target = report_target(opts.report_path, started, settings.bucket)
         storage.write_bytes(target, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
         print(f"Report written to {target}", file=out)
     return report.exit_code

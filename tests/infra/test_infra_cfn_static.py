@@ -560,6 +560,21 @@ def test_replay_role_gets_the_delivery_policy_and_nothing_else() -> None:
     props = resolve(template["Resources"]["ReplayRole"]["Properties"])
     assert props["ManagedPolicyArns"] == [REQUIRED_PARAMS["replay"]["DeliveryPolicyArn"]]
     assert "Policies" not in props
+    # With the bucket given, one more thing: its reports under reports/, outside every cluster's prefix.
+    key = "arn:aws:kms:us-east-1:123456789012:key/k"
+    template, resolve = resolved("replay", BucketName="central", LogsKeyArn=key)
+    assert resolve.exists("ReportWriterPolicy") and not resolved("replay")[1].exists("ReportWriterPolicy")
+    policy = resolve(template["Resources"]["ReportWriterPolicy"]["Properties"])
+    assert policy["Roles"] == ["<ReplayRole>"]
+    assert statements(policy["PolicyDocument"]) == [
+        {
+            "Sid": "WriteReports",
+            "Effect": "Allow",
+            "Action": "s3:PutObject",
+            "Resource": "arn:aws:s3:::central/reports/*",
+        },
+        {"Sid": "EncryptReports", "Effect": "Allow", "Action": "kms:GenerateDataKey", "Resource": key},
+    ]
     core, core_resolve = resolved("core")
     doc = core_resolve(core["Resources"]["DeliveryPolicy"]["Properties"]["PolicyDocument"])
     actions = {a for st in statements(doc) for a in as_list(st["Action"])}

@@ -215,6 +215,7 @@ def test_consumer_deployment() -> None:
         "DELIVERY_LEDGER_TABLE",
         "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN",
         "SQS_QUEUE_URL",
+        "LEDGER_RETENTION_DAYS",
     }
     assert find(objs, "PodDisruptionBudget")["spec"]["selector"] == dep["spec"]["selector"]
 
@@ -298,3 +299,45 @@ def test_backfill_cronjob_creates_the_rayjob_template() -> None:
     assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
     launcher = find(objs, "ServiceAccount", pod["serviceAccountName"])
     assert "annotations" not in launcher["metadata"], "the launcher needs no AWS role"
+
+
+def _quantity_mib(q: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
+    for suffix, factor in units.items():
+        if q.endswith(suffix):
+            return float(q[: -len(suffix)]) * factor
+    return float(q) / 1048576
+
+
+@pytest.mark.parametrize("which", ["raycluster", "rayjob", "backfill"])
+def test_replay_workers_are_what_the_cluster_can_grow_to(which: str) -> None:
+    """The head's REPLAY_WORKERS (the driver's --workers) is the worker group's maxReplicas times the workers
+    one worker pod holds, by the CPU and memory each worker asks Ray for."""
+    from pipeline.replay.budget import DEFAULT_BUDGET_MIB
+    from pipeline.replay.workers import worker_options
+
+    objs = render("kuberay")
+    obj = {
+        "raycluster": lambda: find(objs, "RayCluster"),
+        "rayjob": lambda: load_docs(ADHOC_RAYJOB)[0],
+        "backfill": lambda: backfill_rayjob(objs),
+    }[which]()
+    spec = obj["spec"]["rayClusterSpec"] if obj["kind"] == "RayJob" else obj["spec"]
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    workers = int({e["name"]: e["value"] for e in head.get("env", [])}["REPLAY_WORKERS"])
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    opts = worker_options(DEFAULT_BUDGET_MIB)
+    per_pod_total = 0
+    for group in spec["workerGroupSpecs"]:
+        requests = group["template"]["spec"]["containers"][0]["resources"]["requests"]
+        by_cpu = int(float(requests["cpu"]) // opts["num_cpus"])
+        # Ray keeps about 30 % of a node's memory for its object store.
+        by_memory = int(_quantity_mib(requests["memory"]) * 0.7 // (opts["memory"] / 1048576))
+        per_pod_total += group["maxReplicas"] * min(by_cpu, by_memory)
+    assert workers == per_pod_total
+
+
+def test_backfill_writes_its_report_to_the_reports_prefix_of_the_central_bucket() -> None:
+    job = backfill_rayjob(render("kuberay"))
+    args = shlex.split(job["spec"]["entrypoint"])
+    assert args[args.index("--report") + 1] == "s3://{bucket}/reports/"
