@@ -63,7 +63,7 @@ class CredentialBroker:
         base_sts: Any | None = None,
     ) -> None:
         self.central_role_arn = central_role_arn
-        # The customer role's trust requires ExternalId = the central account id (CONTRACTS.md §4).
+        # The ExternalId a delivery uses when it names none of its own: the central account id (CONTRACTS.md §4).
         self.external_id = account_of(central_role_arn)
         self._margin = refresh_margin
         self._clock = clock

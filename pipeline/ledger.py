@@ -1,4 +1,4 @@
-"""The delivery ledger: a durable record of what each object delivered to each delivery (CONTRACTS.md §7).
+"""The delivery ledger: a durable record of what each object delivered to each delivery (CONTRACTS.md §10).
 
 One item per (tenant, object key), a key schema that never changes. What each of the tenant's deliveries
 received lives inside it, in the map `deliveries`: per `delivery_id`, the ETag it was delivered at, its

@@ -1,4 +1,4 @@
-"""The delivery ledger (CONTRACTS.md §7): one item per (tenant, object), a record per delivery inside it.
+"""The delivery ledger (CONTRACTS.md §10): one item per (tenant, object), a record per delivery inside it.
 
 Against the local DynamoDB, except the UnprocessedKeys rounds of `delivered_many`, which a scripted client
 plays (DynamoDB only leaves keys unprocessed under throttling).
