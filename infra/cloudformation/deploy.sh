@@ -8,22 +8,25 @@
 #   3. -t customer   the tenant's CustomerLogDistribution role (in the tenant's account)
 #      --bucket-name     + an S3 destination: PutObject under --bucket-prefix (bucket created, or --existing-bucket)
 #   4. -t cluster    IRSA roles for Vector (writes under its cluster id) and the consumer (per cluster)
+#      --central-role-arn  + the tenant API's IRSA role
 #   5. -t replay     IRSA role for the KubeRay replay          (per Kubernetes cluster)
+#   6. -t tenant-api the tenant management API: Lambda behind an HTTP API (per region, after regional)
 # Later stacks read earlier stacks' outputs with describe-stacks; --dry-run prints the commands only.
 set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: deploy.sh -t global|regional|customer|cluster|replay [options]
+Usage: deploy.sh -t global|regional|customer|cluster|replay|tenant-api [options]
   -t, --type TYPE              stack type (required)
   -r, --region REGION          AWS region (default: $AWS_REGION, then us-east-1)
   -e, --environment ENV        development|staging|production (default: $ENVIRONMENT, then development)
   -p, --project NAME           project prefix (default: multi-tenant-logging)
   -b, --template-bucket NAME   S3 bucket to upload templates through (large templates)
-      --central-role-arn ARN   global stack's CentralLogDistributionRoleArn (regional, customer)
+      --central-role-arn ARN   global stack's CentralLogDistributionRoleArn (regional, customer,
+                               tenant-api; cluster: also creates the tenant API's IRSA role)
       --include-sqs            regional: also deploy the SQS stack
       --include-lambda         regional: also deploy the Lambda stack (requires --include-sqs)
-      --ecr-image-uri URI      regional Lambda: the processor image in ECR
+      --ecr-image-uri URI      regional Lambda, tenant-api: the processor image in ECR
       --tenant-table-mode MODE regional: v2 | v1-and-v2-read-v1 | v1-and-v2-read-v2 (docs/DEPLOY.md,
                                "Migrating a v1 tenant table to v2"). Default: the stack's current mode;
                                v2 for a new stack; v1-and-v2-read-v1 for a stack from before v2
@@ -182,6 +185,12 @@ case "$TYPE" in
       value="$(output "$SQS_STACK" QueueConsumerPolicyArn)"
       params+=("QueueConsumerPolicyArn=$value")
     fi
+    # Only then: a core stack from before the v2 table has no TenantTableV2Name, and a cluster without
+    # the tenant API should not need one.
+    if [[ -n "$CENTRAL_ROLE_ARN" ]]; then
+      value="$(output "$CORE_STACK" TenantTableV2Name)"
+      params+=("TenantConfigTableName=$value" "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN")
+    fi
     deploy "$PROJECT-$ENVIRONMENT-cluster-$CLUSTER_NAME" cluster/cluster-iam-roles.yaml "${params[@]}"
     ;;
   replay)
@@ -193,5 +202,15 @@ case "$TYPE" in
       "ProjectName=$PROJECT" "ClusterName=$CLUSTER_NAME" "OidcProvider=$OIDC_PROVIDER" \
       "DeliveryPolicyArn=$value" "BucketName=$bucket" "LogsKeyArn=$key"
     ;;
-  *) die "unknown type $TYPE (global|regional|customer|cluster|replay)" ;;
+  tenant-api)
+    [[ -n "$CENTRAL_ROLE_ARN" ]] || die "tenant-api needs --central-role-arn (output of -t global)"
+    [[ -n "$ECR_IMAGE_URI" ]] || die "tenant-api needs --ecr-image-uri"
+    # The v2 table, not TenantConfigTableName: mid-migration that one is v1, which the API cannot write.
+    table="$(output "$CORE_STACK" TenantTableV2Name)"
+    key="$(output "$CORE_STACK" LogsKeyArn)"
+    deploy "$PROJECT-$ENVIRONMENT-tenant-api" regional/tenant-api.yaml \
+      "ProjectName=$PROJECT" "Environment=$ENVIRONMENT" "EcrImageUri=$ECR_IMAGE_URI" \
+      "TenantConfigTableName=$table" "LogsKeyArn=$key" "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN"
+    ;;
+  *) die "unknown type $TYPE (global|regional|customer|cluster|replay|tenant-api)" ;;
 esac

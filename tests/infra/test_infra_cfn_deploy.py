@@ -123,6 +123,18 @@ def deployed(moto_server: Any) -> Iterator[Deployed]:
         LogsKeyArn=core["LogsKeyArn"],
         DeliveryPolicyArn=core["DeliveryPolicyArn"],
         QueueConsumerPolicyArn=sqs["QueueConsumerPolicyArn"],
+        TenantConfigTableName=core["TenantTableV2Name"],
+        CentralLogDistributionRoleArn=central,
+    )
+    # A cluster stack deployed as before the tenant API (no central role): it still deploys, without that role.
+    d.deploy(
+        "cluster",
+        key="cluster-collect-only",
+        ClusterName="prod-2",
+        OidcProvider=OIDC,
+        BucketName=core["BucketName"],
+        LogsKeyArn=core["LogsKeyArn"],
+        DeliveryPolicyArn=core["DeliveryPolicyArn"],
     )
     d.deploy("replay", ClusterName="prod-1", OidcProvider=OIDC, DeliveryPolicyArn=core["DeliveryPolicyArn"])
     # An older deployment half way through its migration: v1 table beside v2, processors still on v1.
@@ -160,7 +172,7 @@ def deployed(moto_server: Any) -> Iterator[Deployed]:
     moto_server.reset()
 
 
-STACKS = [*sorted(TEMPLATES), "core-migrating", "customer-bucket", "customer-existing-bucket"]
+STACKS = [*sorted(TEMPLATES), "core-migrating", "customer-bucket", "customer-existing-bucket", "cluster-collect-only"]
 
 
 @pytest.mark.parametrize("key", STACKS)
@@ -420,6 +432,7 @@ def test_collector_role_writes_only_under_its_cluster_id(deployed: Deployed) -> 
     [
         ("multi-tenant-logging-prod-1-vector", "system:serviceaccount:logging:vector-logs"),
         ("multi-tenant-logging-prod-1-processor", "system:serviceaccount:log-delivery:log-consumer"),
+        ("multi-tenant-logging-prod-1-tenant-api", "system:serviceaccount:log-delivery:tenant-api"),
         ("multi-tenant-logging-prod-1-replay", "system:serviceaccount:log-replay:log-replay"),
     ],
 )
@@ -428,6 +441,25 @@ def test_irsa_roles(deployed: Deployed, role: str, subject: str) -> None:
     (st,) = doc["Statement"]
     assert st["Principal"] == {"Federated": f"arn:aws:iam::{ACCOUNT}:oidc-provider/{OIDC}"}
     assert st["Condition"]["StringEquals"][f"{OIDC}:sub"] == subject
+
+
+def test_cluster_tenant_api_role_reads_and_writes_the_v2_table_and_takes_the_first_hop(deployed: Deployed) -> None:
+    iam = deployed.client("iam")
+    core, cluster = deployed.outputs["core"], deployed.outputs["cluster"]
+    name = "multi-tenant-logging-prod-1-tenant-api"
+    assert cluster["TenantApiRoleArn"] == iam.get_role(RoleName=name)["Role"]["Arn"]
+    (policy,) = iam.list_role_policies(RoleName=name)["PolicyNames"]
+    doc = as_doc(iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"])
+    by_sid = {st["Sid"]: st for st in as_list(doc["Statement"])}
+    assert set(by_sid) == {"TenantTable", "TableKey", "PreflightFirstHop"}, "no secret, no log group in the cluster"
+    assert by_sid["TenantTable"]["Resource"] == table_arn(deployed, core["TenantTableV2Name"])
+    assert by_sid["TableKey"]["Resource"] == core["LogsKeyArn"]
+    assert by_sid["PreflightFirstHop"]["Resource"] == deployed.outputs["global"]["CentralLogDistributionRoleArn"]
+    # Without the central role the stack keeps its two roles only.
+    assert "TenantApiRoleArn" not in deployed.outputs["cluster-collect-only"]
+    roles = {r["RoleName"] for r in iam.list_roles()["Roles"]}
+    assert {"multi-tenant-logging-prod-2-vector", "multi-tenant-logging-prod-2-processor"} <= roles
+    assert "multi-tenant-logging-prod-2-tenant-api" not in roles
 
 
 def as_list(value: Any) -> list[Any]:
@@ -499,7 +531,10 @@ def test_deploy_sh_regional_deploys_core_then_sqs_then_lambda_with_valid_paramet
         ("-t", "regional", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--tenant-table-mode",
          "v1-and-v2-read-v2"),
         ("-t", "cluster", "--cluster-name", "c1", "--oidc-provider", "https://oidc.x/id/1", "--include-sqs"),
+        ("-t", "cluster", "--cluster-name", "c1", "--oidc-provider", "oidc.x/id/1", "--central-role-arn",
+         "arn:aws:iam::123456789012:role/c"),
         ("-t", "replay", "--cluster-name", "c1", "--oidc-provider", "oidc.x/id/1"),
+        ("-t", "tenant-api", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--ecr-image-uri", IMAGE),
     ],
 )  # fmt: skip
 def test_deploy_sh_passes_exactly_the_template_parameters(args: tuple[str, ...]) -> None:
@@ -519,6 +554,8 @@ def test_deploy_sh_passes_exactly_the_template_parameters(args: tuple[str, ...])
         (("-t", "regional", "--central-role-arn", "a", "--include-lambda", "--ecr-image-uri", "x"), "--include-sqs"),
         (("-t", "regional", "--central-role-arn", "a", "--include-sqs", "--include-lambda"), "--ecr-image-uri"),
         (("-t", "cluster", "--cluster-name", "c"), "--oidc-provider"),
+        (("-t", "tenant-api", "--ecr-image-uri", IMAGE), "--central-role-arn"),
+        (("-t", "tenant-api", "--central-role-arn", "a"), "--ecr-image-uri"),
         (("-t", "nope",), "unknown type"),
         (("-t", "customer", "--central-role-arn", "a", "--kms-key-arn", "k"), "need --bucket-name"),
         (("-t", "customer", "--central-role-arn", "a", "--existing-bucket"), "need --bucket-name"),
@@ -531,6 +568,33 @@ def test_deploy_sh_refuses_incomplete_flags(args: tuple[str, ...], message: str)
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "aws cloudformation deploy" not in proc.stdout
+
+
+def test_deploy_sh_tenant_api_reads_the_v2_table_and_the_key_from_the_core_stack() -> None:
+    central = f"arn:aws:iam::{ACCOUNT}:role/CentralLogDistributionRole"
+    ((stack, template, params),) = deploy_commands(
+        "-t", "tenant-api", "-e", "production", "--central-role-arn", central, "--ecr-image-uri", IMAGE
+    )
+    assert (stack, template) == ("multi-tenant-logging-production-tenant-api", str(TEMPLATES["tenant-api"]))
+    assert params == {
+        "ProjectName": "multi-tenant-logging",
+        "Environment": "production",
+        "EcrImageUri": IMAGE,
+        # the API writes v2 items only: the v2 table even while the processors still read v1
+        "TenantConfigTableName": "<multi-tenant-logging-production-core.TenantTableV2Name>",
+        "LogsKeyArn": "<multi-tenant-logging-production-core.LogsKeyArn>",
+        "CentralLogDistributionRoleArn": central,
+    }
+
+
+def test_deploy_sh_cluster_adds_the_tenant_api_role_only_with_the_central_role() -> None:
+    base = ("-t", "cluster", "--cluster-name", "c1", "--oidc-provider", OIDC)
+    ((_, _, params),) = deploy_commands(*base)
+    assert not {"TenantConfigTableName", "CentralLogDistributionRoleArn"} & set(params)
+    central = f"arn:aws:iam::{ACCOUNT}:role/CentralLogDistributionRole"
+    ((_, _, params),) = deploy_commands(*base, "--central-role-arn", central)
+    assert params["CentralLogDistributionRoleArn"] == central
+    assert params["TenantConfigTableName"] == "<multi-tenant-logging-development-core.TenantTableV2Name>"
 
 
 def test_deploy_sh_customer_bucket_flags_become_the_s3_parameters() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import subprocess
 from pathlib import Path
@@ -124,12 +125,53 @@ def test_central_role_assumes_exactly_customer_roles_with_or_without_a_path_and_
     policy_types = ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
     other = [r for r, res in template["Resources"].items() if res["Type"] in policy_types]
     assert not other, f"extra policies in the global stack: {other}"
-    # Only the project's processor and replay roles may take the first hop.
+    # Only the project's processor, replay and tenant API roles may take the first hop.
     trust = statements(resolve(role["AssumeRolePolicyDocument"]))
     assert trust[0]["Condition"]["ArnLike"]["aws:PrincipalArn"] == [
         f"arn:aws:iam::{ACCOUNT}:role/multi-tenant-logging-*-processor",
         f"arn:aws:iam::{ACCOUNT}:role/multi-tenant-logging-*-replay",
+        f"arn:aws:iam::{ACCOUNT}:role/multi-tenant-logging-*-tenant-api",
     ]
+
+
+TENANT_API_PARAMS = {
+    "EcrImageUri": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/log-processor:1",
+    "TenantConfigTableName": "multi-tenant-logging-development-tenant-deliveries",
+    "LogsKeyArn": REQUIRED_PARAMS["cluster"]["LogsKeyArn"],
+    "CentralLogDistributionRoleArn": CENTRAL_ARN,
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "role", "params"),
+    [
+        ("core", "ProcessorRole", {}),
+        ("cluster", "ProcessorRole", {}),
+        ("replay", "ReplayRole", {}),
+        ("tenant-api", "TenantApiRole", TENANT_API_PARAMS),
+        ("cluster", "TenantApiRole", {"CentralLogDistributionRoleArn": CENTRAL_ARN, "TenantConfigTableName": "t"}),
+    ],
+)
+def test_every_role_that_takes_the_first_hop_is_allowed_by_the_central_trust(
+    name: str, role: str, params: dict[str, str]
+) -> None:
+    """A role the central role's trust does not name fails every preflight and delivery with AccessDenied."""
+    global_template, global_resolve = resolved("global")
+    central = global_template["Resources"]["CentralLogDistributionRole"]["Properties"]
+    (trust,) = statements(global_resolve(central["AssumeRolePolicyDocument"]))
+    patterns = trust["Condition"]["ArnLike"]["aws:PrincipalArn"]
+    # The longest names the parameters allow, so no role outgrows its pattern.
+    longest = {"ProjectName": "multi-tenant-logging", "Environment": "development", "ClusterName": "c" * 21}
+    template = load_template(TEMPLATES[name])
+    overrides = {**REQUIRED_PARAMS.get(name, {}), **params}
+    overrides.update({k: v for k, v in longest.items() if k in template["Parameters"]})
+    resolve = Resolver(template, template_params(template, overrides))
+    assert resolve.exists(role)
+    arn = f"arn:aws:iam::{ACCOUNT}:role/{resolve(template['Resources'][role]['Properties']['RoleName'])}"
+    assert any(fnmatch.fnmatchcase(arn, p) for p in patterns), f"{arn} matches none of {patterns}"
+    # and the collector, which must never take it, does not match
+    vector = resolved("cluster")[1](load_template(TEMPLATES["cluster"])["Resources"]["VectorRole"]["Properties"])
+    assert not any(fnmatch.fnmatchcase(f"arn:aws:iam::{ACCOUNT}:role/{vector['RoleName']}", p) for p in patterns)
 
 
 @pytest.mark.parametrize(("given", "expected"), [(None, "999988887777"), ("acme-7f3a9c", "acme-7f3a9c")])
@@ -535,6 +577,7 @@ def test_alarms_cover_the_queue_the_dlq_and_the_lambda_path() -> None:
     [
         ("cluster", "VectorRole", "logging", "vector-logs"),
         ("cluster", "ProcessorRole", "log-delivery", "log-consumer"),
+        ("cluster", "TenantApiRole", "log-delivery", "tenant-api"),
         ("replay", "ReplayRole", "log-replay", "log-replay"),
     ],
 )
@@ -553,6 +596,45 @@ def test_irsa_roles_trust_one_service_account_through_the_oidc_provider(
             f"{oidc}:aud": "sts.amazonaws.com",
         }
     }
+
+
+def test_cluster_tenant_api_role_is_the_lambda_role_without_its_secret_and_log_grants() -> None:
+    table = TENANT_API_PARAMS["TenantConfigTableName"]
+    template, resolve = resolved("cluster", CentralLogDistributionRoleArn=CENTRAL_ARN, TenantConfigTableName=table)
+    assert resolve.exists("TenantApiRole") and resolve.exists("TenantApiRoleArn")
+    irsa = resolve(template["Resources"]["TenantApiRole"]["Properties"])
+    assert irsa["RoleName"] == "multi-tenant-logging-prod-1-tenant-api"
+    assert "ManagedPolicyArns" not in irsa
+    lambda_template = load_template(TEMPLATES["tenant-api"])
+    lambda_resolve = Resolver(lambda_template, template_params(lambda_template, TENANT_API_PARAMS))
+    lambda_role = lambda_resolve(lambda_template["Resources"]["TenantApiRole"]["Properties"])
+    ((lambda_policy,), (policy,)) = lambda_role["Policies"], irsa["Policies"]
+    lambda_grants = {st["Sid"]: st for st in statements(lambda_policy["PolicyDocument"])}
+    grants = {st["Sid"]: st for st in statements(policy["PolicyDocument"])}
+    # The Deployment reads its key from a Kubernetes Secret and logs to stdout.
+    assert set(lambda_grants) - {"ApiKey", "OwnLogs"} == {"TenantTable", "TableAndSecretKey", "PreflightFirstHop"}
+    assert grants.pop("TableKey") == {**lambda_grants.pop("TableAndSecretKey"), "Sid": "TableKey"}
+    assert grants == {k: v for k, v in lambda_grants.items() if k not in ("ApiKey", "OwnLogs")}
+    assert grants["TenantTable"]["Resource"] == f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{table}"
+    assert grants["PreflightFirstHop"]["Resource"] == CENTRAL_ARN
+    # Without the central role (every cluster stack from before the tenant API): no role, no output.
+    _, resolve = resolved("cluster")
+    assert not resolve.exists("TenantApiRole") and "TenantApiRoleArn" not in resolve.active_outputs()
+    assert {"VectorRole", "ProcessorRole"} == set(resolve.active_resources())
+
+
+def test_cluster_tenant_api_parameters_accept_what_deploy_sh_passes_and_empty() -> None:
+    params = load_template(TEMPLATES["cluster"])["Parameters"]
+    for name, good, bad in (
+        ("CentralLogDistributionRoleArn", [CENTRAL_ARN, "arn:aws:iam::123456789012:role/path/r", ""],
+         ["CentralLogDistributionRole", "arn:aws:iam::1234:role/r"]),
+        ("TenantConfigTableName", ["multi-tenant-logging-development-tenant-deliveries", ""], ["a b", "t/x"]),
+    ):  # fmt: skip
+        assert params[name]["Default"] == ""
+        for value in good:
+            assert re.fullmatch(params[name]["AllowedPattern"], value), (name, value)
+        for value in bad:
+            assert not re.fullmatch(params[name]["AllowedPattern"], value), (name, value)
 
 
 def test_replay_role_gets_the_delivery_policy_and_nothing_else() -> None:

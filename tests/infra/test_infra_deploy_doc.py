@@ -32,6 +32,12 @@ def first(pattern: str) -> int:
         # IRSA roles attach the core (and SQS) stacks' policies
         (r"--include-lambda", r"deploy\.sh -t cluster"),
         (r"deploy\.sh -t regional", r"deploy\.sh -t replay"),
+        # the tenant API reads the core stack's table and key, runs the pushed image and takes the first hop
+        (r"deploy\.sh -t regional", r"deploy\.sh -t tenant-api"),
+        (r"podman push", r"deploy\.sh -t tenant-api"),
+        (r"deploy\.sh -t global", r"deploy\.sh -t tenant-api"),
+        # the tenant API's IRSA role reads the core stack's v2 table
+        (r"deploy\.sh -t regional", r"deploy\.sh -t cluster[^`]*--central-role-arn"),
         # workloads need their IRSA roles
         (r"deploy\.sh -t cluster", r"kubectl apply -k collector/vector/base"),
         (r"deploy\.sh -t cluster", r"kubectl apply -k k8s/consumer"),

@@ -225,6 +225,7 @@ def test_consumer_deployment() -> None:
     [
         ("collector-base", "vector-logs", "cluster", "VectorRole", "VectorNamespace", "VectorServiceAccount"),
         ("consumer", "log-consumer", "cluster", "ProcessorRole", "ProcessorNamespace", "ProcessorServiceAccount"),
+        ("consumer", "tenant-api", "cluster", "TenantApiRole", "ProcessorNamespace", "TenantApiServiceAccount"),
         ("kuberay", "log-replay", "replay", "ReplayRole", "ReplayNamespace", "ReplayServiceAccount"),
     ],
 )  # fmt: skip
