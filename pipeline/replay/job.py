@@ -199,13 +199,30 @@ def _ray_init() -> Any:
 
     if ray.is_initialized():
         return ray
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": True}
+    # Under `ray job submit` the job's own runtime env already reaches every worker, and Ray refuses a driver
+    # env that sets any of its variables again: forward only what the job does not set.
+    job_env = _submitted_job_env_vars()
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) and k not in job_env}
+    kwargs: dict[str, Any] = {"log_to_driver": True}
+    if env_vars:
+        kwargs["runtime_env"] = {"env_vars": env_vars}
     if not os.environ.get("RAY_ADDRESS"):
         # Plain `python jobs/replay.py`: start a local Ray, lean.
         kwargs.update(include_dashboard=False, configure_logging=False)
     ray.init(**kwargs)
     return ray
+
+
+def _submitted_job_env_vars() -> set[str]:
+    """The variables the runtime env of the submitted job (if this driver is one) sets."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
+    try:
+        config = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return set()
+    runtime_env = config.get("runtime_env") or {} if isinstance(config, dict) else {}
+    env_vars = runtime_env.get("env_vars") if isinstance(runtime_env, dict) else None
+    return set(env_vars) if isinstance(env_vars, dict) else set()
 
 
 def default_workers(env: Mapping[str, str] | None = None) -> int:
