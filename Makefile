@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint unit demo bench clean
+.PHONY: test lint unit demo bench lock clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,23 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Hashed lockfiles the images install from (containers/requirements-*.txt). Resolved for the images'
+# platform, not this machine's: Linux x86_64, glibc of both base images, CPython 3.11; wheels only, so an
+# image build never compiles an sdist with unhashed build tools. Existing pins are kept unless pyproject
+# needs others; `make lock LOCK_ARGS=--upgrade` takes the newest allowed versions.
+UV_VERSION  := 0.13.9
+RAY_VERSION  = $(shell sed -n 's/^ARG RAY_VERSION=//p' containers/Containerfile.ray)
+LOCK_FLAGS   = --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+               --only-binary :all: --custom-compile-command 'make lock' $(LOCK_ARGS)
+
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q 'uv==$(UV_VERSION)'
+	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) pyproject.toml --extra consumer containers/requirements-processor.in \
+		-o containers/requirements-processor.txt
+	echo 'ray[default]==$(RAY_VERSION)' | $(VENV)/bin/uv pip compile $(LOCK_FLAGS) pyproject.toml --extra replay \
+		containers/requirements-ray.in - -o containers/requirements-ray.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

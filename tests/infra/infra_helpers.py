@@ -244,9 +244,11 @@ def configmap_refs(pod_spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def render_kustomization(directory: Path) -> list[dict[str, Any]]:
     """Render a kustomization the way `kustomize build` does, for the features this repo uses:
-    resources (files and directories), namespace, configMapGenerator (files, literals, the name hash
-    and its rewrite into workload references), generatorOptions.disableNameSuffixHash, images and
-    strategic-merge patches. Anything else in a kustomization.yaml fails the render loudly."""
+    resources (files and directories), components (with images), namespace, configMapGenerator (files,
+    literals, the name hash and its rewrite into workload references), generatorOptions.disableNameSuffixHash,
+    images, strategic-merge patches and replacements (whole values, or one delimited part). Anything else
+    in a kustomization.yaml fails the render loudly. Order as kustomize's: resources, then components'
+    transformers, then generators, patches, namespace, images, replacements."""
     kust = yaml.safe_load((directory / "kustomization.yaml").read_text())
     supported = {
         "apiVersion",
@@ -257,6 +259,8 @@ def render_kustomization(directory: Path) -> list[dict[str, Any]]:
         "generatorOptions",
         "images",
         "patches",
+        "components",
+        "replacements",
     }
     unknown = set(kust) - supported
     assert not unknown, f"{directory}: kustomization fields this renderer does not implement: {unknown}"
@@ -265,6 +269,13 @@ def render_kustomization(directory: Path) -> list[dict[str, Any]]:
     for res in kust.get("resources", []):
         path = (directory / res).resolve()
         objs.extend(render_kustomization(path) if path.is_dir() else load_docs(path))
+
+    for comp in kust.get("components", []):
+        comp_kust = yaml.safe_load(((directory / comp) / "kustomization.yaml").read_text())
+        assert comp_kust["kind"] == "Component"
+        unknown = set(comp_kust) - {"apiVersion", "kind", "images"}
+        assert not unknown, f"{comp}: component fields this renderer does not implement: {unknown}"
+        set_images(objs, comp_kust.get("images", []))
 
     hash_names = not kust.get("generatorOptions", {}).get("disableNameSuffixHash", False)
     renames: dict[str, str] = {}
@@ -300,9 +311,121 @@ def render_kustomization(directory: Path) -> list[dict[str, Any]]:
         for pod in _pod_specs(obj):
             for ref in configmap_refs(pod):
                 ref["name"] = renames.get(ref["name"], ref["name"])
-            for c in pod.get("containers", []) + pod.get("initContainers", []):
-                for img in kust.get("images", []):
-                    repo, _, tag = c["image"].partition(":")
-                    if repo == img["name"]:
-                        c["image"] = f"{img.get('newName', repo)}:{img.get('newTag', tag)}"
+    set_images(objs, kust.get("images", []))
+    for replacement in kust.get("replacements", []):
+        _replace(objs, replacement)
     return objs
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """("registry:5000/repo", ":tag" or "@sha256:..." or "")."""
+    if "@" in image:
+        name, _, digest = image.partition("@")
+        return name, "@" + digest
+    name, sep, tag = image.rpartition(":")
+    if sep and "/" not in tag:
+        return name, ":" + tag
+    return image, ""
+
+
+def _containers(node: Any) -> Iterator[dict[str, Any]]:
+    """Every container anywhere in an object, as kustomize's images transformer finds them: any list
+    under a field named containers or initContainers (so RayCluster and RayJob pods too)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                yield from (c for c in value if isinstance(c, dict) and "image" in c)
+            else:
+                yield from _containers(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _containers(item)
+
+
+def set_images(objs: list[dict[str, Any]], images: list[dict[str, Any]]) -> None:
+    for obj in objs:
+        for c in _containers(obj):
+            name, ref = split_image(c["image"])
+            for img in images:
+                if name == img["name"]:
+                    if "digest" in img:
+                        ref = "@" + img["digest"]
+                    elif "newTag" in img:
+                        ref = ":" + str(img["newTag"])
+                    c["image"] = img.get("newName", name) + ref
+
+
+def _field_path(path: str) -> list[str]:
+    """kustomize's fieldPath: dot-separated, with [key.with.dots] and [name=value] segments."""
+    return [a or b for a, b in re.findall(r"\[([^\]]+)\]|([^.\[\]]+)", path)]
+
+
+def _walk(node: Any, segment: str) -> Any:
+    if isinstance(node, list):
+        if "=" in segment:
+            key, _, value = segment.partition("=")
+            (match,) = [x for x in node if str(x.get(key)) == value]
+            return match
+        return node[int(segment)]
+    return node[segment]
+
+
+def _selects(obj: dict[str, Any], select: dict[str, Any]) -> bool:
+    assert set(select) <= {"kind", "name", "namespace"}, f"unsupported selector: {select}"
+    fields = {"kind": obj["kind"], **obj["metadata"]}
+    return all(fields.get(k) == v for k, v in select.items())
+
+
+def _replace(objs: list[dict[str, Any]], replacement: dict[str, Any]) -> None:
+    source = dict(replacement["source"])
+    *path, last = _field_path(source.pop("fieldPath", "metadata.name"))
+    (src,) = [o for o in objs if _selects(o, source)]
+    node = src
+    for seg in path:
+        node = _walk(node, seg)
+    value = node[last]
+    for target in replacement["targets"]:
+        assert set(target) <= {"select", "fieldPaths", "options"}, f"unsupported target fields: {target}"
+        options = target.get("options", {})
+        assert set(options) <= {"delimiter", "index"}, f"unsupported options: {options}"
+        selected = [o for o in objs if _selects(o, target["select"])]
+        assert selected, f"replacement target {target['select']} selects nothing"
+        for obj in selected:
+            for fp in target["fieldPaths"]:
+                *path, last = _field_path(fp)
+                node = obj
+                for seg in path:
+                    node = _walk(node, seg)
+                new = value
+                if "delimiter" in options:
+                    parts = node[last].split(options["delimiter"])
+                    # kustomize would prepend or append out of range: never what these manifests mean.
+                    assert 0 <= options.get("index", 0) < len(parts), f"{fp}: no part {options.get('index')}"
+                    parts[options.get("index", 0)] = str(value)
+                    new = options["delimiter"].join(parts)
+                node[last] = new
+
+
+# The kustomizations that run the project's images; k8s/images sets the images of all of them.
+IMAGE_KUSTOMIZATIONS = ("collector/vector/base", "collector/vector/overlays/openshift", "k8s/consumer", "k8s/kuberay")
+
+
+def embedded_objects(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Objects kept as YAML text in ConfigMaps (the RayJob templates), parsed."""
+    out = []
+    for o in objs:
+        if o["kind"] == "ConfigMap":
+            for key, text in o.get("data", {}).items():
+                if key.endswith((".yaml", ".yml")):
+                    out += [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and "kind" in d]
+    return out
+
+
+def rendered_images(root: Path = REPO, objs_by_dir: dict[str, list[dict[str, Any]]] | None = None) -> list[str]:
+    """Every container image the project's kustomizations deploy, including the ConfigMap templates'."""
+    if objs_by_dir is None:
+        objs_by_dir = {d: render_kustomization(root / d) for d in IMAGE_KUSTOMIZATIONS}
+    images = []
+    for objs in objs_by_dir.values():
+        images += [c["image"] for o in objs + embedded_objects(objs) for c in _containers(o)]
+    return images

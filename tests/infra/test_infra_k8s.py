@@ -84,6 +84,7 @@ def test_every_manifest_file_is_rendered_or_validated() -> None:
         used |= {(d / p["path"]).resolve() for p in kust.get("patches", [])}
         used |= {(d / f).resolve() for g in kust.get("configMapGenerator", []) for f in g.get("files", [])}
         used.add((d / "kustomization.yaml").resolve())
+        used |= {(d / c / "kustomization.yaml").resolve() for c in kust.get("components", [])}
     on_disk = {p.resolve() for root in ("k8s", "collector") for p in (REPO / root).rglob("*.yaml")}
     on_disk.discard((REPO / "collector" / "vector" / "vector-local-test.yaml").resolve())
     assert on_disk - used == set()
