@@ -26,6 +26,8 @@ RAY_POD_LABELS = {"head": {"ray.io/is-ray-node": "yes", "ray.io/node-type": "hea
                   "worker": {"ray.io/is-ray-node": "yes", "ray.io/node-type": "worker"}}  # fmt: skip
 RAY_HEAD_PORTS = {6379: "gcs", 8265: "dashboard", 10001: "client", 8080: "metrics"}
 TOKEN_SECRET = "log-replay-ray-token"
+# Kustomizations that only add objects to namespaces another kustomization creates (and guards).
+NAMESPACES_FROM = {"monitoring": "consumer"}
 
 
 def policies(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -82,7 +84,7 @@ def default_deny(objs: list[dict[str, Any]], namespace: str) -> bool:
 
 @pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
 def test_every_namespace_has_default_deny_ingress(name: str) -> None:
-    objs = render(name)
+    objs = render(name) + (render(NAMESPACES_FROM[name]) if name in NAMESPACES_FROM else [])
     namespaces = {o["metadata"]["name"] for o in objs if o["kind"] == "Namespace"}
     assert namespaces
     for ns in namespaces:
