@@ -407,7 +407,13 @@ def _replace(objs: list[dict[str, Any]], replacement: dict[str, Any]) -> None:
 
 
 # The kustomizations that run the project's images; k8s/images sets the images of all of them.
-IMAGE_KUSTOMIZATIONS = ("collector/vector/base", "collector/vector/overlays/openshift", "k8s/consumer", "k8s/kuberay")
+IMAGE_KUSTOMIZATIONS = (
+    "collector/vector/base",
+    "collector/vector/overlays/openshift",
+    "k8s/consumer",
+    "k8s/kuberay",
+    "k8s/canary",
+)
 
 
 def embedded_objects(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
