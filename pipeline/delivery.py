@@ -740,7 +740,7 @@ def build_deliverer(
     return Deliverer(
         tenants,
         sinks,
-        Ledger(settings.ledger_table, client=ddb) if writes else None,
+        Ledger(settings.ledger_table, client=ddb, retention_s=settings.ledger_retention_s) if writes else None,
         s3=aws.client("s3"),
         window=window,
         redeliver=redeliver or not writes,

@@ -12,8 +12,9 @@ entry of the map (`SET deliveries.#id`), so neither can overwrite the other.
 The consumer and the replay job share it: CloudWatch has no dedup, so this is what makes a replay after
 an outage send exactly the gap, and a duplicate S3 notification harmless.
 
-Retention: with a retention set (LEDGER_RETENTION_DAYS), every write stamps the item with `expires_at`
-(epoch seconds), the table's TTL attribute. DynamoDB deletes expired items only eventually (often days
+Retention: with a retention set (`retention_s`: LEDGER_RETENTION_DAYS, which `build_deliverer` passes in
+from the process's Settings), every write stamps the item with `expires_at` (epoch seconds), the table's
+TTL attribute. DynamoDB deletes expired items only eventually (often days
 later), so every read treats an item past its `expires_at` as absent already: an expired object counts as
 not delivered, and a replay of it sends it again. Keep the retention above the bucket's, so nothing the
 bucket still holds can expire from the ledger.
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline import aws
-from pipeline.settings import Settings
 from pipeline.tenants import V1_DELIVERY_ID
 
 BATCH_GET_MAX = 100
@@ -66,15 +66,15 @@ class Ledger:
         table: str,
         client: Any | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        retention_s: float | None = None,
+        retention_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.table = table
         self._client = client
         self._sleep = sleep
-        # None: the process's LEDGER_RETENTION_DAYS. Every entrypoint and worker builds its ledger through
-        # pipeline.delivery, which passes no retention, so the setting is read here once.
-        self.retention_s = Settings.from_env().ledger_retention_s if retention_s is None else retention_s
+        # 0 (no expiry) suits the readers that build their own ledger (plan, inventory): expiry is checked
+        # on read from each item's own attribute, whatever the reader's retention.
+        self.retention_s = retention_s
         self._clock = clock
 
     def _expiry(self) -> dict[str, Any] | None:

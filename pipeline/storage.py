@@ -14,6 +14,9 @@ from typing import IO, Any
 from pipeline import aws
 
 S3_SCHEME = "s3://"
+# Where backfills write their reports in the central bucket (`--report s3://{bucket}/reports/`): a top-level
+# prefix no cluster can be named after, so the listing skips it and the replay role may write only there.
+REPORTS_PREFIX = "reports/"
 
 
 def is_s3(target: str | Path) -> bool:

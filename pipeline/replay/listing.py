@@ -23,6 +23,7 @@ from pipeline.keys import (
     parse_key,
     tenant_prefix,
 )
+from pipeline.storage import REPORTS_PREFIX
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,10 @@ def list_window(s3: Any, bucket: str, flt: ListingFilter, max_workers: int = 16)
     count = _Counter()
     listing = Listing()
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="list") as pool:
-        clusters = [_segment(p) for p in _child_prefixes(s3, bucket, "", count)[0]]
+        # Backfill reports share the bucket's top level with the clusters; taken for a cluster, reports/
+        # would cost a LIST per tenant, and a report under reports/<tenant>/ would be listed as malformed.
+        roots = _child_prefixes(s3, bucket, "", count)[0]
+        clusters = [_segment(p) for p in roots if p != REPORTS_PREFIX]
         if flt.clusters:
             clusters = [c for c in clusters if c in flt.clusters]
         tenant_prefixes = [tenant_prefix(c, t) for c in clusters for t in flt.tenants]

@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from pipeline.delivery import build_deliverer
 from pipeline.ledger import TTL_ATTRIBUTE, Ledger, LedgerEntry
 from pipeline.local import generator as gen
 from pipeline.local.provision import LocalEnvironment
@@ -69,9 +72,24 @@ def test_without_a_retention_items_never_expire(local_aws: LocalEnvironment) -> 
 
 def test_retention_comes_from_the_environment() -> None:
     assert Settings.from_env({"LEDGER_RETENTION_DAYS": "100"}).ledger_retention_s == 100 * DAY
-    assert Ledger("t", client=object(), retention_s=None).retention_s >= 0
     with pytest.raises(ConfigError, match="LEDGER_RETENTION_DAYS"):
         Settings.from_env({"LEDGER_RETENTION_DAYS": "a year"})
+
+
+def test_the_deliverer_ledger_takes_the_retention_from_its_settings_not_the_environment(
+    local_aws: LocalEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The environment says otherwise on purpose: only the Settings handed to build_deliverer may count, as
+    # a Ray worker gets the driver's Settings, not its environment.
+    monkeypatch.setenv("LEDGER_RETENTION_DAYS", "5")
+    settings = replace(local_aws.settings, ledger_retention_days=30)
+    deliverer = build_deliverer(settings)
+    assert deliverer.ledger is not None
+    assert deliverer.ledger.retention_s == 30 * DAY
+    deliverer.ledger.record(LedgerEntry("acme", KEY, "e1"))
+    assert int(item(local_aws)[TTL_ATTRIBUTE]["N"]) == pytest.approx(time.time() + 30 * DAY, abs=60)
+    # A ledger built without a retention (the plan's and the inventory's readers) stamps nothing.
+    assert Ledger(local_aws.names.ledger_table).retention_s == 0
 
 
 def test_a_replay_plans_an_expired_object_again(local_aws: LocalEnvironment) -> None:

@@ -18,6 +18,7 @@ from pipeline import aws
 from pipeline.keys import format_key
 from pipeline.local.provision import LocalEnvironment
 from pipeline.replay.listing import Listing, ListingFilter, list_window
+from pipeline.storage import REPORTS_PREFIX
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +188,23 @@ def test_cluster_application_and_pod_filters(local_aws: LocalEnvironment) -> Non
     # Filters match names exactly: no prefix matching of applications or pods.
     assert listed_keys(listing(local_aws, applications=("payment",))) == set()
     assert listed_keys(listing(local_aws, pods=("pay",))) == set()
+
+
+def test_the_reports_prefix_is_not_a_cluster(local_aws: LocalEnvironment) -> None:
+    pods = [("payment-service", "pay-a"), ("payment-service", "pay-b"), ("frontend", "web-a")]
+    keys = {
+        format_key("prod-1", "acme", app, pod, SINCE + timedelta(minutes=m), uid(m))
+        for app, pod in pods
+        for m in (0, 30)
+    }
+    # What backfills write next to the clusters, including a report filed under a tenant's name.
+    reports = [f"{REPORTS_PREFIX}replay-20240311T120000Z.json", f"{REPORTS_PREFIX}acme/replay-20240311T120000Z.json"]
+    put_all(aws.client("s3"), local_aws.names.bucket, [*keys, *reports])
+
+    result = listing(local_aws)
+
+    assert listed_keys(result) == keys
+    assert result.malformed == []
+    # Root + the one cluster's tenant prefix, then one call per application and per pod: reports/ costs none.
+    applications = {app for app, _ in pods}
+    assert result.list_calls == 2 + len(applications) + len(pods)
