@@ -25,6 +25,7 @@ import pytest
 from pipeline.local.generator import GeneratorConfig, Manifest, write_dataset
 from pipeline.local.provision import LocalEnvironment
 from pipeline.local.readback import read_group
+from pipeline.storage import REPORTS_PREFIX
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -232,6 +233,43 @@ def test_dry_run_plans_and_delivers_nothing(local_aws: LocalEnvironment, tmp_pat
     assert delivered_events(local_aws, "acme") == Counter()
     ddb = local_aws.client("dynamodb")
     assert ddb.scan(TableName=local_aws.names.ledger_table, Select="COUNT")["Count"] == 0
+
+
+def test_report_to_s3_lands_in_the_central_bucket(local_aws: LocalEnvironment) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    cfg = GeneratorConfig(
+        since=now - timedelta(hours=1),
+        until=now - timedelta(minutes=5),
+        tenants=("acme",),
+        applications=("payment-service",),
+        objects_per_pod=3,
+        events_per_object=5,
+    )
+    objects = write_dataset(cfg, local_aws.names.bucket, s3=local_aws.client("s3")).objects
+    bucket, s3 = local_aws.names.bucket, local_aws.client("s3")
+
+    def run(report: str) -> str:
+        cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), "--tenant", "acme", "--since", "2h"]
+        cmd += ["--report", report, "--no-progress"]
+        proc = subprocess.run(cmd, env={**os.environ, **local_aws.env}, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return proc.stdout
+
+    out = run(f"s3://{bucket}/{REPORTS_PREFIX}x.json")
+    assert f"Report written to s3://{bucket}/{REPORTS_PREFIX}x.json" in out
+    first = orjson.loads(s3.get_object(Bucket=bucket, Key=f"{REPORTS_PREFIX}x.json")["Body"].read())
+    assert first["objects_listed"] == first["objects_delivered"] == len(objects)
+    assert first["objects_failed"] == [] and first["events_delivered"] == sum(o.events for o in objects)
+    assert "window" in first and "tenants" in first and first["tenants"]["acme"]["objects_delivered"] == len(objects)
+
+    # The manifest's form: {bucket} and a prefix, the report named by its start. The report already in the
+    # bucket is not taken for a cluster: the same objects, the same LIST calls, nothing malformed.
+    run(f"s3://{{bucket}}/{REPORTS_PREFIX}")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=REPORTS_PREFIX)["Contents"])
+    assert len(keys) == 2 and keys[0].startswith(f"{REPORTS_PREFIX}replay-") and keys[1] == f"{REPORTS_PREFIX}x.json"
+    second = orjson.loads(s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read())
+    assert second["objects_listed"] == second["objects_skipped_ledger"] == len(objects)
+    assert second["list_calls"] == first["list_calls"] and second["objects_failed"] == []
 
 
 def test_missing_configuration_exits_3_naming_the_variable(local_aws: LocalEnvironment) -> None:
