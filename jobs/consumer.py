@@ -10,6 +10,7 @@ The logic lives in `pipeline.consumer`; this file only reads options.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -220,7 +221,11 @@ def main(
                 # S606: hands this process over to the Lambda runtime client, a fixed argv.
                 os.execvp(sys.executable, [sys.executable, "-m", "awslambdaric", "jobs.consumer.lambda_handler"])  # noqa: S606
             event = orjson.loads(sys.stdin.buffer.read() or b"{}")
-            click.echo(orjson.dumps(lambda_handler(event, None), option=orjson.OPT_INDENT_2).decode())
+            # The handler prints its EMF metric lines on stdout, where Lambda's log capture wants them; here
+            # stdout is the answer, for scripts, so they go to stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                answer = lambda_handler(event, None)
+            click.echo(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
             sys.exit(EXIT_OK)
         # Everything the deliverer will need too, so one error names every missing variable.
         settings.require(
