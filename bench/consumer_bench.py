@@ -155,7 +155,7 @@ def stream_phase(local: LocalEnvironment, args: argparse.Namespace, log_dir: Pat
         interval = 1.0 / args.rate
         lock = threading.Lock()
 
-        def put(spec: gen.ObjectSpec) -> None:
+        def put(spec: gen.PlannedObject) -> None:
             obj = gen.build_object(stream_cfg, spec)
             gen.put_object(s3, local.names.bucket, obj)
             with lock:

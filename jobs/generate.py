@@ -158,8 +158,8 @@ def main(
     now = datetime.now(UTC)
     try:
         cfg = gen.GeneratorConfig(
-            since=gen.parse_time(since, now),
-            until=gen.parse_time(until, now),
+            since=gen.utc_time(since, now),
+            until=gen.utc_time(until, now),
             tenants=tenants or tuple(t.tenant_id for t in SAMPLE_TENANTS),
             clusters=clusters or ("prod-1",),
             applications=apps or gen.app_names(app_count),

@@ -194,7 +194,7 @@ class Error:
 
 
 @dataclass(frozen=True)
-class Status:
+class HttpStatus:
     """A bare HTTP status with a non-AWS body, like a load balancer's 502 page."""
 
     status: int = 502
@@ -232,7 +232,7 @@ class Hook:
     fn: Callable[[Request], None]
 
 
-Action = Error | Status | Drop | Delay | Answer | Hook
+Action = Error | HttpStatus | Drop | Delay | Answer | Hook
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -535,7 +535,7 @@ class _Handler(BaseHTTPRequestHandler):
             proxy._record(req, action.status, injected)
             self._answer(action.status, list(extra.items()), payload)
             return
-        elif isinstance(action, Status):
+        elif isinstance(action, HttpStatus):
             proxy._record(req, action.status, injected)
             self._answer(action.status, [("Content-Type", "text/html")], action.body)
             return

@@ -189,7 +189,7 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ObjectSpec:
+class PlannedObject:
     """One object to generate: where it goes, when it was written, and what (if anything) is wrong."""
 
     index: int  # position in the plan; seeds the object's own RNG
@@ -228,7 +228,7 @@ def app_names(count: int) -> tuple[str, ...]:
     )
 
 
-def plan(cfg: GeneratorConfig) -> list[ObjectSpec]:
+def plan(cfg: GeneratorConfig) -> list[PlannedObject]:
     """Every object to write, in a fixed order: regular objects pod by pod, then the damaged ones."""
     # str seeds hash with SHA-512: stable across runs and hosts.
     # S311: seeded, reproducible test data; not a secret.
@@ -236,7 +236,7 @@ def plan(cfg: GeneratorConfig) -> list[ObjectSpec]:
     first_s = _ceil_s(cfg.since_ns)
     last_s = cfg.until_ns // NS_PER_S
     seconds = last_s - first_s + 1
-    specs: list[ObjectSpec] = []
+    specs: list[PlannedObject] = []
     pods: list[tuple[str, str, str, str]] = []
     for cluster in cfg.clusters:
         for tenant in cfg.tenants:
@@ -249,13 +249,13 @@ def plan(cfg: GeneratorConfig) -> list[ObjectSpec]:
                     width = seconds / max(cfg.objects_per_pod, 1)
                     for i in range(cfg.objects_per_pod):
                         sec = min(last_s, first_s + int((i + rng.random()) * width))
-                        specs.append(ObjectSpec(len(specs), cluster, tenant, app, pod, sec, _uuid(rng)))
+                        specs.append(PlannedObject(len(specs), cluster, tenant, app, pod, sec, _uuid(rng)))
     if cfg.damaged and not pods:
         raise ValueError("damaged objects need at least one pod")
     for kind in cfg.damaged:
         cluster, tenant, app, pod = rng.choice(pods)
         sec = rng.randint(first_s, last_s)
-        specs.append(ObjectSpec(len(specs), cluster, tenant, app, pod, sec, _uuid(rng), DamageKind(kind)))
+        specs.append(PlannedObject(len(specs), cluster, tenant, app, pod, sec, _uuid(rng), DamageKind(kind)))
     for s in specs:
         s.key  # noqa: B018 -- validates every part through format_key before anything is written
     return specs
@@ -304,7 +304,7 @@ def timestamp_value(ns: int, style: str) -> tuple[str | int | float, int]:
     raise ValueError(f"unknown timestamp style {style!r}")
 
 
-def parse_time(value: str | datetime | date, now: datetime | None = None) -> datetime:
+def utc_time(value: str | datetime | date, now: datetime | None = None) -> datetime:
     """A UTC datetime from ISO 8601 (`2024-01-01`, `2024-01-01T06:00:00Z`), `now`, or an age (`6h`, `7d`).
 
     Strings go to the project's one CLI time parser, `pipeline.timespec.parse_time`, so the generator and
@@ -666,7 +666,7 @@ def delivered_message(record: Mapping[str, Any]) -> str:
 class GeneratedObject:
     """An object's body and what decoding it must yield; built in memory, not yet written."""
 
-    spec: ObjectSpec
+    spec: PlannedObject
     key: str
     body: bytes
     events: int  # records the generator put in the body (before any damage)
@@ -684,13 +684,13 @@ class GeneratedObject:
         return self.body[:2] == b"\x1f\x8b"
 
 
-def _rng(cfg: GeneratorConfig, spec: ObjectSpec) -> random.Random:
+def _rng(cfg: GeneratorConfig, spec: PlannedObject) -> random.Random:
     # S311: seeded, reproducible test data; not a secret.
     return random.Random(f"{cfg.seed}:object:{spec.index}")  # noqa: S311
 
 
 def build_records(
-    cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random, count: int | None = None
+    cfg: GeneratorConfig, spec: PlannedObject, rng: random.Random, count: int | None = None
 ) -> tuple[list[dict[str, Any]], list[ExpectedEvent], Counter[str]]:
     """The records of one batch, oldest first, with what each must deliver and the kinds used."""
     count = cfg.events_per_object if count is None else count
@@ -730,7 +730,7 @@ def gzip_bytes(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
 
 
-def build_object(cfg: GeneratorConfig, spec: ObjectSpec) -> GeneratedObject:
+def build_object(cfg: GeneratorConfig, spec: PlannedObject) -> GeneratedObject:
     """The body of one object, damaged as its spec says, and exactly what decoding it must yield."""
     rng = _rng(cfg, spec)
     key = spec.key
@@ -741,12 +741,12 @@ def build_object(cfg: GeneratorConfig, spec: ObjectSpec) -> GeneratedObject:
 
 
 def _damaged_records(
-    cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random
+    cfg: GeneratorConfig, spec: PlannedObject, rng: random.Random
 ) -> tuple[list[dict[str, Any]], list[ExpectedEvent], Counter[str]]:
     return build_records(cfg, spec, rng, max(cfg.events_per_object, DAMAGED_MIN_EVENTS))
 
 
-def _truncated_gzip(cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random, key: str) -> GeneratedObject:
+def _truncated_gzip(cfg: GeneratorConfig, spec: PlannedObject, rng: random.Random, key: str) -> GeneratedObject:
     records, expected, kinds = _damaged_records(cfg, spec, rng)
     full = gzip_bytes(ndjson(records))
     # Cut inside the deflate data (after the 10-byte header, before the 8-byte trailer): the stream then
@@ -772,16 +772,16 @@ def _parses(line: bytes) -> bool:
     return True
 
 
-def _empty(cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random, key: str) -> GeneratedObject:
+def _empty(cfg: GeneratorConfig, spec: PlannedObject, rng: random.Random, key: str) -> GeneratedObject:
     return GeneratedObject(spec, key, b"", 0, [])
 
 
-def _plain_ndjson(cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random, key: str) -> GeneratedObject:
+def _plain_ndjson(cfg: GeneratorConfig, spec: PlannedObject, rng: random.Random, key: str) -> GeneratedObject:
     records, expected, kinds = _damaged_records(cfg, spec, rng)
     return GeneratedObject(spec, key, ndjson(records), len(records), expected, kinds=kinds)
 
 
-def _json_array(cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random, key: str) -> GeneratedObject:
+def _json_array(cfg: GeneratorConfig, spec: PlannedObject, rng: random.Random, key: str) -> GeneratedObject:
     records, expected, kinds = _damaged_records(cfg, spec, rng)
     return GeneratedObject(spec, key, gzip_bytes(orjson.dumps(records)), len(records), expected, kinds=kinds)
 
@@ -799,7 +799,7 @@ GARBAGE_LINES: tuple[bytes, ...] = (
 )
 
 
-def _garbage_lines(cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random, key: str) -> GeneratedObject:
+def _garbage_lines(cfg: GeneratorConfig, spec: PlannedObject, rng: random.Random, key: str) -> GeneratedObject:
     records, expected, kinds = _damaged_records(cfg, spec, rng)
     lines = [orjson.dumps(r) for r in records]
     n_garbage = max(2, len(lines) // 10)
@@ -812,7 +812,7 @@ def _garbage_lines(cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random, k
     return GeneratedObject(spec, key, body, len(records), expected, invalid, kinds)
 
 
-def _oversized_line(cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random, key: str) -> GeneratedObject:
+def _oversized_line(cfg: GeneratorConfig, spec: PlannedObject, rng: random.Random, key: str) -> GeneratedObject:
     records, expected, kinds = _damaged_records(cfg, spec, rng)
     pos = rng.randrange(len(records))
     # Bigger than a whole CloudWatch event (1 MiB); the sink has to split or truncate it, visibly.
@@ -826,7 +826,7 @@ def _oversized_line(cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random, 
 _INVALID_UTF8_MARK = "\u0000INVALID\u0000"
 
 
-def _invalid_utf8(cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random, key: str) -> GeneratedObject:
+def _invalid_utf8(cfg: GeneratorConfig, spec: PlannedObject, rng: random.Random, key: str) -> GeneratedObject:
     records, expected, kinds = _damaged_records(cfg, spec, rng)
     pos = rng.randrange(len(records))
     lines = [orjson.dumps(r) for r in records]
@@ -840,7 +840,7 @@ def _invalid_utf8(cfg: GeneratorConfig, spec: ObjectSpec, rng: random.Random, ke
     return GeneratedObject(spec, key, body, len(records), expected, kinds=kinds, repaired_lines=(pos + 1,))
 
 
-_DAMAGE_BUILDERS: dict[DamageKind, Callable[[GeneratorConfig, ObjectSpec, random.Random, str], GeneratedObject]] = {
+_DAMAGE_BUILDERS: dict[DamageKind, Callable[[GeneratorConfig, PlannedObject, random.Random, str], GeneratedObject]] = {
     DamageKind.TRUNCATED_GZIP: _truncated_gzip,
     DamageKind.EMPTY: _empty,
     DamageKind.PLAIN_NDJSON: _plain_ndjson,
@@ -1040,7 +1040,7 @@ def write_dataset(
     specs = plan(cfg)
     start = time.monotonic()
 
-    def write_one(spec: ObjectSpec) -> ManifestObject:
+    def write_one(spec: PlannedObject) -> ManifestObject:
         obj = build_object(cfg, spec)
         entry = ManifestObject.of(obj, put_object(s3, bucket, obj), cfg.keep_events)
         if on_written:

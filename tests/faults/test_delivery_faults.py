@@ -46,8 +46,7 @@ from fault_helpers import (
 
 from pipeline.delivery import LEDGER_SKIP, Deliverer, ObjectRef, ObjectResult, Status, build_deliverer
 from pipeline.local import generator as gen
-from pipeline.local.faults import Call, Delay, Error, Rule
-from pipeline.local.faults import Status as HttpStatus
+from pipeline.local.faults import Call, Delay, Error, HttpStatus, Rule
 from pipeline.local.readback import read_bucket
 
 pytestmark = pytest.mark.integration

@@ -424,18 +424,18 @@ def test_write_dataset_raises_the_first_failure() -> None:
         gen.write_dataset(cfg, "central", s3=FakeS3(fail_on=victim), workers=4)
 
 
-def test_parse_time() -> None:
+def test_utc_time() -> None:
     now = datetime(2024, 6, 1, 12, tzinfo=UTC)
-    assert gen.parse_time("6h", now) == now - timedelta(hours=6)
-    assert gen.parse_time("7d", now) == now - timedelta(days=7)
-    assert gen.parse_time("now", now) == now
-    assert gen.parse_time("2024-01-01", now) == SINCE
-    assert gen.parse_time("2024-01-01T06:00:00Z", now) == SINCE + timedelta(hours=6)
-    assert gen.parse_time("2024-01-01T08:00:00+02:00", now) == SINCE + timedelta(hours=6)
-    assert gen.parse_time(date(2024, 1, 1)) == SINCE
-    assert gen.parse_time(datetime(2024, 1, 1)) == SINCE
+    assert gen.utc_time("6h", now) == now - timedelta(hours=6)
+    assert gen.utc_time("7d", now) == now - timedelta(days=7)
+    assert gen.utc_time("now", now) == now
+    assert gen.utc_time("2024-01-01", now) == SINCE
+    assert gen.utc_time("2024-01-01T06:00:00Z", now) == SINCE + timedelta(hours=6)
+    assert gen.utc_time("2024-01-01T08:00:00+02:00", now) == SINCE + timedelta(hours=6)
+    assert gen.utc_time(date(2024, 1, 1)) == SINCE
+    assert gen.utc_time(datetime(2024, 1, 1)) == SINCE
     with pytest.raises(ValueError):
-        gen.parse_time("yesterday-ish", now)
+        gen.utc_time("yesterday-ish", now)
 
 
 def test_config_rejects_nonsense() -> None:
