@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import accumulate, compress, islice, repeat
 from operator import add, itemgetter, le, methodcaller, not_
+from typing import Any
 
 import orjson
 
@@ -174,12 +175,19 @@ def batches(events: list[Event]) -> Iterator[list[Event]]:
         return
     start = 0
     while start < n:
-        end = bisect_right(cum, cum[start] + MAX_BATCH_BYTES, lo=start + 1) - 1
-        end = min(end, start + MAX_BATCH_EVENTS)
-        end = min(end, bisect_left(events, events[start][0] + MAX_BATCH_SPAN_MS, lo=start + 1, key=_ts))
-        end = max(end, start + 1)  # prepare() guarantees one event always fits
+        end = max(_batch_end(events, cum, start, _ts), start + 1)  # prepare() guarantees one event always fits
         yield events[start:end]
         start = end
+
+
+def _batch_end(stamps: Sequence[Any], cum: Sequence[int], start: int, key: Callable[[Any], int] | None = None) -> int:
+    """The end of the fullest batch starting at `start` that every limit allows, over time-sorted `stamps`
+    (events with `key`, or timestamps) and `cum`, the running byte costs (cum[i] = cost of the first i).
+    `start` when even its first event is over the one-event limit."""
+    n = len(stamps)
+    end = min(n, start + MAX_BATCH_EVENTS, bisect_right(cum, cum[start] + MAX_BATCH_BYTES, lo=start) - 1)
+    first = stamps[start] if key is None else key(stamps[start])
+    return min(end, bisect_left(stamps, first + MAX_BATCH_SPAN_MS, lo=start + 1, hi=n, key=key))
 
 
 def event_costs(events: list[Event]) -> list[int]:
@@ -212,8 +220,7 @@ def min_put_requests_of(timestamps: Sequence[int], costs: Sequence[int]) -> int:
     cum = list(accumulate(costs, initial=0))
     calls = start = 0
     while start < n:
-        end = min(n, start + MAX_BATCH_EVENTS, bisect_right(cum, cum[start] + MAX_BATCH_BYTES, lo=start) - 1)
-        end = min(end, bisect_left(timestamps, timestamps[start] + MAX_BATCH_SPAN_MS, lo=start + 1, hi=n))
+        end = _batch_end(timestamps, cum, start)
         if end <= start:
             raise ValueError(f"an event of {costs[start]} bytes is over the one-event limit")
         calls += 1

@@ -409,13 +409,13 @@ class Deliverer:
 
         `delivered`: what the ledger has for the object, when the caller read it in a batch (`ledger_view`);
         None reads it here. `batches`: the pod's batches being filled (`batching()`), which hold back the
-        events of deliveries whose sink takes single batches until a batch is full. Deliveries whose sink is
-        durable on return are in the ledger when every one of their events is answered, which is on return
-        unless they went into `batches`; the others wait for the caller's `finish()` (flush, then
-        `commit()`). With `group_commit`, so do the
-        records of an object whose tenant has only idempotent deliveries (S3) and that the ledger had no
-        record of: they are written whole, in batches (`Ledger.replace_items`), because losing one to a
-        crash costs a resend that overwrites the same objects, never a duplicate.
+        events of deliveries whose sink takes single batches until a batch is full; those deliveries are
+        recorded when their last batch is answered, at the latest in `finish()`. Other deliveries whose sink
+        is durable on return are in the ledger when this returns; the rest wait for the caller's `finish()`
+        (flush, then `commit()`). With `group_commit`, so do the records of an object whose tenant has only
+        idempotent deliveries (S3) and that the ledger had no record of: they are written whole, in batches
+        (`Ledger.replace_items`), because losing one to a crash costs a resend that overwrites the same
+        objects, never a duplicate.
         """
         result = ObjectResult(key=ref.key, etag=(ref.etag or "").strip('"'))
         try:

@@ -14,9 +14,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from pipeline.local.provision import LocalEnvironment
 from pipeline.local.server import free_port
 from pipeline.replay.workers import worker_options
 from pipeline.storage import REPORTS_PREFIX
+from tests.support.consumer_process import wait_for as poll_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -42,15 +43,8 @@ WORKER_MEMORY_MIB = 64
 OBJECT_STORE_BYTES = 128 * 1024 * 1024
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
+# The state API and `ray status` are subprocesses and RPCs: twice a second is often enough.
+wait_for = partial(poll_until, interval=0.5)
 
 
 class LocalRay:
