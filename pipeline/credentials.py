@@ -141,18 +141,25 @@ class CredentialBroker:
         self._creds.pop(_role_key(role_arn, external_id or self.external_id), None)
 
     def _assume(self, sts: Any, role_arn: str, name: str, external_id: str | None) -> StaticCredentials:
-        kwargs: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": name, "DurationSeconds": ROLE_SESSION_SECONDS}
-        if external_id:
-            kwargs["ExternalId"] = external_id
         self.sts_calls += 1
         try:
-            c = sts.assume_role(**kwargs)["Credentials"]
+            return assume_role(sts, role_arn, name, external_id)
         except (ClientError, BotoCoreError) as exc:
             code = aws.error_code(exc) or type(exc).__name__
             raise DeliveryError(f"cannot assume {role_arn}: {code}") from exc
-        expiration = c["Expiration"]
-        if isinstance(expiration, str):
-            expiration = datetime.fromisoformat(expiration.replace("Z", "+00:00"))
-        if expiration.tzinfo is None:
-            expiration = expiration.replace(tzinfo=UTC)
-        return StaticCredentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], expiration)
+
+
+def assume_role(
+    sts: Any, role_arn: str, name: str, external_id: str | None, duration_s: int = ROLE_SESSION_SECONDS
+) -> StaticCredentials:
+    """One AssumeRole call; STS's errors are raised as botocore raises them."""
+    kwargs: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": name, "DurationSeconds": duration_s}
+    if external_id:
+        kwargs["ExternalId"] = external_id
+    c = sts.assume_role(**kwargs)["Credentials"]
+    expiration = c["Expiration"]
+    if isinstance(expiration, str):
+        expiration = datetime.fromisoformat(expiration.replace("Z", "+00:00"))
+    if expiration.tzinfo is None:
+        expiration = expiration.replace(tzinfo=UTC)
+    return StaticCredentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], expiration)

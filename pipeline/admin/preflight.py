@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline import aws
 from pipeline.admin import text
 from pipeline.aws import StaticCredentials
-from pipeline.credentials import ROLE_SESSION_SECONDS, account_of, session_name
+from pipeline.credentials import ROLE_SESSION_SECONDS, account_of, assume_role, session_name
 from pipeline.tenants import Delivery, DeliveryType
 
 log = logging.getLogger("pipeline.admin.preflight")
@@ -163,15 +163,8 @@ class Preflight:
     # -- the steps ----------------------------------------------------------------------------------------
 
     def _assume(self, sts: Any, role_arn: str, name: str, external_id: str | None) -> StaticCredentials:
-        kwargs: dict[str, Any] = {
-            "RoleArn": role_arn,
-            "RoleSessionName": name,
-            "DurationSeconds": min(PREFLIGHT_SESSION_SECONDS, ROLE_SESSION_SECONDS),
-        }
-        if external_id:
-            kwargs["ExternalId"] = external_id
-        c = sts.assume_role(**kwargs)["Credentials"]
-        return StaticCredentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], c["Expiration"])
+        # Not the broker: every hop is tried afresh, never from a cache, and its STS error is the step's.
+        return assume_role(sts, role_arn, name, external_id, min(PREFLIGHT_SESSION_SECONDS, ROLE_SESSION_SECONDS))
 
     def _central(self, d: Delivery) -> tuple[StaticCredentials, str]:
         try:
