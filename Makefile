@@ -23,7 +23,7 @@ unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
 
 demo: $(STAMP)
-	$(PY) -m pipeline.local demo
+	$(PY) -m devstack demo
 
 bench: $(STAMP)
 	$(PY) -m bench

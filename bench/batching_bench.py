@@ -58,11 +58,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.machine import machine, write_result  # noqa: E402
+from devstack.faults import Answer, Delay, FaultProxy, Rule  # noqa: E402
+from devstack.generator import GeneratorConfig, Manifest, write_dataset  # noqa: E402
+from devstack.provision import LocalEnvironment, SampleTenant, provision  # noqa: E402
+from devstack.server import MotoServer  # noqa: E402
 from pipeline.batching import min_put_requests, stream_name  # noqa: E402
-from pipeline.local.faults import Answer, Delay, FaultProxy, Rule  # noqa: E402
-from pipeline.local.generator import GeneratorConfig, Manifest, write_dataset  # noqa: E402
-from pipeline.local.provision import LocalEnvironment, SampleTenant, provision  # noqa: E402
-from pipeline.local.server import MotoServer  # noqa: E402
 
 TARGET_CALL_RATIO = 1.1
 TARGET_SPEED_RATIO = 0.5

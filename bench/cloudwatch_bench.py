@@ -46,13 +46,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.machine import machine, write_result  # noqa: E402
+from devstack.generator import GZIP_PUT_ARGS, GeneratorConfig, app_names, generate  # noqa: E402
+from devstack.provision import LocalEnvironment, SampleTenant, provision  # noqa: E402
+from devstack.server import MotoServer  # noqa: E402
 from pipeline import records  # noqa: E402
 from pipeline.batching import EVENT_OVERHEAD_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Event, batches  # noqa: E402
 from pipeline.delivery import TimeWindow  # noqa: E402
 from pipeline.keys import format_key, parse_key  # noqa: E402
-from pipeline.local.generator import GZIP_PUT_ARGS, GeneratorConfig, app_names, generate  # noqa: E402
-from pipeline.local.provision import LocalEnvironment, SampleTenant, provision  # noqa: E402
-from pipeline.local.server import MotoServer  # noqa: E402
 from pipeline.replay.listing import ListingFilter, list_window  # noqa: E402
 from pipeline.replay.plan import ObjectSpec, WorkUnit, pack_units  # noqa: E402
 from pipeline.tenants import DeliveryType  # noqa: E402

@@ -38,10 +38,10 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from devstack import generator as gen  # noqa: E402
+from devstack.provision import LocalEnvironment, provision  # noqa: E402
+from devstack.server import MotoServer, free_port  # noqa: E402
 from pipeline.ledger import Ledger  # noqa: E402
-from pipeline.local import generator as gen  # noqa: E402
-from pipeline.local.provision import LocalEnvironment, provision  # noqa: E402
-from pipeline.local.server import MotoServer, free_port  # noqa: E402
 
 TENANTS = ("acme", "globex")  # two accounts, two regions
 APPLICATION = "payment-service"  # wanted by both sample tenants

@@ -47,9 +47,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.machine import machine, write_result  # noqa: E402
+from devstack.provision import CENTRAL_ACCOUNT_ID, DEFAULT_REGION, LOCAL_CREDENTIALS  # noqa: E402
+from devstack.server import free_port  # noqa: E402
 from pipeline.keys import format_key, listing_bounds, tenant_prefix  # noqa: E402
-from pipeline.local.provision import CENTRAL_ACCOUNT_ID, DEFAULT_REGION, LOCAL_CREDENTIALS  # noqa: E402
-from pipeline.local.server import free_port  # noqa: E402
 from pipeline.replay.listing import ListingFilter, list_window  # noqa: E402
 
 TARGET_CALL_RATIO = 10.0

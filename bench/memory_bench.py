@@ -43,16 +43,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.machine import machine, write_result  # noqa: E402
-from pipeline.keys import format_key, parse_key  # noqa: E402
-from pipeline.local.generator import (  # noqa: E402
+from devstack.generator import (  # noqa: E402
     GZIP_PUT_ARGS,
     GeneratedObject,
     GeneratorConfig,
     app_names,
     generate,
 )
-from pipeline.local.provision import SampleTenant, provision  # noqa: E402
-from pipeline.local.server import MotoServer  # noqa: E402
+from devstack.provision import SampleTenant, provision  # noqa: E402
+from devstack.server import MotoServer  # noqa: E402
+from pipeline.keys import format_key, parse_key  # noqa: E402
 from pipeline.replay.budget import DEFAULT_BUDGET_MIB  # noqa: E402
 from pipeline.replay.workers import POD_THREADS  # noqa: E402
 

@@ -47,11 +47,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.machine import machine, write_result  # noqa: E402
+from devstack.generator import GeneratorConfig, app_names, generate  # noqa: E402
 from pipeline import records  # noqa: E402
 from pipeline.batching import group_by_stream, prepare  # noqa: E402
 from pipeline.delivery import TimeWindow  # noqa: E402
 from pipeline.keys import format_key, parse_key  # noqa: E402
-from pipeline.local.generator import GeneratorConfig, app_names, generate  # noqa: E402
 from pipeline.replay.listing import ListedObject  # noqa: E402
 from pipeline.replay.plan import WorkUnit, pack_units  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
@@ -380,8 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def replay_on_ray(objs: list[BenchObject], data: dict[str, Any], repeats: int) -> dict[str, Any]:
     import ray
 
-    from pipeline.local.provision import SampleTenant, provision
-    from pipeline.local.server import MotoServer
+    from devstack.provision import SampleTenant, provision
+    from devstack.server import MotoServer
 
     since, until = (datetime.fromisoformat(t) for t in data["window"])
     window = TimeWindow(to_ms(since), to_ms(until) + 1)

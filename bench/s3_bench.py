@@ -67,11 +67,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.machine import machine, write_result  # noqa: E402
+from devstack.generator import GeneratorConfig, app_names, write_dataset  # noqa: E402
+from devstack.provision import SAMPLE_TENANTS, LocalEnvironment, provision  # noqa: E402
+from devstack.server import MotoServer  # noqa: E402
 from pipeline.delivery import Deliverer, ObjectRef, Status, build_deliverer  # noqa: E402
 from pipeline.keys import parse_key, pod_prefix  # noqa: E402
-from pipeline.local.generator import GeneratorConfig, app_names, write_dataset  # noqa: E402
-from pipeline.local.provision import SAMPLE_TENANTS, LocalEnvironment, provision  # noqa: E402
-from pipeline.local.server import MotoServer  # noqa: E402
 from pipeline.replay.plan import ObjectSpec, WorkUnit  # noqa: E402
 from pipeline.replay.workers import UnitRunner  # noqa: E402
 from pipeline.tenants import DeliveryType  # noqa: E402

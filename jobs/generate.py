@@ -1,6 +1,6 @@
 """Write synthetic Vector-format log objects into the central bucket, or print raw records for a real Vector.
 
-A thin CLI over `pipeline.local.generator`; see that module for the formats and the manifest.
+A thin CLI over `devstack.generator`; see that module for the formats and the manifest.
 
     python jobs/generate.py --tenant acme --tenant globex --apps 3 --since 6h --objects-per-pod 10
     python jobs/generate.py --damaged --manifest /tmp/manifest.json
@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 import click
 import orjson
 
-from pipeline.local import generator as gen
-from pipeline.local.provision import SAMPLE_TENANTS
+from devstack import generator as gen
+from devstack.provision import SAMPLE_TENANTS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

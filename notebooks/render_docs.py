@@ -21,10 +21,10 @@ from nbclient import NotebookClient
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.local.demo import demo_dataset  # noqa: E402
-from pipeline.local.generator import write_dataset  # noqa: E402
-from pipeline.local.provision import provision  # noqa: E402
-from pipeline.local.server import MotoServer  # noqa: E402
+from devstack.demo import demo_dataset  # noqa: E402
+from devstack.generator import write_dataset  # noqa: E402
+from devstack.provision import provision  # noqa: E402
+from devstack.server import MotoServer  # noqa: E402
 
 FIGURES = REPO / "docs" / "img"
 

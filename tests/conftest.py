@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.local.provision import LocalEnvironment, provision
-from pipeline.local.server import MotoServer
+from devstack.provision import LocalEnvironment, provision
+from devstack.server import MotoServer
 
 
 @pytest.fixture(scope="session")

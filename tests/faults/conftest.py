@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local.faults import FaultProxy
-from pipeline.local.provision import provision
-from pipeline.local.server import MotoServer
+from devstack.faults import FaultProxy
+from devstack.provision import provision
+from devstack.server import MotoServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpus"))
 

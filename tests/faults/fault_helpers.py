@@ -20,12 +20,12 @@ from typing import Any
 import orjson
 import psutil
 
+from devstack import generator as gen
+from devstack.faults import FaultProxy
+from devstack.provision import LocalEnvironment, SampleTenant
+from devstack.readback import read_group
 from pipeline.batching import min_put_requests
 from pipeline.ledger import Ledger
-from pipeline.local import generator as gen
-from pipeline.local.faults import FaultProxy
-from pipeline.local.provision import LocalEnvironment, SampleTenant
-from pipeline.local.readback import read_group
 from tests.support.consumer_process import (  # noqa: F401 -- re-exported to the fault tests
     ConsumerProcess,
     queue_counts,

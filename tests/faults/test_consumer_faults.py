@@ -27,7 +27,7 @@ from fault_helpers import (
     write,
 )
 
-from pipeline.local.faults import Delay, Drop, Error, Rule
+from devstack.faults import Delay, Drop, Error, Rule
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -44,10 +44,10 @@ from fault_helpers import (
     write,
 )
 
+from devstack import generator as gen
+from devstack.faults import Call, Delay, Error, HttpStatus, Rule
+from devstack.readback import read_bucket
 from pipeline.delivery import LEDGER_SKIP, Deliverer, ObjectRef, ObjectResult, Status, build_deliverer
-from pipeline.local import generator as gen
-from pipeline.local.faults import Call, Delay, Error, HttpStatus, Rule
-from pipeline.local.readback import read_bucket
 
 pytestmark = pytest.mark.integration
 

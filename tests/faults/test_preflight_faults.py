@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner, Result
 from fault_helpers import FaultStack
 
+from devstack.faults import Error, Rule
+from devstack.provision import CENTRAL_ACCOUNT_ID
+from devstack.readback import read_bucket, read_group
 from jobs.tenants import main
-from pipeline.local.faults import Error, Rule
-from pipeline.local.provision import CENTRAL_ACCOUNT_ID
-from pipeline.local.readback import read_bucket, read_group
 
 pytestmark = pytest.mark.integration
 

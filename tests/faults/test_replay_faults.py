@@ -36,9 +36,9 @@ from fault_helpers import (
     write,
 )
 
+from devstack.faults import Delay, Drop, Error, Rule
 from pipeline.assembly import IN_FLIGHT_PUTS
 from pipeline.ledger import Ledger
-from pipeline.local.faults import Delay, Drop, Error, Rule
 from pipeline.replay.plan import LEDGER_SKIP
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.slow]

@@ -32,10 +32,8 @@ from fault_helpers import FaultStack, consumer_process, ledger_keys, run_replay,
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.delivery import ObjectRef, Status, build_deliverer
-from pipeline.keys import format_key
-from pipeline.local.faults import Error, FaultProxy, Rule
-from pipeline.local.provision import (
+from devstack.faults import Error, FaultProxy, Rule
+from devstack.provision import (
     CENTRAL_ACCOUNT_ID,
     LocalEnvironment,
     SampleBucket,
@@ -43,8 +41,10 @@ from pipeline.local.provision import (
     add_tenants,
     provision,
 )
-from pipeline.local.readback import read_bucket
-from pipeline.local.server import MotoServer
+from devstack.readback import read_bucket
+from devstack.server import MotoServer
+from pipeline.delivery import ObjectRef, Status, build_deliverer
+from pipeline.keys import format_key
 from pipeline.records import vector_record
 from pipeline.replay.plan import ObjectSpec, WorkUnit
 from pipeline.replay.workers import UnitRunner

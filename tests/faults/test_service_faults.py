@@ -23,11 +23,11 @@ from fault_helpers import (
     write,
 )
 
+from devstack import generator as gen
+from devstack.faults import Call, Drop, Error, Hook, HttpStatus, Request, Rule
 from pipeline.credentials import CredentialBroker
 from pipeline.delivery import Deliverer, ObjectRef, Status
 from pipeline.ledger import Ledger
-from pipeline.local import generator as gen
-from pipeline.local.faults import Call, Drop, Error, Hook, HttpStatus, Request, Rule
 from pipeline.replay.plan import ObjectSpec, WorkUnit
 from pipeline.replay.workers import UnitRunner
 from pipeline.sinks.cloudwatch import CloudWatchSink, RetryPolicy

@@ -13,9 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.local.faults import Error, FaultProxy, Rule
-from pipeline.local.provision import LocalEnvironment
-from pipeline.local.server import MotoServer, free_port
+from devstack.faults import Error, FaultProxy, Rule
+from devstack.provision import LocalEnvironment
+from devstack.server import MotoServer, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local.provision import LocalEnvironment
+from devstack.provision import LocalEnvironment
 from tests.support.consumer_process import ConsumerProcess
 
 pytestmark = pytest.mark.integration

@@ -20,10 +20,10 @@ import orjson
 import pytest
 from boto3.dynamodb.types import TypeSerializer
 
+from devstack import generator as gen
+from devstack.provision import LocalEnvironment
 from pipeline.consumer import lambda_handler
 from pipeline.ledger import Ledger
-from pipeline.local import generator as gen
-from pipeline.local.provision import LocalEnvironment
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from devstack import generator as gen
+from devstack.provision import LocalEnvironment, SampleBucket, SampleTenant, add_tenants
+from devstack.readback import read_bucket, read_group
 from pipeline.ledger import Ledger
-from pipeline.local import generator as gen
-from pipeline.local.provision import LocalEnvironment, SampleBucket, SampleTenant, add_tenants
-from pipeline.local.readback import read_bucket, read_group
 from tests.support.consumer_process import ConsumerProcess, queue_counts, queue_empty, wait_for
 
 pytestmark = pytest.mark.integration

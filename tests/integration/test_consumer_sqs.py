@@ -23,11 +23,11 @@ import orjson
 import pytest
 from boto3.dynamodb.types import TypeSerializer
 
+from devstack import generator as gen
+from devstack.faults import Delay, FaultProxy, Rule
+from devstack.provision import LocalEnvironment
+from devstack.readback import read_group
 from pipeline.ledger import Ledger
-from pipeline.local import generator as gen
-from pipeline.local.faults import Delay, FaultProxy, Rule
-from pipeline.local.provision import LocalEnvironment
-from pipeline.local.readback import read_group
 from tests.support.consumer_process import ConsumerProcess, queue_counts, queue_empty, wait_for
 
 pytestmark = pytest.mark.integration

@@ -19,9 +19,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from devstack.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment
 from pipeline import aws
 from pipeline.credentials import CredentialBroker
-from pipeline.local.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment
 
 pytestmark = pytest.mark.integration
 

@@ -15,12 +15,12 @@ import pytest
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
+from devstack import generator as gen
+from devstack.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment, provision
+from devstack.readback import read_bucket, read_group
+from devstack.server import MotoServer
 from pipeline.delivery import LEDGER_SKIP, ObjectRef, Status, build_deliverer
 from pipeline.ledger import Ledger
-from pipeline.local import generator as gen
-from pipeline.local.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment, provision
-from pipeline.local.readback import read_bucket, read_group
-from pipeline.local.server import MotoServer
 from pipeline.tenants import TableSchema
 
 pytestmark = pytest.mark.integration

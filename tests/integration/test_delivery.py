@@ -15,12 +15,12 @@ from typing import Any
 import orjson
 import pytest
 
+from devstack.provision import LocalEnvironment
 from pipeline.batching import DAY_MS
 from pipeline.credentials import CredentialBroker
 from pipeline.delivery import Deliverer, ObjectRef, Status, TimeWindow
 from pipeline.keys import format_key
 from pipeline.ledger import Ledger
-from pipeline.local.provision import LocalEnvironment
 from pipeline.records import vector_record
 from pipeline.sinks.cloudwatch import CloudWatchSink
 from pipeline.tenants import DeliveryType, TenantDirectory

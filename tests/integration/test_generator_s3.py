@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.local import generator as gen
-from pipeline.local.generator import DamageKind, GeneratorConfig
-from pipeline.local.provision import LocalEnvironment
+from devstack import generator as gen
+from devstack.generator import DamageKind, GeneratorConfig
+from devstack.provision import LocalEnvironment
 
 pytestmark = pytest.mark.integration
 

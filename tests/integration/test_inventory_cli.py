@@ -16,11 +16,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from devstack.generator import DamageKind, GeneratorConfig, Manifest, write_dataset
+from devstack.provision import LocalEnvironment, provision
+from devstack.server import MotoServer
 from pipeline.inventory import SCHEMA, InventoryOptions, build_inventory, read_inventory, read_metadata
 from pipeline.ledger import Ledger, LedgerEntry
-from pipeline.local.generator import DamageKind, GeneratorConfig, Manifest, write_dataset
-from pipeline.local.provision import LocalEnvironment, provision
-from pipeline.local.server import MotoServer
 
 pytestmark = pytest.mark.integration
 

@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
+from devstack import generator as gen
+from devstack.provision import LocalEnvironment
 from pipeline import logs
 from pipeline.consumer.emf import EmfMetrics
 from pipeline.consumer.lambda_handler import NOT_STARTED, LambdaRuntime, install_request_id_logging
 from pipeline.consumer.metrics import Metrics
 from pipeline.ledger import Ledger
-from pipeline.local import generator as gen
-from pipeline.local.provision import LocalEnvironment
 
 pytestmark = pytest.mark.integration
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from devstack import generator as gen
+from devstack.provision import LocalEnvironment
 from pipeline.delivery import build_deliverer
 from pipeline.ledger import TTL_ATTRIBUTE, Ledger, LedgerEntry
-from pipeline.local import generator as gen
-from pipeline.local.provision import LocalEnvironment
 from pipeline.settings import ConfigError, Settings
 
 pytestmark = pytest.mark.integration

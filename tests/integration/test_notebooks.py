@@ -20,11 +20,11 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient import NotebookClient
 
+from devstack.generator import DamageKind, GeneratorConfig, Manifest, write_dataset
+from devstack.provision import LocalEnvironment, provision
+from devstack.server import MotoServer
 from pipeline.delivery import ObjectResult
 from pipeline.ledger import Ledger, LedgerEntry
-from pipeline.local.generator import DamageKind, GeneratorConfig, Manifest, write_dataset
-from pipeline.local.provision import LocalEnvironment, provision
-from pipeline.local.server import MotoServer
 from pipeline.replay.plan import Plan
 from pipeline.replay.report import ReplayReport
 

@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.local.generator import GeneratorConfig, Manifest, write_dataset
-from pipeline.local.provision import LocalEnvironment
-from pipeline.local.readback import read_group
+from devstack.generator import GeneratorConfig, Manifest, write_dataset
+from devstack.provision import LocalEnvironment
+from devstack.readback import read_group
 from pipeline.storage import REPORTS_PREFIX
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
+from devstack.generator import GeneratorConfig, Manifest, write_dataset
+from devstack.provision import LocalEnvironment
+from devstack.readback import read_bucket, read_group
 from pipeline.keys import parse_key
-from pipeline.local.generator import GeneratorConfig, Manifest, write_dataset
-from pipeline.local.provision import LocalEnvironment
-from pipeline.local.readback import read_bucket, read_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from devstack.provision import LocalEnvironment
 from pipeline import aws
 from pipeline.keys import format_key
-from pipeline.local.provision import LocalEnvironment
 from pipeline.replay.listing import Listing, ListingFilter, list_window
 from pipeline.storage import REPORTS_PREFIX
 

@@ -24,9 +24,9 @@ import orjson
 import psutil
 import pytest
 
-from pipeline.local import generator as gen
-from pipeline.local.provision import LocalEnvironment
-from pipeline.local.server import free_port
+from devstack import generator as gen
+from devstack.provision import LocalEnvironment
+from devstack.server import free_port
 from pipeline.replay.workers import worker_options
 from pipeline.storage import REPORTS_PREFIX
 from tests.support.consumer_process import wait_for as poll_until

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+from devstack.generator import GeneratorConfig, Manifest, write_dataset
+from devstack.provision import LocalEnvironment
+from devstack.readback import read_group
 from pipeline import aws
 from pipeline.delivery import TimeWindow
 from pipeline.ledger import Ledger
-from pipeline.local.generator import GeneratorConfig, Manifest, write_dataset
-from pipeline.local.provision import LocalEnvironment
-from pipeline.local.readback import read_group
 from pipeline.replay.budget import MemoryBudget, decoded_footprint
 from pipeline.replay.listing import ListingFilter, list_window
 from pipeline.replay.plan import WorkUnit, pack_units

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
+from devstack.provision import LocalEnvironment, create_tenant_table
 from pipeline.admin.preflight import Preflight
 from pipeline.admin.store import TenantStore
 from pipeline.api.app import create_app
-from pipeline.local.provision import LocalEnvironment, create_tenant_table
 from pipeline.logs import JsonFormatter
 from tests.support.tenant_api import ApiClient, contract_headers, serving
 

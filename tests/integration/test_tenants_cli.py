@@ -1,7 +1,7 @@
 """The tenant CLI (`jobs/tenants.py list` and `migrate`) against a real moto server over HTTP.
 
 One provisioned stack serves the module; every test that writes makes its own tables, with names of its own,
-so the tests stay independent. Expectations come from the sample tenants of pipeline.local.provision and
+so the tests stay independent. Expectations come from the sample tenants of devstack.provision and
 from CONTRACTS.md §3 read independently (the v2 item of a v1 tenant is its v1 fields plus
 `delivery_id = type = "cloudwatch"`), never from the code under test.
 """
@@ -22,8 +22,8 @@ import yaml
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from click.testing import CliRunner, Result
 
+from devstack.provision import LocalEnvironment, create_tenant_table
 from jobs.tenants import main
-from pipeline.local.provision import LocalEnvironment, create_tenant_table
 from pipeline.tenants import TableSchema, TenantDirectory
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
+from devstack.provision import LocalEnvironment
 from pipeline.batching import prepare, stream_name
 from pipeline.credentials import CredentialBroker
-from pipeline.local.provision import LocalEnvironment
 from pipeline.sinks.vector import VectorSink
 
 pytestmark = [

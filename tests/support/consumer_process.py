@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.local.provision import LocalEnvironment
-from pipeline.local.server import free_port
+from devstack.provision import LocalEnvironment
+from devstack.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from pipeline.local.server import free_port
+from devstack.server import free_port
 
 
 def contract_headers(key: str, method: str, path: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:

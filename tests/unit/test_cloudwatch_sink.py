@@ -18,9 +18,9 @@ import pytest
 from botocore.exceptions import ConnectionClosedError
 from botocore.stub import Stubber
 
+from devstack.provision import LocalEnvironment
 from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError
-from pipeline.local.provision import LocalEnvironment
 from pipeline.sinks import cloudwatch
 from pipeline.sinks.cloudwatch import CloudWatchSink, RetryPolicy
 from pipeline.tenants import Delivery, DeliveryType

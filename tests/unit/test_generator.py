@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devstack import generator as gen
+from devstack.generator import DamageKind, ExpectedEvent, GeneratorConfig, MessageKind
 from pipeline.keys import parse_key
-from pipeline.local import generator as gen
-from pipeline.local.generator import DamageKind, ExpectedEvent, GeneratorConfig, MessageKind
 
 FAST = settings(max_examples=25, deadline=None)
 SINCE = datetime(2024, 1, 1, tzinfo=UTC)

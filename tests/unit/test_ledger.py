@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from boto3.dynamodb.types import TypeSerializer
 
+from devstack.provision import LocalEnvironment
 from pipeline.ledger import BATCH_GET_MAX, UNPROCESSED_ATTEMPTS, Ledger, LedgerEntry, LedgerError
-from pipeline.local.provision import LocalEnvironment
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,11 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devstack.provision import LocalEnvironment
 from pipeline import aws
 from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError
 from pipeline.keys import ObjectKey, format_key, parse_key
-from pipeline.local.provision import LocalEnvironment
 from pipeline.retry import RetryPolicy
 from pipeline.sinks import traits_of
 from pipeline.sinks.base import SourceObject

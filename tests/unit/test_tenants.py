@@ -18,9 +18,9 @@ from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devstack.provision import SAMPLE_TENANTS, LocalEnvironment, create_tenant_table
 from pipeline.delivery import Routing
 from pipeline.keys import parse_key
-from pipeline.local.provision import SAMPLE_TENANTS, LocalEnvironment, create_tenant_table
 from pipeline.sinks import sink_plan, traits_of
 from pipeline.tenants import (
     DEFAULT_BUCKET_PREFIX,

@@ -66,7 +66,7 @@ GZIP_LEVEL = 6  # Vector's default; benchmarks should see realistic compression 
 GZIP_PUT_ARGS: dict[str, str] = {"ContentEncoding": "gzip", "ContentType": "text/x-log"}
 
 # Realistic Kubernetes application names. The first two match the sample tenant `globex`'s desired_logs
-# (pipeline.local.provision), so a default data set exercises application filtering.
+# (devstack.provision), so a default data set exercises application filtering.
 APP_NAMES: tuple[str, ...] = (
     "payment-service",
     "frontend",
@@ -231,8 +231,7 @@ def app_names(count: int) -> tuple[str, ...]:
 def plan(cfg: GeneratorConfig) -> list[PlannedObject]:
     """Every object to write, in a fixed order: regular objects pod by pod, then the damaged ones."""
     # str seeds hash with SHA-512: stable across runs and hosts.
-    # S311: seeded, reproducible test data; not a secret.
-    rng = random.Random(f"{cfg.seed}:plan")  # noqa: S311
+    rng = random.Random(f"{cfg.seed}:plan")
     first_s = _ceil_s(cfg.since_ns)
     last_s = cfg.until_ns // NS_PER_S
     seconds = last_s - first_s + 1
@@ -591,8 +590,7 @@ class MessageFactory:
 
 
 def _build_corpus(words: list[str], size: int, seed: str) -> str:
-    # S311: seeded, reproducible test data; not a secret.
-    rng = random.Random(seed)  # noqa: S311
+    rng = random.Random(seed)
     out: list[str] = []
     total = 0
     while total < size:
@@ -636,10 +634,8 @@ def _avg_len(items: tuple[str, ...]) -> int:
 _ASCII_CORPUS = _build_corpus(_WORDS, 256 * 1024, "ascii-corpus")
 _UNICODE_CORPUS = _build_corpus(_UNICODE_WORDS * 3 + _WORDS, 64 * 1024, "unicode-corpus")
 _UNICODE_BYTES_PER_CHAR = len(_UNICODE_CORPUS.encode()) / len(_UNICODE_CORPUS)
-# S311: seeded, reproducible test data; not a secret.
-_JAVA_FRAMES = _frame_pool(random.Random("java-frames"), java=True)  # noqa: S311
-# S311: seeded, reproducible test data; not a secret.
-_PY_FRAMES = _frame_pool(random.Random("python-frames"), java=False)  # noqa: S311
+_JAVA_FRAMES = _frame_pool(random.Random("java-frames"), java=True)
+_PY_FRAMES = _frame_pool(random.Random("python-frames"), java=False)
 
 
 def clip_utf8(text: str, max_bytes: int) -> str:
@@ -685,8 +681,7 @@ class GeneratedObject:
 
 
 def _rng(cfg: GeneratorConfig, spec: PlannedObject) -> random.Random:
-    # S311: seeded, reproducible test data; not a secret.
-    return random.Random(f"{cfg.seed}:object:{spec.index}")  # noqa: S311
+    return random.Random(f"{cfg.seed}:object:{spec.index}")
 
 
 def build_records(

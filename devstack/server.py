@@ -39,8 +39,7 @@ class MotoServer:
             env.pop(var)
         # Without this, moto lets any account write any bucket, and an S3 isolation test would prove nothing.
         env["MOTO_S3_ALLOW_CROSSACCOUNT_ACCESS"] = "false"
-        # S603: a fixed argv: this interpreter running moto's server.
-        self._proc = subprocess.Popen(  # noqa: S603
+        self._proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -52,8 +51,7 @@ class MotoServer:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"moto server exited with code {self._proc.returncode}")
             try:
-                # S310: the local moto server's own http URL.
-                with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1):  # noqa: S310
+                with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1):
                     return self
             except OSError:
                 time.sleep(0.1)
@@ -72,9 +70,8 @@ class MotoServer:
 
     def reset(self) -> None:
         """Wipe every account's state (moto's own reset API)."""
-        # S310: the local moto server's own http URL.
-        req = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")  # noqa: S310
-        with urllib.request.urlopen(req, timeout=10):  # noqa: S310
+        req = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(req, timeout=10):
             pass
 
     def __enter__(self) -> MotoServer:

@@ -289,8 +289,7 @@ class FaultProxy:
         self._up_host, self._up_port = up.hostname, up.port
         self._host = host
         self._timeout = timeout_s
-        # S311: seeded, reproducible test data; not a secret.
-        self._rng = random.Random(seed)  # noqa: S311
+        self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
         self._calls: list[Call] = []

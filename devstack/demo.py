@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
-from pipeline.local.generator import DamageKind, GeneratorConfig, write_dataset
-from pipeline.local.provision import LocalEnvironment, SampleTenant, create_tenant_resources, provision
-from pipeline.local.readback import read_bucket, read_group
-from pipeline.local.server import MotoServer, free_port
+from devstack.generator import DamageKind, GeneratorConfig, write_dataset
+from devstack.provision import LocalEnvironment, SampleTenant, create_tenant_resources, provision
+from devstack.readback import read_bucket, read_group
+from devstack.server import MotoServer, free_port
 
 DEMO_TENANT = "acme"
 REPORT_PATH = Path("reports/demo-report.json")
@@ -87,8 +87,7 @@ def backfill_dataset(now: datetime) -> GeneratorConfig:
 
 def _replay(env: LocalEnvironment, report: Path, *args: str) -> tuple[int, dict[str, Any]]:
     cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), *args, "--report", str(report), "--no-progress"]
-    # S603: a fixed argv: this interpreter running the replay job.
-    code = subprocess.run([*cmd, "--log-level", "WARNING"], env={**os.environ, **env.env}, check=False).returncode  # noqa: S603
+    code = subprocess.run([*cmd, "--log-level", "WARNING"], env={**os.environ, **env.env}, check=False).returncode
     return code, orjson.loads(report.read_bytes())
 
 

@@ -1,4 +1,4 @@
-"""`python -m pipeline.local serve`: an embedded local AWS for trying the CLIs by hand."""
+"""`python -m devstack serve`: an embedded local AWS for trying the CLIs by hand."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 
 import click
 
-from pipeline.local.provision import provision
-from pipeline.local.server import MotoServer
+from devstack.provision import provision
+from devstack.server import MotoServer
 
 
 @click.group()
@@ -43,7 +43,7 @@ def serve(port: int) -> None:
 @cli.command()
 def demo() -> None:
     """Generate a multi-tenant data set, replay one tenant on a local Ray, and show what arrived where."""
-    from pipeline.local.demo import run_demo
+    from devstack.demo import run_demo
 
     sys.exit(run_demo())
 
