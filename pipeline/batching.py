@@ -83,11 +83,6 @@ def message_bytes(message: str) -> int:
     return len(message) if message.isascii() else len(message.encode("utf-8", "surrogatepass"))
 
 
-def event_size(message: str) -> int:
-    """An event's cost against the batch byte limit."""
-    return message_bytes(message) + EVENT_OVERHEAD_BYTES
-
-
 def split_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> list[str]:
     """Split a message over the one-event limit into parts that fit, each marked `[split i/n] `.
 

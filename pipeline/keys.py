@@ -125,10 +125,6 @@ def tenant_prefix(cluster: str, tenant: str) -> str:
     return f"{cluster}/{tenant}/"
 
 
-def application_prefix(cluster: str, tenant: str, application: str) -> str:
-    return f"{cluster}/{tenant}/{application}/"
-
-
 def pod_prefix(cluster: str, tenant: str, application: str, pod: str) -> str:
     return f"{cluster}/{tenant}/{application}/{pod}/"
 

@@ -19,7 +19,7 @@ class NullSink:
     traits: ClassVar[SinkTraits] = traits_of(name)
 
     def __init__(self, credentials: object = None, retry: object = None) -> None:
-        self.bytes_serialized = 0
+        """The other sinks' constructor; a sink that sends nothing needs neither argument."""
 
     def send(self, dest: Delivery, stream: str, events: list[Event]) -> SinkResult:
         result = SinkResult()
@@ -28,8 +28,7 @@ class NullSink:
         return result
 
     def put_batch(self, dest: Delivery, stream: str, batch: list[Event]) -> SinkResult:
-        body = put_log_events_body(dest.log_group, stream, batch)
-        self.bytes_serialized += len(body)  # a statistic: a lost update between threads costs nothing
+        put_log_events_body(dest.log_group, stream, batch)  # the work of a real put, then dropped
         return SinkResult(delivered=len(batch), batches=1)
 
     def flush(self) -> None:
