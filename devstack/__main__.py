@@ -1,4 +1,5 @@
-"""`python -m devstack serve`: an embedded local AWS for trying the CLIs by hand."""
+"""`python -m devstack serve|demo|generate` (from the repository root): an embedded local AWS for trying the CLIs
+by hand, `make demo`, and the synthetic generator."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 import click
 
+from devstack.generate import main as generate
 from devstack.provision import provision
 from devstack.server import MotoServer
 
@@ -46,6 +48,9 @@ def demo() -> None:
     from devstack.demo import run_demo
 
     sys.exit(run_demo())
+
+
+cli.add_command(generate, "generate")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -31,7 +32,6 @@ BACKFILL_REPORT_PATH = Path("reports/demo-backfill-report.json")
 BACKFILL_DAYS = 30
 BACKFILL_TENANTS = ("umbrella", "hooli")
 ONBOARDED_TENANT = "wayne"  # onboarded through the tenant API, not provisioned
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _banner(text: str) -> None:
@@ -85,8 +85,18 @@ def backfill_dataset(now: datetime) -> GeneratorConfig:
     )
 
 
+def replay_command() -> str:
+    """The installed `log-replay` console script (pyproject's [project.scripts]) of this interpreter's venv,
+    else the one on PATH: the demo runs the replay as an operator does, from the installed package."""
+    beside = Path(sys.executable).parent / "log-replay"
+    found = str(beside) if beside.is_file() else shutil.which("log-replay")
+    if not found:
+        raise SystemExit("log-replay is not installed: run `make demo` (it installs the project into .venv)")
+    return found
+
+
 def _replay(env: LocalEnvironment, report: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), *args, "--report", str(report), "--no-progress"]
+    cmd = [replay_command(), *args, "--report", str(report), "--no-progress"]
     code = subprocess.run([*cmd, "--log-level", "WARNING"], env={**os.environ, **env.env}, check=False).returncode
     return code, orjson.loads(report.read_bytes())
 
@@ -203,11 +213,11 @@ def run_demo() -> int:
         old = write_dataset(backfill_dataset(now), env.names.bucket, s3=env.client("s3")).summary()
         print(f"  backfill set: {old['objects']} objects over {BACKFILL_DAYS} days for {', '.join(BACKFILL_TENANTS)}")
 
-        _banner(f"python jobs/replay.py --tenant {DEMO_TENANT} --since 7h  (local Ray)")
+        _banner(f"log-replay --tenant {DEMO_TENANT} --since 7h  (local Ray)")
         REPORT_PATH.parent.mkdir(exist_ok=True)
         code, report = _replay(env, REPORT_PATH, "--tenant", DEMO_TENANT, "--since", "7h")
 
-        _banner(f"python jobs/replay.py --tenant umbrella --tenant hooli --since {BACKFILL_DAYS + 1}d  (backfill)")
+        _banner(f"log-replay --tenant umbrella --tenant hooli --since {BACKFILL_DAYS + 1}d  (backfill)")
         backfill_code, backfill = _replay(
             env,
             BACKFILL_REPORT_PATH,

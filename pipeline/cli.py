@@ -1,4 +1,5 @@
-"""What the click CLIs in jobs/ share: time parameters, help layout, exit codes."""
+"""What the click commands of `pipeline.commands` (the console scripts) share: time parameters, help layout, exit
+codes."""
 
 from __future__ import annotations
 

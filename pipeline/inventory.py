@@ -12,7 +12,7 @@ events, uncompressed bytes and the message bytes CloudWatch would ingest; the no
 that sample. Whether an object is sampled depends only on its key and the seed, so re-running a larger
 window samples the same objects again plus new ones.
 
-`notebooks/volume_analysis.ipynb` reads what this writes; `jobs/inventory.py` is the CLI.
+`notebooks/volume_analysis.ipynb` reads what this writes; `log-inventory` (`pipeline.commands.inventory`) is the CLI.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tenant management: what `jobs/tenants.py` does, as a library (CONTRACTS.md §3).
+"""Tenant management: what `log-tenants` (`pipeline.commands.tenants`) does, as a library (CONTRACTS.md §3).
 
 `tables` opens a tenant table and says which shape it has, or why it cannot be used; `listing` shows every
 tenant and its deliveries; `migrate` copies a v1 table into a v2 one. Every item is read and written through

@@ -1,4 +1,4 @@
-"""The API as the environment configures it: what `jobs/tenants.py serve` and the Lambda handler run."""
+"""The API as the environment configures it: what `log-tenants serve` and the Lambda handler run."""
 
 from __future__ import annotations
 

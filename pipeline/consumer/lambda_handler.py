@@ -156,7 +156,7 @@ _runtime_lock = threading.Lock()
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:
-    """The Lambda entry point (re-exported as `jobs.consumer.lambda_handler`)."""
+    """The Lambda entry point (re-exported as `pipeline.commands.consumer.lambda_handler`, what the image runs)."""
     global _runtime
     if _runtime is None:
         with _runtime_lock:

@@ -515,7 +515,7 @@ def test_lambda_function_shape_and_environment() -> None:
     template, resolve = resolved("lambda")
     fn = resolve(template["Resources"]["LogDistributorFunction"]["Properties"])
     assert fn["PackageType"] == "Image"
-    assert fn["ImageConfig"]["Command"] == ["jobs.consumer.lambda_handler"]
+    assert fn["ImageConfig"]["Command"] == ["pipeline.commands.consumer.lambda_handler"]  # in the installed package
     assert set(fn["Environment"]["Variables"]) == {
         "EXECUTION_MODE",
         "S3_BUCKET_NAME",

@@ -9,7 +9,15 @@ import pytest
 import yaml
 from infra_helpers import REPO, TEMPLATES, load_template, rendered_images, split_image
 
+from pipeline.commands.consumer import LAMBDA_HANDLER
+
 CONTAINERS = REPO / "containers"
+SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+# What an image may take from the repository: the project (pyproject and README to build it, the `pipeline`
+# package), the jobs/ wrappers, its lock, and the collector's own config. Dev tooling (devstack/: moto, the
+# generator, the fault proxy) and tests never ship.
+IMAGE_SOURCES = ("pyproject.toml", "README.md", "pipeline/", "jobs/", "containers/requirements-", "collector/")
+DEV_ONLY = ("devstack", "tests", "bench", "notebooks", ".")
 
 
 def instructions(name: str) -> list[tuple[str, str]]:
@@ -60,6 +68,17 @@ def test_copy_sources_exist_in_the_build_context(name: str) -> None:
         assert src == readme or (REPO / src).exists(), f"{name}: COPY source {src} is not in the repository"
 
 
+@pytest.mark.parametrize("name", ["Containerfile.collector", "Containerfile.processor", "Containerfile.ray"])
+def test_images_copy_the_production_package_and_no_dev_tooling(name: str) -> None:
+    """Only what the wheel and the jobs/ wrappers need goes in; `COPY . .` or devstack/ would put the moto
+    server, the generator and the fault proxy into a production image."""
+    for op, rest in instructions(name):
+        if op in ("COPY", "ADD") and "--from=" not in rest:
+            for src in [a for a in rest.split() if not a.startswith("--")][:-1]:
+                assert src.rstrip("/").split("/")[0] not in DEV_ONLY, f"{name}: COPY {src}"
+                assert src.startswith(IMAGE_SOURCES), f"{name}: COPY {src} is not part of the production package"
+
+
 def test_processor_copies_vector_from_the_collector_and_runs_as_non_root() -> None:
     st = stages("Containerfile.processor")
     collector_stage = st[0][0][1]
@@ -74,14 +93,17 @@ def test_processor_copies_vector_from_the_collector_and_runs_as_non_root() -> No
     # The Deployment runs the image with the same uid.
     dep = yaml.safe_load((REPO / "k8s" / "consumer" / "deployment.yaml").read_text())
     assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(uid)
+    # The installed console script (pyproject's [project.scripts]), not a file of the checkout.
     entry = [rest for op, rest in final if op == "ENTRYPOINT"][-1]
-    assert entry == '["python", "-m", "jobs.consumer"]'
+    assert entry == '["log-consumer"]'
+    assert SCRIPTS["log-consumer"] == "pipeline.commands.consumer:main"
     # Lambda runs the runtime interface client the image installs.
     build = "\n".join(rest for op, rest in st[1] if op == "RUN")
     assert "-r requirements-processor.txt" in build
     assert re.search(r"^awslambdaric==", (CONTAINERS / "requirements-processor.txt").read_text(), re.MULTILINE)
     fn = load_template(TEMPLATES["lambda"])["Resources"]["LogDistributorFunction"]["Properties"]
     assert fn["ImageConfig"]["EntryPoint"] == ["python", "-m", "awslambdaric"]
+    assert fn["ImageConfig"]["Command"] == [LAMBDA_HANDLER]
 
 
 def test_collector_image_is_vector() -> None:

@@ -280,7 +280,7 @@ def test_rayjobs_run_the_replay_and_clean_up(which: str) -> None:
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["ttlSecondsAfterFinished"] > 0
     argv = shlex.split(spec["entrypoint"])
-    assert argv[0] == "python" and argv[1].endswith("jobs/replay.py")
+    assert argv[0] == "log-replay"  # the console script the Ray image installs with the package
     assert argv[argv.index("--since") + 1] == "26h" and argv[argv.index("--until") + 1] == "1h"
     # A one-off replay names its tenant; the scheduled backfill covers every enabled tenant in the table.
     assert ("--tenant" if which == "adhoc" else "--all-tenants") in argv

@@ -71,7 +71,7 @@ def test_the_deployment_is_probed_non_root_with_resources_and_reachable_only_fro
     assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and "memory" in c["resources"]["limits"]
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": 8080}
-    assert c["command"] == ["python", "-m", "jobs.tenants"] and c["args"][0] == "serve"
+    assert c["command"] == ["log-tenants"] and c["args"][0] == "serve"  # the image's console script
     env = {e["name"]: e for e in c["env"]}
     assert env["TENANT_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "tenant-api-key"
     assert {p["containerPort"] for p in c["ports"]} == {8080}

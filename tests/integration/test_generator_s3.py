@@ -123,10 +123,11 @@ def test_cli_writes_and_summarises(local_aws: LocalEnvironment, tmp_path: Path) 
     args = ["--tenant", "acme", "--apps", "1", "--pods-per-app", "2", "--objects-per-pod", "3"]
     args += ["--events-per-object", "5", "--since", "2024-01-01", "--until", "2024-01-01T01:00:00Z"]
     args += ["--damaged", "--counts-only", "--manifest", str(path)]
-    # The script as a user runs it, in its own process; the bucket comes from S3_BUCKET_NAME and the
-    # endpoint from AWS_ENDPOINT_URL, both set by the fixture.
-    script = Path(__file__).resolve().parents[2] / "jobs" / "generate.py"
-    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=60)
+    # The command as a user runs it (from the repository root), in its own process; the bucket comes from
+    # S3_BUCKET_NAME and the endpoint from AWS_ENDPOINT_URL, both set by the fixture.
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "devstack", "generate", *args]
+    result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     summary = orjson.loads(result.stdout)
     assert summary["objects"] == 6 + len(DamageKind)

@@ -1,10 +1,11 @@
-"""Write synthetic Vector-format log objects into the central bucket, or print raw records for a real Vector.
+"""`python -m devstack generate`: write synthetic Vector-format log objects into the central bucket, or print
+raw records for a real Vector.
 
-A thin CLI over `devstack.generator`; see that module for the formats and the manifest.
+A thin CLI over `devstack.generator`; see that module for the formats and the manifest. From the repository root:
 
-    python jobs/generate.py --tenant acme --tenant globex --apps 3 --since 6h --objects-per-pod 10
-    python jobs/generate.py --damaged --manifest /tmp/manifest.json
-    python jobs/generate.py --stdout | vector --config collector/vector/vector-local-test.yaml
+    python -m devstack generate --tenant acme --tenant globex --apps 3 --since 6h --objects-per-pod 10
+    python -m devstack generate --damaged --manifest /tmp/manifest.json
+    python -m devstack generate --stdout | vector --config collector/vector/vector-local-test.yaml
 """
 
 from __future__ import annotations
