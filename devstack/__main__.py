@@ -16,7 +16,7 @@ from devstack.server import MotoServer
 
 @click.group()
 def cli() -> None:
-    """The embedded local AWS (a moto server over HTTP), provisioned with sample tenants."""
+    """Dev tooling: the embedded local AWS (a moto server over HTTP) with sample tenants, the demo, the generator."""
 
 
 @cli.command()
