@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.aws import StaticCredentials
+from pipeline.classify import Action, classify_error
 from pipeline.errors import DeliveryError
 
 SESSION_NAME_MAX = 64
@@ -145,8 +146,10 @@ class CredentialBroker:
         try:
             return assume_role(sts, role_arn, name, external_id)
         except (ClientError, BotoCoreError) as exc:
+            # botocore's standard retries have already waited out what STS calls transient.
+            action = classify_error("sts", exc)
             code = aws.error_code(exc) or type(exc).__name__
-            raise DeliveryError(f"cannot assume {role_arn}: {code}") from exc
+            raise DeliveryError(f"cannot assume {role_arn}: {code}", recoverable=action is not Action.FAIL) from exc
 
 
 def assume_role(

@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline import allocator, aws
 from pipeline.assembly import IN_FLIGHT_PUTS, Pending, PodBatches, PutPipeline
 from pipeline.batching import MAX_STREAM_NAME_CHARS, Event, group_by_stream, prepare
+from pipeline.classify import Action, classify_error
 from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError, NonRecoverableError
 from pipeline.keys import InvalidKeyError, ObjectKey, parse_key
@@ -431,8 +432,11 @@ class Deliverer:
                     r.batched = True
         except NonRecoverableError as exc:
             return result.fail(exc.reason, recoverable=False)
-        except (ClientError, BotoCoreError, LedgerError) as exc:
-            return result.fail(f"tenant or ledger lookup failed: {aws.error_code(exc) or exc}", recoverable=True)
+        except LedgerError as exc:
+            return result.fail(f"tenant or ledger lookup failed: {exc}", recoverable=True)
+        except (ClientError, BotoCoreError) as exc:
+            recoverable = classify_error("dynamodb", exc) is not Action.FAIL
+            return result.fail(f"tenant or ledger lookup failed: {aws.error_code(exc) or exc}", recoverable)
         if todo:
             try:
                 self._deliver_body(ref, parsed, todo, result, batches)
@@ -498,10 +502,10 @@ class Deliverer:
         try:
             obj = self.s3.get_object(Bucket=ref.bucket, Key=ref.key)
         except ClientError as exc:
-            code = aws.error_code(exc)
-            if code in ("NoSuchKey", "404", "NotFound"):
+            # The central client keeps botocore's retries: what reaches here is a verdict, not a hiccup.
+            if classify_error("s3", exc) is Action.FAIL:  # NoSuchKey: deleted since the notification
                 raise NonRecoverableError(f"object no longer exists in s3://{ref.bucket}") from exc
-            raise DeliveryError(f"GetObject failed: {code}") from exc
+            raise DeliveryError(f"GetObject failed: {aws.error_code(exc)}") from exc
         result.etag = str(obj.get("ETag", result.etag)).strip('"')
         last_modified: datetime | None = obj.get("LastModified") or ref.last_modified
         fallback_ms = int(last_modified.timestamp() * 1000) if last_modified else int(self._clock() * 1000)

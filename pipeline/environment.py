@@ -1,9 +1,10 @@
 """Startup checks of the AWS environment, and one line for each way it can be wrong.
 
 Every entrypoint reads its bucket, tables and queue before it does any work, with the calls its role
-already has (ListBucket, DescribeTable on the tenant table, GetItem on the ledger, GetQueueAttributes), so
-a wrong environment stops it at once with one line naming the resource and the fix, and exit code 3,
-instead of a traceback from deep inside a worker.
+already has (ListBucket, DescribeTable on the tenant table, GetItem on the ledger, GetQueueAttributes), and
+looks for the programs its sinks run (the `vector` binary), so a wrong environment stops it at once with
+one line naming the resource and the fix, and exit code 3, instead of a traceback from deep inside a
+worker or a failure on every object.
 """
 
 from __future__ import annotations
@@ -23,25 +24,9 @@ from botocore.exceptions import (
 )
 
 from pipeline import aws
+from pipeline.classify import ACCESS_DENIED, BAD_CREDENTIALS, MISSING
 from pipeline.settings import ConfigError, Settings
 
-ACCESS_DENIED = frozenset(
-    {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AllAccessDisabled", "Forbidden", "403"}
-)
-BAD_CREDENTIALS = frozenset(
-    {
-        "InvalidClientTokenId",
-        "UnrecognizedClientException",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "InvalidToken",
-    }
-)
-MISSING = frozenset(
-    {"NoSuchBucket", "ResourceNotFoundException", "QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"}
-)
 # The ledger check reads an item no object can have: a key segment never contains "#".
 PROBE_KEY = "#startup-check#"
 
@@ -128,6 +113,17 @@ def check_queue(queue_url: str) -> None:
     _check(r, aws.client("sqs").get_queue_attributes, QueueUrl=queue_url, AttributeNames=["VisibilityTimeout"])
 
 
+def check_sink(sink: str) -> None:
+    """The programs the sinks `sink` puts to work need (the vector binary): a missing one is a wrong image,
+    which no retry fixes, so it stops the entrypoint here rather than failing every object later."""
+    from pipeline.sinks import check_sinks  # the sink registry is not needed by the other checks
+
+    try:
+        check_sinks(sink)
+    except ConfigError as exc:
+        raise EnvironmentProblem(str(exc)) from exc
+
+
 def check(
     settings: Settings,
     *,
@@ -135,8 +131,12 @@ def check(
     tenant_table: bool = False,
     ledger_table: bool = False,
     queue: bool = False,
+    sink: str | None = None,
 ) -> None:
-    """Read each resource asked for once; raise EnvironmentProblem naming the first that fails."""
+    """Read each resource asked for once, and check what `sink` needs to run; raise EnvironmentProblem
+    naming the first that fails."""
+    if sink is not None:
+        check_sink(sink)  # local and cheap: before any call that could wait on the network
     if bucket:
         check_bucket(settings.bucket)
     if tenant_table:

@@ -16,6 +16,8 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pipeline.errors import NonRecoverableError
+
 # What the collector's Vector aws_s3 sink is configured with; tests compare collector/vector/ to these.
 VECTOR_KEY_PREFIX = "{{ cluster_id }}/{{ namespace }}/{{ application }}/{{ pod_name }}/"
 FILENAME_TIME_FORMAT = "%Y%m%d-%H%M%S"
@@ -34,15 +36,16 @@ MAX_KEY_BYTES = 1024  # S3's own limit
 MIN_SEGMENTS = 5
 
 
-class InvalidKeyError(ValueError):
-    """A key that does not follow the layout. Non-recoverable: retrying cannot fix a key."""
+class InvalidKeyError(NonRecoverableError, ValueError):
+    """A key that does not follow the layout. Non-recoverable: retrying cannot fix a key.
 
-    recoverable = False
+    A ValueError too, as it always was: callers that validate input catch it that way.
+    """
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"invalid object key {key[:200]!r}: {reason}")
         self.key = key
-        self.reason = reason
+        self.reason = reason  # without the key: the result that reports it names the key already
 
 
 @dataclass(frozen=True, slots=True)

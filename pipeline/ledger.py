@@ -22,18 +22,22 @@ bucket still holds can expire from the ledger.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline import aws
+from pipeline.errors import DeliveryError
+from pipeline.retry import RetryPolicy
 from pipeline.tenants import V1_DELIVERY_ID
 
 BATCH_GET_MAX = 100
 BATCH_WRITE_MAX = 25
-UNPROCESSED_ATTEMPTS = 8  # batch rounds for keys DynamoDB left unprocessed (throttled)
+UNPROCESSED_ATTEMPTS = 8  # batch rounds for keys DynamoDB left unprocessed (throttled), after the first
+# DynamoDB leaves keys unprocessed when it throttles the batch: AWS advises asking again for just those, with
+# exponential backoff. Nine calls over at most ~8 s, then the caller hears of it (LedgerError).
+UNPROCESSED_RETRY = RetryPolicy(attempts=UNPROCESSED_ATTEMPTS + 1, base_s=0.05, cap_s=2.0)
 CONDITION_FAILED = "ConditionalCheckFailedException"
 TTL_ATTRIBUTE = "expires_at"
 
@@ -52,8 +56,9 @@ class LedgerEntry:
     bytes_delivered: int = 0
 
 
-class LedgerError(RuntimeError):
-    """The ledger could not answer after bounded retries (DynamoDB kept throttling)."""
+class LedgerError(DeliveryError):
+    """The ledger could not answer after bounded retries (DynamoDB kept throttling). Recoverable: the
+    objects it was about are kept, and the next attempt asks again."""
 
 
 def _norm_etag(etag: str | None) -> str:
@@ -68,10 +73,12 @@ class Ledger:
         sleep: Callable[[float], None] = time.sleep,
         retention_s: float = 0.0,
         clock: Callable[[], float] = time.time,
+        retry: RetryPolicy = UNPROCESSED_RETRY,
     ) -> None:
         self.table = table
         self._client = client
         self._sleep = sleep
+        self._retry = retry
         # 0 (no expiry) suits the readers that build their own ledger (plan, inventory): expiry is checked
         # on read from each item's own attribute, whatever the reader's retention.
         self.retention_s = retention_s
@@ -183,18 +190,20 @@ class Ledger:
     def _rounds(
         self, call: Callable[..., Any], request: dict[str, Any], leftover: str = "UnprocessedItems"
     ) -> Iterator[dict[str, Any]]:
-        """Each answer of a batch call, sent again with what DynamoDB left unprocessed (throttled): bounded,
-        with full-jitter backoff as AWS advises, then LedgerError."""
-        for attempt in range(UNPROCESSED_ATTEMPTS + 1):
+        """Each answer of a batch call, sent again with what DynamoDB left unprocessed (throttled): bounded
+        by the retry policy, with its backoff, then LedgerError naming the table and what is left."""
+        retrying = self._retry.begin(self._sleep)
+        while True:
             resp: dict[str, Any] = call(RequestItems=request)
             yield resp
             request = resp.get(leftover) or {}
             if not request:
                 return
-            if attempt == UNPROCESSED_ATTEMPTS:
-                raise LedgerError(f"{self.table}: still unprocessed after {attempt + 1} batch rounds ({leftover})")
-            # S311: jitter, not a secret.
-            self._sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))  # noqa: S311
+            if not retrying.wait():
+                raise LedgerError(
+                    f"ledger table {self.table}: {_count_requests(request)} keys still unprocessed after "
+                    f"{retrying.failures} batch rounds ({leftover}): DynamoDB kept throttling"
+                )
 
     def entries(self, tenant_id: str) -> list[LedgerEntry]:
         """Every record of one tenant, one per (object, delivery): for reports, notebooks and tests."""
@@ -211,6 +220,11 @@ class Ledger:
             if "LastEvaluatedKey" not in resp:
                 return out
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+
+def _count_requests(request: Mapping[str, Any]) -> int:
+    """Keys in a BatchGetItem request ({table: {"Keys": [...]}}) or items in a BatchWriteItem one ({table: [...]})."""
+    return sum(len(v.get("Keys", [])) if isinstance(v, Mapping) else len(v) for v in request.values())
 
 
 def _record_value(entry: LedgerEntry) -> dict[str, Any]:

@@ -1,37 +1,89 @@
-"""The retry mechanism every sink shares: how many attempts, and how long to wait between them.
+"""How every loop that retries waits: bounded attempts, capped exponential backoff with full jitter, and an
+optional deadline.
 
-Which errors are worth retrying is each sink's own decision (CloudWatch and S3 name them differently);
-how to retry is this one policy: capped exponential backoff with full jitter, as the AWS architecture
-blog recommends, bounded in attempts so a stuck destination fails its delivery instead of a worker.
+Whether an error is worth retrying is not decided here but in `pipeline.classify`, one table for every
+service; this is only the mechanism, as the AWS architecture blog recommends it: the n-th wait is drawn
+uniformly from [0, min(cap, base * 2**n)], so clients that failed together do not retry together. Bounded
+in attempts (and, when given, in time) so a stuck destination fails its work instead of holding a worker.
+
+    retrying = policy.begin(sleep)
+    while True:
+        try:
+            return call()
+        except SomeError as exc:
+            if classify_error(service, exc) is not Action.RETRY:
+                raise
+            retrying.backoff("PutObject s3://…", describe(exc))  # sleeps, or raises once spent
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
-
-from botocore.exceptions import ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
 from pipeline.errors import DeliveryError
 
-# Failures below the HTTP layer: the request may or may not have arrived, and sending it again is safe for
-# every call the sinks make (PutLogEvents duplicates are bounded by the ledger; PutObject overwrites).
-NETWORK_ERRORS = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
+__all__ = ["RetryPolicy", "Retrying"]
 
 
 class RetryPolicy:
-    def __init__(self, attempts: int = 8, base_s: float = 0.1, cap_s: float = 10.0) -> None:
+    """The settings, shared by every call that retries the same way; `begin` starts one loop."""
+
+    def __init__(
+        self, attempts: int = 8, base_s: float = 0.1, cap_s: float = 10.0, deadline_s: float | None = None
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("a retry policy needs at least one attempt")
         self.attempts = attempts
         self.base_s = base_s
         self.cap_s = cap_s
+        self.deadline_s = deadline_s
 
-    def delay(self, attempt: int) -> float:
+    def delay(self, retry: int) -> float:
+        """The wait before retry number `retry` (0 for the first): full jitter under the capped exponential."""
         # S311: jitter, not a secret.
-        return random.uniform(0, min(self.cap_s, self.base_s * (2**attempt)))  # noqa: S311
+        return random.uniform(0, min(self.cap_s, self.base_s * (2**retry)))  # noqa: S311
 
-    def backoff(self, attempt: int, what: str, code: str, sleep: Callable[[float], None]) -> int:
-        """Sleep before attempt `attempt + 1`, or raise DeliveryError once the attempts are spent."""
-        if attempt + 1 >= self.attempts:
-            raise DeliveryError(f"{what} still failing after {attempt + 1} attempts: {code}")
-        sleep(self.delay(attempt))
-        return attempt + 1
+    def begin(
+        self, sleep: Callable[[float], object] = time.sleep, clock: Callable[[], float] = time.monotonic
+    ) -> Retrying:
+        """One retry loop under this policy; its attempts and deadline count from now."""
+        return Retrying(self, sleep, clock)
+
+    def __repr__(self) -> str:
+        deadline = f", deadline_s={self.deadline_s}" if self.deadline_s is not None else ""
+        return f"RetryPolicy(attempts={self.attempts}, base_s={self.base_s}, cap_s={self.cap_s}{deadline})"
+
+
+class Retrying:
+    """The state of one retry loop: how many attempts failed, and since when it has been trying."""
+
+    def __init__(self, policy: RetryPolicy, sleep: Callable[[float], object], clock: Callable[[], float]) -> None:
+        self.policy = policy
+        self.failures = 0
+        self._sleep = sleep
+        self._clock = clock
+        self._started = clock()
+
+    def wait(self) -> bool:
+        """After a failed attempt: sleep, then True (try again); False once the attempts or the deadline are spent.
+
+        A wait never runs past the deadline, so no attempt starts after it.
+        """
+        self.failures += 1
+        if self.failures >= self.policy.attempts:
+            return False
+        delay = self.policy.delay(self.failures - 1)
+        if self.policy.deadline_s is not None:
+            left = self.policy.deadline_s - (self._clock() - self._started)
+            if left <= 0:
+                return False
+            delay = min(delay, left)
+        self._sleep(delay)
+        return True
+
+    def backoff(self, what: str, code: str) -> None:
+        """`wait()`, or raise a recoverable DeliveryError naming what kept failing, how, and how often."""
+        if not self.wait():
+            raise DeliveryError(f"{what} still failing after {self.failures} attempts: {code}")

@@ -24,6 +24,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from pipeline import aws
+from pipeline.classify import Action, classify_error
 from pipeline.errors import NonRecoverableError
 from pipeline.keys import NAME_SEGMENT_RE, TENANT_ID_RE, ObjectKey
 
@@ -450,7 +451,9 @@ class TenantDirectory:
             try:
                 resp = self._ddb().query(**kwargs)
             except ClientError as exc:
-                if aws.error_code(exc) == "ValidationException":  # not a tenant id the table can hold
+                # A query the table can never answer (ValidationException: not a tenant id it can hold)
+                # means no such tenant; anything else is the table's trouble, raised for the caller.
+                if classify_error("dynamodb", exc) is Action.FAIL:
                     return TenantConfigError(f"unknown tenant {tenant_id!r}: no entry in {self.table}")
                 raise
             items.extend(deserialize(i) for i in resp.get("Items", []))

@@ -29,6 +29,7 @@ from botocore.exceptions import ClientError
 from pipeline import aws
 from pipeline.admin import text
 from pipeline.admin.tables import open_table
+from pipeline.retry import RetryPolicy
 from pipeline.tenants import (
     V1_DELIVERY_ID,
     TableSchema,
@@ -43,6 +44,9 @@ log = logging.getLogger("pipeline.admin.migrate")
 
 STAMPS = ("created_at", "updated_at")  # not part of what makes two items the same delivery
 BATCH_GET_MAX = 100  # DynamoDB's limit of keys per BatchGetItem
+# Keys DynamoDB left unprocessed (throttled) are asked for again, as the ledger does, a little longer: a
+# migration is run by hand, and starting it over costs more than waiting.
+UNPROCESSED_RETRY = RetryPolicy(attempts=10, base_s=0.05, cap_s=2.0)
 
 
 class Action(StrEnum):
@@ -228,7 +232,8 @@ def _existing(ddb: Any, table: str, tenant_ids: list[str]) -> dict[str, dict[str
         request: dict[str, Any] = {
             table: {"Keys": [_key(t) for t in tenant_ids[start : start + BATCH_GET_MAX]], "ConsistentRead": True}
         }
-        for attempt in range(10):
+        retrying = UNPROCESSED_RETRY.begin(time.sleep)
+        while True:
             resp = ddb.batch_get_item(RequestItems=request)
             for raw in resp.get("Responses", {}).get(table, []):
                 item = deserialize(raw)
@@ -236,7 +241,6 @@ def _existing(ddb: Any, table: str, tenant_ids: list[str]) -> dict[str, dict[str
             request = resp.get("UnprocessedKeys") or {}
             if not request:
                 break
-            time.sleep(min(0.05 * 2**attempt, 2.0))  # throttled: back off, then ask for the rest
-        else:
-            raise RuntimeError(f"DynamoDB left keys of {table} unprocessed after 10 attempts")
+            if not retrying.wait():  # throttled: back off, then ask for the rest
+                raise RuntimeError(f"DynamoDB left keys of {table} unprocessed after {retrying.failures} attempts")
     return found

@@ -17,6 +17,11 @@ Flow of one message:
   whatever is still in flight so another pod picks it up at once, and return 0. The long poll runs on its
   own thread, so an idle consumer does not wait out its 20 s poll: it leaves the poll behind (it holds no
   message until it returns one) and exits within a second or so.
+- A failing receive is judged by `pipeline.classify` ("sqs"). The queue gone or its URL wrong: the
+  consumer drains and raises ConfigError (exit 3), since waiting cannot fix its configuration. Anything
+  else (throttling, 5xx, the network, access denied) is waited out with the shared backoff policy, for at
+  most `RECEIVE_RETRY`'s deadline of uninterrupted failure; then it drains and returns 1, so the pod is
+  restarted and its startup check names the problem, instead of turning forever behind a healthy /healthz.
 """
 
 from __future__ import annotations
@@ -33,10 +38,13 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws, environment
+from pipeline.classify import Action, classify_error, describe
+from pipeline.cli import EXIT_FAILED, EXIT_OK
 from pipeline.consumer.metrics import Metrics, MetricsServer
 from pipeline.consumer.processor import MessageOutcome, MessageProcessor
 from pipeline.delivery import build_deliverer
 from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
+from pipeline.retry import Retrying, RetryPolicy
 from pipeline.settings import ConfigError, Settings
 
 log = logging.getLogger("pipeline.consumer.sqs")
@@ -45,7 +53,9 @@ SQS_MAX_MESSAGES = 10  # per ReceiveMessage and per ChangeMessageVisibilityBatch
 SQS_MAX_WAIT_S = 20
 SQS_MAX_VISIBILITY_S = 12 * 3600
 DEFAULT_HEARTBEAT_CAP_S = 60.0
-QUEUE_MISSING_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+# Waits from 1 s up to one long poll's length; 10 minutes of nothing but failed receives is an outage or a
+# broken identity that a restart (and its startup check) reports better than a loop that keeps turning.
+RECEIVE_RETRY = RetryPolicy(attempts=1000, base_s=1.0, cap_s=SQS_MAX_WAIT_S, deadline_s=600.0)
 STOP_CHECK_S = 0.1  # how often the loop looks for a stop request while a long poll is open
 # After a stop request, how long an open poll may still answer: a poll about to return messages is worth a
 # moment (they are released at once); an idle one is left behind.
@@ -130,6 +140,7 @@ class SqsConsumer:
         options: SqsOptions,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        receive_retry: RetryPolicy = RECEIVE_RETRY,
     ) -> None:
         options.validate()
         self.processor = processor
@@ -137,6 +148,7 @@ class SqsConsumer:
         self.options = options
         self.metrics = metrics or processor.metrics
         self._clock = clock
+        self._receive_retry = receive_retry
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._heartbeat_stop = threading.Event()
@@ -174,7 +186,8 @@ class SqsConsumer:
     # -- main loop ----------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Consume until request_stop(), then drain. Returns the exit code (0)."""
+        """Consume until request_stop(), then drain. Returns the exit code: 0, or 1 when receives kept
+        failing past the retry policy. Raises ConfigError (after draining) when the queue is gone."""
         self._resolve_timeouts()
         for i in range(self.options.workers):
             threading.Thread(target=self._worker, name=f"consumer-{i}", daemon=True).start()
@@ -193,7 +206,9 @@ class SqsConsumer:
                 "drain_timeout_s": self.options.drain_timeout_s,
             },
         )
-        backoff = 0.0
+        code = EXIT_OK
+        fatal: ConfigError | None = None
+        failing: Retrying | None = None  # the retry loop of the receives failing since the last success
         while not self._stop.is_set():
             self._last_loop = self._clock()
             slots = self._take_slots()
@@ -201,18 +216,25 @@ class SqsConsumer:
                 continue
             try:
                 received = self._receive_until_stopped(slots)
-                backoff = 0.0
+                failing = None
             except (ClientError, BotoCoreError) as exc:
                 self._give_back_slots(slots)
                 self.metrics.sqs_errors.labels("ReceiveMessage").inc()
-                backoff = min(SQS_MAX_WAIT_S, max(1.0, backoff * 2))
-                log.warning(
-                    "receive failed, retrying in %.0f s: %s",
-                    backoff,
-                    aws.error_code(exc) or exc,
-                    extra={"error": str(exc)[:300]},
-                )
-                self._stop.wait(backoff)
+                if classify_error("sqs", exc) is Action.FAIL:
+                    fatal = ConfigError(self._explain(exc))
+                    log.error("receive failed for good, stopping: %s", fatal, extra={"error": str(exc)[:300]})
+                    break
+                failing = failing or self._receive_retry.begin(self._stop.wait, self._clock)
+                log.warning("receive failed, retrying: %s", describe(exc), extra={"error": str(exc)[:300]})
+                if not failing.wait() and not self._stop.is_set():
+                    log.error(
+                        "receive failed %d times in a row, stopping: %s",
+                        failing.failures,
+                        self._explain(exc),
+                        extra={"error": str(exc)[:300]},
+                    )
+                    code = EXIT_FAILED
+                    break
                 continue
             if received is None:  # stopped while the poll was still open
                 self._give_back_slots(slots)
@@ -230,7 +252,14 @@ class SqsConsumer:
         self._settle_abandoned_poll()
         self._heartbeat_stop.set()
         self.state = "stopped"
-        return 0
+        if fatal is not None:
+            raise fatal
+        return code
+
+    def _explain(self, exc: BaseException) -> str:
+        """One line for a failed call on the queue, naming the setting and the fix where one is known."""
+        queue = environment.Resource("queue", self.options.queue_url, "SQS_QUEUE_URL", "sqs:ReceiveMessage")
+        return environment.explain(exc, queue) or f"queue {self.options.queue_url}: {describe(exc)}"
 
     def _receive_until_stopped(self, n: int) -> list[dict[str, Any]] | None:
         """The messages of one receive; None when a stop came first and the poll stayed open."""
@@ -264,8 +293,8 @@ class SqsConsumer:
                     QueueUrl=self.options.queue_url, AttributeNames=["VisibilityTimeout"]
                 )["Attributes"]
             except ClientError as exc:
-                if aws.error_code(exc) in QUEUE_MISSING_CODES:
-                    raise ConfigError(f"queue {self.options.queue_url} does not exist") from exc
+                if classify_error("sqs", exc) is Action.FAIL:  # the queue is gone, or its URL is wrong
+                    raise ConfigError(self._explain(exc)) from exc
                 raise
             self.visibility_timeout_s = int(attrs["VisibilityTimeout"])
         if self.visibility_timeout_s < 1:

@@ -9,6 +9,7 @@ sink's name. Adding a sink is one entry in `REGISTRY`.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "SinkTraits",
     "SourceObject",
     "build_sinks",
+    "check_sinks",
     "describe_sinks",
     "plan_traits",
     "sink_names",
@@ -135,6 +137,21 @@ def writes_ledger(chosen: str) -> bool:
     return any(t.writes_ledger for t in plan_traits(chosen).values())
 
 
+def _sink_class(name: str) -> Any:
+    module, cls = _spec(name).target.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def check_sinks(chosen: str, env: Mapping[str, str] | None = None) -> None:
+    """ConfigError when a sink `sink_plan(chosen)` puts to work cannot run here (a program it needs is
+    missing): for startup checks, so a deployment error stops the entrypoint before it takes any work.
+    A sink says what it needs with a `check_environment(env)` classmethod; most need nothing."""
+    for name in dict.fromkeys(sink_plan(chosen).values()):
+        check = getattr(_sink_class(name), "check_environment", None)
+        if check is not None:
+            check(env)
+
+
 def build_sinks(chosen: str, *, credentials: Any = None, retry: Any = None) -> dict[DeliveryType, Sink]:
     """One sink instance per sink named in `sink_plan(chosen)`, shared by the types it serves.
 
@@ -145,7 +162,6 @@ def build_sinks(chosen: str, *, credentials: Any = None, retry: Any = None) -> d
     out: dict[DeliveryType, Sink] = {}
     for kind, name in sink_plan(chosen).items():
         if name not in built:
-            module, cls = _spec(name).target.split(":")
-            built[name] = getattr(importlib.import_module(module), cls)(credentials=credentials, retry=retry)
+            built[name] = _sink_class(name)(credentials=credentials, retry=retry)
         out[kind] = built[name]
     return out

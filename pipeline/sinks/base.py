@@ -71,7 +71,7 @@ class Sink(Protocol):
 
 class TenantWriter:
     """What the sinks that write into a tenant's account with its role share: the credential broker, the
-    shared retry policy (which errors are retried stays each sink's own decision), and an injectable sleep."""
+    shared retry policy (which errors it retries is `pipeline.classify`'s table), and an injectable sleep."""
 
     def __init__(
         self,

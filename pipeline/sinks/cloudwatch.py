@@ -1,8 +1,9 @@
 """The native CloudWatch Logs sink: PutLogEvents into the tenant's own account.
 
 Groups and streams are created when a put says they are missing, never looked up with Describe* (5 TPS
-per account). Throttling and 5xx are retried with capped exponential backoff and full jitter, matching
-the error codes exactly. Rejected events (too old, too new, expired) are counted and never retried.
+per account). Which errors are retried, refreshed or created for is `pipeline.classify`'s table for
+"logs"; retries wait by the shared policy (capped exponential backoff, full jitter, bounded). Rejected
+events (too old, too new, expired) are counted and never retried.
 """
 
 from __future__ import annotations
@@ -15,18 +16,17 @@ from botocore.exceptions import ClientError
 
 from pipeline import aws
 from pipeline.batching import Event, batches, count_rejected, put_log_events_body
+from pipeline.classify import NETWORK_ERRORS, Action, Remedy, classify, classify_error, describe, remedy
 from pipeline.errors import DeliveryError
-from pipeline.retry import NETWORK_ERRORS, RetryPolicy
+from pipeline.retry import Retrying, RetryPolicy
 from pipeline.sinks import traits_of
 from pipeline.sinks.base import SinkResult, SinkTraits, TenantWriter
 from pipeline.tenants import Delivery
 
-RETRYABLE_CODES = frozenset({"ThrottlingException", "ServiceUnavailableException"})
-EXPIRED_CREDENTIAL_CODES = frozenset({"ExpiredTokenException", "ExpiredToken", "RequestExpired"})
-ALREADY_EXISTS = "ResourceAlreadyExistsException"
-NOT_FOUND = "ResourceNotFoundException"
+ALREADY_EXISTS = "ResourceAlreadyExistsException"  # a create that lost a race: what it wanted exists
 
 
+# RetryPolicy is re-exported: callers configure this sink's retries with it.
 __all__ = ["CloudWatchSink", "RetryPolicy"]
 
 
@@ -48,29 +48,33 @@ class CloudWatchSink(TenantWriter):
         body = put_log_events_body(dest.log_group, stream, batch)
         where = f"{dest.log_group}/{stream} in {dest.region} for tenant {dest.tenant_id}"
         created = refreshed = False
-        attempt = 0
+        retrying = self._retry.begin(self._sleep)
         while True:
             try:
                 resp = _put_serialized(self._client(dest), dest.log_group, stream, body)
                 break
             except ClientError as exc:
                 code, status = aws.error_code(exc), aws.http_status(exc)
-                if code == NOT_FOUND and not created:
+                fix = remedy("logs", code)
+                if fix is Remedy.CREATE_DESTINATION and not created:
                     created = self._create(dest, stream)
                     if not created:  # the create calls were throttled: back off, then try again
-                        attempt = self._backoff(attempt, where, "create throttled", result)
+                        self._backoff(retrying, where, "create throttled", result)
                     continue
-                if code in EXPIRED_CREDENTIAL_CODES and not refreshed:
+                if fix is Remedy.REFRESH_CREDENTIALS and not refreshed:
                     self._creds.invalidate(dest.role_arn, dest.external_id)
                     refreshed = True
                     continue
-                if code in RETRYABLE_CODES or status >= 500:
-                    attempt = self._backoff(attempt, where, code or f"HTTP {status}", result)
+                action = classify("logs", code, status)
+                if action is Action.RETRY:
+                    self._backoff(retrying, where, describe(exc), result)
                     continue
                 message = exc.response.get("Error", {}).get("Message", "")
-                raise DeliveryError(f"PutLogEvents to {where} failed: {code}: {message}"[:500]) from exc
+                raise DeliveryError(
+                    f"PutLogEvents to {where} failed: {code}: {message}"[:500], recoverable=action is not Action.FAIL
+                ) from exc
             except NETWORK_ERRORS as exc:
-                attempt = self._backoff(attempt, where, type(exc).__name__, result)
+                self._backoff(retrying, where, type(exc).__name__, result)
         rejected = count_rejected(resp.get("rejectedLogEventsInfo"), len(batch))
         result.batches += 1
         result.delivered += len(batch) - rejected.total
@@ -79,10 +83,10 @@ class CloudWatchSink(TenantWriter):
         result.rejected_expired += rejected.expired
         return result
 
-    def _backoff(self, attempt: int, where: str, code: str, result: SinkResult) -> int:
-        attempt = self._retry.backoff(attempt, f"PutLogEvents to {where}", code, self._sleep)
+    @staticmethod
+    def _backoff(retrying: Retrying, where: str, code: str, result: SinkResult) -> None:
+        retrying.backoff(f"PutLogEvents to {where}", code)
         result.retries += 1
-        return attempt
 
     def _create(self, dest: Delivery, stream: str) -> bool:
         """Create the stream, and the group first if that is what is missing. Existing counts as success.
@@ -91,19 +95,22 @@ class CloudWatchSink(TenantWriter):
         """
         logs = self._client(dest)
         stream_args = {"logGroupName": dest.log_group, "logStreamName": stream}
-        outcome = _try_create(logs.create_log_stream, stream_args)
-        if outcome == NOT_FOUND:  # the group itself is missing
-            outcome = _try_create(logs.create_log_group, {"logGroupName": dest.log_group})
-            if outcome == CREATED:
-                outcome = _try_create(logs.create_log_stream, stream_args)
-        if outcome in RETRYABLE_CODES:
+        error = _try_create(logs.create_log_stream, stream_args)
+        # The stream's own destination, its group, is missing: create that first.
+        if error is not None and remedy("logs", aws.error_code(error)) is Remedy.CREATE_DESTINATION:
+            error = _try_create(logs.create_log_group, {"logGroupName": dest.log_group})
+            if error is None:
+                error = _try_create(logs.create_log_stream, stream_args)
+        if error is None:
+            return True
+        action = classify_error("logs", error)
+        if action is Action.RETRY:
             return False
-        if outcome != CREATED:
-            raise DeliveryError(f"creating {dest.log_group}/{stream} for tenant {dest.tenant_id} failed: {outcome}")
-        return True
+        raise DeliveryError(
+            f"creating {dest.log_group}/{stream} for tenant {dest.tenant_id} failed: {describe(error)}",
+            recoverable=action is not Action.FAIL,
+        )
 
-
-CREATED = "created"
 
 # botocore serializes PutLogEvents parameter by parameter in Python, which costs more than everything else
 # in the pipeline and caps a client near 200k events/s. The sink serializes the body once with orjson and
@@ -130,11 +137,12 @@ def _put_serialized(logs: Any, group: str, stream: str, body: bytes) -> Any:
         _preset.body = None  # never leak a body into another call if this one failed before signing
 
 
-def _try_create(call: Callable[..., Any], kwargs: dict[str, str]) -> str:
-    """CREATED, or the error code; an existing resource counts as created."""
+def _try_create(call: Callable[..., Any], kwargs: dict[str, str]) -> Exception | None:
+    """None when the resource exists now (created, or by someone else first), else what went wrong."""
     try:
         call(**kwargs)
     except ClientError as exc:
-        code = aws.error_code(exc)
-        return CREATED if code == ALREADY_EXISTS else code or "unknown error"
-    return CREATED
+        return None if aws.error_code(exc) == ALREADY_EXISTS else exc
+    except NETWORK_ERRORS as exc:  # retried like a throttled create, by the put's own retry loop
+        return exc
+    return None

@@ -11,9 +11,9 @@ that traces it back to the source.
 
 Every PutObject is signed with the tenant role's credentials (CONTRACTS.md §4), never the central
 identity, and names the tenant's account as the expected bucket owner, so a bucket of the same name in
-another account is never written. SlowDown, 503 and other 5xx answers are retried with the shared
-backoff policy; a refusal (access denied, no such bucket, a KMS key the role may not use) fails the
-delivery at once with a reason that says what the customer has to fix.
+another account is never written. What is retried (SlowDown, 503 and other 5xx) is `pipeline.classify`'s
+table for "s3", waited out with the shared backoff policy; a refusal (access denied, no such bucket, a KMS
+key the role may not use) fails the delivery at once with a reason that says what the customer has to fix.
 """
 
 from __future__ import annotations
@@ -23,17 +23,15 @@ from typing import Any, ClassVar
 from botocore.exceptions import ClientError
 
 from pipeline import aws
+from pipeline.classify import NETWORK_ERRORS, Action, Remedy, classify, describe, remedy
 from pipeline.errors import DeliveryError
 from pipeline.keys import ObjectKey
-from pipeline.retry import NETWORK_ERRORS
 from pipeline.sinks import traits_of
 from pipeline.sinks.base import SinkResult, SinkTraits, SourceObject, TenantWriter
 from pipeline.tenants import Delivery
 
 CONTENT_TYPE = "application/x-ndjson"
 GZIP_MAGIC = b"\x1f\x8b"
-RETRYABLE_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503"})
-EXPIRED_CREDENTIAL_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
 
 
 def destination_key(prefix: str, parsed: ObjectKey) -> str:
@@ -92,25 +90,28 @@ class S3Sink(TenantWriter):
         what = f"PutObject s3://{dest.bucket}/{key} for tenant {dest.tenant_id}"
         result = SinkResult()
         refreshed = False
-        attempt = 0
+        retrying = self._retry.begin(self._sleep)
         while True:
             try:
                 self._client(dest).put_object(**args)
                 break
             except ClientError as exc:
                 code, status = aws.error_code(exc), aws.http_status(exc)
-                if code in EXPIRED_CREDENTIAL_CODES and not refreshed:
+                if remedy("s3", code) is Remedy.REFRESH_CREDENTIALS and not refreshed:
                     self._creds.invalidate(dest.role_arn, dest.external_id)
                     refreshed = True
                     continue
-                if code in RETRYABLE_CODES or status >= 500:
-                    attempt = self._retry.backoff(attempt, what, code or f"HTTP {status}", self._sleep)
+                action = classify("s3", code, status)
+                if action is Action.RETRY:
+                    retrying.backoff(what, describe(exc))
                     result.retries += 1
                     continue
                 message = str(exc.response.get("Error", {}).get("Message", ""))
-                raise DeliveryError(refusal_reason(code, message, dest, key)[:500]) from exc
+                raise DeliveryError(
+                    refusal_reason(code, message, dest, key)[:500], recoverable=action is not Action.FAIL
+                ) from exc
             except NETWORK_ERRORS as exc:
-                attempt = self._retry.backoff(attempt, what, type(exc).__name__, self._sleep)
+                retrying.backoff(what, type(exc).__name__)
                 result.retries += 1
         result.batches += 1
         result.bytes_written += len(source.body)

@@ -49,7 +49,7 @@ import orjson
 
 from pipeline.aws import StaticCredentials
 from pipeline.batching import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Event, batches, message_bytes, split_message
-from pipeline.errors import DeliveryError, NonRecoverableError
+from pipeline.errors import ConfigError, DeliveryError, NonRecoverableError
 from pipeline.retry import RetryPolicy
 from pipeline.sinks import traits_of
 from pipeline.sinks.base import SinkResult, SinkTraits
@@ -247,15 +247,20 @@ def vector_command(binary: str, config_path: str, shutdown_limit_s: float) -> li
 
 
 def resolve_binary(binary: str | None, env: Mapping[str, str]) -> str:
-    """The vector executable: the explicit path, else $VECTOR_BIN, else `vector` on PATH."""
+    """The vector executable: the explicit path, else $VECTOR_BIN, else `vector` on PATH.
+
+    ConfigError when there is none: the image is wrong, so no retry can help, but the events must wait for
+    the fix rather than be dropped (recoverable at the object). Entrypoints find it before any work:
+    `VectorSink.check_environment`, through `environment.check_sink`.
+    """
     candidate = binary or env.get("VECTOR_BIN") or "vector"
     if os.sep in candidate:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
-        raise DeliveryError(f"vector binary {candidate!r} does not exist or is not executable")
+        raise ConfigError(f"vector binary {candidate!r} does not exist or is not executable")
     found = shutil.which(candidate, path=env.get("PATH"))
     if not found:
-        raise DeliveryError(
+        raise ConfigError(
             f"vector binary {candidate!r} not found on PATH: install Vector, or set VECTOR_BIN or the sink's binary"
         )
     return found
@@ -373,6 +378,16 @@ class VectorSink:
 
     name: ClassVar[str] = "vector"
     traits: ClassVar[SinkTraits] = traits_of(name)
+
+    @classmethod
+    def check_environment(cls, env: Mapping[str, str] | None = None) -> None:
+        """ConfigError unless the binary the sink will run (VECTOR_BIN, else `vector` on PATH) is there.
+
+        Startup checks call it, so a missing binary stops the entrypoint with one line instead of
+        failing every object. The sink itself still resolves the binary at each start, from the
+        environment of that moment.
+        """
+        resolve_binary(None, os.environ if env is None else env)
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.aws import StaticCredentials
 from pipeline.batching import EVENT_OVERHEAD_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS
-from pipeline.errors import DeliveryError, NonRecoverableError
+from pipeline.errors import ConfigError, DeliveryError, NonRecoverableError
 from pipeline.retry import RetryPolicy
 from pipeline.sinks import build_sinks, traits_of
 from pipeline.sinks.vector import (
@@ -536,6 +536,7 @@ def test_supervision_missing_binary_is_a_clear_delivery_error(fake: Fake, monkey
     with pytest.raises(DeliveryError, match="vector binary 'vector' not found on PATH") as err:
         sink.send(DEST, "s", events(1))
     assert err.value.recoverable  # a deployment problem: leave the message for later, don't drop it
+    assert isinstance(err.value, ConfigError)  # not retried: startup checks find it (environment.check_sink)
     sink.close()
     with pytest.raises(DeliveryError, match="does not exist or is not executable"):
         VectorSink(FakeBroker(), binary=str(fake.tmp / "missing")).send(DEST, "s", events(1))
