@@ -65,6 +65,15 @@ from pipeline.timespec import HELP as TIME_HELP
     f"${WORKERS_ENV} (a RayJob sets what its cluster can grow to), else the CPUs of the cluster or machine]",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan (volumes, work units, 14-day limit, ledger) and stop.")
+@click.option(
+    "--sample",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="With --dry-run: list only this share of the pods (chosen by a hash of the pod, so the same ones each "
+    "time) and scale the totals; the plan says it is a sample. For a fleet-wide window where a full count costs "
+    "a LIST per pod.",
+)
 @click.option("--redeliver", is_flag=True, help="Ignore the ledger and deliver everything in the window again.")
 @click.option(
     "--max-events-per-second",
@@ -111,6 +120,7 @@ def main(
     deliveries: tuple[str, ...],
     workers: int | None,
     dry_run: bool,
+    sample: float,
     redeliver: bool,
     max_events_per_second: float | None,
     max_requests_per_second: float | None,
@@ -133,6 +143,8 @@ def main(
         raise click.UsageError("give either --tenant (repeatable) or --all-tenants")
     if until <= since:
         raise click.BadParameter("--until must be after --since", param_hint="--until")
+    if sample < 1 and not dry_run:
+        raise click.UsageError("--sample plans from part of the window: it needs --dry-run")
     opts = ReplayOptions(
         tenants=tenants,
         since=since,
@@ -144,6 +156,7 @@ def main(
         deliveries=deliveries,
         workers=workers,
         dry_run=dry_run,
+        sample=sample,
         redeliver=redeliver,
         max_events_per_second=max_events_per_second,
         max_requests_per_second=max_requests_per_second,

@@ -1,4 +1,7 @@
-"""The replay job: list → plan → (dry run stops here) → deliver on Ray workers → report."""
+"""The replay job: list and deliver at once on Ray workers (`scheduler`), then report.
+
+A dry run lists and plans only. Without RAY_ADDRESS it starts no Ray: the listing runs on threads here.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +20,13 @@ from pipeline import aws, environment, storage
 from pipeline.cli import EXIT_USAGE
 from pipeline.delivery import LEDGER_SKIP, Routing, TimeWindow
 from pipeline.errors import NonRecoverableError
-from pipeline.keys import DEFAULT_WRITE_SLACK, parse_key
-from pipeline.ledger import Ledger
-from pipeline.records import decode_events
+from pipeline.keys import DEFAULT_WRITE_SLACK
 from pipeline.replay.budget import DEFAULT_BUDGET_MIB
-from pipeline.replay.listing import Listing, ListingFilter, list_window
-from pipeline.replay.plan import Plan, WorkUnit, make_plan
+from pipeline.replay.listing import ListingFilter, tenant_prefixes
+from pipeline.replay.plan import PlanTotals, UnitPacker, window_totals
 from pipeline.replay.report import ReplayReport
+from pipeline.replay.scheduler import Backend, LocalBackend, Scheduler
+from pipeline.replay.survey import Surveyor, SurveySpec
 from pipeline.settings import ConfigError, Settings
 from pipeline.sinks import plan_traits, sink_names, traits_of, writes_ledger
 from pipeline.tenants import DeliveryType, Tenant, TenantDirectory
@@ -33,8 +36,6 @@ log = logging.getLogger("pipeline.replay")
 
 SINKS = sink_names(DeliveryType.CLOUDWATCH)  # --sink picks CloudWatch deliveries' sink; S3 keeps its own
 
-IN_FLIGHT_PER_WORKER = 2  # one running, one queued: workers never idle, the driver never holds the window
-SAMPLE_OBJECTS = 3
 # Environment a worker on another node needs to reach the same endpoints; credentials are not forwarded
 # (on a cluster they come from the pod's own identity).
 FORWARDED_ENV_PREFIXES = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "VECTOR_BIN", "LEDGER_RETENTION")
@@ -64,6 +65,7 @@ class ReplayOptions:
     progress: bool | None = None  # None: only on a terminal
     worker_memory_mib: int = DEFAULT_BUDGET_MIB  # decoded objects a worker holds at once
     all_tenants: bool = False  # every enabled tenant in the table; `tenants` is then filled in by run()
+    sample: float = 1.0  # dry run: the share of pods listed; the plan then says it is an estimate
 
 
 def resolve_tenants(directory: TenantDirectory, tenant_ids: Sequence[str]) -> dict[str, Tenant | str]:
@@ -92,20 +94,8 @@ def unmatched_deliveries(opts: ReplayOptions, tenants: Mapping[str, Tenant | str
     return [d for d in opts.deliveries if d not in known]
 
 
-def estimate_events_per_byte(s3: Any, bucket: str, listing: Listing) -> float:
-    """Decode a few objects to estimate events per stored byte, for the plan's event estimate."""
-    sample = [objs[0] for objs in listing.pods.values()][:SAMPLE_OBJECTS]
-    events = size = 0
-    for o in sample:
-        body = s3.get_object(Bucket=bucket, Key=o.key)["Body"]
-        events += sum(1 for _ in decode_events(body, 0))
-        size += o.size
-    return events / size if size else 0.0
-
-
-def build_plan(opts: ReplayOptions, settings: Settings, workers: int, tenants: Mapping[str, Tenant | str]) -> Plan:
-    s3 = aws.client("s3")
-    flt = ListingFilter(
+def listing_filter(opts: ReplayOptions) -> ListingFilter:
+    return ListingFilter(
         tenants=opts.tenants,
         since=opts.since,
         until=opts.until,
@@ -114,17 +104,6 @@ def build_plan(opts: ReplayOptions, settings: Settings, workers: int, tenants: M
         pods=opts.pods,
         slack=opts.slack,
     )
-    listing = list_window(s3, settings.bucket, flt)
-    routing = routing_for(opts)
-    delivered: dict[str, frozenset[str]] = {}
-    if routing.use_ledger and settings.ledger_table:
-        ledger = Ledger(settings.ledger_table)
-        for tenant in opts.tenants:
-            delivered |= ledger.delivered_many(
-                tenant, [(o.key, o.etag) for o in listing.objects if o.parsed.tenant == tenant]
-            )
-    per_byte = estimate_events_per_byte(s3, settings.bucket, listing)
-    return make_plan(listing, tenants, delivered, opts.since, opts.until, workers, datetime.now(UTC), per_byte, routing)
 
 
 def _mib(n: int) -> str:
@@ -136,13 +115,19 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
     return ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
-def render_plan(plan: Plan, opts: ReplayOptions, workers: int) -> str:
+def render_plan(plan: PlanTotals, opts: ReplayOptions, workers: int) -> str:
     hours = (plan.until - plan.since).total_seconds() / 3600
     lines = [
         f"Replay plan for {', '.join(opts.tenants)}: {plan.since:%Y-%m-%dT%H:%M:%SZ} → {plan.until:%Y-%m-%dT%H:%M:%SZ}"
         f" ({hours:,.1f} h), sink={opts.sink}, workers={workers}",
         "",
     ]
+    if plan.sampled:
+        lines += [
+            f"SAMPLE: {plan.pods_listed:,} of {plan.pods_found:,} pods listed ({opts.sample:.0%} by --sample); the "
+            "tables count the sample, the totals below are scaled to the whole window (marked ~).",
+            "",
+        ]
     rows = [("tenant", "application", "objects", "bytes", "est. events", "already delivered")]
     for (tenant, app), s in sorted(plan.by_tenant_app.items()):
         rows.append(
@@ -171,26 +156,31 @@ def render_plan(plan: Plan, opts: ReplayOptions, workers: int) -> str:
             lines.append(f"  {tenant}/{delivery_id}: skips {n:,} objects: {reason}")
         for reason, n in sorted(d.failed.items()):
             lines.append(f"  {tenant}/{delivery_id}: cannot deliver {n:,} objects: {reason}")
+    scale = plan.pods_found / plan.pods_listed if plan.sampled and plan.pods_listed else 1.0
+    mark = "~" if plan.sampled else ""
+
+    def scaled(n: int) -> str:
+        return f"{mark}{round(n * scale):,}"
+
     lines += [
         "",
-        f"Objects listed: {plan.objects_listed:,} in {plan.list_calls:,} LIST calls",
-        f"To deliver: {plan.objects_to_deliver:,} objects ({_mib(plan.bytes_to_deliver)})"
-        f" in {len(plan.units)} work units",
-        f"Already delivered (ledger): {plan.skipped_ledger:,} objects"
+        f"Objects listed: {scaled(plan.objects_listed)} in {plan.list_calls:,} LIST calls ({plan.pods_listed:,} pods)",
+        f"To deliver: {scaled(plan.objects_to_deliver)} objects ({mark}{_mib(round(plan.bytes_to_deliver * scale))})"
+        + (f" in {plan.work_units} work units" if not plan.sampled else ""),
+        f"Already delivered (ledger): {scaled(plan.skipped_ledger)} objects"
         + (" — ignored, --redeliver" if opts.redeliver else ""),
     ]
     if plan.undeliverable_fraction > 0 and plan.has_event_deliveries:
         lines.append(
             f"WARNING: {plan.undeliverable_fraction:.0%} of the window is older than CloudWatch's 14-day limit "
-            f"({plan.undeliverable_objects:,} objects written then). Those events cannot be delivered to "
+            f"({scaled(plan.undeliverable_objects)} objects written then). Those events cannot be delivered to "
             "CloudWatch; they will be counted as events_rejected_too_old. S3 deliveries have no age limit."
         )
-    other_skips = [r for _, r in plan.skipped if r != LEDGER_SKIP]
-    for reason in sorted(set(other_skips)):
-        lines.append(f"Skipped: {other_skips.count(reason):,} objects: {reason}")
-    reasons = [r for _, r in plan.failed]
-    for reason in sorted(set(reasons)):
-        lines.append(f"Cannot deliver: {reasons.count(reason):,} objects: {reason}")
+    for reason, n in sorted(plan.skipped.items()):
+        if reason != LEDGER_SKIP:
+            lines.append(f"Skipped: {scaled(n)} objects: {reason}")
+    for reason, n in sorted(plan.failed.items()):
+        lines.append(f"Cannot deliver: {scaled(n)} objects: {reason}")
     return "\n".join(lines)
 
 
@@ -259,7 +249,7 @@ def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> in
         return EXIT_USAGE
     needed = ["central_role_arn", "ledger_table"] if writes_ledger(opts.sink) else []
     settings.require("bucket", "tenant_table", *needed)
-    environment.check(settings, bucket=True, tenant_table=True, ledger_table=True)
+    environment.check(settings, bucket=True, tenant_table=True, ledger_table=True, sink=opts.sink)
     if opts.all_tenants:
         tenants = TenantDirectory(settings.tenant_table).tenant_ids()
         opts = replace(opts, tenants=tuple(tenants))
@@ -272,11 +262,7 @@ def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> in
         print(f"error: --delivery {names} names no delivery of {tenants_named}", file=sys.stderr)
         return EXIT_USAGE
     started = datetime.now(UTC)
-    plan = build_plan(opts, settings, workers, tenants)
-    print(render_plan(plan, opts, workers), file=out, flush=True)
-    report = ReplayReport(plan)
-    if not opts.dry_run and plan.units:
-        _deliver(plan, opts, settings, workers, report)
+    report = _replay(opts, settings, workers, tenants, out)
     if opts.dry_run:
         print("\nDry run: nothing was delivered.", file=out)
         return report.exit_code
@@ -285,11 +271,13 @@ def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> in
     print("\n" + report.deliveries_table(), file=out)
     print(
         f"\n{doc['objects_delivered']:,} objects, {doc['events_delivered']:,} events delivered in {doc['duration_s']}s "
-        f"({doc['events_per_s']:,.0f} events/s); {len(doc['objects_failed'])} objects failed",
+        f"({doc['events_per_s']:,.0f} events/s); {doc['objects_failed_count']:,} objects failed",
         file=out,
     )
     for f in doc["objects_failed"][:20]:
         print(f"  FAILED {f['key']}: {f['reason']}", file=out)
+    for f in doc["prefixes_failed"][:20]:
+        print(f"  NOT LISTED {f['key']}: {f['reason']}", file=out)
     if opts.report_path:
         target = report_target(opts.report_path, started, settings.bucket)
         storage.write_bytes(target, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
@@ -297,85 +285,74 @@ def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> in
     return report.exit_code
 
 
-def _deliver(plan: Plan, opts: ReplayOptions, settings: Settings, workers: int, report: ReplayReport) -> None:
-    ray = _ray_init()
-    from pipeline.replay.workers import DeliveryWorker, RateLimiter, worker_options
+def _replay(
+    opts: ReplayOptions, settings: Settings, workers: int, tenants: Mapping[str, Tenant | str], out: TextIO
+) -> ReplayReport:
+    """List and deliver (or, in a dry run, list and plan), printing the plan once the window is listed."""
+    now = datetime.now(UTC)
+    routing = routing_for(opts)
+    flt = listing_filter(opts)
+    totals = window_totals(opts.since, opts.until, now)
+    report = ReplayReport(totals)
+    # The top level is one LIST call: the driver makes it; everything below runs on the backend.
+    prefixes, totals.list_calls = tenant_prefixes(aws.client("s3"), settings.bucket, flt)
+    ledger_table = settings.ledger_table if routing.use_ledger else ""
+    spec = SurveySpec(settings.bucket, flt, tenants, routing, now, ledger_table or "")
+    backend = _backend(opts, settings, workers, spec)
+    bar = _progress(opts)
 
-    window = TimeWindow(to_ms(opts.since), to_ms(opts.until))
-    limits = (opts.max_events_per_second, opts.max_requests_per_second)
-    limiter = RateLimiter.remote(*limits) if any(limits) else None
-    n = min(workers, len(plan.units))
-    actors = [
-        DeliveryWorker.options(**worker_options(opts.worker_memory_mib)).remote(
-            settings, opts.sink, window, opts.redeliver, limiter, opts.worker_memory_mib, opts.deliveries
-        )
-        for _ in range(n)
-    ]
-    queue: list[WorkUnit] | None = list(reversed(plan.units))
-    pending: dict[Any, tuple[Any, WorkUnit]] = {}
-    bar = _progress(plan, opts)
-    log.info("replay started", extra={"units": len(plan.units), "workers": n, "sink": opts.sink})
+    def listed() -> None:
+        print(render_plan(totals, opts, workers), file=out, flush=True)
+        log.info("window listed", extra={"objects": totals.objects_to_deliver, "units": totals.work_units})
 
-    def submit(actor: Any) -> None:
-        if not queue:
-            return
-        unit = queue.pop()
-        pending[actor.run.remote(unit)] = (actor, unit)
+    def progress() -> None:
+        if bar is not None:
+            bar.total = totals.objects_to_deliver
+            bar.n = report.objects_done
+            bar.set_description("replay" if totals.listing_complete else "replay (listing)", refresh=False)
+            bar.set_postfix(
+                listed=totals.objects_listed,
+                events=report.total("events_delivered"),
+                failed=report.failed.count,
+                refresh=False,
+            )
+            bar.refresh()
 
-    for actor in actors:
-        for _ in range(IN_FLIGHT_PER_WORKER):
-            if queue:
-                submit(actor)
+    scheduler = Scheduler(
+        backend, totals, report, UnitPacker(workers), flt, sample=opts.sample, on_listed=listed, on_progress=progress
+    )
+    log.info("replay started", extra={"workers": backend.workers, "sink": opts.sink, "dry_run": opts.dry_run})
     interrupt = _Interrupt()
     try:
-        while pending:
-            if interrupt.requested and queue is not None:
-                # Stop taking new units and ask workers to stop between objects; what they finished is in
-                # the ledger, so a re-run resumes exactly from here.
-                log.warning("interrupted: finishing the objects in flight", extra={"signal": interrupt.signal})
-                for actor in actors:
-                    actor.stop.remote()
-                for unit in queue:
-                    report.add_interrupted(unit.objects)
-                queue = None
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            if not done:
-                continue
-            ref = done[0]
-            actor, unit = pending.pop(ref)
-            try:
-                results = ray.get(ref)
-            except Exception as exc:  # a worker that died twice, or a bug: the unit's objects failed
-                reason = f"worker failed on unit {unit.unit_id}: {type(exc).__name__}: {str(exc)[:300]}"
-                log.error("unit failed", extra={"unit": unit.unit_id, "reason": reason})
-                results = [
-                    {"key": o.key, "tenant": parse_key(o.key).tenant, "status": "failed", "reason": reason}
-                    for o in unit.objects
-                ]
-            for r in results:
-                report.add(r)
-            report.tick()
-            if bar is not None:
-                bar.update(unit.bytes)
-                bar.set_postfix(
-                    objects=report.objects_delivered,
-                    events=report.total("events_delivered"),
-                    ev_s=round(report.total("events_delivered") / max(1e-9, bar.format_dict["elapsed"])),
-                    failed=len(report.failed),
-                    refresh=False,
-                )
-            if queue:
-                submit(actor)
+        scheduler.run(prefixes, interrupt)
     finally:
         interrupt.restore()
         report.interrupted = interrupt.requested
         if bar is not None:
             bar.close()
-        for actor in actors:
-            try:
-                ray.get(actor.close.remote(), timeout=30)
-            except Exception:  # closing is best effort; the job's outcome is already decided
-                log.warning("worker did not close cleanly")
+        backend.close()
+    if not totals.listing_complete:
+        print("Listing was interrupted; the plan covers what was listed:", file=out)
+        listed()
+    return report
+
+
+def _backend(opts: ReplayOptions, settings: Settings, workers: int, spec: SurveySpec) -> Backend:
+    if opts.dry_run and not os.environ.get("RAY_ADDRESS"):
+        return LocalBackend(Surveyor(spec))
+    _ray_init()
+    from pipeline.replay.workers import DeliveryWorker, RateLimiter, RayBackend, worker_options
+
+    window = TimeWindow(to_ms(opts.since), to_ms(opts.until))
+    limits = (opts.max_events_per_second, opts.max_requests_per_second)
+    limiter = RateLimiter.remote(*limits) if any(limits) and not opts.dry_run else None
+
+    def make_worker() -> Any:
+        return DeliveryWorker.options(**worker_options(opts.worker_memory_mib)).remote(
+            settings, opts.sink, window, opts.redeliver, limiter, opts.worker_memory_mib, opts.deliveries
+        )
+
+    return RayBackend(spec, workers, 0 if opts.dry_run else workers, make_worker)
 
 
 class _Interrupt:
@@ -396,10 +373,11 @@ class _Interrupt:
             signal.signal(sig, handler)
 
 
-def _progress(plan: Plan, opts: ReplayOptions) -> Any:
+def _progress(opts: ReplayOptions) -> Any:
+    """A bar whose total grows as the listing finds work: the window's size is not known at the start."""
     show = sys.stderr.isatty() if opts.progress is None else opts.progress
     if not show:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=plan.bytes_to_deliver, unit="B", unit_scale=True, desc="replay", file=sys.stderr)
+    return tqdm(total=0, unit="obj", unit_scale=True, desc="replay (listing)", file=sys.stderr)

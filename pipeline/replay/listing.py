@@ -2,14 +2,17 @@
 
 The tenant is the key's second segment, so clusters are discovered first (Delimiter='/'), then each
 `cluster/tenant/` prefix is walked down to its pods, and each pod prefix is listed from a StartAfter
-derived from the window (CONTRACTS.md §1). Listing stops at the window's upper bound. Independent
-prefixes are listed in parallel. Plain S3 calls only: no Ray here, so the inventory builder and the
-dry-run reuse it.
+derived from the window (CONTRACTS.md §1). Listing stops at the window's upper bound.
+
+The levels are separate functions so that the replay can run the expensive ones (pods, and the objects
+under them) wherever it has workers, level by level, without ever holding the whole window
+(`pipeline.replay.survey`); `list_window` composes them in one process for the inventory and the
+benchmarks. Plain S3 calls only: no Ray here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,6 +27,8 @@ from pipeline.keys import (
     tenant_prefix,
 )
 from pipeline.storage import REPORTS_PREFIX
+
+LOOSE_OBJECT = "object is not under a cluster/tenant/application/pod/ prefix"
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,30 @@ class ListingFilter:
 
 
 @dataclass
+class Prefixes:
+    """One level of the key hierarchy: the prefixes found below some parents, and objects found loose there."""
+
+    prefixes: list[str] = field(default_factory=list)
+    malformed: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    list_calls: int = 0
+
+    def extend(self, other: Prefixes) -> None:
+        self.prefixes.extend(other.prefixes)
+        self.malformed.extend(other.malformed)
+        self.list_calls += other.list_calls
+
+
+@dataclass
+class PodListing:
+    """One pod's objects in the window, in key (= time) order."""
+
+    prefix: str
+    objects: list[ListedObject] = field(default_factory=list)
+    malformed: list[tuple[str, str]] = field(default_factory=list)
+    list_calls: int = 0
+
+
+@dataclass
 class Listing:
     """Everything one listing found: objects per pod in key (= time) order, and what it could not use."""
 
@@ -60,88 +89,75 @@ class Listing:
             yield from objs
 
 
-class _Counter:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self) -> None:
-        self.calls += 1  # list.append-like increments are atomic enough under the GIL for a statistic
-
-
-def _child_prefixes(s3: Any, bucket: str, prefix: str, count: Callable[[], None]) -> tuple[list[str], list[str]]:
-    """The prefixes one level below `prefix`, and the objects sitting directly at that level."""
-    prefixes: list[str] = []
-    loose: list[str] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-        count()
-        prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
-        loose.extend(o["Key"] for o in page.get("Contents", []))
-    return prefixes, loose
-
-
 def _segment(prefix: str) -> str:
     return prefix.rstrip("/").rsplit("/", 1)[-1]
 
 
+def children(s3: Any, bucket: str, prefix: str, wanted: tuple[str, ...] = ()) -> Prefixes:
+    """The prefixes one level below `prefix` (only `wanted` names when given).
+
+    An object sitting directly at that level cannot be routed to a stream; it is reported, not skipped
+    silently.
+    """
+    level = Prefixes()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        level.list_calls += 1
+        found = (p["Prefix"] for p in page.get("CommonPrefixes", []))
+        level.prefixes.extend(p for p in found if not wanted or _segment(p) in wanted)
+        level.malformed.extend((o["Key"], LOOSE_OBJECT) for o in page.get("Contents", []))
+    return level
+
+
+def tenant_prefixes(s3: Any, bucket: str, flt: ListingFilter) -> tuple[list[str], int]:
+    """(every `cluster/tenant/` prefix the filter asks for, LIST calls): one listing of the bucket's top level."""
+    roots = children(s3, bucket, "")
+    # Backfill reports share the bucket's top level with the clusters; taken for a cluster, reports/
+    # would cost a LIST per tenant, and a report under reports/<tenant>/ would be listed as malformed.
+    clusters = [_segment(p) for p in roots.prefixes if p != REPORTS_PREFIX]
+    if flt.clusters:
+        clusters = [c for c in clusters if c in flt.clusters]
+    return [tenant_prefix(c, t) for c in clusters for t in flt.tenants], roots.list_calls
+
+
+def list_pod(s3: Any, bucket: str, prefix: str, flt: ListingFilter) -> PodListing:
+    """A pod's objects that can hold events of the window: from a StartAfter bound to the stop key."""
+    start, stop = listing_bounds(prefix, flt.since, flt.until, flt.slack)
+    pod = PodListing(prefix)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, StartAfter=start):
+        pod.list_calls += 1
+        if _collect(page.get("Contents", []), stop, pod):
+            break  # past the stop key: nothing later can be in the window
+    return pod
+
+
 def list_window(s3: Any, bucket: str, flt: ListingFilter, max_workers: int = 16) -> Listing:
-    """All objects of the filter's tenants whose write time can hold events inside the window."""
-    count = _Counter()
+    """All objects of the filter's tenants whose write time can hold events inside the window, in memory."""
     listing = Listing()
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="list") as pool:
-        # Backfill reports share the bucket's top level with the clusters; taken for a cluster, reports/
-        # would cost a LIST per tenant, and a report under reports/<tenant>/ would be listed as malformed.
-        roots = _child_prefixes(s3, bucket, "", count)[0]
-        clusters = [_segment(p) for p in roots if p != REPORTS_PREFIX]
-        if flt.clusters:
-            clusters = [c for c in clusters if c in flt.clusters]
-        tenant_prefixes = [tenant_prefix(c, t) for c in clusters for t in flt.tenants]
-
-        app_prefixes = _expand(pool, s3, bucket, tenant_prefixes, flt.applications, count, listing.malformed)
-        pod_prefixes = _expand(pool, s3, bucket, app_prefixes, flt.pods, count, listing.malformed)
-
-        def list_pod(prefix: str) -> tuple[str, list[ListedObject], list[tuple[str, str]]]:
-            start, stop = listing_bounds(prefix, flt.since, flt.until, flt.slack)
-            objs: list[ListedObject] = []
-            bad: list[tuple[str, str]] = []
-            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, StartAfter=start)
-            for page in pages:
-                count()
-                done = _collect(page.get("Contents", []), stop, objs, bad)
-                if done:
-                    break
-            return prefix, objs, bad
-
-        for prefix, objs, bad in pool.map(list_pod, pod_prefixes):
-            if objs:
-                listing.pods[prefix] = objs
-            listing.malformed.extend(bad)
-    listing.list_calls = count.calls
+        tenants, listing.list_calls = tenant_prefixes(s3, bucket, flt)
+        apps = _level(pool, s3, bucket, tenants, flt.applications, listing)
+        pods = _level(pool, s3, bucket, apps, flt.pods, listing)
+        for pod in pool.map(lambda p: list_pod(s3, bucket, p, flt), pods):
+            if pod.objects:
+                listing.pods[pod.prefix] = pod.objects
+            listing.malformed.extend(pod.malformed)
+            listing.list_calls += pod.list_calls
     return listing
 
 
-def _expand(
-    pool: ThreadPoolExecutor,
-    s3: Any,
-    bucket: str,
-    prefixes: Iterable[str],
-    wanted: tuple[str, ...],
-    count: Callable[[], None],
-    malformed: list[tuple[str, str]],
+def _level(
+    pool: ThreadPoolExecutor, s3: Any, bucket: str, parents: Iterable[str], wanted: tuple[str, ...], listing: Listing
 ) -> list[str]:
-    """The next level of prefixes under each prefix, keeping only `wanted` names when given.
-
-    An object sitting above the pod level cannot be routed to a stream; it is reported, not skipped
-    silently.
-    """
-    out: list[str] = []
-    for children, loose in pool.map(lambda p: _child_prefixes(s3, bucket, p, count), prefixes):
-        out.extend(c for c in children if not wanted or _segment(c) in wanted)
-        malformed.extend((k, "object is not under a cluster/tenant/application/pod/ prefix") for k in loose)
-    return out
+    level = Prefixes()
+    for found in pool.map(lambda p: children(s3, bucket, p, wanted), parents):
+        level.extend(found)
+    listing.malformed.extend(level.malformed)
+    listing.list_calls += level.list_calls
+    return level.prefixes
 
 
-def _collect(contents: list[dict[str, Any]], stop: str, objs: list[ListedObject], bad: list[tuple[str, str]]) -> bool:
-    """Append the page's objects up to the stop key; True once past it (nothing later can be in the window)."""
+def _collect(contents: list[dict[str, Any]], stop: str, pod: PodListing) -> bool:
+    """Append the page's objects up to the stop key; True once past it."""
     for item in contents:
         key = item["Key"]
         if key > stop:
@@ -149,9 +165,9 @@ def _collect(contents: list[dict[str, Any]], stop: str, objs: list[ListedObject]
         try:
             parsed = parse_key(key)
         except InvalidKeyError as exc:
-            bad.append((key, exc.reason))
+            pod.malformed.append((key, exc.reason))
             continue
-        objs.append(
+        pod.objects.append(
             ListedObject(
                 key, int(item.get("Size", 0)), str(item.get("ETag", "")).strip('"'), item["LastModified"], parsed
             )

@@ -1,17 +1,21 @@
-"""Turn a listing into work units: pure arithmetic over plain values, no I/O.
+"""Turn listed pods into work units and plan figures: pure arithmetic over plain values, no I/O.
 
 Each pod's objects stay together and in time order inside one unit, so one stream is written by one
 sink, in order. Small pods are packed together so units have balanced byte sizes; idle workers pull the
 next unit, which balances the rest.
+
+The figures (`PlanTotals`) are sums: a survey of a few pods makes one, and the driver adds them up as
+surveys come back, so a window of any size is planned in memory that does not grow with it.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from pipeline.batching import MAX_AGE_MS
 from pipeline.delivery import LEDGER_SKIP, DeliveryResult, ObjectResult, Routing, Status, TimeWindow
@@ -20,8 +24,15 @@ from pipeline.sinks import plan_traits
 from pipeline.tenants import Delivery, DeliveryType, Tenant
 from pipeline.timespec import to_ms
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 MIN_UNIT_BYTES = 256 * 1024  # below this, per-unit overhead outweighs balance
 UNITS_PER_WORKER = 4
+# The streaming packer's buffer: pods wait here until this many objects are to deliver, then are packed
+# together. A window that fits is packed as a whole (balanced as well as the window allows); a bigger one is
+# packed buffer by buffer, which holds the driver's memory to the buffer (~400 bytes an object).
+PACK_BUFFER_OBJECTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class ObjectSpec:
     size: int
     etag: str
     last_modified: float  # epoch seconds
+    tenant: str = ""
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,25 @@ class WorkUnit:
     unit_id: int
     objects: tuple[ObjectSpec, ...]
     bytes: int
+
+
+def spec_of(o: ListedObject) -> ObjectSpec:
+    return ObjectSpec(o.key, o.size, o.etag, o.last_modified.timestamp(), o.parsed.tenant)
+
+
+def _add_fields(into: DataclassInstance, other: DataclassInstance) -> None:
+    """Add every count of `other` into `into` (of the same type): int fields, and the reason → count dicts."""
+    for f in fields(other):
+        value = getattr(other, f.name)
+        if f.name in REASON_COUNTS:
+            mine = getattr(into, f.name)
+            for reason, n in value.items():
+                mine[reason] = mine.get(reason, 0) + n
+        elif type(value) is int:  # not bool
+            setattr(into, f.name, getattr(into, f.name) + value)
+
+
+REASON_COUNTS = ("skipped", "failed")
 
 
 @dataclass
@@ -68,48 +99,136 @@ class DeliveryPlan:
 
 
 @dataclass
-class Plan:
+class PlanTotals:
+    """The plan's figures: counts per tenant, application and delivery, never a list of objects."""
+
     since: datetime
     until: datetime
-    units: list[WorkUnit] = field(default_factory=list)
     by_tenant_app: dict[tuple[str, str], GroupStats] = field(default_factory=dict)
     deliveries: dict[tuple[str, str], DeliveryPlan] = field(default_factory=dict)  # (tenant, delivery_id)
-    settled: list[ObjectResult] = field(default_factory=list)  # decided here: no worker needs to see them
     objects_listed: int = 0
-    undeliverable_fraction: float = 0.0  # share of the window older than CloudWatch's 14 days
-    undeliverable_objects: int = 0
+    objects_to_deliver: int = 0
+    bytes_to_deliver: int = 0
+    work_units: int = 0
     list_calls: int = 0
-
-    @property
-    def objects_to_deliver(self) -> int:
-        return sum(len(u.objects) for u in self.units)
-
-    @property
-    def bytes_to_deliver(self) -> int:
-        return sum(u.bytes for u in self.units)
-
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        """(key, reason) of objects no delivery takes: ledger, disabled, filtered, outside the window."""
-        return [(r.key, r.reason) for r in self.settled if r.status is Status.SKIPPED]
-
-    @property
-    def failed(self) -> list[tuple[str, str]]:
-        """(key, reason) of objects that cannot be delivered anywhere: malformed, unknown tenant, bad config."""
-        return [(r.key, r.reason) for r in self.settled if r.status is Status.FAILED]
+    undeliverable_objects: int = 0  # to event deliveries, written past CloudWatch's 14 days
+    undeliverable_fraction: float = 0.0  # share of the window older than CloudWatch's 14 days
+    # Objects no delivery takes, by reason: skipped (ledger, disabled, filtered, outside the window) and
+    # failed (malformed key, unknown tenant, bad config).
+    skipped: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    pods_found: int = 0
+    pods_listed: int = 0  # fewer than found when the dry run samples
+    listing_complete: bool = False
 
     @property
     def skipped_ledger(self) -> int:
-        return sum(1 for r in self.settled if r.status is Status.SKIPPED and r.reason == LEDGER_SKIP)
+        return self.skipped.get(LEDGER_SKIP, 0)
 
     @property
     def has_event_deliveries(self) -> bool:
         return any(not d.whole_objects for d in self.deliveries.values())
 
+    @property
+    def sampled(self) -> bool:
+        return self.pods_listed < self.pods_found
+
+    def add(self, other: PlanTotals) -> None:
+        """Fold another part of the window's figures into these."""
+        _add_fields(self, other)
+        for k, g in other.by_tenant_app.items():
+            _add_fields(self.by_tenant_app.setdefault(k, GroupStats()), g)
+        for k, d in other.deliveries.items():
+            mine = self.deliveries.setdefault(
+                k, DeliveryPlan(d.tenant, d.delivery_id, d.type, d.target, d.whole_objects)
+            )
+            _add_fields(mine, d)
+
+
+@dataclass
+class Plan(PlanTotals):
+    """A whole window planned at once, in memory: its figures, its units and the objects it settled."""
+
+    units: list[WorkUnit] = field(default_factory=list)
+    settled: list[ObjectResult] = field(default_factory=list)  # decided here: no worker needs to see them
+
+    @property
+    def skipped_keys(self) -> list[tuple[str, str]]:
+        """(key, reason) of objects no delivery takes: ledger, disabled, filtered, outside the window."""
+        return [(r.key, r.reason) for r in self.settled if r.status is Status.SKIPPED]
+
+    @property
+    def failed_keys(self) -> list[tuple[str, str]]:
+        """(key, reason) of objects that cannot be delivered anywhere: malformed, unknown tenant, bad config."""
+        return [(r.key, r.reason) for r in self.settled if r.status is Status.FAILED]
+
+
+@dataclass
+class RoutedPods:
+    """Some pods routed: the plan figures they add, the pods with work left, and the objects settled here."""
+
+    totals: PlanTotals
+    todo: dict[str, list[ListedObject]] = field(default_factory=dict)
+    settled: list[ObjectResult] = field(default_factory=list)
+
 
 def default_routing(since: datetime, until: datetime) -> Routing:
     """Each delivery type through its default sink, over the window: what a plain replay does."""
     return Routing(plan_traits("cloudwatch"), TimeWindow(to_ms(since), to_ms(until)))
+
+
+def window_totals(since: datetime, until: datetime, now: datetime) -> PlanTotals:
+    """Empty figures for a window, with the share of it that is past CloudWatch's age limit."""
+    totals = PlanTotals(since=since, until=until)
+    totals.undeliverable_fraction = _fraction_before(since, until, now.timestamp() * 1000 - MAX_AGE_MS)
+    return totals
+
+
+def route_pods(
+    pods: Mapping[str, list[ListedObject]],
+    malformed: Sequence[tuple[str, str]],
+    tenants: Mapping[str, Tenant | str],
+    delivered: Mapping[str, frozenset[str]],
+    since: datetime,
+    until: datetime,
+    now: datetime,
+    events_per_byte: float = 0.0,
+    routing: Routing | None = None,
+) -> RoutedPods:
+    """Route listed pods through their tenants' deliveries. `tenants` maps a tenant id to its config, or to
+    why it cannot be used; `delivered` maps an object key to the deliveries the ledger already has for it."""
+    routing = routing or default_routing(since, until)
+    out = RoutedPods(PlanTotals(since=since, until=until))
+    totals = out.totals
+    totals.objects_listed = sum(len(v) for v in pods.values()) + len(malformed)
+    for key, reason in malformed:
+        _settle(out, ObjectResult(key).fail(reason, recoverable=False))
+    cutoff_ms = now.timestamp() * 1000 - MAX_AGE_MS
+    for prefix, objs in pods.items():
+        if not objs:
+            continue
+        first = objs[0].parsed
+        tenant = tenants.get(first.tenant, f"tenant {first.tenant!r} was not looked up")
+        if isinstance(tenant, str):
+            for o in objs:
+                _settle(out, _result(o).fail(tenant, recoverable=False))
+            continue
+        todo_objects: list[ListedObject] = []
+        for o in objs:
+            results, todo = routing.route(tenant, o.parsed, o.last_modified, lambda k=o.key: delivered.get(k, _NONE))
+            too_old = o.parsed.write_time is not None and o.parsed.write_time.timestamp() * 1000 < cutoff_ms
+            _count(totals, tenant.tenant_id, routing, results, todo, o, too_old, events_per_byte)
+            if todo:
+                todo_objects.append(o)
+                totals.objects_to_deliver += 1
+                totals.bytes_to_deliver += o.size
+                continue
+            settled = _result(o)
+            settled.deliveries = results
+            _settle(out, settled.settle())
+        if todo_objects:
+            out.todo[prefix] = todo_objects
+    return out
 
 
 def make_plan(
@@ -123,36 +242,18 @@ def make_plan(
     events_per_byte: float = 0.0,
     routing: Routing | None = None,
 ) -> Plan:
-    """A plan of work units. `tenants` maps a tenant id to its config, or to why it cannot be used;
-    `delivered` maps an object key to the deliveries the ledger already has for it."""
-    routing = routing or default_routing(since, until)
-    plan = Plan(since=since, until=until, list_calls=listing.list_calls)
-    plan.settled.extend(ObjectResult(key).fail(reason, recoverable=False) for key, reason in listing.malformed)
-    plan.objects_listed = sum(len(v) for v in listing.pods.values()) + len(listing.malformed)
-    cutoff_ms = now.timestamp() * 1000 - MAX_AGE_MS
-    plan.undeliverable_fraction = _fraction_before(since, until, cutoff_ms)
-
-    pods: dict[str, list[ListedObject]] = {}
-    for prefix, objs in listing.pods.items():
-        first = objs[0].parsed
-        tenant = tenants.get(first.tenant, f"tenant {first.tenant!r} was not looked up")
-        if isinstance(tenant, str):
-            plan.settled.extend(_result(o).fail(tenant, recoverable=False) for o in objs)
-            continue
-        todo_objects: list[ListedObject] = []
-        for o in objs:
-            results, todo = routing.route(tenant, o.parsed, o.last_modified, lambda k=o.key: delivered.get(k, _NONE))
-            too_old = o.parsed.write_time is not None and o.parsed.write_time.timestamp() * 1000 < cutoff_ms
-            _count(plan, tenant.tenant_id, routing, results, todo, o, too_old, events_per_byte)
-            if todo:
-                todo_objects.append(o)
-                continue
-            settled = _result(o)
-            settled.deliveries = results
-            plan.settled.append(settled.settle())
-        if todo_objects:
-            pods[prefix] = todo_objects
-    plan.units = pack_units(pods, workers)
+    """A plan of work units for a listing held in memory (see `route_pods` for the arguments)."""
+    routed = route_pods(
+        listing.pods, listing.malformed, tenants, delivered, since, until, now, events_per_byte, routing
+    )
+    plan = Plan(since=since, until=until, settled=routed.settled)
+    plan.add(routed.totals)
+    plan.undeliverable_fraction = window_totals(since, until, now).undeliverable_fraction
+    plan.list_calls = listing.list_calls
+    plan.pods_found = plan.pods_listed = len(listing.pods)
+    plan.listing_complete = True
+    plan.units = pack_units(routed.todo, workers)
+    plan.work_units = len(plan.units)
     return plan
 
 
@@ -163,8 +264,14 @@ def _result(o: ListedObject) -> ObjectResult:
     return ObjectResult(o.key, tenant=o.parsed.tenant, application=o.parsed.application, etag=o.etag)
 
 
+def _settle(out: RoutedPods, result: ObjectResult) -> None:
+    by_reason = out.totals.skipped if result.status is Status.SKIPPED else out.totals.failed
+    by_reason[result.reason] = by_reason.get(result.reason, 0) + 1
+    out.settled.append(result)
+
+
 def _count(
-    plan: Plan,
+    totals: PlanTotals,
     tenant_id: str,
     routing: Routing,
     results: list[DeliveryResult],
@@ -177,10 +284,10 @@ def _count(
     pending = {id(r) for _, r in todo}
     for r in results:
         kind = DeliveryType(r.type) if r.type in set(DeliveryType) else None
-        dp = plan.deliveries.get((tenant_id, r.delivery_id))
+        dp = totals.deliveries.get((tenant_id, r.delivery_id))
         if dp is None:
             whole = kind is not None and routing.whole_objects(kind)
-            dp = plan.deliveries[(tenant_id, r.delivery_id)] = DeliveryPlan(
+            dp = totals.deliveries[(tenant_id, r.delivery_id)] = DeliveryPlan(
                 tenant_id, r.delivery_id, r.type, r.target, whole
             )
         if id(r) in pending:
@@ -197,14 +304,14 @@ def _count(
         else:
             dp.skipped[r.reason] = dp.skipped.get(r.reason, 0) + 1
     if todo or any(r.reason == LEDGER_SKIP for r in results):
-        stats = plan.by_tenant_app.setdefault((tenant_id, o.parsed.application), GroupStats())
+        stats = totals.by_tenant_app.setdefault((tenant_id, o.parsed.application), GroupStats())
         stats.objects += 1
         stats.bytes += o.size
         stats.estimated_events += int(o.size * events_per_byte)
         if not todo:
             stats.already_delivered += 1
         if too_old and any(not routing.whole_objects(d.type) for d, _ in todo):
-            plan.undeliverable_objects += 1
+            totals.undeliverable_objects += 1
 
 
 def _fraction_before(since: datetime, until: datetime, cutoff_ms: float) -> float:
@@ -214,7 +321,7 @@ def _fraction_before(since: datetime, until: datetime, cutoff_ms: float) -> floa
     return max(0.0, min(hi, cutoff_ms) - lo) / (hi - lo)
 
 
-def pack_units(pods: Mapping[str, list[ListedObject]], workers: int) -> list[WorkUnit]:
+def pack_units(pods: Mapping[str, Sequence[ListedObject | ObjectSpec]], workers: int) -> list[WorkUnit]:
     """Pack whole pods into units of roughly equal bytes (longest-processing-time-first)."""
     total = sum(o.size for objs in pods.values() for o in objs)
     if not pods:
@@ -230,10 +337,38 @@ def pack_units(pods: Mapping[str, list[ListedObject]], workers: int) -> list[Wor
         heapq.heappush(heap, (load + size, i))
     units: list[WorkUnit] = []
     for i in sorted(members):
-        specs = tuple(
-            ObjectSpec(o.key, o.size, o.etag, o.last_modified.timestamp()) for p in sorted(members[i]) for o in pods[p]
-        )
+        specs = tuple(o if isinstance(o, ObjectSpec) else spec_of(o) for p in sorted(members[i]) for o in pods[p])
         units.append(WorkUnit(len(units), specs, sum(s.size for s in specs)))
     # Biggest first: the long units start early, the small ones fill the tail.
     units.sort(key=lambda u: -u.bytes)
     return units
+
+
+class UnitPacker:
+    """Packs pods into work units as they arrive, holding at most a buffer of them (PACK_BUFFER_OBJECTS)."""
+
+    def __init__(self, workers: int, buffer_objects: int | None = None) -> None:
+        self.workers = workers
+        self.buffer_objects = buffer_objects or PACK_BUFFER_OBJECTS
+        self._pods: dict[str, Sequence[ObjectSpec]] = {}
+        self.buffered = 0  # objects waiting to be packed
+        self._next_id = 0
+
+    def add(self, prefix: str, objects: Sequence[ObjectSpec]) -> list[WorkUnit]:
+        """Buffer one pod's objects; the units packed once the buffer is full (else none)."""
+        self._pods[prefix] = objects
+        self.buffered += len(objects)
+        return self.flush() if self.buffered >= self.buffer_objects else []
+
+    def flush(self) -> list[WorkUnit]:
+        """Pack whatever is buffered."""
+        units = [replace(u, unit_id=self._next_id + i) for i, u in enumerate(pack_units(self._pods, self.workers))]
+        self._next_id += len(units)
+        self._pods, self.buffered = {}, 0
+        return units
+
+    def drain(self) -> list[ObjectSpec]:
+        """Give back what is buffered, unpacked (an interrupted replay reports it as not attempted)."""
+        objects = [o for objs in self._pods.values() for o in objs]
+        self._pods, self.buffered = {}, 0
+        return objects

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from pipeline.delivery import LEDGER_SKIP, SUMMED, Status
-from pipeline.keys import parse_key
-from pipeline.replay.plan import ObjectSpec, Plan
+from pipeline.delivery import LEDGER_SKIP, SUMMED, ObjectResult, Status
+from pipeline.replay.plan import ObjectSpec, PlanTotals
 from pipeline.tenants import DeliveryType
 
 INTERRUPTED = "not attempted: the replay was interrupted"
@@ -32,6 +31,30 @@ DELIVERY_COUNTERS = (*SUMMED, "requests", "requests_minimum", "retries")
 # (`pipeline.batching.min_put_requests`): the quota unit the tenant shares with its own workloads.
 PUT_COUNTERS = {"put_requests": "requests", "put_requests_minimum": "requests_minimum"}
 FAILED_DETAIL_MAX = 1000  # per delivery: failures beyond this are counted, not listed
+# The run's own lists: failures are listed up to this many, then counted (a fleet-wide outage must not
+# grow the driver or the report without bound); skips, which need no action, are listed as a sample.
+RUN_FAILED_MAX = 10_000
+RUN_SKIPPED_SAMPLE = 1000
+
+
+@dataclass
+class KeyList:
+    """(key, reason) pairs, listed up to a cap and counted, in total and per reason, beyond it."""
+
+    cap: int
+    items: list[dict[str, str]] = field(default_factory=list)
+    count: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    def add(self, key: str, reason: str) -> None:
+        self.count += 1
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        if len(self.items) < self.cap:
+            self.items.append({"key": key, "reason": reason})
+
+    @property
+    def omitted(self) -> int:
+        return self.count - len(self.items)
 
 
 @dataclass
@@ -91,30 +114,22 @@ class TenantTotals:
 
 @dataclass
 class ReplayReport:
-    plan: Plan
+    """Folds results in as they come; holds counts, and keys only up to the lists' caps.
+
+    `plan` is the live plan figures: the driver keeps adding to them while listing goes on.
+    """
+
+    plan: PlanTotals
     started: float = field(default_factory=time.monotonic)
     tenants: dict[str, TenantTotals] = field(default_factory=lambda: defaultdict(TenantTotals))
-    failed: list[dict[str, str]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    damaged: list[dict[str, str]] = field(default_factory=list)
+    failed: KeyList = field(default_factory=lambda: KeyList(RUN_FAILED_MAX))
+    skipped: KeyList = field(default_factory=lambda: KeyList(RUN_SKIPPED_SAMPLE))
+    damaged: KeyList = field(default_factory=lambda: KeyList(RUN_FAILED_MAX))
+    listing_failed: KeyList = field(default_factory=lambda: KeyList(RUN_FAILED_MAX))  # (prefix, reason)
     timeline: list[dict[str, float]] = field(default_factory=list)
     deliveries: dict[tuple[str, str], DeliveryTotals] = field(default_factory=dict)
     objects_delivered: int = 0
     interrupted: bool = False
-
-    def __post_init__(self) -> None:
-        for (tenant, delivery_id), p in self.plan.deliveries.items():
-            totals = self._delivery(tenant, delivery_id)
-            totals.type, totals.target = p.type, p.target
-            totals.objects_planned, totals.objects_older_than_14d = p.objects, p.older_than_14d
-        # Objects the plan settled (ledger, filters, bad keys and tenants) are listed, and counted in their
-        # deliveries' sections; the per-tenant totals count what the workers did.
-        for result in self.plan.settled:
-            r = result.to_dict()
-            self._add_deliveries(r)
-            (self.skipped if result.status is Status.SKIPPED else self.failed).append(
-                {"key": r["key"], "reason": r["reason"]}
-            )
 
     def _delivery(self, tenant: str, delivery_id: str) -> DeliveryTotals:
         key = (tenant, delivery_id)
@@ -126,8 +141,14 @@ class ReplayReport:
         for d in result.get("deliveries", ()):
             self._delivery(result.get("tenant") or "?", d["delivery_id"]).add(result["key"], d)
 
+    def settle(self, result: ObjectResult) -> None:
+        """Fold in an object the plan settled (ledger, filters, bad keys and tenants): listed, and counted in
+        its deliveries' sections; the per-tenant totals count what the workers did."""
+        self._add_deliveries(result.to_dict())
+        (self.skipped if result.status is Status.SKIPPED else self.failed).add(result.key, result.reason)
+
     def add(self, result: dict[str, Any]) -> None:
-        """Fold in one object's result (ObjectResult.to_dict())."""
+        """Fold in one object's result from a worker (ObjectResult.to_dict())."""
         self._add_deliveries(result)
         totals = self.tenants[result.get("tenant") or "?"]
         for name in EVENT_COUNTERS:
@@ -142,19 +163,24 @@ class ReplayReport:
             self.objects_delivered += 1
         elif status == "skipped":
             totals.objects_skipped += 1
-            self.skipped.append({"key": result["key"], "reason": result["reason"]})
+            self.skipped.add(result["key"], result["reason"])
         else:
             # A damaged object had its readable part delivered, but the rest is lost: that is a failure
             # an operator must see, even though retrying cannot help.
             totals.objects_failed += 1
-            self.failed.append({"key": result["key"], "reason": result["reason"]})
+            self.failed.add(result["key"], result["reason"])
             if status == "damaged":
-                self.damaged.append({"key": result["key"], "reason": result["reason"]})
+                self.damaged.add(result["key"], result["reason"])
 
     def add_interrupted(self, objects: Iterable[ObjectSpec]) -> None:
         """Account for planned objects that were never started because the replay was interrupted."""
         for o in objects:
-            self.add({"key": o.key, "tenant": parse_key(o.key).tenant, "status": "skipped", "reason": INTERRUPTED})
+            self.add({"key": o.key, "tenant": o.tenant, "status": "skipped", "reason": INTERRUPTED})
+
+    def add_listing_failure(self, prefixes: Iterable[str], reason: str) -> None:
+        """Prefixes whose listing failed: their objects are unknown, so the run cannot say it delivered all."""
+        for prefix in prefixes:
+            self.listing_failed.add(prefix, reason)
 
     def tick(self) -> None:
         """Record a point of throughput over time, for the replay_report notebook."""
@@ -167,6 +193,11 @@ class ReplayReport:
             }
         )
 
+    @property
+    def objects_done(self) -> int:
+        """Objects the workers finished with, whatever the outcome."""
+        return sum(t.objects_delivered + t.objects_skipped + t.objects_failed for t in self.tenants.values())
+
     def total(self, name: str) -> int:
         return sum(t.counters[name] for t in self.tenants.values())
 
@@ -175,27 +206,42 @@ class ReplayReport:
         """0: everything deliverable was delivered; 1: some objects failed; 130: interrupted (re-run to resume)."""
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.failed else EXIT_OK
+        return EXIT_FAILED if self.failed.count or self.listing_failed.count else EXIT_OK
 
     def to_dict(self) -> dict[str, Any]:
         duration = time.monotonic() - self.started
         events = self.total("events_delivered")
         plan = self.plan
+        for (tenant, delivery_id), p in plan.deliveries.items():
+            totals = self._delivery(tenant, delivery_id)
+            totals.type, totals.target = totals.type or p.type, totals.target or p.target
+            totals.objects_planned, totals.objects_older_than_14d = p.objects, p.older_than_14d
         return {
             "window": {"since": plan.since.isoformat(), "until": plan.until.isoformat()},
+            "listing_complete": plan.listing_complete,
+            "pods_found": plan.pods_found,
+            "pods_listed": plan.pods_listed,
             "objects_listed": plan.objects_listed,
             "objects_planned": plan.objects_to_deliver,
-            "objects_skipped_ledger": sum(1 for s in self.skipped if s["reason"] == LEDGER_SKIP),
-            "objects_skipped": self.skipped,
+            "objects_skipped_ledger": self.skipped.by_reason.get(LEDGER_SKIP, 0),
+            "objects_skipped": self.skipped.items,
+            "objects_skipped_count": self.skipped.count,
+            "objects_skipped_by_reason": dict(sorted(self.skipped.by_reason.items())),
+            "objects_skipped_omitted": self.skipped.omitted,
             "objects_delivered": self.objects_delivered,
             "interrupted": self.interrupted,
-            "objects_damaged": self.damaged,
-            "objects_failed": self.failed,
+            "objects_damaged": self.damaged.items,
+            "objects_damaged_count": self.damaged.count,
+            "objects_failed": self.failed.items,
+            "objects_failed_count": self.failed.count,
+            "objects_failed_omitted": self.failed.omitted,
+            "prefixes_failed": self.listing_failed.items,
+            "prefixes_failed_count": self.listing_failed.count,
             **{name: self.total(name) for name in (*EVENT_COUNTERS, *PUT_COUNTERS)},
             "duration_s": round(duration, 3),
             "events_per_s": round(events / duration, 1) if duration > 0 else 0.0,
             "list_calls": plan.list_calls,
-            "work_units": len(plan.units),
+            "work_units": plan.work_units,
             "window_older_than_14d_fraction": round(plan.undeliverable_fraction, 4),
             "deliveries": [d.to_dict() for _, d in sorted(self.deliveries.items())],
             "tenants": {

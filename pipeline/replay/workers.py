@@ -1,15 +1,18 @@
 """Replay workers: each owns one long-lived sink and the tenant credentials it has assumed.
 
 `UnitRunner` is plain Python (one work unit through one Deliverer); `DeliveryWorker` is the Ray actor
-that hosts it, and `RateLimiter` the actor that holds the per-tenant token buckets shared by all.
+that hosts it, `ListingWorker` the actor that hosts a `Surveyor`, and `RateLimiter` the actor that holds
+the per-tenant token buckets shared by all. `RayBackend` puts them behind the scheduler's `Backend`.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -18,13 +21,16 @@ import ray
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.delivery import ObjectRef, ObjectResult, Status, TimeWindow, build_deliverer
-from pipeline.keys import parse_key
 from pipeline.ledger import LedgerError
 from pipeline.replay.budget import DEFAULT_BUDGET_MIB, MemoryBudget, decoded_footprint
+from pipeline.replay.listing import Prefixes
 from pipeline.replay.plan import ObjectSpec, WorkUnit
 from pipeline.replay.ratelimit import TenantRateLimits
 from pipeline.replay.report import INTERRUPTED
+from pipeline.replay.survey import Survey, Surveyor, SurveySpec
 from pipeline.settings import Settings
+
+log = logging.getLogger("pipeline.replay")
 
 POD_THREADS = 8
 WORKER_CPUS = 1
@@ -97,8 +103,7 @@ class UnitRunner:
                     if self.stopping.is_set():
                         # Stop between objects, never inside one: every object started is delivered and in
                         # the ledger once its batches are answered, so a re-run resumes where this one stopped.
-                        tenant = parse_key(o.key).tenant
-                        results.append(ObjectResult(o.key, Status.SKIPPED, INTERRUPTED, tenant=tenant))
+                        results.append(ObjectResult(o.key, Status.SKIPPED, INTERRUPTED, tenant=o.tenant))
                         continue
                     known = None if ledger is None else ledger.get(o.key, frozenset())
                     results.append(self.deliverer.deliver(self._ref(o), known, batches))
@@ -154,3 +159,54 @@ class DeliveryWorker:
 
     def close(self) -> None:
         self._runner.close()
+
+
+# Listing waits on S3 round trips and parses XML: it takes no CPU reservation, so it runs beside the delivery
+# workers that hold every CPU, and SPREAD keeps the listing workers off a single node.
+@ray.remote(num_cpus=0, max_restarts=1, max_task_retries=1)
+class ListingWorker:
+    def __init__(self, spec: SurveySpec) -> None:
+        self._surveyor = Surveyor(spec)
+
+    def descend(self, prefixes: list[str], wanted: tuple[str, ...]) -> Prefixes:
+        return self._surveyor.descend(prefixes, wanted)
+
+    def survey(self, prefixes: list[str]) -> Survey:
+        return self._surveyor.survey(prefixes)
+
+
+LISTING_CALLS_PER_WORKER = 2  # one listing, one queued
+
+
+class RayBackend:
+    """The scheduler's Backend on Ray: `listers` listing workers, and `workers` delivery workers built by
+    `make_worker` (none for a dry run)."""
+
+    def __init__(self, spec: SurveySpec, listers: int, workers: int, make_worker: Callable[[], Any]) -> None:
+        self._listers = [ListingWorker.options(scheduling_strategy="SPREAD").remote(spec) for _ in range(listers)]
+        self._round = itertools.cycle(self._listers)
+        self.listing_slots = LISTING_CALLS_PER_WORKER * listers
+        self._actors = [make_worker() for _ in range(workers)]
+        self.workers = workers
+
+    def descend(self, prefixes: list[str], wanted: tuple[str, ...]) -> Future[Prefixes]:
+        return next(self._round).descend.remote(prefixes, wanted).future()
+
+    def survey(self, prefixes: list[str]) -> Future[Survey]:
+        return next(self._round).survey.remote(prefixes).future()
+
+    def deliver(self, worker: int, unit: WorkUnit) -> Future[list[dict[str, Any]]]:
+        return self._actors[worker].run.remote(unit).future()
+
+    def stop(self) -> None:
+        for actor in self._actors:
+            actor.stop.remote()
+
+    def close(self) -> None:
+        for actor in self._actors:
+            try:
+                ray.get(actor.close.remote(), timeout=30)
+            except Exception:  # closing is best effort; the job's outcome is already decided
+                log.warning("worker did not close cleanly")
+        for actor in [*self._actors, *self._listers]:
+            ray.kill(actor)

@@ -193,9 +193,9 @@ def test_disabled_tenant_is_skipped_with_its_reason() -> None:
     acme = pod_objects("api-1", [100, 200])
     initech = pod_objects("api-1", [300], tenant="initech")
     plan = plan_for(listing_of(acme, initech), {"acme": tenant(), "initech": tenant("initech", enabled=False)})
-    assert plan.skipped == [(o.key, "delivery 'cloudwatch' of tenant 'initech' is disabled") for o in initech]
+    assert plan.skipped_keys == [(o.key, "delivery 'cloudwatch' of tenant 'initech' is disabled") for o in initech]
     assert [o.key for u in plan.units for o in u.objects] == [o.key for o in acme]
-    assert plan.failed == []
+    assert plan.failed_keys == []
     assert ("initech", "payment-service") not in plan.by_tenant_app
 
 
@@ -208,7 +208,7 @@ def test_desired_logs_filter_is_case_insensitive() -> None:
     plan = plan_for(listing_of(pay, front, other), {"acme": cfg})
     planned = {o.key for u in plan.units for o in u.objects}
     assert planned == {o.key for o in pay + front}
-    assert plan.skipped == [
+    assert plan.skipped_keys == [
         (o.key, "application 'checkout' is not in desired_logs of delivery 'cloudwatch'") for o in other
     ]
     assert set(plan.by_tenant_app) == {("acme", "payment-service"), ("acme", "FrontEnd")}
@@ -219,15 +219,15 @@ def test_unknown_tenant_fails_with_the_lookup_reason() -> None:
     acme = pod_objects("api-1", [5])
     reason = "unknown tenant 'ghost': no entry in tenant-configs"
     plan = plan_for(listing_of(ghost, acme), {"acme": tenant(), "ghost": reason})
-    assert plan.failed == [(o.key, reason) for o in ghost]
+    assert plan.failed_keys == [(o.key, reason) for o in ghost]
     assert plan.objects_to_deliver == 1
 
 
 def test_a_tenant_that_was_never_looked_up_fails_instead_of_vanishing() -> None:
     stray = pod_objects("api-1", [1], tenant="stray")
     plan = plan_for(listing_of(stray), {"acme": tenant()})
-    assert [k for k, _ in plan.failed] == [stray[0].key]
-    assert "stray" in plan.failed[0][1]
+    assert [k for k, _ in plan.failed_keys] == [stray[0].key]
+    assert "stray" in plan.failed_keys[0][1]
     assert plan.units == []
 
 
@@ -235,7 +235,7 @@ def test_malformed_keys_from_the_listing_are_failures_and_are_counted_as_listed(
     acme = pod_objects("api-1", [1, 2])
     bad = [("prod-1/acme//pod/x.json.gz", "contains an empty segment")]
     plan = plan_for(listing_of(acme, malformed=bad), {"acme": tenant()})
-    assert plan.failed == bad
+    assert plan.failed_keys == bad
     assert plan.objects_listed == 3
     assert plan.list_calls == 7
 
@@ -245,7 +245,7 @@ def test_ledger_delivered_keys_are_skipped_and_counted() -> None:
     b = pod_objects("api-2", [500, 600])
     delivered = {a[0].key, a[2].key, b[0].key, b[1].key}
     plan = plan_for(listing_of(a, b), {"acme": tenant()}, delivered)
-    assert sorted(k for k, r in plan.skipped if r == LEDGER_SKIP) == sorted(delivered)
+    assert sorted(k for k, r in plan.skipped_keys if r == LEDGER_SKIP) == sorted(delivered)
     assert plan.skipped_ledger == 4
     # The pod whose objects were all delivered produces no work at all; the other keeps its order.
     assert [o.key for u in plan.units for o in u.objects] == [a[1].key, a[3].key]
@@ -316,7 +316,7 @@ def test_each_delivery_has_its_own_plan() -> None:
     plan = plan_for(listing_of(pay, chk), {"umbrella": umbrella()}, events_per_byte=0.5)
     # checkout goes to S3 only, but it goes: the object is planned.
     assert sorted(planned_keys(plan)) == sorted(o.key for o in pay + chk)
-    assert plan.skipped == [] and plan.failed == [] and plan.settled == []
+    assert plan.skipped_keys == [] and plan.failed_keys == [] and plan.settled == []
     cw, s3 = plan.deliveries[("umbrella", "cloudwatch")], plan.deliveries[("umbrella", "s3-archive")]
     assert (cw.type, cw.target, cw.whole_objects) == ("cloudwatch", "/logs/umbrella (us-east-1)", False)
     assert (cw.objects, cw.bytes, cw.estimated_events) == (2, 300, 150)
@@ -335,7 +335,7 @@ def test_the_ledger_is_per_delivery() -> None:
     }
     plan = make_plan(listing_of(pay), {"umbrella": umbrella()}, ledger, NOW - DAY, NOW, 2, NOW)
     assert planned_keys(plan) == [pay[1].key, pay[2].key]
-    assert plan.skipped == [(pay[0].key, LEDGER_SKIP)] and plan.skipped_ledger == 1
+    assert plan.skipped_keys == [(pay[0].key, LEDGER_SKIP)] and plan.skipped_ledger == 1
     cw, s3 = plan.deliveries[("umbrella", "cloudwatch")], plan.deliveries[("umbrella", "s3-archive")]
     assert (cw.objects, cw.already_delivered) == (1, 2)
     assert (s3.objects, s3.already_delivered) == (2, 1)
@@ -388,6 +388,6 @@ def test_an_invalid_delivery_fails_its_objects_and_the_others_go_on() -> None:
     # payment-service still goes to CloudWatch (the worker reports the failed delivery with it).
     assert planned_keys(plan) == [pay[0].key]
     # checkout has nowhere to go but the broken delivery: it fails here, naming it.
-    assert plan.failed == [(chk[0].key, f"s3-archive: {bad.reason}")]
+    assert plan.failed_keys == [(chk[0].key, f"s3-archive: {bad.reason}")]
     assert plan.deliveries[("umbrella", "s3-archive")].failed == {bad.reason: 2}
     assert plan.deliveries[("umbrella", "s3-archive")].type == "?"

@@ -46,8 +46,16 @@ def make_plan(failed: Sequence[tuple[str, str]] = (), skipped: Sequence[tuple[st
         plan.settled.append(ObjectResult(k).fail(reason, recoverable=False))
     for k, reason in skipped:
         plan.settled.append(ObjectResult(k, Status.SKIPPED, reason, tenant=k.split("/")[1]))
-    assert (plan.failed, plan.skipped) == (list(failed), list(skipped))
+    assert (plan.failed_keys, plan.skipped_keys) == (list(failed), list(skipped))
     return plan
+
+
+def report_of(plan: Plan) -> ReplayReport:
+    """A report of a plan held in memory: what the plan settled folded in, as the driver does per survey."""
+    report = ReplayReport(plan)
+    for result in plan.settled:
+        report.settle(result)
+    return report
 
 
 # Counters each delivery carries (the object's are their totals); the rest belong to the object itself.
@@ -65,7 +73,7 @@ def delivered(k: str, events: int, **counts: int) -> dict[str, object]:
 
 
 def test_counts_are_summed_per_tenant_and_in_total() -> None:
-    report = ReplayReport(make_plan())
+    report = report_of(make_plan())
     report.add(delivered(key("acme", 1), 100, bytes_read=1000, events_filtered=3, lines_malformed=1))
     report.add(delivered(key("acme", 2), 50, bytes_read=500, events_rejected_too_old=7))
     report.add(delivered(key("globex", 3), 10, bytes_read=80, events_rejected_too_new=2, events_rejected_expired=4))
@@ -87,7 +95,7 @@ def test_counts_are_summed_per_tenant_and_in_total() -> None:
 
 
 def test_failed_and_damaged_objects_are_listed_with_reasons_and_fail_the_run() -> None:
-    report = ReplayReport(make_plan())
+    report = report_of(make_plan())
     report.add(delivered(key("acme", 1), 5))
     failed = ObjectResult(key("acme", 2), tenant="acme").fail("AccessDenied on PutLogEvents", recoverable=False)
     report.add(failed.to_dict())
@@ -118,7 +126,7 @@ def test_plan_failures_and_skips_are_carried_into_the_report() -> None:
             (key("initech", 3), "delivery 'cloudwatch' of tenant 'initech' is disabled"),
         ],
     )
-    report = ReplayReport(plan)
+    report = report_of(plan)
     # A ledger skip found by a worker (delivered meanwhile by the consumer) counts the same way.
     skip = ObjectResult(key("acme", 4), Status.SKIPPED, LEDGER_SKIP, tenant="acme")
     report.add(skip.to_dict())
@@ -134,7 +142,7 @@ def test_plan_failures_and_skips_are_carried_into_the_report() -> None:
 
 
 def test_skipped_objects_alone_do_not_fail_the_run() -> None:
-    report = ReplayReport(make_plan(skipped=[(key("acme", 1), LEDGER_SKIP)]))
+    report = report_of(make_plan(skipped=[(key("acme", 1), LEDGER_SKIP)]))
     disabled = "delivery 'cloudwatch' of tenant 'acme' is disabled"
     report.add(ObjectResult(key("acme", 2), Status.SKIPPED, disabled, tenant="acme").to_dict())
     assert report.exit_code == 0
@@ -142,7 +150,7 @@ def test_skipped_objects_alone_do_not_fail_the_run() -> None:
 
 
 def test_an_interrupted_run_exits_130_and_lists_what_it_did_not_attempt() -> None:
-    report = ReplayReport(make_plan())
+    report = report_of(make_plan())
     report.add(delivered(key("acme", 1), 10))
     pending = [ObjectSpec(key("acme", n), 100, "e", 0.0) for n in (2, 3)]
     report.add_interrupted(pending)
@@ -159,7 +167,7 @@ def test_an_interrupted_run_exits_130_and_lists_what_it_did_not_attempt() -> Non
 
 
 def test_interrupted_wins_over_failed() -> None:
-    report = ReplayReport(make_plan(failed=[("bad", "reason")]))
+    report = report_of(make_plan(failed=[("bad", "reason")]))
     assert report.exit_code == 1
     report.interrupted = True
     assert report.exit_code == 130
@@ -167,7 +175,7 @@ def test_interrupted_wins_over_failed() -> None:
 
 def test_rate_and_plan_figures() -> None:
     units = [WorkUnit(0, (ObjectSpec(key("acme", 1), 10, "e", 0.0),), 10)]
-    report = ReplayReport(make_plan(units=units, undeliverable_fraction=0.123456))
+    report = report_of(make_plan(units=units, objects_to_deliver=1, work_units=1, undeliverable_fraction=0.123456))
     report.started -= 2.0  # as if the run had taken two seconds
     report.add(delivered(key("acme", 1), 1000))
     report.tick()
@@ -214,7 +222,7 @@ def test_each_delivery_has_its_own_section() -> None:
             ),
         }
     )
-    report = ReplayReport(plan)
+    report = report_of(plan)
     report.add(
         umbrella_result(
             1,
@@ -285,7 +293,7 @@ def test_objects_the_plan_settled_count_in_their_deliveries_sections() -> None:
     ).settle()
     plan = make_plan()
     plan.settled.append(settled)
-    doc = ReplayReport(plan).to_dict()
+    doc = report_of(plan).to_dict()
     sections = {d["delivery_id"]: d for d in doc["deliveries"]}
     assert sections["cloudwatch"]["objects_skipped"] == {LEDGER_SKIP: 1}
     assert sections["s3-archive"]["objects_skipped"] == {"written outside the window": 1}
@@ -297,7 +305,7 @@ def test_objects_the_plan_settled_count_in_their_deliveries_sections() -> None:
 
 
 def test_failures_listed_per_delivery_are_bounded_but_all_counted() -> None:
-    report = ReplayReport(make_plan())
+    report = report_of(make_plan())
     n = FAILED_DETAIL_MAX + 25
     for i in range(n):
         report.add(umbrella_result(i, cw_result(), s3_result().fail("SlowDown", recoverable=True)))
@@ -308,7 +316,7 @@ def test_failures_listed_per_delivery_are_bounded_but_all_counted() -> None:
 
 
 def test_put_requests_and_their_minimum_count_only_cloudwatch_deliveries_per_tenant() -> None:
-    report = ReplayReport(make_plan())
+    report = report_of(make_plan())
     for n, (tenant, calls, minimum) in enumerate([("acme", 2, 1), ("acme", 0, 0), ("globex", 3, 3)]):
         r = ObjectResult(key(tenant, n), tenant=tenant, application="payment-service")
         r.deliveries = [
