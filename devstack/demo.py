@@ -246,7 +246,7 @@ def run_demo() -> int:
         _banner("The job's report next to CloudWatch")
         print(f"  report events_delivered     {report['events_delivered']:,}")
         print(f"  CloudWatch ({DEMO_TENANT}) holds    {total:,}")
-        print(f"  objects delivered / failed  {report['objects_delivered']} / {len(report['objects_failed'])}")
+        print(f"  objects delivered / failed  {report['objects_delivered']} / {report['objects_failed_count']}")
         for f in report["objects_failed"]:
             print(f"    failed: {f['key']}: {f['reason']}")
         print(f"  lines_malformed             {report['lines_malformed']}")
