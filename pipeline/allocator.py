@@ -50,4 +50,4 @@ def _mallopt(param: int, value: int) -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return mallopt(param, value) == 1
+    return bool(mallopt(param, value) == 1)

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import boto3
 from botocore.config import Config
+
+if TYPE_CHECKING:  # boto3-stubs is a dev dependency: the types exist for mypy only, never at run time
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_logs import CloudWatchLogsClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sts import STSClient
 
 # Workers run many puts in parallel; botocore's default pool of 10 would serialise them.
 _POOL = 64
@@ -64,6 +72,50 @@ def _default_session() -> boto3.Session:
     return sess
 
 
+# The services the pipeline calls get their typed client (boto3-stubs); any other service, and a client passed
+# through code that serves several services (CredentialBroker.client), is Any.
+@overload
+def client(
+    service: Literal["s3"],
+    region: str | None = None,
+    credentials: StaticCredentials | None = None,
+    config: Config | None = None,
+) -> S3Client: ...
+@overload
+def client(
+    service: Literal["logs"],
+    region: str | None = None,
+    credentials: StaticCredentials | None = None,
+    config: Config | None = None,
+) -> CloudWatchLogsClient: ...
+@overload
+def client(
+    service: Literal["sts"],
+    region: str | None = None,
+    credentials: StaticCredentials | None = None,
+    config: Config | None = None,
+) -> STSClient: ...
+@overload
+def client(
+    service: Literal["dynamodb"],
+    region: str | None = None,
+    credentials: StaticCredentials | None = None,
+    config: Config | None = None,
+) -> DynamoDBClient: ...
+@overload
+def client(
+    service: Literal["sqs"],
+    region: str | None = None,
+    credentials: StaticCredentials | None = None,
+    config: Config | None = None,
+) -> SQSClient: ...
+@overload
+def client(
+    service: str,
+    region: str | None = None,
+    credentials: StaticCredentials | None = None,
+    config: Config | None = None,
+) -> Any: ...
 def client(
     service: str,
     region: str | None = None,
@@ -76,14 +128,21 @@ def client(
     # set only AWS_REGION). None leaves the rest of botocore's chain (profile config) as it was.
     region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None
     if credentials is None:
-        return _default_session().client(service, region_name=region, config=cfg)
+        return _new_client(_default_session(), service, region, cfg)
     session = boto3.Session(
         aws_access_key_id=credentials.access_key_id,
         aws_secret_access_key=credentials.secret_access_key,
         aws_session_token=credentials.session_token,
         region_name=region,
     )
-    return session.client(service, region_name=region, config=cfg)
+    return _new_client(session, service, region, cfg)
+
+
+def _new_client(session: boto3.Session, service: str, region: str | None, cfg: Config) -> Any:
+    # boto3-stubs types Session.client for literal service names only; ours is the caller's, typed by the
+    # overloads of client() above, so the untyped signature here is the one honest one.
+    make: Callable[..., Any] = session.client
+    return make(service, region_name=region, config=cfg)
 
 
 def error_code(exc: BaseException) -> str:

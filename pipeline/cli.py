@@ -27,12 +27,12 @@ EXIT_CONFIG = 3  # a required setting is missing or wrong
 EXIT_INTERRUPTED = 130
 
 
-class TimeParam(click.ParamType):
+class TimeParam(click.ParamType[datetime, str | datetime]):
     """A date, an ISO timestamp, 'now', or a duration back from now (see pipeline.timespec)."""
 
     name = "TIME"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+    def convert(self, value: str | datetime, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
         if isinstance(value, datetime):
             return value
         try:

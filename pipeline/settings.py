@@ -44,8 +44,22 @@ class Settings:
     def ledger_retention_s(self) -> float:
         return self.ledger_retention_days * 86400
 
-    def with_overrides(self, **changes: object) -> Settings:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+    def with_overrides(
+        self,
+        *,
+        bucket: str | None = None,
+        tenant_table: str | None = None,
+        ledger_table: str | None = None,
+        queue_url: str | None = None,
+    ) -> Settings:
+        """The settings with the commands' options applied; an option left as None keeps the environment's."""
+        return replace(
+            self,
+            bucket=self.bucket if bucket is None else bucket,
+            tenant_table=self.tenant_table if tenant_table is None else tenant_table,
+            ledger_table=self.ledger_table if ledger_table is None else ledger_table,
+            queue_url=self.queue_url if queue_url is None else queue_url,
+        )
 
     def require(self, *names: str) -> None:
         """Fail early, naming the env var, instead of deep inside a worker."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -246,10 +246,10 @@ def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2
     if schema is TableSchema.V1:
         delivery_id, kind = V1_DELIVERY_ID, DeliveryType.CLOUDWATCH
     else:
-        delivery_id = item.get("delivery_id")
-        if not isinstance(delivery_id, str) or not DELIVERY_ID_RE.fullmatch(delivery_id):
-            errors["delivery_id"] = f"{delivery_id!r} must match {DELIVERY_ID_RE.pattern}"
-            delivery_id = str(delivery_id)
+        raw_id = item.get("delivery_id")
+        delivery_id = str(raw_id)
+        if not isinstance(raw_id, str) or not DELIVERY_ID_RE.fullmatch(raw_id):
+            errors["delivery_id"] = f"{raw_id!r} must match {DELIVERY_ID_RE.pattern}"
         raw_type = item.get("type")
         if raw_type is None:
             errors["type"] = "required field is missing (cloudwatch or s3)"
@@ -338,7 +338,7 @@ def delivery_item(d: Delivery, schema: TableSchema = TableSchema.V2) -> dict[str
     return item
 
 
-def tenant_from_items(tenant_id: str, items: list[Mapping[str, Any]], schema: TableSchema) -> Tenant:
+def tenant_from_items(tenant_id: str, items: Sequence[Mapping[str, Any]], schema: TableSchema) -> Tenant:
     good: list[Delivery] = []
     bad: list[InvalidDelivery] = []
     for item in items:

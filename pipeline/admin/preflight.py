@@ -22,7 +22,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -31,6 +31,9 @@ from pipeline.admin import text
 from pipeline.aws import StaticCredentials
 from pipeline.credentials import ROLE_SESSION_SECONDS, account_of, assume_role, session_name
 from pipeline.tenants import Delivery, DeliveryType
+
+if TYPE_CHECKING:
+    from mypy_boto3_logs.type_defs import InputLogEventTypeDef
 
 log = logging.getLogger("pipeline.admin.preflight")
 
@@ -214,7 +217,7 @@ class Preflight:
         except BotoCoreError as exc:
             code, message = _error(exc)
             raise _StepFailed(code, message, f"CloudWatch Logs in {d.region} cannot be reached") from None
-        event = {"message": self._marker(d, now), "timestamp": int(now.timestamp() * 1000)}
+        event: InputLogEventTypeDef = {"message": self._marker(d, now), "timestamp": int(now.timestamp() * 1000)}
         try:
             logs.create_log_stream(logGroupName=d.log_group, logStreamName=stream)
             logs.put_log_events(logGroupName=d.log_group, logStreamName=stream, logEvents=[event])

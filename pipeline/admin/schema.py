@@ -43,13 +43,14 @@ def _field(spec: FieldSpec, required: bool) -> tuple[Any, Any]:
 
 
 def _model(name: str, doc: str, include_keys: bool, include_managed: bool, required: set[str]) -> type[BaseModel]:
-    fields = {
+    # Any: create_model's **field_definitions share the call with __config__ and __doc__, so mypy would match
+    # a dict of (annotation, FieldInfo) pairs against those too.
+    fields: dict[str, Any] = {
         spec.name: _field(spec, spec.name in required)
         for spec in FIELDS
         if (include_keys or not spec.key) and (include_managed or not spec.managed)
     }
-    model = create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
-    return model
+    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
 
 
 DeliveryBody = _model(
@@ -78,6 +79,8 @@ class InvalidItem(BaseModel):
 
 class DeliveryList(BaseModel):
     tenant_id: str
+    # DeliveryOut is built from FIELDS by create_model at import time: a value, which mypy cannot take as a type;
+    # pydantic resolves it when the class is made.
     deliveries: list[DeliveryOut]  # type: ignore[valid-type]
     invalid: list[InvalidItem] = Field(description="items in the table that do not validate")
 

@@ -133,6 +133,25 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema()}}}}
 
 
+class _Api(FastAPI):
+    """The application, whose OpenAPI document also names the HMAC scheme every signed route needs."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            doc = get_openapi(title=self.title, version=self.version, description=self.description, routes=self.routes)
+            doc.setdefault("components", {})["securitySchemes"] = {
+                "hmac": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "HMAC-SHA256 <hex>, with X-Timestamp and X-Body-SHA256 (see the description)",
+                }
+            }
+            doc["security"] = [{"hmac": []}]
+            self.openapi_schema = doc
+        return self.openapi_schema
+
+
 def create_app(
     key: str,
     store: TenantStore,
@@ -140,7 +159,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The application over `store`; `preflight` None answers validate with 503 (no central role set)."""
-    app = FastAPI(
+    app = _Api(
         title="Tenant management API",
         version="1",
         description=(
@@ -199,7 +218,9 @@ def create_app(
         stored = await run_in_threadpool(store.get, tenant_id, delivery_id)
         return _item_response(stored.item, stored.etag)
 
-    conflict = {412: {"model": ErrorBody, "description": "If-Match names another version: read it again"}}
+    conflict: dict[int | str, dict[str, Any]] = {
+        412: {"model": ErrorBody, "description": "If-Match names another version: read it again"}
+    }
 
     @app.put(
         one,
@@ -241,21 +262,5 @@ def create_app(
         report = await run_in_threadpool(preflight.run, delivery)
         return JSONResponse(report.to_json())
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            doc.setdefault("components", {})["securitySchemes"] = {
-                "hmac": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "Authorization",
-                    "description": "HMAC-SHA256 <hex>, with X-Timestamp and X-Body-SHA256 (see the description)",
-                }
-            }
-            doc["security"] = [{"hmac": []}]
-            app.openapi_schema = doc
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(HmacAuth, key=key, clock=clock)
     return app

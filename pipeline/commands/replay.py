@@ -7,6 +7,7 @@ ray job submit -- python jobs/replay.py --tenant acme --since 2024-01-01   # the
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 
 import click
 
@@ -110,8 +111,8 @@ from pipeline.timespec import HELP as TIME_HELP
 def main(
     tenants: tuple[str, ...],
     all_tenants: bool,
-    since,  # type: ignore[no-untyped-def]
-    until,  # type: ignore[no-untyped-def]
+    since: datetime,
+    until: datetime,
     clusters: tuple[str, ...],
     applications: tuple[str, ...],
     pods: tuple[str, ...],

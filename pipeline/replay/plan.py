@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -215,7 +215,7 @@ def route_pods(
             continue
         todo_objects: list[ListedObject] = []
         for o in objs:
-            results, todo = routing.route(tenant, o.parsed, o.last_modified, lambda k=o.key: delivered.get(k, _NONE))
+            results, todo = routing.route(tenant, o.parsed, o.last_modified, _ledger_of(delivered, o.key))
             too_old = o.parsed.write_time is not None and o.parsed.write_time.timestamp() * 1000 < cutoff_ms
             _count(totals, tenant.tenant_id, routing, results, todo, o, too_old, events_per_byte)
             if todo:
@@ -258,6 +258,11 @@ def make_plan(
 
 
 _NONE: frozenset[str] = frozenset()
+
+
+def _ledger_of(delivered: Mapping[str, frozenset[str]], key: str) -> Callable[[], frozenset[str]]:
+    """What the ledger holds for `key`, as Routing.route asks for it (only when some delivery wants it)."""
+    return lambda: delivered.get(key, _NONE)
 
 
 def _result(o: ListedObject) -> ObjectResult:
