@@ -12,7 +12,7 @@ import re
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -21,6 +21,9 @@ from pipeline import aws
 from pipeline.aws import StaticCredentials
 from pipeline.classify import Action, classify_error
 from pipeline.errors import DeliveryError
+
+if TYPE_CHECKING:
+    from mypy_boto3_sts import STSClient
 
 SESSION_NAME_MAX = 64
 _SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]", re.ASCII)  # AWS's \w is ASCII only
@@ -61,7 +64,7 @@ class CredentialBroker:
         *,
         refresh_margin: timedelta = REFRESH_MARGIN,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        base_sts: Any | None = None,
+        base_sts: STSClient | None = None,
     ) -> None:
         self.central_role_arn = central_role_arn
         # The ExternalId a delivery uses when it names none of its own: the central account id (CONTRACTS.md §4).
@@ -79,18 +82,18 @@ class CredentialBroker:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def _fresh(self, creds: StaticCredentials | None) -> bool:
-        return creds is not None and creds.expiration - self._margin > self._clock()
+    def _fresh(self, creds: StaticCredentials) -> bool:
+        return creds.expiration - self._margin > self._clock()
 
     def _cached(self, role_arn: str, assume: Callable[[], StaticCredentials]) -> StaticCredentials:
         creds = self._creds.get(role_arn)
-        if self._fresh(creds):
-            return creds  # type: ignore[return-value]
+        if creds is not None and self._fresh(creds):
+            return creds
         with self._lock_for(role_arn):  # one STS call per role even when many threads miss at once
             creds = self._creds.get(role_arn)
-            if not self._fresh(creds):
+            if creds is None or not self._fresh(creds):
                 creds = self._creds[role_arn] = assume()
-            return creds  # type: ignore[return-value]
+            return creds
 
     def central(self) -> StaticCredentials:
         def assume() -> StaticCredentials:
@@ -141,7 +144,7 @@ class CredentialBroker:
         """Forget a role's credentials, e.g. after the service said they expired."""
         self._creds.pop(_role_key(role_arn, external_id or self.external_id), None)
 
-    def _assume(self, sts: Any, role_arn: str, name: str, external_id: str | None) -> StaticCredentials:
+    def _assume(self, sts: STSClient, role_arn: str, name: str, external_id: str | None) -> StaticCredentials:
         self.sts_calls += 1
         try:
             return assume_role(sts, role_arn, name, external_id)
@@ -153,7 +156,7 @@ class CredentialBroker:
 
 
 def assume_role(
-    sts: Any, role_arn: str, name: str, external_id: str | None, duration_s: int = ROLE_SESSION_SECONDS
+    sts: STSClient, role_arn: str, name: str, external_id: str | None, duration_s: int = ROLE_SESSION_SECONDS
 ) -> StaticCredentials:
     """One AssumeRole call; STS's errors are raised as botocore raises them."""
     kwargs: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": name, "DurationSeconds": duration_s}

@@ -9,6 +9,7 @@ worker or a failure on every object.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +83,7 @@ def explain(exc: BaseException, resource: Resource | None = None) -> str | None:
     return None
 
 
-def _check(resource: Resource, call: Any, **kwargs: Any) -> None:
+def _check(resource: Resource, call: Callable[..., object], **kwargs: Any) -> None:
     try:
         call(**kwargs)
     except (ClientError, BotoCoreError) as exc:

@@ -25,12 +25,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import aws
 from pipeline.errors import DeliveryError
 from pipeline.retry import RetryPolicy
 from pipeline.tenants import V1_DELIVERY_ID
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 BATCH_GET_MAX = 100
 BATCH_WRITE_MAX = 25
@@ -69,7 +72,7 @@ class Ledger:
     def __init__(
         self,
         table: str,
-        client: Any | None = None,
+        client: DynamoDBClient | None = None,
         sleep: Callable[[float], None] = time.sleep,
         retention_s: float = 0.0,
         clock: Callable[[], float] = time.time,
@@ -89,7 +92,7 @@ class Ledger:
             return None
         return {"N": str(int(self._clock() + self.retention_s))}
 
-    def _ddb(self) -> Any:
+    def _ddb(self) -> DynamoDBClient:
         if self._client is None:
             self._client = aws.client("dynamodb")
         return self._client

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
@@ -27,6 +27,9 @@ from pipeline import aws
 from pipeline.classify import Action, classify_error
 from pipeline.errors import NonRecoverableError
 from pipeline.keys import NAME_SEGMENT_RE, TENANT_ID_RE, ObjectKey
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
@@ -359,7 +362,7 @@ def deserialize(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deserializer.deserialize(v) for k, v in raw.items()}
 
 
-def table_schema(ddb: Any, table: str) -> TableSchema:
+def table_schema(ddb: DynamoDBClient, table: str) -> TableSchema:
     """v1 or v2, from the table's key schema."""
     keys = ddb.describe_table(TableName=table)["Table"]["KeySchema"]
     names = {k["KeyType"]: k["AttributeName"] for k in keys}
@@ -384,7 +387,7 @@ class TenantDirectory:
         self,
         table: str,
         ttl_s: float = 60.0,
-        client: Any | None = None,
+        client: DynamoDBClient | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.table = table
@@ -396,7 +399,7 @@ class TenantDirectory:
         self._lock = threading.Lock()
         self.lookups = 0
 
-    def _ddb(self) -> Any:
+    def _ddb(self) -> DynamoDBClient:
         if self._client is None:
             self._client = aws.client("dynamodb")
         return self._client

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
@@ -39,6 +39,9 @@ from pipeline.tenants import (
     deserialize,
     parse_delivery,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 log = logging.getLogger("pipeline.admin.migrate")
 
@@ -179,7 +182,7 @@ def plan(v1_items: Iterable[Mapping[str, Any]], existing: Mapping[str, Mapping[s
 _serializer = TypeSerializer()
 
 
-def migrate(ddb: Any, source: str, target: str, dry_run: bool = False) -> MigrationResult:
+def migrate(ddb: DynamoDBClient, source: str, target: str, dry_run: bool = False) -> MigrationResult:
     """Copy every v1 item of `source` into the v2 table `target`; in a dry run, write nothing.
 
     ConfigError (one line naming the table) when `source` is not a v1 tenant table or `target` not a v2 one.
@@ -197,7 +200,7 @@ def migrate(ddb: Any, source: str, target: str, dry_run: bool = False) -> Migrat
     return result
 
 
-def _copy(ddb: Any, target: str, v1_item: Mapping[str, Any], line: MigrationLine) -> MigrationLine:
+def _copy(ddb: DynamoDBClient, target: str, v1_item: Mapping[str, Any], line: MigrationLine) -> MigrationLine:
     """Write a planned copy, on the condition that the key is still free."""
     for _ in range(3):
         if line.action is not Action.COPIED or line.item is None:
@@ -225,7 +228,7 @@ def _key(tenant_id: str) -> dict[str, Any]:
     return {"tenant_id": {"S": tenant_id}, "delivery_id": {"S": V1_DELIVERY_ID}}
 
 
-def _existing(ddb: Any, table: str, tenant_ids: list[str]) -> dict[str, dict[str, Any]]:
+def _existing(ddb: DynamoDBClient, table: str, tenant_ids: list[str]) -> dict[str, dict[str, Any]]:
     """tenant_id → the `cloudwatch` item the v2 table holds for it, for those that have one (consistent reads)."""
     found: dict[str, dict[str, Any]] = {}
     for start in range(0, len(tenant_ids), BATCH_GET_MAX):

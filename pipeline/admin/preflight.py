@@ -34,6 +34,7 @@ from pipeline.tenants import Delivery, DeliveryType
 
 if TYPE_CHECKING:
     from mypy_boto3_logs.type_defs import InputLogEventTypeDef
+    from mypy_boto3_sts import STSClient
 
 log = logging.getLogger("pipeline.admin.preflight")
 
@@ -165,7 +166,7 @@ class Preflight:
 
     # -- the steps ----------------------------------------------------------------------------------------
 
-    def _assume(self, sts: Any, role_arn: str, name: str, external_id: str | None) -> StaticCredentials:
+    def _assume(self, sts: STSClient, role_arn: str, name: str, external_id: str | None) -> StaticCredentials:
         # Not the broker: every hop is tried afresh, never from a cache, and its STS error is the step's.
         return assume_role(sts, role_arn, name, external_id, min(PREFLIGHT_SESSION_SECONDS, ROLE_SESSION_SECONDS))
 

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
@@ -40,6 +40,9 @@ from pipeline.tenants import (
     parse_delivery,
     tenant_from_items,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 audit = logging.getLogger("pipeline.admin.audit")
 
@@ -121,7 +124,9 @@ def validate(tenant_id: str, delivery_id: str, body: Mapping[str, Any]) -> dict[
 class TenantStore:
     """One v2 tenant table, for the management tools. `actor` names who makes the changes, in the audit log."""
 
-    def __init__(self, table: str, ddb: Any | None = None, actor: str = "unknown", clock: Callable[[], str] = now_iso):
+    def __init__(
+        self, table: str, ddb: DynamoDBClient | None = None, actor: str = "unknown", clock: Callable[[], str] = now_iso
+    ):
         self.table = table
         self._ddb = ddb or aws.client("dynamodb")
         self.actor = actor

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -10,13 +10,16 @@ from pipeline import aws
 from pipeline.settings import ConfigError
 from pipeline.tenants import TableSchema, TenantConfigError, table_schema
 
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
 SHAPES = {
     TableSchema.V1: "v1 (hash key tenant_id)",
     TableSchema.V2: "v2 (hash key tenant_id, range key delivery_id)",
 }
 
 
-def open_table(ddb: Any, table: str, expect: TableSchema | None = None, role: str = "") -> TableSchema:
+def open_table(ddb: DynamoDBClient, table: str, expect: TableSchema | None = None, role: str = "") -> TableSchema:
     """The shape of `table`; ConfigError when it does not exist, cannot be read, or is not the `expect`ed one.
 
     `role` names the option the table came from (`--from`), so the message says which argument is wrong.

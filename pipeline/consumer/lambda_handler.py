@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -90,7 +90,7 @@ class LambdaRuntime:
         processor = MessageProcessor(deliverer, Metrics(), bucket=settings.bucket, budget=budget)
         return cls(processor, workers, reserve, env.get("METRICS_NAMESPACE") or DEFAULT_NAMESPACE)
 
-    def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:
+    def handle(self, event: dict[str, Any], context: object = None) -> dict[str, list[dict[str, str]]]:
         global _request_id
         _request_id = str(getattr(context, "aws_request_id", "") or "")
         metrics = self.processor.metrics = EmfMetrics()
@@ -100,7 +100,7 @@ class LambdaRuntime:
             metrics.emit(self.namespace, {"request_id": _request_id} if _request_id else None)
             _request_id = ""
 
-    def _handle(self, event: Any, context: Any, metrics: EmfMetrics) -> dict[str, list[dict[str, str]]]:
+    def _handle(self, event: object, context: object, metrics: EmfMetrics) -> dict[str, list[dict[str, str]]]:
         records = event.get("Records") if isinstance(event, dict) else None
         if not isinstance(records, list):
             # Not an SQS batch at all: nothing can be listed as failed, and raising would retry garbage.
@@ -123,7 +123,7 @@ class LambdaRuntime:
         )
         return {"batchItemFailures": failures}
 
-    def _one(self, record: Any, remaining: Any) -> MessageOutcome:
+    def _one(self, record: object, remaining: Callable[[], float | None]) -> MessageOutcome:
         if not isinstance(record, dict):
             return self.processor.process("", "")
         message_id = str(record.get("messageId", ""))
@@ -139,7 +139,7 @@ class LambdaRuntime:
         return outcome
 
 
-def _remaining_s(context: Any) -> Any:
+def _remaining_s(context: object) -> Callable[[], float | None]:
     """Seconds the invocation has left, as a function (None outside Lambda: no limit)."""
     get = getattr(context, "get_remaining_time_in_millis", None)
     if not callable(get):
@@ -147,7 +147,7 @@ def _remaining_s(context: Any) -> Any:
     return lambda: get() / 1000.0
 
 
-def _keys(event: Any) -> list[str]:
+def _keys(event: object) -> list[str]:
     return sorted(event)[:10] if isinstance(event, dict) else [type(event).__name__]
 
 
@@ -155,7 +155,7 @@ _runtime: LambdaRuntime | None = None
 _runtime_lock = threading.Lock()
 
 
-def handler(event: dict[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:
+def handler(event: dict[str, Any], context: object = None) -> dict[str, list[dict[str, str]]]:
     """The Lambda entry point (re-exported as `pipeline.commands.consumer.lambda_handler`, what the image runs)."""
     global _runtime
     if _runtime is None:

@@ -33,7 +33,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -46,6 +47,10 @@ from pipeline.delivery import build_deliverer
 from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
 from pipeline.retry import Retrying, RetryPolicy
 from pipeline.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef, MessageTypeDef
 
 log = logging.getLogger("pipeline.consumer.sqs")
 
@@ -65,9 +70,9 @@ POLL_GRACE_S = 0.3
 class _Poll:
     """One ReceiveMessage on its own daemon thread, so the loop can stop without waiting for it."""
 
-    def __init__(self, receive: Callable[[int], list[dict[str, Any]]], n: int) -> None:
+    def __init__(self, receive: Callable[[int], list[MessageTypeDef]], n: int) -> None:
         self.done = threading.Event()
-        self._messages: list[dict[str, Any]] = []
+        self._messages: list[MessageTypeDef] = []
         self._error: BaseException | None = None
         self._receive, self._n = receive, n
         threading.Thread(target=self._run, name="sqs-poll", daemon=True).start()
@@ -80,7 +85,7 @@ class _Poll:
         finally:
             self.done.set()
 
-    def result(self) -> list[dict[str, Any]]:
+    def result(self) -> list[MessageTypeDef]:
         if self._error is not None:
             raise self._error
         return self._messages
@@ -136,7 +141,7 @@ class SqsConsumer:
     def __init__(
         self,
         processor: MessageProcessor,
-        sqs: Any,
+        sqs: SQSClient,
         options: SqsOptions,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -261,7 +266,7 @@ class SqsConsumer:
         queue = environment.Resource("queue", self.options.queue_url, "SQS_QUEUE_URL", "sqs:ReceiveMessage")
         return environment.explain(exc, queue) or f"queue {self.options.queue_url}: {describe(exc)}"
 
-    def _receive_until_stopped(self, n: int) -> list[dict[str, Any]] | None:
+    def _receive_until_stopped(self, n: int) -> list[MessageTypeDef] | None:
         """The messages of one receive; None when a stop came first and the poll stayed open."""
         poll = _Poll(self._receive, n)
         while not poll.done.wait(STOP_CHECK_S):
@@ -316,7 +321,7 @@ class SqsConsumer:
         for _ in range(n):
             self._slots.release()
 
-    def _receive(self, n: int) -> list[dict[str, Any]]:
+    def _receive(self, n: int) -> list[MessageTypeDef]:
         self.metrics.last_poll.set_to_current_time()
         resp = self.sqs.receive_message(
             QueueUrl=self.options.queue_url,
@@ -324,12 +329,12 @@ class SqsConsumer:
             WaitTimeSeconds=self.options.wait_time_s,
             MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
         )
-        messages: list[dict[str, Any]] = resp.get("Messages", [])
+        messages = resp.get("Messages", [])
         if messages:
             self.metrics.messages_received.inc(len(messages))
         return messages
 
-    def _start(self, message: dict[str, Any]) -> None:
+    def _start(self, message: MessageTypeDef) -> None:
         entry = InFlight(
             message_id=message["MessageId"],
             receipt=message["ReceiptHandle"],
@@ -393,7 +398,7 @@ class SqsConsumer:
 
     # -- visibility ---------------------------------------------------------------------------------------
 
-    def _release(self, entries: list[InFlight] | list[dict[str, Any]], why: str, visibility: int = 0) -> None:
+    def _release(self, entries: list[InFlight] | list[MessageTypeDef], why: str, visibility: int = 0) -> None:
         """Hand messages back to the queue: visible again after `visibility` seconds."""
         if not entries:
             return
@@ -433,7 +438,7 @@ class SqsConsumer:
         failed: list[str] = []
         for i in range(0, len(handles), SQS_MAX_MESSAGES):
             chunk = handles[i : i + SQS_MAX_MESSAGES]
-            entries = [
+            entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
                 {"Id": str(n), "ReceiptHandle": receipt, "VisibilityTimeout": visibility}
                 for n, (_, receipt) in enumerate(chunk)
             ]
@@ -476,7 +481,7 @@ class SqsConsumer:
 def install_signal_handlers(consumer: SqsConsumer) -> None:
     """SIGTERM (Kubernetes) and SIGINT (a terminal) both start a drain."""
 
-    def on_signal(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         consumer.request_stop()  # flags only: logging from a signal handler can deadlock
 
     signal.signal(signal.SIGTERM, on_signal)

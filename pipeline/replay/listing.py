@@ -12,11 +12,11 @@ benchmarks. Plain S3 calls only: no Ray here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pipeline.keys import (
     DEFAULT_WRITE_SLACK,
@@ -27,6 +27,10 @@ from pipeline.keys import (
     tenant_prefix,
 )
 from pipeline.storage import REPORTS_PREFIX
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectTypeDef
 
 LOOSE_OBJECT = "object is not under a cluster/tenant/application/pod/ prefix"
 
@@ -93,7 +97,7 @@ def _segment(prefix: str) -> str:
     return prefix.rstrip("/").rsplit("/", 1)[-1]
 
 
-def children(s3: Any, bucket: str, prefix: str, wanted: tuple[str, ...] = ()) -> Prefixes:
+def children(s3: S3Client, bucket: str, prefix: str, wanted: tuple[str, ...] = ()) -> Prefixes:
     """The prefixes one level below `prefix` (only `wanted` names when given).
 
     An object sitting directly at that level cannot be routed to a stream; it is reported, not skipped
@@ -108,7 +112,7 @@ def children(s3: Any, bucket: str, prefix: str, wanted: tuple[str, ...] = ()) ->
     return level
 
 
-def tenant_prefixes(s3: Any, bucket: str, flt: ListingFilter) -> tuple[list[str], int]:
+def tenant_prefixes(s3: S3Client, bucket: str, flt: ListingFilter) -> tuple[list[str], int]:
     """(every `cluster/tenant/` prefix the filter asks for, LIST calls): one listing of the bucket's top level."""
     roots = children(s3, bucket, "")
     # Backfill reports share the bucket's top level with the clusters; taken for a cluster, reports/
@@ -119,7 +123,7 @@ def tenant_prefixes(s3: Any, bucket: str, flt: ListingFilter) -> tuple[list[str]
     return [tenant_prefix(c, t) for c in clusters for t in flt.tenants], roots.list_calls
 
 
-def list_pod(s3: Any, bucket: str, prefix: str, flt: ListingFilter) -> PodListing:
+def list_pod(s3: S3Client, bucket: str, prefix: str, flt: ListingFilter) -> PodListing:
     """A pod's objects that can hold events of the window: from a StartAfter bound to the stop key."""
     start, stop = listing_bounds(prefix, flt.since, flt.until, flt.slack)
     pod = PodListing(prefix)
@@ -130,7 +134,7 @@ def list_pod(s3: Any, bucket: str, prefix: str, flt: ListingFilter) -> PodListin
     return pod
 
 
-def list_window(s3: Any, bucket: str, flt: ListingFilter, max_workers: int = 16) -> Listing:
+def list_window(s3: S3Client, bucket: str, flt: ListingFilter, max_workers: int = 16) -> Listing:
     """All objects of the filter's tenants whose write time can hold events inside the window, in memory."""
     listing = Listing()
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="list") as pool:
@@ -146,7 +150,12 @@ def list_window(s3: Any, bucket: str, flt: ListingFilter, max_workers: int = 16)
 
 
 def _level(
-    pool: ThreadPoolExecutor, s3: Any, bucket: str, parents: Iterable[str], wanted: tuple[str, ...], listing: Listing
+    pool: ThreadPoolExecutor,
+    s3: S3Client,
+    bucket: str,
+    parents: Iterable[str],
+    wanted: tuple[str, ...],
+    listing: Listing,
 ) -> list[str]:
     level = Prefixes()
     for found in pool.map(lambda p: children(s3, bucket, p, wanted), parents):
@@ -156,7 +165,7 @@ def _level(
     return level.prefixes
 
 
-def _collect(contents: list[dict[str, Any]], stop: str, pod: PodListing) -> bool:
+def _collect(contents: Sequence[ObjectTypeDef], stop: str, pod: PodListing) -> bool:
     """Append the page's objects up to the stop key; True once past it."""
     for item in contents:
         key = item["Key"]

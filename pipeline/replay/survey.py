@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -25,6 +25,9 @@ from pipeline.records import decode_events
 from pipeline.replay.listing import ListedObject, ListingFilter, PodListing, Prefixes, children, list_pod
 from pipeline.replay.plan import ObjectSpec, PlanTotals, route_pods, spec_of
 from pipeline.tenants import Tenant
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger("pipeline.replay.survey")
 
@@ -53,7 +56,7 @@ class Survey:
 
 
 class Surveyor:
-    def __init__(self, spec: SurveySpec, s3: Any | None = None, ledger: Ledger | None = None) -> None:
+    def __init__(self, spec: SurveySpec, s3: S3Client | None = None, ledger: Ledger | None = None) -> None:
         self.spec = spec
         self.s3 = s3 or aws.client("s3")
         self.ledger = ledger or (Ledger(spec.ledger_table) if spec.ledger_table else None)
