@@ -47,4 +47,4 @@ lock:
 		containers/requirements-ray.in - -o containers/requirements-ray.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
