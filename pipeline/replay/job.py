@@ -87,7 +87,7 @@ def routing_for(opts: ReplayOptions) -> Routing:
 
 def unmatched_deliveries(opts: ReplayOptions, tenants: Mapping[str, Tenant | str]) -> list[str]:
     """The --delivery values that name no delivery of any of the tenants (a typo, most likely)."""
-    known = set(DeliveryType)
+    known: set[str] = set(DeliveryType)
     for t in tenants.values():
         if isinstance(t, Tenant):
             known |= set(t.delivery_ids)
@@ -110,7 +110,7 @@ def _mib(n: int) -> str:
     return f"{n / 1048576:,.1f} MiB"
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
@@ -128,7 +128,7 @@ def render_plan(plan: PlanTotals, opts: ReplayOptions, workers: int) -> str:
             "tables count the sample, the totals below are scaled to the whole window (marked ~).",
             "",
         ]
-    rows = [("tenant", "application", "objects", "bytes", "est. events", "already delivered")]
+    rows: list[tuple[str, ...]] = [("tenant", "application", "objects", "bytes", "est. events", "already delivered")]
     for (tenant, app), s in sorted(plan.by_tenant_app.items()):
         rows.append(
             (tenant, app, f"{s.objects:,}", _mib(s.bytes), f"{s.estimated_events:,}", f"{s.already_delivered:,}")
@@ -251,9 +251,9 @@ def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> in
     settings.require("bucket", "tenant_table", *needed)
     environment.check(settings, bucket=True, tenant_table=True, ledger_table=True, sink=opts.sink)
     if opts.all_tenants:
-        tenants = TenantDirectory(settings.tenant_table).tenant_ids()
-        opts = replace(opts, tenants=tuple(tenants))
-        log.info("all tenants", extra={"tenants": tenants})
+        tenant_ids = TenantDirectory(settings.tenant_table).tenant_ids()
+        opts = replace(opts, tenants=tuple(tenant_ids))
+        log.info("all tenants", extra={"tenants": tenant_ids})
     workers = opts.workers or default_workers()
     tenants = resolve_tenants(TenantDirectory(settings.tenant_table, settings.tenant_cache_ttl_s), opts.tenants)
     unmatched = unmatched_deliveries(opts, tenants)
@@ -341,15 +341,17 @@ def _backend(opts: ReplayOptions, settings: Settings, workers: int, spec: Survey
     if opts.dry_run and not os.environ.get("RAY_ADDRESS"):
         return LocalBackend(Surveyor(spec))
     _ray_init()
-    from pipeline.replay.workers import DeliveryWorker, RateLimiter, RayBackend, worker_options
+    from pipeline.replay.workers import DeliveryWorker, RateLimiter, RayBackend, actor_class, worker_options
 
     window = TimeWindow(to_ms(opts.since), to_ms(opts.until))
     limits = (opts.max_events_per_second, opts.max_requests_per_second)
-    limiter = RateLimiter.remote(*limits) if any(limits) and not opts.dry_run else None
+    limiter = actor_class(RateLimiter).remote(*limits) if any(limits) and not opts.dry_run else None
 
     def make_worker() -> Any:
-        return DeliveryWorker.options(**worker_options(opts.worker_memory_mib)).remote(
-            settings, opts.sink, window, opts.redeliver, limiter, opts.worker_memory_mib, opts.deliveries
+        return (
+            actor_class(DeliveryWorker)
+            .options(**worker_options(opts.worker_memory_mib))
+            .remote(settings, opts.sink, window, opts.redeliver, limiter, opts.worker_memory_mib, opts.deliveries)
         )
 
     return RayBackend(spec, workers, 0 if opts.dry_run else workers, make_worker)

@@ -116,6 +116,16 @@ class UnitRunner:
         self.deliverer.close()
 
 
+# Ray's side is typed loosely, on purpose. mypy keeps a class decorated with @ray.remote a plain class (a class
+# decorator cannot change its type), so code reaches the actor class Ray made through actor_class(); and ray's
+# own actor types are partial (its typed decorator options omit concurrency_groups; a handle is typed only for
+# methods wrapped in @ray.method, and then as a union ray.kill does not take), so actor handles are Any. What
+# the actors host (UnitRunner, Surveyor, TenantRateLimits) is plain Python, typed in full.
+def actor_class(cls: type[object]) -> Any:
+    """The Ray actor class that @ray.remote made of `cls`, with its .options() and .remote()."""
+    return cls
+
+
 @ray.remote(num_cpus=0)
 class RateLimiter:
     def __init__(self, events_per_second: float | None, requests_per_second: float | None = None) -> None:
@@ -128,7 +138,8 @@ class RateLimiter:
 # A worker that dies mid-unit is restarted once and the unit retried once; objects it had already
 # finished are in the ledger by then, so the retry sends only the rest. `stop` runs in its own
 # concurrency group so it reaches a worker that is busy in `run`.
-@ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1, concurrency_groups={"control": 1})
+# ray's typed options for the decorator omit concurrency_groups, an option it takes and documents.
+@ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1, concurrency_groups={"control": 1})  # type: ignore[call-overload]
 class DeliveryWorker:
     def __init__(
         self,
@@ -183,20 +194,24 @@ class RayBackend:
     `make_worker` (none for a dry run)."""
 
     def __init__(self, spec: SurveySpec, listers: int, workers: int, make_worker: Callable[[], Any]) -> None:
-        self._listers = [ListingWorker.options(scheduling_strategy="SPREAD").remote(spec) for _ in range(listers)]
+        lister = actor_class(ListingWorker).options(scheduling_strategy="SPREAD")
+        self._listers: list[Any] = [lister.remote(spec) for _ in range(listers)]
         self._round = itertools.cycle(self._listers)
         self.listing_slots = LISTING_CALLS_PER_WORKER * listers
         self._actors = [make_worker() for _ in range(workers)]
         self.workers = workers
 
     def descend(self, prefixes: list[str], wanted: tuple[str, ...]) -> Future[Prefixes]:
-        return next(self._round).descend.remote(prefixes, wanted).future()
+        descended: Future[Prefixes] = next(self._round).descend.remote(prefixes, wanted).future()
+        return descended
 
     def survey(self, prefixes: list[str]) -> Future[Survey]:
-        return next(self._round).survey.remote(prefixes).future()
+        surveyed: Future[Survey] = next(self._round).survey.remote(prefixes).future()
+        return surveyed
 
     def deliver(self, worker: int, unit: WorkUnit) -> Future[list[dict[str, Any]]]:
-        return self._actors[worker].run.remote(unit).future()
+        delivered: Future[list[dict[str, Any]]] = self._actors[worker].run.remote(unit).future()
+        return delivered
 
     def stop(self) -> None:
         for actor in self._actors:
