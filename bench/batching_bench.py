@@ -95,7 +95,7 @@ runner.run(WorkUnit(-1, units[0].objects[:1], 0))
 start = time.perf_counter()
 objects = events = requests = 0
 for unit in units:
-    for r in runner.run(unit):
+    for r in (o.to_dict() for o in runner.run(unit)):
         if r["status"] != "delivered":
             raise SystemExit(f"{r['key']}: {r['status']} {r['reason']}")
         objects += 1

@@ -218,7 +218,7 @@ def run(args: argparse.Namespace, events_per_object: int) -> dict[str, Any]:
                         sent += len(batch)
                 ceiling.append((pc, sent))
                 with Pass(moto) as pr:
-                    results = [r for unit in units for r in runner.run(unit)]
+                    results = [r.to_dict() for unit in units for r in runner.run(unit)]
                 bad = [r for r in results if r["status"] != "delivered" or r["events_rejected_too_old"]]
                 if bad:
                     raise RuntimeError(f"{len(bad)} objects not delivered, e.g. {bad[0]['key']}: {bad[0]['reason']}")
@@ -240,7 +240,7 @@ def run(args: argparse.Namespace, events_per_object: int) -> dict[str, Any]:
                     )
                 parallel.append((pp, sent_p))
                 with Pass(moto) as pn:
-                    read = sum(r["events_delivered"] for unit in units for r in null_runner.run(unit))
+                    read = sum(r.events_delivered for unit in units for r in null_runner.run(unit))
                 null.append((pn, read))
                 print(
                     f"pass {i}: replay {delivered / pr.wall_s:,.0f} ev/s (moto busy {pr.moto_cpu_s / pr.wall_s:.2f}), "

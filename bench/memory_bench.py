@@ -92,7 +92,7 @@ def child(cluster: str, sink: str, since: str, until: str, budget_mib: int) -> i
     start = time.perf_counter()
     objects = events = 0
     for unit in units:
-        for r in runner.run(unit):
+        for r in (o.to_dict() for o in runner.run(unit)):
             if r["status"] != "delivered":
                 raise RuntimeError(f"{r['key']}: {r['status']} {r['reason']}")
             objects += 1

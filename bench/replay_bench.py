@@ -218,7 +218,7 @@ class BenchWorker:
     def run(self, unit: WorkUnit) -> tuple[int, float]:
         """Events delivered, and the CPU seconds this worker process spent on the unit (all threads)."""
         cpu = time.process_time()
-        results = self.runner.run(unit)
+        results = [r.to_dict() for r in self.runner.run(unit)]
         cpu = time.process_time() - cpu
         bad = [r for r in results if r["status"] != "delivered"]
         if bad:

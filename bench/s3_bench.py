@@ -227,7 +227,7 @@ class Replay:
 
     def run(self, unit: WorkUnit, threads: int) -> int:
         self.runner._threads = threads  # the pod pool's size; the runner's default is POD_THREADS (8)
-        results = self.runner.run(unit)
+        results = [r.to_dict() for r in self.runner.run(unit)]
         bad = [
             r
             for r in results

@@ -100,10 +100,10 @@ class PutPipeline:
         owned = batch.owned()
         if sent is not None:
             n = len(batch.events)
-            old_end = sent.rejected_too_old
-            expired_end = old_end + sent.rejected_expired
+            old_end = sent.events_rejected_too_old
+            expired_end = old_end + sent.events_rejected_expired
             too_old, expired = batch.owned(0, old_end), batch.owned(old_end, expired_end)
-            too_new = batch.owned(n - sent.rejected_too_new, n)
+            too_new = batch.owned(n - sent.events_rejected_too_new, n)
         done: list[Pending] = []
         with self._lock:
             for owner, count in owned.items():
@@ -113,14 +113,14 @@ class PutPipeline:
                     p.error = p.error or error
                 else:
                     rejected = (too_old.get(p, 0), expired.get(p, 0), too_new.get(p, 0))
-                    p.sent.delivered += count - sum(rejected)
-                    p.sent.rejected_too_old += rejected[0]
-                    p.sent.rejected_expired += rejected[1]
-                    p.sent.rejected_too_new += rejected[2]
+                    p.sent.events_delivered += count - sum(rejected)
+                    p.sent.events_rejected_too_old += rejected[0]
+                    p.sent.events_rejected_expired += rejected[1]
+                    p.sent.events_rejected_too_new += rejected[2]
                 if p.settled:
                     done.append(p)
             if sent is not None:
-                last.sent.batches += sent.batches
+                last.sent.requests += sent.requests
                 last.sent.retries += sent.retries
         for p in done:
             p.on_done(p)

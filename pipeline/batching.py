@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.counters import DeliveryCounts
 from pipeline.records import Event
 
 MAX_BATCH_BYTES = 1_048_576
@@ -105,15 +106,12 @@ def split_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> list[str]:
     return [f"[split {i}/{n}] {p}" for i, p in enumerate(pieces, 1)]
 
 
-@dataclass
-class PreparedStream:
-    """One stream's events, sorted and within limits, plus what was held back and why."""
+@dataclass(kw_only=True)
+class PreparedStream(DeliveryCounts):
+    """One stream's events, sorted and within limits, with what was held back and why counted: the
+    rejected, filtered and split counts (a delivery adds them to its own)."""
 
     events: list[Event] = field(default_factory=list)
-    too_old: int = 0
-    too_new: int = 0
-    filtered: int = 0  # outside the requested time window
-    split: int = 0  # original events over the one-event limit, each sent as several parts
 
 
 def prepare(
@@ -133,7 +131,9 @@ def prepare(
     hi = n if until_ms is None else bisect_left(evs, until_ms, key=_ts, lo=lo)
     start = max(lo, bisect_left(evs, now_ms - MAX_AGE_MS, key=_ts, lo=lo, hi=hi))
     end = min(hi, bisect_right(evs, now_ms + MAX_FUTURE_MS, key=_ts, lo=start, hi=hi))
-    out = PreparedStream(too_old=start - lo, too_new=hi - end, filtered=lo + (n - hi))
+    out = PreparedStream(
+        events_rejected_too_old=start - lo, events_rejected_too_new=hi - end, events_filtered=lo + (n - hi)
+    )
     kept = evs if start == 0 and end == n else evs[start:end]
     # A character is at most 4 UTF-8 bytes, so only longer messages can be over the limit.
     if kept and max(map(len, map(_msg, kept))) > MAX_MESSAGE_BYTES // 4:
@@ -147,7 +147,7 @@ def _split_oversized(events: list[Event], out: PreparedStream) -> list[Event]:
     for ev in events:
         ts, msg = ev
         if len(msg) > MAX_MESSAGE_BYTES // 4 and message_bytes(msg) > MAX_MESSAGE_BYTES:
-            out.split += 1
+            out.events_split += 1
             kept.extend((ts, part) for part in split_message(msg))  # parts share ts: they stay in order
         else:
             kept.append(ev)
@@ -371,28 +371,21 @@ _msg = itemgetter(1)
 _utf8 = methodcaller("encode", "utf-8", "surrogatepass")
 
 
-@dataclass(frozen=True)
-class Rejected:
-    too_old: int = 0
-    too_new: int = 0
-    expired: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.too_old + self.too_new + self.expired
-
-
-def count_rejected(info: dict[str, int] | None, batch_len: int) -> Rejected:
+def count_rejected(info: dict[str, int] | None, batch_len: int) -> DeliveryCounts:
     """Turn PutLogEvents' rejectedLogEventsInfo into per-reason counts for a batch of `batch_len` events.
 
     Too-old events are [0, tooOldLogEventEndIndex), expired ones [0, expiredLogEventEndIndex) (an overlap
     with too-old is counted once, as too-old), too-new ones [tooNewLogEventStartIndex, len).
     """
     if not info:
-        return Rejected()
+        return DeliveryCounts()
     too_old = min(int(info.get("tooOldLogEventEndIndex", 0) or 0), batch_len)
     expired_end = min(int(info.get("expiredLogEventEndIndex", 0) or 0), batch_len)
     new_start = info.get("tooNewLogEventStartIndex")
     too_new = batch_len - max(int(new_start), 0) if new_start is not None else 0
     too_new = max(0, min(too_new, batch_len - max(too_old, expired_end)))
-    return Rejected(too_old=too_old, too_new=too_new, expired=max(0, expired_end - too_old))
+    return DeliveryCounts(
+        events_rejected_too_old=too_old,
+        events_rejected_too_new=too_new,
+        events_rejected_expired=max(0, expired_end - too_old),
+    )

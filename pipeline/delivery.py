@@ -28,6 +28,7 @@ from pipeline import allocator, aws
 from pipeline.assembly import IN_FLIGHT_PUTS, Pending, PodBatches, PutPipeline
 from pipeline.batching import MAX_STREAM_NAME_CHARS, Event, group_by_stream, prepare
 from pipeline.classify import Action, classify_error
+from pipeline.counters import DecodeCounts, DeliveryCounts
 from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError, NonRecoverableError
 from pipeline.keys import InvalidKeyError, ObjectKey, parse_key
@@ -40,7 +41,6 @@ from pipeline.sinks import (
     EventSink,
     ObjectSink,
     Sink,
-    SinkResult,
     SinkTraits,
     SourceObject,
     build_sinks,
@@ -86,8 +86,8 @@ class Status(StrEnum):
 
 
 @dataclass
-class DeliveryResult:
-    """What one object did at one delivery."""
+class DeliveryResult(DeliveryCounts):
+    """What one object did at one delivery: its counters, and its outcome there."""
 
     delivery_id: str
     type: str
@@ -95,25 +95,10 @@ class DeliveryResult:
     status: Status = Status.DELIVERED
     reason: str = ""
     recoverable: bool = False
-    events_delivered: int = 0
-    events_rejected_too_old: int = 0
-    events_rejected_too_new: int = 0
-    events_rejected_expired: int = 0
-    events_filtered: int = 0
-    events_split: int = 0
-    bytes_delivered: int = 0
-    requests: int = 0
-    # Batches filled across objects: the fewest calls the stream needed, counted on its last object.
-    requests_minimum: int = 0
-    retries: int = 0
     streams: list[str] = field(default_factory=list)
     recorded: bool = False  # in the ledger
     durable: bool = True  # False until the sink's flush() for sinks that are not durable on return
     batched: bool = False  # durable, its record left for the caller's commit() to write with others
-
-    @property
-    def events_rejected(self) -> int:
-        return self.events_rejected_too_old + self.events_rejected_too_new + self.events_rejected_expired
 
     @property
     def done(self) -> bool:
@@ -127,35 +112,16 @@ class DeliveryResult:
         self.status, self.reason = Status.SKIPPED, reason
         return self
 
-    def add(self, sent: SinkResult) -> None:
-        self.events_delivered += sent.delivered
-        self.events_rejected_too_old += sent.rejected_too_old
-        self.events_rejected_too_new += sent.rejected_too_new
-        self.events_rejected_expired += sent.rejected_expired
-        self.bytes_delivered += sent.bytes_written
-        self.requests += sent.batches
-        self.retries += sent.retries
-
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("recorded", "durable", "batched")}
         d["status"] = str(self.status)
         return d
 
 
-# Per-delivery counters an object's result also carries as totals over its deliveries.
-SUMMED = (
-    "events_delivered",
-    "events_rejected_too_old",
-    "events_rejected_too_new",
-    "events_rejected_expired",
-    "events_filtered",
-    "events_split",
-    "bytes_delivered",
-)
-
-
 @dataclass
-class ObjectResult:
+class ObjectResult(DecodeCounts):
+    """What one object did: what reading it saw (its own counters), and a result per delivery."""
+
     key: str
     status: Status = Status.DELIVERED
     reason: str = ""
@@ -163,48 +129,25 @@ class ObjectResult:
     tenant: str = ""
     application: str = ""
     etag: str = ""
-    bytes_read: int = 0
-    lines_malformed: int = 0
-    lines_repaired_utf8: int = 0
-    messages_empty: int = 0
-    timestamps_defaulted: int = 0
-    events_decoded: int = 0
     malformed_samples: list[tuple[int, str]] = field(default_factory=list)
     delivered_at: float = 0.0
     last_modified: float = 0.0
     deliveries: list[DeliveryResult] = field(default_factory=list)
 
-    def total(self, name: str) -> int:
-        """A per-delivery counter (one of SUMMED, or events_rejected) summed over the object's deliveries."""
-        return sum(getattr(d, name) for d in self.deliveries)
+    def totals(self) -> DeliveryCounts:
+        """The deliveries' counters summed: what the object did at all of them."""
+        out = DeliveryCounts()
+        for d in self.deliveries:
+            out.add(d)
+        return out
 
     @property
     def events_delivered(self) -> int:
-        return self.total("events_delivered")
+        return sum(d.events_delivered for d in self.deliveries)
 
     @property
     def events_rejected(self) -> int:
-        return self.total("events_rejected")
-
-    @property
-    def events_rejected_too_old(self) -> int:
-        return self.total("events_rejected_too_old")
-
-    @property
-    def events_rejected_too_new(self) -> int:
-        return self.total("events_rejected_too_new")
-
-    @property
-    def events_rejected_expired(self) -> int:
-        return self.total("events_rejected_expired")
-
-    @property
-    def events_filtered(self) -> int:
-        return self.total("events_filtered")
-
-    @property
-    def events_split(self) -> int:
-        return self.total("events_split")
+        return sum(d.events_rejected for d in self.deliveries)
 
     @property
     def acknowledged(self) -> bool:
@@ -214,7 +157,7 @@ class ObjectResult:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "deliveries"}
         d["status"] = str(self.status)
-        d.update({name: self.total(name) for name in SUMMED})
+        d.update(self.totals().counts())
         d["deliveries"] = [r.to_dict() for r in self.deliveries]
         return d
 
@@ -546,12 +489,7 @@ class Deliverer:
     ) -> None:
         stats = DecodeStats(key=result.key)
         streams = group_by_stream(decode_events(body, fallback_ms, stats), parsed.application, parsed.pod)
-        result.bytes_read = stats.bytes_read
-        result.events_decoded = stats.events
-        result.lines_malformed = stats.lines_malformed
-        result.lines_repaired_utf8 = stats.lines_repaired_utf8
-        result.messages_empty = stats.messages_empty
-        result.timestamps_defaulted = stats.timestamps_defaulted
+        result.add(stats)
         result.malformed_samples = stats.samples
 
         pending: dict[int, Pending] = {}
@@ -589,14 +527,12 @@ class Deliverer:
                     r.fail(f"log stream name is over {MAX_STREAM_NAME_CHARS} characters", recoverable=False)
                 break
             prepared = prepare(streams.pop(name), now_ms, *bounds)
-            outside = prepared.filtered and not (prepared.events or prepared.too_old or prepared.too_new)
+            # A stream wholly outside the window has only its filtered events to count, and is not touched.
+            outside = bool(prepared.events_filtered) and not (prepared.events or prepared.events_rejected)
             for d, r in live:
-                r.events_filtered += prepared.filtered
+                r.add(prepared)
                 if outside:
-                    continue  # the whole stream is outside the window: it is not touched
-                r.events_split += prepared.split
-                r.events_rejected_too_old += prepared.too_old
-                r.events_rejected_too_new += prepared.too_new
+                    continue
                 if prepared.events and batches is not None and id(r) in pending:
                     batches.add(pending[id(r)], name, prepared.events)
                 elif prepared.events:

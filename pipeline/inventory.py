@@ -172,7 +172,7 @@ def sample_object(s3: Any, bucket: str, obj: ListedObject) -> SampleResult:
             message_bytes += len(message.encode("utf-8", "surrogatepass"))
     finally:
         body.close()
-    return SampleResult(stats.events, stats.bytes_decoded, message_bytes, stats.lines_malformed, stats.damaged)
+    return SampleResult(stats.events_decoded, stats.bytes_decoded, message_bytes, stats.lines_malformed, stats.damaged)
 
 
 def build_inventory(

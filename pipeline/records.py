@@ -12,6 +12,8 @@ from typing import Any, Protocol
 import orjson
 import simdjson
 
+from pipeline.counters import DecodeCounts
+
 try:  # zlib-ng inflates about twice as fast as zlib, with the same API and output
     from zlib_ng import zlib_ng as zlib
 except ImportError:  # pragma: no cover - the stdlib module is always there
@@ -65,18 +67,12 @@ UTF8_BOM = b"\xef\xbb\xbf"  # Windows tools start files with it; JSON forbids it
 MS_THRESHOLD = 1e12  # a numeric timestamp at or above this is already in milliseconds
 
 
-@dataclass
-class DecodeStats:
+@dataclass(kw_only=True)
+class DecodeStats(DecodeCounts):
     """What decoding one object saw. Bad lines are counted and sampled with their line numbers."""
 
     key: str = ""
     lines: int = 0
-    events: int = 0
-    lines_malformed: int = 0
-    lines_repaired_utf8: int = 0
-    messages_empty: int = 0
-    timestamps_defaulted: int = 0
-    bytes_read: int = 0
     bytes_decoded: int = 0
     damaged: str | None = None  # why the body could not be read to the end, if it could not
     samples: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
@@ -326,7 +322,7 @@ def _record_events(
         if not message:
             st.messages_empty += 1  # CloudWatch refuses empty messages; there is nothing to deliver
             continue
-        st.events += 1
+        st.events_decoded += 1
         yield ts, message
 
 
@@ -401,7 +397,7 @@ def _ndjson_batches(
                     continue
                 append((ts, msg))
             if out:
-                st.events += len(out)
+                st.events_decoded += len(out)
                 yield out
     finally:
         st.lines = n

@@ -9,24 +9,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from pipeline.delivery import LEDGER_SKIP, SUMMED, ObjectResult, Status
+from pipeline.counters import DecodeCounts, DeliveryCounts
+from pipeline.delivery import LEDGER_SKIP, DeliveryResult, ObjectResult, Status
 from pipeline.replay.plan import ObjectSpec, PlanTotals
 from pipeline.tenants import DeliveryType
 
 INTERRUPTED = "not attempted: the replay was interrupted"
 
-# Counters summed from each ObjectResult (pipeline.delivery) into the report, under the same names: the
-# per-delivery ones (totals over the object's deliveries) and what decoding the object saw.
-EVENT_COUNTERS = (
-    *SUMMED,
-    "lines_malformed",
-    "lines_repaired_utf8",
-    "messages_empty",
-    "timestamps_defaulted",
-    "bytes_read",
-)
-# Counters summed from each delivery's result (DeliveryResult) into that delivery's section.
-DELIVERY_COUNTERS = (*SUMMED, "requests", "requests_minimum", "retries")
+# The run's and each tenant's counters, under the names pipeline.counters gives them: every delivery
+# counter summed over the object's deliveries, and what decoding the object saw.
+EVENT_COUNTERS = (*DeliveryCounts.NAMES, *DecodeCounts.NAMES)
 # Per tenant: the PutLogEvents calls its event deliveries made, and the fewest their events needed
 # (`pipeline.batching.min_put_requests`): the quota unit the tenant shares with its own workloads.
 PUT_COUNTERS = {"put_requests": "requests", "put_requests_minimum": "requests_minimum"}
@@ -70,22 +62,20 @@ class DeliveryTotals:
     objects_skipped: dict[str, int] = field(default_factory=dict)
     objects_failed: list[dict[str, str]] = field(default_factory=list)
     objects_failed_count: int = 0
-    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DELIVERY_COUNTERS, 0))
+    counts: DeliveryCounts = field(default_factory=DeliveryCounts)
 
-    def add(self, key: str, d: dict[str, Any]) -> None:
-        self.type, self.target = d.get("type") or self.type, d.get("target") or self.target
-        for name in DELIVERY_COUNTERS:
-            self.counters[name] += int(d.get(name, 0))
-        status = d.get("status")
-        if status in ("delivered", "damaged"):
+    def add(self, key: str, d: DeliveryResult) -> None:
+        self.type, self.target = d.type or self.type, d.target or self.target
+        self.counts.add(d)
+        if d.status in (Status.DELIVERED, Status.DAMAGED):
             self.objects_delivered += 1
-            self.objects_damaged += status == "damaged"
-        elif status == "skipped":
-            self.objects_skipped[d["reason"]] = self.objects_skipped.get(d["reason"], 0) + 1
+            self.objects_damaged += d.status is Status.DAMAGED
+        elif d.status is Status.SKIPPED:
+            self.objects_skipped[d.reason] = self.objects_skipped.get(d.reason, 0) + 1
         else:
             self.objects_failed_count += 1
             if len(self.objects_failed) < FAILED_DETAIL_MAX:
-                self.objects_failed.append({"key": key, "reason": d.get("reason", "")})
+                self.objects_failed.append({"key": key, "reason": d.reason})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,7 +90,7 @@ class DeliveryTotals:
             "objects_skipped": dict(sorted(self.objects_skipped.items())),
             "objects_failed_count": self.objects_failed_count,
             "objects_failed": self.objects_failed,
-            **self.counters,
+            **self.counts.counts(),
         }
 
 
@@ -109,7 +99,14 @@ class TenantTotals:
     objects_delivered: int = 0
     objects_skipped: int = 0
     objects_failed: int = 0
-    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*EVENT_COUNTERS, *PUT_COUNTERS), 0))
+    deliveries: DeliveryCounts = field(default_factory=DeliveryCounts)
+    decode: DecodeCounts = field(default_factory=DecodeCounts)
+    puts: DeliveryCounts = field(default_factory=DeliveryCounts)  # of CloudWatch deliveries only
+
+    @property
+    def counters(self) -> dict[str, int]:
+        puts = {name: getattr(self.puts, field_name) for name, field_name in PUT_COUNTERS.items()}
+        return {**self.deliveries.counts(), **self.decode.counts(), **puts}
 
 
 @dataclass
@@ -137,45 +134,43 @@ class ReplayReport:
             self.deliveries[key] = DeliveryTotals(tenant, delivery_id)
         return self.deliveries[key]
 
-    def _add_deliveries(self, result: dict[str, Any]) -> None:
-        for d in result.get("deliveries", ()):
-            self._delivery(result.get("tenant") or "?", d["delivery_id"]).add(result["key"], d)
+    def _add_deliveries(self, result: ObjectResult) -> None:
+        for d in result.deliveries:
+            self._delivery(result.tenant or "?", d.delivery_id).add(result.key, d)
 
     def settle(self, result: ObjectResult) -> None:
         """Fold in an object the plan settled (ledger, filters, bad keys and tenants): listed, and counted in
         its deliveries' sections; the per-tenant totals count what the workers did."""
-        self._add_deliveries(result.to_dict())
+        self._add_deliveries(result)
         (self.skipped if result.status is Status.SKIPPED else self.failed).add(result.key, result.reason)
 
-    def add(self, result: dict[str, Any]) -> None:
-        """Fold in one object's result from a worker (ObjectResult.to_dict())."""
+    def add(self, result: ObjectResult) -> None:
+        """Fold in one object's result from a worker."""
         self._add_deliveries(result)
-        totals = self.tenants[result.get("tenant") or "?"]
-        for name in EVENT_COUNTERS:
-            totals.counters[name] += int(result.get(name, 0))
-        for d in result.get("deliveries", ()):
-            if d.get("type") == DeliveryType.CLOUDWATCH:
-                for name, field_name in PUT_COUNTERS.items():
-                    totals.counters[name] += int(d.get(field_name, 0))
-        status = result["status"]
-        if status == "delivered":
+        totals = self.tenants[result.tenant or "?"]
+        totals.decode.add(result)
+        for d in result.deliveries:
+            totals.deliveries.add(d)
+            if d.type == DeliveryType.CLOUDWATCH:
+                totals.puts.add(d)
+        if result.status is Status.DELIVERED:
             totals.objects_delivered += 1
             self.objects_delivered += 1
-        elif status == "skipped":
+        elif result.status is Status.SKIPPED:
             totals.objects_skipped += 1
-            self.skipped.add(result["key"], result["reason"])
+            self.skipped.add(result.key, result.reason)
         else:
             # A damaged object had its readable part delivered, but the rest is lost: that is a failure
             # an operator must see, even though retrying cannot help.
             totals.objects_failed += 1
-            self.failed.add(result["key"], result["reason"])
-            if status == "damaged":
-                self.damaged.add(result["key"], result["reason"])
+            self.failed.add(result.key, result.reason)
+            if result.status is Status.DAMAGED:
+                self.damaged.add(result.key, result.reason)
 
     def add_interrupted(self, objects: Iterable[ObjectSpec]) -> None:
         """Account for planned objects that were never started because the replay was interrupted."""
         for o in objects:
-            self.add({"key": o.key, "tenant": o.tenant, "status": "skipped", "reason": INTERRUPTED})
+            self.add(ObjectResult(o.key, Status.SKIPPED, INTERRUPTED, tenant=o.tenant))
 
     def add_listing_failure(self, prefixes: Iterable[str], reason: str) -> None:
         """Prefixes whose listing failed: their objects are unknown, so the run cannot say it delivered all."""
@@ -260,7 +255,7 @@ class ReplayReport:
         cols = ("tenant", "delivery", "type", "objects", "failed", "skipped", "events", "MiB", "too_old")
         rows = [cols]
         for (tenant, delivery_id), d in sorted(self.deliveries.items()):
-            c = d.counters
+            c = d.counts.counts()
             rows.append(
                 (
                     tenant,

@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pipeline.delivery import ObjectResult
 from pipeline.replay.listing import ListingFilter, Prefixes
 from pipeline.replay.plan import PACK_BUFFER_OBJECTS, PlanTotals, UnitPacker, WorkUnit
 from pipeline.replay.report import ReplayReport
@@ -39,7 +40,7 @@ class Backend(Protocol):
 
     def descend(self, prefixes: list[str], wanted: tuple[str, ...]) -> Future[Prefixes]: ...
     def survey(self, prefixes: list[str]) -> Future[Survey]: ...
-    def deliver(self, worker: int, unit: WorkUnit) -> Future[list[dict[str, Any]]]: ...
+    def deliver(self, worker: int, unit: WorkUnit) -> Future[list[ObjectResult]]: ...
     def stop(self) -> None: ...
     def close(self) -> None: ...
 
@@ -166,7 +167,7 @@ class Scheduler:
             self._load[worker] += 1
             self._inflight[self.backend.deliver(worker, unit)] = _Task("unit", unit, worker=worker)
 
-    def _delivered(self, task: _Task, future: Future[list[dict[str, Any]]]) -> None:
+    def _delivered(self, task: _Task, future: Future[list[ObjectResult]]) -> None:
         self._load[task.worker] -= 1
         unit: WorkUnit = task.payload
         try:
@@ -174,7 +175,7 @@ class Scheduler:
         except Exception as exc:  # a worker that died twice, or a bug: the unit's objects failed
             reason = f"worker failed on unit {unit.unit_id}: {type(exc).__name__}: {str(exc)[:300]}"
             log.error("unit failed", extra={"unit": unit.unit_id, "reason": reason})
-            results = [{"key": o.key, "tenant": o.tenant, "status": "failed", "reason": reason} for o in unit.objects]
+            results = [ObjectResult(o.key, tenant=o.tenant).fail(reason, recoverable=True) for o in unit.objects]
         for r in results:
             self.report.add(r)
         self.report.tick()
@@ -228,7 +229,7 @@ class LocalBackend:
     def survey(self, prefixes: list[str]) -> Future[Survey]:
         return self._pool.submit(self._surveyor.survey, prefixes)
 
-    def deliver(self, worker: int, unit: WorkUnit) -> Future[list[dict[str, Any]]]:
+    def deliver(self, worker: int, unit: WorkUnit) -> Future[list[ObjectResult]]:
         raise RuntimeError("a local backend delivers nothing: it serves dry runs")
 
     def stop(self) -> None:

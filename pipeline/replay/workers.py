@@ -72,7 +72,7 @@ class UnitRunner:
         self._threads = min(POD_THREADS, self.deliverer.max_writers or POD_THREADS)
         self.budget = MemoryBudget(memory_budget_mib * 1024 * 1024)
 
-    def run(self, unit: WorkUnit) -> list[dict[str, Any]]:
+    def run(self, unit: WorkUnit) -> list[ObjectResult]:
         # Pods are independent streams, so they go in parallel: a worker's time is mostly spent waiting
         # on S3 and CloudWatch. Within a pod, objects stay in order on one thread.
         pods: dict[str, list[ObjectSpec]] = {}
@@ -92,7 +92,7 @@ class UnitRunner:
         # (Vector) are recorded after a flush, and those of S3-only objects in batches: a unit's result says
         # delivered only once it is in the ledger.
         self.deliverer.finish(results)
-        return [r.to_dict() for r in results]
+        return results
 
     def _run_pod(self, objects: list[ObjectSpec], ledger: dict[str, frozenset[str]] | None) -> list[ObjectResult]:
         results = []
@@ -161,7 +161,7 @@ class DeliveryWorker:
 
         self._runner = UnitRunner(settings, sink_kind, window, redeliver, throttle, memory_budget_mib, deliveries)
 
-    def run(self, unit: WorkUnit) -> list[dict[str, Any]]:
+    def run(self, unit: WorkUnit) -> list[ObjectResult]:
         return self._runner.run(unit)
 
     @ray.method(concurrency_group="control")
@@ -209,8 +209,8 @@ class RayBackend:
         surveyed: Future[Survey] = next(self._round).survey.remote(prefixes).future()
         return surveyed
 
-    def deliver(self, worker: int, unit: WorkUnit) -> Future[list[dict[str, Any]]]:
-        delivered: Future[list[dict[str, Any]]] = self._actors[worker].run.remote(unit).future()
+    def deliver(self, worker: int, unit: WorkUnit) -> Future[list[ObjectResult]]:
+        delivered: Future[list[ObjectResult]] = self._actors[worker].run.remote(unit).future()
         return delivered
 
     def stop(self) -> None:

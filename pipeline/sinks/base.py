@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from pipeline.batching import Event
+from pipeline.counters import DeliveryCounts
 from pipeline.credentials import CredentialBroker
 from pipeline.keys import ObjectKey
 from pipeline.retry import RetryPolicy
@@ -32,19 +33,9 @@ class SinkTraits:
     fills_batches: bool = False
 
 
-@dataclass
-class SinkResult:
-    delivered: int = 0  # events (event sinks) accepted by the destination
-    rejected_too_old: int = 0
-    rejected_too_new: int = 0
-    rejected_expired: int = 0
-    batches: int = 0  # requests that carried data: PutLogEvents calls, PutObject calls
-    retries: int = 0
-    bytes_written: int = 0  # object sinks: bytes stored at the destination
-
-    def add(self, other: SinkResult) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+@dataclass(kw_only=True)
+class SinkResult(DeliveryCounts):
+    """What one send or put did at the destination."""
 
 
 @dataclass(frozen=True)

@@ -76,11 +76,9 @@ class CloudWatchSink(TenantWriter):
             except NETWORK_ERRORS as exc:
                 self._backoff(retrying, where, type(exc).__name__, result)
         rejected = count_rejected(resp.get("rejectedLogEventsInfo"), len(batch))
-        result.batches += 1
-        result.delivered += len(batch) - rejected.total
-        result.rejected_too_old += rejected.too_old
-        result.rejected_too_new += rejected.too_new
-        result.rejected_expired += rejected.expired
+        result.requests += 1
+        result.events_delivered += len(batch) - rejected.events_rejected
+        result.add(rejected)
         return result
 
     @staticmethod

@@ -29,7 +29,7 @@ class NullSink:
 
     def put_batch(self, dest: Delivery, stream: str, batch: list[Event]) -> SinkResult:
         put_log_events_body(dest.log_group, stream, batch)  # the work of a real put, then dropped
-        return SinkResult(delivered=len(batch), batches=1)
+        return SinkResult(events_delivered=len(batch), requests=1)
 
     def flush(self) -> None:
         pass

@@ -113,6 +113,6 @@ class S3Sink(TenantWriter):
             except NETWORK_ERRORS as exc:
                 retrying.backoff(what, type(exc).__name__)
                 result.retries += 1
-        result.batches += 1
-        result.bytes_written += len(source.body)
+        result.requests += 1
+        result.bytes_delivered += len(source.body)
         return result

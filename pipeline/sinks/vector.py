@@ -439,8 +439,8 @@ class VectorSink:
                 raise DeliveryError("the vector sink is closed")
             for chunk in batches(fitted):
                 result.retries += self._write(dest, encode_events(stream, chunk), len(chunk))
-                result.batches += 1
-                result.delivered += len(chunk)
+                result.requests += 1
+                result.events_delivered += len(chunk)
         return result
 
     def flush(self) -> None:

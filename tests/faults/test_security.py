@@ -145,7 +145,7 @@ def check_isolation(
                 refused[key] = f"cluster {cluster!r} is not allowed for tenant {t.tenant_id!r}"
     runner = UnitRunner(local.settings, "cloudwatch", None)  # 8 threads, one broker for every tenant
     try:
-        results = runner.run(WorkUnit(1, tuple(specs), 0))
+        results = [r.to_dict() for r in runner.run(WorkUnit(1, tuple(specs), 0))]
     finally:
         runner.close()
     by_key = {r["key"]: r for r in results}

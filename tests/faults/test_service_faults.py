@@ -51,7 +51,7 @@ def unit_of(stack: FaultStack, manifest: gen.Manifest) -> WorkUnit:
 def run_unit(stack: FaultStack, unit: WorkUnit) -> dict[str, dict[str, Any]]:
     runner = UnitRunner(stack.local.settings, "cloudwatch", None)
     try:
-        return {r["key"]: r for r in runner.run(unit)}
+        return {r.key: r.to_dict() for r in runner.run(unit)}
     finally:
         runner.close()
 

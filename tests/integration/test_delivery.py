@@ -269,7 +269,7 @@ def test_event_times_too_old_too_new_and_midnight(local_aws: LocalEnvironment) -
     r = deliverer(local_aws).deliver(ref)
     assert r.status is Status.DELIVERED
     assert r.events_decoded == 10
-    assert r.events_rejected_too_old == 4 and r.events_rejected_too_new == 1
+    assert r.totals().events_rejected_too_old == 4 and r.totals().events_rejected_too_new == 1
     assert r.events_delivered == 5
     streams = account_streams(local_aws.tenant_logs("acme"))
     assert streams == {
@@ -288,7 +288,7 @@ def test_time_window_filters_events(local_aws: LocalEnvironment) -> None:
     window = TimeWindow(since_ms=start + 3000, until_ms=start + 7000)  # e3..e6
     r = deliverer(local_aws, window=window, source="replay").deliver(ref)
     assert r.status is Status.DELIVERED
-    assert r.events_filtered == 6 and r.events_delivered == 4
+    assert r.totals().events_filtered == 6 and r.events_delivered == 4
     got = stream_events(local_aws.tenant_logs("acme"), "/logs/acme", f"api-api-1-{utc_day(start)}")
     assert got == evs[3:7]
     [entry] = Ledger(local_aws.settings.ledger_table).entries("acme")

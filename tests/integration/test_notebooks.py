@@ -23,7 +23,7 @@ from nbclient import NotebookClient
 from devstack.generator import DamageKind, GeneratorConfig, Manifest, write_dataset
 from devstack.provision import LocalEnvironment, provision
 from devstack.server import MotoServer
-from pipeline.delivery import ObjectResult
+from pipeline.delivery import DeliveryResult, ObjectResult, Status
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.replay.plan import Plan
 from pipeline.replay.report import ReplayReport
@@ -187,13 +187,20 @@ def test_volume_analysis_notebook(
     )
 
 
+def result(n: str, status: Status, events: int, reason: str = "") -> ObjectResult:
+    """An object of acme's delivered (or damaged) into its CloudWatch delivery with `events` events."""
+    r = ObjectResult(f"prod-1/acme/app/pod/{n}.json.gz", status, reason, tenant="acme")
+    r.deliveries.append(DeliveryResult("cloudwatch", "cloudwatch", status=status, events_delivered=events))
+    return r
+
+
 def make_report(
-    since: datetime, results_: list[dict[str, Any]], step_s: float, failed: list[tuple[str, str]]
+    since: datetime, results_: list[ObjectResult], step_s: float, failed: list[tuple[str, str]]
 ) -> dict[str, Any]:
     """A report from the replay's own ReplayReport, with a timeline point after every object."""
-    settled = [ObjectResult(key).fail(reason, recoverable=False) for key, reason in failed]
-    plan = Plan(since=since, until=since + timedelta(hours=1), settled=settled)
-    report = ReplayReport(plan)
+    report = ReplayReport(Plan(since=since, until=since + timedelta(hours=1)))
+    for key, reason in failed:
+        report.settle(ObjectResult(key).fail(reason, recoverable=False))
     report.started = time.monotonic()
     for i, res in enumerate(results_):
         report.add(res)
@@ -208,15 +215,10 @@ def test_replay_report_notebook(
 ) -> None:
     local = world[0]
     since = NOW - timedelta(hours=2)
-    ok = [
-        {"key": f"prod-1/acme/app/pod/{i}.json.gz", "tenant": "acme", "status": "delivered", "events_delivered": 100}
-        for i in range(4)
-    ]
+    ok = [result(str(i), Status.DELIVERED, 100) for i in range(4)]
     damaged = [
-        {"key": "prod-1/acme/app/pod/d1.json.gz", "tenant": "acme", "status": "damaged", "events_delivered": 10}
-        | {"reason": "truncated gzip stream after 1234 bytes"},
-        {"key": "prod-1/acme/app/pod/d2.json.gz", "tenant": "acme", "status": "damaged", "events_delivered": 5}
-        | {"reason": "truncated gzip stream after 99 bytes"},
+        result("d1", Status.DAMAGED, 10, "truncated gzip stream after 1234 bytes"),
+        result("d2", Status.DAMAGED, 5, "truncated gzip stream after 99 bytes"),
     ]
     first = make_report(since, ok + damaged, 0.5, [("a//b/c/f.json.gz", "invalid object key: empty segment")])
     second = make_report(since, ok[:2], 2.0, [])

@@ -83,7 +83,7 @@ def test_cloudwatch_unit_is_delivered_and_recorded_in_the_ledger(
     window = TimeWindow(to_ms(since), to_ms(until) + 1)
     runner = UnitRunner(local_aws.settings, "cloudwatch", window)
     try:
-        results = runner.run(unit)
+        results = [r.to_dict() for r in runner.run(unit)]
     finally:
         runner.close()
 
@@ -105,7 +105,7 @@ def test_cloudwatch_unit_is_delivered_and_recorded_in_the_ledger(
     # Running the same unit again sends nothing twice: the ledger says it is done.
     again = UnitRunner(local_aws.settings, "cloudwatch", window)
     try:
-        second = again.run(unit)
+        second = [r.to_dict() for r in again.run(unit)]
     finally:
         again.close()
     assert {r["status"] for r in second} == {"skipped"}
@@ -129,7 +129,7 @@ def test_stopping_skips_the_rest_of_the_unit_and_leaves_it_out_of_the_ledger(
 
     runner.deliverer.deliver = deliver_then_stop  # type: ignore[method-assign]
     try:
-        results = runner.run(unit)
+        results = [r.to_dict() for r in runner.run(unit)]
     finally:
         runner.close()
 
@@ -145,7 +145,7 @@ def test_stopping_skips_the_rest_of_the_unit_and_leaves_it_out_of_the_ledger(
     # A re-run resumes exactly where it stopped: the first object is skipped by the ledger, the rest sent.
     resumed = UnitRunner(local_aws.settings, "cloudwatch", window)
     try:
-        after = resumed.run(unit)
+        after = [r.to_dict() for r in resumed.run(unit)]
     finally:
         resumed.close()
     assert [r["status"] for r in after] == ["skipped"] + ["delivered"] * 4
@@ -161,7 +161,7 @@ def test_stop_before_the_unit_starts_touches_nothing(
     runner = UnitRunner(local_aws.settings, "cloudwatch", TimeWindow(to_ms(since), to_ms(until) + 1))
     runner.stopping.set()
     try:
-        results = runner.run(unit)
+        results = [r.to_dict() for r in runner.run(unit)]
     finally:
         runner.close()
     assert [(r["status"], r["reason"], r["tenant"]) for r in results] == [("skipped", INTERRUPTED, "acme")] * 4
@@ -178,7 +178,7 @@ def test_null_sink_decodes_and_filters_but_sends_nothing_and_writes_no_ledger(
     lo, hi = to_ms(since), to_ms(since + timedelta(minutes=30))
     runner = UnitRunner(local_aws.settings, "null", TimeWindow(lo, hi))
     try:
-        results = runner.run(unit)
+        results = [r.to_dict() for r in runner.run(unit)]
     finally:
         runner.close()
 
@@ -224,7 +224,7 @@ def test_the_memory_budget_bounds_the_objects_a_worker_decodes_at_once(
     if tight:
         runner.budget = MemoryBudget(max(decoded_footprint(o.size) for o in unit.objects))
     try:
-        results = runner.run(unit)
+        results = [r.to_dict() for r in runner.run(unit)]
     finally:
         runner.close()
     assert [r["status"] for r in results] == ["delivered"] * len(unit.objects)
@@ -245,7 +245,7 @@ def test_a_pods_small_objects_share_full_batches_and_each_is_recorded_once_all_i
     streams = {stream_of(o.key, ts) for o in manifest.objects for ts, _ in o.expected or []}
     runner = UnitRunner(local_aws.settings, "cloudwatch", TimeWindow(to_ms(since), to_ms(until) + 1))
     try:
-        results = runner.run(unit)
+        results = [r.to_dict() for r in runner.run(unit)]
     finally:
         runner.close()
 

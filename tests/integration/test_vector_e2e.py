@@ -37,7 +37,7 @@ def test_events_arrive_exactly_in_the_tenants_cloudwatch(local_aws: LocalEnviron
     broker = CredentialBroker(local_aws.central_role_arn)
     with VectorSink(broker, flush_timeout_s=60) as sink:
         result = sink.send(dest, stream, prepared.events)
-        assert result.delivered == len(raw)
+        assert result.events_delivered == len(raw)
         sink.flush()
 
     logs = local_aws.tenant_logs("acme")

@@ -250,11 +250,11 @@ class FakeCloudWatch:
             with self.lock:
                 self.accepted.append((stream, batch[old + expired : len(batch) - new]))
             return SinkResult(
-                delivered=len(batch) - old - expired - new,
-                rejected_too_old=old,
-                rejected_expired=expired,
-                rejected_too_new=new,
-                batches=1,
+                events_delivered=len(batch) - old - expired - new,
+                events_rejected_too_old=old,
+                events_rejected_expired=expired,
+                events_rejected_too_new=new,
+                requests=1,
             )
         finally:
             with self.lock:
@@ -307,11 +307,11 @@ def test_an_object_is_settled_once_every_event_is_answered_and_recorded_only_if_
     for p in pendings:
         sent = p.sent
         total = sum(len(evs) for _, evs in prepared[p.tag])
-        answered = sent.delivered + sent.rejected_too_old + sent.rejected_expired + sent.rejected_too_new
+        answered = sent.events_delivered + sent.events_rejected
         if p.error is None:
             assert answered == total  # recordable: every event accepted or counted as rejected
         else:
             assert answered < total  # some of its events were in a refused batch
-        assert sent.delivered == sum(1 for s, b in cw.accepted for ev in b if owner_of[(s, ev)] == p.tag)
-    assert sum(p.sent.batches for p in pendings) == cw.requests - len(failing & set(range(cw.requests)))
+        assert sent.events_delivered == sum(1 for s, b in cw.accepted for ev in b if owner_of[(s, ev)] == p.tag)
+    assert sum(p.sent.requests for p in pendings) == cw.requests - len(failing & set(range(cw.requests)))
     assert sum(m for _, m in minimums) == minimum(prepared)

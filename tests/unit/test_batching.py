@@ -93,7 +93,7 @@ def reassemble(events: list[Event]) -> list[Event]:
 def run(events: list[Event], now: int = NOW) -> tuple[list[list[Event]], int, int, int]:
     prepared = prepare(list(events), now)
     out = list(batches(prepared.events))
-    return out, prepared.too_old, prepared.too_new, prepared.split
+    return out, prepared.events_rejected_too_old, prepared.events_rejected_too_new, prepared.events_split
 
 
 def check_all(events: list[Event], now: int = NOW) -> list[list[Event]]:
@@ -277,7 +277,7 @@ def test_too_old_and_too_new_are_counted_not_sent() -> None:
         (NOW - 30 * DAY_MS, "ancient"),
     ]
     p = prepare(evs, NOW)
-    assert (p.too_old, p.too_new) == (2, 1)
+    assert (p.events_rejected_too_old, p.events_rejected_too_new) == (2, 1)
     assert [m for _, m in p.events] == ["oldest kept", "newest kept"]
 
 
@@ -340,8 +340,8 @@ def test_stream_date_property(ts: int) -> None:
 )
 def test_count_rejected(info: dict[str, int] | None, n: int, expected: tuple[int, int, int]) -> None:
     r = count_rejected(info, n)
-    assert (r.too_old, r.too_new, r.expired) == expected
-    assert r.total == sum(expected)
+    assert (r.events_rejected_too_old, r.events_rejected_too_new, r.events_rejected_expired) == expected
+    assert r.events_rejected == sum(expected)
 
 
 @settings(max_examples=300, deadline=None)
@@ -364,15 +364,15 @@ def test_count_rejected_never_counts_an_event_twice(
         if v is not None
     }
     r = count_rejected(info, n)
-    assert min(r.too_old, r.too_new, r.expired) >= 0
-    assert r.total <= n
+    assert min(r.events_rejected_too_old, r.events_rejected_too_new, r.events_rejected_expired) >= 0
+    assert r.events_rejected <= n
     # Per-event truth: an event is rejected if any range covers it.
     truth = sum(
         1
         for i in range(n)
         if (old is not None and i < old) or (expired is not None and i < expired) or (new is not None and i >= new)
     )
-    assert r.total == truth
+    assert r.events_rejected == truth
 
 
 def test_prepare_filters_the_window_before_judging_age() -> None:
@@ -389,10 +389,10 @@ def test_prepare_filters_the_window_before_judging_age() -> None:
     since, until = now - 16 * day, now + 5 * day
     out = prepare(list(reversed(events)), now, since, until)
     assert [m for _, m in out.events] == ["ok-1", "ok-2"]
-    assert (out.filtered, out.too_old, out.too_new) == (2, 1, 1)
+    assert (out.events_filtered, out.events_rejected_too_old, out.events_rejected_too_new) == (2, 1, 1)
     # Without a window nothing is filtered, and age alone decides.
     out = prepare(list(events), now)
-    assert (out.filtered, out.too_old, out.too_new) == (0, 2, 2)
+    assert (out.events_filtered, out.events_rejected_too_old, out.events_rejected_too_new) == (0, 2, 2)
 
 
 MIXED_TEXT = st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("a\x00\x7f\x80é😀\ud800"))

@@ -140,7 +140,7 @@ def test_throttling_503_and_500_are_retried_with_backoff(cw: Stubbed, dest: Deli
     policy = RetryPolicy(attempts=8, base_s=0.1, cap_s=0.3)
     result = CloudWatchSink(credentials=cw.broker, retry=policy, sleep=sleeps).send(dest, "s-retry", evs)
     stub.assert_no_pending_responses()
-    assert result.delivered == 5 and result.batches == 1 and result.retries == 4
+    assert result.events_delivered == 5 and result.requests == 1 and result.retries == 4
     assert len(sleeps) == 4
     for attempt, d in enumerate(sleeps):
         assert 0 <= d <= min(policy.cap_s, policy.base_s * 2**attempt)
@@ -212,7 +212,7 @@ def test_network_error_is_retried(broker: CredentialBroker, env: LocalEnvironmen
         result = CloudWatchSink(credentials=broker, sleep=sleeps).send(dest, "s-network", evs)
     finally:
         client.meta.events.unregister("before-send.logs.PutLogEvents", drop)
-    assert result.delivered == 4 and result.retries == 1 and len(sleeps) == 1
+    assert result.events_delivered == 4 and result.retries == 1 and len(sleeps) == 1
     got = env.tenant_logs("acme").get_log_events(logGroupName=GROUP, logStreamName="s-network", startFromHead=True)
     assert [(e["timestamp"], e["message"]) for e in got["events"]] == evs
 
@@ -231,7 +231,7 @@ def test_missing_stream_is_created_then_put_again(cw: Stubbed, dest: Delivery) -
     stub.add_response("put_log_events", {}, p)
     result = CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-new", evs)
     stub.assert_no_pending_responses()
-    assert result.delivered == 3
+    assert result.events_delivered == 3
     assert calls.names == ["PutLogEvents", "CreateLogStream", "PutLogEvents"]
 
 
@@ -246,7 +246,7 @@ def test_missing_group_is_created_then_the_stream(cw: Stubbed, dest: Delivery) -
     stub.add_response("put_log_events", {}, p)
     result = CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-nogroup", evs)
     stub.assert_no_pending_responses()
-    assert result.delivered == 2
+    assert result.events_delivered == 2
     assert calls.names == ["PutLogEvents", "CreateLogStream", "CreateLogGroup", "CreateLogStream", "PutLogEvents"]
 
 
@@ -260,7 +260,7 @@ def test_already_exists_counts_as_created(cw: Stubbed, dest: Delivery) -> None:
     stub.add_response("put_log_events", {}, p)
     result = CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-race", evs)
     stub.assert_no_pending_responses()
-    assert result.delivered == 2
+    assert result.events_delivered == 2
 
     error(stub, "put_log_events", "ResourceNotFoundException", 400, p)
     error(stub, "create_log_stream", "ResourceNotFoundException")
@@ -269,7 +269,7 @@ def test_already_exists_counts_as_created(cw: Stubbed, dest: Delivery) -> None:
     stub.add_response("put_log_events", {}, p)
     result = CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-race", evs)
     stub.assert_no_pending_responses()
-    assert result.delivered == 2
+    assert result.events_delivered == 2
     assert not any(n.startswith("Describe") for n in calls.names)
 
 
@@ -285,7 +285,7 @@ def test_throttled_create_backs_off_and_tries_again(cw: Stubbed, dest: Delivery)
     sleeps = Sleeps()
     result = CloudWatchSink(credentials=cw.broker, sleep=sleeps).send(dest, "s-slowcreate", evs)
     stub.assert_no_pending_responses()
-    assert result.delivered == 2 and len(sleeps) == 1
+    assert result.events_delivered == 2 and len(sleeps) == 1
     assert not any(n.startswith("Describe") for n in calls.names)
 
 
@@ -320,8 +320,8 @@ def test_rejected_events_are_counted_and_not_retried(cw: Stubbed, dest: Delivery
     stub.add_response("put_log_events", {"rejectedLogEventsInfo": info}, put_params("s-rej", evs))
     result = CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-rej", evs)
     stub.assert_no_pending_responses()
-    assert (result.rejected_too_old, result.rejected_expired, result.rejected_too_new) == (2, 1, 1)
-    assert result.delivered == 6
+    assert (result.events_rejected_too_old, result.events_rejected_expired, result.events_rejected_too_new) == (2, 1, 1)
+    assert result.events_delivered == 6
     assert calls.names == ["PutLogEvents"]
 
 
@@ -335,7 +335,7 @@ def test_many_events_go_in_several_batches_each_sent_once(cw: Stubbed, dest: Del
     stub.add_response("put_log_events", {}, put_params("s-many", chunks[2]))
     result = CloudWatchSink(credentials=cw.broker, sleep=Sleeps()).send(dest, "s-many", evs)
     stub.assert_no_pending_responses()
-    assert result.delivered == 25_000 and result.batches == 3 and result.retries == 1
+    assert result.events_delivered == 25_000 and result.requests == 3 and result.retries == 1
     assert calls.names == ["PutLogEvents"] * 4
 
 
@@ -354,7 +354,7 @@ def test_expired_token_refreshes_credentials_once(
     result = CloudWatchSink(credentials=broker, sleep=Sleeps()).send(dest, "s-expired", recent(3, "exp"))
     stub.assert_no_pending_responses()
     assert broker.sts_calls == before + 1  # the tenant hop only
-    assert result.delivered == 3
+    assert result.events_delivered == 3
     got = env.tenant_logs("acme").get_log_events(logGroupName=GROUP, logStreamName="s-expired", startFromHead=True)
     assert [e["message"] for e in got["events"]] == ["exp-0", "exp-1", "exp-2"]
 
@@ -368,10 +368,10 @@ def test_put_into_a_deleted_group_recreates_it(broker: CredentialBroker, env: Lo
     sink = CloudWatchSink(credentials=broker, sleep=Sleeps())
     evs = recent(5, "back")
     result = sink.send(dest, "frontend-web-1-2024-06-01", evs)
-    assert result.delivered == 5
+    assert result.events_delivered == 5
     got = tenant_logs.get_log_events(
         logGroupName=t.log_group, logStreamName="frontend-web-1-2024-06-01", startFromHead=True
     )
     assert [(e["timestamp"], e["message"]) for e in got["events"]] == evs
     # A second send to the now-existing stream needs no creates at all.
-    assert sink.send(dest, "frontend-web-1-2024-06-01", recent(1, "again")).delivered == 1
+    assert sink.send(dest, "frontend-web-1-2024-06-01", recent(1, "again")).events_delivered == 1

@@ -118,7 +118,7 @@ class EventSink:
         if self.fail:
             raise DeliveryError(self.fail)
         self.sent.append((dest.delivery_id, stream, events))
-        return SinkResult(delivered=len(events), batches=1)
+        return SinkResult(events_delivered=len(events), requests=1)
 
     def flush(self) -> None:
         self.log.append("flush")
@@ -141,7 +141,7 @@ class ObjectSink:
         if self.fail:
             raise DeliveryError(self.fail, recoverable=self.recoverable)
         self.puts.append((dest.delivery_id, source))
-        return SinkResult(batches=1, bytes_written=len(source.body))
+        return SinkResult(requests=1, bytes_delivered=len(source.body))
 
     def flush(self) -> None:
         pass

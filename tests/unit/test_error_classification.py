@@ -446,7 +446,7 @@ def test_cloudwatch_create_is_retried_through_a_5xx_and_a_dropped_connection() -
     sleeps = Sleeps()
     sink = CloudWatchSink(credentials=StubBroker(logs), sleep=sleeps)  # type: ignore[arg-type]
     result = sink.send(CW_DEST, "s", [(1_700_000_000_000, "m")])
-    assert result.delivered == 1 and result.retries == 2 and len(sleeps) == 2
+    assert result.events_delivered == 1 and result.retries == 2 and len(sleeps) == 2
     assert logs.calls == ["PutLogEvents", "CreateLogStream"] * 3 + ["PutLogEvents"]
 
 

@@ -62,14 +62,14 @@ def report_of(plan: Plan) -> ReplayReport:
 PER_DELIVERY = {f.name for f in fields(DeliveryResult) if f.name.startswith(("events_", "bytes_delivered"))}
 
 
-def delivered(k: str, events: int, **counts: int) -> dict[str, object]:
+def delivered(k: str, events: int, **counts: int) -> ObjectResult:
     """An object delivered to its tenant's one delivery, `cloudwatch`."""
     r = ObjectResult(k, tenant=k.split("/")[1], application="payment-service")
     d = DeliveryResult("cloudwatch", "cloudwatch", "/logs/x (us-east-1)", events_delivered=events)
     r.deliveries.append(d)
     for name, value in counts.items():
         setattr(d if name in PER_DELIVERY else r, name, value)
-    return r.to_dict()
+    return r
 
 
 def test_counts_are_summed_per_tenant_and_in_total() -> None:
@@ -98,12 +98,12 @@ def test_failed_and_damaged_objects_are_listed_with_reasons_and_fail_the_run() -
     report = report_of(make_plan())
     report.add(delivered(key("acme", 1), 5))
     failed = ObjectResult(key("acme", 2), tenant="acme").fail("AccessDenied on PutLogEvents", recoverable=False)
-    report.add(failed.to_dict())
+    report.add(failed)
     damaged = ObjectResult(key("acme", 3), Status.DAMAGED, "truncated gzip stream after 812 bytes", tenant="acme")
     damaged.deliveries.append(
         DeliveryResult("cloudwatch", "cloudwatch", status=Status.DAMAGED, reason=damaged.reason, events_delivered=4)
     )
-    report.add(damaged.to_dict())
+    report.add(damaged)
     doc = report.to_dict()
     assert doc["objects_failed"] == [
         {"key": key("acme", 2), "reason": "AccessDenied on PutLogEvents"},
@@ -129,7 +129,7 @@ def test_plan_failures_and_skips_are_carried_into_the_report() -> None:
     report = report_of(plan)
     # A ledger skip found by a worker (delivered meanwhile by the consumer) counts the same way.
     skip = ObjectResult(key("acme", 4), Status.SKIPPED, LEDGER_SKIP, tenant="acme")
-    report.add(skip.to_dict())
+    report.add(skip)
     doc = report.to_dict()
     assert doc["objects_failed"] == [{"key": "prod-1/acme//p/x.json.gz", "reason": "contains an empty segment"}]
     assert doc["objects_skipped_ledger"] == 3
@@ -144,7 +144,7 @@ def test_plan_failures_and_skips_are_carried_into_the_report() -> None:
 def test_skipped_objects_alone_do_not_fail_the_run() -> None:
     report = report_of(make_plan(skipped=[(key("acme", 1), LEDGER_SKIP)]))
     disabled = "delivery 'cloudwatch' of tenant 'acme' is disabled"
-    report.add(ObjectResult(key("acme", 2), Status.SKIPPED, disabled, tenant="acme").to_dict())
+    report.add(ObjectResult(key("acme", 2), Status.SKIPPED, disabled, tenant="acme"))
     assert report.exit_code == 0
     assert report.to_dict()["tenants"]["acme"]["objects_skipped"] == 1
 
@@ -196,11 +196,11 @@ def test_rate_and_plan_figures() -> None:
 # Per-delivery sections
 
 
-def umbrella_result(n: int, cw: DeliveryResult, s3: DeliveryResult, **counts: int) -> dict[str, object]:
+def umbrella_result(n: int, cw: DeliveryResult, s3: DeliveryResult, **counts: int) -> ObjectResult:
     r = ObjectResult(key("umbrella", n), tenant="umbrella", application="payment-service", deliveries=[cw, s3])
     for name, value in counts.items():
         setattr(r, name, value)
-    return r.settle().to_dict()
+    return r.settle()
 
 
 def cw_result(**kw: Any) -> DeliveryResult:
@@ -323,7 +323,7 @@ def test_put_requests_and_their_minimum_count_only_cloudwatch_deliveries_per_ten
             DeliveryResult("cloudwatch", "cloudwatch", requests=calls, requests_minimum=minimum),
             DeliveryResult("s3-archive", "s3", requests=7),  # PutObject calls: not PutLogEvents
         ]
-        report.add(r.settle().to_dict())
+        report.add(r.settle())
     doc = report.to_dict()
     assert (doc["put_requests"], doc["put_requests_minimum"]) == (5, 4)
     assert (doc["tenants"]["acme"]["put_requests"], doc["tenants"]["acme"]["put_requests_minimum"]) == (2, 1)

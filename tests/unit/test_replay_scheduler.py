@@ -17,7 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.replay.listing import ListingFilter, Prefixes
+from pipeline.delivery import ObjectResult
+from pipeline.keys import parse_key
+from pipeline.replay.listing import ListedObject, ListingFilter, Prefixes
 from pipeline.replay.plan import ObjectSpec, PlanTotals, UnitPacker, WorkUnit, spec_of
 from pipeline.replay.report import INTERRUPTED, ReplayReport
 from pipeline.replay.scheduler import Scheduler, sampled
@@ -81,9 +83,9 @@ class Backend:
         totals.objects_listed = totals.objects_to_deliver = sum(len(o) for _, o in pods)
         return done(Survey(totals, pods))
 
-    def deliver(self, worker: int, unit: WorkUnit) -> Future[list[dict[str, Any]]]:
-        f: Future[list[dict[str, Any]]] = Future()
-        result = [{"key": o.key, "tenant": o.tenant, "status": "delivered"} for o in unit.objects]
+    def deliver(self, worker: int, unit: WorkUnit) -> Future[list[ObjectResult]]:
+        f: Future[list[ObjectResult]] = Future()
+        result = [ObjectResult(o.key, tenant=o.tenant) for o in unit.objects]
 
         def finish() -> None:
             self.delivered.append(unit)
@@ -217,9 +219,6 @@ def test_sampling_is_deterministic_and_near_its_rate(rate: float) -> None:
 
 
 def test_spec_of_carries_the_tenant() -> None:
-    from pipeline.keys import parse_key
-    from pipeline.replay.listing import ListedObject
-
     key = "prod-1/acme/app/pod-1/20240620-110000-00000000-0000-4000-8000-000000000000.json.gz"
     listed = ListedObject(key, 10, "e", datetime.fromtimestamp(time.time(), UTC), parse_key(key))
     assert spec_of(listed).tenant == "acme"

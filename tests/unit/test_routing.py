@@ -272,9 +272,9 @@ def test_counters_are_totals_over_deliveries() -> None:
         DeliveryResult("cw-eu", "cloudwatch", events_delivered=7, events_rejected_too_new=3, bytes_delivered=30),
         DeliveryResult("s3-archive", "s3", bytes_delivered=100),
     )
-    assert r.events_delivered == r.total("events_delivered") == 12
-    assert r.events_rejected == 6
-    assert r.total("bytes_delivered") == 130
+    assert r.events_delivered == r.totals().events_delivered == 12
+    assert r.events_rejected == r.totals().events_rejected == 6
+    assert r.totals().bytes_delivered == 130
     d = r.to_dict()
     assert (d["events_delivered"], d["bytes_delivered"], d["events_rejected_too_new"]) == (12, 130, 3)
     assert [x["delivery_id"] for x in d["deliveries"]] == ["cloudwatch", "cw-eu", "s3-archive"]

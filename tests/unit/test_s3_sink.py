@@ -241,7 +241,7 @@ def test_put_object_arguments() -> None:
         "ExpectedBucketOwner": ACCOUNT,  # the tenant's account, from the role ARN (with its IAM path)
     }
     assert CONTENT_TYPE == "application/x-ndjson"
-    assert (result.batches, result.bytes_written, result.retries, result.delivered) == (1, len(BODY), 0, 0)
+    assert (result.requests, result.bytes_delivered, result.retries, result.events_delivered) == (1, len(BODY), 0, 0)
     assert sleeps == []
     # With the tenant role's credentials (the second hop), with botocore's own retries off.
     assert broker.clients == [("s3", "umbrella", ROLE, "us-east-1", None, aws.S3_PUT_CONFIG)]
@@ -293,7 +293,7 @@ def test_slowdown_and_5xx_are_retried_with_backoff() -> None:
     policy = RetryPolicy(attempts=8, base_s=0.1, cap_s=0.3)
     sink, s3, _, sleeps = sink_with(script, policy)
     result = sink.put_object(DEST, source())
-    assert len(s3.calls) == 7 and result.retries == 6 and result.batches == 1
+    assert len(s3.calls) == 7 and result.retries == 6 and result.requests == 1
     assert len(sleeps) == 6
     for attempt, d in enumerate(sleeps):
         assert 0 <= d <= min(policy.cap_s, policy.base_s * 2**attempt)
@@ -334,7 +334,7 @@ def test_refusals_are_not_retried(code: str, status: int, fragment: str) -> None
 def test_expired_credentials_are_refreshed_once() -> None:
     dest = replace(DEST, external_id="tenant-umbrella-1")
     sink, s3, broker, sleeps = sink_with([client_error("ExpiredToken", 400), OK])
-    assert sink.put_object(dest, source()).batches == 1
+    assert sink.put_object(dest, source()).requests == 1
     assert broker.invalidated == [(ROLE, "tenant-umbrella-1")]
     assert len(s3.calls) == 2 and sleeps == []
     # Twice in a row is not an expiry a refresh can fix.
@@ -370,7 +370,7 @@ def test_put_object_into_the_tenants_bucket(local_aws: LocalEnvironment) -> None
     )
     broker = CredentialBroker(local_aws.central_role_arn)
     result = S3Sink(credentials=broker).put_object(dest, source())
-    assert result.bytes_written == len(BODY)
+    assert result.bytes_delivered == len(BODY)
     got = local_aws.tenant_s3("umbrella").get_object(
         Bucket=t.bucket, Key=destination_key(DEFAULT_BUCKET_PREFIX, parse_key(KEY))
     )

@@ -340,7 +340,7 @@ def test_supervision_events_reach_stdin_in_order_and_flush_drains(fake: Fake) ->
     with fake.sink() as sink:
         r1 = sink.send(DEST, "s1", events(3))
         r2 = sink.send(DEST, "s2", events(2, start=3))
-        assert (r1.delivered, r1.batches, r2.delivered, r2.batches) == (3, 1, 2, 1)
+        assert (r1.events_delivered, r1.requests, r2.events_delivered, r2.requests) == (3, 1, 2, 1)
         sink.flush()
         got = fake.lines()
     assert [x["message"] for x in got] == [f"message {i}" for i in range(5)]
@@ -355,8 +355,8 @@ def test_supervision_batches_count_writes_under_cloudwatch_limits(fake: Fake) ->
     with fake.sink() as sink:
         result = sink.send(DEST, "s", evs)
         sink.flush()
-    assert result.delivered == 5
-    assert result.batches == 3  # [big, big], [big, big], [small]: one write each
+    assert result.events_delivered == 5
+    assert result.requests == 3  # [big, big], [big, big], [small]: one write each
     assert len(fake.lines()) == 5
 
 
@@ -488,7 +488,7 @@ def test_supervision_crash_mid_stream_restarts_and_fails_the_next_flush(fake: Fa
         first = sink.pids()[DEST]
         wait_for(lambda: not alive(first))  # it exits right after reading line 2
         result = sink.send(DEST, "s", events(2, start=3))  # detected dead: restarted, then written
-        assert result.delivered == 2 and result.retries == 1
+        assert result.events_delivered == 2 and result.retries == 1
         assert sink.pids()[DEST] != first
         assert sink.restarts == 1
         assert sleeps == [0.25]
@@ -509,7 +509,7 @@ def test_supervision_write_into_a_dead_process_is_retried_on_a_new_one(fake: Fak
     msg = "z" * 200_000
     with fake.sink() as sink:
         result = sink.send(DEST, "s", [(T0 + i, msg) for i in range(12)])
-        assert result.delivered == 12
+        assert result.events_delivered == 12
         assert result.retries >= 1
         with pytest.raises(DeliveryError, match="before flush"):
             sink.flush()
@@ -576,7 +576,7 @@ def test_supervision_flush_removes_process_files(fake: Fake) -> None:
 
 def test_supervision_empty_send_starts_nothing(fake: Fake) -> None:
     with fake.sink() as sink:
-        assert sink.send(DEST, "s", []).delivered == 0
+        assert sink.send(DEST, "s", []).events_delivered == 0
         assert sink.pids() == {}
         sink.flush()
     assert fake.starts() == []
