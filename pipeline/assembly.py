@@ -25,8 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.batching import Batch, BatchFiller, Event
+from pipeline.batching import Batch, BatchFiller
 from pipeline.errors import DeliveryError
+from pipeline.records import Event
 from pipeline.sinks import BatchSink, SinkResult
 from pipeline.tenants import Delivery
 
@@ -107,7 +108,7 @@ class PutPipeline:
         done: list[Pending] = []
         with self._lock:
             for owner, count in owned.items():
-                p: Pending = owner  # type: ignore[assignment]
+                p: Pending = owner  # type: ignore[assignment]  # BatchFiller keeps owners opaque; ours are Pending
                 p.events -= count
                 if sent is None:
                     p.error = p.error or error
@@ -182,5 +183,5 @@ class PodBatches:
 
 
 def _last_owner(batch: Batch) -> Pending:
-    owner: Pending = batch.runs[-1][0]  # type: ignore[assignment]
+    owner: Pending = batch.runs[-1][0]  # type: ignore[assignment]  # owners here are always Pending
     return owner

@@ -63,12 +63,12 @@ def group_by_stream(events: Iterable[Event], application: str, pod: str) -> dict
     if max(map(_ts, evs)) // DAY_MS == day:
         return {stream_name(application, pod, day * DAY_MS): evs}
     by_day: dict[int, list[Event]] = {}
-    lo = hi = 0
-    append = None
+    lo = hi = 0  # an empty day: the first event always picks its bucket
+    append = evs.append  # never called before the first bucket replaces it
     for ev in evs:
         ts = ev[0]
         if lo <= ts < hi:
-            append(ev)  # type: ignore[misc]
+            append(ev)
             continue
         day = ts // DAY_MS
         bucket = by_day.get(day)

@@ -26,14 +26,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import allocator, aws
 from pipeline.assembly import IN_FLIGHT_PUTS, Pending, PodBatches, PutPipeline
-from pipeline.batching import MAX_STREAM_NAME_CHARS, Event, group_by_stream, prepare
+from pipeline.batching import MAX_STREAM_NAME_CHARS, group_by_stream, prepare
 from pipeline.classify import Action, classify_error
 from pipeline.counters import DecodeCounts, DeliveryCounts
 from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError, NonRecoverableError
 from pipeline.keys import InvalidKeyError, ObjectKey, parse_key
 from pipeline.ledger import Ledger, LedgerEntry, LedgerError
-from pipeline.records import DecodeStats, decode_events
+from pipeline.records import DecodeStats, Event, decode_events
 from pipeline.retry import RetryPolicy
 from pipeline.settings import ConfigError, Settings
 from pipeline.sinks import (
@@ -470,6 +470,8 @@ class Deliverer:
         result.delivered_at = self._clock()
 
     def _put_object(self, d: Delivery, r: DeliveryResult, source: SourceObject, result: ObjectResult) -> None:
+        # The registry's traits decide which interface a sink has (needs_events: EventSink, else ObjectSink);
+        # the routing took this path from those traits, which the type of `sinks` cannot express.
         sink: ObjectSink = self.sinks[d.type]  # type: ignore[assignment]
         try:
             r.add(sink.put_object(d, source))
@@ -496,7 +498,7 @@ class Deliverer:
         if batches is not None:
             for d, r in todo:
                 if self.sinks[d.type].traits.fills_batches:
-                    sink: BatchSink = self.sinks[d.type]  # type: ignore[assignment]
+                    sink: BatchSink = self.sinks[d.type]  # type: ignore[assignment]  # fills_batches: a BatchSink
                     pending[id(r)] = Pending(d, sink, partial(self._settle, result, r), tag=r)
         try:
             self._send_streams(streams, stats, todo, result, batches, pending)
@@ -538,7 +540,7 @@ class Deliverer:
                 elif prepared.events:
                     if self._throttle is not None:
                         self._throttle(d.tenant_id, len(prepared.events), 0)
-                    sink: EventSink = self.sinks[d.type]  # type: ignore[assignment]
+                    sink: EventSink = self.sinks[d.type]  # type: ignore[assignment]  # needs_events: an EventSink
                     try:
                         r.add(sink.send(d, name, prepared.events))
                     except DeliveryError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from io import BytesIO
@@ -17,7 +17,10 @@ from pipeline.counters import DecodeCounts
 try:  # zlib-ng inflates about twice as fast as zlib, with the same API and output
     from zlib_ng import zlib_ng as zlib
 except ImportError:  # pragma: no cover - the stdlib module is always there
-    import zlib  # type: ignore[no-redef]
+    import zlib  # type: ignore[no-redef]  # the same API under the same name: the fallback is the point
+
+# zlib_ng's stub declares `error` as an exception instance; at run time it is the class, as in zlib.
+ZLIB_ERROR: type[Exception] = zlib.error  # type: ignore[assignment]
 
 Event = tuple[int, str]  # (timestamp in epoch milliseconds, message): what a record becomes
 
@@ -126,7 +129,7 @@ def _inflate(chunks: Iterator[bytes], stats: DecodeStats) -> Iterator[bytes]:
                 data = d.unused_data
                 d, fed = zlib.decompressobj(wbits=31), False
             data = next(chunks, None)
-    except zlib.error as exc:
+    except ZLIB_ERROR as exc:
         stats.damaged = f"corrupt gzip stream after {stats.bytes_read} bytes: {exc}"
         return
     if fed and not d.eof:
@@ -256,8 +259,14 @@ def compact_json(value: Any) -> str:
     """
     text = orjson.dumps(value)
     if type(value) is dict or type(value) is list:
-        text = simdjson.Parser().parse(text).mini
+        text = _mini(simdjson.Parser().parse(text))
     return text.decode()
+
+
+def _mini(doc: Any) -> bytes:
+    """simdjson's compact print. Its stub says `mini` is a str; it is bytes (and every caller needs bytes)."""
+    out: bytes = doc.mini
+    return out
 
 
 def decode_batches(
@@ -341,7 +350,8 @@ def _ndjson_batches(
     """
     # A lazy document borrows the parser's buffer, and the parser refuses to parse again while any
     # proxy into it is alive: that is why `doc`, `msg` and `tsv` are reassigned on every path.
-    parse = simdjson.Parser().parse
+    # Any: simdjson's stub types a document as a union of every JSON value; the loop tests types itself.
+    parse: Callable[[bytes], Any] = simdjson.Parser().parse
     lazy_containers = (simdjson.Object, simdjson.Array)
     millis = _MILLIS
     loads = orjson.loads

@@ -41,10 +41,13 @@ class EmfMetrics(Metrics):
     def __init__(self) -> None:
         super().__init__()
         self.observed: dict[str, list[float]] = defaultdict(list)
+        # The two histograms are wrapped to keep each observation for EMF; _Recording has their observe().
         self.latency = _Recording(self.latency, self.observed["logdelivery_delivery_latency_seconds"])  # type: ignore[assignment]
         self.duration = _Recording(self.duration, self.observed["logdelivery_object_duration_seconds"])  # type: ignore[assignment]
 
-    def documents(self, namespace: str = DEFAULT_NAMESPACE, properties: dict[str, Any] | None = None) -> list[dict]:
+    def documents(
+        self, namespace: str = DEFAULT_NAMESPACE, properties: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         timestamp = int(time.time() * 1000)
         by_labels: dict[tuple[tuple[str, str], ...], dict[str, float]] = defaultdict(dict)
         for family in self.registry.collect():

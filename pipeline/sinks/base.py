@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
-from pipeline.batching import Event
 from pipeline.counters import DeliveryCounts
 from pipeline.credentials import CredentialBroker
 from pipeline.keys import ObjectKey
+from pipeline.records import Event
 from pipeline.retry import RetryPolicy
 from pipeline.tenants import Delivery, DeliveryType
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pipeline.batching import Event, batches, put_log_events_body
+from pipeline.batching import batches, put_log_events_body
+from pipeline.records import Event
 from pipeline.sinks import traits_of
 from pipeline.sinks.base import SinkResult, SinkTraits
 from pipeline.tenants import Delivery

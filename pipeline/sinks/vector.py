@@ -48,8 +48,9 @@ from typing import Any, ClassVar, Protocol
 import orjson
 
 from pipeline.aws import StaticCredentials
-from pipeline.batching import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Event, batches, message_bytes, split_message
+from pipeline.batching import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, batches, message_bytes, split_message
 from pipeline.errors import ConfigError, DeliveryError, NonRecoverableError
+from pipeline.records import Event
 from pipeline.retry import RetryPolicy
 from pipeline.sinks import traits_of
 from pipeline.sinks.base import SinkResult, SinkTraits
