@@ -39,7 +39,7 @@ MIN_SEGMENTS = 5
 class InvalidKeyError(NonRecoverableError, ValueError):
     """A key that does not follow the layout. Non-recoverable: retrying cannot fix a key.
 
-    A ValueError too, as it always was: callers that validate input catch it that way.
+    A ValueError too, so callers that validate input can catch it that way.
     """
 
     def __init__(self, key: str, reason: str) -> None:

@@ -14,7 +14,7 @@ import simdjson
 
 from pipeline.counters import DecodeCounts
 
-try:  # zlib-ng inflates about twice as fast as zlib, with the same API and output
+try:  # zlib-ng inflates faster than zlib (docs/PERFORMANCE.md), with the same API and output
     from zlib_ng import zlib_ng as zlib
 except ImportError:  # pragma: no cover - the stdlib module is always there
     import zlib  # type: ignore[no-redef]  # the same API under the same name: the fallback is the point
@@ -138,7 +138,7 @@ def _inflate(chunks: Iterator[bytes], stats: DecodeStats) -> Iterator[bytes]:
 
 def _line_batches(chunks: Iterator[bytes], stats: DecodeStats) -> Iterator[list[bytes]]:
     """The lines of each inflated chunk, each with its newline, as one list per chunk: the hot loop then
-    runs over plain lists. BytesIO finds newlines with memchr, three times faster than bytes.split."""
+    runs over plain lists. BytesIO finds newlines with memchr, faster than bytes.split."""
     tail = b""
     for chunk in chunks:
         stats.bytes_decoded += len(chunk)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-DECODED_BYTES_PER_STORED_BYTE = 12  # gzip NDJSON: measured 11.5 for the generator's realistic mix
+DECODED_BYTES_PER_STORED_BYTE = 12  # gzip NDJSON, rounded up (docs/PERFORMANCE.md, memory)
 DEFAULT_BUDGET_MIB = 128  # throttles only objects over about 2 MiB gzip; typical ones are far smaller
 # The consumer's pool delivers one object per worker. Its pod's limit is 1 GiB and the process itself takes
 # about 300 MiB; eight workers on the collector's largest objects (64 MiB uncompressed, about 70 MiB decoded

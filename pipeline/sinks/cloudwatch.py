@@ -112,7 +112,7 @@ class CloudWatchSink(TenantWriter):
 
 
 # botocore serializes PutLogEvents parameter by parameter in Python, which costs more than everything else
-# in the pipeline and caps a client near 200k events/s. The sink serializes the body once with orjson and
+# in the pipeline and sets a client's ceiling (docs/PERFORMANCE.md). The sink serializes the body once with orjson and
 # swaps it in through botocore's documented before-sign hook, so the signature covers the real body.
 _PRESET_EVENT = "before-sign.cloudwatch-logs.PutLogEvents"
 _preset = threading.local()
