@@ -31,7 +31,7 @@ MIN_UNIT_BYTES = 256 * 1024  # below this, per-unit overhead outweighs balance
 UNITS_PER_WORKER = 4
 # The streaming packer's buffer: pods wait here until this many objects are to deliver, then are packed
 # together. A window that fits is packed as a whole (balanced as well as the window allows); a bigger one is
-# packed buffer by buffer, which holds the driver's memory to the buffer (~400 bytes an object).
+# packed buffer by buffer, which holds the driver's memory to the buffer (~540 bytes an object).
 PACK_BUFFER_OBJECTS = 20_000
 
 

@@ -27,6 +27,7 @@ FAILED_DETAIL_MAX = 1000  # per delivery: failures beyond this are counted, not 
 # grow the driver or the report without bound); skips, which need no action, are listed as a sample.
 RUN_FAILED_MAX = 10_000
 RUN_SKIPPED_SAMPLE = 1000
+TIMELINE_MAX = 2000  # throughput points: one a unit, thinned past this, so a long backfill's report stays small
 
 
 @dataclass
@@ -178,7 +179,8 @@ class ReplayReport:
             self.listing_failed.add(prefix, reason)
 
     def tick(self) -> None:
-        """Record a point of throughput over time, for the replay_report notebook."""
+        """Record a point of throughput over time, for the replay_report notebook. Points are cumulative, so
+        thinning them keeps the curve: past TIMELINE_MAX every other one goes (the first and last stay)."""
         self.timeline.append(
             {
                 "t": round(time.monotonic() - self.started, 3),
@@ -187,6 +189,11 @@ class ReplayReport:
                 "bytes": self.total("bytes_read"),
             }
         )
+        if len(self.timeline) > TIMELINE_MAX:
+            last = self.timeline[-1]
+            self.timeline = self.timeline[::2]
+            if self.timeline[-1] is not last:
+                self.timeline.append(last)
 
     @property
     def objects_done(self) -> int:

@@ -12,7 +12,15 @@ import pytest
 
 from pipeline.delivery import LEDGER_SKIP, DeliveryResult, ObjectResult, Status
 from pipeline.replay.plan import DeliveryPlan, ObjectSpec, Plan, WorkUnit
-from pipeline.replay.report import EXIT_INTERRUPTED, FAILED_DETAIL_MAX, INTERRUPTED, ReplayReport
+from pipeline.replay.report import (
+    EXIT_INTERRUPTED,
+    FAILED_DETAIL_MAX,
+    INTERRUPTED,
+    RUN_FAILED_MAX,
+    RUN_SKIPPED_SAMPLE,
+    TIMELINE_MAX,
+    ReplayReport,
+)
 
 UNTIL = datetime(2024, 6, 20, 12, tzinfo=UTC)
 UTC_SINCE = UNTIL - timedelta(hours=1)
@@ -332,3 +340,36 @@ def test_put_requests_and_their_minimum_count_only_cloudwatch_deliveries_per_ten
     assert (sections["cloudwatch"]["requests"], sections["cloudwatch"]["requests_minimum"]) == (2, 1)
     assert sections["s3-archive"]["requests"] == 14
     assert "min_puts" in report.summary_table()
+
+
+def test_the_timeline_is_thinned_not_grown_past_its_cap() -> None:
+    report = report_of(make_plan())
+    for n in range(5 * TIMELINE_MAX + 3):
+        report.add(delivered(key("acme", n), 1))
+        report.tick()
+    timeline = report.to_dict()["timeline"]
+    assert TIMELINE_MAX // 2 <= len(timeline) <= TIMELINE_MAX + 1
+    assert timeline[0]["events"] == 1 and timeline[-1]["events"] == 5 * TIMELINE_MAX + 3
+    assert [p["events"] for p in timeline] == sorted(p["events"] for p in timeline)
+
+
+def test_failures_and_skips_are_counted_whole_and_listed_up_to_their_caps() -> None:
+    report = report_of(make_plan())
+    for n in range(RUN_FAILED_MAX + 7):
+        report.add(ObjectResult(key("acme", n), tenant="acme").fail("AccessDenied", recoverable=True))
+    for n in range(RUN_SKIPPED_SAMPLE + 5):
+        report.add(ObjectResult(key("acme", n), Status.SKIPPED, LEDGER_SKIP, tenant="acme"))
+    doc = report.to_dict()
+    assert (doc["objects_failed_count"], len(doc["objects_failed"]), doc["objects_failed_omitted"]) == (
+        RUN_FAILED_MAX + 7,
+        RUN_FAILED_MAX,
+        7,
+    )
+    assert (doc["objects_skipped_count"], len(doc["objects_skipped"]), doc["objects_skipped_omitted"]) == (
+        RUN_SKIPPED_SAMPLE + 5,
+        RUN_SKIPPED_SAMPLE,
+        5,
+    )
+    assert doc["objects_skipped_by_reason"] == {LEDGER_SKIP: RUN_SKIPPED_SAMPLE + 5}
+    assert doc["objects_skipped_ledger"] == RUN_SKIPPED_SAMPLE + 5
+    assert report.exit_code == 1
