@@ -526,7 +526,10 @@ def test_vendored_file_is_complete_and_from_the_indexed_commit(name: str) -> Non
     assert len(data["options"]) == reference.index["files"][name]["top_level_option_count"]
 
 
-@pytest.mark.skipif(not SHARED_REFERENCE.is_dir(), reason="the shared reference exists on the development machines")
+@pytest.mark.skipif(
+    not SHARED_REFERENCE.is_dir(),
+    reason="no ../shared/vector-reference beside this checkout (only the development machines have it)",
+)
 @pytest.mark.parametrize("name", ["README.md", "index.json", *VENDORED])
 def test_vendored_file_is_identical_to_the_shared_reference(name: str) -> None:
     assert (REFERENCE_DIR / name).read_bytes() == (SHARED_REFERENCE / name).read_bytes()
