@@ -422,17 +422,13 @@ class Deliverer:
         """
         if self.ledger is None or not self.routing.use_ledger:
             return None
-        by_tenant: dict[str, list[tuple[str, str | None]]] = {}
+        objects: list[tuple[str, str, str | None]] = []
         for ref in refs:
             try:
-                tenant = parse_key(ref.key).tenant
+                objects.append((parse_key(ref.key).tenant, ref.key, ref.etag))
             except InvalidKeyError:
                 continue  # deliver() reports it
-            by_tenant.setdefault(tenant, []).append((ref.key, ref.etag))
-        view: dict[str, frozenset[str]] = {}
-        for tenant, objects in by_tenant.items():
-            view |= self.ledger.delivered_many(tenant, objects)
-        return view
+        return self.ledger.delivered_for(objects)
 
     def _deliver_body(
         self,

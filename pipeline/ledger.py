@@ -107,6 +107,16 @@ class Ledger:
         item = resp.get("Item")
         return _delivered_ids(item, etag) if item and not _expired(item, self._clock()) else frozenset()
 
+    def delivered_for(self, objects: Iterable[tuple[str, str, str | None]]) -> dict[str, frozenset[str]]:
+        """`delivered_many` for (tenant, key, etag) triples of any tenants: one batched read per tenant."""
+        by_tenant: dict[str, list[tuple[str, str | None]]] = {}
+        for tenant, key, etag in objects:
+            by_tenant.setdefault(tenant, []).append((key, etag))
+        found: dict[str, frozenset[str]] = {}
+        for tenant, pairs in by_tenant.items():
+            found |= self.delivered_many(tenant, pairs)
+        return found
+
     def delivered_many(self, tenant_id: str, objects: Iterable[tuple[str, str | None]]) -> dict[str, frozenset[str]]:
         """Of (key, etag) pairs, {key: deliveries done at that ETag} for keys with any: a BatchGetItem per 100."""
         wanted = dict(objects)

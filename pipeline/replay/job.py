@@ -297,7 +297,7 @@ def _replay(
     # The top level is one LIST call: the driver makes it; everything below runs on the backend.
     prefixes, totals.list_calls = tenant_prefixes(aws.client("s3"), settings.bucket, flt)
     ledger_table = settings.ledger_table if routing.use_ledger else ""
-    spec = SurveySpec(settings.bucket, flt, tenants, routing, now, ledger_table or "")
+    spec = SurveySpec(settings.bucket, flt, tenants, routing, now, ledger_table)
     backend = _backend(opts, settings, workers, spec)
     bar = _progress(opts)
 
@@ -362,13 +362,12 @@ class _Interrupt:
 
     def __init__(self) -> None:
         self.requested = False
-        self.signal = 0
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:  # a second signal means "now"
             raise KeyboardInterrupt
-        self.requested, self.signal = True, signum
+        self.requested = True
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -139,9 +139,12 @@ def list_window(s3: S3Client, bucket: str, flt: ListingFilter, max_workers: int 
     listing = Listing()
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="list") as pool:
         tenants, listing.list_calls = tenant_prefixes(s3, bucket, flt)
-        apps = _level(pool, s3, bucket, tenants, flt.applications, listing)
-        pods = _level(pool, s3, bucket, apps, flt.pods, listing)
-        for pod in pool.map(lambda p: list_pod(s3, bucket, p, flt), pods):
+        apps = descend(pool, s3, bucket, tenants, flt.applications)
+        pods = descend(pool, s3, bucket, apps.prefixes, flt.pods)
+        for level in (apps, pods):
+            listing.malformed.extend(level.malformed)
+            listing.list_calls += level.list_calls
+        for pod in pool.map(lambda p: list_pod(s3, bucket, p, flt), pods.prefixes):
             if pod.objects:
                 listing.pods[pod.prefix] = pod.objects
             listing.malformed.extend(pod.malformed)
@@ -149,20 +152,14 @@ def list_window(s3: S3Client, bucket: str, flt: ListingFilter, max_workers: int 
     return listing
 
 
-def _level(
-    pool: ThreadPoolExecutor,
-    s3: S3Client,
-    bucket: str,
-    parents: Iterable[str],
-    wanted: tuple[str, ...],
-    listing: Listing,
-) -> list[str]:
+def descend(
+    pool: ThreadPoolExecutor, s3: S3Client, bucket: str, parents: Iterable[str], wanted: tuple[str, ...] = ()
+) -> Prefixes:
+    """The prefixes one level below each parent, listed in parallel on `pool`."""
     level = Prefixes()
     for found in pool.map(lambda p: children(s3, bucket, p, wanted), parents):
         level.extend(found)
-    listing.malformed.extend(level.malformed)
-    listing.list_calls += level.list_calls
-    return level.prefixes
+    return level
 
 
 def _collect(contents: Sequence[ObjectTypeDef], stop: str, pod: PodListing) -> bool:

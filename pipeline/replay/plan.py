@@ -133,6 +133,11 @@ class PlanTotals:
     def sampled(self) -> bool:
         return self.pods_listed < self.pods_found
 
+    def count_settled(self, result: ObjectResult) -> None:
+        """Count an object no delivery takes, under its reason."""
+        by_reason = self.skipped if result.status is Status.SKIPPED else self.failed
+        by_reason[result.reason] = by_reason.get(result.reason, 0) + 1
+
     def add(self, other: PlanTotals) -> None:
         """Fold another part of the window's figures into these."""
         _add_fields(self, other)
@@ -270,8 +275,7 @@ def _result(o: ListedObject) -> ObjectResult:
 
 
 def _settle(out: RoutedPods, result: ObjectResult) -> None:
-    by_reason = out.totals.skipped if result.status is Status.SKIPPED else out.totals.failed
-    by_reason[result.reason] = by_reason.get(result.reason, 0) + 1
+    out.totals.count_settled(result)
     out.settled.append(result)
 
 

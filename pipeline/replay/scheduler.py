@@ -106,7 +106,7 @@ class Scheduler:
     # --- listing -------------------------------------------------------------------------------------
 
     def _listing_idle(self) -> bool:
-        return not (self._pods or any(self._levels)) and not any(t.kind != "unit" for t in self._inflight.values())
+        return not (self._pods or any(self._levels)) and self._listing_inflight() == 0
 
     def _listing_inflight(self) -> int:
         return sum(t.kind != "unit" for t in self._inflight.values())
@@ -131,10 +131,11 @@ class Scheduler:
 
     def _descended(self, task: _Task, found: Prefixes) -> None:
         self.totals.list_calls += found.list_calls
-        for key, reason in found.malformed:
+        for key, reason in found.malformed:  # an object above the pod level: listed, and failed as a survey's are
+            result = ObjectResult(key).fail(reason, recoverable=False)
             self.totals.objects_listed += 1
-            self.totals.failed[reason] = self.totals.failed.get(reason, 0) + 1
-            self.report.failed.add(key, reason)
+            self.totals.count_settled(result)
+            self.report.settle(result)
         if task.level == 1:
             self._levels[1].extend(found.prefixes)
             return

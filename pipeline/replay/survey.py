@@ -22,7 +22,7 @@ from pipeline import aws
 from pipeline.delivery import ObjectResult, Routing
 from pipeline.ledger import Ledger, LedgerError
 from pipeline.records import decode_events
-from pipeline.replay.listing import ListedObject, ListingFilter, PodListing, Prefixes, children, list_pod
+from pipeline.replay.listing import ListedObject, ListingFilter, PodListing, Prefixes, descend, list_pod
 from pipeline.replay.plan import ObjectSpec, PlanTotals, route_pods, spec_of
 from pipeline.tenants import Tenant
 
@@ -64,10 +64,7 @@ class Surveyor:
 
     def descend(self, prefixes: list[str], wanted: tuple[str, ...] = ()) -> Prefixes:
         """The prefixes one level below each of `prefixes` (applications below tenants, pods below those)."""
-        level = Prefixes()
-        for found in self._pool.map(lambda p: children(self.s3, self.spec.bucket, p, wanted), prefixes):
-            level.extend(found)
-        return level
+        return descend(self._pool, self.s3, self.spec.bucket, prefixes, wanted)
 
     def survey(self, pod_prefixes: list[str]) -> Survey:
         spec = self.spec
@@ -98,19 +95,13 @@ class Surveyor:
         A failed read leaves the objects planned: each worker reads its unit's entries again before it
         delivers, so the ledger still decides; only a dry run's "already delivered" would be short.
         """
-        if self.ledger is None or not self.spec.routing.use_ledger:
+        if self.ledger is None:
             return {}
-        by_tenant: dict[str, list[tuple[str, str | None]]] = {}
-        for objs in pods.values():
-            for o in objs:
-                by_tenant.setdefault(o.parsed.tenant, []).append((o.key, o.etag))
-        delivered: dict[str, frozenset[str]] = {}
         try:
-            for tenant, objects in by_tenant.items():
-                delivered |= self.ledger.delivered_many(tenant, objects)
+            return self.ledger.delivered_for((o.parsed.tenant, o.key, o.etag) for objs in pods.values() for o in objs)
         except (ClientError, BotoCoreError, LedgerError) as exc:
             log.warning("ledger read failed; its objects stay planned", extra={"reason": str(exc)[:300]})
-        return delivered
+            return {}
 
     def _events_per_byte(self, pods: Mapping[str, list[ListedObject]]) -> float:
         """Events per stored byte of one object of these pods: the plan's event estimate, one GET a survey."""
