@@ -99,21 +99,30 @@ class DeliveryResult(DeliveryCounts):
     recorded: bool = False  # in the ledger
     durable: bool = True  # False until the sink's flush() for sinks that are not durable on return
     batched: bool = False  # durable, its record left for the caller's commit() to write with others
+    code: str = ""  # the AWS error code behind a failure, when known (DeliveryError.code)
+    held: bool = False  # not attempted: the caller held it back (its destination is backing off)
 
     @property
     def done(self) -> bool:
         return self.status in (Status.DELIVERED, Status.DAMAGED)
 
-    def fail(self, reason: str, recoverable: bool) -> DeliveryResult:
-        self.status, self.reason, self.recoverable = Status.FAILED, reason, recoverable
+    def fail(self, reason: str, recoverable: bool, code: str = "") -> DeliveryResult:
+        self.status, self.reason, self.recoverable, self.code = Status.FAILED, reason, recoverable, code
         return self
+
+    def failed_with(self, exc: DeliveryError) -> DeliveryResult:
+        return self.fail(exc.reason, exc.recoverable, exc.code)
 
     def skip(self, reason: str) -> DeliveryResult:
         self.status, self.reason = Status.SKIPPED, reason
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("recorded", "durable", "batched")}
+        d = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("recorded", "durable", "batched", "held")
+        }
         d["status"] = str(self.status)
         return d
 
@@ -347,7 +356,11 @@ class Deliverer:
         )
 
     def deliver(
-        self, ref: ObjectRef, delivered: frozenset[str] | None = None, batches: PodBatches | None = None
+        self,
+        ref: ObjectRef,
+        delivered: frozenset[str] | None = None,
+        batches: PodBatches | None = None,
+        held: Mapping[str, str] | None = None,
     ) -> ObjectResult:
         """Deliver one object to each of its deliveries. Never raises for a bad object or a bad delivery.
 
@@ -360,6 +373,10 @@ class Deliverer:
         idempotent deliveries (S3) and that the ledger had no record of: they are written whole, in batches
         (`Ledger.replace_items`), because losing one to a crash costs a resend that overwrites the same
         objects, never a duplicate.
+
+        `held`: delivery id → reason, for deliveries the caller holds back without an attempt (the consumer's
+        circuit for a destination that is backing off). Each fails recoverably with its reason and `held`
+        set, before the object is read; the object's other deliveries go on.
         """
         result = ObjectResult(key=ref.key, etag=(ref.etag or "").strip('"'))
         try:
@@ -370,6 +387,8 @@ class Deliverer:
         try:
             tenant = self.tenants.get(parsed.tenant)
             todo = self._route(tenant, parsed, ref, result, delivered)
+            if held:
+                todo = self._hold(todo, held)
             if self.group_commit and delivered is not None and not delivered and self._idempotent_only(tenant):
                 for _, r in todo:
                     r.batched = True
@@ -388,6 +407,20 @@ class Deliverer:
             except (ClientError, BotoCoreError) as exc:
                 self._fail_unrecorded(todo, f"{type(exc).__name__}: {aws.error_code(exc) or exc}", recoverable=True)
         return result.settle()
+
+    @staticmethod
+    def _hold(
+        todo: list[tuple[Delivery, DeliveryResult]], held: Mapping[str, str]
+    ) -> list[tuple[Delivery, DeliveryResult]]:
+        """The deliveries of `todo` not held back; the held ones fail recoverably, never attempted."""
+        left = []
+        for d, r in todo:
+            if d.delivery_id in held:
+                r.fail(held[d.delivery_id], recoverable=True)
+                r.held = True
+            else:
+                left.append((d, r))
+        return left
 
     @staticmethod
     def _fail_unrecorded(todo: list[tuple[Delivery, DeliveryResult]], reason: str, recoverable: bool) -> None:
@@ -472,7 +505,7 @@ class Deliverer:
         try:
             r.add(sink.put_object(d, source))
         except DeliveryError as exc:
-            r.fail(exc.reason, exc.recoverable)
+            r.failed_with(exc)
             return
         self._record(result, r, sink)
 
@@ -540,7 +573,7 @@ class Deliverer:
                     try:
                         r.add(sink.send(d, name, prepared.events))
                     except DeliveryError as exc:
-                        r.fail(exc.reason, exc.recoverable)
+                        r.failed_with(exc)
                         continue
                 r.streams.append(name)
         for d, r in todo:
@@ -556,7 +589,7 @@ class Deliverer:
         """Every event the object gave a delivery through filled batches is answered (on a put thread)."""
         r.add(p.sent)
         if p.error is not None and r.status is not Status.FAILED:
-            r.fail(p.error.reason, p.error.recoverable)
+            r.failed_with(p.error)
         self._record(result, r, p.sink)
 
     def _idempotent_only(self, tenant: Tenant) -> bool:

@@ -29,9 +29,12 @@ class DeliveryError(Exception):
 
     recoverable: bool = True
 
-    def __init__(self, reason: str, *, recoverable: bool | None = None) -> None:
+    def __init__(self, reason: str, *, recoverable: bool | None = None, code: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+        # The AWS error code behind the failure, when there is one (ThrottlingException, AccessDenied…):
+        # what the consumer's per-destination circuits and the failure metrics are keyed on.
+        self.code = code
         if recoverable is not None:
             self.recoverable = recoverable
 

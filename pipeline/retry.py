@@ -86,4 +86,4 @@ class Retrying:
     def backoff(self, what: str, code: str) -> None:
         """`wait()`, or raise a recoverable DeliveryError naming what kept failing, how, and how often."""
         if not self.wait():
-            raise DeliveryError(f"{what} still failing after {self.failures} attempts: {code}")
+            raise DeliveryError(f"{what} still failing after {self.failures} attempts: {code}", code=code)
