@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from pipeline.counters import DeliveryCounts
+from pipeline.coverage import EMPTY, Coverage
 from pipeline.records import Event
 
 MAX_BATCH_BYTES = 1_048_576
@@ -115,31 +116,59 @@ class PreparedStream(DeliveryCounts):
 
 
 def prepare(
-    events: Iterable[Event], now_ms: int, since_ms: int | None = None, until_ms: int | None = None
+    events: Iterable[Event],
+    now_ms: int,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    covered: Coverage = EMPTY,
 ) -> PreparedStream:
-    """Sort by timestamp, drop what is outside [since_ms, until_ms) (counted as filtered), hold back what
-    CloudWatch would reject (over 14 days old, over 2 h ahead), and split oversized events.
+    """Sort by timestamp, drop what is outside [since_ms, until_ms) (counted as filtered) and what an
+    earlier run already delivered (`covered`, from the ledger: counted as already delivered), hold back
+    what CloudWatch would reject (over 14 days old, over 2 h ahead), and split oversized events.
 
     Counting these here makes the report exact for every sink: Vector's CloudWatch sink drops old events
-    silently, and the native sink saves a call. A list argument is sorted in place. The common case (all
-    in range, nothing oversized) runs in C: one sort, a few bisections and one max().
+    silently, and the native sink saves a call. A list argument is sorted in place (and may be prepared
+    again, for another delivery's coverage). The common case (all in range, nothing covered, nothing
+    oversized) runs in C: one sort, a few bisections and one max().
     """
     evs = events if isinstance(events, list) else list(events)
     evs.sort(key=_ts)  # stable: equal timestamps keep their order in the object
     n = len(evs)
     lo = 0 if since_ms is None else bisect_left(evs, since_ms, key=_ts)
     hi = n if until_ms is None else bisect_left(evs, until_ms, key=_ts, lo=lo)
-    start = max(lo, bisect_left(evs, now_ms - MAX_AGE_MS, key=_ts, lo=lo, hi=hi))
-    end = min(hi, bisect_right(evs, now_ms + MAX_FUTURE_MS, key=_ts, lo=start, hi=hi))
-    out = PreparedStream(
-        events_rejected_too_old=start - lo, events_rejected_too_new=hi - end, events_filtered=lo + (n - hi)
-    )
-    kept = evs if start == 0 and end == n else evs[start:end]
+    out = PreparedStream(events_filtered=lo + (n - hi))
+    segments = _uncovered(evs, lo, hi, covered) if covered else [(lo, hi)]
+    out.events_already_delivered = (hi - lo) - sum(b - a for a, b in segments)
+    parts: list[list[Event]] = []
+    for a, b in segments:
+        start = max(a, bisect_left(evs, now_ms - MAX_AGE_MS, key=_ts, lo=a, hi=b))
+        end = min(b, bisect_right(evs, now_ms + MAX_FUTURE_MS, key=_ts, lo=start, hi=b))
+        out.events_rejected_too_old += start - a
+        out.events_rejected_too_new += b - end
+        parts.append(evs if start == 0 and end == n else evs[start:end])
+    kept = parts[0] if len(parts) == 1 else [ev for part in parts for ev in part]
     # A character is at most 4 UTF-8 bytes, so only longer messages can be over the limit.
     if kept and max(map(len, map(_msg, kept))) > MAX_MESSAGE_BYTES // 4:
         kept = _split_oversized(kept, out)
     out.events = kept
     return out
+
+
+def _uncovered(evs: list[Event], lo: int, hi: int, covered: Coverage) -> list[tuple[int, int]]:
+    """The index ranges of evs[lo:hi] (sorted) whose timestamps `covered` does not hold, in order."""
+    segments: list[tuple[int, int]] = []
+    start = lo
+    for clo, chi in covered.intervals:
+        a = bisect_left(evs, clo, key=_ts, lo=start, hi=hi)
+        b = bisect_left(evs, chi, key=_ts, lo=a, hi=hi)
+        if a > start:
+            segments.append((start, a))
+        start = max(start, b)
+        if start >= hi:
+            break
+    if start < hi:
+        segments.append((start, hi))
+    return segments
 
 
 def _split_oversized(events: list[Event], out: PreparedStream) -> list[Event]:

@@ -32,6 +32,7 @@ class DeliveryCounts(_Counts):
     events_rejected_too_new: int = 0  # over 2 h ahead
     events_rejected_expired: int = 0  # older than the group's retention
     events_filtered: int = 0  # outside the requested time window
+    events_already_delivered: int = 0  # inside it, but an earlier run delivered them (the ledger's coverage)
     events_split: int = 0  # over the one-event limit, each sent as several parts
     bytes_delivered: int = 0  # object sinks: bytes stored; event sinks: the decoded object
     requests: int = 0  # calls that carried data: PutLogEvents, PutObject, Vector writes

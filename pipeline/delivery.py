@@ -26,13 +26,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import allocator, aws
 from pipeline.assembly import IN_FLIGHT_PUTS, Pending, PodBatches, PutPipeline
-from pipeline.batching import MAX_STREAM_NAME_CHARS, group_by_stream, prepare
+from pipeline.batching import MAX_STREAM_NAME_CHARS, PreparedStream, group_by_stream, prepare
 from pipeline.classify import Action, classify_error
 from pipeline.counters import DecodeCounts, DeliveryCounts
+from pipeline.coverage import EMPTY, WHOLE, Coverage
 from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError, NonRecoverableError
 from pipeline.keys import InvalidKeyError, ObjectKey, parse_key
-from pipeline.ledger import Ledger, LedgerEntry, LedgerError
+from pipeline.ledger import NOTHING, Ledger, LedgerEntry, LedgerError, ObjectLedger
 from pipeline.records import DecodeStats, Event, decode_events
 from pipeline.retry import RetryPolicy
 from pipeline.settings import ConfigError, Settings
@@ -73,6 +74,10 @@ class TimeWindow:
     since_ms: int
     until_ms: int
 
+    @property
+    def coverage(self) -> Coverage:
+        return Coverage.window(self.since_ms, self.until_ms)
+
     def holds_object(self, parsed: ObjectKey, last_modified: datetime | None) -> bool:
         written = parsed.write_time or last_modified
         return written is None or self.since_ms <= written.timestamp() * 1000 < self.until_ms
@@ -101,6 +106,10 @@ class DeliveryResult(DeliveryCounts):
     batched: bool = False  # durable, its record left for the caller's commit() to write with others
     code: str = ""  # the AWS error code behind a failure, when known (DeliveryError.code)
     held: bool = False  # not attempted: the caller held it back (its destination is backing off)
+    # Event deliveries: what the ledger says earlier runs delivered of this object (not sent again), and
+    # what this run is to cover (its window, or the whole object) and records once durable.
+    covered: Coverage = EMPTY
+    scope: Coverage = WHOLE
 
     @property
     def done(self) -> bool:
@@ -121,7 +130,7 @@ class DeliveryResult(DeliveryCounts):
         d = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("recorded", "durable", "batched", "held")
+            if f.name not in ("recorded", "durable", "batched", "held", "covered", "scope")
         }
         d["status"] = str(self.status)
         return d
@@ -215,24 +224,32 @@ class Routing:
     def whole_objects(self, kind: DeliveryType) -> bool:
         return not self.traits[kind].needs_events
 
+    @property
+    def scope(self) -> Coverage:
+        """What an event delivery of this run covers of an object: the window, or all of it."""
+        return self.window.coverage if self.window else WHOLE
+
     def route(
         self,
         tenant: Tenant,
         parsed: ObjectKey,
         last_modified: datetime | None,
-        delivered: Callable[[], frozenset[str]],
+        delivered: Callable[[], Mapping[str, Coverage]],
+        held: Mapping[str, str] | None = None,
     ) -> tuple[list[DeliveryResult], list[tuple[Delivery, DeliveryResult]]]:
         """(a result for every selected delivery, the deliveries with work to do and their results).
 
-        `delivered` gives the deliveries the ledger has for this object; it is called at most once, and
-        only when a delivery needs the answer.
+        `delivered` gives what the ledger has for this object, per delivery; it is called at most once,
+        and only when a delivery needs the answer. An object delivery with a record is done; an event
+        delivery is done when its record covers this run's scope, and otherwise sends only the rest.
+        `held`: deliveries the caller holds back (id → reason), failed recoverably before the ledger is asked.
         """
         results: list[DeliveryResult] = []
         todo: list[tuple[Delivery, DeliveryResult]] = []
         for bad in tenant.invalid:
             if self.selects(bad.delivery_id, ""):
                 results.append(DeliveryResult(bad.delivery_id, "?").fail(bad.reason, recoverable=False))
-        done: frozenset[str] | None = None
+        done: Mapping[str, Coverage] | None = None
         for d in tenant.deliveries:
             if not self.selects(d.delivery_id, d.type):
                 continue
@@ -244,15 +261,74 @@ class Routing:
             reason = d.skip_reason(parsed)
             if not reason and self.window and self.whole_objects(d.type):
                 reason = "" if self.window.holds_object(parsed, last_modified) else OUTSIDE_WINDOW
+            if not reason and held and d.delivery_id in held:
+                r.fail(held[d.delivery_id], recoverable=True)
+                r.held = True
+                continue
+            if not self.whole_objects(d.type):
+                r.scope = self.scope
             if not reason and self.use_ledger and self.traits[d.type].writes_ledger:
                 if done is None:
                     done = delivered()
-                reason = LEDGER_SKIP if d.delivery_id in done else ""
+                covered = done.get(d.delivery_id)
+                if covered is not None and (self.whole_objects(d.type) or covered.covers(r.scope)):
+                    reason = LEDGER_SKIP
+                elif covered is not None:
+                    r.covered = covered
             if reason:
                 r.skip(reason)
             else:
                 todo.append((d, r))
         return results, todo
+
+
+class _Source:
+    """One object of the central bucket, as the ledger check and the delivery see it.
+
+    The ledger is compared with the object's real ETag, never one a notification names. When the check
+    needs it before the body (the ledger holds something for the key), a HeadObject answers; the GetObject
+    that follows only if work is left is then made with `IfMatch` on that ETag, so what is sent is the
+    object that was checked. Without a check, GetObject alone gives the body and its ETag.
+    """
+
+    def __init__(self, s3: Any, ref: ObjectRef) -> None:
+        self.s3, self.ref = s3, ref
+        self._etag: str | None = None
+        self._error: DeliveryError | None = None
+
+    def _call(self, op: str, call: Callable[..., Any], **kwargs: Any) -> Any:
+        if self._error is not None:
+            raise self._error
+        try:
+            return call(Bucket=self.ref.bucket, Key=self.ref.key, **kwargs)
+        except ClientError as exc:
+            code = aws.error_code(exc)
+            # The central client keeps botocore's retries: what reaches here is a verdict, not a hiccup.
+            if classify_error("s3", exc) is Action.FAIL:  # NoSuchKey: deleted since the notification
+                self._error = NonRecoverableError(f"object no longer exists in s3://{self.ref.bucket}")
+            elif code == "PreconditionFailed":  # overwritten since the check: the next attempt checks again
+                self._error = DeliveryError("the object changed while it was being delivered", code=code)
+            else:
+                self._error = DeliveryError(f"{op} failed: {code or aws.http_status(exc)}", code=code)
+            raise self._error from exc
+        except BotoCoreError as exc:
+            self._error = DeliveryError(f"{op} failed: {type(exc).__name__}")
+            raise self._error from exc
+
+    def etag(self) -> str | None:
+        """The object's ETag (one HeadObject), or None when it cannot be read (open() then raises why)."""
+        if self._etag is None:
+            try:
+                self._etag = str(self._call("HeadObject", self.s3.head_object).get("ETag", "")).strip('"')
+            except DeliveryError:
+                return None
+        return self._etag
+
+    def open(self) -> Any:
+        """GetObject: the body, at the ETag checked if there was a check."""
+        obj = self._call("GetObject", self.s3.get_object, **({"IfMatch": f'"{self._etag}"'} if self._etag else {}))
+        self._etag = str(obj.get("ETag", "")).strip('"') or self._etag
+        return obj
 
 
 class Deliverer:
@@ -358,25 +434,27 @@ class Deliverer:
     def deliver(
         self,
         ref: ObjectRef,
-        delivered: frozenset[str] | None = None,
+        delivered: ObjectLedger | None = None,
         batches: PodBatches | None = None,
         held: Mapping[str, str] | None = None,
     ) -> ObjectResult:
         """Deliver one object to each of its deliveries. Never raises for a bad object or a bad delivery.
 
         `delivered`: what the ledger has for the object, when the caller read it in a batch (`ledger_view`);
-        None reads it here. `batches`: the pod's batches being filled (`batching()`), which hold back the
-        events of deliveries whose sink takes single batches until a batch is full; those deliveries are
-        recorded when their last batch is answered, at the latest in `finish()`. Other deliveries whose sink
-        is durable on return are in the ledger when this returns; the rest wait for the caller's `finish()`
-        (flush, then `commit()`). With `group_commit`, so do the records of an object whose tenant has only
-        idempotent deliveries (S3) and that the ledger had no record of: they are written whole, in batches
-        (`Ledger.replace_items`), because losing one to a crash costs a resend that overwrites the same
-        objects, never a duplicate.
+        None reads it here. The ledger is checked at the ETag GetObject answers, never at one a caller or a
+        notification names: when the ledger holds anything for the key, the object is opened first (its
+        body is read only if some delivery still has work). `batches`: the pod's batches being filled
+        (`batching()`), which hold back the events of deliveries whose sink takes single batches until a
+        batch is full; those deliveries are recorded when their last batch is answered, at the latest in
+        `finish()`. Other deliveries whose sink is durable on return are in the ledger when this returns;
+        the rest wait for the caller's `finish()` (flush, then `commit()`). With `group_commit`, so do the
+        records of an object whose tenant has only idempotent deliveries (S3) and that the ledger had no
+        record of: they are written whole, in batches (`Ledger.replace_items`), because losing one to a
+        crash costs a resend that overwrites the same objects, never a duplicate.
 
         `held`: delivery id → reason, for deliveries the caller holds back without an attempt (the consumer's
         circuit for a destination that is backing off). Each fails recoverably with its reason and `held`
-        set, before the object is read; the object's other deliveries go on.
+        set, before the ledger or the object is read; the object's other deliveries go on.
         """
         result = ObjectResult(key=ref.key, etag=(ref.etag or "").strip('"'))
         try:
@@ -384,12 +462,11 @@ class Deliverer:
         except InvalidKeyError as exc:
             return result.fail(exc.reason, recoverable=False)
         result.tenant, result.application = parsed.tenant, parsed.application
+        source = _Source(self.s3, ref)
         try:
             tenant = self.tenants.get(parsed.tenant)
-            todo = self._route(tenant, parsed, ref, result, delivered)
-            if held:
-                todo = self._hold(todo, held)
-            if self.group_commit and delivered is not None and not delivered and self._idempotent_only(tenant):
+            todo = self._route(tenant, parsed, ref, result, delivered, source, held)
+            if self.group_commit and delivered is not None and not delivered.records and self._idempotent_only(tenant):
                 for _, r in todo:
                     r.batched = True
         except NonRecoverableError as exc:
@@ -401,26 +478,12 @@ class Deliverer:
             return result.fail(f"tenant or ledger lookup failed: {aws.error_code(exc) or exc}", recoverable)
         if todo:
             try:
-                self._deliver_body(ref, parsed, todo, result, batches)
+                self._deliver_body(source, parsed, todo, result, batches)
             except DeliveryError as exc:
                 self._fail_unrecorded(todo, exc.reason, exc.recoverable)
             except (ClientError, BotoCoreError) as exc:
                 self._fail_unrecorded(todo, f"{type(exc).__name__}: {aws.error_code(exc) or exc}", recoverable=True)
         return result.settle()
-
-    @staticmethod
-    def _hold(
-        todo: list[tuple[Delivery, DeliveryResult]], held: Mapping[str, str]
-    ) -> list[tuple[Delivery, DeliveryResult]]:
-        """The deliveries of `todo` not held back; the held ones fail recoverably, never attempted."""
-        left = []
-        for d, r in todo:
-            if d.delivery_id in held:
-                r.fail(held[d.delivery_id], recoverable=True)
-                r.held = True
-            else:
-                left.append((d, r))
-        return left
 
     @staticmethod
     def _fail_unrecorded(todo: list[tuple[Delivery, DeliveryResult]], reason: str, recoverable: bool) -> None:
@@ -435,19 +498,27 @@ class Deliverer:
         parsed: ObjectKey,
         ref: ObjectRef,
         result: ObjectResult,
-        known: frozenset[str] | None,
+        known: ObjectLedger | None,
+        source: _Source,
+        held: Mapping[str, str] | None,
     ) -> list[tuple[Delivery, DeliveryResult]]:
         ledger = self.ledger
 
-        def delivered() -> frozenset[str]:
-            if known is not None:
-                return known
-            return frozenset() if ledger is None else ledger.delivered(tenant.tenant_id, ref.key, ref.etag)
+        def delivered() -> Mapping[str, Coverage]:
+            records = known if known is not None else NOTHING
+            if known is None and ledger is not None:
+                records = ledger.read(tenant.tenant_id, ref.key)
+            if not records.records:
+                return {}  # nothing to compare: no need for the ETag before the object is read anyway
+            etag = source.etag()
+            # An object that cannot be opened cannot be delivered: routing goes on as if nothing were
+            # recorded, and every delivery with work then fails with the object's own error.
+            return {} if etag is None else records.at(etag)
 
-        result.deliveries, todo = self.routing.route(tenant, parsed, ref.last_modified, delivered)
+        result.deliveries, todo = self.routing.route(tenant, parsed, ref.last_modified, delivered, held)
         return todo
 
-    def ledger_view(self, refs: Iterable[ObjectRef]) -> dict[str, frozenset[str]] | None:
+    def ledger_view(self, refs: Iterable[ObjectRef]) -> dict[str, ObjectLedger] | None:
         """What the ledger has for many objects, read in batches (BatchGetItem, 100 keys a call): for callers
         that deliver a known set of objects (a replay unit), instead of one read per object.
 
@@ -455,30 +526,25 @@ class Deliverer:
         """
         if self.ledger is None or not self.routing.use_ledger:
             return None
-        objects: list[tuple[str, str, str | None]] = []
+        objects: list[tuple[str, str]] = []
         for ref in refs:
             try:
-                objects.append((parse_key(ref.key).tenant, ref.key, ref.etag))
+                objects.append((parse_key(ref.key).tenant, ref.key))
             except InvalidKeyError:
                 continue  # deliver() reports it
-        return self.ledger.delivered_for(objects)
+        return self.ledger.read_for(objects)
 
     def _deliver_body(
         self,
-        ref: ObjectRef,
+        source: _Source,
         parsed: ObjectKey,
         todo: list[tuple[Delivery, DeliveryResult]],
         result: ObjectResult,
         batches: PodBatches | None,
     ) -> None:
-        try:
-            obj = self.s3.get_object(Bucket=ref.bucket, Key=ref.key)
-        except ClientError as exc:
-            # The central client keeps botocore's retries: what reaches here is a verdict, not a hiccup.
-            if classify_error("s3", exc) is Action.FAIL:  # NoSuchKey: deleted since the notification
-                raise NonRecoverableError(f"object no longer exists in s3://{ref.bucket}") from exc
-            raise DeliveryError(f"GetObject failed: {aws.error_code(exc)}") from exc
-        result.etag = str(obj.get("ETag", result.etag)).strip('"')
+        ref = source.ref
+        obj = source.open()
+        result.etag = source.etag() or result.etag
         last_modified: datetime | None = obj.get("LastModified") or ref.last_modified
         fallback_ms = int(last_modified.timestamp() * 1000) if last_modified else int(self._clock() * 1000)
         result.last_modified = fallback_ms / 1000
@@ -490,10 +556,10 @@ class Deliverer:
             # Object deliveries go first: each is cheap and durable at once, so a kill after them leaves
             # only the event deliveries to send again.
             body = body.read()
-            source = SourceObject(ref.bucket, ref.key, result.etag, body, parsed)
+            source_object = SourceObject(ref.bucket, ref.key, result.etag, body, parsed)
             result.bytes_read = len(body)
             for d, r in by_objects:
-                self._put_object(d, r, source, result)
+                self._put_object(d, r, source_object, result)
         if by_events:
             self._send_events(body, fallback_ms, parsed, by_events, result, batches)
         result.delivered_at = self._clock()
@@ -548,7 +614,7 @@ class Deliverer:
     ) -> None:
         now_ms = int(self._clock() * 1000)
         window = self.routing.window
-        bounds = (window.since_ms, window.until_ms) if window else ()
+        since, until = (window.since_ms, window.until_ms) if window else (None, None)
         for name in sorted(streams):
             live = [(d, r) for d, r in todo if r.status is not Status.FAILED]
             if not live:
@@ -557,12 +623,17 @@ class Deliverer:
                 for _, r in live:
                     r.fail(f"log stream name is over {MAX_STREAM_NAME_CHARS} characters", recoverable=False)
                 break
-            prepared = prepare(streams.pop(name), now_ms, *bounds)
-            # A stream wholly outside the window has only its filtered events to count, and is not touched.
-            outside = bool(prepared.events_filtered) and not (prepared.events or prepared.events_rejected)
+            events = streams.pop(name)
+            # Deliveries differ only in what the ledger says earlier runs covered: one preparation each.
+            prepared_for: dict[Coverage, PreparedStream] = {}
             for d, r in live:
+                prepared = prepared_for.get(r.covered)
+                if prepared is None:
+                    prepared = prepared_for[r.covered] = prepare(events, now_ms, since, until, r.covered)
                 r.add(prepared)
-                if outside:
+                # Nothing of the stream is this run's to send (outside the window, or delivered before):
+                # counted, not touched.
+                if not (prepared.events or prepared.events_rejected):
                     continue
                 if prepared.events and batches is not None and id(r) in pending:
                     batches.add(pending[id(r)], name, prepared.events)
@@ -662,6 +733,8 @@ class Deliverer:
             delivered_at=self._clock(),
             delivery_id=r.delivery_id,
             bytes_delivered=r.bytes_delivered,
+            # Event deliveries add what this run covered; the ledger keeps the union with earlier runs'.
+            covered=r.scope if self.sinks[DeliveryType(r.type)].traits.needs_events else None,
         )
 
     def _write_ledger(self, result: ObjectResult, r: DeliveryResult) -> None:

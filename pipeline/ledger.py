@@ -5,6 +5,13 @@ received lives inside it, in the map `deliveries`: per `delivery_id`, the ETag i
 counts and when. An item written before deliveries existed has those fields at the top level; it counts
 for the delivery `cloudwatch`.
 
+Event deliveries (CloudWatch, Vector) also say which part of the object's events they received, by event
+time (`pipeline.coverage`): each write adds one element "<delivery_id> <etag> <lo> <hi>" (`*` for an open
+end) to the string set `covered`, with DynamoDB's ADD, an atomic union that needs no read and no condition.
+What a delivery has received at an ETag is the union of its elements for that ETag; a record with none
+(written before coverage existed, or by an object delivery such as S3) covers the whole object. A replay
+window then sends exactly the events of its range that no earlier run covered, and adds its range.
+
 Two deliveries of one object may finish at the same instant on different threads or processes. The map
 is created by a conditional write that only one of them can win; every later write sets only its own
 entry of the map (`SET deliveries.#id`), so neither can overwrite the other.
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline import aws
+from pipeline.coverage import MAX_MS, MIN_MS, WHOLE, Coverage, decode_bound, encode_bound
 from pipeline.errors import DeliveryError
 from pipeline.retry import RetryPolicy
 from pipeline.tenants import V1_DELIVERY_ID
@@ -43,6 +51,7 @@ UNPROCESSED_ATTEMPTS = 8  # batch rounds for keys DynamoDB left unprocessed (thr
 UNPROCESSED_RETRY = RetryPolicy(attempts=UNPROCESSED_ATTEMPTS + 1, base_s=0.05, cap_s=2.0)
 CONDITION_FAILED = "ConditionalCheckFailedException"
 TTL_ATTRIBUTE = "expires_at"
+COVERED_ATTRIBUTE = "covered"
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,26 @@ class LedgerEntry:
     delivered_at: float = 0.0
     delivery_id: str = V1_DELIVERY_ID
     bytes_delivered: int = 0
+    # The event-time range this write adds to what the delivery received at `etag`: a replay window, or
+    # WHOLE. None for object deliveries (S3), whose record alone means the whole object.
+    covered: Coverage | None = None
+
+
+@dataclass(frozen=True)
+class ObjectLedger:
+    """What the ledger holds for one object: per delivery, the ETag of its record and what it received at
+    that ETag. Read before the object's real ETag is known; `at()` answers once it is."""
+
+    records: Mapping[str, tuple[str, Coverage]]
+
+    def at(self, etag: str | None) -> dict[str, Coverage]:
+        """{delivery_id: coverage} of the records made at this ETag (an overwritten object has none).
+        Without an ETag (a caller that cannot know it) the key alone decides."""
+        want = _norm_etag(etag)
+        return {d: cov for d, (e, cov) in self.records.items() if etag is None or e == want}
+
+
+NOTHING = ObjectLedger({})
 
 
 class LedgerError(DeliveryError):
@@ -97,31 +126,49 @@ class Ledger:
             self._client = aws.client("dynamodb")
         return self._client
 
-    def delivered(self, tenant_id: str, key: str, etag: str | None) -> frozenset[str]:
-        """The deliveries this object, at this ETag, was already delivered to. An overwritten object: none."""
+    def read(self, tenant_id: str, key: str) -> ObjectLedger:
+        """What the ledger holds for one object (a consistent read)."""
         resp = self._ddb().get_item(
             TableName=self.table,
             Key={"tenant_id": {"S": tenant_id}, "object_key": {"S": key}},
             ConsistentRead=True,
         )
         item = resp.get("Item")
-        return _delivered_ids(item, etag) if item and not _expired(item, self._clock()) else frozenset()
+        return _object_ledger(item) if item and not _expired(item, self._clock()) else NOTHING
+
+    def read_for(self, objects: Iterable[tuple[str, str]]) -> dict[str, ObjectLedger]:
+        """`read_many` for (tenant, key) pairs of any tenants: one batched read per tenant."""
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, key in objects:
+            by_tenant.setdefault(tenant, []).append(key)
+        found: dict[str, ObjectLedger] = {}
+        for tenant, keys in by_tenant.items():
+            found |= self.read_many(tenant, keys)
+        return found
+
+    def delivered(self, tenant_id: str, key: str, etag: str | None) -> frozenset[str]:
+        """The deliveries with a record of this object at this ETag (whatever part of it they received)."""
+        return frozenset(self.read(tenant_id, key).at(etag))
 
     def delivered_for(self, objects: Iterable[tuple[str, str, str | None]]) -> dict[str, frozenset[str]]:
-        """`delivered_many` for (tenant, key, etag) triples of any tenants: one batched read per tenant."""
-        by_tenant: dict[str, list[tuple[str, str | None]]] = {}
-        for tenant, key, etag in objects:
-            by_tenant.setdefault(tenant, []).append((key, etag))
+        """`delivered` for (tenant, key, etag) triples of any tenants, read in batches; keys with none left out."""
+        triples = list(objects)
+        held = self.read_for((tenant, key) for tenant, key, _ in triples)
         found: dict[str, frozenset[str]] = {}
-        for tenant, pairs in by_tenant.items():
-            found |= self.delivered_many(tenant, pairs)
+        for _, key, etag in triples:
+            done = frozenset(held[key].at(etag)) if key in held else frozenset()
+            if done:
+                found[key] = done
         return found
 
     def delivered_many(self, tenant_id: str, objects: Iterable[tuple[str, str | None]]) -> dict[str, frozenset[str]]:
-        """Of (key, etag) pairs, {key: deliveries done at that ETag} for keys with any: a BatchGetItem per 100."""
-        wanted = dict(objects)
-        keys = list(wanted)
-        found: dict[str, frozenset[str]] = {}
+        """Of (key, etag) pairs, {key: deliveries with a record at that ETag} for keys with any."""
+        return self.delivered_for((tenant_id, key, etag) for key, etag in objects)
+
+    def read_many(self, tenant_id: str, keys: Iterable[str]) -> dict[str, ObjectLedger]:
+        """{key: what the ledger holds} for the keys it holds anything of: a BatchGetItem per 100 keys."""
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, ObjectLedger] = {}
         for i in range(0, len(keys), BATCH_GET_MAX):
             request: dict[str, Any] = {
                 self.table: {
@@ -135,10 +182,7 @@ class Ledger:
                 for item in resp.get("Responses", {}).get(self.table, []):
                     if _expired(item, self._clock()):
                         continue
-                    k = item["object_key"]["S"]
-                    done = _delivered_ids(item, wanted.get(k))
-                    if done:
-                        found[k] = done
+                    found[item["object_key"]["S"]] = _object_ledger(item)
         return found
 
     def record(self, entry: LedgerEntry) -> None:
@@ -149,7 +193,13 @@ class Ledger:
         # Each write moves the item's expiry on: an object is forgotten a retention after its last delivery.
         expiry = self._expiry()
         ttl_set = f", {TTL_ATTRIBUTE} = :e" if expiry else ""
-        ttl_value = {":e": expiry} if expiry else {}
+        values: dict[str, Any] = {":e": expiry} if expiry else {}
+        # What an event delivery received joins what earlier runs did: ADD is a set union made by DynamoDB
+        # itself, so two runs recording at once both keep their ranges.
+        add = ""
+        if entry.covered is not None:
+            add = f" ADD {COVERED_ATTRIBUTE} :c"
+            values[":c"] = {"SS": _coverage_elements(entry.delivery_id, entry.etag, entry.covered)}
         # The first delivery of an object (the common case) creates the map in one write; a later one, or the
         # loser of a race to create it, sets only its own entry.
         for _ in range(2):
@@ -157,9 +207,9 @@ class Ledger:
                 ddb.update_item(
                     TableName=self.table,
                     Key=key,
-                    UpdateExpression="SET deliveries = :m" + ttl_set,
+                    UpdateExpression="SET deliveries = :m" + ttl_set + add,
                     ConditionExpression="attribute_not_exists(deliveries)",
-                    ExpressionAttributeValues={":m": {"M": {entry.delivery_id: {"M": record}}}, **ttl_value},
+                    ExpressionAttributeValues={":m": {"M": {entry.delivery_id: {"M": record}}}, **values},
                 )
                 return
             except ddb.exceptions.ConditionalCheckFailedException:
@@ -168,10 +218,10 @@ class Ledger:
                 ddb.update_item(
                     TableName=self.table,
                     Key=key,
-                    UpdateExpression="SET deliveries.#id = :r" + ttl_set,
+                    UpdateExpression="SET deliveries.#id = :r" + ttl_set + add,
                     ConditionExpression="attribute_exists(deliveries)",
                     ExpressionAttributeNames={"#id": entry.delivery_id},
-                    ExpressionAttributeValues={":r": {"M": record}, **ttl_value},
+                    ExpressionAttributeValues={":r": {"M": record}, **values},
                 )
                 return
             except ddb.exceptions.ConditionalCheckFailedException:
@@ -195,6 +245,9 @@ class Ledger:
             if expiry:
                 item[TTL_ATTRIBUTE] = expiry
             item["deliveries"]["M"][e.delivery_id] = {"M": _record_value(e)}
+            if e.covered is not None:
+                covered = item.setdefault(COVERED_ATTRIBUTE, {"SS": []})["SS"]
+                covered.extend(_coverage_elements(e.delivery_id, e.etag, e.covered))
         requests = [{"PutRequest": {"Item": item}} for item in items.values()]
         for i in range(0, len(requests), BATCH_WRITE_MAX):
             for _ in self._rounds(self._ddb().batch_write_item, {self.table: requests[i : i + BATCH_WRITE_MAX]}):
@@ -271,14 +324,43 @@ def _expired(item: Mapping[str, Any], now: float) -> bool:
     return expires is not None and float(expires) <= now
 
 
-def _delivered_ids(item: Mapping[str, Any], etag: str | None) -> frozenset[str]:
-    # Without a known ETag (rare: a notification that lacks one) the key alone decides.
-    return frozenset(
-        d for d, r in _records(item).items() if etag is None or r.get("etag", {}).get("S", "") == _norm_etag(etag)
-    )
+def _coverage_elements(delivery_id: str, etag: str, covered: Coverage) -> list[str]:
+    """The `covered` set's elements for one write: one per interval (a window is one)."""
+    tag = _norm_etag(etag)
+    return [f"{delivery_id} {tag} {encode_bound(lo)} {encode_bound(hi)}" for lo, hi in covered.intervals]
+
+
+def _covered_by(item: Mapping[str, Any]) -> dict[tuple[str, str], Coverage]:
+    """{(delivery_id, etag): the union of its elements}. An element this code cannot read is ignored: the
+    record it belongs to then counts as the whole object, the side that never sends twice."""
+    spans: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for element in item.get(COVERED_ATTRIBUTE, {}).get("SS", []):
+        parts = element.split(" ")
+        if len(parts) < 4:
+            continue
+        delivery_id, etag = parts[0], " ".join(parts[1:-2])
+        try:
+            lo, hi = decode_bound(parts[-2], MIN_MS), decode_bound(parts[-1], MAX_MS)
+        except ValueError:
+            continue
+        spans.setdefault((delivery_id, etag), []).append((lo, hi))
+    return {k: Coverage.of(v) for k, v in spans.items()}
+
+
+def _object_ledger(item: Mapping[str, Any]) -> ObjectLedger:
+    covered = _covered_by(item)
+    records: dict[str, tuple[str, Coverage]] = {}
+    for delivery_id, r in _records(item).items():
+        etag = r.get("etag", {}).get("S", "")
+        # No element for this record: written before coverage existed, or by an object delivery. Either
+        # way it stands for the whole object (a pre-coverage record does not say which window wrote it).
+        records[delivery_id] = (etag, covered.get((delivery_id, etag), WHOLE))
+    return ObjectLedger(records)
 
 
 def _entries(item: Mapping[str, Any]) -> list[LedgerEntry]:
+    covered = _covered_by(item)
+
     def number(r: Mapping[str, Any], name: str) -> float:
         return float(r.get(name, {}).get("N", "0"))
 
@@ -294,6 +376,7 @@ def _entries(item: Mapping[str, Any]) -> list[LedgerEntry]:
             delivered_at=number(r, "delivered_at"),
             delivery_id=delivery_id,
             bytes_delivered=int(number(r, "bytes_delivered")),
+            covered=covered.get((delivery_id, r.get("etag", {}).get("S", ""))),
         )
         for delivery_id, r in sorted(_records(item).items())
     ]

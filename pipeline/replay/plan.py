@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from pipeline.batching import MAX_AGE_MS
+from pipeline.coverage import Coverage
 from pipeline.delivery import LEDGER_SKIP, DeliveryResult, ObjectResult, Routing, Status, TimeWindow
 from pipeline.replay.listing import ListedObject, Listing
 from pipeline.sinks import plan_traits
@@ -193,7 +194,7 @@ def route_pods(
     pods: Mapping[str, list[ListedObject]],
     malformed: Sequence[tuple[str, str]],
     tenants: Mapping[str, Tenant | str],
-    delivered: Mapping[str, frozenset[str]],
+    delivered: Mapping[str, Mapping[str, Coverage]],
     since: datetime,
     until: datetime,
     now: datetime,
@@ -201,7 +202,8 @@ def route_pods(
     routing: Routing | None = None,
 ) -> RoutedPods:
     """Route listed pods through their tenants' deliveries. `tenants` maps a tenant id to its config, or to
-    why it cannot be used; `delivered` maps an object key to the deliveries the ledger already has for it."""
+    why it cannot be used; `delivered` maps an object key to what the ledger already has for it, per delivery,
+    at the listed ETag (a plan's view: each worker checks again at the ETag it reads)."""
     routing = routing or default_routing(since, until)
     out = RoutedPods(PlanTotals(since=since, until=until))
     totals = out.totals
@@ -239,7 +241,7 @@ def route_pods(
 def make_plan(
     listing: Listing,
     tenants: Mapping[str, Tenant | str],
-    delivered: Mapping[str, frozenset[str]],
+    delivered: Mapping[str, Mapping[str, Coverage]],
     since: datetime,
     until: datetime,
     workers: int,
@@ -262,10 +264,10 @@ def make_plan(
     return plan
 
 
-_NONE: frozenset[str] = frozenset()
+_NONE: Mapping[str, Coverage] = {}
 
 
-def _ledger_of(delivered: Mapping[str, frozenset[str]], key: str) -> Callable[[], frozenset[str]]:
+def _ledger_of(delivered: Mapping[str, Mapping[str, Coverage]], key: str) -> Callable[[], Mapping[str, Coverage]]:
     """What the ledger holds for `key`, as Routing.route asks for it (only when some delivery wants it)."""
     return lambda: delivered.get(key, _NONE)
 

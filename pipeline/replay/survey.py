@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
+from pipeline.coverage import Coverage
 from pipeline.delivery import ObjectResult, Routing
 from pipeline.ledger import Ledger, LedgerError
 from pipeline.records import decode_events
@@ -89,8 +90,9 @@ class Surveyor:
         todo = [(prefix, tuple(spec_of(o) for o in objs)) for prefix, objs in routed.todo.items()]
         return Survey(routed.totals, todo, routed.settled)
 
-    def _delivered(self, pods: Mapping[str, list[ListedObject]]) -> dict[str, frozenset[str]]:
-        """What the ledger has for these pods' objects, read in batches (BatchGetItem, 100 keys a call).
+    def _delivered(self, pods: Mapping[str, list[ListedObject]]) -> dict[str, Mapping[str, Coverage]]:
+        """What the ledger has for these pods' objects at their listed ETags, read in batches (BatchGetItem,
+        100 keys a call).
 
         A failed read leaves the objects planned: each worker reads its unit's entries again before it
         delivers, so the ledger still decides; only a dry run's "already delivered" would be short.
@@ -98,7 +100,8 @@ class Surveyor:
         if self.ledger is None:
             return {}
         try:
-            return self.ledger.delivered_for((o.parsed.tenant, o.key, o.etag) for objs in pods.values() for o in objs)
+            held = self.ledger.read_for((o.parsed.tenant, o.key) for objs in pods.values() for o in objs)
+            return {o.key: held[o.key].at(o.etag) for objs in pods.values() for o in objs if o.key in held}
         except (ClientError, BotoCoreError, LedgerError) as exc:
             log.warning("ledger read failed; its objects stay planned", extra={"reason": str(exc)[:300]})
             return {}

@@ -21,7 +21,7 @@ import ray
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.delivery import ObjectRef, ObjectResult, Status, TimeWindow, build_deliverer
-from pipeline.ledger import LedgerError
+from pipeline.ledger import NOTHING, LedgerError, ObjectLedger
 from pipeline.replay.budget import DEFAULT_BUDGET_MIB, MemoryBudget, decoded_footprint
 from pipeline.replay.listing import Prefixes
 from pipeline.replay.plan import ObjectSpec, WorkUnit
@@ -80,7 +80,7 @@ class UnitRunner:
             pods.setdefault(o.key.rsplit("/", 1)[0], []).append(o)
         # The unit's objects are checked against the ledger in batches when it starts, not one read each:
         # fresh enough to skip what another run delivered since the plan, at 1/100 of the calls.
-        ledger: dict[str, frozenset[str]] | None
+        ledger: dict[str, ObjectLedger] | None
         try:
             ledger = self.deliverer.ledger_view(self._ref(o) for o in unit.objects)
         except (ClientError, BotoCoreError, LedgerError):
@@ -94,7 +94,7 @@ class UnitRunner:
         self.deliverer.finish(results)
         return results
 
-    def _run_pod(self, objects: list[ObjectSpec], ledger: dict[str, frozenset[str]] | None) -> list[ObjectResult]:
+    def _run_pod(self, objects: list[ObjectSpec], ledger: dict[str, ObjectLedger] | None) -> list[ObjectResult]:
         results = []
         # The pod's objects fill its streams' batches together; leaving sends the last, partial ones.
         with self.deliverer.batching() as batches:
@@ -105,7 +105,7 @@ class UnitRunner:
                         # the ledger once its batches are answered, so a re-run resumes where this one stopped.
                         results.append(ObjectResult(o.key, Status.SKIPPED, INTERRUPTED, tenant=o.tenant))
                         continue
-                    known = None if ledger is None else ledger.get(o.key, frozenset())
+                    known = None if ledger is None else ledger.get(o.key, NOTHING)
                     results.append(self.deliverer.deliver(self._ref(o), known, batches))
         return results
 

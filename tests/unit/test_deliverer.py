@@ -17,9 +17,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from pipeline.batching import Event
+from pipeline.coverage import EMPTY, WHOLE, Coverage
 from pipeline.delivery import LEDGER_SKIP, Deliverer, ObjectRef, Status
 from pipeline.errors import DeliveryError
-from pipeline.ledger import LedgerEntry
+from pipeline.ledger import LedgerEntry, ObjectLedger
 from pipeline.sinks import SinkResult, SinkTraits, SourceObject, traits_of
 from pipeline.tenants import Delivery, DeliveryType, Tenant, TenantConfigError
 
@@ -73,12 +74,20 @@ class CentralBucket:
         self.objects, self.log = objects, log
         self.gets = 0
 
-    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+    def get_object(self, Bucket: str, Key: str, IfMatch: str = '"etag-1"') -> dict[str, Any]:
         self.gets += 1
         self.log.append("get")
         if Key not in self.objects:
             raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "gone"}}, "GetObject")
+        if IfMatch != '"etag-1"':
+            raise ClientError({"Error": {"Code": "PreconditionFailed", "Message": "changed"}}, "GetObject")
         return {"Body": Body(self.objects[Key], self.log), "ETag": '"etag-1"', "LastModified": NOW}
+
+    def head_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+        self.log.append("head")
+        if Key not in self.objects:
+            raise ClientError({"Error": {"Code": "404", "Message": "Not Found"}}, "HeadObject")
+        return {"ETag": '"etag-1"', "LastModified": NOW}
 
 
 class Ledger:
@@ -87,13 +96,16 @@ class Ledger:
         self.lookups = 0
         self.log = log
 
-    def delivered(self, tenant_id: str, key: str, etag: str | None) -> frozenset[str]:
+    def read(self, tenant_id: str, key: str) -> ObjectLedger:
+        """The real ledger's reading of its records: the union of each delivery's coverage at its ETag."""
         self.lookups += 1
-        return frozenset(
-            r.delivery_id
-            for r in self.records
-            if (r.tenant_id, r.object_key) == (tenant_id, key) and r.etag == (etag or "").strip('"')
-        )
+        held: dict[str, tuple[str, Coverage]] = {}
+        for r in self.records:
+            if (r.tenant_id, r.object_key) != (tenant_id, key):
+                continue
+            etag, covered = held.get(r.delivery_id, (r.etag, EMPTY))
+            held[r.delivery_id] = (r.etag, (covered if etag == r.etag else EMPTY).union(r.covered or WHOLE))
+        return ObjectLedger(held)
 
     def record(self, entry: LedgerEntry) -> None:
         self.log.append(f"record {entry.delivery_id}")
@@ -244,7 +256,7 @@ def test_a_second_delivery_of_the_same_object_is_a_ledger_skip() -> None:
     w.log.clear()
     again = w.deliverer.deliver(ref())
     assert (again.status, again.reason) == (Status.SKIPPED, LEDGER_SKIP)
-    assert w.log == []  # not even read
+    assert w.log == ["head"]  # the ledger compared with the object's own ETag; the body not even fetched
     assert w.ledger.lookups == lookups + 1  # one ledger read for both deliveries
 
 

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.coverage import WHOLE
 from pipeline.delivery import LEDGER_SKIP
 from pipeline.keys import format_key, parse_key
 from pipeline.replay.listing import ListedObject, Listing
@@ -185,7 +186,7 @@ def plan_for(
     events_per_byte: float = 0.0,
 ) -> Plan:
     """A plan where `delivered` names the keys the ledger has for the delivery `cloudwatch`."""
-    ledger = {k: frozenset({"cloudwatch"}) for k in delivered or ()}
+    ledger = {k: {"cloudwatch": WHOLE} for k in delivered or ()}
     return make_plan(listing, tenants, ledger, since, until, 2, NOW, events_per_byte)
 
 
@@ -330,8 +331,8 @@ def test_each_delivery_has_its_own_plan() -> None:
 def test_the_ledger_is_per_delivery() -> None:
     pay = pod_objects("pay-1", [100, 200, 300], tenant="umbrella")
     ledger = {
-        pay[0].key: frozenset({"cloudwatch", "s3-archive"}),  # done everywhere: nothing to do
-        pay[1].key: frozenset({"cloudwatch"}),  # S3 still missing
+        pay[0].key: {"cloudwatch": WHOLE, "s3-archive": WHOLE},  # done everywhere: nothing to do
+        pay[1].key: {"cloudwatch": WHOLE},  # S3 still missing
     }
     plan = make_plan(listing_of(pay), {"umbrella": umbrella()}, ledger, NOW - DAY, NOW, 2, NOW)
     assert planned_keys(plan) == [pay[1].key, pay[2].key]

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.coverage import WHOLE, Coverage
 from pipeline.delivery import (
     LEDGER_SKIP,
     OUTSIDE_WINDOW,
@@ -58,9 +59,10 @@ class Ledger:
         self.done = done
         self.calls = 0
 
-    def __call__(self) -> frozenset[str]:
+    def __call__(self) -> dict[str, Coverage]:
+        """Each delivery named has a record of the whole object (what a consumer delivery writes)."""
         self.calls += 1
-        return self.done
+        return dict.fromkeys(self.done, WHOLE)
 
 
 def outcome(results: list[DeliveryResult]) -> dict[str, tuple[str, str]]:
