@@ -15,6 +15,7 @@ record naming another bucket is refused, never fetched, and acknowledged (retryi
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ log = logging.getLogger("pipeline.consumer")
 
 # The consumer acknowledges a message once delivery returns, so its CloudWatch sink must be durable by then.
 SINKS = sink_names(DeliveryType.CLOUDWATCH, durable_only=True)
+BEING_DELIVERED = "the same object is being delivered by another worker of this consumer; retried after it"
 
 
 @dataclass
@@ -96,6 +98,8 @@ class MessageProcessor:
         # Workers wait for room before an object that would not fit, so the pod's memory follows the budget,
         # not object size times workers.
         self.budget = budget
+        self._in_flight: set[str] = set()  # keys being delivered by this process's workers
+        self._in_flight_lock = threading.Lock()
 
     def process(self, body: str | bytes, message_id: str = "", receive_count: int = 0) -> MessageOutcome:
         outcome = MessageOutcome(message_id)
@@ -112,11 +116,17 @@ class MessageProcessor:
             return outcome
         outcome.skipped, outcome.rejected = list(parsed.skipped), list(parsed.rejected)
         refs = []
+        named: set[str] = set()
         for ref in parsed.refs:
-            if ref.bucket == self.bucket:
-                refs.append(ref)
-            else:
+            if ref.bucket != self.bucket:
                 outcome.rejected.append(foreign_bucket_reason(ref.bucket, ref.key, self.bucket))
+            elif ref.key in named:
+                # S3 never names one object twice in an event, but anyone who can send to the queue can:
+                # each record would read the ledger before the other recorded, and deliver it again.
+                outcome.skipped.append(f"s3://{ref.bucket}/{ref.key} named again in the same message: delivered once")
+            else:
+                named.add(ref.key)
+                refs.append(ref)
         for reason in outcome.skipped:
             log.info("event skipped: %s", reason, extra={**ctx, "reason": reason})
         for reason in outcome.rejected:
@@ -135,11 +145,22 @@ class MessageProcessor:
         return outcome
 
     def _deliver(self, ref: ObjectRef) -> ObjectResult:
-        if self.budget is None:
-            return self.deliverer.deliver(ref)
-        # An event without a size (never seen from S3) is charged nothing rather than blocking the pool.
-        with self.budget.hold(decoded_footprint(ref.size or 0, self.deliverer.may_decode(ref.key))):
-            return self.deliverer.deliver(ref)
+        # Two messages naming one object (S3's duplicate notifications) on two workers would both find the
+        # ledger empty and both deliver: the second waits for its redelivery instead, and the ledger then
+        # skips what the first delivered. (Two consumer pods can still race; the ledger bounds it.)
+        with self._in_flight_lock:
+            if ref.key in self._in_flight:
+                return ObjectResult(ref.key).fail(BEING_DELIVERED, recoverable=True)
+            self._in_flight.add(ref.key)
+        try:
+            if self.budget is None:
+                return self.deliverer.deliver(ref)
+            # An event without a size (never seen from S3) is charged nothing rather than blocking the pool.
+            with self.budget.hold(decoded_footprint(ref.size or 0, self.deliverer.may_decode(ref.key))):
+                return self.deliverer.deliver(ref)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(ref.key)
 
 
 def foreign_bucket_reason(bucket: str, key: str, central: str) -> str:

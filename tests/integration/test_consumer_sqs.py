@@ -357,6 +357,69 @@ def test_duplicate_notifications_do_not_resend_events(
     assert reasons == ["already delivered (ledger)"] * 2
 
 
+def s3_event(local: LocalEnvironment, records: list[tuple[str, str]]) -> str:
+    """A raw S3 event (S3 → SQS directly) naming (key, eTag) records, keys URL-encoded as S3 sends them."""
+    return orjson.dumps(
+        {
+            "Records": [
+                {
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": local.names.bucket}, "object": {"key": quote_plus(k), "eTag": e}},
+                }
+                for k, e in records
+            ]
+        }
+    ).decode()
+
+
+def test_a_forged_etag_and_repeated_records_deliver_nothing_twice(
+    local_aws: LocalEnvironment, start_consumer: Callable[..., ConsumerProcess]
+) -> None:
+    """The ledger is checked at the ETag the consumer reads from S3, never at one a message names; a key
+    named several times in one message is delivered once."""
+    s3 = local_aws.client("s3")
+    # The objects' own notifications are purged before the consumer starts: the messages below are the only ones.
+    manifest = write(local_aws, objects_per_pod=2)
+    sqs = local_aws.client("sqs")
+    sqs.purge_queue(QueueUrl=local_aws.queue_url)
+    assert queue_empty(local_aws)
+    first, second = (o.key for o in manifest.objects)
+    real = s3.head_object(Bucket=local_aws.names.bucket, Key=first)["ETag"].strip('"')
+
+    # One message naming the first object three times, each with another eTag (one real, two forged),
+    # and the second object twice.
+    sqs.send_message(
+        QueueUrl=local_aws.queue_url,
+        MessageBody=s3_event(
+            local_aws, [(first, real), (first, "0" * 32), (second, "f" * 32), (first, "1" * 32), (second, "")]
+        ),
+    )
+    consumer = start_consumer()
+    wait_for(lambda: ledger_keys(local_aws, "acme") == {first, second}, 30, "both objects to be delivered")
+    wait_for(lambda: queue_empty(local_aws), 20, "the queue to drain")
+    # The same two objects again, each named with a forged eTag: the ledger still knows them.
+    sqs.send_message(QueueUrl=local_aws.queue_url, MessageBody=s3_event(local_aws, [(first, "a" * 32)]))
+    sqs.send_message(QueueUrl=local_aws.queue_url, MessageBody=s3_event(local_aws, [(second, "b" * 32)]))
+    wait_for(
+        lambda: consumer.metric("logdelivery_objects_total", tenant="acme", status="skipped") == 2,
+        20,
+        "both forged messages to be skipped",
+    )
+    wait_for(lambda: queue_empty(local_aws), 10, "the queue to drain")
+
+    assert delivered_events(local_aws, "acme") == expected_events(manifest, "acme")  # each event exactly once
+    assert consumer.metric("logdelivery_objects_total", tenant="acme", status="delivered") == 2
+    # The ledger holds the ETag S3 answered, not any the messages named.
+    entries = Ledger(local_aws.names.ledger_table).entries("acme")
+    assert {e.object_key: e.etag for e in entries} == {
+        o.key: s3.head_object(Bucket=local_aws.names.bucket, Key=o.key)["ETag"].strip('"') for o in manifest.objects
+    }
+    assert queue_counts(local_aws, local_aws.dlq_url) == (0, 0)
+    repeated = [r for r in consumer.logs() if "named again in the same message" in str(r.get("reason", ""))]
+    assert len(repeated) == 3
+
+
 def test_heartbeat_keeps_a_slow_object_from_a_second_consumer(
     local_aws: LocalEnvironment, start_consumer: Callable[..., ConsumerProcess]
 ) -> None:

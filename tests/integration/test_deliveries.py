@@ -20,7 +20,7 @@ from devstack.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment, provision
 from devstack.readback import read_bucket, read_group
 from devstack.server import MotoServer
 from pipeline.delivery import LEDGER_SKIP, ObjectRef, Status, build_deliverer
-from pipeline.ledger import Ledger
+from pipeline.ledger import NOTHING, Ledger
 from pipeline.tenants import TableSchema
 
 pytestmark = pytest.mark.integration
@@ -223,14 +223,17 @@ def test_a_batched_ledger_view_answers_for_every_object_and_stands_in_for_the_pe
     assert view is not None
     for o in manifest.objects:
         tenant, app = o.key.split("/")[1:3]
+        # Each record at the object's own ETag, each covering the whole object (the consumer's deliveries).
+        held = view[o.key].at(o.etag)
+        assert all(c.whole for c in held.values())
         if tenant == "hooli":
-            assert view[o.key] == {"archive"}
+            assert set(held) == {"archive"}
         else:
-            assert view[o.key] == ({"cloudwatch", "s3-archive"} if app == "payment-service" else {"s3-archive"})
+            assert set(held) == ({"cloudwatch", "s3-archive"} if app == "payment-service" else {"s3-archive"})
     # The view is what the caller knows: given it, the object is skipped; told "nothing yet", it is sent again.
     ref = next(r for r in refs if "/hooli/" in r.key)
     assert deliverer.deliver(ref, view[ref.key]).status is Status.SKIPPED
-    again = deliverer.deliver(ref, frozenset())
+    again = deliverer.deliver(ref, NOTHING)
     assert again.status is Status.DELIVERED and again.deliveries[0].bytes_delivered > 0
     # A Deliverer that ignores the ledger (--redeliver) has no view to offer.
     assert build_deliverer(local_aws.settings, redeliver=True).ledger_view(refs) is None
@@ -279,7 +282,7 @@ def test_group_commit_batches_only_records_whose_loss_costs_an_overwrite(local_a
     umbrella = [o.key for o in manifest.objects if "/umbrella/" in o.key]
 
     # An S3-only tenant's objects the ledger had nothing for: stored now, recorded by commit(), in batches.
-    results = [d.deliver(ObjectRef(local_aws.names.bucket, k), frozenset()) for k in hooli]
+    results = [d.deliver(ObjectRef(local_aws.names.bucket, k), NOTHING) for k in hooli]
     assert all(r.deliveries[0].batched and not r.deliveries[0].recorded for r in results)
     assert ledger.entries("hooli") == []
     d.commit(*results)
@@ -287,7 +290,7 @@ def test_group_commit_batches_only_records_whose_loss_costs_an_overwrite(local_a
     assert all(r.status is Status.DELIVERED and r.deliveries[0].recorded for r in results)
 
     # A tenant with a CloudWatch delivery too: never batched, every record written as its delivery completes.
-    r = d.deliver(ObjectRef(local_aws.names.bucket, umbrella[0]), frozenset())
+    r = d.deliver(ObjectRef(local_aws.names.bucket, umbrella[0]), NOTHING)
     assert not any(x.batched for x in r.deliveries) and all(x.recorded for x in r.deliveries if x.done)
     # Without a ledger view (the consumer's path), nothing is batched either.
     again = build_deliverer(local_aws.settings, redeliver=True, group_commit=True)

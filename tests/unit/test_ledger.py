@@ -13,6 +13,7 @@ import pytest
 from boto3.dynamodb.types import TypeSerializer
 
 from devstack.provision import LocalEnvironment
+from pipeline.coverage import WHOLE, Coverage
 from pipeline.ledger import BATCH_GET_MAX, UNPROCESSED_ATTEMPTS, Ledger, LedgerEntry, LedgerError
 
 pytestmark = pytest.mark.integration
@@ -126,6 +127,71 @@ def test_cloudwatch_recorded_again_on_a_legacy_item_wins_over_it(ledger: Ledger,
     assert [(e.delivery_id, e.etag, e.events_delivered) for e in ledger.entries("umbrella")] == [
         ("cloudwatch", "etag-2", 3)
     ]
+
+
+def test_event_deliveries_record_the_union_of_the_ranges_they_received(
+    ledger: Ledger, local_aws: LocalEnvironment
+) -> None:
+    ledger.record(entry("cloudwatch", covered=Coverage.window(100, 200)))
+    ledger.record(entry("cloudwatch", covered=Coverage.window(300, 400)))
+    ledger.record(entry("cloudwatch", covered=Coverage.window(200, 300)))  # fills the gap: one range
+    ledger.record(entry("s3-archive"))  # an object delivery: its record is the whole object
+    held = ledger.read("umbrella", KEY)
+    assert held.at("etag-1") == {"cloudwatch": Coverage.window(100, 400), "s3-archive": WHOLE}
+    assert held.at('"etag-1"') == held.at("etag-1")  # S3's quotes are not part of the ETag
+    assert held.at("etag-2") == {}
+    # Stored as one element per write in a string set, so that DynamoDB's ADD makes the union.
+    assert sorted(raw_item(local_aws)["covered"]["SS"]) == [
+        "cloudwatch etag-1 100 200",
+        "cloudwatch etag-1 200 300",
+        "cloudwatch etag-1 300 400",
+    ]
+    [cw, _] = ledger.entries("umbrella")
+    assert cw.covered == Coverage.window(100, 400)
+
+
+def test_a_whole_object_delivery_after_windows_covers_everything(ledger: Ledger, local_aws: LocalEnvironment) -> None:
+    ledger.record(entry("cloudwatch", covered=Coverage.window(100, 200)))
+    ledger.record(entry("cloudwatch", covered=WHOLE))
+    assert ledger.read("umbrella", KEY).at("etag-1") == {"cloudwatch": WHOLE}
+    assert "cloudwatch etag-1 * *" in raw_item(local_aws)["covered"]["SS"]
+
+
+def test_a_record_without_coverage_counts_as_the_whole_object(ledger: Ledger, local_aws: LocalEnvironment) -> None:
+    """Pre-coverage records (the legacy top-level one, and deliveries-map ones) do not say which window
+    wrote them: they stand for the whole object, the reading that never sends an event twice."""
+    put_legacy(local_aws)
+    assert ledger.read("umbrella", KEY).at("etag-1") == {"cloudwatch": WHOLE}
+    ledger.record(entry("s3-archive"))  # a deliveries map now, still without coverage for cloudwatch
+    assert ledger.read("umbrella", KEY).at("etag-1") == {"cloudwatch": WHOLE, "s3-archive": WHOLE}
+
+
+def test_an_overwritten_object_starts_its_coverage_again(ledger: Ledger) -> None:
+    ledger.record(entry("cloudwatch", covered=Coverage.window(100, 200)))
+    ledger.record(entry("cloudwatch", etag="etag-2", covered=Coverage.window(500, 600)))
+    held = ledger.read("umbrella", KEY)
+    assert held.at("etag-2") == {"cloudwatch": Coverage.window(500, 600)}
+    assert held.at("etag-1") == {}
+
+
+def test_windows_recorded_concurrently_keep_every_range(local_aws: LocalEnvironment) -> None:
+    """Two replays of one tenant recording the same object at once: ADD unions, neither range is lost."""
+    atomic = OneRequestAtATime()
+    windows = [Coverage.window(i * 100, i * 100 + 50) for i in range(6)]
+    barrier = threading.Barrier(len(windows))
+
+    def write(covered: Coverage) -> None:
+        ledger = Ledger(local_aws.names.ledger_table, client=atomic.attach(local_aws.client("dynamodb")))
+        barrier.wait()
+        ledger.record(entry("cloudwatch", covered=covered))
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in windows]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    union = Coverage.of(i for w in windows for i in w.intervals)
+    assert Ledger(local_aws.names.ledger_table).read("umbrella", KEY).at("etag-1") == {"cloudwatch": union}
 
 
 class OneRequestAtATime:
