@@ -251,8 +251,12 @@ class LedgerClock:
         assert ledger is not None
         self.seconds = dict.fromkeys(self.METHODS, 0.0)
         self._lock = threading.Lock()
-        for name in self.METHODS:
-            setattr(ledger, name, self._timed(getattr(ledger, name), name))
+        # Since the ledger records coverage, the Deliverer reads with `read`/`read_many` (the older code
+        # with `delivered`/`delivered_many`): the same calls on the wire, timed in the same slots.
+        names = {"delivered": "read", "delivered_many": "read_many"} if hasattr(ledger, "read") else {}
+        for slot in self.METHODS:
+            name = names.get(slot, slot)
+            setattr(ledger, name, self._timed(getattr(ledger, name), slot))
 
     def _timed(self, fn: Callable[..., Any], slot: str) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
