@@ -21,6 +21,7 @@ from pipeline.batching import (
     stream_name,
     utf8_sizes,
 )
+from pipeline.coverage import Coverage
 
 # The contract's numbers, written out here on purpose rather than imported: the tests check the code
 # against CONTRACTS.md §5, not against itself.
@@ -393,6 +394,40 @@ def test_prepare_filters_the_window_before_judging_age() -> None:
     # Without a window nothing is filtered, and age alone decides.
     out = prepare(list(events), now)
     assert (out.events_filtered, out.events_rejected_too_old, out.events_rejected_too_new) == (0, 2, 2)
+
+
+@given(
+    st.lists(st.integers(-16 * DAY_MS, DAY_MS), max_size=60),
+    st.lists(st.tuples(st.integers(-16 * DAY_MS, DAY_MS), st.integers(0, 3 * DAY_MS)), max_size=4),
+    st.one_of(st.none(), st.integers(-16 * DAY_MS, 0)),
+    st.one_of(st.none(), st.integers(0, DAY_MS)),
+)
+def test_prepare_leaves_out_exactly_what_the_ledger_covers(
+    offsets: list[int], spans: list[tuple[int, int]], since: int | None, until: int | None
+) -> None:
+    """Each event lands in exactly one bucket: outside the window, covered by an earlier run, too old or
+    too new, or sent; and the sent ones stay sorted."""
+    events = [(NOW + o, f"e{i}") for i, o in enumerate(offsets)]
+    covered = Coverage.of((NOW + lo, NOW + lo + length) for lo, length in spans)
+    lo, hi = (None if since is None else NOW + since), (None if until is None else NOW + until)
+    out = prepare(list(events), NOW, lo, hi, covered)
+    sent = {m for _, m in out.events}
+
+    def bucket(ts: int) -> str:
+        if (lo is not None and ts < lo) or (hi is not None and ts >= hi):
+            return "filtered"
+        if covered.holds(ts):
+            return "covered"
+        if ts < NOW - AGE_MS:
+            return "old"
+        return "new" if ts > NOW + FUTURE_MS else "sent"
+
+    want = Counter(bucket(ts) for ts, _ in events)
+    assert out.events_filtered == want["filtered"]
+    assert out.events_already_delivered == want["covered"]
+    assert (out.events_rejected_too_old, out.events_rejected_too_new) == (want["old"], want["new"])
+    assert sent == {m for ts, m in events if bucket(ts) == "sent"}
+    assert [ts for ts, _ in out.events] == sorted(ts for ts, _ in out.events)
 
 
 MIXED_TEXT = st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("a\x00\x7f\x80é😀\ud800"))
