@@ -33,6 +33,9 @@ from pipeline.tenants import Delivery
 
 log = logging.getLogger(__name__)
 
+# What a batch's calls did on the wire, as opposed to what its events did (credited to each owner).
+WIRE_COUNTERS = ("requests", "requests_refused", "creates", "retries")
+KNOWN_STREAMS_MAX = 100_000  # streams a worker remembers as existing (a few MB at most)
 IN_FLIGHT_PUTS = 8  # per worker: at 40 ms a call, 8 full batches in flight outrun a core's decoding
 
 
@@ -65,18 +68,48 @@ class PutPipeline:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._outstanding = 0
+        # Streams this worker has put to: None once a put to it succeeded (it exists), an Event while its
+        # first put is in flight. A backfill writes mostly into streams that do not exist yet: the first
+        # batch to one goes alone, is refused once and creates it (one CreateLogStream), and the stream's
+        # other batches wait for it instead of each being refused and racing to create it.
+        self._streams: dict[tuple[str, str, str], threading.Event | None] = {}
 
     def submit(self, pending: Pending, stream: str, batch: Batch) -> None:
-        """Send the batch from the pool. Blocks while `limit` calls are outstanding, and for the rate limit.
-        `pending` is the batch's last owner, which the call itself is counted against."""
+        """Send the batch from the pool. Blocks while `limit` calls are outstanding, and for the rate limit,
+        and while the first batch to a stream new to this worker is in flight. `pending` is the batch's last
+        owner, which the call itself is counted against."""
+        key = (pending.dest.tenant_id, pending.dest.delivery_id, stream)
+        opening = self._open(key)
         if self._throttle is not None:
             self._throttle(pending.dest.tenant_id, len(batch.events), 1)
         self._slots.acquire()
         with self._lock:
             self._outstanding += 1
-        self._pool.submit(self._put, pending, stream, batch)
+        self._pool.submit(self._put, pending, stream, batch, key if opening else None)
 
-    def _put(self, last: Pending, stream: str, batch: Batch) -> None:
+    def _open(self, key: tuple[str, str, str]) -> bool:
+        """Whether this batch is the first to the stream (it then goes alone); waits while another is."""
+        while True:
+            with self._lock:
+                if key not in self._streams:
+                    if len(self._streams) >= KNOWN_STREAMS_MAX:  # forgetting costs at most one refused put
+                        self._streams = {k: v for k, v in self._streams.items() if v is not None}
+                    self._streams[key] = threading.Event()
+                    return True
+                first = self._streams[key]
+            if first is None:
+                return False
+            first.wait()
+
+    def _opened(self, key: tuple[str, str, str], ok: bool) -> None:
+        with self._lock:
+            first = self._streams.pop(key, None)
+            if ok:
+                self._streams[key] = None
+        if first is not None:
+            first.set()  # failed: the next batch to the stream opens it again
+
+    def _put(self, last: Pending, stream: str, batch: Batch, opening: tuple[str, str, str] | None) -> None:
         sent: SinkResult | None = None
         error: DeliveryError | None = None
         try:
@@ -86,6 +119,8 @@ class PutPipeline:
         except Exception as exc:  # a bug must fail the objects, not leave them waiting forever
             log.exception("put failed", extra={"stream": stream, "tenant": last.dest.tenant_id})
             error = DeliveryError(f"PutLogEvents to {stream} failed: {type(exc).__name__}: {exc}"[:500])
+        if opening is not None:
+            self._opened(opening, sent is not None)
         try:
             self.settle(batch, last, sent, error)
         finally:
@@ -120,9 +155,11 @@ class PutPipeline:
                     p.sent.events_rejected_too_new += rejected[2]
                 if p.settled:
                     done.append(p)
-            if sent is not None:
-                last.sent.requests += sent.requests
-                last.sent.retries += sent.retries
+            # The calls themselves are counted once, against the batch's last owner, answered or not.
+            wire = sent if sent is not None else (error.sent if error is not None else None)
+            if wire is not None:
+                for name in WIRE_COUNTERS:
+                    setattr(last.sent, name, getattr(last.sent, name) + getattr(wire, name))
         for p in done:
             p.on_done(p)
 

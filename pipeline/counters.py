@@ -35,7 +35,11 @@ class DeliveryCounts(_Counts):
     events_already_delivered: int = 0  # inside it, but an earlier run delivered them (the ledger's coverage)
     events_split: int = 0  # over the one-event limit, each sent as several parts
     bytes_delivered: int = 0  # object sinks: bytes stored; event sinks: the decoded object
-    requests: int = 0  # calls that carried data: PutLogEvents, PutObject, Vector writes
+    requests: int = 0  # calls that carried data and were accepted: PutLogEvents, PutObject, Vector writes
+    # The same calls refused (throttled, 5xx, stream missing, credentials expired) or left unanswered: with
+    # `requests`, every data call that went on the wire.
+    requests_refused: int = 0
+    creates: int = 0  # CreateLogStream and CreateLogGroup calls made
     requests_minimum: int = 0  # the fewest PutLogEvents calls the events needed (batching.min_put_requests)
     retries: int = 0
 

@@ -120,6 +120,8 @@ class DeliveryResult(DeliveryCounts):
         return self
 
     def failed_with(self, exc: DeliveryError) -> DeliveryResult:
+        if exc.sent is not None:  # what the sink did before it gave up still happened on the wire
+            self.add(exc.sent)
         return self.fail(exc.reason, exc.recoverable, exc.code)
 
     def skip(self, reason: str) -> DeliveryResult:
@@ -660,7 +662,8 @@ class Deliverer:
         """Every event the object gave a delivery through filled batches is answered (on a put thread)."""
         r.add(p.sent)
         if p.error is not None and r.status is not Status.FAILED:
-            r.failed_with(p.error)
+            # Not failed_with(): the failed batch's calls are already in p.sent, credited to its last owner.
+            r.fail(p.error.reason, p.error.recoverable, p.error.code)
         self._record(result, r, p.sink)
 
     def _idempotent_only(self, tenant: Tenant) -> bool:

@@ -23,6 +23,8 @@ Whether one AWS error is worth retrying, and which of these it becomes otherwise
 
 from __future__ import annotations
 
+from pipeline.counters import DeliveryCounts
+
 
 class DeliveryError(Exception):
     """The root of the hierarchy; recoverable unless the class or the raiser says otherwise."""
@@ -35,6 +37,9 @@ class DeliveryError(Exception):
         # The AWS error code behind the failure, when there is one (ThrottlingException, AccessDenied…):
         # what the consumer's per-destination circuits and the failure metrics are keyed on.
         self.code = code
+        # What the failed work did on the wire before it gave up (a sink's SinkResult): the calls it made
+        # still count in reports, though nothing was delivered.
+        self.sent: DeliveryCounts | None = None
         if recoverable is not None:
             self.recoverable = recoverable
 

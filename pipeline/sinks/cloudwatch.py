@@ -40,12 +40,25 @@ class CloudWatchSink(TenantWriter):
 
     def send(self, dest: Delivery, stream: str, events: list[Event]) -> SinkResult:
         result = SinkResult()
-        for batch in batches(events):
-            result.add(self.put_batch(dest, stream, batch))
+        try:
+            for batch in batches(events):
+                result.add(self.put_batch(dest, stream, batch))
+        except DeliveryError as exc:
+            if exc.sent is not None:
+                result.add(exc.sent)
+            exc.sent = result  # the batches before the failing one were delivered: they count
+            raise
         return result
 
     def put_batch(self, dest: Delivery, stream: str, batch: list[Event]) -> SinkResult:
         result = SinkResult()
+        try:
+            return self._put_batch(dest, stream, batch, result)
+        except DeliveryError as exc:
+            exc.sent = result  # the calls it made count in the report though the batch failed
+            raise
+
+    def _put_batch(self, dest: Delivery, stream: str, batch: list[Event], result: SinkResult) -> SinkResult:
         body = put_log_events_body(dest.log_group, stream, batch)
         where = f"{dest.log_group}/{stream} in {dest.region} for tenant {dest.tenant_id}"
         created = refreshed = False
@@ -55,10 +68,11 @@ class CloudWatchSink(TenantWriter):
                 resp = _put_serialized(self._client(dest), dest.log_group, stream, body)
                 break
             except ClientError as exc:
+                result.requests_refused += 1
                 code, status = aws.error_code(exc), aws.http_status(exc)
                 fix = remedy("logs", code)
                 if fix is Remedy.CREATE_DESTINATION and not created:
-                    created = self._create(dest, stream)
+                    created = self._create(dest, stream, result)
                     if not created:  # the create calls were throttled: back off, then try again
                         self._backoff(retrying, where, "create throttled", result)
                     continue
@@ -75,6 +89,7 @@ class CloudWatchSink(TenantWriter):
                     f"PutLogEvents to {where} failed: {code}: {message}"[:500], recoverable=action is not Action.FAIL
                 ) from exc
             except NETWORK_ERRORS as exc:
+                result.requests_refused += 1
                 self._backoff(retrying, where, type(exc).__name__, result)
         rejected = count_rejected(resp.get("rejectedLogEventsInfo"), len(batch))
         result.requests += 1
@@ -87,19 +102,24 @@ class CloudWatchSink(TenantWriter):
         retrying.backoff(f"PutLogEvents to {where}", code)
         result.retries += 1
 
-    def _create(self, dest: Delivery, stream: str) -> bool:
+    def _create(self, dest: Delivery, stream: str, result: SinkResult) -> bool:
         """Create the stream, and the group first if that is what is missing. Existing counts as success.
 
         Returns False when CloudWatch throttled the create (CreateLogStream is 50/s per account).
         """
         logs = self._client(dest)
         stream_args = {"logGroupName": dest.log_group, "logStreamName": stream}
-        error = _try_create(logs.create_log_stream, stream_args)
+
+        def create(call: Callable[..., Any], args: dict[str, str]) -> Exception | None:
+            result.creates += 1
+            return _try_create(call, args)
+
+        error = create(logs.create_log_stream, stream_args)
         # The stream's own destination, its group, is missing: create that first.
         if error is not None and remedy("logs", aws.error_code(error)) is Remedy.CREATE_DESTINATION:
-            error = _try_create(logs.create_log_group, {"logGroupName": dest.log_group})
+            error = create(logs.create_log_group, {"logGroupName": dest.log_group})
             if error is None:
-                error = _try_create(logs.create_log_stream, stream_args)
+                error = create(logs.create_log_stream, stream_args)
         if error is None:
             return True
         action = classify_error("logs", error)

@@ -315,3 +315,63 @@ def test_an_object_is_settled_once_every_event_is_answered_and_recorded_only_if_
         assert sent.events_delivered == sum(1 for s, b in cw.accepted for ev in b if owner_of[(s, ev)] == p.tag)
     assert sum(p.sent.requests for p in pendings) == cw.requests - len(failing & set(range(cw.requests)))
     assert sum(m for _, m in minimums) == minimum(prepared)
+
+
+@dataclass
+class NewStreams:
+    """CloudWatch for a backfill: no stream exists yet. A put to a missing stream is refused, the sink then
+    creates it and puts again (what the native sink does). Counts every call, as the wire would."""
+
+    existing: set[str] = field(default_factory=set)
+    puts: int = 0
+    refused: int = 0
+    creates: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def put_batch(self, dest: Delivery, stream: str, batch: list[Event]) -> SinkResult:
+        result = SinkResult()
+        with self.lock:
+            self.puts += 1
+            missing = stream not in self.existing
+        if missing:
+            # The refused call's round trip: other puts to the stream sent meanwhile are refused too, and
+            # each creates it again. (Waiting here cannot make a correct pipeline fail, only give a wrong
+            # one the chance to show it.)
+            threading.Event().wait(0.01)
+            with self.lock:
+                self.refused += 1
+                self.creates += 1
+                self.existing.add(stream)
+                self.puts += 1  # the put again, after the create
+            result.requests_refused, result.creates = 1, 1
+        result.requests = 1
+        result.events_delivered = len(batch)
+        return result
+
+
+@PROPS
+@given(st.lists(pod_objects(), min_size=1, max_size=4))
+def test_a_new_stream_costs_one_create_and_at_most_one_refused_put(pods_objects: list[list[list[Event]]]) -> None:
+    cw = NewStreams()
+    pipeline = PutPipeline(limit=4)
+    pendings: list[Pending] = []
+    streams: set[str] = set()
+    for pod, objects in enumerate(pods_objects):
+        filling = PodBatches(pipeline)
+        for obj in streams_of(objects):
+            p = Pending(DEST, cw, lambda _: None)  # type: ignore[arg-type]
+            pendings.append(p)
+            for name, evs in obj:
+                if evs:
+                    filling.add(p, f"{name}-{pod}", evs)
+                    streams.add(f"{name}-{pod}")
+            pipeline.seal(p)
+        filling.drain()
+    pipeline.wait()
+    pipeline.close()
+    assert cw.creates == len(streams)  # however many batches each stream took
+    assert cw.refused == len(streams)
+    # The report's figures are the wire's: every put, refused or accepted, and every create.
+    sent = [p.sent for p in pendings]
+    assert sum(s.requests + s.requests_refused for s in sent) == cw.puts
+    assert sum(s.creates for s in sent) == cw.creates
