@@ -43,6 +43,11 @@ class Coverage:
         """[since, until), either end open when None."""
         return Coverage.of([(MIN_MS if since_ms is None else since_ms, MAX_MS if until_ms is None else until_ms)])
 
+    @staticmethod
+    def outside(lo: int, hi: int) -> Coverage:
+        """Every instant but [lo, hi)."""
+        return Coverage.of([(MIN_MS, lo), (hi, MAX_MS)])
+
     def __bool__(self) -> bool:
         return bool(self.intervals)
 

@@ -617,6 +617,12 @@ class Deliverer:
         now_ms = int(self._clock() * 1000)
         window = self.routing.window
         since, until = (window.since_ms, window.until_ms) if window else (None, None)
+        # No event of the object lies outside its own time span, so a run that delivered its scope has
+        # delivered everything outside the span too: recording that lets a later window whose scope holds
+        # the rest skip the object from the ledger alone (a re-run of `--since 45m` minutes later), where
+        # the bare window would leave it to be read again for nothing.
+        stamps = [ts for evs in streams.values() for ts in (min(evs)[0], max(evs)[0]) if evs]
+        beyond = Coverage.outside(min(stamps), max(stamps) + 1) if stamps else WHOLE
         for name in sorted(streams):
             live = [(d, r) for d, r in todo if r.status is not Status.FAILED]
             if not live:
@@ -653,6 +659,7 @@ class Deliverer:
             if r.status is Status.FAILED:
                 continue
             r.bytes_delivered = stats.bytes_decoded  # the decoded object, whatever the window kept of it
+            r.scope = r.scope.union(beyond)
             if stats.damaged:
                 r.status, r.reason = Status.DAMAGED, stats.damaged
             if id(r) not in pending:  # those are recorded when their last batch is answered (_settle)

@@ -130,6 +130,11 @@ def test_throttling_and_5xx_are_retried_with_backoff_and_every_event_arrives_onc
             assert nxt is not None, "a failed batch was never retried"
             gaps.append(nxt.at - c.at)
     assert sum(gaps) > 0.25 * 0.05 * len(gaps), gaps
+    # The results count what the wire saw: every put, accepted or refused, and every create.
+    assert sum(r["requests"] for r in results.values()) == len(ok)
+    assert sum(r["requests_refused"] for r in results.values()) == len(calls) - len(ok)
+    creates = len(streams) + len(stack.proxy.calls("logs", "CreateLogGroup"))
+    assert sum(r["creates"] for r in results.values()) == creates
     print(f"retry rate: {injected} injected faults over {len(ok)} batches ({rate:.2f} retries per batch)")
 
 

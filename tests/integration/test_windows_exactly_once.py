@@ -206,3 +206,43 @@ def test_any_sequence_of_windows_and_consumer_deliveries_delivers_each_event_onc
 def test_coverage_of_a_window_is_its_half_open_range() -> None:
     w = TimeWindow(1000, 2000)
     assert w.coverage == Coverage(((1000, 2000),))
+
+
+def test_a_shifted_window_holding_all_of_an_objects_events_skips_it_from_the_ledger(
+    parts: tuple[LocalEnvironment, Any, Ledger],
+) -> None:
+    """What a run records covers the window and everything outside the object's own event span, so the
+    same relative window run again minutes later (`--since 45m`) skips objects it already had whole."""
+    local, s3, ledger = parts
+    pod = f"pay-{uuid.uuid4().hex[:12]}"
+    key = format_key("prod-1", "acme", "payment-service", pod, BASE + timedelta(minutes=30), "00000001")
+    evs = [(BASE_MS + 29 * 60_000 + i, f"{pod}/{i}") for i in range(3)]
+    body = b"".join(orjson.dumps({"message": m, "timestamp": ts}) + b"\n" for ts, m in evs)
+    s3.put_object(Bucket=local.names.bucket, Key=key, Body=gzip.compress(body))
+    cw = RecordingCloudWatch()
+    tenant = Tenant(
+        "acme",
+        (Delivery("acme", "cloudwatch", DeliveryType.CLOUDWATCH, ROLE, "us-east-1", log_group="/logs/acme"),),
+    )
+
+    def run(since_min: int, until_min: int) -> Status:
+        d = Deliverer(
+            Tenants(tenant),  # type: ignore[arg-type]
+            {DeliveryType.CLOUDWATCH: cw},  # type: ignore[dict-item]
+            ledger,
+            s3=s3,
+            window=TimeWindow(BASE_MS + since_min * 60_000, BASE_MS + until_min * 60_000),
+            clock=NOW.timestamp,
+        )
+        try:
+            return d.deliver(ObjectRef(local.names.bucket, key)).status
+        finally:
+            d.close()
+
+    assert run(0, 40) is Status.DELIVERED
+    assert run(5, 45) is Status.SKIPPED  # shifted, still holding all three events: nothing to read
+    assert run(29, 60) is Status.SKIPPED
+    assert cw.events == Counter(m for _, m in evs)
+    # What the ledger holds: the first window, and everything outside the object's span.
+    held = ledger.read("acme", key).at(s3.head_object(Bucket=local.names.bucket, Key=key)["ETag"])
+    assert held["cloudwatch"].whole
