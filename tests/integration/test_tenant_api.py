@@ -16,16 +16,23 @@ from typing import Any
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
-from devstack.provision import LocalEnvironment, create_tenant_table
+from devstack.provision import LocalEnvironment, create_nonce_table, create_tenant_table
 from pipeline.admin.preflight import Preflight
 from pipeline.admin.store import TenantStore
 from pipeline.api.app import create_app
+from pipeline.api.auth import ApiKey, KeyRing, KeyScope
+from pipeline.api.nonces import DynamoNonces
 from pipeline.logs import JsonFormatter
 from tests.support.tenant_api import ApiClient, contract_headers, serving
 
 pytestmark = pytest.mark.integration
 
 KEY = "k3y-" + uuid.uuid4().hex  # random per run: a test that finds it anywhere found a leak
+# The key a rotation brings in, live beside KEY, and a read-only key.
+NEXT_KEY = "n3xt-" + uuid.uuid4().hex
+READ_KEY = "r3ad-" + uuid.uuid4().hex
+KEYS = KeyRing([ApiKey("ops-1", KEY, KeyScope.ADMIN), ApiKey("ops-2", NEXT_KEY, KeyScope.ADMIN),
+                ApiKey("dashboard", READ_KEY, KeyScope.READ)])  # fmt: skip
 ROLE = "arn:aws:iam::111111111111:role/CustomerLogDistribution-{}"
 
 
@@ -40,8 +47,10 @@ def cloudwatch(tenant: str, **extra: Any) -> dict[str, Any]:
 
 
 class Api:
-    def __init__(self, client: ApiClient, env: LocalEnvironment, table: str, log: io.StringIO) -> None:
-        self.client, self.env, self.table, self.log = client, env, table, log
+    def __init__(self, client: ApiClient, env: LocalEnvironment, table: str, log: io.StringIO, nonces: str) -> None:
+        self.client, self.env, self.table, self.log, self.nonces = client, env, table, log, nonces
+        self.next_client = ApiClient(client.base_url, NEXT_KEY, "ops-2")
+        self.reader = ApiClient(client.base_url, READ_KEY, "dashboard")
 
     def stored(self, tenant: str, delivery: str) -> dict[str, Any] | None:
         raw = (
@@ -61,6 +70,8 @@ class Api:
 def api(module_aws: LocalEnvironment) -> Iterator[Api]:
     table = f"tenants-api-{uuid.uuid4().hex[:8]}"
     create_tenant_table(module_aws.client("dynamodb"), table)
+    nonce_table = f"nonces-api-{uuid.uuid4().hex[:8]}"
+    create_nonce_table(module_aws.client("dynamodb"), nonce_table)
     log = io.StringIO()
     handler = logging.StreamHandler(log)
     handler.setFormatter(JsonFormatter())
@@ -69,10 +80,11 @@ def api(module_aws: LocalEnvironment) -> Iterator[Api]:
     old_level = root.level
     root.setLevel(logging.INFO)
     store = TenantStore(table, module_aws.client("dynamodb"), actor="api:test")
-    app = create_app(KEY, store, Preflight(module_aws.central_role_arn))
+    nonces = DynamoNonces(nonce_table, module_aws.client("dynamodb"))
+    app = create_app(KEYS, store, Preflight(module_aws.central_role_arn), nonces=nonces)
     try:
         with serving(app) as url:
-            yield Api(ApiClient(url, KEY), module_aws, table, log)
+            yield Api(ApiClient(url, KEY, "ops-1"), module_aws, table, log, nonce_table)
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
@@ -134,7 +146,7 @@ def test_crud_round_trip(api: Api) -> None:
     assert [a["action"] for a in mine] == ["created", "updated", "replaced", "created", "deleted"]
     assert mine[1]["changed"] == ["desired_logs", "enabled"]
     assert mine[1]["before"]["enabled"] is True and mine[1]["after"]["enabled"] is False
-    assert all(a["actor"] == "api:test" for a in mine)
+    assert all(a["actor"] == "api:ops-1" for a in mine)  # the key id, never the key
 
 
 def test_pagination_walks_every_tenant_once(api: Api) -> None:
@@ -180,20 +192,41 @@ def test_a_concurrent_update_is_refused_by_if_match(api: Api) -> None:
     assert api.client.patch(path, {"enabled": False}, headers={"If-Match": first.headers["etag"]}).status_code == 200
 
 
-def _unsigned_variants(key: str, path: str, body: bytes) -> dict[str, dict[str, str]]:
-    good = contract_headers(key, "PUT", path, body)
+def _unsigned_variants(client: ApiClient, path: str, body: bytes) -> dict[str, dict[str, Any]]:
+    def signed(**kw: Any) -> dict[str, str]:
+        kw.setdefault("key_id", client.key_id)
+        kw.setdefault("host", client.host)
+        kw.setdefault("content_type", "application/json")
+        return contract_headers(kw.pop("key", client.key), "PUT", kw.pop("path", path), body, **kw)
+
+    good = signed()
     now = int(time.time())
     return {
-        "wrong key": contract_headers("another-key-of-16+chars", "PUT", path, body),
+        "wrong key": signed(key="another-key-of-16+chars"),
+        "unknown key id": signed(key_id="nobody"),
+        "another key's id": signed(key_id="ops-2"),
         # A few seconds past the 300 s window: the server's clock reads a moment later than ours.
-        "stale timestamp": contract_headers(key, "PUT", path, body, timestamp=now - 305),
-        "future timestamp": contract_headers(key, "PUT", path, body, timestamp=now + 305),
+        "stale timestamp": signed(timestamp=now - 305),
+        "future timestamp": signed(timestamp=now + 305),
         "body changed after signing": good,  # sent with another body below
-        "signature for another path": contract_headers(key, "PUT", path + "x", body),
+        "signature for another path": signed(path=path + "x"),
+        "signed for another host": signed(host="api.example"),
+        "signed for another content type": signed(content_type="text/plain"),
+        "signed with an If-Match not sent": signed(if_match='"v1"'),
         "no Authorization": {k: v for k, v in good.items() if k != "Authorization"},
         "no X-Timestamp": {k: v for k, v in good.items() if k != "X-Timestamp"},
+        "no X-Nonce": {k: v for k, v in good.items() if k != "X-Nonce"},
         "no X-Body-SHA256": {k: v for k, v in good.items() if k != "X-Body-SHA256"},
         "another scheme": {**good, "Authorization": good["Authorization"].replace("HMAC-SHA256", "Bearer")},
+        "no key id": {**good, "Authorization": good["Authorization"].replace("ops-1:", "")},
+        "short nonce": signed(nonce="0123456789abcde"),
+        "nonce outside the alphabet": signed(nonce="0123456789abcdef+"),
+        # Sent as UTF-8 bytes (httpx would refuse a str outside ASCII): isdigit() says True to both.
+        "superscript timestamp": {**good, "X-Timestamp": "²".encode()},
+        "400-digit timestamp": {**good, "X-Timestamp": "1" * 400},
+        "fullwidth digits": {**good, "X-Timestamp": "１７００００００００".encode()},
+        "13-digit timestamp": {**good, "X-Timestamp": "0" + str(now) + "0"},
+        "negative timestamp": {**good, "X-Timestamp": "-" + str(now)},
     }
 
 
@@ -202,11 +235,12 @@ def test_every_bad_signature_answers_401_with_no_detail(api: Api) -> None:
     path = f"/tenants/{t}/deliveries/cloudwatch"
     body = json.dumps(cloudwatch(t)).encode()
     answers = {}
-    for case, headers in _unsigned_variants(KEY, path, body).items():
+    for case, headers in _unsigned_variants(api.client, path, body).items():
         sent = body.replace(b"/logs/", b"/other/") if case == "body changed after signing" else body
         r = api.client.request("PUT", path, raw=sent, headers=headers, signed=False)
         answers[case] = (r.status_code, r.content)
     assert {case: status for case, (status, _) in answers.items()} == dict.fromkeys(answers, 401)
+    assert len(answers) == 23
     assert len({content for _, content in answers.values()}) == 1  # the same answer whatever was wrong
     assert api.stored(t, "cloudwatch") is None
     # Reads, unknown paths and the preflight are behind the signature too.
