@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
@@ -343,3 +344,225 @@ def test_the_key_is_in_no_log_error_or_openapi_document(api: Api) -> None:
     put_body = doc["paths"]["/tenants/{tenant_id}/deliveries/{delivery_id}"]["put"]["requestBody"]
     props = put_body["content"]["application/json"]["schema"]["properties"]
     assert {"type", "log_distribution_role_arn", "target_region", "log_group_name", "bucket_name"} <= set(props)
+
+
+# --- Replay, scopes, the canonical string under two servers, TLS, strictness before authentication ---------
+
+
+def test_a_replayed_request_is_refused(api: Api) -> None:
+    t = tenant()
+    api.client.put(f"/tenants/{t}/deliveries/cloudwatch", cloudwatch(t))
+    captured = api.client.prepare("GET", f"/tenants/{t}/deliveries")
+    assert api.client.send(captured).status_code == 200
+    again = api.client.send(captured)
+    assert again.status_code == 401 and again.content == b'{"error":"unauthorized"}'
+    # The nonce is in the table, by (key id, nonce), with a TTL past the window on both sides.
+    item = api.env.client("dynamodb").get_item(
+        TableName=api.nonces, Key={"nonce": {"S": f"ops-1/{captured.headers['X-Nonce']}"}}, ConsistentRead=True
+    )["Item"]
+    assert int(item["expires_at"]["N"]) >= time.time() + 2 * 300
+
+
+def test_a_captured_delete_replayed_after_the_delivery_was_recreated_is_refused(api: Api) -> None:
+    t = tenant()
+    path = f"/tenants/{t}/deliveries/cloudwatch"
+    assert api.client.put(path, cloudwatch(t)).status_code == 201
+    delete = api.client.prepare("DELETE", path)
+    assert api.client.send(delete).status_code == 204
+    assert api.client.put(path, cloudwatch(t, log_group_name="/logs/again")).status_code == 201
+    assert api.client.send(delete).status_code == 401
+    stored = api.stored(t, "cloudwatch")
+    assert stored is not None and stored["log_group_name"] == "/logs/again"
+
+
+def test_a_captured_put_replayed_after_a_fix_does_not_roll_it_back(api: Api) -> None:
+    t = tenant()
+    path = f"/tenants/{t}/deliveries/cloudwatch"
+    put = api.client.prepare("PUT", path, cloudwatch(t, log_group_name="/logs/typo"))
+    assert api.client.send(put).status_code == 201
+    assert api.client.patch(path, {"log_group_name": f"/logs/{t}"}).status_code == 200
+    assert api.client.send(put).status_code == 401
+    stored = api.stored(t, "cloudwatch")
+    assert stored is not None and stored["log_group_name"] == f"/logs/{t}"
+
+
+def test_changing_host_content_type_or_if_match_breaks_the_signature(api: Api) -> None:
+    t = tenant()
+    path = f"/tenants/{t}/deliveries/cloudwatch"
+    etag = api.client.put(path, cloudwatch(t)).headers["etag"]
+    changes: dict[str, dict[str, str]] = {
+        "Host": {"Host": "api.example"},
+        "Content-Type": {"Content-Type": "application/json; charset=utf-8"},
+        "If-Match": {"If-Match": '"another"'},
+    }
+    for name, change in changes.items():
+        # Each one a fresh signed request: the nonce is not what refuses it.
+        req = api.client.prepare("PATCH", path, {"enabled": False}, headers={"If-Match": etag})
+        req.headers.update(change)
+        assert api.client.send(req).status_code == 401, name
+    # Unchanged, the same kind of request goes through.
+    assert api.client.patch(path, {"enabled": False}, headers={"If-Match": etag}).status_code == 200
+    # A header the signature covers, sent twice, is refused: which copy was signed is not for a route to guess.
+    req = api.client.prepare("GET", path)
+    r = httpx.request("GET", api.client.base_url + path, timeout=30,
+                      headers=[*req.headers.items(), ("X-Nonce", req.headers["X-Nonce"])])  # fmt: skip
+    assert r.status_code == 401
+
+
+def test_a_read_key_reads_and_cannot_write_and_two_admin_keys_are_live(api: Api) -> None:
+    t = tenant()
+    path = f"/tenants/{t}/deliveries/cloudwatch"
+    assert api.client.put(path, cloudwatch(t)).status_code == 201
+    assert api.next_client.patch(path, {"enabled": False}).status_code == 200  # the rotation's new key
+    assert api.reader.get(path).status_code == 200
+    assert api.reader.get(f"/tenants/{t}/deliveries").status_code == 200
+    for r in [
+        api.reader.put(path, cloudwatch(t, log_group_name="/logs/reader")),
+        api.reader.patch(path, {"enabled": True}),
+        api.reader.delete(path),
+        api.reader.post(f"{path}/validate"),  # the preflight writes into the tenant's account
+        api.reader.put(f"/tenants/{t}/deliveries/s3", {"type": "s3"}),
+    ]:
+        assert (r.status_code, r.content) == (403, b'{"error":"forbidden"}')
+    stored = api.stored(t, "cloudwatch")
+    assert stored is not None and stored["enabled"] is False and stored["log_group_name"] == f"/logs/{t}"
+    assert api.stored(t, "s3") is None
+    audit = [json.loads(line) for line in api.log.getvalue().splitlines() if '"audit"' in line]
+    assert [a["actor"] for a in audit if a["tenant_id"] == t] == ["api:ops-1", "api:ops-2"]
+
+
+def _api_gateway_event(signed: Any, raw_path: str, host: str) -> dict[str, Any]:
+    """What API Gateway (HTTP API, payload 2.0) hands the Lambda: the path decoded, the query as sent."""
+    from urllib.parse import unquote
+
+    path, _, query = raw_path.partition("?")
+    body = signed.content.decode()
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": {k.lower(): v for k, v in {**signed.headers, "Host": host}.items()},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "api",
+            "domainName": host,
+            "http": {"method": signed.method, "path": unquote(path), "protocol": "HTTP/1.1",
+                     "sourceIp": "192.0.2.1", "userAgent": "test"},  # fmt: skip
+            "requestId": uuid.uuid4().hex,
+            "stage": "$default",
+            "time": "04/Dec/2026:12:00:00 +0000",
+            "timeEpoch": int(time.time() * 1000),
+        },
+        "body": body,
+        "isBase64Encoded": False,
+    }
+
+
+def test_the_same_signed_request_passes_under_uvicorn_and_under_mangum(api: Api) -> None:
+    from mangum import Mangum
+
+    from pipeline.api.nonces import MemoryNonces
+
+    t = tenant()
+    # Percent-encoded characters the routes see decoded ("cloud%77atch" is "cloudwatch"), an encoded
+    # segment character ("%7E" is "~") and a query in no order: what a client signs is what it sends.
+    sent = f"/tenants/{t}/deliveries/cloud%77atch?z=1&a=%7E&a=b+c"
+    # Two servers over one table, each remembering its own nonces: the one request goes to both.
+    store = TenantStore(api.table, api.env.client("dynamodb"), actor="api:test")
+    host = "tenant-api.example.com"
+    lambda_app = create_app(KEYS, store, None, nonces=MemoryNonces())
+    handler = Mangum(lambda_app, lifespan="off")
+    client = ApiClient(api.client.base_url, KEY, "ops-1")
+    with serving(create_app(KEYS, store, None, nonces=MemoryNonces())) as url:
+        uv = ApiClient(url, KEY, "ops-1")
+        for method, body in [("PUT", cloudwatch(t)), ("GET", None)]:
+            # Signed once, for the Host both servers are reached by (a proxy's name, sent as the Host header).
+            signed = client.prepare(method, sent, body, headers={"Host": host})
+            signed.headers["Authorization"] = contract_headers(
+                KEY, method, sent, signed.content, host=host, key_id="ops-1",
+                content_type=signed.headers.get("Content-Type", ""),
+                timestamp=int(signed.headers["X-Timestamp"]), nonce=signed.headers["X-Nonce"],
+            )["Authorization"]  # fmt: skip
+            over_http = uv.send(signed)
+            assert over_http.status_code in (200, 201), over_http.text
+            answer = handler(_api_gateway_event(signed, sent, host), None)
+            assert answer["statusCode"] == 200, answer
+            assert json.loads(answer["body"])["log_group_name"] == f"/logs/{t}"
+            # Under Lambda a replay is refused as well.
+            assert handler(_api_gateway_event(signed, sent, host), None)["statusCode"] == 401
+
+
+def _self_signed(tmp: Any) -> tuple[str, str]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tenant-api.log-delivery.svc")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
+                       critical=False)  # fmt: skip
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "tls.crt", tmp / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_the_api_serves_https_with_a_mounted_certificate(api: Api, tmp_path: Any) -> None:
+    cert, key = _self_signed(tmp_path)
+    store = TenantStore(api.table, api.env.client("dynamodb"), actor="api:test")
+    with serving(create_app(KEYS, store, None), ssl_certfile=cert, ssl_keyfile=key) as url:
+        assert url.startswith("https://")
+        client = ApiClient(url, KEY, "ops-1", verify=cert)  # trusts exactly that certificate
+        t = tenant()
+        assert client.put(f"/tenants/{t}/deliveries/cloudwatch", cloudwatch(t)).status_code == 201
+        assert client.get(f"/tenants/{t}/deliveries/cloudwatch").status_code == 200
+        # Plain HTTP to the same port gets no answer from the API.
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url.replace("https://", "http://") + "/healthz", timeout=5)
+
+
+def test_deep_or_duplicate_key_bodies_answer_400_never_500(api: Api) -> None:
+    t = tenant()
+    path = f"/tenants/{t}/deliveries/cloudwatch"
+    item = json.dumps(cloudwatch(t))
+    cases = {
+        "100k nested arrays": b"[" * 100_000 + b"]" * 100_000,
+        "33 nested objects": b'{"a":' * 33 + b"1" + b"}" * 33,
+        "unclosed nesting": b"{" * 100_000,
+        "duplicate type": item[:-1].encode() + b', "type": "s3"}',
+        "duplicate nested key": b'{"type": "cloudwatch", "desired_logs": [{"a": 1, "a": 2}]}',
+        "NaN": b'{"type": NaN}',
+        "4,301 digits": b'{"enabled": ' + b"1" * 4301 + b"}",
+        "not UTF-8": b'{"type": "\xff\xfe"}',
+    }
+    for case, raw in cases.items():
+        r = api.client.put(path, None, raw=raw)
+        assert r.status_code == 400, (case, r.status_code, r.text[:200])
+        assert set(r.json()["fields"]) == {"body"}, case
+    # Brackets inside strings (escaped quotes too) are text, not nesting.
+    r = api.client.put(path, None, raw=b'{"x": "\\"' + b"[" * 100 + b'"}')
+    assert r.status_code == 400 and "body" not in r.json()["fields"], r.text
+    assert api.stored(t, "cloudwatch") is None
+    # 32 levels are not refused for their depth (a delivery then says what is wrong with it).
+    r = api.client.put(path, None, raw=b'{"desired_logs": ' + b"[" * 31 + b"]" * 31 + b"}")
+    assert r.status_code == 400 and "body" not in r.json()["fields"]
+    # Over the limit: 413, before the signature is even looked at.
+    assert api.client.put(path, None, raw=b" " * (256 * 1024 + 1), signed=False).status_code == 413
