@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import Iterator
@@ -447,8 +448,13 @@ def _api_gateway_event(signed: Any, raw_path: str, host: str) -> dict[str, Any]:
             "accountId": "123456789012",
             "apiId": "api",
             "domainName": host,
-            "http": {"method": signed.method, "path": unquote(path), "protocol": "HTTP/1.1",
-                     "sourceIp": "192.0.2.1", "userAgent": "test"},  # fmt: skip
+            "http": {
+                "method": signed.method,
+                "path": unquote(path),
+                "protocol": "HTTP/1.1",
+                "sourceIp": "192.0.2.1",
+                "userAgent": "test",
+            },
             "requestId": uuid.uuid4().hex,
             "stage": "$default",
             "time": "04/Dec/2026:12:00:00 +0000",
@@ -512,8 +518,10 @@ def _self_signed(tmp: Any) -> tuple[str, str]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
-                       critical=False)  # fmt: skip
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -530,7 +538,7 @@ def test_the_api_serves_https_with_a_mounted_certificate(api: Api, tmp_path: Any
     store = TenantStore(api.table, api.env.client("dynamodb"), actor="api:test")
     with serving(create_app(KEYS, store, None), ssl_certfile=cert, ssl_keyfile=key) as url:
         assert url.startswith("https://")
-        client = ApiClient(url, KEY, "ops-1", verify=cert)  # trusts exactly that certificate
+        client = ApiClient(url, KEY, "ops-1", verify=ssl.create_default_context(cafile=cert))  # that one only
         t = tenant()
         assert client.put(f"/tenants/{t}/deliveries/cloudwatch", cloudwatch(t)).status_code == 201
         assert client.get(f"/tenants/{t}/deliveries/cloudwatch").status_code == 200
