@@ -485,11 +485,6 @@ def test_the_same_signed_request_passes_under_uvicorn_and_under_mangum(api: Api)
         for method, body in [("PUT", cloudwatch(t)), ("GET", None)]:
             # Signed once, for the Host both servers are reached by (a proxy's name, sent as the Host header).
             signed = client.prepare(method, sent, body, headers={"Host": host})
-            signed.headers["Authorization"] = contract_headers(
-                KEY, method, sent, signed.content, host=host, key_id="ops-1",
-                content_type=signed.headers.get("Content-Type", ""),
-                timestamp=int(signed.headers["X-Timestamp"]), nonce=signed.headers["X-Nonce"],
-            )["Authorization"]  # fmt: skip
             over_http = uv.send(signed)
             assert over_http.status_code in (200, 201), over_http.text
             answer = handler(_api_gateway_event(signed, sent, host), None)
@@ -574,3 +569,30 @@ def test_deep_or_duplicate_key_bodies_answer_400_never_500(api: Api) -> None:
     assert r.status_code == 400 and "body" not in r.json()["fields"]
     # Over the limit: 413, before the signature is even looked at.
     assert api.client.put(path, None, raw=b" " * (256 * 1024 + 1), signed=False).status_code == 413
+
+
+def test_the_lambda_handler_reads_its_keys_from_the_secret_and_its_nonces_from_the_table(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the stack deploys: pipeline.api.lambda_handler, configured by the environment alone."""
+    from pipeline.api import lambda_handler
+
+    doc = {"keys": [{"id": "ops-1", "secret": KEY, "scope": "admin"}]}
+    arn = api.env.client("secretsmanager").create_secret(Name=f"api-{uuid.uuid4().hex[:6]}",
+                                                         SecretString=json.dumps(doc))["ARN"]  # fmt: skip
+    for name, value in {**api.env.env, "TENANT_CONFIG_TABLE": api.table, "API_NONCE_TABLE": api.nonces,
+                        "TENANT_API_KEY_SECRET_ARN": arn}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TENANT_API_KEY", raising=False)
+    monkeypatch.setattr(lambda_handler, "_handler", None)
+    t = tenant()
+    api.client.put(f"/tenants/{t}/deliveries/cloudwatch", cloudwatch(t))
+    host = "abc123.execute-api.us-east-1.amazonaws.com"
+    signed = api.client.prepare("GET", f"/tenants/{t}/deliveries/cloudwatch", headers={"Host": host})
+    answer = lambda_handler.handler(_api_gateway_event(signed, signed.path, host), None)
+    assert answer["statusCode"] == 200, answer
+    assert lambda_handler.handler(_api_gateway_event(signed, signed.path, host), None)["statusCode"] == 401
+    item = api.env.client("dynamodb").get_item(
+        TableName=api.nonces, Key={"nonce": {"S": f"ops-1/{signed.headers['X-Nonce']}"}}, ConsistentRead=True
+    )
+    assert "Item" in item

@@ -134,7 +134,7 @@ class ApiClient:
                     method,
                     path,
                     content,
-                    host=self.host,
+                    host=lower.get("host", self.host),  # a Host given is what goes out, and is signed
                     content_type=lower.get("content-type", ""),
                     if_match=lower.get("if-match", ""),
                     key_id=self.key_id,
