@@ -45,7 +45,7 @@ def test_the_function_reads_its_key_from_the_stack_secret_and_never_holds_it() -
     assert parse_keys(json.dumps(doc), "stack").ids == ["admin-1"]
 
 
-def test_the_role_reads_only_its_secret_and_writes_only_the_tenant_table() -> None:
+def test_the_role_reads_only_its_secret_writes_only_the_tenant_table_and_puts_nonces() -> None:
     template, resolve = resolved()
     (policy,) = resolve(template["Resources"]["TenantApiRole"]["Properties"]["Policies"])
     grants = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
