@@ -1,10 +1,12 @@
 """The tenant management API (CONTRACTS.md §9), as a FastAPI application.
 
 Everything but `GET /healthz` and `GET /openapi.json` is authenticated by `HmacAuth`, an ASGI middleware in
-front of the routes: it reads the raw body, checks the signature, and answers 401 with the same body
-whatever was wrong (no header, stale time, another body, another key), before any route or 404 is reached.
-Routes read bodies raw and validate them with `parse_delivery(strict=True)` through `pipeline.admin.store`,
-the one validator; the request and response models in the OpenAPI document come from the same field table.
+front of the routes: it reads the raw body, checks the signature and uses up the nonce, and answers 401
+with the same body whatever was wrong (a header outside its grammar, stale time, another body, another key,
+a nonce seen before), before any route or 404 is reached; then 403 when the key's scope does not allow the
+method. Routes read bodies raw (`_json_body`: strict JSON, no duplicate keys, bounded depth) and validate
+them with `parse_delivery(strict=True)` through `pipeline.admin.store`, the one validator; the request and
+response models in the OpenAPI document come from the same field table.
 """
 
 from __future__ import annotations
