@@ -37,9 +37,12 @@ def parse_keys(text: str, source: str) -> KeyRing:
         doc: Any = json.loads(text)
     except ValueError:
         raise ConfigError(f"{source}: the key document is not JSON") from None
-    entries = doc.get("keys") if isinstance(doc, dict) and "keys" in doc else [doc]
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{source}: 'keys' must be a non-empty list")
+    if isinstance(doc, dict) and "keys" in doc:
+        entries = doc["keys"]
+        if set(doc) != {"keys"} or not isinstance(entries, list) or not entries:
+            raise ConfigError(f"{source}: the document must be {{'keys': [...]}}, a non-empty list, and nothing else")
+    else:
+        entries = [doc]  # one key object: what CloudFormation's GenerateSecretString writes
     keys = []
     for i, entry in enumerate(entries):
         where = f"{source}: key {i}"

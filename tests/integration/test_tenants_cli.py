@@ -509,6 +509,7 @@ def test_serve_reads_the_keys_from_secrets_manager_or_a_file_and_refuses_a_missi
     bad_docs = [
         "s3cr3t-not-a-document",
         json.dumps({"keys": []}),
+        json.dumps({"keys": [{"id": "a", "secret": "s3cr3t-long-enough!", "scope": "read"}], "more": 1}),
         json.dumps({"keys": [{"id": "a", "secret": "short", "scope": "admin"}]}),
         json.dumps({"keys": [{"id": "a", "secret": "s3cr3t-long-enough!", "scope": "root"}]}),
         json.dumps({"keys": [{"id": "a b", "secret": "s3cr3t-long-enough!", "scope": "read"}]}),
