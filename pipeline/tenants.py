@@ -295,7 +295,7 @@ def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2
 def _foreign_fields(item: Mapping[str, Any]) -> dict[str, str]:
     kind = item.get("type")
     out = {name: "not a field of a delivery (CONTRACTS.md §3)" for name in item if name not in FIELD_NAMES}
-    if kind in set(DeliveryType):
+    if isinstance(kind, str) and kind in set(DeliveryType):  # a list or a dict cannot be hashed: not a type
         for spec in FIELDS:
             if spec.name in item and DeliveryType(kind) not in spec.types:
                 out[spec.name] = f"not a field of a {kind} delivery"

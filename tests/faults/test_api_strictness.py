@@ -215,7 +215,7 @@ def signed_requests(draw: st.DrawFn) -> tuple[str, bytes, bytes, list[tuple[byte
     return method, path.encode(), query.encode(), headers, body
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(request=signed_requests())
 def test_no_signed_request_answers_5xx(app: Any, request: tuple[Any, ...]) -> None:
     method, path, query, headers, body = request

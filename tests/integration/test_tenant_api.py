@@ -560,6 +560,10 @@ def test_deep_or_duplicate_key_bodies_answer_400_never_500(api: Api) -> None:
         r = api.client.put(path, None, raw=raw)
         assert r.status_code == 400, (case, r.status_code, r.text[:200])
         assert set(r.json()["fields"]) == {"body"}, case
+    # A type that is no string (found by tests/faults/test_api_strictness.py): named, not a 500.
+    for odd in ([], {}, 1, True):
+        r = api.client.put(path, {"type": odd})
+        assert r.status_code == 400 and "type" in r.json()["fields"], (odd, r.text)
     # Brackets inside strings (escaped quotes too) are text, not nesting.
     r = api.client.put(path, None, raw=b'{"x": "\\"' + b"[" * 100 + b'"}')
     assert r.status_code == 400 and "body" not in r.json()["fields"], r.text
