@@ -25,7 +25,7 @@ from pipeline.api.app import create_app
 from pipeline.api.auth import ApiKey, KeyRing, KeyScope
 from pipeline.api.nonces import DynamoNonces
 from pipeline.logs import JsonFormatter
-from tests.support.tenant_api import ApiClient, contract_headers, serving
+from tests.support.tenant_api import ApiClient, contract_headers, self_signed_certificate, serving
 
 pytestmark = pytest.mark.integration
 
@@ -494,42 +494,8 @@ def test_the_same_signed_request_passes_under_uvicorn_and_under_mangum(api: Api)
             assert handler(_api_gateway_event(signed, sent, host), None)["statusCode"] == 401
 
 
-def _self_signed(tmp: Any) -> tuple[str, str]:
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tenant-api.log-delivery.svc")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "tls.crt", tmp / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(cert_path), str(key_path)
-
-
 def test_the_api_serves_https_with_a_mounted_certificate(api: Api, tmp_path: Any) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     store = TenantStore(api.table, api.env.client("dynamodb"), actor="api:test")
     with serving(create_app(KEYS, store, None), ssl_certfile=cert, ssl_keyfile=key) as url:
         assert url.startswith("https://")

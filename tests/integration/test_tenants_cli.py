@@ -534,3 +534,48 @@ def test_serve_needs_tls_beyond_loopback_and_a_nonce_table_beyond_a_local_key(en
     arn = env.client("secretsmanager").create_secret(Name=f"api-{uuid.uuid4().hex[:6]}", SecretString=doc)["ARN"]
     no_table = cli("serve", TENANT_API_KEY_SECRET_ARN=arn, API_NONCE_TABLE=None, TENANT_API_KEY=None)
     assert no_table.exit_code == 3 and "API_NONCE_TABLE" in no_table.stderr
+
+
+def test_serve_runs_https_with_its_certificate_and_remembers_nonces_in_the_table(
+    env: LocalEnvironment, tmp_path: Path
+) -> None:
+    """`log-tenants serve` as the Deployment runs it: TLS from PEM files, keys from a mounted file, nonces in
+    API_NONCE_TABLE (the local stack's), a signed request accepted once."""
+    import ssl
+
+    import httpx
+
+    from devstack.server import free_port
+    from tests.support.tenant_api import ApiClient, self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    keys = tmp_path / "keys.json"
+    secret = "k3y-" + uuid.uuid4().hex
+    keys.write_text(json.dumps({"keys": [{"id": "ops", "secret": secret, "scope": "admin"}]}))
+    port = free_port()
+    environ = {**os.environ, **env.env, "TENANT_API_KEYS_FILE": str(keys)}
+    environ.pop("TENANT_API_KEY", None)
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--tls-cert", cert, "--tls-key", key]
+    proc = subprocess.Popen([sys.executable, "jobs/tenants.py", *args], cwd=REPO, env=environ,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        client = ApiClient(f"https://127.0.0.1:{port}", secret, "ops", verify=ssl.create_default_context(cafile=cert))
+        # Started when its log says so (uvicorn's own line, as JSON on stderr).
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "Uvicorn running on https://" in line:
+                break
+        else:
+            raise AssertionError(f"serve exited with {proc.wait()}")
+        captured = client.prepare("GET", "/tenants")
+        assert client.send(captured).status_code == 200
+        assert client.send(captured).status_code == 401  # the nonce is in the table now
+        item = env.client("dynamodb").get_item(
+            TableName=env.names.nonce_table, Key={"nonce": {"S": f"ops/{captured.headers['X-Nonce']}"}}
+        )
+        assert "Item" in item
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)  # no plain HTTP on the port
+    finally:
+        proc.terminate()
+        proc.wait(30)
