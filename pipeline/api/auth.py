@@ -104,7 +104,7 @@ def canonical_path(path: str | bytes, decoded: bool = False) -> str:
 def canonical_query(query: str | bytes) -> str:
     """Each name and value decoded once (RFC 3986: a '+' stays a '+'), encoded as a path segment is, the
     pairs sorted by encoded name then value and joined as name=value with '&'; "" for no query."""
-    raw = query.encode("latin-1") if isinstance(query, str) else bytes(query)
+    raw = query.encode("utf-8") if isinstance(query, str) else bytes(query)
     pairs = []
     for part in raw.split(b"&"):
         if not part:
