@@ -146,12 +146,14 @@ def _onboard_through_the_api(env: LocalEnvironment) -> bool:
     from pipeline.admin.store import TenantStore
     from pipeline.api.app import create_app
     from pipeline.api.auth import sign
+    from pipeline.api.nonces import DynamoNonces
 
     tenant = SampleTenant(ONBOARDED_TENANT, "666666666666")
     create_tenant_resources(env, tenant)  # what the customer deploys in its own account
     key = secrets.token_urlsafe(32)
     store = TenantStore(env.names.tenant_table, env.client("dynamodb"), actor="demo")
-    app = create_app(key, store, Preflight(env.central_role_arn))
+    nonces = DynamoNonces(env.names.nonce_table, env.client("dynamodb"))
+    app = create_app(key, store, Preflight(env.central_role_arn), nonces=nonces)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -164,7 +166,11 @@ def _onboard_through_the_api(env: LocalEnvironment) -> bool:
 
         def call(method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
             raw = orjson.dumps(body) if body is not None else b""
-            headers = sign(key, method, path, raw)
+            content_type = "application/json" if raw else ""
+            host = f"127.0.0.1:{port}"  # what httpx sends as Host, which the signature covers
+            headers = sign(key, method, path, raw, host=host, content_type=content_type)
+            if content_type:
+                headers["Content-Type"] = content_type
             return httpx.request(method, f"http://127.0.0.1:{port}{path}", content=raw, headers=headers, timeout=30)
 
         path = f"/tenants/{ONBOARDED_TENANT}/deliveries/cloudwatch"

@@ -133,6 +133,7 @@ class ResourceNames:
     bucket: str = f"central-logs-{CENTRAL_ACCOUNT_ID}-{DEFAULT_REGION}"
     tenant_table: str = "tenant-configs"
     ledger_table: str = "delivery-ledger"
+    nonce_table: str = "tenant-api-nonces"
     topic: str = "central-logs-object-created"
     queue: str = "log-delivery"
     dlq: str = "log-delivery-dlq"
@@ -161,6 +162,7 @@ class LocalEnvironment:
             "S3_BUCKET_NAME": self.names.bucket,
             "TENANT_CONFIG_TABLE": self.names.tenant_table,
             "DELIVERY_LEDGER_TABLE": self.names.ledger_table,
+            "API_NONCE_TABLE": self.names.nonce_table,
             "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN": self.central_role_arn,
             "SQS_QUEUE_URL": self.queue_url,
             **self.extra_env,
@@ -249,6 +251,7 @@ def provision(
         ],
         BillingMode="PAY_PER_REQUEST",
     )
+    create_nonce_table(ddb, n.nonce_table)
 
     sqs = local.client("sqs")
     local.dlq_url = sqs.create_queue(QueueName=n.dlq)["QueueUrl"]
@@ -294,6 +297,17 @@ def create_tenant_table(ddb: Any, name: str, schema: TableSchema = TableSchema.V
         AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a, _ in keys],
         BillingMode="PAY_PER_REQUEST",
     )
+
+
+def create_nonce_table(ddb: Any, name: str) -> None:
+    """The tenant API's nonce table (pipeline/api/nonces.py): hash key `nonce`, TTL on `expires_at`."""
+    ddb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "nonce", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "nonce", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
 
 
 def add_tenants(local: LocalEnvironment, tenants: Iterable[SampleTenant]) -> None:

@@ -26,6 +26,7 @@ class Settings:
     region: str = "us-east-1"
     tenant_cache_ttl_s: float = 60.0
     ledger_retention_days: float = 0.0  # 0: ledger items carry no expiry (the table's TTL never removes them)
+    api_nonce_table: str = ""  # the tenant API's nonces (pipeline/api/nonces.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -38,6 +39,7 @@ class Settings:
             queue_url=env.get("SQS_QUEUE_URL", ""),
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             ledger_retention_days=_days(env.get("LEDGER_RETENTION_DAYS", "")),
+            api_nonce_table=env.get("API_NONCE_TABLE", ""),
         )
 
     @property
@@ -69,6 +71,7 @@ class Settings:
             "ledger_table": "DELIVERY_LEDGER_TABLE",
             "central_role_arn": "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN",
             "queue_url": "SQS_QUEUE_URL",
+            "api_nonce_table": "API_NONCE_TABLE",
         }
         missing = [env_names.get(n, n) for n in names if not getattr(self, n)]
         if missing:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -294,7 +295,7 @@ def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2
 def _foreign_fields(item: Mapping[str, Any]) -> dict[str, str]:
     kind = item.get("type")
     out = {name: "not a field of a delivery (CONTRACTS.md §3)" for name in item if name not in FIELD_NAMES}
-    if kind in set(DeliveryType):
+    if isinstance(kind, str) and kind in set(DeliveryType):  # a list or a dict cannot be hashed: not a type
         for spec in FIELDS:
             if spec.name in item and DeliveryType(kind) not in spec.types:
                 out[spec.name] = f"not a field of a {kind} delivery"
@@ -380,7 +381,10 @@ class _Entry:
 class TenantDirectory:
     """Looks tenants up in the config table (either shape), caching hits and misses for `ttl_s` seconds.
 
-    Misses are cached too: a flood of objects for an unknown tenant must not become a flood of reads.
+    Misses are cached too: a flood of objects for an unknown tenant must not become a flood of reads. Both
+    caches are bounded LRUs, and apart: tenant ids come from object keys, which any cluster can write, so
+    forged ids must neither grow memory without end nor evict the real tenants. A forged id costs one query
+    and a place among at most `max_misses`; the real tenants keep their `max_tenants` places.
     """
 
     def __init__(
@@ -389,15 +393,25 @@ class TenantDirectory:
         ttl_s: float = 60.0,
         client: DynamoDBClient | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_tenants: int = 4096,
+        max_misses: int = 1024,
     ) -> None:
         self.table = table
         self._ttl = ttl_s
         self._client = client
         self._clock = clock
         self._schema: TableSchema | None = None
-        self._cache: dict[str, _Entry] = {}
+        self._hits: OrderedDict[str, _Entry] = OrderedDict()
+        self._misses: OrderedDict[str, _Entry] = OrderedDict()
+        self._max_tenants = max_tenants
+        self._max_misses = max_misses
         self._lock = threading.Lock()
         self.lookups = 0
+
+    @property
+    def cached(self) -> int:
+        """Entries held, hits and misses."""
+        return len(self._hits) + len(self._misses)
 
     def _ddb(self) -> DynamoDBClient:
         if self._client is None:
@@ -413,11 +427,22 @@ class TenantDirectory:
     def get(self, tenant_id: str) -> Tenant:
         now = self._clock()
         with self._lock:
-            hit = self._cache.get(tenant_id)
+            hit = self._hits.get(tenant_id) or self._misses.get(tenant_id)
         if hit is None or hit.expires <= now:
             hit = _Entry(now + self._ttl, self._load(tenant_id))
             with self._lock:
-                self._cache[tenant_id] = hit
+                self._hits.pop(tenant_id, None)
+                self._misses.pop(tenant_id, None)
+                missed = isinstance(hit.value, TenantConfigError)
+                cache, bound = (self._misses, self._max_misses) if missed else (self._hits, self._max_tenants)
+                cache[tenant_id] = hit
+                while len(cache) > bound:
+                    cache.popitem(last=False)  # the least recently used
+        else:
+            with self._lock:
+                for cache in (self._hits, self._misses):
+                    if tenant_id in cache:
+                        cache.move_to_end(tenant_id)
         if isinstance(hit.value, TenantConfigError):
             # One cached instance is raised again and again: drop the last caller's traceback first, or
             # every raise chains more frames (and everything they hold) onto it until the entry expires.

@@ -189,7 +189,9 @@ case "$TYPE" in
     # the tenant API should not need one.
     if [[ -n "$CENTRAL_ROLE_ARN" ]]; then
       value="$(output "$CORE_STACK" TenantTableV2Name)"
-      params+=("TenantConfigTableName=$value" "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN")
+      nonces="$(output "$CORE_STACK" ApiNonceTableName)"
+      params+=("TenantConfigTableName=$value" "ApiNonceTableName=$nonces"
+        "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN")
     fi
     deploy "$PROJECT-$ENVIRONMENT-cluster-$CLUSTER_NAME" cluster/cluster-iam-roles.yaml "${params[@]}"
     ;;
@@ -208,9 +210,11 @@ case "$TYPE" in
     # The v2 table, not TenantConfigTableName: mid-migration that one is v1, which the API cannot write.
     table="$(output "$CORE_STACK" TenantTableV2Name)"
     key="$(output "$CORE_STACK" LogsKeyArn)"
+    nonces="$(output "$CORE_STACK" ApiNonceTableName)"
     deploy "$PROJECT-$ENVIRONMENT-tenant-api" regional/tenant-api.yaml \
       "ProjectName=$PROJECT" "Environment=$ENVIRONMENT" "EcrImageUri=$ECR_IMAGE_URI" \
-      "TenantConfigTableName=$table" "LogsKeyArn=$key" "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN"
+      "TenantConfigTableName=$table" "ApiNonceTableName=$nonces" "LogsKeyArn=$key" \
+      "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN"
     ;;
   *) die "unknown type $TYPE (global|regional|customer|cluster|replay|tenant-api)" ;;
 esac

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 audit = logging.getLogger("pipeline.admin.audit")
+# Who makes the changes of the current request, when one store serves several callers (the API: one per
+# key id); unset, the store's own `actor`.
+ACTOR: ContextVar[str | None] = ContextVar("pipeline_admin_actor", default=None)
 
 MANAGED = tuple(f.name for f in FIELDS if f.managed)
 KEYS = tuple(f.name for f in FIELDS if f.key)
@@ -305,7 +309,7 @@ class TenantStore:
             change.action,
             extra={
                 "audit": True,
-                "actor": self.actor,
+                "actor": ACTOR.get() or self.actor,
                 "action": change.action,
                 "table": self.table,
                 "tenant_id": tenant_id,

@@ -1,16 +1,19 @@
 """The tenant management API (CONTRACTS.md §9), as a FastAPI application.
 
 Everything but `GET /healthz` and `GET /openapi.json` is authenticated by `HmacAuth`, an ASGI middleware in
-front of the routes: it reads the raw body, checks the signature, and answers 401 with the same body
-whatever was wrong (no header, stale time, another body, another key), before any route or 404 is reached.
-Routes read bodies raw and validate them with `parse_delivery(strict=True)` through `pipeline.admin.store`,
-the one validator; the request and response models in the OpenAPI document come from the same field table.
+front of the routes: it reads the raw body, checks the signature and uses up the nonce, and answers 401
+with the same body whatever was wrong (a header outside its grammar, stale time, another body, another key,
+a nonce seen before), before any route or 404 is reached; then 403 when the key's scope does not allow the
+method. Routes read bodies raw (`_json_body`: strict JSON, no duplicate keys, bounded depth) and validate
+them with `parse_delivery(strict=True)` through `pipeline.admin.store`, the one validator; the request and
+response models in the OpenAPI document come from the same field table.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -30,15 +33,18 @@ from pipeline.admin.schema import (
     TenantPage,
     body_schema,
 )
-from pipeline.admin.store import NotFound, PreconditionFailed, TenantStore
+from pipeline.admin.store import ACTOR, NotFound, PreconditionFailed, TenantStore
 from pipeline.api import auth
+from pipeline.api.nonces import MemoryNonces, NonceStore, NonceStoreError
 from pipeline.tenants import TableSchema, TenantConfigError, parse_delivery
 
 log = logging.getLogger("pipeline.api")
 
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json"})
 MAX_BODY = 256 * 1024  # a delivery is a few hundred bytes
+MAX_DEPTH = 32  # §9; a delivery nests 2 deep
 UNAUTHORIZED = b'{"error":"unauthorized"}'
+FORBIDDEN = b'{"error":"forbidden"}'
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -47,11 +53,25 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class HmacAuth:
-    """ASGI middleware: every request outside OPEN_PATHS must carry a valid signature of itself."""
+    """ASGI middleware: every request outside OPEN_PATHS must carry a valid signature of itself (§9).
 
-    def __init__(self, app: Any, key: str, clock: Callable[[], float] = time.time) -> None:
+    Order, each step refusing with the same 401 body whatever was wrong: read the body (413 over MAX_BODY),
+    check every header against its grammar and the signature (`auth.verify`, no I/O), then remember the
+    nonce (a reuse is a 401 too). Only a request that passed all three learns anything else: 403 when its
+    key's scope does not allow the method, 503 when the nonce store cannot answer (refused, never let
+    through). Nothing before that can raise: a request the code did not foresee is a 401, not a 500.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        keys: auth.KeyRing,
+        nonces: NonceStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.app = app
-        self._key = key
+        self._keys = keys
+        self._nonces = nonces
         self._clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -73,10 +93,31 @@ class HmacAuth:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if not auth.verify(self._key, scope["method"], _signed_path(scope), headers, body, self._clock):
-            log.warning("unauthorized request", extra={"method": scope["method"], "path": scope["path"]})
+        try:
+            verified = self._verify(scope, body)
+        except Exception:  # a request no rule foresaw: refused like any other unsigned one, and logged
+            log.exception("refused a request the signature check could not read")
+            verified = None
+        if verified is not None:
+            try:
+                fresh = await run_in_threadpool(self._nonces.remember, verified.key.key_id, verified.nonce)
+            except NonceStoreError as exc:
+                log.error("nonce store unavailable: %s", exc)
+                await _answer(send, 503, b'{"error":"unavailable"}')
+                return
+            if not fresh:
+                log.warning("replayed request refused", extra={"key_id": verified.key.key_id})
+                verified = None
+        if verified is None:
+            log.warning(
+                "unauthorized request",
+                extra={"method": _printable(scope.get("method"), 16), "path": _printable(scope.get("path"), 200)},
+            )
             await _answer(send, 401, UNAUTHORIZED)
+            return
+        if not verified.key.allows(scope["method"]):
+            log.warning("forbidden by scope", extra={"key_id": verified.key.key_id, "method": scope["method"]})
+            await _answer(send, 403, FORBIDDEN)
             return
         delivered = False
 
@@ -87,15 +128,37 @@ class HmacAuth:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        # The audit lines of this request's changes name its key (never the key itself).
+        token = ACTOR.set(f"api:{verified.key.key_id}")
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            ACTOR.reset(token)
+
+    def _verify(self, scope: Scope, body: bytes) -> auth.Verified | None:
+        headers = auth.header_map(scope.get("headers") or [])
+        if headers is None:
+            return None
+        path, query = signed_target(scope)
+        return auth.verify(self._keys, str(scope["method"]), path, query, headers, body, self._clock)
 
 
-def _signed_path(scope: Scope) -> str:
-    """The path as the client sent it, with its query string: what the signature covers."""
+def signed_target(scope: Scope) -> tuple[str, str]:
+    """The canonical path and query of the request, the same under uvicorn and Mangum.
+
+    uvicorn gives the path as sent (`raw_path`); Mangum gives API Gateway's decoded path and no raw one, so
+    that one is only re-encoded (`auth.canonical_path`). Both pass the query string as sent.
+    """
     raw = scope.get("raw_path")
-    path = raw.decode("latin-1") if isinstance(raw, bytes | bytearray) and raw else scope["path"]
-    query = scope.get("query_string") or b""
-    return f"{path}?{query.decode('latin-1')}" if query else path
+    if isinstance(raw, bytes | bytearray) and raw:
+        path = auth.canonical_path(bytes(raw))
+    else:
+        path = auth.canonical_path(str(scope.get("path", "")), decoded=True)
+    return path, auth.canonical_query(bytes(scope.get("query_string") or b""))
+
+
+def _printable(value: Any, limit: int) -> str:
+    return str(value)[:limit].encode("ascii", "backslashreplace").decode()
 
 
 async def _answer(send: Send, status: int, body: bytes) -> None:
@@ -104,10 +167,63 @@ async def _answer(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in doc:
+            raise _DuplicateKey(name)
+        doc[name] = value
+    return doc
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+_STRUCTURE = re.compile(rb'[\[\]{}"\\]')
+
+
+def _too_deep(raw: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether the JSON text nests arrays and objects deeper than `limit`, found by one scan of the bytes
+    before parsing: `json.loads` recurses on the interpreter's stack, so 100k "[" would raise
+    RecursionError inside it (a 500) long before any check on the parsed document could run."""
+    depth = 0
+    in_string = False
+    escaped = -1  # the position of the character a backslash escapes
+    for m in _STRUCTURE.finditer(raw):
+        pos, char = m.start(), m.group()
+        if in_string:
+            if pos == escaped:
+                continue
+            if char == b"\\":
+                escaped = pos + 1
+            elif char == b'"':
+                in_string = False
+        elif char == b'"':
+            in_string = True
+        elif char in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
 def _json_body(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object. Strict (§9): no duplicate keys (a second "type" would otherwise win
+    silently), no nesting deeper than MAX_DEPTH, no NaN or Infinity."""
+    if _too_deep(raw):
+        raise TenantConfigError("the body is nested too deeply", {"body": f"nested deeper than {MAX_DEPTH}"})
     try:
-        doc = json.loads(raw or b"{}")
-    except ValueError:
+        doc = json.loads(raw or b"{}", object_pairs_hook=_no_duplicates, parse_constant=_not_json)
+    except _DuplicateKey as exc:
+        raise TenantConfigError("the body repeats a key", {"body": f"duplicate key {str(exc)[:64]!r}"}) from None
+    except (ValueError, RecursionError):
         raise TenantConfigError("the body is not JSON", {"body": "not valid JSON"}) from None
     if not isinstance(doc, dict):
         raise TenantConfigError("the body is not a JSON object", {"body": "must be a JSON object"})
@@ -127,7 +243,8 @@ def _item_response(item: dict[str, Any], etag: str, status: int = 200) -> JSONRe
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "a malformed item or parameter: `fields` names each bad one"},
-    401: {"description": "no valid signature (no detail is given)"},
+    401: {"description": "no valid signature, or a reused nonce (no detail is given)"},
+    403: {"description": "the key's scope does not allow this method (a read key may only GET)"},
     404: {"model": ErrorBody, "description": "unknown tenant or delivery"},
 }
 BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema()}}}}
@@ -144,7 +261,9 @@ class _Api(FastAPI):
                     "type": "apiKey",
                     "in": "header",
                     "name": "Authorization",
-                    "description": "HMAC-SHA256 <hex>, with X-Timestamp and X-Body-SHA256 (see the description)",
+                    "description": (
+                        "HMAC-SHA256 <key id>:<hex>, with X-Timestamp, X-Nonce and X-Body-SHA256 (see the description)"
+                    ),
                 }
             }
             doc["security"] = [{"hmac": []}]
@@ -153,20 +272,26 @@ class _Api(FastAPI):
 
 
 def create_app(
-    key: str,
+    keys: auth.KeyRing | str,
     store: TenantStore,
     preflight: Preflight | None,
     clock: Callable[[], float] = time.time,
+    nonces: NonceStore | None = None,
 ) -> FastAPI:
-    """The application over `store`; `preflight` None answers validate with 503 (no central role set)."""
+    """The application over `store`; `preflight` None answers validate with 503 (no central role set).
+
+    A str key is the one admin key `local`. Without `nonces`, the process remembers nonces itself
+    (`MemoryNonces`): one process only, as locally and in tests; deployments pass `DynamoNonces`."""
     app = _Api(
         title="Tenant management API",
         version="1",
         description=(
             "Deliveries of tenants (CONTRACTS.md §3, §9). Every request but /healthz and /openapi.json is signed: "
-            "X-Timestamp (Unix seconds, within 300 s), X-Body-SHA256 (hex SHA-256 of the raw body) and "
-            "Authorization: HMAC-SHA256 <hex HMAC-SHA256 with the pre-shared key of "
-            "METHOD\\npath-with-query\\nX-Timestamp\\nX-Body-SHA256>."
+            "X-Timestamp (Unix seconds, 1 to 12 digits, within 300 s), X-Nonce (16 to 128 of [A-Za-z0-9_-], "
+            "never reused), X-Body-SHA256 (hex SHA-256 of the raw body) and "
+            "Authorization: HMAC-SHA256 <key id>:<hex HMAC-SHA256 with that key of the nine lines "
+            "METHOD, canonical path, canonical query, X-Timestamp, X-Nonce, Host (lower case), Content-Type, "
+            "If-Match, X-Body-SHA256 joined by \\n>. A read key may only GET (403 otherwise)."
         ),
         docs_url=None,
         redoc_url=None,
@@ -262,5 +387,6 @@ def create_app(
         report = await run_in_threadpool(preflight.run, delivery)
         return JSONResponse(report.to_json())
 
-    app.add_middleware(HmacAuth, key=key, clock=clock)
+    ring = auth.KeyRing.single(keys) if isinstance(keys, str) else keys
+    app.add_middleware(HmacAuth, keys=ring, nonces=nonces or MemoryNonces(), clock=clock)
     return app

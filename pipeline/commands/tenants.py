@@ -506,19 +506,46 @@ def validate_command(tenant: str, delivery_id: str | None, table: str | None, as
     "serve",
     context_settings=CONTEXT_SETTINGS,
     epilog=(
-        "Settings: TENANT_API_KEY or TENANT_API_KEY_SECRET_ARN (a Secrets Manager secret holding the key), "
-        f"TENANT_CONFIG_TABLE (v2), CENTRAL_LOG_DISTRIBUTION_ROLE_ARN, {AWS_ENV}. Exit code 3 when one is missing."
+        "Settings: one key source, TENANT_API_KEYS_FILE (a mounted key file), TENANT_API_KEY_SECRET_ARN (a Secrets "
+        "Manager secret holding the key document) or locally TENANT_API_KEY (one admin key, id local); "
+        "API_NONCE_TABLE (required but with TENANT_API_KEY), TENANT_CONFIG_TABLE (v2), "
+        f"CENTRAL_LOG_DISTRIBUTION_ROLE_ARN, {AWS_ENV}. Exit code 3 when one is missing."
     ),
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
 @click.option("--table", help="Tenant table (v2). [default: $TENANT_CONFIG_TABLE]")
+@click.option(
+    "--tls-cert",
+    envvar="TENANT_API_TLS_CERT",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM certificate (chain) to serve HTTPS with. [env: TENANT_API_TLS_CERT]",
+)
+@click.option(
+    "--tls-key",
+    envvar="TENANT_API_TLS_KEY",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM private key of --tls-cert. [env: TENANT_API_TLS_KEY]",
+)
+@click.option(
+    "--plain-http",
+    is_flag=True,
+    help="Serve plain HTTP on an address other than loopback (refused without this flag: signatures do not "
+    "hide the bodies, which hold tenants' accounts and ExternalIds).",
+)
 @click.option("--log-level", default="INFO", show_default=True, help="Structured log level (JSON on stderr).")
-def serve_command(host: str, port: int, table: str | None, log_level: str) -> None:
+def serve_command(
+    host: str, port: int, table: str | None, tls_cert: str | None, tls_key: str | None, plain_http: bool, log_level: str
+) -> None:
     """Serve the tenant management API (CONTRACTS.md §9) with uvicorn: every request but /healthz and
-    /openapi.json must be signed with the pre-shared key (HMAC-SHA256, see docs/TENANTS.md). Each change is
-    an audit log line (who, what, before and after; never the key)."""
+    /openapi.json must be signed with one of the keys (HMAC-SHA256, see docs/TENANTS.md). Each change is
+    an audit log line (who, what, before and after; never a key). With --tls-cert and --tls-key it serves
+    HTTPS only (in a cluster: the Secret OpenShift's service-ca writes, k8s/consumer/tenant-api.yaml)."""
     logs.setup(log_level)
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if not tls_cert and not plain_http and not _is_loopback(host):
+        raise click.UsageError(f"--host {host} without --tls-cert/--tls-key: give both, or --plain-http")
     # The web stack is imported only here: the other commands do not need it.
     import uvicorn
 
@@ -526,7 +553,26 @@ def serve_command(host: str, port: int, table: str | None, log_level: str) -> No
 
     with _configuration():
         app = app_from_env(table=table)
-    uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        proxy_headers=False,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ def deployed(moto_server: Any) -> Iterator[Deployed]:
         "tenant-api",
         EcrImageUri=IMAGE,
         TenantConfigTableName=core["TenantTableV2Name"],
+        ApiNonceTableName=core["ApiNonceTableName"],
         LogsKeyArn=core["LogsKeyArn"],
         CentralLogDistributionRoleArn=central,
     )
@@ -124,6 +125,7 @@ def deployed(moto_server: Any) -> Iterator[Deployed]:
         DeliveryPolicyArn=core["DeliveryPolicyArn"],
         QueueConsumerPolicyArn=sqs["QueueConsumerPolicyArn"],
         TenantConfigTableName=core["TenantTableV2Name"],
+        ApiNonceTableName=core["ApiNonceTableName"],
         CentralLogDistributionRoleArn=central,
     )
     # A cluster stack deployed as before the tenant API (no central role): it still deploys, without that role.
@@ -240,6 +242,11 @@ def test_core_bucket_topic_key_and_tables(deployed: Deployed) -> None:
         {"AttributeName": "object_key", "KeyType": "RANGE"},
     ]
     assert ledger["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    # The tenant API's nonces (CONTRACTS.md §9). (moto's CloudFormation does not apply a table's
+    # TimeToLiveSpecification: the template's is checked in test_infra_cfn_static.py.)
+    nonces = out["ApiNonceTableName"]
+    assert nonces == "multi-tenant-logging-development-tenant-api-nonces"
+    assert ddb.describe_table(TableName=nonces)["Table"]["KeySchema"] == [{"AttributeName": "nonce", "KeyType": "HASH"}]
 
 
 V1_KEYS = [{"AttributeName": "tenant_id", "KeyType": "HASH"}]
@@ -451,8 +458,10 @@ def test_cluster_tenant_api_role_reads_and_writes_the_v2_table_and_takes_the_fir
     (policy,) = iam.list_role_policies(RoleName=name)["PolicyNames"]
     doc = as_doc(iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"])
     by_sid = {st["Sid"]: st for st in as_list(doc["Statement"])}
-    assert set(by_sid) == {"TenantTable", "TableKey", "PreflightFirstHop"}, "no secret, no log group in the cluster"
+    assert set(by_sid) == {"TenantTable", "Nonces", "TableKey", "PreflightFirstHop"}, "no secret, no log group"
     assert by_sid["TenantTable"]["Resource"] == table_arn(deployed, core["TenantTableV2Name"])
+    assert by_sid["Nonces"] == {"Sid": "Nonces", "Effect": "Allow", "Action": "dynamodb:PutItem",
+                                "Resource": table_arn(deployed, core["ApiNonceTableName"])}  # fmt: skip
     assert by_sid["TableKey"]["Resource"] == core["LogsKeyArn"]
     assert by_sid["PreflightFirstHop"]["Resource"] == deployed.outputs["global"]["CentralLogDistributionRoleArn"]
     # Without the central role the stack keeps its two roles only.
@@ -582,6 +591,7 @@ def test_deploy_sh_tenant_api_reads_the_v2_table_and_the_key_from_the_core_stack
         "EcrImageUri": IMAGE,
         # the API writes v2 items only: the v2 table even while the processors still read v1
         "TenantConfigTableName": "<multi-tenant-logging-production-core.TenantTableV2Name>",
+        "ApiNonceTableName": "<multi-tenant-logging-production-core.ApiNonceTableName>",
         "LogsKeyArn": "<multi-tenant-logging-production-core.LogsKeyArn>",
         "CentralLogDistributionRoleArn": central,
     }
@@ -590,11 +600,12 @@ def test_deploy_sh_tenant_api_reads_the_v2_table_and_the_key_from_the_core_stack
 def test_deploy_sh_cluster_adds_the_tenant_api_role_only_with_the_central_role() -> None:
     base = ("-t", "cluster", "--cluster-name", "c1", "--oidc-provider", OIDC)
     ((_, _, params),) = deploy_commands(*base)
-    assert not {"TenantConfigTableName", "CentralLogDistributionRoleArn"} & set(params)
+    assert not {"TenantConfigTableName", "ApiNonceTableName", "CentralLogDistributionRoleArn"} & set(params)
     central = f"arn:aws:iam::{ACCOUNT}:role/CentralLogDistributionRole"
     ((_, _, params),) = deploy_commands(*base, "--central-role-arn", central)
     assert params["CentralLogDistributionRoleArn"] == central
     assert params["TenantConfigTableName"] == "<multi-tenant-logging-development-core.TenantTableV2Name>"
+    assert params["ApiNonceTableName"] == "<multi-tenant-logging-development-core.ApiNonceTableName>"
 
 
 def test_deploy_sh_customer_bucket_flags_become_the_s3_parameters() -> None:

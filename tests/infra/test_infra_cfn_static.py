@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -137,6 +138,7 @@ def test_central_role_assumes_exactly_customer_roles_with_or_without_a_path_and_
 TENANT_API_PARAMS = {
     "EcrImageUri": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/log-processor:1",
     "TenantConfigTableName": "multi-tenant-logging-development-tenant-deliveries",
+    "ApiNonceTableName": "multi-tenant-logging-development-tenant-api-nonces",
     "LogsKeyArn": REQUIRED_PARAMS["cluster"]["LogsKeyArn"],
     "CentralLogDistributionRoleArn": CENTRAL_ARN,
 }
@@ -149,7 +151,11 @@ TENANT_API_PARAMS = {
         ("cluster", "ProcessorRole", {}),
         ("replay", "ReplayRole", {}),
         ("tenant-api", "TenantApiRole", TENANT_API_PARAMS),
-        ("cluster", "TenantApiRole", {"CentralLogDistributionRoleArn": CENTRAL_ARN, "TenantConfigTableName": "t"}),
+        (
+            "cluster",
+            "TenantApiRole",
+            {"CentralLogDistributionRoleArn": CENTRAL_ARN, "TenantConfigTableName": "t", "ApiNonceTableName": "n"},
+        ),
     ],
 )
 def test_every_role_that_takes_the_first_hop_is_allowed_by_the_central_trust(
@@ -397,6 +403,33 @@ def test_tables_have_contract_keys_pitr_and_kms() -> None:
         assert (res["DeletionPolicy"], res["UpdateReplacePolicy"]) == ("Retain", "Retain"), name
 
 
+def test_the_tenant_api_nonce_table_expires_its_items_and_only_the_api_roles_put_into_it() -> None:
+    """CONTRACTS.md §9: nonces remembered past the timestamp window (pipeline/api/nonces.py), by a
+    conditional PutItem of the tenant API's roles and of nothing else."""
+    template, resolve = resolved("core")
+    props = resolve(template["Resources"]["ApiNonceTable"]["Properties"])
+    assert props["TableName"] == "multi-tenant-logging-development-tenant-api-nonces"
+    assert [(k["AttributeName"], k["KeyType"]) for k in props["KeySchema"]] == [("nonce", "HASH")]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert props["SSESpecification"] == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": "<LogsKey>"}
+    assert resolve.active_outputs()["ApiNonceTableName"] == "<ApiNonceTable>"
+    # No processor policy of the core stack names it.
+    for name, res in template["Resources"].items():
+        if res["Type"] in ("AWS::IAM::ManagedPolicy", "AWS::IAM::Role"):
+            assert "ApiNonceTable" not in json.dumps(res), name
+    nonces = "multi-tenant-logging-development-tenant-api-nonces"
+    for stack, params in [
+        ("tenant-api", {**TENANT_API_PARAMS, "ApiNonceTableName": nonces}),
+        ("cluster", {"CentralLogDistributionRoleArn": CENTRAL_ARN, "TenantConfigTableName": "t",
+                     "ApiNonceTableName": nonces}),
+    ]:  # fmt: skip
+        t, r = resolved(stack, **params)
+        (policy,) = r(t["Resources"]["TenantApiRole"]["Properties"])["Policies"]
+        grants = [g for g in statements(policy["PolicyDocument"]) if nonces in json.dumps(g)]
+        assert grants == [{"Sid": "Nonces", "Effect": "Allow", "Action": "dynamodb:PutItem",
+                           "Resource": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{nonces}"}], stack  # fmt: skip
+
+
 def test_v1_tenant_table_keeps_what_existing_stacks_have() -> None:
     """Stacks created before v2 hold logical TenantConfigTable, named <project>-<env>-tenant-configs, keyed by
     tenant_id. Changing any of these would make CloudFormation replace (or refuse to replace) it."""
@@ -422,7 +455,10 @@ def test_tenant_table_mode_selects_the_tables_and_the_one_the_processors_read(
 ) -> None:
     template, resolve = resolved("core", TenantTableMode=mode)
     active = resolve.active_resources()
-    assert {n for n, r in active.items() if r["Type"] == "AWS::DynamoDB::Table"} == tables | {"DeliveryLedgerTable"}
+    assert {n for n, r in active.items() if r["Type"] == "AWS::DynamoDB::Table"} == tables | {
+        "DeliveryLedgerTable",
+        "ApiNonceTable",
+    }
     outputs = resolve.active_outputs()
     assert outputs["TenantConfigTableName"] == f"<{processors_read}>"  # TENANT_CONFIG_TABLE (lambda, k8s)
     assert outputs["TenantTableV2Name"] == "<TenantDeliveriesTable>"
@@ -600,7 +636,10 @@ def test_irsa_roles_trust_one_service_account_through_the_oidc_provider(
 
 def test_cluster_tenant_api_role_is_the_lambda_role_without_its_secret_and_log_grants() -> None:
     table = TENANT_API_PARAMS["TenantConfigTableName"]
-    template, resolve = resolved("cluster", CentralLogDistributionRoleArn=CENTRAL_ARN, TenantConfigTableName=table)
+    nonces = TENANT_API_PARAMS["ApiNonceTableName"]
+    template, resolve = resolved(
+        "cluster", CentralLogDistributionRoleArn=CENTRAL_ARN, TenantConfigTableName=table, ApiNonceTableName=nonces
+    )
     assert resolve.exists("TenantApiRole") and resolve.exists("TenantApiRoleArn")
     irsa = resolve(template["Resources"]["TenantApiRole"]["Properties"])
     assert irsa["RoleName"] == "multi-tenant-logging-prod-1-tenant-api"
@@ -612,7 +651,12 @@ def test_cluster_tenant_api_role_is_the_lambda_role_without_its_secret_and_log_g
     lambda_grants = {st["Sid"]: st for st in statements(lambda_policy["PolicyDocument"])}
     grants = {st["Sid"]: st for st in statements(policy["PolicyDocument"])}
     # The Deployment reads its key from a Kubernetes Secret and logs to stdout.
-    assert set(lambda_grants) - {"ApiKey", "OwnLogs"} == {"TenantTable", "TableAndSecretKey", "PreflightFirstHop"}
+    assert set(lambda_grants) - {"ApiKey", "OwnLogs"} == {
+        "TenantTable",
+        "Nonces",
+        "TableAndSecretKey",
+        "PreflightFirstHop",
+    }
     assert grants.pop("TableKey") == {**lambda_grants.pop("TableAndSecretKey"), "Sid": "TableKey"}
     assert grants == {k: v for k, v in lambda_grants.items() if k not in ("ApiKey", "OwnLogs")}
     assert grants["TenantTable"]["Resource"] == f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{table}"
@@ -629,6 +673,7 @@ def test_cluster_tenant_api_parameters_accept_what_deploy_sh_passes_and_empty() 
         ("CentralLogDistributionRoleArn", [CENTRAL_ARN, "arn:aws:iam::123456789012:role/path/r", ""],
          ["CentralLogDistributionRole", "arn:aws:iam::1234:role/r"]),
         ("TenantConfigTableName", ["multi-tenant-logging-development-tenant-deliveries", ""], ["a b", "t/x"]),
+        ("ApiNonceTableName", ["multi-tenant-logging-development-tenant-api-nonces", ""], ["a b", "t/x"]),
     ):  # fmt: skip
         assert params[name]["Default"] == ""
         for value in good:

@@ -1,18 +1,23 @@
-"""The tenant API's deployable parts: the CloudFormation stack (Lambda behind an HTTP API, the key in
-Secrets Manager) and the Kubernetes Deployment in k8s/consumer (probes, non-root, resources, reachable only
+"""The tenant API's deployable parts: the CloudFormation stack (Lambda behind an HTTP API, the keys in
+Secrets Manager, nonces in the core stack's table) and the Kubernetes Deployment in k8s/consumer (HTTPS with
+the service-ca certificate, the key file mounted from a Secret, probes, non-root, resources, reachable only
 from the control plane and monitoring)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from infra_helpers import TEMPLATES, Resolver, load_template, template_params
 from test_infra_k8s import find, render
 from test_infra_security import reachable_from
 
+from pipeline.api.keys import parse_keys
+
 PARAMS = {
     "EcrImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/log-processor:1",
     "TenantConfigTableName": "tenants",
+    "ApiNonceTableName": "nonces",
     "LogsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/k-1",
     "CentralLogDistributionRoleArn": "arn:aws:iam::123456789012:role/CentralLogDistributionRole",
 }
@@ -30,18 +35,26 @@ def test_the_function_reads_its_key_from_the_stack_secret_and_never_holds_it() -
     assert env["TENANT_API_KEY_SECRET_ARN"] == "<ApiKeySecret>"
     assert "TENANT_API_KEY" not in env
     assert env["TENANT_CONFIG_TABLE"] == "tenants"
+    assert env["API_NONCE_TABLE"] == "nonces"
     assert fn["ImageConfig"]["Command"] == ["pipeline.api.lambda_handler.handler"]
     secret = template["Resources"]["ApiKeySecret"]["Properties"]
     assert "SecretString" not in secret and secret["GenerateSecretString"]["PasswordLength"] >= 32
+    # The generated secret is a key document the API reads: one admin key, its secret generated.
+    generated = secret["GenerateSecretString"]
+    doc = {**json.loads(generated["SecretStringTemplate"]), generated["GenerateStringKey"]: "x" * 48}
+    assert parse_keys(json.dumps(doc), "stack").ids == ["admin-1"]
 
 
-def test_the_role_reads_only_its_secret_and_writes_only_the_tenant_table() -> None:
+def test_the_role_reads_only_its_secret_writes_only_the_tenant_table_and_puts_nonces() -> None:
     template, resolve = resolved()
     (policy,) = resolve(template["Resources"]["TenantApiRole"]["Properties"]["Policies"])
     grants = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
     assert grants["ApiKey"]["Action"] == "secretsmanager:GetSecretValue"
     assert grants["ApiKey"]["Resource"] == "<ApiKeySecret>"
     assert grants["TenantTable"]["Resource"].endswith(":table/tenants")
+    # Nonces: a conditional put, nothing else (never read, never deleted by the API).
+    assert grants["Nonces"]["Action"] == "dynamodb:PutItem"
+    assert grants["Nonces"]["Resource"].endswith(":table/nonces")
     assert grants["PreflightFirstHop"] == {"Sid": "PreflightFirstHop", "Effect": "Allow", "Action": "sts:AssumeRole",
                                            "Resource": PARAMS["CentralLogDistributionRoleArn"]}  # fmt: skip
     actions = {a for s in grants.values() for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
@@ -70,13 +83,43 @@ def test_the_deployment_is_probed_non_root_with_resources_and_reachable_only_fro
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and "memory" in c["resources"]["limits"]
     for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": 8080}
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": 8080, "scheme": "HTTPS"}
     assert c["command"] == ["log-tenants"] and c["args"][0] == "serve"  # the image's console script
-    env = {e["name"]: e for e in c["env"]}
-    assert env["TENANT_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "tenant-api-key"
     assert {p["containerPort"] for p in c["ports"]} == {8080}
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert reachable_from(objs, "log-delivery", labels, 8080) == {"tenant-control-plane"}
     # The consumer's pods do not take API calls, and the API's pods are not the consumer's.
     consumer = find(objs, "Deployment", "log-consumer")["spec"]["template"]["metadata"]["labels"]
     assert consumer != labels
+
+
+def test_the_deployment_serves_https_with_the_service_ca_certificate_and_reads_its_keys_from_a_file() -> None:
+    objs = render("consumer")
+    pod = find(objs, "Deployment", "tenant-api")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    args = c["args"]
+    # TLS: the certificate OpenShift's service-ca writes into the Secret the Service names.
+    service = find(objs, "Service", "tenant-api")
+    tls_secret = service["metadata"]["annotations"]["service.beta.openshift.io/serving-cert-secret-name"]
+    assert volumes["tls"]["secret"]["secretName"] == tls_secret
+    tls_dir = mounts["tls"]["mountPath"]
+    assert args[args.index("--tls-cert") + 1] == f"{tls_dir}/tls.crt"
+    assert args[args.index("--tls-key") + 1] == f"{tls_dir}/tls.key"
+    assert "--plain-http" not in args
+    # The keys: a file from a Secret volume, never an environment variable.
+    env = {e["name"]: e for e in c["env"]}
+    assert not any("valueFrom" in e for e in c["env"]), "no secret reaches the environment"
+    assert "TENANT_API_KEY" not in env and "TENANT_API_KEY_SECRET_ARN" not in env
+    keys = volumes["keys"]["secret"]
+    assert keys["secretName"] == "tenant-api-keys"
+    assert env["TENANT_API_KEYS_FILE"]["value"] == f"{mounts['keys']['mountPath']}/{keys['items'][0]['path']}"
+    for name in ("keys", "tls"):
+        assert mounts[name]["readOnly"] is True
+        assert volumes[name]["secret"]["defaultMode"] == 0o440  # the pod's fsGroup reads it, no one else
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    # Every replica remembers nonces in the one table.
+    (ref,) = c["envFrom"]
+    configmap = find(objs, "ConfigMap", ref["configMapRef"]["name"])  # kustomize's hashed name
+    assert configmap["data"]["API_NONCE_TABLE"].endswith("-tenant-api-nonces")

@@ -8,24 +8,33 @@ from __future__ import annotations
 import io
 import json
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
-from devstack.provision import LocalEnvironment, create_tenant_table
+from devstack.provision import LocalEnvironment, create_nonce_table, create_tenant_table
 from pipeline.admin.preflight import Preflight
 from pipeline.admin.store import TenantStore
 from pipeline.api.app import create_app
+from pipeline.api.auth import ApiKey, KeyRing, KeyScope
+from pipeline.api.nonces import DynamoNonces
 from pipeline.logs import JsonFormatter
-from tests.support.tenant_api import ApiClient, contract_headers, serving
+from tests.support.tenant_api import ApiClient, contract_headers, self_signed_certificate, serving
 
 pytestmark = pytest.mark.integration
 
 KEY = "k3y-" + uuid.uuid4().hex  # random per run: a test that finds it anywhere found a leak
+# The key a rotation brings in, live beside KEY, and a read-only key.
+NEXT_KEY = "n3xt-" + uuid.uuid4().hex
+READ_KEY = "r3ad-" + uuid.uuid4().hex
+KEYS = KeyRing([ApiKey("ops-1", KEY, KeyScope.ADMIN), ApiKey("ops-2", NEXT_KEY, KeyScope.ADMIN),
+                ApiKey("dashboard", READ_KEY, KeyScope.READ)])  # fmt: skip
 ROLE = "arn:aws:iam::111111111111:role/CustomerLogDistribution-{}"
 
 
@@ -40,8 +49,10 @@ def cloudwatch(tenant: str, **extra: Any) -> dict[str, Any]:
 
 
 class Api:
-    def __init__(self, client: ApiClient, env: LocalEnvironment, table: str, log: io.StringIO) -> None:
-        self.client, self.env, self.table, self.log = client, env, table, log
+    def __init__(self, client: ApiClient, env: LocalEnvironment, table: str, log: io.StringIO, nonces: str) -> None:
+        self.client, self.env, self.table, self.log, self.nonces = client, env, table, log, nonces
+        self.next_client = ApiClient(client.base_url, NEXT_KEY, "ops-2")
+        self.reader = ApiClient(client.base_url, READ_KEY, "dashboard")
 
     def stored(self, tenant: str, delivery: str) -> dict[str, Any] | None:
         raw = (
@@ -61,6 +72,8 @@ class Api:
 def api(module_aws: LocalEnvironment) -> Iterator[Api]:
     table = f"tenants-api-{uuid.uuid4().hex[:8]}"
     create_tenant_table(module_aws.client("dynamodb"), table)
+    nonce_table = f"nonces-api-{uuid.uuid4().hex[:8]}"
+    create_nonce_table(module_aws.client("dynamodb"), nonce_table)
     log = io.StringIO()
     handler = logging.StreamHandler(log)
     handler.setFormatter(JsonFormatter())
@@ -69,10 +82,11 @@ def api(module_aws: LocalEnvironment) -> Iterator[Api]:
     old_level = root.level
     root.setLevel(logging.INFO)
     store = TenantStore(table, module_aws.client("dynamodb"), actor="api:test")
-    app = create_app(KEY, store, Preflight(module_aws.central_role_arn))
+    nonces = DynamoNonces(nonce_table, module_aws.client("dynamodb"))
+    app = create_app(KEYS, store, Preflight(module_aws.central_role_arn), nonces=nonces)
     try:
         with serving(app) as url:
-            yield Api(ApiClient(url, KEY), module_aws, table, log)
+            yield Api(ApiClient(url, KEY, "ops-1"), module_aws, table, log, nonce_table)
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
@@ -134,7 +148,7 @@ def test_crud_round_trip(api: Api) -> None:
     assert [a["action"] for a in mine] == ["created", "updated", "replaced", "created", "deleted"]
     assert mine[1]["changed"] == ["desired_logs", "enabled"]
     assert mine[1]["before"]["enabled"] is True and mine[1]["after"]["enabled"] is False
-    assert all(a["actor"] == "api:test" for a in mine)
+    assert all(a["actor"] == "api:ops-1" for a in mine)  # the key id, never the key
 
 
 def test_pagination_walks_every_tenant_once(api: Api) -> None:
@@ -180,20 +194,41 @@ def test_a_concurrent_update_is_refused_by_if_match(api: Api) -> None:
     assert api.client.patch(path, {"enabled": False}, headers={"If-Match": first.headers["etag"]}).status_code == 200
 
 
-def _unsigned_variants(key: str, path: str, body: bytes) -> dict[str, dict[str, str]]:
-    good = contract_headers(key, "PUT", path, body)
+def _unsigned_variants(client: ApiClient, path: str, body: bytes) -> dict[str, dict[str, Any]]:
+    def signed(**kw: Any) -> dict[str, str]:
+        kw.setdefault("key_id", client.key_id)
+        kw.setdefault("host", client.host)
+        kw.setdefault("content_type", "application/json")
+        return contract_headers(kw.pop("key", client.key), "PUT", kw.pop("path", path), body, **kw)
+
+    good = signed()
     now = int(time.time())
     return {
-        "wrong key": contract_headers("another-key-of-16+chars", "PUT", path, body),
+        "wrong key": signed(key="another-key-of-16+chars"),
+        "unknown key id": signed(key_id="nobody"),
+        "another key's id": signed(key_id="ops-2"),
         # A few seconds past the 300 s window: the server's clock reads a moment later than ours.
-        "stale timestamp": contract_headers(key, "PUT", path, body, timestamp=now - 305),
-        "future timestamp": contract_headers(key, "PUT", path, body, timestamp=now + 305),
+        "stale timestamp": signed(timestamp=now - 305),
+        "future timestamp": signed(timestamp=now + 305),
         "body changed after signing": good,  # sent with another body below
-        "signature for another path": contract_headers(key, "PUT", path + "x", body),
+        "signature for another path": signed(path=path + "x"),
+        "signed for another host": signed(host="api.example"),
+        "signed for another content type": signed(content_type="text/plain"),
+        "signed with an If-Match not sent": signed(if_match='"v1"'),
         "no Authorization": {k: v for k, v in good.items() if k != "Authorization"},
         "no X-Timestamp": {k: v for k, v in good.items() if k != "X-Timestamp"},
+        "no X-Nonce": {k: v for k, v in good.items() if k != "X-Nonce"},
         "no X-Body-SHA256": {k: v for k, v in good.items() if k != "X-Body-SHA256"},
         "another scheme": {**good, "Authorization": good["Authorization"].replace("HMAC-SHA256", "Bearer")},
+        "no key id": {**good, "Authorization": good["Authorization"].replace("ops-1:", "")},
+        "short nonce": signed(nonce="0123456789abcde"),
+        "nonce outside the alphabet": signed(nonce="0123456789abcdef+"),
+        # Sent as UTF-8 bytes (httpx would refuse a str outside ASCII): isdigit() says True to both.
+        "superscript timestamp": {**good, "X-Timestamp": "²".encode()},
+        "400-digit timestamp": {**good, "X-Timestamp": "1" * 400},
+        "fullwidth digits": {**good, "X-Timestamp": "１７００００００００".encode()},
+        "13-digit timestamp": {**good, "X-Timestamp": "0" + str(now) + "0"},
+        "negative timestamp": {**good, "X-Timestamp": "-" + str(now)},
     }
 
 
@@ -202,11 +237,12 @@ def test_every_bad_signature_answers_401_with_no_detail(api: Api) -> None:
     path = f"/tenants/{t}/deliveries/cloudwatch"
     body = json.dumps(cloudwatch(t)).encode()
     answers = {}
-    for case, headers in _unsigned_variants(KEY, path, body).items():
+    for case, headers in _unsigned_variants(api.client, path, body).items():
         sent = body.replace(b"/logs/", b"/other/") if case == "body changed after signing" else body
         r = api.client.request("PUT", path, raw=sent, headers=headers, signed=False)
         answers[case] = (r.status_code, r.content)
     assert {case: status for case, (status, _) in answers.items()} == dict.fromkeys(answers, 401)
+    assert len(answers) == 23
     assert len({content for _, content in answers.values()}) == 1  # the same answer whatever was wrong
     assert api.stored(t, "cloudwatch") is None
     # Reads, unknown paths and the preflight are behind the signature too.
@@ -309,3 +345,224 @@ def test_the_key_is_in_no_log_error_or_openapi_document(api: Api) -> None:
     put_body = doc["paths"]["/tenants/{tenant_id}/deliveries/{delivery_id}"]["put"]["requestBody"]
     props = put_body["content"]["application/json"]["schema"]["properties"]
     assert {"type", "log_distribution_role_arn", "target_region", "log_group_name", "bucket_name"} <= set(props)
+
+
+# --- Replay, scopes, the canonical string under two servers, TLS, strictness before authentication ---------
+
+
+def test_a_replayed_request_is_refused(api: Api) -> None:
+    t = tenant()
+    api.client.put(f"/tenants/{t}/deliveries/cloudwatch", cloudwatch(t))
+    captured = api.client.prepare("GET", f"/tenants/{t}/deliveries")
+    assert api.client.send(captured).status_code == 200
+    again = api.client.send(captured)
+    assert again.status_code == 401 and again.content == b'{"error":"unauthorized"}'
+    # The nonce is in the table, by (key id, nonce), with a TTL past the window on both sides.
+    item = api.env.client("dynamodb").get_item(
+        TableName=api.nonces, Key={"nonce": {"S": f"ops-1/{captured.headers['X-Nonce']}"}}, ConsistentRead=True
+    )["Item"]
+    assert int(item["expires_at"]["N"]) >= time.time() + 2 * 300
+
+
+def test_a_captured_delete_replayed_after_the_delivery_was_recreated_is_refused(api: Api) -> None:
+    t = tenant()
+    path = f"/tenants/{t}/deliveries/cloudwatch"
+    assert api.client.put(path, cloudwatch(t)).status_code == 201
+    delete = api.client.prepare("DELETE", path)
+    assert api.client.send(delete).status_code == 204
+    assert api.client.put(path, cloudwatch(t, log_group_name="/logs/again")).status_code == 201
+    assert api.client.send(delete).status_code == 401
+    stored = api.stored(t, "cloudwatch")
+    assert stored is not None and stored["log_group_name"] == "/logs/again"
+
+
+def test_a_captured_put_replayed_after_a_fix_does_not_roll_it_back(api: Api) -> None:
+    t = tenant()
+    path = f"/tenants/{t}/deliveries/cloudwatch"
+    put = api.client.prepare("PUT", path, cloudwatch(t, log_group_name="/logs/typo"))
+    assert api.client.send(put).status_code == 201
+    assert api.client.patch(path, {"log_group_name": f"/logs/{t}"}).status_code == 200
+    assert api.client.send(put).status_code == 401
+    stored = api.stored(t, "cloudwatch")
+    assert stored is not None and stored["log_group_name"] == f"/logs/{t}"
+
+
+def test_changing_host_content_type_or_if_match_breaks_the_signature(api: Api) -> None:
+    t = tenant()
+    path = f"/tenants/{t}/deliveries/cloudwatch"
+    etag = api.client.put(path, cloudwatch(t)).headers["etag"]
+    changes: dict[str, dict[str, str]] = {
+        "Host": {"Host": "api.example"},
+        "Content-Type": {"Content-Type": "application/json; charset=utf-8"},
+        "If-Match": {"If-Match": '"another"'},
+    }
+    for name, change in changes.items():
+        # Each one a fresh signed request: the nonce is not what refuses it.
+        req = api.client.prepare("PATCH", path, {"enabled": False}, headers={"If-Match": etag})
+        req.headers.update(change)
+        assert api.client.send(req).status_code == 401, name
+    # Unchanged, the same kind of request goes through.
+    assert api.client.patch(path, {"enabled": False}, headers={"If-Match": etag}).status_code == 200
+    # A header the signature covers, sent twice, is refused: which copy was signed is not for a route to guess.
+    req = api.client.prepare("GET", path)
+    r = httpx.request("GET", api.client.base_url + path, timeout=30,
+                      headers=[*req.headers.items(), ("X-Nonce", req.headers["X-Nonce"])])  # fmt: skip
+    assert r.status_code == 401
+
+
+def test_a_read_key_reads_and_cannot_write_and_two_admin_keys_are_live(api: Api) -> None:
+    t = tenant()
+    path = f"/tenants/{t}/deliveries/cloudwatch"
+    assert api.client.put(path, cloudwatch(t)).status_code == 201
+    assert api.next_client.patch(path, {"enabled": False}).status_code == 200  # the rotation's new key
+    assert api.reader.get(path).status_code == 200
+    assert api.reader.get(f"/tenants/{t}/deliveries").status_code == 200
+    for r in [
+        api.reader.put(path, cloudwatch(t, log_group_name="/logs/reader")),
+        api.reader.patch(path, {"enabled": True}),
+        api.reader.delete(path),
+        api.reader.post(f"{path}/validate"),  # the preflight writes into the tenant's account
+        api.reader.put(f"/tenants/{t}/deliveries/s3", {"type": "s3"}),
+    ]:
+        assert (r.status_code, r.content) == (403, b'{"error":"forbidden"}')
+    stored = api.stored(t, "cloudwatch")
+    assert stored is not None and stored["enabled"] is False and stored["log_group_name"] == f"/logs/{t}"
+    assert api.stored(t, "s3") is None
+    audit = [json.loads(line) for line in api.log.getvalue().splitlines() if '"audit"' in line]
+    assert [a["actor"] for a in audit if a["tenant_id"] == t] == ["api:ops-1", "api:ops-2"]
+
+
+def _api_gateway_event(signed: Any, raw_path: str, host: str) -> dict[str, Any]:
+    """What API Gateway (HTTP API, payload 2.0) hands the Lambda: the path decoded, the query as sent."""
+    from urllib.parse import unquote
+
+    path, _, query = raw_path.partition("?")
+    body = signed.content.decode()
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": {k.lower(): v for k, v in {**signed.headers, "Host": host}.items()},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "api",
+            "domainName": host,
+            "http": {
+                "method": signed.method,
+                "path": unquote(path),
+                "protocol": "HTTP/1.1",
+                "sourceIp": "192.0.2.1",
+                "userAgent": "test",
+            },
+            "requestId": uuid.uuid4().hex,
+            "stage": "$default",
+            "time": "04/Dec/2026:12:00:00 +0000",
+            "timeEpoch": int(time.time() * 1000),
+        },
+        "body": body,
+        "isBase64Encoded": False,
+    }
+
+
+def test_the_same_signed_request_passes_under_uvicorn_and_under_mangum(api: Api) -> None:
+    from mangum import Mangum
+
+    from pipeline.api.nonces import MemoryNonces
+
+    t = tenant()
+    # Percent-encoded characters the routes see decoded ("cloud%77atch" is "cloudwatch"), an encoded
+    # segment character ("%7E" is "~") and a query in no order: what a client signs is what it sends.
+    sent = f"/tenants/{t}/deliveries/cloud%77atch?z=1&a=%7E&a=b+c"
+    # Two servers over one table, each remembering its own nonces: the one request goes to both.
+    store = TenantStore(api.table, api.env.client("dynamodb"), actor="api:test")
+    host = "tenant-api.example.com"
+    lambda_app = create_app(KEYS, store, None, nonces=MemoryNonces())
+    handler = Mangum(lambda_app, lifespan="off")
+    client = ApiClient(api.client.base_url, KEY, "ops-1")
+    with serving(create_app(KEYS, store, None, nonces=MemoryNonces())) as url:
+        uv = ApiClient(url, KEY, "ops-1")
+        for method, body in [("PUT", cloudwatch(t)), ("GET", None)]:
+            # Signed once, for the Host both servers are reached by (a proxy's name, sent as the Host header).
+            signed = client.prepare(method, sent, body, headers={"Host": host})
+            over_http = uv.send(signed)
+            assert over_http.status_code in (200, 201), over_http.text
+            answer = handler(_api_gateway_event(signed, sent, host), None)
+            assert answer["statusCode"] == 200, answer
+            assert json.loads(answer["body"])["log_group_name"] == f"/logs/{t}"
+            # Under Lambda a replay is refused as well.
+            assert handler(_api_gateway_event(signed, sent, host), None)["statusCode"] == 401
+
+
+def test_the_api_serves_https_with_a_mounted_certificate(api: Api, tmp_path: Any) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    store = TenantStore(api.table, api.env.client("dynamodb"), actor="api:test")
+    with serving(create_app(KEYS, store, None), ssl_certfile=cert, ssl_keyfile=key) as url:
+        assert url.startswith("https://")
+        client = ApiClient(url, KEY, "ops-1", verify=ssl.create_default_context(cafile=cert))  # that one only
+        t = tenant()
+        assert client.put(f"/tenants/{t}/deliveries/cloudwatch", cloudwatch(t)).status_code == 201
+        assert client.get(f"/tenants/{t}/deliveries/cloudwatch").status_code == 200
+        # Plain HTTP to the same port gets no answer from the API.
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url.replace("https://", "http://") + "/healthz", timeout=5)
+
+
+def test_deep_or_duplicate_key_bodies_answer_400_never_500(api: Api) -> None:
+    t = tenant()
+    path = f"/tenants/{t}/deliveries/cloudwatch"
+    item = json.dumps(cloudwatch(t))
+    cases = {
+        "100k nested arrays": b"[" * 100_000 + b"]" * 100_000,
+        "33 nested objects": b'{"a":' * 33 + b"1" + b"}" * 33,
+        "unclosed nesting": b"{" * 100_000,
+        "duplicate type": item[:-1].encode() + b', "type": "s3"}',
+        "duplicate nested key": b'{"type": "cloudwatch", "desired_logs": [{"a": 1, "a": 2}]}',
+        "NaN": b'{"type": NaN}',
+        "4,301 digits": b'{"enabled": ' + b"1" * 4301 + b"}",
+        "not UTF-8": b'{"type": "\xff\xfe"}',
+    }
+    for case, raw in cases.items():
+        r = api.client.put(path, None, raw=raw)
+        assert r.status_code == 400, (case, r.status_code, r.text[:200])
+        assert set(r.json()["fields"]) == {"body"}, case
+    # A type that is no string (found by tests/faults/test_api_strictness.py): named, not a 500.
+    for odd in ([], {}, 1, True):
+        r = api.client.put(path, {"type": odd})
+        assert r.status_code == 400 and "type" in r.json()["fields"], (odd, r.text)
+    # Brackets inside strings (escaped quotes too) are text, not nesting.
+    r = api.client.put(path, None, raw=b'{"x": "\\"' + b"[" * 100 + b'"}')
+    assert r.status_code == 400 and "body" not in r.json()["fields"], r.text
+    assert api.stored(t, "cloudwatch") is None
+    # 32 levels are not refused for their depth (a delivery then says what is wrong with it).
+    r = api.client.put(path, None, raw=b'{"desired_logs": ' + b"[" * 31 + b"]" * 31 + b"}")
+    assert r.status_code == 400 and "body" not in r.json()["fields"]
+    # Over the limit: 413, before the signature is even looked at.
+    assert api.client.put(path, None, raw=b" " * (256 * 1024 + 1), signed=False).status_code == 413
+
+
+def test_the_lambda_handler_reads_its_keys_from_the_secret_and_its_nonces_from_the_table(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the stack deploys: pipeline.api.lambda_handler, configured by the environment alone."""
+    from pipeline.api import lambda_handler
+
+    doc = {"keys": [{"id": "ops-1", "secret": KEY, "scope": "admin"}]}
+    arn = api.env.client("secretsmanager").create_secret(Name=f"api-{uuid.uuid4().hex[:6]}",
+                                                         SecretString=json.dumps(doc))["ARN"]  # fmt: skip
+    for name, value in {**api.env.env, "TENANT_CONFIG_TABLE": api.table, "API_NONCE_TABLE": api.nonces,
+                        "TENANT_API_KEY_SECRET_ARN": arn}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TENANT_API_KEY", raising=False)
+    monkeypatch.setattr(lambda_handler, "_handler", None)
+    t = tenant()
+    api.client.put(f"/tenants/{t}/deliveries/cloudwatch", cloudwatch(t))
+    host = "abc123.execute-api.us-east-1.amazonaws.com"
+    signed = api.client.prepare("GET", f"/tenants/{t}/deliveries/cloudwatch", headers={"Host": host})
+    answer = lambda_handler.handler(_api_gateway_event(signed, signed.path, host), None)
+    assert answer["statusCode"] == 200, answer
+    assert lambda_handler.handler(_api_gateway_event(signed, signed.path, host), None)["statusCode"] == 401
+    item = api.env.client("dynamodb").get_item(
+        TableName=api.nonces, Key={"nonce": {"S": f"ops-1/{signed.headers['X-Nonce']}"}}, ConsistentRead=True
+    )
+    assert "Item" in item

@@ -471,15 +471,111 @@ def test_writes_need_a_v2_table_and_a_table_name(env: LocalEnvironment) -> None:
     assert cli("delete", "acme").exit_code == 2
 
 
-def test_serve_reads_the_key_from_secrets_manager_and_refuses_a_missing_one(env: LocalEnvironment) -> None:
-    from pipeline.api.keys import load_key
+def test_serve_reads_the_keys_from_secrets_manager_or_a_file_and_refuses_a_missing_one(
+    env: LocalEnvironment, tmp_path: Path
+) -> None:
+    from pipeline.api.auth import KeyScope
+    from pipeline.api.keys import load_keys
     from pipeline.settings import ConfigError
 
+    # The two keys of a rotation, one of them read-only (docs/TENANTS.md, the key document).
+    doc = {"keys": [{"id": "ops-2026-12", "secret": "s3cr3t-from-secrets-manager", "scope": "admin"},
+                    {"id": "dashboard", "secret": "an0ther-s3cr3t-for-reading", "scope": "read"}]}  # fmt: skip
     arn = env.client("secretsmanager").create_secret(Name=f"api-{uuid.uuid4().hex[:6]}",
-                                                     SecretString="s3cr3t-from-secrets-manager")["ARN"]  # fmt: skip
-    assert load_key({"TENANT_API_KEY_SECRET_ARN": arn}) == "s3cr3t-from-secrets-manager"
+                                                     SecretString=json.dumps(doc))["ARN"]  # fmt: skip
+    ring = load_keys({"TENANT_API_KEY_SECRET_ARN": arn})
+    assert ring.ids == ["dashboard", "ops-2026-12"]
+    assert ring.get("dashboard").scope is KeyScope.READ  # type: ignore[union-attr]
+    assert ring.get("ops-2026-12").secret == "s3cr3t-from-secrets-manager"  # type: ignore[union-attr]
+    # What CloudFormation's GenerateSecretString writes: one key object.
+    one = {"id": "admin-1", "scope": "admin", "secret": "x" * 48}
+    single = env.client("secretsmanager").create_secret(Name=f"api-{uuid.uuid4().hex[:6]}",
+                                                        SecretString=json.dumps(one))["ARN"]  # fmt: skip
+    assert load_keys({"TENANT_API_KEY_SECRET_ARN": single}).ids == ["admin-1"]
+    # The mounted file (the Kubernetes Secret volume).
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps(doc))
+    assert load_keys({"TENANT_API_KEYS_FILE": str(path)}).ids == ["dashboard", "ops-2026-12"]
+    # Locally: one admin key, id local.
+    local = load_keys({"TENANT_API_KEY": "a-local-key-of-some-length"}).get("local")
+    assert local is not None and local.scope is KeyScope.ADMIN
     with pytest.raises(ConfigError, match="ResourceNotFoundException") as info:
-        load_key({"TENANT_API_KEY_SECRET_ARN": arn + "-nope"})
+        load_keys({"TENANT_API_KEY_SECRET_ARN": arn + "-nope"})
     assert "s3cr3t" not in str(info.value)
     with pytest.raises(ConfigError, match="TENANT_API_KEY"):
-        load_key({})
+        load_keys({})
+    with pytest.raises(ConfigError, match="not several"):
+        load_keys({"TENANT_API_KEYS_FILE": str(path), "TENANT_API_KEY": "a-local-key-of-some-length"})
+    bad_docs = [
+        "s3cr3t-not-a-document",
+        json.dumps({"keys": []}),
+        json.dumps({"keys": [{"id": "a", "secret": "s3cr3t-long-enough!", "scope": "read"}], "more": 1}),
+        json.dumps({"keys": [{"id": "a", "secret": "short", "scope": "admin"}]}),
+        json.dumps({"keys": [{"id": "a", "secret": "s3cr3t-long-enough!", "scope": "root"}]}),
+        json.dumps({"keys": [{"id": "a b", "secret": "s3cr3t-long-enough!", "scope": "read"}]}),
+        json.dumps({"keys": [{"id": "a", "secret": "s3cr3t-long-enough!", "scope": "read"}] * 2}),
+    ]
+    for text in bad_docs:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match="TENANT_API_KEYS_FILE") as info:
+            load_keys({"TENANT_API_KEYS_FILE": str(path)})
+        assert "s3cr3t" not in str(info.value), text
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_keys({"TENANT_API_KEYS_FILE": str(tmp_path / "absent.json")})
+
+
+def test_serve_needs_tls_beyond_loopback_and_a_nonce_table_beyond_a_local_key(env: LocalEnvironment) -> None:
+    plain = cli("serve", "--host", "0.0.0.0", TENANT_API_KEY="a-local-key-of-some-length")
+    assert plain.exit_code == 2 and "--tls-cert" in plain.stderr
+    half = cli("serve", "--tls-cert", __file__, TENANT_API_KEY="a-local-key-of-some-length")
+    assert half.exit_code == 2 and "go together" in half.stderr
+    # A deployed key source without API_NONCE_TABLE: every replica would remember its own nonces.
+    doc = json.dumps({"id": "admin-1", "scope": "admin", "secret": "x" * 48})
+    arn = env.client("secretsmanager").create_secret(Name=f"api-{uuid.uuid4().hex[:6]}", SecretString=doc)["ARN"]
+    no_table = cli("serve", TENANT_API_KEY_SECRET_ARN=arn, API_NONCE_TABLE=None, TENANT_API_KEY=None)
+    assert no_table.exit_code == 3 and "API_NONCE_TABLE" in no_table.stderr
+
+
+def test_serve_runs_https_with_its_certificate_and_remembers_nonces_in_the_table(
+    env: LocalEnvironment, tmp_path: Path
+) -> None:
+    """`log-tenants serve` as the Deployment runs it: TLS from PEM files, keys from a mounted file, nonces in
+    API_NONCE_TABLE (the local stack's), a signed request accepted once."""
+    import ssl
+
+    import httpx
+
+    from devstack.server import free_port
+    from tests.support.tenant_api import ApiClient, self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    keys = tmp_path / "keys.json"
+    secret = "k3y-" + uuid.uuid4().hex
+    keys.write_text(json.dumps({"keys": [{"id": "ops", "secret": secret, "scope": "admin"}]}))
+    port = free_port()
+    environ = {**os.environ, **env.env, "TENANT_API_KEYS_FILE": str(keys)}
+    environ.pop("TENANT_API_KEY", None)
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--tls-cert", cert, "--tls-key", key]
+    proc = subprocess.Popen([sys.executable, "jobs/tenants.py", *args], cwd=REPO, env=environ,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        client = ApiClient(f"https://127.0.0.1:{port}", secret, "ops", verify=ssl.create_default_context(cafile=cert))
+        # Started when its log says so (uvicorn's own line, as JSON on stderr).
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "Uvicorn running on https://" in line:
+                break
+        else:
+            raise AssertionError(f"serve exited with {proc.wait()}")
+        captured = client.prepare("GET", "/tenants")
+        assert client.send(captured).status_code == 200
+        assert client.send(captured).status_code == 401  # the nonce is in the table now
+        item = env.client("dynamodb").get_item(
+            TableName=env.names.nonce_table, Key={"nonce": {"S": f"ops/{captured.headers['X-Nonce']}"}}
+        )
+        assert "Item" in item
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)  # no plain HTTP on the port
+    finally:
+        proc.terminate()
+        proc.wait(30)

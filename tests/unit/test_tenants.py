@@ -809,3 +809,54 @@ def test_other_read_errors_are_not_a_verdict_on_the_tenant() -> None:
     ddb.error = ""
     ddb.queries.clear()
     assert d.get("acme").delivery_ids == ("cloudwatch",)
+
+
+class TenantsDdb(ScriptedDdb):
+    """Answers a Query with GOOD for the tenants in `known`, with nothing for any other id."""
+
+    def __init__(self, known: set[str]) -> None:
+        super().__init__([])
+        self.known = known
+
+    def query(self, **kwargs: Any) -> dict[str, Any]:
+        self.queries.append(kwargs)
+        tenant = kwargs["ExpressionAttributeValues"][":t"]["S"]
+        ser = TypeSerializer()
+        return (
+            {"Items": [{k: ser.serialize(v) for k, v in {**GOOD, "tenant_id": tenant}.items()}]}
+            if tenant in self.known
+            else {"Items": []}
+        )
+
+
+def test_the_cache_stays_within_its_bound_under_10000_forged_tenant_ids() -> None:
+    """Tenant ids come from object keys: 10,000 ids no table holds cost one query each and at most
+    `max_misses` entries, and never evict the real tenant."""
+    d = TenantDirectory("t", client=TenantsDdb({"acme"}), clock=FakeClock(), max_tenants=8, max_misses=100)
+    d.get("acme")
+    peak = 0
+    for i in range(10_000):
+        with pytest.raises(TenantConfigError, match="unknown tenant"):
+            d.get(f"forged-{i}")
+        peak = max(peak, d.cached)
+    assert peak == 1 + 100
+    assert d.lookups == 1 + 10_000
+    d.get("acme")
+    assert d.lookups == 1 + 10_000, "the real tenant is still cached"
+    with pytest.raises(TenantConfigError):
+        d.get("forged-9999")  # among the most recent misses: still cached
+    assert d.lookups == 1 + 10_000
+
+
+def test_the_cache_evicts_the_least_recently_used_tenant() -> None:
+    clock = FakeClock()
+    d = TenantDirectory("t", client=TenantsDdb({"a", "b", "c"}), clock=clock, max_tenants=2)
+    d.get("a"), d.get("b"), d.get("a"), d.get("c")  # b is the least recently used
+    assert d.lookups == 3 and d.cached == 2
+    d.get("a")
+    assert d.lookups == 3
+    d.get("b")
+    assert d.lookups == 4
+    clock.t += 61  # and the TTL still applies
+    d.get("b")
+    assert d.lookups == 5
