@@ -48,14 +48,22 @@ def test_adjacent_windows_then_an_overlapping_one_deliver_each_event_once(
         seed=23,
     )
     manifest = write_dataset(cfg, local_aws.names.bucket, s3=local_aws.client("s3"))
-    # Bounds at odd seconds, never on an object's write time: objects straddle them.
-    b0, b1, b2, b3 = (start + timedelta(hours=h, seconds=s) for h, s in ((0, 0), (1, 1397), (3, 2537), (5, 0)))
-    straddling = [
-        o.key
-        for o in manifest.objects
-        if o.expected and any(min(t for t, _ in o.expected) < ms(b) <= max(t for t, _ in o.expected) for b in (b1, b2))
-    ]
-    assert straddling, "the dataset must have objects with events on both sides of a bound"
+
+    # Bounds on whole seconds (what the CLI takes) inside objects: events of one object on both sides.
+    def inside_an_object(near: datetime) -> datetime:
+        spans = sorted(
+            ((min(o.expected)[0], max(o.expected)[0]) for o in manifest.objects if o.expected),
+            key=lambda span: abs(span[0] - ms(near)),
+        )
+        for lo, hi in spans:
+            second = (lo // 1000 + 1) * 1000
+            if second < hi:
+                return datetime.fromtimestamp(second / 1000, UTC)
+        raise AssertionError("no object spans a whole second")
+
+    b0 = start
+    b1, b2, b3 = (inside_an_object(start + timedelta(hours=h)) for h in (1.3, 3.6, 5))
+    assert b0 < b1 < b2 < b3 < now - timedelta(minutes=20)
 
     runs = [(b0, b1), (b1, b2), (b2, b3)]
     for n, (since, until) in enumerate(runs):
