@@ -7,6 +7,12 @@ invalid delivery item, a body that is not an S3 event, an object in another buck
 Anything recoverable leaves the whole message for redelivery; every delivery that did succeed is in the
 ledger by then, so the retry sends only the rest.
 
+One destination's failures do not spend the workers of everyone else (`pipeline.circuits`): before an
+object is delivered, the deliveries whose circuit is open are held back (failed recoverably, never
+attempted, while the object's other deliveries go on), and a message with a held or throttled delivery
+carries `retry_after_s`, a delay that grows with its receive count, so SQS mode and Lambda hand it back at
+once instead of a worker waiting on it, and a long storm does not walk it into the DLQ.
+
 Only objects of the central bucket (`S3_BUCKET_NAME`) are delivered. A notification is data anyone who can
 send to the queue controls, and the consumer reads with an identity that may read other buckets too: a
 record naming another bucket is refused, never fetched, and acknowledged (retrying cannot change it).
@@ -19,17 +25,37 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.circuits import DEFAULT_HOLD_BASE_S, CircuitBreakers, Key, Verdict, release_delay, verdict_of
 from pipeline.consumer.events import InvalidMessageError, parse_body
 from pipeline.consumer.metrics import Metrics, object_status
-from pipeline.delivery import Deliverer, ObjectRef, ObjectResult, Status
+from pipeline.delivery import Deliverer, DeliveryResult, ObjectRef, ObjectResult, Status
+from pipeline.keys import parse_key
 from pipeline.replay.budget import MemoryBudget, decoded_footprint
+from pipeline.retry import RetryPolicy
 from pipeline.sinks import sink_names
-from pipeline.tenants import DeliveryType
+from pipeline.tenants import Delivery, DeliveryType
 
 log = logging.getLogger("pipeline.consumer")
 
 # The consumer acknowledges a message once delivery returns, so its CloudWatch sink must be durable by then.
 SINKS = sink_names(DeliveryType.CLOUDWATCH, durable_only=True)
+
+# Throttled attempts a put makes in the consumer before it fails and opens its destination's circuit. Short:
+# a worker that waits out a throttled tenant's quota is a worker every other tenant lacks, and the circuit
+# (not the sink's retry loop) is what waits out a storm.
+DEFAULT_THROTTLE_ATTEMPTS = 3
+
+
+def consumer_retry(put_attempts: int | None = None, throttle_attempts: int | None = None) -> RetryPolicy:
+    """The sinks' retry policy in the consumer: `put_attempts` for 5xx and the network (default 8), and at
+    most `throttle_attempts` (default 3) of them throttled."""
+    default = RetryPolicy()
+    return RetryPolicy(
+        attempts=put_attempts or default.attempts,
+        base_s=default.base_s,
+        cap_s=default.cap_s,
+        throttle_attempts=throttle_attempts or DEFAULT_THROTTLE_ATTEMPTS,
+    )
 
 
 @dataclass
@@ -39,6 +65,9 @@ class MessageOutcome:
     skipped: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # message- or record-level, non-recoverable
     error: str = ""  # an unexpected exception: the message is retried
+    # Set when a delivery was held back or its destination is backing off: hand the message back now, to come
+    # back after this many seconds (rather than the flat retry delay).
+    retry_after_s: int | None = None
 
     @property
     def acknowledged(self) -> bool:
@@ -71,6 +100,7 @@ class MessageOutcome:
             "skipped": self.skipped,
             "rejected": self.rejected,
             "error": self.error,
+            "retry_after_s": self.retry_after_s,
         }
 
 
@@ -87,6 +117,8 @@ class MessageProcessor:
         *,
         bucket: str,
         budget: MemoryBudget | None = None,
+        circuits: CircuitBreakers | None = None,
+        hold_base_s: float = DEFAULT_HOLD_BASE_S,
     ) -> None:
         if not bucket:
             raise ValueError("the central bucket (S3_BUCKET_NAME) is required: it is the only one delivered from")
@@ -96,6 +128,10 @@ class MessageProcessor:
         # Workers wait for room before an object that would not fit, so the pod's memory follows the budget,
         # not object size times workers.
         self.budget = budget
+        # None: every delivery is always attempted (manual mode, which answers for one object on request).
+        self.circuits = circuits
+        self.hold_base_s = hold_base_s
+        self._types: dict[Key, str] = {}  # delivery type of each destination seen, for the back-off gauge
 
     def process(self, body: str | bytes, message_id: str = "", receive_count: int = 0) -> MessageOutcome:
         outcome = MessageOutcome(message_id)
@@ -121,25 +157,94 @@ class MessageProcessor:
             log.info("event skipped: %s", reason, extra={**ctx, "reason": reason})
         for reason in outcome.rejected:
             log.warning("record rejected: %s", reason, extra={**ctx, "reason": reason})
+        waits: list[float] = []  # for each destination this message backs off from: seconds until it half-opens
         for ref in refs:
             start = time.monotonic()
+            tenant, probes, held = self._ask_circuits(ref)
             try:
-                result = self._deliver(ref)
+                result = self._deliver(ref, held)
             except Exception as exc:  # deliver() never raises for a bad object; this is a bug or a crash
+                self._report(tenant, probes, None)  # a half-open circuit's probe must not stay out forever
                 outcome.error = f"{type(exc).__name__}: {exc}"
                 log.exception("delivery raised unexpectedly", extra={**ctx, "object_key": ref.key})
                 return outcome
+            waits += self._report(tenant, probes, result)
             self.metrics.observe_object(result, time.monotonic() - start)
             outcome.results.append(result)
             _log_result(result, ctx, time.monotonic() - start)
+        if waits and not outcome.acknowledged:
+            outcome.retry_after_s = release_delay(max(waits), receive_count, self.hold_base_s)
         return outcome
 
-    def _deliver(self, ref: ObjectRef) -> ObjectResult:
-        if self.budget is None:
-            return self.deliverer.deliver(ref)
+    def _ask_circuits(self, ref: ObjectRef) -> tuple[str, list[Delivery], dict[str, str]]:
+        """The object's tenant, the deliveries let through (each reported after), and those held: id → reason."""
+        if self.circuits is None:
+            return "", [], {}
+        try:
+            tenant = self.deliverer.tenants.get(parse_key(ref.key).tenant)
+        except Exception:  # a bad key or an unknown tenant: deliver() reports it, no destination is involved
+            return "", [], {}
+        probes: list[Delivery] = []
+        held: dict[str, str] = {}
+        for d in tenant.deliveries:
+            key = (tenant.tenant_id, d.delivery_id)
+            if self.circuits.allow(key):
+                probes.append(d)
+            else:
+                why = self.circuits.cause(key)[0]
+                held[d.delivery_id] = (
+                    f"held: {d.type} delivery {d.delivery_id!r} of tenant {tenant.tenant_id!r} is backing off "
+                    f"for {self.circuits.retry_after(key):.0f} s more" + (f" after: {why}" if why else "")
+                )[:500]
+        return tenant.tenant_id, probes, held
+
+    def _report(self, tenant: str, probes: list[Delivery], result: ObjectResult | None) -> list[float]:
+        """Tell the circuits what each attempted delivery said about its destination; the wait (s) of every
+        destination of this object that is backing off now (held, or just opened)."""
+        if self.circuits is None or not tenant:
+            return []
+        by_id: dict[str, DeliveryResult] = {d.delivery_id: d for d in result.deliveries} if result else {}
+        for d in probes:
+            key = (tenant, d.delivery_id)
+            self._types[key] = str(d.type)
+            r = by_id.get(d.delivery_id)
+            verdict = (
+                verdict_of(r.done, r.status is Status.FAILED, r.recoverable, r.held, r.code) if r else Verdict.NONE
+            )
+            self.circuits.report(key, verdict, r.reason if r else "", r.code if r else "")
+        waits = []
+        for delivery_id, r in by_id.items():
+            key = (tenant, delivery_id)
+            if r.held and not r.code:
+                r.code = self.circuits.cause(key)[1]  # so its metrics say throttled when that is why
+            if r.status is Status.FAILED and r.recoverable and (r.held or self.circuits.retry_after(key) > 0):
+                waits.append(self.circuits.retry_after(key))
+        self._publish_backoff(self.circuits)
+        return waits
+
+    def _publish_backoff(self, circuits: CircuitBreakers) -> None:
+        """The `logdelivery_destinations_backing_off` gauge, from the circuits' state."""
+        counts: dict[tuple[str, str], int] = {}
+        for tenant, delivery_id in circuits.backing_off():
+            kind = self._types.get((tenant, delivery_id), "unknown")
+            counts[(tenant, kind)] = counts.get((tenant, kind), 0) + 1
+        self.metrics.set_backing_off(counts)
+
+    def _deliver(self, ref: ObjectRef, held: dict[str, str]) -> ObjectResult:
+        if self.budget is None or (held and not self._attempts_any(ref, held)):
+            # Nothing is read when every delivery is held: no memory to wait for, and a worker must never wait
+            # only to hand the message back.
+            return self.deliverer.deliver(ref, held=held or None)
         # An event without a size (never seen from S3) is charged nothing rather than blocking the pool.
         with self.budget.hold(decoded_footprint(ref.size or 0, self.deliverer.may_decode(ref.key))):
-            return self.deliverer.deliver(ref)
+            return self.deliverer.deliver(ref, held=held or None)
+
+    def _attempts_any(self, ref: ObjectRef, held: dict[str, str]) -> bool:
+        try:
+            tenant = self.deliverer.tenants.get(parse_key(ref.key).tenant)
+        except Exception:
+            return True
+        return any(d.delivery_id not in held for d in tenant.deliveries)
 
 
 def foreign_bucket_reason(bucket: str, key: str, central: str) -> str:
