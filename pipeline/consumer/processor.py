@@ -188,13 +188,14 @@ class MessageProcessor:
         held: dict[str, str] = {}
         for d in tenant.deliveries:
             key = (tenant.tenant_id, d.delivery_id)
+            self._types[key] = str(d.type)
             if self.circuits.allow(key):
                 probes.append(d)
             else:
                 why = self.circuits.cause(key)[0]
                 held[d.delivery_id] = (
                     f"held: {d.type} delivery {d.delivery_id!r} of tenant {tenant.tenant_id!r} is backing off "
-                    f"for {self.circuits.retry_after(key):.0f} s more" + (f" after: {why}" if why else "")
+                    f"for {self.circuits.retry_after(key):.1f} s more" + (f" after: {why}" if why else "")
                 )[:500]
         return tenant.tenant_id, probes, held
 
@@ -206,7 +207,6 @@ class MessageProcessor:
         by_id: dict[str, DeliveryResult] = {d.delivery_id: d for d in result.deliveries} if result else {}
         for d in probes:
             key = (tenant, d.delivery_id)
-            self._types[key] = str(d.type)
             r = by_id.get(d.delivery_id)
             verdict = (
                 verdict_of(r.done, r.status is Status.FAILED, r.recoverable, r.held, r.code) if r else Verdict.NONE
@@ -219,13 +219,15 @@ class MessageProcessor:
                 r.code = self.circuits.cause(key)[1]  # so its metrics say throttled when that is why
             if r.status is Status.FAILED and r.recoverable and (r.held or self.circuits.retry_after(key) > 0):
                 waits.append(self.circuits.retry_after(key))
-        self._publish_backoff(self.circuits)
+        self.publish_backoff()
         return waits
 
-    def _publish_backoff(self, circuits: CircuitBreakers) -> None:
+    def publish_backoff(self) -> None:
         """The `logdelivery_destinations_backing_off` gauge, from the circuits' state."""
+        if self.circuits is None:
+            return
         counts: dict[tuple[str, str], int] = {}
-        for tenant, delivery_id in circuits.backing_off():
+        for tenant, delivery_id in self.circuits.backing_off():
             kind = self._types.get((tenant, delivery_id), "unknown")
             counts[(tenant, kind)] = counts.get((tenant, kind), 0) + 1
         self.metrics.set_backing_off(counts)
