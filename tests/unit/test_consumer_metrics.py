@@ -115,9 +115,7 @@ def test_failures_say_throttled_and_backing_off_and_the_back_off_gauge_returns_t
     m.observe_object(ObjectResult(key="k2", tenant="umbrella", deliveries=[held, denied]).settle(), 0.1)
     s = samples(m.render().decode())
     row, cw = "logdelivery_deliveries_total", ("type", "cloudwatch")
-    assert (
-        s[(row, (("reason", "throttled"), ("status", "failed"), ("tenant", "umbrella"), cw))] == 2
-    )
+    assert s[(row, (("reason", "throttled"), ("status", "failed"), ("tenant", "umbrella"), cw))] == 2
     assert s[(row, (("reason", "backing_off"), ("status", "failed"), ("tenant", "umbrella"), ("type", "s3")))] == 1
     assert s[(row, (("reason", "none"), ("status", "delivered"), ("tenant", "umbrella"), ("type", "s3")))] == 1
     # One object failed only by throttling, the other for two reasons.
