@@ -153,9 +153,18 @@ class CircuitBreakers:
             return (c.reason, c.code) if c is not None else ("", "")
 
     def backing_off(self) -> dict[Key, bool]:
-        """Every destination not closed, with whether throttling opened it (the metrics and /healthz)."""
+        """Every destination in back-off, with whether throttling opened it (the metrics gauge).
+
+        Open, or half-open while a probe is out or for one more open time: a circuit is only closed by a
+        probe, and a process that stopped getting the destination's messages (another pod takes them now)
+        would otherwise report it in back-off forever."""
         with self._lock:
-            return {k: c.throttled for k, c in self._circuits.items() if c.state is CircuitState.OPEN}
+            now = self._clock()
+            return {
+                k: c.throttled
+                for k, c in self._circuits.items()
+                if c.state is CircuitState.OPEN and (c.probing or now - c.opened_at < 2 * c.open_s)
+            }
 
 
 def verdict_of(status_done: bool, failed: bool, recoverable: bool, held: bool, code: str) -> Verdict:

@@ -86,6 +86,18 @@ def test_stragglers_of_one_failure_do_not_grow_the_open_time() -> None:
     assert c.retry_after(KEY) == 5
 
 
+def test_an_idle_half_open_circuit_stops_counting_as_backing_off() -> None:
+    clock = Clock()
+    c = CircuitBreakers(base_s=5, clock=clock)
+    c.report(KEY, Verdict.THROTTLED)
+    clock.now = 9  # half-open, nobody probed yet
+    assert c.backing_off() == {KEY: True}
+    clock.now = 10  # one more open time without a message: another pod has them
+    assert c.backing_off() == {}
+    assert c.allow(KEY)  # the probe
+    assert c.backing_off() == {KEY: True}
+
+
 def test_destinations_are_apart() -> None:
     c = CircuitBreakers(clock=Clock())
     c.report(("acme", "cloudwatch"), Verdict.THROTTLED)
