@@ -22,6 +22,7 @@ back the destinations that answer False, and reports each delivery's outcome wit
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ __all__ = [
     "CircuitState",
     "Key",
     "Verdict",
+    "jittered",
     "release_delay",
     "verdict_of",
 ]
@@ -46,6 +48,9 @@ DEFAULT_CAP_S = 300.0
 # A held message comes back no sooner than this grown floor (see release_delay); SQS caps visibility at 12 h.
 DEFAULT_HOLD_BASE_S = 30.0
 HOLD_GROWTH = 4
+# Held messages given the same circuit wait would all come back the moment it half-opens, and all but the
+# probe be held again at once: up to this fraction more spreads them out (it only ever lengthens a delay).
+HOLD_JITTER = 0.25
 SQS_MAX_VISIBILITY_S = 12 * 3600
 
 
@@ -197,3 +202,9 @@ def release_delay(
     exponent = max(0, receive_count - 1)
     floor = base_s * HOLD_GROWTH ** min(exponent, 40)  # 4^40 s is far past the cap: no float overflow
     return int(min(cap_s, math.ceil(max(circuit_wait_s, floor))))
+
+
+def jittered(delay_s: int, fraction: float = HOLD_JITTER, cap_s: float = SQS_MAX_VISIBILITY_S) -> int:
+    """`delay_s` lengthened by up to `fraction` of itself, at random: never shorter, at most SQS's 12 h."""
+    # S311: jitter, not a secret.
+    return int(min(cap_s, math.ceil(delay_s * (1 + random.uniform(0, fraction)))))  # noqa: S311

@@ -25,7 +25,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.circuits import DEFAULT_HOLD_BASE_S, CircuitBreakers, Key, Verdict, release_delay, verdict_of
+from pipeline.circuits import (
+    DEFAULT_HOLD_BASE_S,
+    CircuitBreakers,
+    Key,
+    Verdict,
+    jittered,
+    release_delay,
+    verdict_of,
+)
 from pipeline.consumer.events import InvalidMessageError, parse_body
 from pipeline.consumer.metrics import Metrics, object_status
 from pipeline.delivery import Deliverer, DeliveryResult, ObjectRef, ObjectResult, Status
@@ -173,7 +181,7 @@ class MessageProcessor:
             outcome.results.append(result)
             _log_result(result, ctx, time.monotonic() - start)
         if waits and not outcome.acknowledged:
-            outcome.retry_after_s = release_delay(max(waits), receive_count, self.hold_base_s)
+            outcome.retry_after_s = jittered(release_delay(max(waits), receive_count, self.hold_base_s))
         return outcome
 
     def _ask_circuits(self, ref: ObjectRef) -> tuple[str, list[Delivery], dict[str, str]]:
@@ -233,9 +241,13 @@ class MessageProcessor:
         self.metrics.set_backing_off(counts)
 
     def _deliver(self, ref: ObjectRef, held: dict[str, str]) -> ObjectResult:
-        if self.budget is None or (held and not self._attempts_any(ref, held)):
-            # Nothing is read when every delivery is held: no memory to wait for, and a worker must never wait
-            # only to hand the message back.
+        if held and not self._attempts_any(ref, held):
+            # Every delivery is held: nothing is read, not even the ledger (an empty view: a held delivery the
+            # ledger has is reported held, not skipped, and comes back later). A herd of held messages coming
+            # back when a circuit half-opens then costs the other tenants almost nothing, and a worker never
+            # waits for memory only to hand the message back.
+            return self.deliverer.deliver(ref, delivered=frozenset(), held=held)
+        if self.budget is None:
             return self.deliverer.deliver(ref, held=held or None)
         # An event without a size (never seen from S3) is charged nothing rather than blocking the pool.
         with self.budget.hold(decoded_footprint(ref.size or 0, self.deliverer.may_decode(ref.key))):

@@ -4,6 +4,7 @@ that move it, and the delay arithmetic that keeps a storm's messages out of the 
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 
 import pytest
@@ -16,6 +17,7 @@ from pipeline.circuits import (
     CircuitBreakers,
     CircuitState,
     Verdict,
+    jittered,
     release_delay,
     verdict_of,
 )
@@ -297,3 +299,10 @@ def test_a_10_minute_storm_with_max_receive_count_5_sends_nothing_to_the_dlq(
             heapq.heappush(events, (at + delay, seq, "receive", i, count))
         seq += 1
     assert delivered == set(range(len(arrivals)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, SQS_MAX_VISIBILITY_S))
+def test_jitter_only_lengthens_a_delay_by_a_quarter_at_most(delay: int) -> None:
+    got = jittered(delay)
+    assert delay <= got <= min(SQS_MAX_VISIBILITY_S, math.ceil(delay * 1.25))
