@@ -36,8 +36,8 @@ __all__ = [
     "CircuitState",
     "Key",
     "Verdict",
-    "jittered",
     "release_delay",
+    "spread",
     "verdict_of",
 ]
 
@@ -48,9 +48,6 @@ DEFAULT_CAP_S = 300.0
 # A held message comes back no sooner than this grown floor (see release_delay); SQS caps visibility at 12 h.
 DEFAULT_HOLD_BASE_S = 30.0
 HOLD_GROWTH = 4
-# Held messages given the same circuit wait would all come back the moment it half-opens, and all but the
-# probe be held again at once: up to this fraction more spreads them out (it only ever lengthens a delay).
-HOLD_JITTER = 0.25
 SQS_MAX_VISIBILITY_S = 12 * 3600
 
 
@@ -143,6 +140,12 @@ class CircuitBreakers:
             c.state, c.opened_at, c.open_s = CircuitState.OPEN, self._clock(), self._open_time(c.failures)
             c.probing, c.reason, c.code, c.throttled = False, reason, code, verdict is Verdict.THROTTLED
 
+    def open_time(self, key: Key) -> float:
+        """How long the current opening of `key` lasts (0 when closed)."""
+        with self._lock:
+            c = self._circuits.get(key)
+            return c.open_s if c is not None else 0.0
+
     def retry_after(self, key: Key) -> float:
         """Seconds until `key` half-opens (0 when it is closed or half-open now)."""
         with self._lock:
@@ -204,7 +207,14 @@ def release_delay(
     return int(min(cap_s, math.ceil(max(circuit_wait_s, floor))))
 
 
-def jittered(delay_s: int, fraction: float = HOLD_JITTER, cap_s: float = SQS_MAX_VISIBILITY_S) -> int:
-    """`delay_s` lengthened by up to `fraction` of itself, at random: never shorter, at most SQS's 12 h."""
+def spread(circuit_wait_s: float, open_s: float, rng: random.Random | None = None) -> float:
+    """When a held message is worth receiving again, as far as its circuit goes: after the wait, plus a random
+    part of one open time.
+
+    Held messages that all came back the moment the circuit half-opens would find one probe out and be held
+    again together: a herd that, arriving at once, takes the workers (and, with a queue that answers oldest
+    first, the receives) from every other tenant for as long as it lasts. Spread over the next open time they
+    trickle back at (held messages / open time) a second instead, the first of them after the wait is the
+    probe, and a destination that recovered gets its backlog within one open time."""
     # S311: jitter, not a secret.
-    return int(min(cap_s, math.ceil(delay_s * (1 + random.uniform(0, fraction)))))  # noqa: S311
+    return circuit_wait_s + (rng or random).uniform(0, open_s)

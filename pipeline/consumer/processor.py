@@ -30,8 +30,8 @@ from pipeline.circuits import (
     CircuitBreakers,
     Key,
     Verdict,
-    jittered,
     release_delay,
+    spread,
     verdict_of,
 )
 from pipeline.consumer.events import InvalidMessageError, parse_body
@@ -181,7 +181,7 @@ class MessageProcessor:
             outcome.results.append(result)
             _log_result(result, ctx, time.monotonic() - start)
         if waits and not outcome.acknowledged:
-            outcome.retry_after_s = jittered(release_delay(max(waits), receive_count, self.hold_base_s))
+            outcome.retry_after_s = release_delay(max(waits), receive_count, self.hold_base_s)
         return outcome
 
     def _ask_circuits(self, ref: ObjectRef) -> tuple[str, list[Delivery], dict[str, str]]:
@@ -226,7 +226,7 @@ class MessageProcessor:
             if r.held and not r.code:
                 r.code = self.circuits.cause(key)[1]  # so its metrics say throttled when that is why
             if r.status is Status.FAILED and r.recoverable and (r.held or self.circuits.retry_after(key) > 0):
-                waits.append(self.circuits.retry_after(key))
+                waits.append(spread(self.circuits.retry_after(key), self.circuits.open_time(key)))
         self.publish_backoff()
         return waits
 

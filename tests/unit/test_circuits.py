@@ -4,7 +4,7 @@ that move it, and the delay arithmetic that keeps a storm's messages out of the 
 from __future__ import annotations
 
 import heapq
-import math
+import random
 import threading
 
 import pytest
@@ -17,8 +17,8 @@ from pipeline.circuits import (
     CircuitBreakers,
     CircuitState,
     Verdict,
-    jittered,
     release_delay,
+    spread,
     verdict_of,
 )
 from pipeline.classify import is_throttling
@@ -257,13 +257,14 @@ def test_release_delay_grows_by_four_per_receive_and_stops_at_12_hours() -> None
     storm_s=st.floats(0, 600),
     arrivals=st.lists(st.floats(0, 1500), min_size=1, max_size=40),
     work_s=st.floats(0.01, 30),
+    rng=st.randoms(use_true_random=False),
 )
 def test_a_10_minute_storm_with_max_receive_count_5_sends_nothing_to_the_dlq(
-    storm_start: float, storm_s: float, arrivals: list[float], work_s: float
+    storm_start: float, storm_s: float, arrivals: list[float], work_s: float, rng: random.Random
 ) -> None:
     """One tenant's destination fails every attempt for up to 10 minutes; its messages arrive at any time and
-    go through the consumer's circuit and release_delay with the defaults (30 s base, ×4; circuit 5 s ×2 to
-    5 min). An attempt takes `work_s`, and messages that come back while it is out are held (the herd at a
+    go through the consumer's circuit, spread and release_delay with the defaults (30 s base, ×4; circuit
+    5 s ×2 to 5 min). An attempt takes `work_s`, and messages that come back while it is out are held (the herd at a
     half-open circuit). Every message is delivered within 5 receives: none reaches a DLQ of
     maxReceiveCount 5."""
     clock = Clock()
@@ -286,8 +287,8 @@ def test_a_10_minute_storm_with_max_receive_count_5_sends_nothing_to_the_dlq(
             if not failing:
                 delivered.add(i)
                 continue
-            delay = release_delay(circuits.retry_after(KEY), count, DEFAULT_HOLD_BASE_S)
-            heapq.heappush(events, (at + delay, seq, "receive", i, count))
+            wait = spread(circuits.retry_after(KEY), circuits.open_time(KEY), rng)
+            heapq.heappush(events, (at + release_delay(wait, count, DEFAULT_HOLD_BASE_S), seq, "receive", i, count))
             seq += 1
             continue
         count += 1
@@ -295,14 +296,15 @@ def test_a_10_minute_storm_with_max_receive_count_5_sends_nothing_to_the_dlq(
         if circuits.allow(KEY):
             heapq.heappush(events, (at + work_s, seq, "answer", i, count))
         else:
-            delay = release_delay(circuits.retry_after(KEY), count, DEFAULT_HOLD_BASE_S)
-            heapq.heappush(events, (at + delay, seq, "receive", i, count))
+            wait = spread(circuits.retry_after(KEY), circuits.open_time(KEY), rng)
+            heapq.heappush(events, (at + release_delay(wait, count, DEFAULT_HOLD_BASE_S), seq, "receive", i, count))
         seq += 1
     assert delivered == set(range(len(arrivals)))
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, SQS_MAX_VISIBILITY_S))
-def test_jitter_only_lengthens_a_delay_by_a_quarter_at_most(delay: int) -> None:
-    got = jittered(delay)
-    assert delay <= got <= min(SQS_MAX_VISIBILITY_S, math.ceil(delay * 1.25))
+@given(st.floats(0, 300), st.floats(0, 300), st.randoms(use_true_random=False))
+def test_spread_brings_held_messages_back_within_one_open_time_after_the_wait(
+    wait: float, open_s: float, rng: random.Random
+) -> None:
+    assert wait <= spread(wait, open_s, rng) <= wait + open_s
