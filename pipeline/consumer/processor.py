@@ -165,7 +165,8 @@ class MessageProcessor:
             log.info("event skipped: %s", reason, extra={**ctx, "reason": reason})
         for reason in outcome.rejected:
             log.warning("record rejected: %s", reason, extra={**ctx, "reason": reason})
-        waits: list[float] = []  # for each destination this message backs off from: seconds until it half-opens
+        # For each destination this message backs off from: when it is worth receiving again (circuits.spread).
+        waits: list[float] = []
         for ref in refs:
             start = time.monotonic()
             tenant, probes, held = self._ask_circuits(ref)
