@@ -62,8 +62,11 @@ def test_one_tenants_throttling_storm_leaves_the_other_tenants_latency_alone(
 ) -> None:
     allow_receives(stack, 5)  # production's maxReceiveCount (sqs-stack.yaml)
     # A small back-off base, so the noisy tenant's held messages come back soon after the storm; the
-    # circuit itself keeps its defaults (5 s, doubling to 5 min).
-    c = consumer("--workers", "8", "--backoff-delay", "1", "--retry-delay", "2")
+    # circuit itself keeps its defaults (5 s, doubling to 5 min). 2 s, not less: a message held on receives
+    # 1-4 then waits at least 2 + 8 + 32 + 128 = 170 s before its 5th, longer than the storm plus the
+    # circuit's recovery (its last opening, 40 s, and one more open time of spread), so none can be held a
+    # 5th time and dead-lettered however the holds fall.
+    c = consumer("--workers", "8", "--backoff-delay", "2", "--retry-delay", "2")
     writer = SteadyWriter(stack.local, (*CALM, NOISY), RATE, seed=41).start()
     try:
         # Warm: every tenant's first objects delivered, so "before" is steady state, not cold caches.
