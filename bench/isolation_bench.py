@@ -64,12 +64,15 @@ def start_consumer(tree: Path, env: dict[str, str], args: list[str], log: Path) 
     raise TimeoutError("consumer did not come up")
 
 
+_ledgers: dict[str, Ledger] = {}
+
+
 def delivered_at(local: LocalEnvironment, tenant: str, delivery_id: str = "cloudwatch") -> dict[str, float]:
-    return {
-        e.object_key: e.delivered_at
-        for e in Ledger(local.names.ledger_table).entries(tenant)
-        if e.delivery_id == delivery_id
-    }
+    """{object key: delivered_at} of one delivery of a tenant, from the ledger."""
+    ledger = _ledgers.get(local.endpoint_url)
+    if ledger is None:
+        ledger = _ledgers[local.endpoint_url] = Ledger(local.names.ledger_table, client=local.client("dynamodb"))
+    return {e.object_key: e.delivered_at for e in ledger.entries(tenant) if e.delivery_id == delivery_id}
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -106,7 +109,7 @@ def run_version(tree: Path, extra: list[str], args: argparse.Namespace, log_dir:
         redrive = f'{{"deadLetterTargetArn": "{dlq_arn}", "maxReceiveCount": "5"}}'
         sqs.set_queue_attributes(QueueUrl=local.queue_url, Attributes={"RedrivePolicy": redrive})
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | local.env
-        env |= {"AWS_ENDPOINT_URL": proxy.url, "LOG_LEVEL": "WARNING"}
+        env |= {"AWS_ENDPOINT_URL": proxy.url, "LOG_LEVEL": "INFO"}
         proc, _ = start_consumer(tree, env, ["--workers", str(args.workers), *extra], log_dir / f"{name}-consumer.log")
         writer = SteadyWriter(local, TENANTS, args.rate, seed=7).start()
         try:
@@ -126,6 +129,8 @@ def run_version(tree: Path, extra: list[str], args: argparse.Namespace, log_dir:
         try:
 
             def done() -> bool:
+                if proc.poll() is not None:  # a dead consumer delivers nothing: say so instead of waiting
+                    raise RuntimeError(f"the consumer exited with {proc.returncode}; see {log_dir}")
                 return all(writer.keys(t) <= delivered_at(local, t).keys() for t in TENANTS)
 
             wait_until(done, args.timeout, "every object delivered")
@@ -133,12 +138,13 @@ def run_version(tree: Path, extra: list[str], args: argparse.Namespace, log_dir:
             proc.terminate()
             proc.wait(60)
         out: dict[str, Any] = {"throttled_puts": storm.stats.injected}
+        ats = {t: delivered_at(local, t) for t in CALM}  # one ledger read per tenant
         for t in CALM:
-            at = delivered_at(local, t)
-            out[t] = {p: figures([at[k] - written[k].put_at for k in writer.keys(t, p)]) for p in ("before", "storm")}
+            out[t] = {
+                p: figures([ats[t][k] - written[k].put_at for k in writer.keys(t, p)]) for p in ("before", "storm")
+            }
         calm = {
-            p: [delivered_at(local, t)[k] - written[k].put_at for t in CALM for k in writer.keys(t, p)]
-            for p in ("before", "storm")
+            p: [ats[t][k] - written[k].put_at for t in CALM for k in writer.keys(t, p)] for p in ("before", "storm")
         }
         out["calm_tenants"] = {p: figures(v) for p, v in calm.items()}
         noisy = delivered_at(local, NOISY)
