@@ -49,6 +49,9 @@ DEFAULT_CAP_S = 300.0
 DEFAULT_HOLD_BASE_S = 30.0
 HOLD_GROWTH = 4
 SQS_MAX_VISIBILITY_S = 12 * 3600
+# SQS counts a message's 12 h of visibility from its receive, not from the change: a held message's delay
+# leaves room for the time since (a Lambda invocation, an object in a worker under the heartbeat).
+MAX_HOLD_S = SQS_MAX_VISIBILITY_S - 900
 
 
 class CircuitState(StrEnum):
@@ -193,10 +196,10 @@ def verdict_of(status_done: bool, failed: bool, recoverable: bool, held: bool, c
 
 
 def release_delay(
-    circuit_wait_s: float, receive_count: int, base_s: float = DEFAULT_HOLD_BASE_S, cap_s: float = SQS_MAX_VISIBILITY_S
+    circuit_wait_s: float, receive_count: int, base_s: float = DEFAULT_HOLD_BASE_S, cap_s: float = MAX_HOLD_S
 ) -> int:
     """Seconds a message held back for an open circuit stays invisible: max(the circuit's wait, a floor of
-    base·4^(receive_count−1)), at most SQS's 12 h.
+    base·4^(receive_count−1)), at most SQS's 12 h less a quarter of an hour (`MAX_HOLD_S`).
 
     The floor is what keeps a long storm out of the DLQ: receives 1..4 of a held message wait at least
     30 + 120 + 480 + 1,920 s = 42.5 min before its 5th receive, so with maxReceiveCount 5 a destination

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pipeline.circuits import (
     DEFAULT_HOLD_BASE_S,
+    MAX_HOLD_S,
     SQS_MAX_VISIBILITY_S,
     CircuitBreakers,
     CircuitState,
@@ -247,7 +248,7 @@ def test_release_delay_grows_by_four_per_receive_and_stops_at_12_hours() -> None
     assert [release_delay(0, n) for n in range(1, 6)] == [30, 120, 480, 1920, 7680]
     assert release_delay(200, 1) == 200  # the circuit's wait, when longer
     assert release_delay(0.2, 1, base_s=0) == 1  # never 0: the message must not spin back at once
-    assert release_delay(0, 30) == SQS_MAX_VISIBILITY_S
+    assert release_delay(0, 30) == MAX_HOLD_S < SQS_MAX_VISIBILITY_S  # SQS counts 12 h from the receive
     assert release_delay(0, 0) == 30  # a count SQS did not give: the first receive
 
 
