@@ -223,3 +223,25 @@ def describe(exc: BaseException) -> str:
         return code
     status = aws.http_status(exc)
     return f"HTTP {status}" if status else type(exc).__name__
+
+
+# The codes by which a service says "slow down": the destination is fine but over its rate (for CloudWatch Logs
+# usually the tenant's account-wide PutLogEvents quota, shared with its own workloads). Across services,
+# since the callers that ask (the consumer's circuits, a retry policy's throttling budget) hold only a code.
+THROTTLING = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "SlowDown",
+        "RequestThrottled",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "429",
+    }
+)
+
+
+def is_throttling(code: str) -> bool:
+    """Whether an error code (as `describe` and `DeliveryError.code` carry it) says the caller is throttled."""
+    return code in THROTTLING

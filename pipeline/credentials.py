@@ -152,7 +152,10 @@ class CredentialBroker:
             # botocore's standard retries have already waited out what STS calls transient.
             action = classify_error("sts", exc)
             code = aws.error_code(exc) or type(exc).__name__
-            raise DeliveryError(f"cannot assume {role_arn}: {code}", recoverable=action is not Action.FAIL) from exc
+            # The tenant's role is part of its destination: its code lets the consumer's circuit back off on it.
+            raise DeliveryError(
+                f"cannot assume {role_arn}: {code}", recoverable=action is not Action.FAIL, code=code
+            ) from exc
 
 
 def assume_role(

@@ -768,6 +768,7 @@ def build_deliverer(
     throttle: Callable[[str, int, int], None] | None = None,
     put_attempts: int | None = None,
     group_commit: bool = False,
+    retry: RetryPolicy | None = None,  # the sinks' whole policy, over put_attempts (the consumer's)
 ) -> Deliverer:
     """The Deliverer every path uses (consumer modes, replay workers), with its AWS clients made up front.
 
@@ -789,7 +790,7 @@ def build_deliverer(
             broker = CredentialBroker(settings.central_role_arn)
         except ValueError as exc:
             raise ConfigError(f"CENTRAL_LOG_DISTRIBUTION_ROLE_ARN: {exc}") from exc
-    retry = RetryPolicy(attempts=put_attempts) if put_attempts is not None else None
+    retry = retry or (RetryPolicy(attempts=put_attempts) if put_attempts is not None else None)
     sinks = build_sinks(sink, credentials=broker, retry=retry)
     return Deliverer(
         tenants,

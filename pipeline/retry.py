@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Callable
 
+from pipeline.classify import is_throttling
 from pipeline.errors import DeliveryError
 
 __all__ = ["RetryPolicy", "Retrying"]
@@ -31,14 +32,23 @@ class RetryPolicy:
     """The settings, shared by every call that retries the same way; `begin` starts one loop."""
 
     def __init__(
-        self, attempts: int = 8, base_s: float = 0.1, cap_s: float = 10.0, deadline_s: float | None = None
+        self,
+        attempts: int = 8,
+        base_s: float = 0.1,
+        cap_s: float = 10.0,
+        deadline_s: float | None = None,
+        throttle_attempts: int | None = None,
     ) -> None:
-        if attempts < 1:
+        if attempts < 1 or (throttle_attempts is not None and throttle_attempts < 1):
             raise ValueError("a retry policy needs at least one attempt")
         self.attempts = attempts
         self.base_s = base_s
         self.cap_s = cap_s
         self.deadline_s = deadline_s
+        # How many throttled attempts a loop may spend before it gives up, when that should come sooner than
+        # `attempts`: the consumer's circuits take over a throttled destination, so a worker must not wait
+        # out the whole budget on it (`pipeline.circuits`). None: throttling counts like any other retry.
+        self.throttle_attempts = throttle_attempts
 
     def delay(self, retry: int) -> float:
         """The wait before retry number `retry` (0 for the first): full jitter under the capped exponential."""
@@ -53,7 +63,8 @@ class RetryPolicy:
 
     def __repr__(self) -> str:
         deadline = f", deadline_s={self.deadline_s}" if self.deadline_s is not None else ""
-        return f"RetryPolicy(attempts={self.attempts}, base_s={self.base_s}, cap_s={self.cap_s}{deadline})"
+        throttle = f", throttle_attempts={self.throttle_attempts}" if self.throttle_attempts is not None else ""
+        return f"RetryPolicy(attempts={self.attempts}, base_s={self.base_s}, cap_s={self.cap_s}{deadline}{throttle})"
 
 
 class Retrying:
@@ -62,6 +73,7 @@ class Retrying:
     def __init__(self, policy: RetryPolicy, sleep: Callable[[float], object], clock: Callable[[], float]) -> None:
         self.policy = policy
         self.failures = 0
+        self.throttled = 0  # of the failures, how many were throttling
         self._sleep = sleep
         self._clock = clock
         self._started = clock()
@@ -84,6 +96,15 @@ class Retrying:
         return True
 
     def backoff(self, what: str, code: str) -> None:
-        """`wait()`, or raise a recoverable DeliveryError naming what kept failing, how, and how often."""
+        """`wait()`, or raise a recoverable DeliveryError naming what kept failing, how, and how often.
+
+        `code` is the bare error code (ThrottlingException, HTTP 503, a network error's type): the error
+        carries it as `DeliveryError.code`, and a throttling code counts against `throttle_attempts`."""
+        limit = self.policy.throttle_attempts
+        if limit is not None and is_throttling(code):
+            self.throttled += 1
+            if self.throttled >= limit:
+                self.failures += 1
+                raise DeliveryError(f"{what} still throttled after {self.failures} attempts: {code}", code=code)
         if not self.wait():
             raise DeliveryError(f"{what} still failing after {self.failures} attempts: {code}", code=code)

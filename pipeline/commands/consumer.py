@@ -19,9 +19,10 @@ from typing import Any
 import click
 
 from pipeline import logs
+from pipeline.circuits import DEFAULT_HOLD_BASE_S, SQS_MAX_VISIBILITY_S
 from pipeline.cli import CONTEXT_SETTINGS, EXIT_OK, exit_on_bad_environment
 from pipeline.consumer import lambda_handler as _lambda
-from pipeline.consumer.processor import SINKS
+from pipeline.consumer.processor import DEFAULT_THROTTLE_ATTEMPTS, SINKS
 from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB
 
 MODES = ("sqs", "lambda", "manual")
@@ -126,6 +127,26 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, list[dict[s
     help="Attempts per PutLogEvents batch on throttling/5xx before the object counts as failed. [default: 8]",
 )
 @click.option(
+    "--throttle-attempts",
+    type=click.IntRange(min=1),
+    envvar="THROTTLE_ATTEMPTS",
+    default=DEFAULT_THROTTLE_ATTEMPTS,
+    show_default=True,
+    show_envvar=True,
+    help="Throttled attempts per put before the object fails and its destination backs off (sqs, lambda): "
+    "the back-off, not a worker, waits out a tenant's throttling.",
+)
+@click.option(
+    "--backoff-delay",
+    type=click.FloatRange(min=0, max=SQS_MAX_VISIBILITY_S),
+    envvar="BACKOFF_DELAY_SECONDS",
+    default=DEFAULT_HOLD_BASE_S,
+    show_default=True,
+    show_envvar=True,
+    help="A message held for a destination in back-off comes back after at least this long, x4 per receive "
+    "(at most 12 h), or when the destination may be probed if later (sqs, lambda).",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     envvar="METRICS_PORT",
@@ -169,6 +190,8 @@ def main(
     retry_delay: int,
     drain_timeout: float,
     put_attempts: int | None,
+    throttle_attempts: int,
+    backoff_delay: float,
     metrics_port: int,
     metrics_host: str,
     redeliver: bool,
@@ -212,6 +235,8 @@ def main(
                     metrics_port=metrics_port,
                     put_attempts=put_attempts,
                     memory_budget_mib=memory_budget_mib,
+                    throttle_attempts=throttle_attempts,
+                    backoff_delay_s=backoff_delay,
                 )
             )
         if mode == "lambda":

@@ -4,7 +4,11 @@ Lambda has no port to scrape. Each invocation counts into its own `Metrics` regi
 JSON document per label set is printed on stdout; CloudWatch Logs turns them into metrics in the
 namespace given (METRICS_NAMESPACE), with the labels as dimensions. Counters carry the increase of the
 invocation under their `_total` name; histograms carry every value observed (at most 100 per document,
-as EMF allows), so CloudWatch's own percentiles apply. Gauges are the SQS poll loop's and are left out.
+as EMF allows), so CloudWatch's own percentiles apply. Of the gauges only the destinations in back-off
+(`logdelivery_destinations_backing_off`, the container's circuits) applies to Lambda; the others are the
+SQS poll loop's and are left out. A counter with a `reason` label is published both with it and without
+it (two dimension sets of one document), so alarms written before the label (the canary's, on
+status and tenant) still find their metric.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import orjson
 from pipeline.consumer.metrics import Metrics
 
 DEFAULT_NAMESPACE = "LogDelivery"
+GAUGES = frozenset({"logdelivery_destinations_backing_off"})  # the gauges that mean something in Lambda
+OPTIONAL_DIMENSIONS = ("reason",)  # added after alarms were written on the rest
 MAX_VALUES = 100  # EMF: values per metric in one document
 MAX_METRICS = 100  # EMF: metrics per directive
 
@@ -51,6 +57,9 @@ class EmfMetrics(Metrics):
         timestamp = int(time.time() * 1000)
         by_labels: dict[tuple[tuple[str, str], ...], dict[str, float]] = defaultdict(dict)
         for family in self.registry.collect():
+            if family.type == "gauge" and family.name in GAUGES:
+                for sample in family.samples:  # 0 too: a destination that recovered says so
+                    by_labels[tuple(sorted(sample.labels.items()))][sample.name] = sample.value
             if family.type != "counter":
                 continue
             for sample in family.samples:
@@ -94,9 +103,12 @@ def _document(
     values: dict[str, Any],
     properties: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    dimension_sets = [sorted(dimensions)]
+    if any(d in dimensions for d in OPTIONAL_DIMENSIONS):
+        dimension_sets.append(sorted(d for d in dimensions if d not in OPTIONAL_DIMENSIONS))
     directive = {
         "Namespace": namespace,
-        "Dimensions": [sorted(dimensions)],
+        "Dimensions": dimension_sets,
         "Metrics": [{"Name": n, "Unit": _unit(n)} for n in values],
     }
     return {

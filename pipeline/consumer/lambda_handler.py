@@ -10,6 +10,12 @@ left of the invocation; the records not started by then are listed in `batchItem
 while those started finish. Without it, a batch that outlasts the timeout is killed whole, the response
 never sent, and every message of it comes back, the delivered ones too.
 
+Back-off: the runtime keeps the consumer's per-destination circuits (`pipeline.circuits`) across the
+invocations of a warm container. A record whose destination backs off is listed in `batchItemFailures` at
+once, and its visibility is set to the grown delay (`MessageOutcome.retry_after_s`) with
+ChangeMessageVisibility on its receipt handle, so it neither comes back after the queue's full visibility
+timeout nor walks into the DLQ during a long storm; if that call fails it is only listed.
+
 Metrics: CloudWatch embedded metric format lines on stdout, one set per invocation, with the names of the
 SQS mode's Prometheus metrics (pipeline.consumer.emf). Logs: JSON on stderr, each line with the invocation's
 `request_id`.
@@ -24,10 +30,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipeline import logs
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipeline import aws, logs
+from pipeline.circuits import DEFAULT_HOLD_BASE_S, CircuitBreakers
 from pipeline.consumer.emf import DEFAULT_NAMESPACE, EmfMetrics
 from pipeline.consumer.metrics import Metrics
-from pipeline.consumer.processor import MessageOutcome, MessageProcessor
+from pipeline.consumer.processor import MessageOutcome, MessageProcessor, consumer_retry
 from pipeline.delivery import build_deliverer
 from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
 from pipeline.settings import ConfigError, Settings
@@ -63,11 +72,13 @@ class LambdaRuntime:
         workers: int = DEFAULT_WORKERS,
         time_reserve_s: float = DEFAULT_TIME_RESERVE_S,
         namespace: str = DEFAULT_NAMESPACE,
+        sqs: Any = None,
     ) -> None:
         self.processor = processor
         self.workers = workers
         self.time_reserve_s = time_reserve_s
         self.namespace = namespace
+        self._sqs = sqs  # made on first use: only a record held for a destination in back-off needs it
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LambdaRuntime:
@@ -77,23 +88,33 @@ class LambdaRuntime:
         try:
             workers = int(env.get("CONSUMER_WORKERS") or DEFAULT_WORKERS)
             put_attempts = int(env["PUT_ATTEMPTS"]) if env.get("PUT_ATTEMPTS") else None
+            throttle_attempts = int(env["THROTTLE_ATTEMPTS"]) if env.get("THROTTLE_ATTEMPTS") else None
+            backoff_delay = float(env.get("BACKOFF_DELAY_SECONDS") or DEFAULT_HOLD_BASE_S)
             reserve = float(env.get("LAMBDA_TIME_RESERVE_SECONDS") or DEFAULT_TIME_RESERVE_S)
             budget_mib = int(env.get("CONSUMER_MEMORY_MIB") or DEFAULT_CONSUMER_BUDGET_MIB)
         except ValueError as exc:
             raise ConfigError(
-                f"CONSUMER_WORKERS, PUT_ATTEMPTS, LAMBDA_TIME_RESERVE_SECONDS and CONSUMER_MEMORY_MIB must be "
-                f"numbers: {exc}"
+                "CONSUMER_WORKERS, PUT_ATTEMPTS, THROTTLE_ATTEMPTS, BACKOFF_DELAY_SECONDS, "
+                f"LAMBDA_TIME_RESERVE_SECONDS and CONSUMER_MEMORY_MIB must be numbers: {exc}"
             ) from exc
         settings.require("bucket", "tenant_table", "ledger_table", "central_role_arn")  # all missing at once
-        deliverer = build_deliverer(settings, put_attempts=put_attempts)
+        deliverer = build_deliverer(settings, retry=consumer_retry(put_attempts, throttle_attempts))
         budget = MemoryBudget(budget_mib * 1024 * 1024)
-        processor = MessageProcessor(deliverer, Metrics(), bucket=settings.bucket, budget=budget)
+        processor = MessageProcessor(
+            deliverer,
+            Metrics(),
+            bucket=settings.bucket,
+            budget=budget,
+            circuits=CircuitBreakers(),  # per container: kept across its invocations
+            hold_base_s=backoff_delay,
+        )
         return cls(processor, workers, reserve, env.get("METRICS_NAMESPACE") or DEFAULT_NAMESPACE)
 
     def handle(self, event: dict[str, Any], context: object = None) -> dict[str, list[dict[str, str]]]:
         global _request_id
         _request_id = str(getattr(context, "aws_request_id", "") or "")
         metrics = self.processor.metrics = EmfMetrics()
+        self.processor.publish_backoff()  # the circuits outlive the invocation; its metrics start from them
         try:
             return self._handle(event, context, metrics)
         finally:
@@ -136,7 +157,39 @@ class LambdaRuntime:
         count = int(attrs.get("ApproximateReceiveCount", "0") or 0)
         outcome = self.processor.process(record.get("body", ""), message_id, count)
         self.processor.metrics.messages.labels(outcome.outcome).inc()
+        if not outcome.acknowledged and outcome.retry_after_s is not None:
+            self._delay(record, outcome.retry_after_s)
         return outcome
+
+    def _delay(self, record: dict[str, Any], seconds: int) -> None:
+        """Make a record held for a destination in back-off visible again after `seconds`. On failure it is
+        only listed in batchItemFailures, and comes back after the queue's visibility timeout."""
+        receipt, arn = str(record.get("receiptHandle") or ""), str(record.get("eventSourceARN") or "")
+        message_id = str(record.get("messageId", ""))
+        try:
+            if self._sqs is None:
+                self._sqs = aws.client("sqs")
+            self._sqs.change_message_visibility(
+                QueueUrl=queue_url(self._sqs, arn), ReceiptHandle=receipt, VisibilityTimeout=seconds
+            )
+        except (ClientError, BotoCoreError, ValueError) as exc:
+            self.processor.metrics.sqs_errors.labels("ChangeMessageVisibility").inc()
+            log.warning(
+                "could not delay a held record: %s",
+                aws.error_code(exc) or exc,
+                extra={"message_id": message_id, "retry_in_s": seconds},
+            )
+            return
+        log.info("held record delayed", extra={"message_id": message_id, "retry_in_s": seconds})
+
+
+def queue_url(sqs: Any, arn: str) -> str:
+    """The URL of the queue an event source ARN names (arn:aws:sqs:region:account:name), on the client's own
+    endpoint: the form SQS answers to, with no GetQueueUrl call (and no permission for it)."""
+    parts = arn.split(":")
+    if len(parts) != 6 or parts[2] != "sqs" or not parts[4] or not parts[5]:
+        raise ValueError(f"not an SQS queue ARN: {arn!r}")
+    return f"{str(sqs.meta.endpoint_url).rstrip('/')}/{parts[4]}/{parts[5]}"
 
 
 def _remaining_s(context: object) -> Callable[[], float | None]:

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from pipeline.classify import is_throttling
 from pipeline.delivery import DeliveryResult, ObjectResult, Status
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,21 @@ def object_status(result: ObjectResult | DeliveryResult) -> str:
     if result.status is Status.FAILED:
         return "failed" if result.recoverable else "rejected"
     return str(result.status)
+
+
+def failure_reason(result: ObjectResult | DeliveryResult) -> str:
+    """The `reason` label of the object and delivery counters: none (not failed); throttled (the destination
+    throttled it, or held it back while backing off from throttling); backing_off (held back while its
+    destination backs off from another failure); error (anything else). An object takes its deliveries'
+    reason when they all agree, else error."""
+    if result.status is not Status.FAILED:
+        return "none"
+    if isinstance(result, DeliveryResult):
+        if is_throttling(result.code):
+            return "throttled"
+        return "backing_off" if result.held else "error"
+    reasons = {failure_reason(d) for d in result.deliveries if d.status is Status.FAILED}
+    return reasons.pop() if len(reasons) == 1 else "error"
 
 
 class Metrics:
@@ -51,8 +67,9 @@ class Metrics:
         )
         self.objects = Counter(
             "logdelivery_objects",
-            "Objects by tenant and status (delivered, skipped, damaged, rejected, failed)",
-            ["tenant", "status"],
+            "Objects by tenant, status (delivered, skipped, damaged, rejected, failed) and the failure's reason "
+            "(none, throttled, backing_off, error)",
+            ["tenant", "status", "reason"],
             registry=r,
         )
         self.events = Counter(
@@ -66,8 +83,9 @@ class Metrics:
         self.deliveries = Counter(
             "logdelivery_deliveries",
             "Object deliveries by tenant, delivery type (cloudwatch, s3) and status (delivered, skipped, damaged, "
-            "rejected: failed for good, failed: left for a retry)",
-            ["tenant", "type", "status"],
+            "rejected: failed for good, failed: left for a retry) and the failure's reason (none, throttled, "
+            "backing_off: held while its destination backs off, error)",
+            ["tenant", "type", "status", "reason"],
             registry=r,
         )
         self.delivered_bytes = Counter(
@@ -99,6 +117,15 @@ class Metrics:
         self.last_poll = Gauge(
             "logdelivery_last_poll_timestamp_seconds", "Unix time the poll loop last started a receive", registry=r
         )
+        self.backing_off = Gauge(
+            "logdelivery_destinations_backing_off",
+            "Destinations (tenant deliveries) whose circuit is open: the consumer holds their objects back and "
+            "probes them now and then (pipeline/circuits.py)",
+            ["tenant", "delivery_type"],
+            registry=r,
+        )
+        self._backing_off_lock = threading.Lock()
+        self._backing_off_seen: set[tuple[str, str]] = set()
         self.last_delivery = Gauge(
             "logdelivery_last_delivery_timestamp_seconds",
             "Unix time the tenant's last object was delivered (the canary alert watches its tenant's)",
@@ -108,7 +135,7 @@ class Metrics:
 
     def observe_object(self, result: ObjectResult, seconds: float) -> None:
         tenant = result.tenant or INVALID_TENANT
-        self.objects.labels(tenant, object_status(result)).inc()
+        self.objects.labels(tenant, object_status(result), failure_reason(result)).inc()
         self.duration.observe(seconds)
         if result.events_delivered:
             self.events.labels(tenant, "delivered").inc(result.events_delivered)
@@ -119,7 +146,7 @@ class Metrics:
         if result.bytes_read:
             self.bytes_read.labels(tenant).inc(result.bytes_read)
         for d in result.deliveries:
-            self.deliveries.labels(tenant, d.type, object_status(d)).inc()
+            self.deliveries.labels(tenant, d.type, object_status(d), failure_reason(d)).inc()
             if d.bytes_delivered and d.done:
                 self.delivered_bytes.labels(tenant, d.type).inc(d.bytes_delivered)
         if result.status in (Status.DELIVERED, Status.DAMAGED) and result.delivered_at and result.last_modified:
@@ -127,6 +154,15 @@ class Metrics:
             self.latency.observe(max(0.0, result.delivered_at - result.last_modified))
         if result.status in (Status.DELIVERED, Status.DAMAGED) and result.tenant:
             self.last_delivery.labels(result.tenant).set(result.delivered_at or time.time())
+
+    def set_backing_off(self, counts: dict[tuple[str, str], int]) -> None:
+        """The destinations in back-off now, by (tenant, delivery type); a pair that recovered goes to 0."""
+        with self._backing_off_lock:
+            for labels in self._backing_off_seen - counts.keys():
+                self.backing_off.labels(*labels).set(0)
+            for labels, n in counts.items():
+                self.backing_off.labels(*labels).set(n)
+            self._backing_off_seen |= counts.keys()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,6 +7,12 @@ invalid delivery item, a body that is not an S3 event, an object in another buck
 Anything recoverable leaves the whole message for redelivery; every delivery that did succeed is in the
 ledger by then, so the retry sends only the rest.
 
+One destination's failures do not spend the workers of everyone else (`pipeline.circuits`): before an
+object is delivered, the deliveries whose circuit is open are held back (failed recoverably, never
+attempted, while the object's other deliveries go on), and a message with a held or throttled delivery
+carries `retry_after_s`, a delay that grows with its receive count, so SQS mode and Lambda hand it back at
+once instead of a worker waiting on it, and a long storm does not walk it into the DLQ.
+
 Only objects of the central bucket (`S3_BUCKET_NAME`) are delivered. A notification is data anyone who can
 send to the queue controls, and the consumer reads with an identity that may read other buckets too: a
 record naming another bucket is refused, never fetched, and acknowledged (retrying cannot change it).
@@ -20,18 +26,46 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.circuits import (
+    DEFAULT_HOLD_BASE_S,
+    CircuitBreakers,
+    Key,
+    Verdict,
+    release_delay,
+    spread,
+    verdict_of,
+)
 from pipeline.consumer.events import InvalidMessageError, parse_body
 from pipeline.consumer.metrics import Metrics, object_status
-from pipeline.delivery import Deliverer, ObjectRef, ObjectResult, Status
+from pipeline.delivery import Deliverer, DeliveryResult, ObjectRef, ObjectResult, Status
+from pipeline.keys import parse_key
 from pipeline.replay.budget import MemoryBudget, decoded_footprint
+from pipeline.retry import RetryPolicy
 from pipeline.sinks import sink_names
-from pipeline.tenants import DeliveryType
+from pipeline.tenants import Delivery, DeliveryType
 
 log = logging.getLogger("pipeline.consumer")
 
 # The consumer acknowledges a message once delivery returns, so its CloudWatch sink must be durable by then.
 SINKS = sink_names(DeliveryType.CLOUDWATCH, durable_only=True)
 BEING_DELIVERED = "the same object is being delivered by another worker of this consumer; retried after it"
+
+# Throttled attempts a put makes in the consumer before it fails and opens its destination's circuit. Short:
+# a worker that waits out a throttled tenant's quota is a worker every other tenant lacks, and the circuit
+# (not the sink's retry loop) is what waits out a storm.
+DEFAULT_THROTTLE_ATTEMPTS = 3
+
+
+def consumer_retry(put_attempts: int | None = None, throttle_attempts: int | None = None) -> RetryPolicy:
+    """The sinks' retry policy in the consumer: `put_attempts` for 5xx and the network (default 8), and at
+    most `throttle_attempts` (default 3) of them throttled."""
+    default = RetryPolicy()
+    return RetryPolicy(
+        attempts=put_attempts or default.attempts,
+        base_s=default.base_s,
+        cap_s=default.cap_s,
+        throttle_attempts=throttle_attempts or DEFAULT_THROTTLE_ATTEMPTS,
+    )
 
 
 @dataclass
@@ -41,6 +75,9 @@ class MessageOutcome:
     skipped: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # message- or record-level, non-recoverable
     error: str = ""  # an unexpected exception: the message is retried
+    # Set when a delivery was held back or its destination is backing off: hand the message back now, to come
+    # back after this many seconds (rather than the flat retry delay).
+    retry_after_s: int | None = None
 
     @property
     def acknowledged(self) -> bool:
@@ -73,6 +110,7 @@ class MessageOutcome:
             "skipped": self.skipped,
             "rejected": self.rejected,
             "error": self.error,
+            "retry_after_s": self.retry_after_s,
         }
 
 
@@ -89,6 +127,8 @@ class MessageProcessor:
         *,
         bucket: str,
         budget: MemoryBudget | None = None,
+        circuits: CircuitBreakers | None = None,
+        hold_base_s: float = DEFAULT_HOLD_BASE_S,
     ) -> None:
         if not bucket:
             raise ValueError("the central bucket (S3_BUCKET_NAME) is required: it is the only one delivered from")
@@ -100,6 +140,10 @@ class MessageProcessor:
         self.budget = budget
         self._in_flight: set[str] = set()  # keys being delivered by this process's workers
         self._in_flight_lock = threading.Lock()
+        # None: every delivery is always attempted (manual mode, which answers for one object on request).
+        self.circuits = circuits
+        self.hold_base_s = hold_base_s
+        self._types: dict[Key, str] = {}  # delivery type of each destination seen, for the back-off gauge
 
     def process(self, body: str | bytes, message_id: str = "", receive_count: int = 0) -> MessageOutcome:
         outcome = MessageOutcome(message_id)
@@ -131,20 +175,83 @@ class MessageProcessor:
             log.info("event skipped: %s", reason, extra={**ctx, "reason": reason})
         for reason in outcome.rejected:
             log.warning("record rejected: %s", reason, extra={**ctx, "reason": reason})
+        # For each destination this message backs off from: when it is worth receiving again (circuits.spread).
+        waits: list[float] = []
         for ref in refs:
             start = time.monotonic()
+            tenant, probes, held = self._ask_circuits(ref)
             try:
-                result = self._deliver(ref)
+                result = self._deliver(ref, held)
             except Exception as exc:  # deliver() never raises for a bad object; this is a bug or a crash
+                self._report(tenant, probes, None)  # a half-open circuit's probe must not stay out forever
                 outcome.error = f"{type(exc).__name__}: {exc}"
                 log.exception("delivery raised unexpectedly", extra={**ctx, "object_key": ref.key})
                 return outcome
+            waits += self._report(tenant, probes, result)
             self.metrics.observe_object(result, time.monotonic() - start)
             outcome.results.append(result)
             _log_result(result, ctx, time.monotonic() - start)
+        if waits and not outcome.acknowledged:
+            outcome.retry_after_s = release_delay(max(waits), receive_count, self.hold_base_s)
         return outcome
 
-    def _deliver(self, ref: ObjectRef) -> ObjectResult:
+    def _ask_circuits(self, ref: ObjectRef) -> tuple[str, list[Delivery], dict[str, str]]:
+        """The object's tenant, the deliveries let through (each reported after), and those held: id → reason."""
+        if self.circuits is None:
+            return "", [], {}
+        try:
+            tenant = self.deliverer.tenants.get(parse_key(ref.key).tenant)
+        except Exception:  # a bad key or an unknown tenant: deliver() reports it, no destination is involved
+            return "", [], {}
+        probes: list[Delivery] = []
+        held: dict[str, str] = {}
+        for d in tenant.deliveries:
+            key = (tenant.tenant_id, d.delivery_id)
+            self._types[key] = str(d.type)
+            if self.circuits.allow(key):
+                probes.append(d)
+            else:
+                why = self.circuits.cause(key)[0]
+                held[d.delivery_id] = (
+                    f"held: {d.type} delivery {d.delivery_id!r} of tenant {tenant.tenant_id!r} is backing off "
+                    f"for {self.circuits.retry_after(key):.1f} s more" + (f" after: {why}" if why else "")
+                )[:500]
+        return tenant.tenant_id, probes, held
+
+    def _report(self, tenant: str, probes: list[Delivery], result: ObjectResult | None) -> list[float]:
+        """Tell the circuits what each attempted delivery said about its destination; the wait (s) of every
+        destination of this object that is backing off now (held, or just opened)."""
+        if self.circuits is None or not tenant:
+            return []
+        by_id: dict[str, DeliveryResult] = {d.delivery_id: d for d in result.deliveries} if result else {}
+        for d in probes:
+            key = (tenant, d.delivery_id)
+            r = by_id.get(d.delivery_id)
+            verdict = (
+                verdict_of(r.done, r.status is Status.FAILED, r.recoverable, r.held, r.code) if r else Verdict.NONE
+            )
+            self.circuits.report(key, verdict, r.reason if r else "", r.code if r else "")
+        waits = []
+        for delivery_id, r in by_id.items():
+            key = (tenant, delivery_id)
+            if r.held and not r.code:
+                r.code = self.circuits.cause(key)[1]  # so its metrics say throttled when that is why
+            if r.status is Status.FAILED and r.recoverable and (r.held or self.circuits.retry_after(key) > 0):
+                waits.append(spread(self.circuits.retry_after(key), self.circuits.open_time(key)))
+        self.publish_backoff()
+        return waits
+
+    def publish_backoff(self) -> None:
+        """The `logdelivery_destinations_backing_off` gauge, from the circuits' state."""
+        if self.circuits is None:
+            return
+        counts: dict[tuple[str, str], int] = {}
+        for tenant, delivery_id in self.circuits.backing_off():
+            kind = self._types.get((tenant, delivery_id), "unknown")
+            counts[(tenant, kind)] = counts.get((tenant, kind), 0) + 1
+        self.metrics.set_backing_off(counts)
+
+    def _deliver(self, ref: ObjectRef, held: dict[str, str]) -> ObjectResult:
         # Two messages naming one object (S3's duplicate notifications) on two workers would both find the
         # ledger empty and both deliver: the second waits for its redelivery instead, and the ledger then
         # skips what the first delivered. (Two consumer pods can still race; the ledger bounds it.)
@@ -153,14 +260,26 @@ class MessageProcessor:
                 return ObjectResult(ref.key).fail(BEING_DELIVERED, recoverable=True)
             self._in_flight.add(ref.key)
         try:
+            if held and not self._attempts_any(ref, held):
+                # Every delivery is held: nothing is read (routing holds them before it asks the ledger). A
+                # herd of held messages coming back when a circuit half-opens then costs the other tenants
+                # almost nothing, and a worker never waits for memory only to hand the message back.
+                return self.deliverer.deliver(ref, held=held)
             if self.budget is None:
-                return self.deliverer.deliver(ref)
+                return self.deliverer.deliver(ref, held=held or None)
             # An event without a size (never seen from S3) is charged nothing rather than blocking the pool.
             with self.budget.hold(decoded_footprint(ref.size or 0, self.deliverer.may_decode(ref.key))):
-                return self.deliverer.deliver(ref)
+                return self.deliverer.deliver(ref, held=held or None)
         finally:
             with self._in_flight_lock:
                 self._in_flight.discard(ref.key)
+
+    def _attempts_any(self, ref: ObjectRef, held: dict[str, str]) -> bool:
+        try:
+            tenant = self.deliverer.tenants.get(parse_key(ref.key).tenant)
+        except Exception:
+            return True
+        return any(d.delivery_id not in held for d in tenant.deliveries)
 
 
 def foreign_bucket_reason(bucket: str, key: str, central: str) -> str:

@@ -13,6 +13,8 @@ Flow of one message:
   visibility timeout.
 - A recoverable failure sets the message's visibility to `retry_delay` and lets it come back; the queue's
   redrive policy moves a poison message to the DLQ after maxReceiveCount receives. That is not our job.
+  A message held back for a destination in back-off (`pipeline.circuits`) is handed back at once with the
+  processor's `retry_after_s` instead, which grows with its receive count.
 - SIGTERM: stop receiving, let workers finish until the drain deadline, then release (visibility 0)
   whatever is still in flight so another pod picks it up at once, and return 0. The long poll runs on its
   own thread, so an idle consumer does not wait out its 20 s poll: it leaves the poll behind (it holds no
@@ -39,10 +41,11 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws, environment
+from pipeline.circuits import DEFAULT_HOLD_BASE_S, CircuitBreakers
 from pipeline.classify import Action, classify_error, describe
 from pipeline.cli import EXIT_FAILED, EXIT_OK
 from pipeline.consumer.metrics import Metrics, MetricsServer
-from pipeline.consumer.processor import MessageOutcome, MessageProcessor
+from pipeline.consumer.processor import MessageOutcome, MessageProcessor, consumer_retry
 from pipeline.delivery import build_deliverer
 from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
 from pipeline.retry import Retrying, RetryPolicy
@@ -364,14 +367,18 @@ class SqsConsumer:
         if outcome.acknowledged:
             self._delete(entry, outcome)
         else:
-            self._release([entry], "recoverable failure", self.options.retry_delay_s)
+            # A destination backing off sets its own, growing delay (pipeline.circuits.release_delay): the
+            # message comes back when its circuit may probe, and a long storm does not reach the DLQ.
+            delay = outcome.retry_after_s if outcome.retry_after_s is not None else self.options.retry_delay_s
+            self._release([entry], "recoverable failure", delay)
             self.metrics.messages.labels("retried").inc()
             log.warning(
                 "message left for redelivery",
                 extra={
                     "message_id": entry.message_id,
                     "receive_count": entry.receive_count,
-                    "retry_in_s": self.options.retry_delay_s,
+                    "retry_in_s": delay,
+                    "backing_off": outcome.retry_after_s is not None,
                     "reasons": [r.reason for r in outcome.results if not r.acknowledged] or [outcome.error],
                 },
             )
@@ -497,6 +504,8 @@ def serve(
     metrics_port: int = 8080,
     put_attempts: int | None = None,
     memory_budget_mib: int | None = None,
+    throttle_attempts: int | None = None,
+    backoff_delay_s: float = DEFAULT_HOLD_BASE_S,
 ) -> int:
     """Run the SQS consumer with its metrics server until SIGTERM; the exit code. Raises ConfigError."""
     # All missing at once; the bucket too, since it is the only one the consumer delivers from.
@@ -506,7 +515,12 @@ def serve(
     metrics = Metrics()
     budget = MemoryBudget((memory_budget_mib or DEFAULT_CONSUMER_BUDGET_MIB) * 1024 * 1024)
     processor = MessageProcessor(
-        build_deliverer(settings, put_attempts=put_attempts), metrics, bucket=settings.bucket, budget=budget
+        build_deliverer(settings, retry=consumer_retry(put_attempts, throttle_attempts)),
+        metrics,
+        bucket=settings.bucket,
+        budget=budget,
+        circuits=CircuitBreakers(),
+        hold_base_s=backoff_delay_s,
     )
     consumer = SqsConsumer(processor, aws.client("sqs"), options, metrics)
     install_signal_handlers(consumer)

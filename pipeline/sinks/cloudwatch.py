@@ -72,9 +72,10 @@ class CloudWatchSink(TenantWriter):
                 code, status = aws.error_code(exc), aws.http_status(exc)
                 fix = remedy("logs", code)
                 if fix is Remedy.CREATE_DESTINATION and not created:
-                    created = self._create(dest, stream, result)
-                    if not created:  # the create calls were throttled: back off, then try again
-                        self._backoff(retrying, where, "create throttled", result)
+                    create_error = self._create(dest, stream, result)
+                    created = create_error is None
+                    if create_error is not None:  # the create calls were throttled: back off, then try again
+                        self._backoff(retrying, where, create_error, result)
                     continue
                 if fix is Remedy.REFRESH_CREDENTIALS and not refreshed:
                     self._creds.invalidate(dest.role_arn, dest.external_id)
@@ -86,7 +87,9 @@ class CloudWatchSink(TenantWriter):
                     continue
                 message = exc.response.get("Error", {}).get("Message", "")
                 raise DeliveryError(
-                    f"PutLogEvents to {where} failed: {code}: {message}"[:500], recoverable=action is not Action.FAIL
+                    f"PutLogEvents to {where} failed: {code}: {message}"[:500],
+                    recoverable=action is not Action.FAIL,
+                    code=describe(exc),
                 ) from exc
             except NETWORK_ERRORS as exc:
                 result.requests_refused += 1
@@ -102,10 +105,11 @@ class CloudWatchSink(TenantWriter):
         retrying.backoff(f"PutLogEvents to {where}", code)
         result.retries += 1
 
-    def _create(self, dest: Delivery, stream: str, result: SinkResult) -> bool:
+    def _create(self, dest: Delivery, stream: str, result: SinkResult) -> str | None:
         """Create the stream, and the group first if that is what is missing. Existing counts as success.
 
-        Returns False when CloudWatch throttled the create (CreateLogStream is 50/s per account).
+        Returns None once it exists, or the error code when the create is worth retrying (CloudWatch throttled
+        it: CreateLogStream is 50/s per account), for the put's retry loop to back off on.
         """
         logs = self._client(dest)
         stream_args = {"logGroupName": dest.log_group, "logStreamName": stream}
@@ -121,13 +125,14 @@ class CloudWatchSink(TenantWriter):
             if error is None:
                 error = create(logs.create_log_stream, stream_args)
         if error is None:
-            return True
+            return None
         action = classify_error("logs", error)
         if action is Action.RETRY:
-            return False
+            return describe(error)
         raise DeliveryError(
             f"creating {dest.log_group}/{stream} for tenant {dest.tenant_id} failed: {describe(error)}",
             recoverable=action is not Action.FAIL,
+            code=describe(error),
         )
 
 

@@ -108,7 +108,9 @@ class S3Sink(TenantWriter):
                     continue
                 message = str(exc.response.get("Error", {}).get("Message", ""))
                 raise DeliveryError(
-                    refusal_reason(code, message, dest, key)[:500], recoverable=action is not Action.FAIL
+                    refusal_reason(code, message, dest, key)[:500],
+                    recoverable=action is not Action.FAIL,
+                    code=describe(exc),
                 ) from exc
             except NETWORK_ERRORS as exc:
                 retrying.backoff(what, type(exc).__name__)

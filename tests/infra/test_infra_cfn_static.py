@@ -568,6 +568,16 @@ def test_lambda_function_shape_and_environment() -> None:
     assert esm["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
 
+def test_lambda_role_may_delay_the_records_it_holds_back() -> None:
+    """The handler sets a held record's visibility with ChangeMessageVisibility on its receipt handle
+    (pipeline/consumer/lambda_handler.py): the execution policy must grant it on the queue."""
+    template, resolve = resolved("lambda")
+    policy = resolve(template["Resources"]["LambdaExecutionPolicy"]["Properties"]["PolicyDocument"])
+    (consume,) = [st for st in statements(policy) if st.get("Sid") == "ConsumeDeliveryQueue"]
+    assert "sqs:ChangeMessageVisibility" in consume["Action"]
+    assert consume["Resource"] == REQUIRED_PARAMS["lambda"]["QueueArn"]
+
+
 def test_lambda_settings_follow_aws_advice_for_sqs_event_sources() -> None:
     """Visibility at least 6x the function timeout, maxReceiveCount at least 5, and the event source's
     MaximumConcurrency rather than reserved concurrency (which throttles and burns receives)."""

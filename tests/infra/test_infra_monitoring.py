@@ -394,3 +394,16 @@ def test_every_new_manifest_file_is_in_a_kustomization() -> None:
         assert on_disk == files
         for r in kust.get("resources", []):
             assert load_docs(REPO / "k8s" / d / r)
+
+
+def test_a_tenant_backing_off_for_15_minutes_fires_its_own_alert_and_not_the_failing_one() -> None:
+    """The consumer's circuits (pipeline/circuits.py) export a gauge per tenant and delivery type; a tenant
+    over its own CloudWatch quota is in back-off, not failing, and the runbook says what to do."""
+    rule = alerts()["LogDeliveryTenantBackingOff"]
+    assert check_expression(rule["expr"]) == {"logdelivery_destinations_backing_off"}
+    assert "by (tenant, delivery_type)" in rule["expr"] and rule["expr"].startswith("max")
+    assert rule["for"] == "15m"
+    assert CONSUMER["logdelivery_destinations_backing_off"][1] == {"tenant", "delivery_type"}
+    assert 'reason!="throttled"' in alerts()["LogDeliveryTenantFailing"]["expr"]
+    section = RUNBOOK.split("### LogDeliveryTenantBackingOff", 1)[1].split("\n### ", 1)[0]
+    assert "quota" in section and "ThrottlingException" in section and "DLQ" in section

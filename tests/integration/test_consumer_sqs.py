@@ -224,12 +224,15 @@ def test_recoverable_failure_comes_back_and_ends_in_the_dlq_after_three_receives
     local_aws: LocalEnvironment, start_consumer: Callable[..., ConsumerProcess]
 ) -> None:
     add_unreachable_tenant(local_aws)
-    consumer = start_consumer("--put-attempts", "1")
+    # The failure opens oscorp's circuit (pipeline/circuits.py): each later receive is its probe, handed back
+    # after the circuit's wait (5, then 10 s, plus up to one open time of spread) rather than --retry-delay; a
+    # 1 s back-off base keeps the receive-count floor below those waits.
+    consumer = start_consumer("--put-attempts", "1", "--backoff-delay", "1")
     bad = write(local_aws, tenants=("oscorp",))
     good = write(local_aws, tenants=("acme",), seed=1)
     bad_key = bad.objects[0].key
 
-    wait_for(lambda: queue_counts(local_aws, local_aws.dlq_url)[0] == 1, 40, "the message to reach the DLQ")
+    wait_for(lambda: queue_counts(local_aws, local_aws.dlq_url)[0] == 1, 120, "the message to reach the DLQ")
     wait_for(lambda: queue_empty(local_aws), 10, "the queue to drain")
     dlq = local_aws.client("sqs").receive_message(QueueUrl=local_aws.dlq_url, WaitTimeSeconds=1)["Messages"]
     assert quote_plus(bad_key) in orjson.loads(dlq[0]["Body"])["Message"]

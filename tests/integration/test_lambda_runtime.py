@@ -4,6 +4,7 @@ JSON logs carrying the request id. The handler runs in this process, as Lambda's
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from devstack import generator as gen
 from devstack.provision import LocalEnvironment
 from pipeline import logs
+from pipeline.circuits import CircuitBreakers, Verdict
 from pipeline.consumer.emf import EmfMetrics
 from pipeline.consumer.lambda_handler import NOT_STARTED, LambdaRuntime, install_request_id_logging
 from pipeline.consumer.metrics import Metrics
@@ -57,9 +59,23 @@ def sqs_records(local: LocalEnvironment, tenant: str, n: int) -> tuple[list[dict
         if "Records" not in inner:
             continue  # provisioning's s3:TestEvent
         key_of[m["MessageId"]] = inner["Records"][0]["s3"]["object"]["key"]
-        records.append({"messageId": m["MessageId"], "body": m["Body"], "eventSource": "aws:sqs", "attributes": {}})
+        records.append(
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn(local),
+                "attributes": {},
+            }
+        )
     assert len(records) == len(objects)
     return records, key_of
+
+
+def queue_arn(local: LocalEnvironment) -> str:
+    attrs = local.client("sqs").get_queue_attributes(QueueUrl=local.queue_url, AttributeNames=["QueueArn"])
+    return str(attrs["Attributes"]["QueueArn"])
 
 
 def runtime(local: LocalEnvironment) -> LambdaRuntime:
@@ -108,11 +124,13 @@ def test_emf_lines_carry_the_prometheus_names_and_labels(
         assert directive["Namespace"] == "LogDelivery"
         assert isinstance(d["_aws"]["Timestamp"], int)
         assert d["request_id"] == "req-7f3a"
-        (dims,) = directive["Dimensions"]
-        for m in directive["Metrics"]:
-            assert m["Name"] in prometheus, m["Name"]
-            values[(m["Name"], tuple((k, d[k]) for k in dims))] = d[m["Name"]]
+        # A counter with a reason label is also published without it, for alarms keyed on the rest.
+        for dims in directive["Dimensions"]:
+            for m in directive["Metrics"]:
+                assert m["Name"] in prometheus, m["Name"]
+                values[(m["Name"], tuple((k, d[k]) for k in dims))] = d[m["Name"]]
     assert values[("logdelivery_objects_total", (("status", "delivered"), ("tenant", "acme")))] == 2
+    assert values[("logdelivery_objects_total", (("reason", "none"), ("status", "delivered"), ("tenant", "acme")))] == 2
     assert values[("logdelivery_messages_total", (("outcome", "delivered"),))] == 2
     assert values[("logdelivery_messages_received_total", ())] == 2
     assert (
@@ -145,3 +163,45 @@ def test_emf_documents_split_at_100_values() -> None:
     docs = [d for d in m.documents() if "logdelivery_object_duration_seconds" in d]
     assert [len(d["logdelivery_object_duration_seconds"]) for d in docs] == [100, 100, 50]
     assert NOT_STARTED  # the reason a record is handed back, as the logs show it
+
+
+def test_records_of_a_destination_in_back_off_come_back_at_once_with_their_visibility_shortened(
+    local_aws: LocalEnvironment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """acme's CloudWatch circuit is open (as after a throttled put): its records are not attempted, are
+    listed in batchItemFailures, and their visibility is set to the grown delay (2 s here) rather than left
+    at what the receive gave them (10 min), so they come back as soon as the destination may be probed."""
+    records, _ = sqs_records(local_aws, "acme", 2)
+    sqs = local_aws.client("sqs")
+    for r in records:  # as an event source would have received them: invisible for the queue's long timeout
+        sqs.change_message_visibility(
+            QueueUrl=local_aws.queue_url, ReceiptHandle=r["receiptHandle"], VisibilityTimeout=600
+        )
+    rt = LambdaRuntime.from_env({**local_aws.env, "CONSUMER_WORKERS": "2", "BACKOFF_DELAY_SECONDS": "1"})
+    assert rt.processor.circuits is not None
+    # A clock that stands still: the circuit stays open through the test however slow the machine is.
+    rt.processor.circuits = circuits = CircuitBreakers(base_s=2.0, cap_s=2.0, clock=lambda: 1000.0)
+    circuits.report(("acme", "cloudwatch"), Verdict.THROTTLED, "PutLogEvents throttled", "ThrottlingException")
+    bogus = {**records[1], "messageId": "stale", "receiptHandle": "not-a-receipt-handle"}
+
+    response = rt.handle({"Records": [*records, bogus]}, Context(then_ms=600_000))
+
+    assert sorted(f["itemIdentifier"] for f in response["batchItemFailures"]) == sorted(
+        [r["messageId"] for r in records] + ["stale"]
+    )
+    assert Ledger(local_aws.names.ledger_table).entries("acme") == []  # held: nothing attempted
+    # Visible again within seconds, not after the 10 minutes the receive set.
+    back: set[str] = set()
+    deadline = time.monotonic() + 30
+    while back != {r["messageId"] for r in records} and time.monotonic() < deadline:
+        got = sqs.receive_message(QueueUrl=local_aws.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        back |= {m["MessageId"] for m in got.get("Messages", [])}
+    assert back == {r["messageId"] for r in records}
+    docs = emf_lines(capsys.readouterr().out)
+    errors = [d for d in docs if d.get("operation") == "ChangeMessageVisibility"]
+    assert errors and errors[0]["logdelivery_sqs_errors_total"] == 1  # the bogus handle: only listed
+    held = [d for d in docs if d.get("reason") == "throttled" and "logdelivery_deliveries_total" in d]
+    assert held and held[0]["logdelivery_deliveries_total"] == 3
+    gauge = [d for d in docs if "logdelivery_destinations_backing_off" in d]
+    assert gauge and gauge[0]["tenant"] == "acme" and gauge[0]["delivery_type"] == "cloudwatch"
+    assert gauge[0]["logdelivery_destinations_backing_off"] == 1

@@ -158,7 +158,24 @@ def test_retries_exhausted_is_a_recoverable_delivery_error(cw: Stubbed, dest: De
     stub.assert_no_pending_responses()  # exactly `attempts` puts, no more
     assert info.value.recoverable is True
     assert "ThrottlingException" in info.value.reason and "4 attempts" in info.value.reason
+    assert info.value.code == "ThrottlingException"  # bare: what the consumer's circuits key on
     assert len(sleeps) == 3
+    assert calls.names == ["PutLogEvents"] * 4
+
+
+def test_the_consumers_policy_gives_up_on_throttling_after_its_throttle_attempts(cw: Stubbed, dest: Delivery) -> None:
+    """A 503 costs an attempt of the whole budget; throttling fails after 3, so no worker waits out a tenant's
+    quota: the consumer's circuit does (pipeline/circuits.py)."""
+    stub, calls = cw.stub, cw.calls
+    error(stub, "put_log_events", "ServiceUnavailableException", 503)
+    for _ in range(3):
+        error(stub, "put_log_events", "ThrottlingException")
+    sink = CloudWatchSink(credentials=cw.broker, retry=RetryPolicy(attempts=8, throttle_attempts=3), sleep=Sleeps())
+    with pytest.raises(DeliveryError) as info:
+        sink.send(dest, "s-throttle", events(2))
+    stub.assert_no_pending_responses()
+    assert info.value.code == "ThrottlingException" and info.value.recoverable
+    assert "still throttled after 4 attempts" in info.value.reason
     assert calls.names == ["PutLogEvents"] * 4
 
 
@@ -179,7 +196,7 @@ def test_non_retryable_errors_fail_at_once(cw: Stubbed, dest: Delivery, code: st
     with pytest.raises(DeliveryError) as info:
         CloudWatchSink(credentials=cw.broker, sleep=sleeps).send(dest, "s-fatal", events(2))
     stub.assert_no_pending_responses()
-    assert code in info.value.reason
+    assert code in info.value.reason and info.value.code == code
     assert sleeps == [] and calls.names == ["PutLogEvents"]
 
 

@@ -45,9 +45,9 @@ def test_observe_object_counts_per_tenant_and_latency() -> None:
     m.observe_object(ObjectResult(key="bad", status=Status.FAILED, reason="empty segment"), 0.001)
     m.observe_object(ObjectResult(key="k2", tenant="acme", status=Status.FAILED, recoverable=True), 0.5)
     s = samples(m.render().decode())
-    assert s[("logdelivery_objects_total", (("status", "delivered"), ("tenant", "acme")))] == 1
-    assert s[("logdelivery_objects_total", (("status", "rejected"), ("tenant", "_invalid")))] == 1
-    assert s[("logdelivery_objects_total", (("status", "failed"), ("tenant", "acme")))] == 1
+    assert s[("logdelivery_objects_total", (("reason", "none"), ("status", "delivered"), ("tenant", "acme")))] == 1
+    assert s[("logdelivery_objects_total", (("reason", "error"), ("status", "rejected"), ("tenant", "_invalid")))] == 1
+    assert s[("logdelivery_objects_total", (("reason", "error"), ("status", "failed"), ("tenant", "acme")))] == 1
     assert s[("logdelivery_events_total", (("outcome", "delivered"), ("tenant", "acme")))] == 90
     assert s[("logdelivery_events_total", (("outcome", "rejected"), ("tenant", "acme")))] == 7
     assert s[("logdelivery_events_total", (("outcome", "malformed"), ("tenant", "acme")))] == 2
@@ -84,7 +84,12 @@ def test_observe_object_counts_each_delivery_by_type_and_status() -> None:
     s = samples(m.render().decode())
 
     def deliveries(kind: str, status: str) -> float:
-        return s.get(("logdelivery_deliveries_total", (("status", status), ("tenant", "umbrella"), ("type", kind))), 0)
+        return sum(
+            v
+            for (name, labels), v in s.items()
+            if name == "logdelivery_deliveries_total"
+            and {("status", status), ("tenant", "umbrella"), ("type", kind)} <= set(labels)
+        )
 
     assert deliveries("cloudwatch", "delivered") == 1
     assert deliveries("cloudwatch", "skipped") == 1
@@ -95,7 +100,37 @@ def test_observe_object_counts_each_delivery_by_type_and_status() -> None:
     assert s[("logdelivery_delivered_bytes_total", (("tenant", "umbrella"), ("type", "s3")))] == 1000
     assert s[("logdelivery_events_total", (("outcome", "delivered"), ("tenant", "umbrella")))] == 40
     assert s[("logdelivery_events_total", (("outcome", "rejected"), ("tenant", "umbrella")))] == 2
-    assert s[("logdelivery_objects_total", (("status", "failed"), ("tenant", "umbrella")))] == 1
+    assert s[("logdelivery_objects_total", (("reason", "error"), ("status", "failed"), ("tenant", "umbrella")))] == 1
+
+
+def test_failures_say_throttled_and_backing_off_and_the_back_off_gauge_returns_to_zero() -> None:
+    m = Metrics()
+    throttled = DeliveryResult("cloudwatch", "cloudwatch").fail("throttled", True, code="ThrottlingException")
+    archive = DeliveryResult("s3-archive", "s3", bytes_delivered=10)
+    m.observe_object(ObjectResult(key="k", tenant="umbrella", deliveries=[throttled, archive]).settle(), 0.1)
+    held = DeliveryResult("cloudwatch", "cloudwatch").fail("held", True, code="ThrottlingException")
+    held.held = True
+    denied = DeliveryResult("s3-archive", "s3").fail("held", True, code="AccessDenied")
+    denied.held = True
+    m.observe_object(ObjectResult(key="k2", tenant="umbrella", deliveries=[held, denied]).settle(), 0.1)
+    s = samples(m.render().decode())
+    row, cw = "logdelivery_deliveries_total", ("type", "cloudwatch")
+    assert s[(row, (("reason", "throttled"), ("status", "failed"), ("tenant", "umbrella"), cw))] == 2
+    assert s[(row, (("reason", "backing_off"), ("status", "failed"), ("tenant", "umbrella"), ("type", "s3")))] == 1
+    assert s[(row, (("reason", "none"), ("status", "delivered"), ("tenant", "umbrella"), ("type", "s3")))] == 1
+    # One object failed only by throttling, the other for two reasons.
+    objects = "logdelivery_objects_total"
+    assert s[(objects, (("reason", "throttled"), ("status", "failed"), ("tenant", "umbrella")))] == 1
+    assert s[(objects, (("reason", "error"), ("status", "failed"), ("tenant", "umbrella")))] == 1
+
+    gauge = "logdelivery_destinations_backing_off"
+    m.set_backing_off({("umbrella", "cloudwatch"): 1, ("acme", "cloudwatch"): 2})
+    s = samples(m.render().decode())
+    assert s[(gauge, (("delivery_type", "cloudwatch"), ("tenant", "acme")))] == 2
+    m.set_backing_off({("acme", "cloudwatch"): 1})
+    s = samples(m.render().decode())
+    assert s[(gauge, (("delivery_type", "cloudwatch"), ("tenant", "umbrella")))] == 0  # recovered, not stale
+    assert s[(gauge, (("delivery_type", "cloudwatch"), ("tenant", "acme")))] == 1
 
 
 def test_two_metrics_objects_do_not_collide() -> None:
