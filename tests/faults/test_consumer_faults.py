@@ -64,8 +64,11 @@ def test_consumer_retries_throttling_and_5xx_refreshes_expiry_and_holds_back_onl
     wait_for(lambda: denied.stats.injected >= len(globex_keys), 30, "globex's first attempts")
     assert delivered(stack.local, "acme") == expected(manifest, "acme")  # once each, despite the faults
     assert ledger_keys(stack.local, "globex") == set()
-    left = [r for r in c.logs() if r.get("msg") == "message left for redelivery"]
-    assert left and all("AccessDenied" in r["reasons"][0] and "globex" in r["reasons"][0] for r in left)
+    # The proxy counts a denial before the consumer logs what it did about it: wait for the log, too.
+    left = wait_for(
+        lambda: [r for r in c.logs() if r.get("msg") == "message left for redelivery"], 30, "a message left"
+    )
+    assert all("AccessDenied" in r["reasons"][0] and "globex" in r["reasons"][0] for r in left)
     assert proxy.calls("logs", PUT) and not [
         x for x in proxy.calls("logs", PUT) if '"/logs/globex"' in x.body.decode()
     ], "globex had no credentials, so nothing may have been put for it"
