@@ -13,6 +13,9 @@ Rules decide what happens to a request:
     proxy.add(Rule(service="sts", operation="AssumeRole", body_contains=role_arn, action=Error.access_denied()))
     proxy.add(Rule(service="logs", operation="PutLogEvents", action=Delay(0.5)))
     proxy.add(Rule(service="logs", operation="PutLogEvents", first=1, action=Hook(delete_group)))
+    hold = Hold()
+    proxy.add(Rule(service="dynamodb", operation="UpdateItem", action=hold))
+    hold.wait_held(3); hold.release(2); ...; hold.open()
     ...
     proxy.stats()          # {rule name: RuleStats(matched, injected)}
     proxy.calls("logs", "PutLogEvents")   # every request seen: status, body, when
@@ -27,9 +30,13 @@ reproducible) and at most `first` times (None: no limit).
 
 Actions: `Error` (an HTTP status and an AWS error code, rendered in the service's own protocol so botocore
 parses it as the real service's error), `Drop` (close the socket without answering, before or after
-forwarding), `Delay` (sleep, then forward), `Answer` (sleep, then answer success without forwarding: a
-fixed-latency stand-in for benchmarks), `Hook` (call a function, e.g. delete a log group through moto,
-then forward).
+forwarding), `Delay` (sleep, then forward), `Hold` (block until the test releases it, then forward: a test
+that must catch the system between two steps decides by events with it, not by a delay being long
+enough), `Answer` (sleep, then answer success without forwarding: a fixed-latency stand-in for
+benchmarks), `Hook` (call a function, e.g. delete a log group through moto, then forward).
+
+Answers are not kept, except for the operations named in `proxy.keep_answers` (e.g. `("sqs",
+"ReceiveMessage")`, so a test can read the receipt handles a killed consumer held).
 
 Credentials: the proxy reads STS AssumeRole answers and remembers which role each issued access key
 belongs to (`proxy.role_of(access_key)`), and which key signed each request (`Call.access_key`), so tests
@@ -110,6 +117,7 @@ class Call:
     injected: str = ""  # the rule that changed this call's outcome, if any
     at: float = field(default_factory=time.monotonic)
     path: str = ""  # for S3, the bucket and key: /bucket/key
+    answer: bytes = b""  # the body the client got, for the operations in FaultProxy.keep_answers only
 
 
 def _operation(service: str, method: str, path: str, headers: dict[str, str], body: bytes) -> str:
@@ -216,6 +224,65 @@ class Delay:
     seconds: float
 
 
+class Hold:
+    """Hold each request until the test lets it go, then forward it. A request whose client went away while
+    it was held (a killed process) is not forwarded: the service never receives it.
+
+    Where a `Delay` decides by how long things take, a hold decides by events: `wait_held(n)` returns once
+    n requests are held at once, `release(n)` lets the next n go (held now, or arriving later), `open()` lets
+    every held and later request go. The proxy opens a hold whose rule is removed (`clear`, `remove`), and
+    a request held `limit_s` goes by itself, so a failed test never leaves a proxy thread stuck.
+    """
+
+    def __init__(self, limit_s: float = 300.0) -> None:
+        self.limit_s = limit_s
+        self._cond = threading.Condition()
+        self._held = 0  # requests waiting now
+        self._passes = 0  # released, not yet used
+        self._open = False
+        self.let_go = 0  # requests that left the hold (released, opened or timed out)
+
+    @property
+    def held(self) -> int:
+        with self._cond:
+            return self._held
+
+    def wait_held(self, n: int, timeout: float = 120.0) -> None:
+        """Return once `n` requests are held at once; AssertionError (saying how many were) after `timeout`."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._held >= n, timeout):
+                raise AssertionError(f"timed out after {timeout}s waiting for {n} held requests ({self._held} held)")
+
+    def release(self, n: int = 1) -> None:
+        with self._cond:
+            self._passes += n
+            self._cond.notify_all()
+
+    def open(self) -> None:
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
+
+    def block(self) -> None:
+        """Called on the proxy's thread for the request: returns when the request may go on."""
+        deadline = time.monotonic() + self.limit_s
+        with self._cond:
+            self._held += 1
+            self._cond.notify_all()
+            try:
+                while not self._open and self._passes == 0:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    self._cond.wait(left)
+                if not self._open:
+                    self._passes -= 1
+            finally:
+                self._held -= 1
+                self.let_go += 1
+                self._cond.notify_all()
+
+
 @dataclass(frozen=True)
 class Answer:
     """Answer with success after `seconds`, without forwarding: a stand-in for the service with a fixed
@@ -232,7 +299,7 @@ class Hook:
     fn: Callable[[Request], None]
 
 
-Action = Error | HttpStatus | Drop | Delay | Answer | Hook
+Action = Error | HttpStatus | Drop | Delay | Hold | Answer | Hook
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -297,6 +364,7 @@ class FaultProxy:
         self._external_ids: dict[str, str] = {}  # issued access key id → the ExternalId it was assumed with
         self._secrets: set[str] = set()
         self._inflight = 0
+        self.keep_answers: set[tuple[str, str]] = set()  # (service, operation) whose answers calls() keeps
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -346,11 +414,16 @@ class FaultProxy:
     def remove(self, rule: Rule) -> None:
         with self._lock:
             self._rules = [r for r in self._rules if r is not rule]
+        if isinstance(rule.action, Hold):
+            rule.action.open()
 
     def clear(self) -> None:
-        """Remove every rule."""
+        """Remove every rule (a hold's requests go on)."""
         with self._lock:
-            self._rules = []
+            removed, self._rules = self._rules, []
+        for rule in removed:
+            if isinstance(rule.action, Hold):
+                rule.action.open()
 
     @contextmanager
     def fault(self, rule: Rule) -> Iterator[Rule]:
@@ -417,8 +490,9 @@ class FaultProxy:
                 return rule
         return None
 
-    def _record(self, req: Request, status: int, injected: str) -> None:
+    def _record(self, req: Request, status: int, injected: str, answer: bytes = b"") -> None:
         with self._lock:
+            keep = (req.service, req.operation) in self.keep_answers
             self._calls.append(
                 Call(
                     len(self._calls),
@@ -429,6 +503,7 @@ class FaultProxy:
                     status,
                     injected,
                     path=unquote_plus(urlsplit(req.path).path),
+                    answer=answer if keep else b"",
                 )
             )
 
@@ -523,6 +598,12 @@ class _Handler(BaseHTTPRequestHandler):
                 proxy._record(req, 0, "client gone while delayed")
                 self.close_connection = True
                 return
+        elif isinstance(action, Hold):
+            action.block()
+            if self._client_gone():
+                proxy._record(req, 0, "client gone while held")
+                self.close_connection = True
+                return
         elif isinstance(action, Hook):
             action.fn(req)
         elif isinstance(action, Drop) and not action.after_forward:
@@ -555,7 +636,7 @@ class _Handler(BaseHTTPRequestHandler):
             proxy._record(req, 0, injected)
             self._drop()
             return
-        proxy._record(req, status, injected if isinstance(action, Delay | Hook) else "")
+        proxy._record(req, status, injected if isinstance(action, Delay | Hold | Hook) else "", data)
         self._answer(status, resp_headers, data)
 
     def _answer(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:

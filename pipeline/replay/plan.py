@@ -1,8 +1,10 @@
 """Turn listed pods into work units and plan figures: pure arithmetic over plain values, no I/O.
 
 Each pod's objects stay together and in time order inside one unit, so one stream is written by one
-sink, in order. Small pods are packed together so units have balanced byte sizes; idle workers pull the
-next unit, which balances the rest.
+sink, in order. A unit holds the pods of one tenant only, so the scheduler can share workers between
+tenants (a throttled tenant's unit holds its worker through the sink's retries, and must not hold another
+tenant's pods with it). Small pods of a tenant are packed together so units have balanced byte sizes; idle
+workers pull the next unit, which balances the rest.
 
 The figures (`PlanTotals`) are sums: a survey of a few pods makes one, and the driver adds them up as
 surveys come back, so a window of any size is planned in memory that does not grow with it.
@@ -52,6 +54,7 @@ class WorkUnit:
     unit_id: int
     objects: tuple[ObjectSpec, ...]
     bytes: int
+    tenant: str = ""  # the one tenant of its objects (pack_units); "" for a unit built by hand
 
 
 def spec_of(o: ListedObject) -> ObjectSpec:
@@ -333,11 +336,38 @@ def _fraction_before(since: datetime, until: datetime, cutoff_ms: float) -> floa
 
 
 def pack_units(pods: Mapping[str, Sequence[ListedObject | ObjectSpec]], workers: int) -> list[WorkUnit]:
-    """Pack whole pods into units of roughly equal bytes (longest-processing-time-first)."""
+    """Pack whole pods into units of roughly equal bytes (longest-processing-time-first), one tenant a unit.
+
+    The size target is the whole window's, so tenants' units are of one size and a small tenant gets fewer
+    units, not smaller ones (down to one unit holding all it has)."""
     total = sum(o.size for objs in pods.values() for o in objs)
     if not pods:
         return []
     target = max(total / max(1, workers * UNITS_PER_WORKER), MIN_UNIT_BYTES)
+    by_tenant: dict[str, dict[str, Sequence[ListedObject | ObjectSpec]]] = defaultdict(dict)
+    for prefix, objs in pods.items():
+        by_tenant[_tenant_of(objs)][prefix] = objs
+    units: list[WorkUnit] = []
+    for tenant in sorted(by_tenant):
+        for members in _pack_bytes(by_tenant[tenant], target):
+            specs = tuple(o if isinstance(o, ObjectSpec) else spec_of(o) for p in sorted(members) for o in pods[p])
+            units.append(WorkUnit(len(units), specs, sum(s.size for s in specs), tenant))
+    # Biggest first: the long units start early, the small ones fill the tail.
+    units.sort(key=lambda u: -u.bytes)
+    return units
+
+
+def _tenant_of(objs: Sequence[ListedObject | ObjectSpec]) -> str:
+    if not objs:
+        return ""
+    first = objs[0]
+    return first.tenant if isinstance(first, ObjectSpec) else first.parsed.tenant
+
+
+def _pack_bytes(pods: Mapping[str, Sequence[ListedObject | ObjectSpec]], target: float) -> list[list[str]]:
+    """Pod prefixes grouped into about total/target groups of balanced bytes: each pod, biggest first, to the
+    lightest group."""
+    total = sum(o.size for objs in pods.values() for o in objs)
     n_units = max(1, min(len(pods), round(total / target) or 1))
     sized = sorted(((sum(o.size for o in objs), prefix) for prefix, objs in pods.items()), reverse=True)
     heap: list[tuple[int, int]] = [(0, i) for i in range(n_units)]
@@ -346,13 +376,7 @@ def pack_units(pods: Mapping[str, Sequence[ListedObject | ObjectSpec]], workers:
         load, i = heapq.heappop(heap)
         members[i].append(prefix)
         heapq.heappush(heap, (load + size, i))
-    units: list[WorkUnit] = []
-    for i in sorted(members):
-        specs = tuple(o if isinstance(o, ObjectSpec) else spec_of(o) for p in sorted(members[i]) for o in pods[p])
-        units.append(WorkUnit(len(units), specs, sum(s.size for s in specs)))
-    # Biggest first: the long units start early, the small ones fill the tail.
-    units.sort(key=lambda u: -u.bytes)
-    return units
+    return [members[i] for i in sorted(members)]
 
 
 class UnitPacker:

@@ -2,17 +2,18 @@
 
 Listing goes level by level (tenants → applications → pods → objects), each step a call to a surveyor
 (`pipeline.replay.survey`) on whatever `Backend` runs them: Ray workers, or threads for a local dry run.
-Surveys hand back the pods left to deliver; they are packed into work units (`UnitPacker`) and handed to
-delivery workers as soon as there are some. The driver holds prefixes still to list, the packer's buffer
-and the units waiting for a worker: bounded by QUEUED_OBJECTS_MAX, not by the window. When the queue is
-full the driver stops surveying until workers catch up.
+Surveys hand back the pods left to deliver; they are packed into work units of one tenant each
+(`UnitPacker`) and handed to delivery workers as soon as there are some, shared fairly between tenants
+(`FairDispatch`). The driver holds prefixes still to list, the packer's buffer and the units waiting for a
+worker: bounded by QUEUED_OBJECTS_MAX, not by the window. When the queue is full the driver stops surveying
+until workers catch up.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ log = logging.getLogger("pipeline.replay")
 
 DESCEND_CHUNK = 8  # prefixes per listing call one level down
 SURVEY_CHUNK = 16  # pods per survey
-IN_FLIGHT_PER_WORKER = 2  # one running, one queued: workers never idle, the driver never holds the window
+IN_FLIGHT_PER_WORKER = 2  # one running, one queued (see FairDispatch for when): the driver never holds the window
 QUEUED_OBJECTS_MAX = 2 * PACK_BUFFER_OBJECTS  # to deliver, held by the driver: packer buffer + waiting units
 
 
@@ -57,6 +58,89 @@ def sampled(prefix: str, rate: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < rate
 
 
+class FairDispatch:
+    """Which waiting unit goes to which worker: one queue of units per tenant, shared so that a tenant whose
+    units are slow (a throttled CloudWatch holds a worker through the sink's retries, minutes a unit) does not
+    take the workers from the others.
+
+    - An idle worker goes to the tenant, among those with units waiting, that holds the fewest workers; ties
+      go to the one served longest ago (round robin). Workers freed by a slow tenant thus go to the others
+      until each holds as many as it: no tenant holds more than its share (workers / tenants with work)
+      while another has units waiting, unless it took them when nobody else had any (work-conserving: a
+      lone tenant may use every worker).
+    - A worker takes a second unit, queued behind its running one so it never waits on the driver, only
+      while a single tenant has units waiting, and only behind that tenant's own unit: another tenant's unit
+      never waits behind a slow one, and a worker whose unit ends goes back to the choice above.
+
+    Units are never taken back from a worker: a unit is delivered by the worker it was handed to.
+    """
+
+    def __init__(self, workers: int, depth: int = IN_FLIGHT_PER_WORKER) -> None:
+        self.depth = depth
+        self._waiting: dict[str, deque[WorkUnit]] = {}  # only tenants with units waiting
+        self._on: list[list[str]] = [[] for _ in range(workers)]  # per worker, the tenants of its units in flight
+        self._busy: Counter[str] = Counter()  # per tenant, the workers holding at least one of its units
+        self._served: dict[str, int] = {}  # per tenant, the turn it was last handed a unit at
+        self._turn = 0
+        self.waiting_objects = 0
+
+    def __len__(self) -> int:  # units waiting
+        return sum(len(q) for q in self._waiting.values())
+
+    def busy(self, tenant: str) -> int:
+        return self._busy[tenant]
+
+    def add(self, unit: WorkUnit) -> None:
+        self._waiting.setdefault(unit.tenant, deque()).append(unit)
+        self.waiting_objects += len(unit.objects)
+
+    def take(self) -> tuple[int, WorkUnit] | None:
+        """The next unit to hand out and its worker (counted in flight from now), or None if there is none
+        to hand out now."""
+        if not self._waiting:
+            return None
+        idle = next((w for w, on in enumerate(self._on) if not on), None)
+        if idle is not None:
+            tenant = min(self._waiting, key=lambda t: (self._busy[t], self._served.get(t, -1)))
+            return idle, self._hand(idle, tenant)
+        if len(self._waiting) == 1:
+            (tenant,) = self._waiting
+            own = [w for w, on in enumerate(self._on) if len(on) < self.depth and all(t == tenant for t in on)]
+            if own:
+                worker = min(own, key=lambda w: len(self._on[w]))
+                return worker, self._hand(worker, tenant)
+        return None
+
+    def done(self, worker: int, unit: WorkUnit) -> None:
+        """A unit handed to `worker` ended (delivered, failed or interrupted)."""
+        on = self._on[worker]
+        on.remove(unit.tenant)
+        if unit.tenant not in on:
+            self._busy[unit.tenant] -= 1
+            if not self._busy[unit.tenant]:
+                del self._busy[unit.tenant]
+
+    def drain(self) -> list[WorkUnit]:
+        """Every waiting unit, given back (an interrupted replay reports them as not attempted)."""
+        units = [u for q in self._waiting.values() for u in q]
+        self._waiting.clear()
+        self.waiting_objects = 0
+        return units
+
+    def _hand(self, worker: int, tenant: str) -> WorkUnit:
+        queue = self._waiting[tenant]
+        unit = queue.popleft()
+        if not queue:
+            del self._waiting[tenant]
+        if tenant not in self._on[worker]:
+            self._busy[tenant] += 1
+        self._on[worker].append(tenant)
+        self._turn += 1
+        self._served[tenant] = self._turn
+        self.waiting_objects -= len(unit.objects)
+        return unit
+
+
 @dataclass
 class _Task:
     kind: str  # "descend" (level: 1 applications, 2 pods), "survey" or "unit"
@@ -78,14 +162,13 @@ class Scheduler:
     on_progress: Callable[[], None] = lambda: None
     _levels: list[deque[str]] = field(default_factory=lambda: [deque(), deque()])  # tenants, applications
     _pods: deque[str] = field(default_factory=deque)
-    _units: deque[WorkUnit] = field(default_factory=deque)
+    _units: FairDispatch = field(default_factory=lambda: FairDispatch(0))
     _inflight: dict[Future[Any], _Task] = field(default_factory=dict)
-    _load: list[int] = field(default_factory=list)
     _stopped: bool = False
 
     def run(self, tenant_prefixes: Sequence[str], interrupt: Interrupt) -> None:
         self._levels[0].extend(tenant_prefixes)
-        self._load = [0] * self.backend.workers
+        self._units = FairDispatch(self.backend.workers, IN_FLIGHT_PER_WORKER)
         while True:
             if interrupt.requested and not self._stopped:
                 self._stop()
@@ -112,7 +195,7 @@ class Scheduler:
         return sum(t.kind != "unit" for t in self._inflight.values())
 
     def _queued_objects(self) -> int:
-        return self.packer.buffered + sum(len(u.objects) for u in self._units)
+        return self.packer.buffered + self._units.waiting_objects
 
     def _submit_listing(self) -> None:
         while self._listing_inflight() < self.backend.listing_slots:
@@ -156,21 +239,18 @@ class Scheduler:
 
     def _queue_units(self, units: list[WorkUnit]) -> None:
         self.totals.work_units += len(units)
-        if self.backend.workers:
-            self._units.extend(units)  # a dry run only counts them
+        if self.backend.workers:  # a dry run only counts them
+            for unit in units:
+                self._units.add(unit)
 
     def _submit_units(self) -> None:
-        while self._units:
-            worker = min(range(len(self._load)), key=self._load.__getitem__)
-            if self._load[worker] >= IN_FLIGHT_PER_WORKER:
-                return
-            unit = self._units.popleft()
-            self._load[worker] += 1
+        while (taken := self._units.take()) is not None:
+            worker, unit = taken
             self._inflight[self.backend.deliver(worker, unit)] = _Task("unit", unit, worker=worker)
 
     def _delivered(self, task: _Task, future: Future[list[ObjectResult]]) -> None:
-        self._load[task.worker] -= 1
         unit: WorkUnit = task.payload
+        self._units.done(task.worker, unit)
         try:
             results = future.result()
         except Exception as exc:  # a worker that died twice, or a bug: the unit's objects failed
@@ -205,10 +285,9 @@ class Scheduler:
         self._stopped = True
         log.warning("interrupted: finishing the objects in flight")
         self.backend.stop()
-        for unit in self._units:
+        for unit in self._units.drain():
             self.report.add_interrupted(unit.objects)
         self.report.add_interrupted(self.packer.drain())
-        self._units.clear()
         self._pods.clear()
         for q in self._levels:
             q.clear()

@@ -19,9 +19,10 @@ from typing import Any
 
 import orjson
 import psutil
+from botocore.exceptions import ClientError
 
 from devstack import generator as gen
-from devstack.faults import FaultProxy
+from devstack.faults import FaultProxy, Hold
 from devstack.provision import LocalEnvironment, SampleTenant
 from devstack.readback import read_group
 from pipeline.batching import min_put_requests
@@ -165,10 +166,15 @@ def run_replay(stack: FaultStack, *args: str, report: Path, timeout: float = 240
 
 
 def kill_replay_mid_run(
-    stack: FaultStack, *args: str, report: Path, when: Callable[[subprocess.Popen[Any]], None]
+    stack: FaultStack,
+    *args: str,
+    report: Path,
+    when: Callable[[subprocess.Popen[Any]], None],
+    holds: Iterable[Hold] = (),
 ) -> None:
-    """Run the replay CLI, SIGKILL it with its local Ray (a lost pod) once `when(proc)` returns, and wait for
-    the proxy to settle the requests it held (a held request whose client died is never forwarded)."""
+    """Run the replay CLI, SIGKILL it with its local Ray (a lost pod) once `when(proc)` returns, open the
+    `holds` and wait for the proxy to settle the requests it held (a held request whose client died is never
+    forwarded)."""
     proc = subprocess.Popen(
         replay_cmd(*args, report=report),
         env=stack.env,
@@ -182,6 +188,8 @@ def kill_replay_mid_run(
         proc.wait(30)
     finally:
         kill_group(proc)
+        for hold in holds:
+            hold.open()
     wait_for(lambda: stack.proxy.inflight() == 0, 30, "requests held by the proxy to be settled")
 
 
@@ -218,6 +226,32 @@ def allow_receives(stack: FaultStack, n: int) -> None:
         "Attributes"
     ]["QueueArn"]
     set_queue(stack, RedrivePolicy=json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(n)}))
+
+
+def watch_receives(stack: FaultStack) -> None:
+    """Keep the proxy's record of every ReceiveMessage answer, for `release_received`."""
+    stack.proxy.keep_answers.add(("sqs", "ReceiveMessage"))
+
+
+def release_received(stack: FaultStack) -> int:
+    """Make every message a consumer received through the proxy (`watch_receives`) and did not delete
+    visible again now, as SQS would after its visibility timeout: a killed consumer's messages come back at
+    once, so a test can keep a long visibility timeout (no message comes back while a slow, loaded consumer
+    still works on it) and still not wait it out. Returns how many came back."""
+    latest: dict[str, str] = {}  # message id → its latest receipt handle (older ones are void)
+    for c in stack.proxy.calls("sqs", "ReceiveMessage"):
+        if c.status == 200 and c.answer:
+            for m in orjson.loads(c.answer).get("Messages", []):
+                latest[m["MessageId"]] = m["ReceiptHandle"]
+    sqs = stack.local.client("sqs")
+    back = 0
+    for handle in latest.values():
+        try:
+            sqs.change_message_visibility(QueueUrl=stack.local.queue_url, ReceiptHandle=handle, VisibilityTimeout=0)
+            back += 1
+        except ClientError:  # deleted: the consumer finished it
+            continue
+    return back
 
 
 def consumer_process(stack: FaultStack, log_path: Path, args: list[str]) -> ConsumerProcess:

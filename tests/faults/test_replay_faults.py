@@ -36,7 +36,7 @@ from fault_helpers import (
     write,
 )
 
-from devstack.faults import Delay, Drop, Error, Rule
+from devstack.faults import Drop, Error, Hold, Rule
 from pipeline.assembly import IN_FLIGHT_PUTS
 from pipeline.ledger import Ledger
 from pipeline.replay.plan import LEDGER_SKIP
@@ -128,10 +128,13 @@ def test_worker_killed_mid_unit_is_restarted_and_the_unit_redelivered_at_most_on
 ) -> None:
     manifest = write(stack.local, applications=("payment-service",), pods_per_app=3, objects_per_pod=6, seed=22)
     keys = set(manifest.keys)
-    stack.proxy.add(Rule(Delay(0.4), service="logs", operation=PUT))  # units take seconds, not milliseconds
-    # Ledger writes held 1 s: at the kill, some objects are accepted by CloudWatch but not yet recorded.
+    # Decided by events: ledger writes are held after the first three, so at the kill the test knows which
+    # objects are recorded and that some were accepted by CloudWatch and are not; at the kill, CloudWatch
+    # puts are held too, so what the dying worker had in flight and what the retry sends are told apart.
     ledger_table = stack.local.names.ledger_table
-    stack.proxy.add(Rule(Delay(1.0), service="dynamodb", operation="UpdateItem", body_contains=ledger_table))
+    ledger_hold, put_hold = Hold(), Hold()
+    stack.proxy.add(Rule(ledger_hold, service="dynamodb", operation="UpdateItem", body_contains=ledger_table))
+    ledger_hold.release(3)
     report = tmp_path / "report.json"
     proc = subprocess.Popen(
         replay_cmd("--tenant", "acme", *WINDOW, "--workers", "1", report=report),
@@ -145,14 +148,19 @@ def test_worker_killed_mid_unit_is_restarted_and_the_unit_redelivered_at_most_on
         worker = wait_for(lambda: delivery_workers(driver), 120, "the DeliveryWorker actor")[0]
         wait_for(lambda: ledger_count(stack.local) >= 3 or proc.poll() is not None, 120, "objects done")
         wait_for(
-            lambda: accepted_objects(stack, manifest) - ledger_keys(stack.local, "acme"), 30, "an unrecorded object"
+            lambda: accepted_objects(stack, manifest) - ledger_keys(stack.local, "acme"), 60, "an unrecorded object"
         )
+        stack.proxy.add(Rule(put_hold, service="logs", operation=PUT))
         worker.send_signal(signal.SIGKILL)
         wait_for(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, 10, "the worker's end")
+        # Every request still in the proxy is a held one (the dying worker's, or the retry's first): what was
+        # forwarded before the kill has been answered and is in the proxy's log.
+        wait_for(lambda: stack.proxy.inflight() == ledger_hold.held + put_hold.held, 30, "forwarded requests answered")
         before = ledger_keys(stack.local, "acme")
         at_kill = accepted_batches(stack, manifest)
         sent_unrecorded = set().union(*at_kill) - before
-        assert before < keys and sent_unrecorded, "the kill did not land mid-unit"
+        assert len(before) == 3 and sent_unrecorded, "the kill did not land mid-unit"
+        stack.proxy.clear()  # opens the holds: the dead worker's requests are dropped, the retry's go on
         out, _ = proc.communicate(timeout=180)
     finally:
         kill_group(proc)
@@ -169,7 +177,7 @@ def test_worker_killed_mid_unit_is_restarted_and_the_unit_redelivered_at_most_on
     # those of the batches being sent or recorded then (pipeline.assembly: at most IN_FLIGHT_PUTS), which
     # spanned several objects each.
     dups = duplicated_keys(manifest, got, "acme")
-    assert set(dups) == sent_unrecorded and set(dups.values()) == {2}
+    assert set(dups) == sent_unrecorded and set(dups.values()) == {2}, (dups, sent_unrecorded)
     holding = [b for b in at_kill if b & sent_unrecorded]
     assert len(holding) <= IN_FLIGHT_PUTS and max(map(len, holding)) > 1
     assert len(dups) <= sum(map(len, holding))
@@ -188,31 +196,34 @@ def test_driver_killed_mid_run_then_rerun_loses_nothing_and_resends_exactly_the_
 ) -> None:
     """The replay CLI and the local Ray it started are SIGKILLed together (a lost pod), then run again.
 
-    Ledger writes are held 1.5 s by the proxy, so at the kill some objects have been accepted by CloudWatch
-    but are not in the ledger yet: exactly those are sent twice, nothing else, nothing is lost.
+    Ledger writes after the first three are held by the proxy, so at the kill some objects have been accepted
+    by CloudWatch but are not in the ledger: exactly those are sent twice, nothing else, nothing is lost.
     """
     manifest = write(
         stack.local, applications=("payment-service", "frontend"), pods_per_app=2, objects_per_pod=5, seed=23
     )
     keys = set(manifest.keys)
     ledger_table = stack.local.names.ledger_table
-    stack.proxy.add(Rule(Delay(0.2), service="logs", operation=PUT))
-    stack.proxy.add(Rule(Delay(1.5), service="dynamodb", operation="UpdateItem", body_contains=ledger_table))
+    # Ledger writes are held after the first three: at the kill, which objects are recorded is decided by the
+    # test, not by how long a delay was.
+    hold = Hold()
+    stack.proxy.add(Rule(hold, service="dynamodb", operation="UpdateItem", body_contains=ledger_table))
+    hold.release(3)
     args = ("--tenant", "acme", *WINDOW, "--workers", "2")
 
     def some_sent_not_recorded(proc: subprocess.Popen[Any]) -> None:
         wait_for(lambda: ledger_count(stack.local) >= 3 or proc.poll() is not None, 120, "objects done")
         wait_for(
             lambda: accepted_objects(stack, manifest) - ledger_keys(stack.local, "acme"),
-            30,
+            60,
             "an object sent, not yet recorded",
         )
 
-    kill_replay_mid_run(stack, *args, report=tmp_path / "killed.json", when=some_sent_not_recorded)
+    kill_replay_mid_run(stack, *args, report=tmp_path / "killed.json", when=some_sent_not_recorded, holds=[hold])
     settled = ledger_keys(stack.local, "acme")
     at_kill = accepted_batches(stack, manifest)
     sent_unrecorded = set().union(*at_kill) - settled
-    assert settled < keys and sent_unrecorded, "the kill did not land mid-run"
+    assert len(settled) == 3 and sent_unrecorded, "the kill did not land mid-run"
     assert not (tmp_path / "killed.json").exists()  # no report from a killed driver
 
     stack.proxy.clear()

@@ -155,9 +155,13 @@ def test_replay_delivers_each_tenant_exactly_its_window(
     assert doc["objects_listed"] >= doc["objects_delivered"] + len(doc["objects_failed"])
 
     # Run again: the ledger makes it a no-op, and CloudWatch is unchanged.
+    # Its own report file: a rerun that fails before writing one must not be read as the first run's.
     _, doc2, output2 = replay(
-        local_aws, "--tenant", "acme", "--since", since.isoformat(), "--until", until.isoformat(), report=report
+        local_aws,
+        *("--tenant", "acme", "--since", since.isoformat(), "--until", until.isoformat()),
+        report=tmp_path / "rerun.json",
     )
+    assert doc2, output2[-3000:]
     assert doc2["objects_delivered"] == 0, output2[-1500:]
     assert doc2["objects_skipped_ledger"] == doc["tenants"]["acme"]["objects_delivered"] + 1  # + the damaged one
     assert delivered_events(local_aws, "acme") == want_acme

@@ -154,6 +154,35 @@ def test_units_are_balanced_when_pods_are_small(sizes: list[list[int]], workers:
         assert len(units) >= workers
 
 
+@PROPS
+@given(
+    tenant_sizes=st.lists(
+        st.lists(st.lists(st.integers(10_000, 2_000_000), min_size=1, max_size=5), min_size=1, max_size=30),
+        min_size=1,
+        max_size=4,
+    ),
+    workers=st.integers(1, 8),
+)
+def test_a_unit_holds_one_tenant_and_each_tenants_units_stay_balanced(
+    tenant_sizes: list[list[list[int]]], workers: int
+) -> None:
+    """One tenant a unit, so the scheduler can share workers between tenants; within a tenant, greedy packing
+    keeps its units within one pod of each other, as for a single tenant."""
+    pods: dict[str, list[ListedObject]] = {}
+    for t, sizes in enumerate(tenant_sizes):
+        for i, objs in enumerate(sizes):
+            listed = pod_objects(f"pod-{i:03d}", objs, tenant=f"t{t}")
+            pods[prefix_of(listed[0])] = listed
+    units = pack_units(pods, workers)
+    assert Counter(o.key for u in units for o in u.objects) == Counter(o.key for objs in pods.values() for o in objs)
+    for u in units:
+        assert {o.tenant for o in u.objects} == {u.tenant}
+    for t in {u.tenant for u in units}:
+        loads = [u.bytes for u in units if u.tenant == t]
+        biggest_pod = max(sum(o.size for o in objs) for objs in pods.values() if objs[0].parsed.tenant == t)
+        assert max(loads) - min(loads) <= biggest_pod
+
+
 def test_units_target_several_per_worker_for_a_big_window() -> None:
     # 200 pods of 4 MiB: 800 MiB, far over the per-unit minimum, so each worker gets about four units.
     pods = build_pods([[1 << 20] * 4 for _ in range(200)])

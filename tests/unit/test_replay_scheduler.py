@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from pipeline.delivery import ObjectResult
 from pipeline.keys import parse_key
 from pipeline.replay.listing import ListedObject, ListingFilter, Prefixes
-from pipeline.replay.plan import ObjectSpec, PlanTotals, UnitPacker, WorkUnit, spec_of
+from pipeline.replay.plan import ObjectSpec, PlanTotals, UnitPacker, WorkUnit, pack_units, spec_of
 from pipeline.replay.report import INTERRUPTED, ReplayReport
-from pipeline.replay.scheduler import Scheduler, sampled
+from pipeline.replay.scheduler import FairDispatch, Scheduler, sampled
 from pipeline.replay.survey import Survey
 
 UNTIL = datetime(2024, 6, 20, tzinfo=UTC)
@@ -222,3 +222,164 @@ def test_spec_of_carries_the_tenant() -> None:
     key = "prod-1/acme/app/pod-1/20240620-110000-00000000-0000-4000-8000-000000000000.json.gz"
     listed = ListedObject(key, 10, "e", datetime.fromtimestamp(time.time(), UTC), parse_key(key))
     assert spec_of(listed).tenant == "acme"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sharing workers between tenants
+
+
+def unit(unit_id: int, tenant: str, objects: int = 1) -> WorkUnit:
+    specs = tuple(
+        ObjectSpec(f"prod-1/{tenant}/app/pod/{unit_id:05d}-{i}.json.gz", 10, "e", 0.0, tenant) for i in range(objects)
+    )
+    return WorkUnit(unit_id, specs, 10 * objects, tenant)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    workers=st.integers(1, 6),
+    depth=st.integers(1, 3),
+    tenants=st.integers(1, 4),
+    steps=st.integers(1, 60),
+)
+def test_fair_dispatch_starves_no_tenant_is_work_conserving_and_hands_every_unit_once(
+    data: st.DataObject, workers: int, depth: int, tenants: int, steps: int
+) -> None:
+    """Units arrive and end in any order; the dispatcher is asked for units as the scheduler asks (until it
+    has none to give) after every change, and each answer is checked against a model of the workers."""
+    d = FairDispatch(workers, depth)
+    on: list[list[WorkUnit]] = [[] for _ in range(workers)]  # the model: units in flight per worker
+    waiting: dict[str, list[WorkUnit]] = {}
+    added: list[int] = []
+    handed: list[int] = []
+
+    def busy(t: str) -> int:
+        return sum(any(u.tenant == t for u in units) for units in on)
+
+    def hand_out() -> None:
+        while True:
+            ready = {t for t, q in waiting.items() if q}
+            before = {t: busy(t) for t in ready}
+            taken = d.take()
+            if taken is None:
+                # Work-conserving: nothing is left waiting while a worker is idle, and a lone tenant fills
+                # every worker's queue it can.
+                assert not ready or all(on), "a worker idle while units wait"
+                if len(ready) == 1:
+                    (t,) = ready
+                    assert not any(len(units) < depth and all(u.tenant == t for u in units) for units in on)
+                return
+            worker, u = taken
+            assert u.tenant in ready and u is waiting[u.tenant][0], "not the tenant's oldest waiting unit"
+            assert len(on[worker]) < depth
+            # A unit never waits behind another tenant's, and only queues behind its own while no other
+            # tenant has units waiting.
+            assert all(x.tenant == u.tenant for x in on[worker])
+            if on[worker]:
+                assert ready == {u.tenant}
+            else:
+                # No starvation: an idle worker goes to a tenant holding no more workers than any other
+                # tenant with units waiting.
+                assert before[u.tenant] == min(before.values())
+            waiting[u.tenant].pop(0)
+            on[worker].append(u)
+            handed.append(u.unit_id)
+
+    for _ in range(steps):
+        if data.draw(st.booleans(), "add") or not any(on):
+            t = f"t{data.draw(st.integers(0, tenants - 1), 'tenant')}"
+            for _ in range(data.draw(st.integers(1, 4), "units")):
+                u = unit(len(added), t)
+                d.add(u)
+                waiting.setdefault(t, []).append(u)
+                added.append(u.unit_id)
+        else:
+            worker = data.draw(st.sampled_from([w for w, units in enumerate(on) if units]), "ends on")
+            # A worker runs its units in order: the first one ends.
+            d.done(worker, on[worker].pop(0))
+        assert d.waiting_objects == sum(len(q) for q in waiting.values()) == len(d)
+        hand_out()
+    while any(on):  # every unit ends: the rest is handed out
+        worker = next(w for w, units in enumerate(on) if units)
+        d.done(worker, on[worker].pop(0))
+        hand_out()
+    assert sorted(handed) == sorted(added) and len(d) == 0
+
+
+def test_a_lone_tenant_uses_every_worker_and_queues_one_more_on_each() -> None:
+    d = FairDispatch(3, depth=2)
+    for i in range(10):
+        d.add(unit(i, "acme"))
+    taken = []
+    while (t := d.take()) is not None:
+        taken.append(t)
+    assert sorted(w for w, _ in taken) == [0, 0, 1, 1, 2, 2]
+    assert [u.unit_id for _, u in taken] == list(range(6))  # in the packer's order (biggest first)
+
+
+def test_workers_freed_by_a_slow_tenant_go_to_the_others_until_they_hold_as_many() -> None:
+    """A slow tenant took every worker while it was alone; as its units end, the workers go to the tenants
+    that arrived since, until each holds its share, then in turn."""
+    d = FairDispatch(4, depth=2)
+    for i in range(20):
+        d.add(unit(i, "slow"))
+    slow_units = [d.take() for _ in range(8)]
+    assert d.take() is None
+    for i in range(20, 30):
+        d.add(unit(i, "calm"))
+    assert d.take() is None  # no worker is idle, and calm never queues behind slow
+    by_worker = {w: [u for x, u in slow_units if x == w] for w in range(4)}
+    got = []
+    for w in range(4):
+        for u in by_worker[w]:
+            d.done(w, u)
+        while (t := d.take()) is not None:
+            got.append((t[0], t[1].tenant))
+    # Worker 0 is freed first and goes to calm (0 workers against slow's 3); worker 1 too (1 against 2);
+    # then calm holds 2, and each worker slow frees leaves it fewer: it gets them back.
+    assert got == [(0, "calm"), (1, "calm"), (2, "slow"), (3, "slow")]
+    assert d.busy("calm") == 2 and d.busy("slow") == 2
+
+
+class SlowTenantBackend(Backend):
+    """Deliveries of `slow`'s units end only once every other unit is delivered (or after `patience`): the
+    tenant whose CloudWatch throttles through the whole replay. Each unit ends on its own thread."""
+
+    def __init__(self, fleet: Fleet, workers: int, slow: str, patience: float = 20.0) -> None:
+        super().__init__(fleet, workers)
+        self.slow, self.patience = slow, patience
+        self.calm_units = 0  # set by the test once the units are packed
+        self.calm_done = threading.Event()
+        self.order: list[str] = []
+        self._lock = threading.Lock()
+
+    def deliver(self, worker: int, unit: WorkUnit) -> Future[list[ObjectResult]]:
+        f: Future[list[ObjectResult]] = Future()
+
+        def finish() -> None:
+            if unit.tenant == self.slow:
+                self.calm_done.wait(self.patience)
+            with self._lock:
+                self.order.append(unit.tenant)
+                self.delivered.append(unit)
+                if sum(t != self.slow for t in self.order) == self.calm_units:
+                    self.calm_done.set()
+            f.set_result([ObjectResult(o.key, tenant=o.tenant) for o in unit.objects])
+
+        threading.Thread(target=finish, daemon=True).start()
+        return f
+
+
+def test_a_slow_tenants_units_do_not_keep_the_other_tenants_from_the_workers() -> None:
+    """Three tenants replayed together on three workers, one of whose units end only after all the others'
+    (a storm that outlasts them): each calm tenant gets a worker of its own and finishes, with no clock."""
+    fleet = Fleet(3, 1, 6, 5)  # tenants t0 (slow), t1, t2: 6 pods of 5 objects each
+    backend = SlowTenantBackend(fleet, workers=3, slow="t0")
+    units_per_tenant = len(pack_units({p: fleet.objects_of(p) for p in fleet.pods["prod-1/t0/app0/"]}, 3))
+    backend.calm_units = 2 * units_per_tenant
+    s = scheduler(backend, buffer=10_000, queue=20_000)  # one flush: every tenant's units wait at once
+    s.run(fleet.tenants, Interrupt())
+    assert backend.calm_done.is_set()
+    assert backend.order[: backend.calm_units] == [t for t in backend.order if t != "t0"], backend.order
+    assert s.report.objects_delivered == 3 * 6 * 5
