@@ -254,10 +254,14 @@ class TenantStore:
             key=lambda i: (str(i.get("tenant_id")), str(i.get("delivery_id"))),
         )
 
+    def raw_scan(self) -> list[dict[str, Any]]:
+        """Every item of the table, profiles included (one consistent scan)."""
+        return list(TenantDirectory(self.table, client=self._ddb).items())
+
     def profiles(self) -> dict[str, TenantProfile | TenantConfigError]:
         """tenant_id → its profile (or why it does not validate), for every tenant that has one."""
         out: dict[str, TenantProfile | TenantConfigError] = {}
-        for raw in TenantDirectory(self.table, client=self._ddb).items():
+        for raw in self.raw_scan():
             if raw.get("delivery_id") == PROFILE_ID:
                 try:
                     out[str(raw.get("tenant_id"))] = parse_profile(raw)

@@ -19,9 +19,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from pipeline.consumer.events import InvalidMessageError, parse_body
 from pipeline.consumer.metrics import Metrics, object_status
 from pipeline.delivery import Deliverer, ObjectRef, ObjectResult, Status
+from pipeline.errors import DeliveryError
 from pipeline.replay.budget import MemoryBudget, decoded_footprint
 from pipeline.sinks import sink_names
 from pipeline.tenants import DeliveryType
@@ -130,9 +133,20 @@ class MessageProcessor:
                 log.exception("delivery raised unexpectedly", extra={**ctx, "object_key": ref.key})
                 return outcome
             self.metrics.observe_object(result, time.monotonic() - start)
+            self._observe_tenant(result.tenant)
             outcome.results.append(result)
             _log_result(result, ctx, time.monotonic() - start)
         return outcome
+
+    def _observe_tenant(self, tenant_id: str) -> None:
+        """Flag a legacy tenant in the metrics (a cached lookup: the delivery has just read it)."""
+        if not tenant_id:
+            return
+        try:
+            tenant = self.deliverer.tenants.get(tenant_id)
+        except (DeliveryError, ClientError, BotoCoreError):
+            return  # an unknown tenant or a lookup error: the object's own result says so already
+        self.metrics.observe_tenant(tenant)
 
     def _deliver(self, ref: ObjectRef) -> ObjectResult:
         if self.budget is None:
