@@ -78,7 +78,7 @@ class TenantListing:
                 )
                 rows.append((*cells, text.names(d.desired_logs), text.names(d.clusters), flags or "-"))
             rows.extend((t.tenant_id, i.delivery_id, "INVALID", "-", _unprefixed(i)) for i in t.invalid)
-            if not t.deliveries and not t.invalid:
+            if t.profile is not None and not t.deliveries and not t.invalid:
                 rows.append((t.tenant_id, "-", "-", "-", "(profile only: no deliveries yet)"))
         return text.table(HEADERS, rows) + "\n" + summary
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -601,11 +602,13 @@ def test_a_v1_table_reads_as_one_cloudwatch_delivery_per_tenant(local_aws: Local
     cw = only(acme)
     assert cw.type is DeliveryType.CLOUDWATCH
     assert (cw.log_group, cw.region, cw.role_arn) == ("/logs/acme", "us-east-1", local_aws.tenant("acme").role_arn)
-    # The same deliveries as the v2 table holds for the same tenants.
+    # The same deliveries as the v2 table holds for the same tenants, but legacy: profiles are v2 only.
     v2 = directory(local_aws, FakeClock())
     for t in SAMPLE_TENANTS:
         if t.cloudwatch:
-            assert only(d.get(t.tenant_id)) == only(v2.get(t.tenant_id))
+            assert d.get(t.tenant_id).legacy and not v2.get(t.tenant_id).legacy
+            unbound = replace(only(v2.get(t.tenant_id)), profile_accounts=None, profile_external_id=None)
+            assert only(d.get(t.tenant_id)) == unbound
     with pytest.raises(TenantConfigError, match="unknown tenant 'hooli'"):
         d.get("hooli")  # S3 only: nothing in a v1 table
     # A bad v1 item is the invalid delivery `cloudwatch`.
@@ -636,7 +639,8 @@ def test_tenants_items_and_tenant_ids(local_aws: LocalEnvironment) -> None:
     # Every tenant that could take objects, and the invalid one so its failures are reported; not initech.
     assert d.tenant_ids() == sorted(({t.tenant_id for t in SAMPLE_TENANTS} - {"initech"}) | {"broken"})
     items = list(d.items())
-    assert len(items) == sum(len(t.delivery_items()) for t in SAMPLE_TENANTS) + 1
+    # Every item, the profiles too (`items` is the raw table; `tenants` keeps the profiles apart).
+    assert len(items) == sum(len(t.delivery_items()) + 1 for t in SAMPLE_TENANTS) + 1
     assert {(i["tenant_id"], i["delivery_id"]) for i in items} >= {("umbrella", "s3-archive"), ("hooli", "archive")}
 
 
