@@ -462,10 +462,12 @@ def binding_errors(d: Delivery, profile: TenantProfile) -> dict[str, str]:
     errors: dict[str, str] = {}
     if d.account_id not in profile.accounts:
         errors["log_distribution_role_arn"] = (
-            f"account {d.account_id} is not one of tenant {d.tenant_id!r}'s accounts ({allowed})"
+            f"account {d.account_id} is not one of the accounts of tenant {d.tenant_id!r} ({allowed})"
         )
     if d.kms_key_arn and (key_account := d.kms_key_arn.split(":")[4]) not in profile.accounts:
-        errors["kms_key_arn"] = f"account {key_account} is not one of tenant {d.tenant_id!r}'s accounts ({allowed})"
+        errors["kms_key_arn"] = (
+            f"account {key_account} is not one of the accounts of tenant {d.tenant_id!r} ({allowed})"
+        )
     return errors
 
 

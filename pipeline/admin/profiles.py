@@ -96,6 +96,7 @@ class ProfileLine:
     detail: str = ""
     commands: tuple[str, ...] = ()
     profile: dict[str, Any] | None = None
+    note: str = ""  # what to tell the customer, printed with the commands
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"tenant_id": self.tenant_id, "action": self.action, "accounts": list(self.accounts)}
@@ -103,6 +104,8 @@ class ProfileLine:
             out["detail"] = self.detail
         if self.commands:
             out["redeploy"] = list(self.commands)
+        if self.note:
+            out["note"] = self.note
         if self.profile is not None:
             out["profile"] = self.profile
         return out
@@ -126,7 +129,7 @@ class ProfileMigration:
         parts = [head, text.table(("TENANT", "ACTION", "ACCOUNTS", "DETAIL"), rows) if rows else "no tenants"]
         for line in self.lines:
             if line.commands:
-                parts.append(f"\n{line.detail}")
+                parts.append(f"\n{line.note or line.detail}")
                 parts.extend(line.commands)
         return "\n".join(parts)
 
@@ -173,9 +176,10 @@ def _migrate_one(
     sorted_accounts = tuple(sorted(accounts))
     if dry_run:
         planned = TenantProfile(tenant_id, frozenset(accounts), "<generated when written>")
-        detail = f"would create; the customer then redeploys in {', '.join(regions) or 'its region'}"
+        detail = f"the customer then redeploys in {', '.join(regions) or 'its region'}"
         commands = tuple(deploy_commands(planned, central_role_arn, regions))
-        return ProfileLine(tenant_id, "would create", sorted_accounts, detail, commands)
+        note = f"tenant {tenant_id}: the ExternalId is generated when the profile is written"
+        return ProfileLine(tenant_id, "would create", sorted_accounts, detail, commands, note=note)
     try:
         change = store.put_profile(tenant_id, {"accounts": list(sorted_accounts)})
     except TenantConfigError as exc:
@@ -183,9 +187,10 @@ def _migrate_one(
     stored = change.after or {}
     profile = parse_profile(stored)
     was = ", ".join(sorted({d.external_id for d in t.deliveries if d.external_id})) or "the central account id"
-    detail = (
-        f"{customer_note(profile)} Until then its second hop is refused (the role trusts {was}); replay the "
-        "window since now once it is done."
+    detail = f"the customer must redeploy in {', '.join(regions) or 'its region'} (below)"
+    note = (
+        f"{customer_note(profile)} Until then the second hop is refused (the role trusts {was}); once it is "
+        "done, replay the window since now."
     )
     commands = tuple(deploy_commands(profile, central_role_arn, regions))
-    return ProfileLine(tenant_id, change.action, sorted_accounts, detail, commands, profile_json(stored))
+    return ProfileLine(tenant_id, change.action, sorted_accounts, detail, commands, profile_json(stored), note)
