@@ -110,6 +110,9 @@ class Call:
     injected: str = ""  # the rule that changed this call's outcome, if any
     at: float = field(default_factory=time.monotonic)
     path: str = ""  # for S3, the bucket and key: /bucket/key
+    # The request's headers, names lower-cased: what a test reads of a call besides its body (an S3
+    # PutObject's x-amz-expected-bucket-owner, for one). Authorization is left out: it signs, it says nothing.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _operation(service: str, method: str, path: str, headers: dict[str, str], body: bytes) -> str:
@@ -429,6 +432,7 @@ class FaultProxy:
                     status,
                     injected,
                     path=unquote_plus(urlsplit(req.path).path),
+                    headers={k.lower(): v for k, v in req.headers.items() if k.lower() != "authorization"},
                 )
             )
 
