@@ -350,14 +350,15 @@ def add_tenants(local: LocalEnvironment, tenants: Iterable[SampleTenant]) -> Non
         create_tenant_resources(local, t)
 
 
-def create_tenant_resources(local: LocalEnvironment, t: SampleTenant) -> None:
-    """A tenant's side only: its role (trusting the central role with its ExternalId), group and bucket, in its
-    own account, and nothing in the tenant table (for onboarding it through the CLI or the API)."""
+def create_tenant_resources(local: LocalEnvironment, t: SampleTenant, external_id: str | None = None) -> None:
+    """A tenant's side only: its role (trusting the central role with its ExternalId: `external_id` when a tool
+    generated it, else the sample tenant's), group and bucket, in its own account, and nothing in the tenant
+    table (for onboarding it through the CLI or the API)."""
     iam = local.client("iam", account_id=t.account_id)
     iam.create_role(
         RoleName=t.role_arn.rsplit("/", 1)[1],
         Path=f"/{t.role_path}",
-        AssumeRolePolicyDocument=_trust_policy(local.central_role_arn, external_id=t.hop_external_id),
+        AssumeRolePolicyDocument=_trust_policy(local.central_role_arn, external_id=external_id or t.hop_external_id),
     )
     if t.cloudwatch:
         local.client("logs", region=t.region, account_id=t.account_id).create_log_group(logGroupName=t.log_group)
