@@ -146,6 +146,9 @@ class PreflightOut(BaseModel):
     delivery_id: str
     ok: bool
     steps: list[PreflightStepOut]
+    warnings: list[str] = Field(
+        default_factory=list, description="what passes today but must be fixed: a legacy tenant, no clusters"
+    )
 
 
 def profile_body_schema() -> dict[str, Any]:
