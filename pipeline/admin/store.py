@@ -409,9 +409,11 @@ class TenantStore:
         raw = self._get_raw(tenant_id, PROFILE_ID) if TENANT_ID_RE.fullmatch(tenant_id) else None
         if raw is None:
             raise NotFound(f"tenant {tenant_id!r} has no profile")
-        profile = self.profile(tenant_id)
-        assert profile is not None  # noqa: S101  (the item exists and profile() raised if it did not parse)
-        return raw, profile
+        try:
+            return raw, parse_profile(raw)
+        except TenantConfigError as exc:  # a rotation needs a profile that says what it rotates
+            problem = f"the tenant profile does not validate: {exc.reason}"
+            raise TenantConfigError(exc.reason, {"tenant_id": problem}) from None
 
     def _stranded(self, tenant_id: str, profile: TenantProfile) -> str:
         """The deliveries of the tenant whose role or KMS key is outside `profile`'s accounts, in words."""
@@ -432,7 +434,7 @@ class TenantStore:
     ) -> Change:
         self._precondition(before, if_match)
         item = profile_item(profile)
-        if before is not None and _unstamped(item) == _unstamped(profile_item(parse_profile(before))):
+        if before is not None and _unstamped(item) == _unstamped(before):  # stored as profile_item writes it
             return Change("unchanged", before, before)
         stamp = self._clock()
         item = {**item, "created_at": (before or {}).get("created_at") or stamp, "updated_at": stamp}
