@@ -25,6 +25,8 @@ from devstack.generator import DamageKind, GeneratorConfig, write_dataset
 from devstack.provision import LocalEnvironment, SampleTenant, create_tenant_resources, provision
 from devstack.readback import read_bucket, read_group
 from devstack.server import MotoServer, free_port
+from pipeline.admin.profiles import deploy_commands
+from pipeline.tenants import PROFILE_ID, parse_profile
 
 DEMO_TENANT = "acme"
 REPORT_PATH = Path("reports/demo-report.json")
@@ -148,8 +150,7 @@ def _onboard_through_the_api(env: LocalEnvironment) -> bool:
     from pipeline.api.auth import sign
     from pipeline.api.nonces import DynamoNonces
 
-    tenant = SampleTenant(ONBOARDED_TENANT, "666666666666")
-    create_tenant_resources(env, tenant)  # what the customer deploys in its own account
+    tenant = SampleTenant(ONBOARDED_TENANT, "666666666666", clusters=("prod-1", "prod-2"))
     key = secrets.token_urlsafe(32)
     store = TenantStore(env.names.tenant_table, env.client("dynamodb"), actor="demo")
     nonces = DynamoNonces(env.names.nonce_table, env.client("dynamodb"))
@@ -173,16 +174,39 @@ def _onboard_through_the_api(env: LocalEnvironment) -> bool:
                 headers["Content-Type"] = content_type
             return httpx.request(method, f"http://127.0.0.1:{port}{path}", content=raw, headers=headers, timeout=30)
 
+        # 1. The profile: its account, and an ExternalId the server generates (CONTRACTS.md §3).
+        _banner(f"Onboarding tenant {ONBOARDED_TENANT} through the tenant API: PUT /tenants/{ONBOARDED_TENANT}")
+        created = call("PUT", f"/tenants/{ONBOARDED_TENANT}", {"accounts": [tenant.account_id]})
+        profile = parse_profile({**created.json(), "delivery_id": PROFILE_ID})
+        print(
+            f"  {created.status_code}: accounts {', '.join(sorted(profile.accounts))}, "
+            f"generated ExternalId {profile.external_id}"
+        )
+        print("  the customer deploys its role with it:")
+        for command in deploy_commands(profile, env.central_role_arn, [tenant.region]):
+            print(f"    {command}")
+        # 2. What that command makes in the customer's account: its role trusting exactly that id, its group.
+        create_tenant_resources(env, tenant, external_id=profile.external_id)
+        # 3. The delivery, bound to the profile's account and to the clusters it takes.
         path = f"/tenants/{ONBOARDED_TENANT}/deliveries/cloudwatch"
-        _banner(f"Onboarding tenant {ONBOARDED_TENANT} through the tenant API: PUT {path}")
+        _banner(f"PUT {path}")
         item = {k: v for k, v in tenant.delivery_items()[0].items() if k not in ("tenant_id", "delivery_id")}
         put = call("PUT", path, item)
         print(f"  {put.status_code} ETag {put.headers.get('etag')}: {tenant.log_group} in account {tenant.account_id}")
+        elsewhere = {**item, "log_distribution_role_arn": env.tenant("acme").role_arn}
+        stolen = call("PUT", f"/tenants/{ONBOARDED_TENANT}/deliveries/elsewhere", elsewhere)
+        print(f"  and another tenant's role is refused: {stolen.status_code} {stolen.json().get('fields')}")
         _banner(f"POST {path}/validate  (the live preflight)")
         report = call("POST", f"{path}/validate").json()
         for step in report["steps"]:
             print(f"  {step['step']:<13} {step['status']:<7} {step['detail'] or step['hint'] or ''}")
-        return put.status_code == 201 and bool(report["ok"])
+        hop_ok = any(profile.external_id in (step["detail"] or "") for step in report["steps"])
+        return (
+            created.status_code == 201
+            and put.status_code == 201
+            and stolen.status_code == 400
+            and (bool(report["ok"]) and hop_ok)
+        )
     finally:
         server.should_exit = True
         thread.join(10)

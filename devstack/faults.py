@@ -118,6 +118,9 @@ class Call:
     at: float = field(default_factory=time.monotonic)
     path: str = ""  # for S3, the bucket and key: /bucket/key
     answer: bytes = b""  # the body the client got, for the operations in FaultProxy.keep_answers only
+    # The request's headers, names lower-cased: what a test reads of a call besides its body (an S3
+    # PutObject's x-amz-expected-bucket-owner, for one). Authorization is left out: it signs, it says nothing.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _operation(service: str, method: str, path: str, headers: dict[str, str], body: bytes) -> str:
@@ -504,6 +507,7 @@ class FaultProxy:
                     injected,
                     path=unquote_plus(urlsplit(req.path).path),
                     answer=answer if keep else b"",
+                    headers={k.lower(): v for k, v in req.headers.items() if k.lower() != "authorization"},
                 )
             )
 

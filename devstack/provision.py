@@ -2,10 +2,16 @@
 
 Each sample tenant lives in its own AWS account id; moto keeps a separate CloudWatch per account, so
 cross-account delivery (and its isolation) is real here, not simulated.
+
+Each sample tenant has a profile (CONTRACTS.md §3: its account, and an ExternalId of its own) unless it is
+made `legacy`. The provisioned ExternalId is derived from the tenant id, so a test can name it without
+reading the table; `make demo` and the onboarding tests create profiles through the tools instead, which
+generate theirs. moto's STS does not check ExternalId: the tests read it on the wire (devstack/faults.py).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -16,7 +22,16 @@ import boto3
 from boto3.dynamodb.types import TypeSerializer
 
 from pipeline.settings import Settings
-from pipeline.tenants import DEFAULT_BUCKET_PREFIX, V1_DELIVERY_ID, Delivery, TableSchema, parse_delivery
+from pipeline.tenants import (
+    DEFAULT_BUCKET_PREFIX,
+    PROFILE_ID,
+    V1_DELIVERY_ID,
+    Delivery,
+    TableSchema,
+    bind,
+    parse_delivery,
+    parse_profile,
+)
 
 CENTRAL_ACCOUNT_ID = "123456789012"  # moto's default account plays the central (processor's) account
 DEFAULT_REGION = "us-east-1"
@@ -46,8 +61,32 @@ class SampleTenant:
     cloudwatch: bool = True  # a CloudWatch delivery `cloudwatch` into log_group
     s3: SampleBucket | None = None
     clusters: tuple[str, ...] | None = None  # of every delivery: the clusters whose logs it accepts
-    external_id: str | None = None  # of every delivery, and what its role's trust requires
+    external_id: str | None = None  # legacy only: of every delivery (an item from before profiles)
     role_path: str = ""  # an IAM path for its role, "logging/" for role/logging/CustomerLogDistribution-<t>
+    legacy: bool = False  # no profile: delivered with its deliveries' external_id, else the central account id
+
+    @property
+    def profile_external_id(self) -> str:
+        """The ExternalId of its profile: 256 bits derived from the tenant id, in STS's alphabet (43 characters,
+        as `generate_external_id` makes them), so that tests know it without reading it back."""
+        digest = hashlib.sha256(f"devstack-external-id/{self.tenant_id}".encode()).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    @property
+    def hop_external_id(self) -> str:
+        """What its second hop sends, and what its role trusts (CONTRACTS.md §4)."""
+        if not self.legacy:
+            return self.profile_external_id
+        return self.external_id or CENTRAL_ACCOUNT_ID
+
+    def profile_item(self) -> dict[str, Any]:
+        """The `_tenant` item of its profile: its own account, its ExternalId."""
+        return {
+            "tenant_id": self.tenant_id,
+            "delivery_id": PROFILE_ID,
+            "accounts": [self.account_id],
+            "external_id": self.profile_external_id,
+        }
 
     @property
     def role_arn(self) -> str:
@@ -89,9 +128,9 @@ class SampleTenant:
         return shared
 
     def delivery(self, delivery_id: str = V1_DELIVERY_ID) -> Delivery:
-        """One of its deliveries, validated as the delivery path reads it."""
+        """One of its deliveries, validated and bound to its profile as the delivery path reads it."""
         item = next(i for i in self.delivery_items() if i["delivery_id"] == delivery_id)
-        return parse_delivery(item)
+        return bind(parse_delivery(item), None if self.legacy else parse_profile(self.profile_item()))
 
     def delivery_items(self) -> list[dict[str, Any]]:
         """The v2 items of every delivery it has."""
@@ -317,20 +356,23 @@ def add_tenants(local: LocalEnvironment, tenants: Iterable[SampleTenant]) -> Non
     v2 = len(keys) == 2
     ser = TypeSerializer()
     for t in tenants:
-        # A v1 table holds one CloudWatch delivery per tenant: an S3-only tenant has nothing to put there.
-        for item in t.delivery_items() if v2 else [t.config_item()] if t.cloudwatch else []:
+        # A v1 table holds one CloudWatch delivery per tenant: an S3-only tenant has nothing to put there, and
+        # no profile (profiles are table v2 only: a v1 tenant is always legacy).
+        profile = [t.profile_item()] if v2 and not t.legacy else []
+        for item in profile + t.delivery_items() if v2 else [t.config_item()] if t.cloudwatch else []:
             table.put_item(TableName=local.names.tenant_table, Item={k: ser.serialize(v) for k, v in item.items()})
         create_tenant_resources(local, t)
 
 
-def create_tenant_resources(local: LocalEnvironment, t: SampleTenant) -> None:
-    """A tenant's side only: its role (trusting the central role with its ExternalId), group and bucket, in its
-    own account, and nothing in the tenant table (for onboarding it through the CLI or the API)."""
+def create_tenant_resources(local: LocalEnvironment, t: SampleTenant, external_id: str | None = None) -> None:
+    """A tenant's side only: its role (trusting the central role with its ExternalId: `external_id` when a tool
+    generated it, else the sample tenant's), group and bucket, in its own account, and nothing in the tenant
+    table (for onboarding it through the CLI or the API)."""
     iam = local.client("iam", account_id=t.account_id)
     iam.create_role(
         RoleName=t.role_arn.rsplit("/", 1)[1],
         Path=f"/{t.role_path}",
-        AssumeRolePolicyDocument=_trust_policy(local.central_role_arn, external_id=t.external_id or CENTRAL_ACCOUNT_ID),
+        AssumeRolePolicyDocument=_trust_policy(local.central_role_arn, external_id=external_id or t.hop_external_id),
     )
     if t.cloudwatch:
         local.client("logs", region=t.region, account_id=t.account_id).create_log_group(logGroupName=t.log_group)

@@ -1,8 +1,10 @@
 """Double-hop credentials (CONTRACTS.md §4): own credentials → central role → tenant role with ExternalId.
 
-Credentials are cached per role and refreshed ahead of expiry. Chained role sessions last at most one
-hour and STS quotas cannot be raised, so a busy worker makes one STS round trip per tenant per hour,
-not one per object. Clients built on those credentials are cached with them.
+The ExternalId is the tenant profile's (`Delivery.hop_external_id`); for a legacy tenant without a
+profile, the delivery's own, else the central account id. Credentials are cached per (role, ExternalId)
+and refreshed ahead of expiry: a rotation that promotes a tenant's next id assumes the role afresh.
+Chained role sessions last at most one hour and STS quotas cannot be raised, so a busy worker makes one
+STS round trip per tenant per hour, not one per object. Clients built on those credentials are cached with them.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class CredentialBroker:
         base_sts: STSClient | None = None,
     ) -> None:
         self.central_role_arn = central_role_arn
-        # The ExternalId a delivery uses when it names none of its own: the central account id (CONTRACTS.md §4).
+        # The ExternalId of a legacy tenant's delivery that names none of its own: the central account id
+        # (CONTRACTS.md §4). A tenant with a profile always sends the profile's.
         self.external_id = account_of(central_role_arn)
         self._margin = refresh_margin
         self._clock = clock

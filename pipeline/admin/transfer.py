@@ -11,6 +11,11 @@ Keys are sorted and the management stamps (`created_at`, `updated_at`) are left 
 only when a delivery does. An import validates every delivery of the file first and writes nothing when
 one is bad (each bad field named); then it creates or replaces each delivery that differs (keeping its
 `created_at`), and with `prune` deletes the deliveries the file does not hold.
+
+Tenant profiles (`_tenant`) are not part of the document: they hold the provider's ExternalIds and are
+managed with `log-tenants profile`. An import checks each delivery against its tenant's profile as every
+write does (`validate_write`: a tenant without one takes no new delivery, a role must be in the profile's
+accounts, `clusters` is required), and `prune` never deletes a profile.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from typing import Any
 import yaml
 
 from pipeline.admin import text
-from pipeline.admin.store import MANAGED, TenantStore, same_delivery, validate
-from pipeline.tenants import TenantConfigError
+from pipeline.admin.store import MANAGED, TenantStore, same_delivery, validate, validate_write
+from pipeline.tenants import TenantConfigError, TenantProfile
 
 
 def export_doc(store: TenantStore) -> tuple[dict[str, Any], list[str]]:
@@ -105,14 +110,23 @@ def import_doc(
 ) -> ImportResult:
     result = ImportResult(dry_run)
     items: dict[tuple[str, str], dict[str, Any]] = {}
+    existing = {(str(i.get("tenant_id")), str(i.get("delivery_id"))): i for i in store.items()}
+    profiles = store.profiles()
     for (tenant_id, delivery_id), body in sorted(wanted.items()):
+        found = profiles.get(tenant_id)
         try:
-            items[(tenant_id, delivery_id)] = validate(tenant_id, delivery_id, body)
+            if isinstance(found, TenantConfigError):
+                raise TenantConfigError(
+                    found.reason, {"tenant_id": f"the tenant profile does not validate: {found.reason}"}
+                )
+            profile: TenantProfile | None = found
+            items[(tenant_id, delivery_id)] = validate_write(
+                tenant_id, delivery_id, body, profile, existing.get((tenant_id, delivery_id))
+            )
         except TenantConfigError as exc:
             result.invalid[f"{tenant_id}/{delivery_id}"] = exc.fields or {"item": exc.reason}
     if result.invalid:
         return result
-    existing = {(str(i.get("tenant_id")), str(i.get("delivery_id"))): i for i in store.items()}
     for key, item in items.items():
         have = existing.get(key)
         if have is not None and same_delivery(have, item):

@@ -30,13 +30,16 @@ from pipeline.admin.schema import (
     DeliveryOut,
     ErrorBody,
     PreflightOut,
+    ProfileOut,
+    TenantOut,
     TenantPage,
     body_schema,
+    profile_body_schema,
 )
 from pipeline.admin.store import ACTOR, NotFound, PreconditionFailed, TenantStore
 from pipeline.api import auth
 from pipeline.api.nonces import MemoryNonces, NonceStore, NonceStoreError
-from pipeline.tenants import TableSchema, TenantConfigError, parse_delivery
+from pipeline.tenants import TenantConfigError
 
 log = logging.getLogger("pipeline.api")
 
@@ -325,6 +328,35 @@ def create_app(
         ids, token = await run_in_threadpool(store.page, limit, next_token)
         return JSONResponse({"tenants": ids, "next": token})
 
+    # -- the tenant and its profile (CONTRACTS.md §3, §9) --------------------------------------------------
+
+    @app.get("/tenants/{tenant_id}", response_model=None, responses={200: {"model": TenantOut}, **ERRORS})
+    async def get_tenant(tenant_id: str) -> JSONResponse:
+        described = await run_in_threadpool(store.describe, tenant_id)
+        profile = described["profile"]
+        if profile is not None:
+            described = {**described, "profile": {k: v for k, v in profile.items() if k != "delivery_id"}}
+        return JSONResponse(described)
+
+    @app.put(
+        "/tenants/{tenant_id}",
+        response_model=None,
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": profile_body_schema()}}}
+        },
+        responses={
+            200: {"model": ProfileOut, "description": "the accounts changed (or not); external_id kept"},
+            201: {"model": ProfileOut, "description": "created, with the generated external_id"},
+            **ERRORS,
+            412: {"model": ErrorBody, "description": "If-Match names another version: read it again"},
+        },
+    )
+    async def put_tenant(tenant_id: str, request: Request) -> JSONResponse:
+        body = _json_body(await request.body())
+        change = await run_in_threadpool(store.put_profile, tenant_id, body, request.headers.get("if-match"))
+        item = {k: v for k, v in (change.after or {}).items() if k != "delivery_id"}
+        return _item_response(item, change.etag or "", 201 if change.action == "created" else 200)
+
     @app.get("/tenants/{tenant_id}/deliveries", response_model=None, responses={200: {"model": DeliveryList}, **ERRORS})
     async def list_deliveries(tenant_id: str) -> JSONResponse:
         good, bad = await run_in_threadpool(store.tenant, tenant_id)
@@ -380,8 +412,8 @@ def create_app(
         responses={200: {"model": PreflightOut, "description": "the steps; `ok` false when one failed"}, **ERRORS},
     )
     async def validate_delivery(tenant_id: str, delivery_id: str) -> JSONResponse:
-        stored = await run_in_threadpool(store.get, tenant_id, delivery_id)
-        delivery = parse_delivery(stored.item, TableSchema.V2)
+        # As the delivery path resolves it: bound to the tenant's profile, or refused (400) with the reason.
+        delivery = await run_in_threadpool(store.resolve, tenant_id, delivery_id)
         if preflight is None:
             return _error(503, "no central role: set CENTRAL_LOG_DISTRIBUTION_ROLE_ARN")
         report = await run_in_threadpool(preflight.run, delivery)

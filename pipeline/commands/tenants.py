@@ -2,6 +2,8 @@
 serve the API.
 
 log-tenants list                                  # every tenant of $TENANT_CONFIG_TABLE, each delivery
+log-tenants profile create acme --account 111111111111   # its accounts; prints the generated ExternalId
+log-tenants migrate-profiles --tenant acme        # a profile for a tenant from before profiles
 log-tenants list --table tenant-configs-v1 --json # another table (either shape), for scripts
 log-tenants put acme cloudwatch --file acme.yaml  # create or replace one delivery
 log-tenants validate acme                         # live preflight of each of acme's deliveries
@@ -30,12 +32,13 @@ from pipeline.admin import text
 from pipeline.admin.listing import list_tenants
 from pipeline.admin.migrate import migrate
 from pipeline.admin.preflight import Preflight
+from pipeline.admin.profiles import customer_note, deploy_commands, migrate_profiles, profile_json, regions_of
 from pipeline.admin.store import Change, NotFound, PreconditionFailed, TenantStore
 from pipeline.admin.tables import open_table
 from pipeline.admin.transfer import dump, export_doc, import_doc, load
 from pipeline.cli import CONTEXT_SETTINGS, EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from pipeline.settings import ConfigError, Settings
-from pipeline.tenants import FIELDS, TenantConfigError, TenantDirectory, parse_delivery
+from pipeline.tenants import FIELDS, TenantConfigError, TenantDirectory, parse_delivery, parse_profile
 
 AWS_ENV = "AWS_REGION, AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_DYNAMODB), AWS_PROFILE and the usual credentials"
 ENVIRONMENT = f"Settings from the environment: TENANT_CONFIG_TABLE, {AWS_ENV}."
@@ -244,20 +247,31 @@ def _changes(as_json: bool) -> Iterator[None]:
 @_json_option
 @_log_option
 def show_command(tenant: str, table: str | None, as_json: bool, log_level: str) -> None:
-    """Every delivery of TENANT as stored, with created_at/updated_at and its ETag (for --if-match).
+    """The profile of TENANT (its accounts and ExternalId) and every delivery as stored, with
+    created_at/updated_at and its ETag (for --if-match).
 
     Exit codes: 0 shown; 1 unknown tenant, or an invalid delivery (listed with every bad field); 3 configuration."""
     logs.setup(log_level)
     with _changes(as_json):
-        good, bad = _store(table).tenant(tenant)
+        store = _store(table)
+        good, bad = store.tenant(tenant)
+        described = store.describe(tenant)
     if as_json:
         doc = {
             "tenant_id": tenant,
+            "profile": profile_json(described["profile"]),
+            "legacy": described["legacy"],
             "deliveries": [{**s.item, "etag": s.etag} for s in good],
             "invalid": [{"delivery_id": d, "reason": r} for d, r in bad],
         }
         click.echo(json.dumps(doc, indent=2))
     else:
+        if described["profile"] is not None:
+            click.echo("profile")
+            rows = [(k, _cell(v)) for k, v in sorted((profile_json(described["profile"]) or {}).items())]
+            click.echo(text.table(("FIELD", "VALUE"), rows) + "\n")
+        elif described["legacy"]:
+            click.echo(f"profile: none (legacy tenant): run `log-tenants migrate-profiles --tenant {tenant}`\n")
         for s in good:
             click.echo(f"delivery {s.item['delivery_id']}  (etag {s.etag})")
             rows = [(k, _cell(v)) for k, v in sorted(s.item.items()) if k not in ("tenant_id", "delivery_id")]
@@ -407,6 +421,187 @@ def delete_command(
             sys.exit(EXIT_FAILED)
         change = store.delete(tenant, delivery, if_match)
     _change_out(change, tenant, delivery, as_json)
+
+
+# -- tenant profiles -------------------------------------------------------------------------------------------
+
+PROFILE_EPILOG = (
+    f"{ENVIRONMENT} CENTRAL_LOG_DISTRIBUTION_ROLE_ARN goes into the printed deploy command. Exit codes: 0 ok; "
+    "1 invalid (every bad field named, nothing written) or unknown; 2 bad usage; 3 configuration."
+)
+
+
+@main.group("profile", context_settings=CONTEXT_SETTINGS, epilog=PROFILE_EPILOG)
+def profile_group() -> None:
+    """A tenant's profile (CONTRACTS.md §3): the AWS accounts its deliveries may write into, and the
+    ExternalId its customer's role trusts, generated here and never chosen by hand.
+
+    \b
+    create  give a tenant a profile (or change its accounts); prints the ExternalId and the exact
+            `aws cloudformation deploy` command its customer runs
+    show    the profile and that command again
+    rotate  start an ExternalId rotation (external_id_next), promote  finish it, cancel-rotation
+    A delivery whose role is outside the accounts is refused when written and again when delivered."""
+
+
+def _profile_out(
+    action: str, store_table: str | None, tenant: str, raw: dict[str, Any], region: str | None, as_json: bool
+) -> None:
+    profile = parse_profile(raw)
+    commands = deploy_commands(
+        profile, Settings.from_env().central_role_arn or None, regions_of(_store(store_table), tenant, region)
+    )
+    if as_json:
+        click.echo(json.dumps({"action": action, "profile": profile_json(raw), "redeploy": commands}, indent=2))
+        return
+    click.echo(f"{action}: profile of tenant {tenant}, accounts {', '.join(sorted(profile.accounts))}")
+    click.echo(f"ExternalId: {profile.external_id}")
+    if profile.external_id_next:
+        click.echo(f"ExternalIdNext: {profile.external_id_next}")
+    click.echo(customer_note(profile))
+    for command in commands:
+        click.echo(command)
+
+
+def _region_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--region", help="Region of the customer's stack in the printed command. [default: its deliveries' regions]"
+    )(f)
+
+
+@profile_group.command("create", context_settings=CONTEXT_SETTINGS, epilog=PROFILE_EPILOG)
+@click.argument("tenant")
+@click.option("--account", "accounts", multiple=True, required=True, metavar="ID[,ID]",
+              help="A 12-digit AWS account id the tenant's deliveries may write into; repeatable.")  # fmt: skip
+@_region_option
+@_if_match_option
+@_table_option
+@_json_option
+@_log_option
+def profile_create_command(
+    tenant: str,
+    accounts: tuple[str, ...],
+    region: str | None,
+    if_match: str | None,
+    table: str | None,
+    as_json: bool,
+    log_level: str,
+) -> None:
+    """Create the profile of TENANT with a newly generated ExternalId (256 bits), or set the accounts of
+    the one it has (its ExternalId is kept). On creation, prints the ExternalId and the command its customer
+    runs to deploy the customer template with it: hand both to the customer. An account some delivery still
+    writes into cannot be taken away."""
+    logs.setup(log_level)
+    body = {"accounts": [a.strip() for v in accounts for a in v.split(",") if a.strip()]}
+    with _changes(as_json):
+        change = _store(table).put_profile(tenant, body, if_match)
+        if change.action != "created" and not as_json:
+            profile = parse_profile(change.after or {})
+            click.echo(f"{change.action}: profile of tenant {tenant}, accounts {', '.join(sorted(profile.accounts))}")
+            return
+        _profile_out(change.action, table, tenant, change.after or {}, region, as_json)
+
+
+@profile_group.command("show", context_settings=CONTEXT_SETTINGS, epilog=PROFILE_EPILOG)
+@click.argument("tenant")
+@_region_option
+@_table_option
+@_json_option
+@_log_option
+def profile_show_command(tenant: str, region: str | None, table: str | None, as_json: bool, log_level: str) -> None:
+    """The profile of TENANT, its ExternalId(s) and the customer's deploy command."""
+    logs.setup(log_level)
+    with _changes(as_json):
+        raw = _store(table).describe(tenant)["profile"]
+        if raw is None:
+            click.echo(
+                f"error: tenant {tenant!r} has no profile (legacy): "
+                f"run `log-tenants migrate-profiles --tenant {tenant}`",
+                err=True,
+            )
+            sys.exit(EXIT_FAILED)
+        _profile_out("profile", table, tenant, raw, region, as_json)
+
+
+@profile_group.command("rotate", context_settings=CONTEXT_SETTINGS, epilog=PROFILE_EPILOG)
+@click.argument("tenant")
+@_region_option
+@_table_option
+@_json_option
+@_log_option
+def profile_rotate_command(tenant: str, region: str | None, table: str | None, as_json: bool, log_level: str) -> None:
+    """Start an ExternalId rotation: generate external_id_next and print the command with which the customer
+    makes its role trust both ids. The second hop keeps sending the current id until `promote`
+    (docs/RUNBOOK.md, "Rotating a tenant's ExternalId")."""
+    logs.setup(log_level)
+    with _changes(as_json):
+        change = _store(table).rotate_profile(tenant)
+        _profile_out(change.action, table, tenant, change.after or {}, region, as_json)
+
+
+@profile_group.command("promote", context_settings=CONTEXT_SETTINGS, epilog=PROFILE_EPILOG)
+@click.argument("tenant")
+@_region_option
+@_table_option
+@_json_option
+@_log_option
+def profile_promote_command(tenant: str, region: str | None, table: str | None, as_json: bool, log_level: str) -> None:
+    """Finish a rotation: external_id_next becomes the ExternalId every second hop sends (within the tenant
+    cache's minute). Run it once the customer has deployed the rotate command; `log-tenants validate TENANT`
+    proves the new id. Prints the command with which the customer then drops the old id."""
+    logs.setup(log_level)
+    with _changes(as_json):
+        change = _store(table).promote_profile(tenant)
+        _profile_out(change.action, table, tenant, change.after or {}, region, as_json)
+
+
+@profile_group.command("cancel-rotation", context_settings=CONTEXT_SETTINGS, epilog=PROFILE_EPILOG)
+@click.argument("tenant")
+@_table_option
+@_json_option
+@_log_option
+def profile_cancel_command(tenant: str, table: str | None, as_json: bool, log_level: str) -> None:
+    """Drop external_id_next (a rotation the customer never deployed, or a next id that leaked)."""
+    logs.setup(log_level)
+    with _changes(as_json):
+        change = _store(table).cancel_rotation(tenant)
+    if as_json:
+        click.echo(json.dumps({"action": change.action}, indent=2))
+    else:
+        click.echo(f"{change.action}: profile of tenant {tenant}")
+
+
+@main.command(
+    "migrate-profiles",
+    context_settings=CONTEXT_SETTINGS,
+    epilog=(
+        f"{ENVIRONMENT} CENTRAL_LOG_DISTRIBUTION_ROLE_ARN goes into the printed commands. Exit codes: 0 done "
+        "(or, with --dry-run, would be); 1 a tenant could not be given a profile (named); 3 configuration."
+    ),
+)
+@click.option("--tenant", "tenants", multiple=True, metavar="TENANT",
+              help="Only this tenant; repeatable. [default: every legacy tenant]")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Write nothing; say which profiles would be created.")
+@_table_option
+@_json_option
+@_log_option
+def migrate_profiles_command(
+    tenants: tuple[str, ...], dry_run: bool, table: str | None, as_json: bool, log_level: str
+) -> None:
+    """Give each legacy tenant (deliveries, no profile) a profile: its accounts are the accounts its
+    deliveries' roles and KMS keys are in, and its ExternalId is generated. Prints, per tenant, the command its
+    customer must run to redeploy the customer template with the new ExternalId.
+
+    \b
+    From the moment a tenant has its profile, its second hop sends the new id, which its customer's role
+    trusts only once redeployed: migrate tenant by tenant (--tenant) as customers are ready, then replay the
+    window since the migration (docs/RUNBOOK.md, "Migrating tenants to profiles"). Tenants that have a
+    profile are left as they are; running it again is safe."""
+    logs.setup(log_level)
+    with _changes(as_json):
+        result = migrate_profiles(_store(table), Settings.from_env().central_role_arn or None, tenants, dry_run)
+    _print(result.to_json(), result.render(), as_json)
+    sys.exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
 # -- the whole table -------------------------------------------------------------------------------------------

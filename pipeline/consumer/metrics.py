@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from pipeline.classify import is_throttling
 from pipeline.delivery import DeliveryResult, ObjectResult, Status
+from pipeline.tenants import Tenant
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,25 @@ class Metrics:
             ["tenant"],
             registry=r,
         )
+
+        self.tenant_legacy = Gauge(
+            "logdelivery_tenant_legacy",
+            "1 for a tenant without a profile (CONTRACTS.md §3): its second hop sends the shared ExternalId, "
+            "and it takes no new delivery until `log-tenants migrate-profiles` gives it one; 0 once it has one",
+            ["tenant"],
+            registry=r,
+        )
+        self.deliveries_without_clusters = Gauge(
+            "logdelivery_deliveries_without_clusters",
+            "Deliveries of the tenant without `clusters`: older items that take the namespace from every cluster",
+            ["tenant"],
+            registry=r,
+        )
+
+    def observe_tenant(self, tenant: Tenant) -> None:
+        """The tenant's flags, as of its last object (one label per tenant, like the other per-tenant series)."""
+        self.tenant_legacy.labels(tenant.tenant_id).set(1 if tenant.legacy else 0)
+        self.deliveries_without_clusters.labels(tenant.tenant_id).set(len(tenant.unbound_clusters))
 
     def observe_object(self, result: ObjectResult, seconds: float) -> None:
         tenant = result.tenant or INVALID_TENANT

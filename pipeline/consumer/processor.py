@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from pipeline.circuits import (
     DEFAULT_HOLD_BASE_S,
     CircuitBreakers,
@@ -38,6 +40,7 @@ from pipeline.circuits import (
 from pipeline.consumer.events import InvalidMessageError, parse_body
 from pipeline.consumer.metrics import Metrics, object_status
 from pipeline.delivery import Deliverer, DeliveryResult, ObjectRef, ObjectResult, Status
+from pipeline.errors import DeliveryError
 from pipeline.keys import parse_key
 from pipeline.replay.budget import MemoryBudget, decoded_footprint
 from pipeline.retry import RetryPolicy
@@ -189,6 +192,7 @@ class MessageProcessor:
                 return outcome
             waits += self._report(tenant, probes, result)
             self.metrics.observe_object(result, time.monotonic() - start)
+            self._observe_tenant(result.tenant)
             outcome.results.append(result)
             _log_result(result, ctx, time.monotonic() - start)
         if waits and not outcome.acknowledged:
@@ -280,6 +284,16 @@ class MessageProcessor:
         except Exception:
             return True
         return any(d.delivery_id not in held for d in tenant.deliveries)
+
+    def _observe_tenant(self, tenant_id: str) -> None:
+        """Flag a legacy tenant in the metrics (a cached lookup: the delivery has just read it)."""
+        if not tenant_id:
+            return
+        try:
+            tenant = self.deliverer.tenants.get(tenant_id)
+        except (DeliveryError, ClientError, BotoCoreError):
+            return  # an unknown tenant or a lookup error: the object's own result says so already
+        self.metrics.observe_tenant(tenant)
 
 
 def foreign_bucket_reason(bucket: str, key: str, central: str) -> str:

@@ -36,7 +36,7 @@ class CloudWatchSink(TenantWriter):
     traits: ClassVar[SinkTraits] = traits_of(name)
 
     def _client(self, dest: Delivery) -> Any:
-        return self._creds.client("logs", dest.tenant_id, dest.role_arn, dest.region, dest.external_id)
+        return self._creds.client("logs", dest.tenant_id, dest.role_arn, dest.region, dest.hop_external_id)
 
     def send(self, dest: Delivery, stream: str, events: list[Event]) -> SinkResult:
         result = SinkResult()
@@ -78,7 +78,7 @@ class CloudWatchSink(TenantWriter):
                         self._backoff(retrying, where, create_error, result)
                     continue
                 if fix is Remedy.REFRESH_CREDENTIALS and not refreshed:
-                    self._creds.invalidate(dest.role_arn, dest.external_id)
+                    self._creds.invalidate(dest.role_arn, dest.hop_external_id)
                     refreshed = True
                     continue
                 action = classify("logs", code, status)

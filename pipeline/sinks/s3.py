@@ -70,7 +70,7 @@ class S3Sink(TenantWriter):
 
     def _client(self, dest: Delivery) -> Any:
         return self._creds.client(
-            "s3", dest.tenant_id, dest.role_arn, dest.region, dest.external_id, config=aws.S3_PUT_CONFIG
+            "s3", dest.tenant_id, dest.role_arn, dest.region, dest.hop_external_id, config=aws.S3_PUT_CONFIG
         )
 
     def put_object(self, dest: Delivery, source: SourceObject) -> SinkResult:
@@ -98,7 +98,7 @@ class S3Sink(TenantWriter):
             except ClientError as exc:
                 code, status = aws.error_code(exc), aws.http_status(exc)
                 if remedy("s3", code) is Remedy.REFRESH_CREDENTIALS and not refreshed:
-                    self._creds.invalidate(dest.role_arn, dest.external_id)
+                    self._creds.invalidate(dest.role_arn, dest.hop_external_id)
                     refreshed = True
                     continue
                 action = classify("s3", code, status)

@@ -559,7 +559,7 @@ class VectorSink:
         data_dir.mkdir(mode=0o700)
         config = render_config(
             dest,
-            external_id=dest.external_id or self._creds.external_id,
+            external_id=dest.hop_external_id or self._creds.external_id,
             data_dir=str(data_dir),
             endpoint=logs_endpoint(env_base),
             batch_timeout_s=self.batch_timeout_s,

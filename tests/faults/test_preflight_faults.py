@@ -56,7 +56,16 @@ def test_a_healthy_tenant_passes_every_step_and_writes_only_its_own_destinations
         assert stack.proxy.role_of(call.access_key) == umbrella.role_arn
         where = call.body.decode() + call.path
         assert umbrella.log_group in where or call.path.startswith(f"/{umbrella.bucket}/ROSA/cluster-logs/umbrella/")
-    assert stack.proxy.external_id_of(_issued_key(stack, umbrella.role_arn)) == CENTRAL_ACCOUNT_ID
+    # The test write names the role's account as the bucket's owner, as every delivery's PutObject does.
+    (put,) = stack.proxy.calls("s3", "PutObject")
+    assert put.headers["x-amz-expected-bucket-owner"] == umbrella.account_id
+    # The second hop carries the tenant's own ExternalId (its profile's), never the shared central account id.
+    assert stack.proxy.external_id_of(_issued_key(stack, umbrella.role_arn)) == umbrella.profile_external_id
+    assert umbrella.profile_external_id != CENTRAL_ACCOUNT_ID
+    assert doc["deliveries"][0]["warnings"] == [
+        "delivery 'cloudwatch' has no clusters: it takes namespace 'umbrella' from every cluster, including ones "
+        "added later; set clusters (log-tenants patch --clusters)"
+    ]
 
 
 def _issued_key(stack: FaultStack, role_arn: str) -> str:
@@ -82,7 +91,7 @@ HINTS = {
     "central_role": "sts:AssumeRole on arn:aws:iam::123456789012:role/CentralLogDistributionRole",
     "tenant_role": (
         "the customer role's trust policy must allow arn:aws:iam::123456789012:role/CentralLogDistributionRole "
-        "with ExternalId 123456789012"
+        "with ExternalId {external_id}"
     ),
     "cloudwatch": "logs:PutLogEvents",
     "s3": "the bucket policy or KMS key does not let the role write",
@@ -108,11 +117,12 @@ def test_access_denied_at_each_step_names_the_step_and_its_hint(
     assert steps(as_json) == expected
     (failed,) = [s for s in json.loads(as_json.stdout)["deliveries"][0]["steps"] if s["status"] == "failed"]
     assert failed["error_code"].startswith("AccessDenied")
-    assert HINTS[failing] in failed["hint"]
+    hint = HINTS[failing].format(external_id=stack.local.tenant("umbrella").profile_external_id)
+    assert hint in failed["hint"]
     human = validate("umbrella", "--delivery", delivery)
     assert human.exit_code == 1
     assert f"FAILED at step {failing}" in human.stdout
-    assert HINTS[failing] in " ".join(human.stdout.split())
+    assert hint in " ".join(human.stdout.split())
     assert rule.stats.injected >= 2
 
 
@@ -125,3 +135,32 @@ def test_unknown_tenant_or_delivery_exits_1_and_missing_central_role_exits_3(
     result = validate("acme")
     assert result.exit_code == 3
     assert "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN" in result.stderr
+
+
+def test_a_forged_row_fails_the_preflight_before_any_call_and_a_legacy_tenant_is_flagged(stack: FaultStack) -> None:
+    from boto3.dynamodb.types import TypeSerializer
+
+    from devstack.provision import SampleTenant, add_tenants
+
+    globex = stack.local.tenant("globex")
+    forged = {"tenant_id": "umbrella", "delivery_id": "stolen", "type": "cloudwatch",
+              "log_distribution_role_arn": globex.role_arn, "target_region": globex.region,
+              "log_group_name": globex.log_group}  # fmt: skip
+    ser = TypeSerializer()
+    stack.local.client("dynamodb").put_item(
+        TableName=stack.local.names.tenant_table, Item={k: ser.serialize(v) for k, v in forged.items()}
+    )
+    stack.proxy.reset_log()
+    result = validate("umbrella", "--delivery", "stolen", "--json")
+    assert result.exit_code == 1, result.output
+    (invalid,) = json.loads(result.stdout)["invalid"]
+    assert invalid["delivery_id"] == "stolen"
+    assert f"account {globex.account_id} is not one of the accounts of tenant 'umbrella'" in invalid["reason"]
+    assert not [c for c in stack.proxy.calls() if c.service in ("sts", "logs", "s3")], "nothing assumed or written"
+
+    add_tenants(stack.local, [SampleTenant("oldco", "888888888888", legacy=True)])
+    legacy = validate("oldco", "--json")
+    assert legacy.exit_code == 0, legacy.output  # delivered as before, so it passes: but flagged
+    (report,) = json.loads(legacy.stdout)["deliveries"]
+    assert any("has no profile (legacy)" in w for w in report["warnings"])
+    assert "has no profile (legacy)" in " ".join(validate("oldco").stdout.split())

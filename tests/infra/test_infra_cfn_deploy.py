@@ -37,7 +37,11 @@ OIDC = "oidc.example.com/id/ABC"
 BUCKET_TENANT = "111111111111"  # creates its bucket, SSE-KMS with its own key
 EXISTING_BUCKET_TENANT = "222222222222"  # brings an existing bucket, no key
 ARCHIVE_BUCKET = "acme-archive-111111111111"
-OWN_EXTERNAL_ID = "globex-7f3a9c"  # the existing-bucket tenant's role requires an ExternalId of its own
+# Each tenant's role requires the ExternalId the provider generated for it (CONTRACTS.md §3).
+ACME_EXTERNAL_ID = "acme-generated-by-the-provider-0123456789"
+OWN_EXTERNAL_ID = "globex-generated-by-the-provider-7f3a9c01"
+NEXT_EXTERNAL_ID = "acme-next-id-during-a-rotation-abcdef0123"
+EXT = ("--external-id", ACME_EXTERNAL_ID)  # what every customer deploy.sh command needs
 EXISTING_BUCKET = "globex-logs-222222222222"
 
 pytestmark = pytest.mark.integration
@@ -115,7 +119,7 @@ def deployed(moto_server: Any) -> Iterator[Deployed]:
         LogsKeyArn=core["LogsKeyArn"],
         CentralLogDistributionRoleArn=central,
     )
-    d.deploy("customer", CentralLogDistributionRoleArn=central, LogGroupName="/logs/acme")
+    d.deploy("customer", CentralLogDistributionRoleArn=central, LogGroupName="/logs/acme", ExternalId=ACME_EXTERNAL_ID)
     d.deploy(
         "cluster",
         ClusterName="prod-1",
@@ -159,6 +163,8 @@ def deployed(moto_server: Any) -> Iterator[Deployed]:
         BucketName=ARCHIVE_BUCKET,
         BucketPrefix="audit/rosa/",
         KmsKeyArn=key_arn,
+        ExternalId=ACME_EXTERNAL_ID,
+        ExternalIdNext=NEXT_EXTERNAL_ID,  # half way through a rotation: both are trusted
     )
     d.client("s3", EXISTING_BUCKET_TENANT).create_bucket(Bucket=EXISTING_BUCKET)
     d.deploy(
@@ -355,11 +361,11 @@ def test_lambda_function_and_event_source(deployed: Deployed) -> None:
 def test_customer_role_and_log_group(deployed: Deployed) -> None:
     out = deployed.outputs["customer"]
     assert out["CustomerLogDistributionRoleArn"] == f"arn:aws:iam::{ACCOUNT}:role/CustomerLogDistribution-{REGION}"
-    assert out["ExternalId"] == ACCOUNT
+    assert out["ExternalId"] == ACME_EXTERNAL_ID
     role = deployed.client("iam").get_role(RoleName=f"CustomerLogDistribution-{REGION}")["Role"]
     (st,) = as_doc(role["AssumeRolePolicyDocument"])["Statement"]
     assert st["Principal"] == {"AWS": deployed.outputs["global"]["CentralLogDistributionRoleArn"]}
-    assert st["Condition"] == {"StringEquals": {"sts:ExternalId": ACCOUNT}}
+    assert st["Condition"] == {"StringEquals": {"sts:ExternalId": ACME_EXTERNAL_ID}}
     groups = deployed.client("logs").describe_log_groups(logGroupNamePrefix="/logs/acme")["logGroups"]
     assert [(g["logGroupName"], g.get("retentionInDays")) for g in groups] == [("/logs/acme", 30)]
     # No bucket given: no S3 delivery, and no S3 or KMS permission.
@@ -382,7 +388,10 @@ def test_customer_with_a_created_bucket_and_a_key(deployed: Deployed) -> None:
     assert (
         out["CustomerLogDistributionRoleArn"] == f"arn:aws:iam::{BUCKET_TENANT}:role/CustomerLogDistribution-{REGION}"
     )
-    assert out["ExternalId"] == ACCOUNT  # still the central account's id
+    assert out["ExternalId"] == ACME_EXTERNAL_ID
+    role = deployed.client("iam", BUCKET_TENANT).get_role(RoleName=f"CustomerLogDistribution-{REGION}")["Role"]
+    (trust,) = as_doc(role["AssumeRolePolicyDocument"])["Statement"]
+    assert trust["Condition"] == {"StringEquals": {"sts:ExternalId": [ACME_EXTERNAL_ID, NEXT_EXTERNAL_ID]}}
     assert (out["BucketName"], out["BucketPrefix"]) == (ARCHIVE_BUCKET, "audit/rosa/")
     key_arn = out["KmsKeyArn"]
     s3 = deployed.client("s3", BUCKET_TENANT)
@@ -400,6 +409,7 @@ def test_customer_with_a_created_bucket_and_a_key(deployed: Deployed) -> None:
     )
     (kms,) = policies["encrypt-with-bucket-key"]
     assert (kms["Effect"], kms["Action"], kms["Resource"]) == ("Allow", "kms:GenerateDataKey", key_arn)
+    assert kms["Condition"] == {"StringEquals": {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}}
 
 
 def test_customer_with_an_existing_bucket_and_no_key(deployed: Deployed) -> None:
@@ -533,9 +543,11 @@ def test_deploy_sh_regional_deploys_core_then_sqs_then_lambda_with_valid_paramet
         ("-t", "global"),
         ("-t", "regional", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--include-sqs",
          "--include-lambda", "--ecr-image-uri", IMAGE),
-        ("-t", "customer", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--log-group-name", "/l"),
-        ("-t", "customer", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--external-id", "acme-7f3a"),
-        ("-t", "customer", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--bucket-name", "acme-logs",
+        ("-t", "customer", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--log-group-name", "/l",
+         *EXT),
+        ("-t", "customer", "--central-role-arn", "arn:aws:iam::123456789012:role/c", *EXT,
+         "--external-id-next", "acme-next-id-during-a-rotation-abcdef0123"),
+        ("-t", "customer", "--central-role-arn", "arn:aws:iam::123456789012:role/c", *EXT, "--bucket-name", "acme-logs",
          "--existing-bucket", "--bucket-prefix", "audit/", "--kms-key-arn", "arn:aws:kms:us-east-1:123456789012:key/k"),
         ("-t", "regional", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--tenant-table-mode",
          "v1-and-v2-read-v2"),
@@ -566,8 +578,9 @@ def test_deploy_sh_passes_exactly_the_template_parameters(args: tuple[str, ...])
         (("-t", "tenant-api", "--ecr-image-uri", IMAGE), "--central-role-arn"),
         (("-t", "tenant-api", "--central-role-arn", "a"), "--ecr-image-uri"),
         (("-t", "nope",), "unknown type"),
-        (("-t", "customer", "--central-role-arn", "a", "--kms-key-arn", "k"), "need --bucket-name"),
-        (("-t", "customer", "--central-role-arn", "a", "--existing-bucket"), "need --bucket-name"),
+        (("-t", "customer", "--central-role-arn", "a", *EXT, "--kms-key-arn", "k"), "need --bucket-name"),
+        (("-t", "customer", "--central-role-arn", "a", *EXT, "--existing-bucket"), "need --bucket-name"),
+        (("-t", "customer", "--central-role-arn", "a"), "customer needs --external-id"),
         (("-t", "regional", "--central-role-arn", "a", "--tenant-table-mode", "v3"), "--tenant-table-mode must be"),
         (("--bogus",), "unknown argument"),
     ],
@@ -610,10 +623,19 @@ def test_deploy_sh_cluster_adds_the_tenant_api_role_only_with_the_central_role()
 
 def test_deploy_sh_customer_bucket_flags_become_the_s3_parameters() -> None:
     central = f"arn:aws:iam::{ACCOUNT}:role/c"
-    ((_, _, params),) = deploy_commands("-t", "customer", "--central-role-arn", central)
+    ((_, _, params),) = deploy_commands("-t", "customer", "--central-role-arn", central, "--external-id", "e" * 32)
     assert not {"BucketName", "CreateBucket", "BucketPrefix", "KmsKeyArn"} & set(params)
     ((_, _, params),) = deploy_commands(
-        "-t", "customer", "--central-role-arn", central, "--bucket-name", "acme-logs", "--bucket-prefix", "a/"
+        "-t",
+        "customer",
+        "--central-role-arn",
+        central,
+        "--external-id",
+        "e" * 32,
+        "--bucket-name",
+        "acme-logs",
+        "--bucket-prefix",
+        "a/",
     )
     assert {k: params.get(k) for k in ("BucketName", "CreateBucket", "BucketPrefix")} == {
         "BucketName": "acme-logs",
@@ -621,11 +643,19 @@ def test_deploy_sh_customer_bucket_flags_become_the_s3_parameters() -> None:
         "BucketPrefix": "a/",
     }
     ((_, _, params),) = deploy_commands(
-        "-t", "customer", "--central-role-arn", central, "--bucket-name", "acme-logs", "--existing-bucket"
+        "-t",
+        "customer",
+        "--central-role-arn",
+        central,
+        "--external-id",
+        "e" * 32,
+        "--bucket-name",
+        "acme-logs",
+        "--existing-bucket",
     )
     assert params["CreateBucket"] == "false"
-    ((_, _, params),) = deploy_commands("-t", "customer", "--central-role-arn", central, "--external-id", "acme-7f")
-    assert params["ExternalId"] == "acme-7f"
+    ((_, _, params),) = deploy_commands("-t", "customer", "--central-role-arn", central, "--external-id", "a" * 40)
+    assert params["ExternalId"] == "a" * 40 and "ExternalIdNext" not in params
 
 
 FAKE_AWS = """#!/usr/bin/env bash

@@ -37,7 +37,10 @@ REQUIRED_PARAMS = {
         "DeliveryLedgerTableName": "l",
         "CentralLogDistributionRoleArn": CENTRAL_ARN,
     },
-    "customer": {"CentralLogDistributionRoleArn": "arn:aws:iam::999988887777:role/CentralLogDistributionRole"},
+    "customer": {
+        "CentralLogDistributionRoleArn": "arn:aws:iam::999988887777:role/CentralLogDistributionRole",
+        "ExternalId": "Zq0-generated-by-the-provider_4f9a8b7c6d5e",
+    },
     "cluster": {
         "ClusterName": "prod-1",
         "OidcProvider": "oidc.example.com/id/ABC",
@@ -180,11 +183,15 @@ def test_every_role_that_takes_the_first_hop_is_allowed_by_the_central_trust(
     assert not any(fnmatch.fnmatchcase(f"arn:aws:iam::{ACCOUNT}:role/{vector['RoleName']}", p) for p in patterns)
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "999988887777"), ("acme-7f3a9c", "acme-7f3a9c")])
-def test_customer_trust_requires_the_external_id_given_else_the_central_account(
-    given: str | None, expected: str
+OWN_ID = "Zq0-generated-by-the-provider_4f9a8b7c6d5e"
+NEXT_ID = "Nx1-the-next-one-during-a-rotation_0a1b2c3d"
+
+
+@pytest.mark.parametrize(("next_id", "expected"), [(None, OWN_ID), (NEXT_ID, [OWN_ID, NEXT_ID])])
+def test_customer_trust_requires_the_tenants_generated_external_id_and_during_a_rotation_the_next_too(
+    next_id: str | None, expected: str | list[str]
 ) -> None:
-    template, resolve = resolved("customer", **({"ExternalId": given} if given else {}))
+    template, resolve = resolved("customer", **({"ExternalIdNext": next_id} if next_id else {}))
     role = template["Resources"]["CustomerLogDistributionRole"]["Properties"]
     assert resolve(role["RoleName"]).startswith("CustomerLogDistribution-"), "central role could not assume it"
     trust = statements(resolve(role["AssumeRolePolicyDocument"]))
@@ -192,19 +199,35 @@ def test_customer_trust_requires_the_external_id_given_else_the_central_account(
     (st,) = trust
     assert st["Principal"] == {"AWS": REQUIRED_PARAMS["customer"]["CentralLogDistributionRoleArn"]}
     assert st["Action"] == "sts:AssumeRole"
-    # By default the *central* account (from the central role's ARN), not the customer's own.
+    # Never the central account id (a value every customer's role would share: the confused deputy).
     assert st["Condition"] == {"StringEquals": {"sts:ExternalId": expected}}
-    assert resolve.active_outputs()["ExternalId"] == expected  # what the tenant sends back
+    assert resolve.active_outputs()["ExternalId"] == OWN_ID
+
+
+def test_customer_external_id_is_required_with_no_default() -> None:
+    params = load_template(TEMPLATES["customer"])["Parameters"]
+    assert "Default" not in params["ExternalId"], "a default would be an id every customer shares"
+    assert params["ExternalIdNext"]["Default"] == ""
 
 
 @pytest.mark.parametrize(
     ("value", "ok"),
-    [("", True), ("acme-7f3a9c", True), ("a+b=c,d.e@f:g/h-i_j", True), ("x", False), ("has space", False),
-     ("x" * 1225, False)],
+    [(OWN_ID, True), ("a+b=c,d.e@f:g/h-i_j" * 2, True), ("x" * 128, True), ("", False), ("999988887777", False),
+     ("x" * 31, False), ("x" * 129, False), ("has space" * 4, False), ("é" * 40, False)],
 )  # fmt: skip
-def test_customer_external_id_parameter_follows_sts(value: str, ok: bool) -> None:
-    spec = load_template(TEMPLATES["customer"])["Parameters"]["ExternalId"]
-    assert (re.fullmatch(spec["AllowedPattern"], value) is not None) is ok
+def test_customer_external_id_parameter_takes_what_the_provider_generates(value: str, ok: bool) -> None:
+    params = load_template(TEMPLATES["customer"])["Parameters"]
+    assert (re.fullmatch(params["ExternalId"]["AllowedPattern"], value) is not None) is ok
+    assert (re.fullmatch(params["ExternalIdNext"]["AllowedPattern"], value) is not None) is (ok or value == "")
+
+
+def test_the_generated_external_id_is_what_the_template_takes() -> None:
+    from pipeline.tenants import PROFILE_EXTERNAL_ID_RE, generate_external_id
+
+    params = load_template(TEMPLATES["customer"])["Parameters"]
+    assert params["ExternalId"]["AllowedPattern"] == PROFILE_EXTERNAL_ID_RE.pattern
+    for _ in range(50):
+        assert re.fullmatch(params["ExternalId"]["AllowedPattern"], generate_external_id())
 
 
 def test_customer_permissions_are_least_privilege_on_its_log_group() -> None:
@@ -282,6 +305,8 @@ def test_customer_kms_grant_only_with_a_key_and_only_generate_data_key() -> None
     assert len(grants) == 2 and len(kms) == 1
     assert as_list(kms[0]["Action"]) == ["kms:GenerateDataKey"]  # what SSE-KMS PutObject needs
     assert as_list(kms[0]["Resource"]) == [KEY_ARN]
+    # Only through S3 in the stack's region: the role cannot use the key directly.
+    assert kms[0]["Condition"] == {"StringEquals": {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}}
     (s3,) = [st for st in grants if st not in kms]
     assert as_list(s3["Action"]) == ["s3:PutObject"]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import ssl
 import time
 import uuid
@@ -44,6 +45,7 @@ def cloudwatch(tenant: str, **extra: Any) -> dict[str, Any]:
         "log_distribution_role_arn": ROLE.format(tenant),
         "target_region": "us-east-1",
         "log_group_name": f"/logs/{tenant}",
+        "clusters": ["prod-1"],
         **extra,
     }
 
@@ -96,8 +98,16 @@ def tenant() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
 
-def test_crud_round_trip(api: Api) -> None:
+def onboarded(api: Api, account: str = "111111111111") -> str:
+    """A new tenant with a profile (CONTRACTS.md §3): what every delivery of it is checked against."""
     t = tenant()
+    r = api.client.put(f"/tenants/{t}", {"accounts": [account]})
+    assert r.status_code == 201, r.text
+    return t
+
+
+def test_crud_round_trip(api: Api) -> None:
+    t = onboarded(api)
     path = f"/tenants/{t}/deliveries/cloudwatch"
     created = api.client.put(path, cloudwatch(t, desired_logs=["Payment-Service"]))
     assert created.status_code == 201, created.text
@@ -129,7 +139,7 @@ def test_crud_round_trip(api: Api) -> None:
     assert replaced.json()["created_at"] == item["created_at"]
 
     s3 = {"type": "s3", "log_distribution_role_arn": ROLE.format(t), "target_region": "eu-west-1",
-          "bucket_name": f"{t}-logs"}  # fmt: skip
+          "bucket_name": f"{t}-logs", "clusters": []}  # fmt: skip
     assert api.client.put(f"/tenants/{t}/deliveries/s3-archive", s3).json()["bucket_prefix"] == "ROSA/cluster-logs/"
     assert [d["delivery_id"] for d in api.client.get(f"/tenants/{t}/deliveries").json()["deliveries"]] == [
         "cloudwatch",
@@ -144,7 +154,8 @@ def test_crud_round_trip(api: Api) -> None:
 
     # Every change is one audit line naming the actor, the change and before/after, never the key.
     audit = [json.loads(line) for line in api.log.getvalue().splitlines() if '"audit"' in line]
-    mine = [a for a in audit if a["tenant_id"] == t]
+    assert [a["action"] for a in audit if a["tenant_id"] == t and a["delivery_id"] == "_tenant"] == ["created"]
+    mine = [a for a in audit if a["tenant_id"] == t and a["delivery_id"] != "_tenant"]
     assert [a["action"] for a in mine] == ["created", "updated", "replaced", "created", "deleted"]
     assert mine[1]["changed"] == ["desired_logs", "enabled"]
     assert mine[1]["before"]["enabled"] is True and mine[1]["after"]["enabled"] is False
@@ -152,7 +163,7 @@ def test_crud_round_trip(api: Api) -> None:
 
 
 def test_pagination_walks_every_tenant_once(api: Api) -> None:
-    mine = sorted(tenant() for _ in range(7))
+    mine = sorted(onboarded(api) for _ in range(7))
     for t in mine:
         assert api.client.put(f"/tenants/{t}/deliveries/cloudwatch", cloudwatch(t)).status_code == 201
     seen: list[str] = []
@@ -177,7 +188,7 @@ def test_pagination_walks_every_tenant_once(api: Api) -> None:
 
 
 def test_a_concurrent_update_is_refused_by_if_match(api: Api) -> None:
-    t = tenant()
+    t = onboarded(api)
     path = f"/tenants/{t}/deliveries/cloudwatch"
     etag = api.client.put(path, cloudwatch(t)).headers["etag"]
     # Two operators read the same version; the first write wins, the second is refused, not merged.
@@ -255,7 +266,7 @@ def test_every_bad_signature_answers_401_with_no_detail(api: Api) -> None:
 
 
 def test_a_malformed_item_answers_400_naming_every_bad_field(api: Api) -> None:
-    t = tenant()
+    t = onboarded(api)
     path = f"/tenants/{t}/deliveries/cloudwatch"
     bad = {
         "type": "cloudwatch",
@@ -277,6 +288,7 @@ def test_a_malformed_item_answers_400_naming_every_bad_field(api: Api) -> None:
         "bucket_name",  # a field of S3 deliveries
         "colour",  # not a §3 field
         "tenant_id",  # does not match the path
+        "clusters",  # required for a new delivery
     }
     assert api.stored(t, "cloudwatch") is None
     assert api.client.put(path, raw=b"[1, 2]", body=None).status_code == 400
@@ -302,6 +314,8 @@ def test_an_unknown_tenant_or_delivery_answers_404(api: Api) -> None:
         assert r.status_code == 404, (method, path)
         assert t in r.json()["error"]
     assert api.client.patch(f"/tenants/{t}/deliveries/cloudwatch", {"enabled": False}).status_code == 404
+    assert api.client.get(f"/tenants/{t}").status_code == 404
+    api.client.put(f"/tenants/{t}", {"accounts": ["111111111111"]})
     api.client.put(f"/tenants/{t}/deliveries/cloudwatch", cloudwatch(t))
     r = api.client.get(f"/tenants/{t}/deliveries/s3-archive")
     assert r.status_code == 404 and "s3-archive" in r.json()["error"]
@@ -310,7 +324,8 @@ def test_an_unknown_tenant_or_delivery_answers_404(api: Api) -> None:
 def test_validate_runs_the_preflight_of_a_sample_tenant(api: Api) -> None:
     acme = api.env.tenant("acme")
     item = {k: v for k, v in acme.delivery_items()[0].items() if k not in ("tenant_id", "delivery_id")}
-    api.client.put("/tenants/acme/deliveries/cloudwatch", item)
+    api.client.put("/tenants/acme", {"accounts": [acme.account_id]})
+    assert api.client.put("/tenants/acme/deliveries/cloudwatch", {**item, "clusters": ["prod-1"]}).status_code == 201
     r = api.client.post("/tenants/acme/deliveries/cloudwatch/validate")
     assert r.status_code == 200, r.text
     body = r.json()
@@ -323,7 +338,7 @@ def test_validate_runs_the_preflight_of_a_sample_tenant(api: Api) -> None:
 
 
 def test_the_key_is_in_no_log_error_or_openapi_document(api: Api) -> None:
-    t = tenant()
+    t = onboarded(api)
     path = f"/tenants/{t}/deliveries/cloudwatch"
     answers = [
         api.client.put(path, cloudwatch(t)),
@@ -566,3 +581,87 @@ def test_the_lambda_handler_reads_its_keys_from_the_secret_and_its_nonces_from_t
         TableName=api.nonces, Key={"nonce": {"S": f"ops-1/{signed.headers['X-Nonce']}"}}, ConsistentRead=True
     )
     assert "Item" in item
+
+
+# -- tenant profiles and account binding (CONTRACTS.md §3, §9) -----------------------------------------------
+
+
+def forge(api: Api, item: dict[str, Any]) -> None:
+    """An item written straight into the table, past every tool (a dishonest or mistaken writer)."""
+    from boto3.dynamodb.types import TypeSerializer
+
+    ser = TypeSerializer()
+    api.env.client("dynamodb").put_item(TableName=api.table, Item={k: ser.serialize(v) for k, v in item.items()})
+
+
+def test_put_tenant_creates_a_profile_with_a_generated_external_id(api: Api) -> None:
+    t = tenant()
+    created = api.client.put(f"/tenants/{t}", {"accounts": ["111111111111"]})
+    assert created.status_code == 201, created.text
+    profile = created.json()
+    external_id = profile["external_id"]
+    assert re.fullmatch(r"[A-Za-z0-9_+=,.@:/-]{32,128}", external_id)
+    assert profile["accounts"] == ["111111111111"] and profile["tenant_id"] == t
+    assert "delivery_id" not in profile
+    assert api.stored(t, "_tenant") == {**profile, "delivery_id": "_tenant"}
+    # Another tenant, another id: each customer's role trusts its own.
+    assert api.client.put(f"/tenants/{tenant()}", {"accounts": ["111111111111"]}).json()["external_id"] != external_id
+    got = api.client.get(f"/tenants/{t}")
+    assert got.status_code == 200
+    assert got.json() == {"tenant_id": t, "profile": profile, "legacy": False, "profile_error": None,
+                          "deliveries": [], "invalid": [], "unbound_clusters": []}  # fmt: skip
+    api.client.put(f"/tenants/{t}/deliveries/cloudwatch", cloudwatch(t))
+    assert api.client.get(f"/tenants/{t}").json()["deliveries"] == ["cloudwatch"]
+    # Accounts can change; the id stays and is never taken from a body.
+    more = api.client.put(f"/tenants/{t}", {"accounts": ["111111111111", "222222222222"]})
+    assert more.status_code == 200 and more.json()["external_id"] == external_id
+    chosen = api.client.put(f"/tenants/{t}", {"accounts": ["111111111111"], "external_id": "x" * 40})
+    assert chosen.status_code == 400 and set(chosen.json()["fields"]) == {"external_id"}
+    assert (
+        api.client.put(f"/tenants/{t}", {"accounts": ["111111111111"], "external_id": external_id}).status_code == 200
+    )
+    for bad in ({"accounts": []}, {"accounts": ["12345"]}, {}, {"accounts": ["111111111111"], "colour": "x"}):
+        r = api.client.put(f"/tenants/{tenant()}", bad)
+        assert r.status_code == 400, bad
+        assert set(r.json()["fields"]) <= {"accounts", "colour"} and r.json()["fields"]
+    # The profile is never a delivery: no delivery route reads, changes or deletes it.
+    for method in ("GET", "DELETE"):
+        assert api.client.request(method, f"/tenants/{t}/deliveries/_tenant").status_code in (400, 404)
+    assert api.client.put(f"/tenants/{t}/deliveries/_tenant", cloudwatch(t)).status_code == 400
+    assert api.stored(t, "_tenant") is not None
+
+
+def test_a_delivery_outside_the_tenants_accounts_or_of_a_legacy_tenant_answers_400_naming_the_field(
+    api: Api,
+) -> None:
+    t = onboarded(api, "111111111111")
+    path = f"/tenants/{t}/deliveries/cloudwatch"
+    # globex's role and log group, named by another tenant: the confused deputy.
+    theirs = "arn:aws:iam::222222222222:role/CustomerLogDistribution-globex"
+    r = api.client.put(path, cloudwatch(t, log_distribution_role_arn=theirs, log_group_name="/logs/globex"))
+    assert r.status_code == 400
+    assert r.json()["fields"] == {
+        "log_distribution_role_arn": f"account 222222222222 is not one of the accounts of tenant '{t}' (111111111111)"
+    }
+    assert api.stored(t, "cloudwatch") is None
+    key = "arn:aws:kms:us-east-1:222222222222:key/k"
+    s3 = {"type": "s3", "log_distribution_role_arn": ROLE.format(t), "target_region": "us-east-1",
+          "bucket_name": "globex-logs", "kms_key_arn": key, "clusters": []}  # fmt: skip
+    r = api.client.put(f"/tenants/{t}/deliveries/s3", s3)
+    assert r.status_code == 400 and set(r.json()["fields"]) == {"kms_key_arn"}
+    # A tenant without a profile (its deliveries written before profiles) takes no new one.
+    legacy = tenant()
+    forge(api, {"tenant_id": legacy, "delivery_id": "cloudwatch", **cloudwatch(legacy)})
+    assert api.client.get(f"/tenants/{legacy}").json()["legacy"] is True
+    r = api.client.put(f"/tenants/{legacy}/deliveries/s3", {**s3, "kms_key_arn": None})
+    assert r.status_code == 400 and "has no profile" in r.json()["fields"]["tenant_id"]
+
+
+def test_validate_refuses_a_row_forged_past_the_api(api: Api) -> None:
+    t = onboarded(api, "111111111111")
+    theirs = "arn:aws:iam::222222222222:role/CustomerLogDistribution-globex"
+    forge(api, {"tenant_id": t, "delivery_id": "stolen", **cloudwatch(t, log_distribution_role_arn=theirs)})
+    r = api.client.post(f"/tenants/{t}/deliveries/stolen/validate")
+    assert r.status_code == 400
+    assert "account 222222222222 is not one of the accounts" in r.json()["error"]
+    assert api.client.get(f"/tenants/{t}").json()["invalid"][0]["delivery_id"] == "stolen"

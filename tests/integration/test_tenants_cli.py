@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -100,8 +101,9 @@ def test_list_v2_shows_every_delivery_of_every_tenant(env: LocalEnvironment) -> 
         "TARGET",
         "DESIRED_LOGS",
         "CLUSTERS",
+        "FLAGS",
     ]
-    assert f"table {env.names.tenant_table} (v2): 5 tenants, 6 deliveries, 0 invalid" in out
+    assert f"table {env.names.tenant_table} (v2): 5 tenants, 6 deliveries, 0 invalid, 0 legacy (no profile)" in out
     rows = {tuple(line.split()[:3]): line for line in out.splitlines()[1:-1]}
     want = {(t.tenant_id, i["delivery_id"], i["type"]) for t in env.tenants for i in t.delivery_items()}
     assert set(rows) == want
@@ -118,7 +120,7 @@ def test_list_json_is_each_delivery_as_its_v2_item(env: LocalEnvironment) -> Non
     assert result.exit_code == 0, result.output
     doc = as_json(result)
     assert doc["schema"] == "v2"
-    assert doc["counts"] == {"tenants": 5, "deliveries": 6, "invalid": 0}
+    assert doc["counts"] == {"tenants": 5, "deliveries": 6, "invalid": 0, "legacy": 0}
     got = {(t["tenant_id"], d["delivery_id"]): d for t in doc["tenants"] for d in t["deliveries"]}
     hooli = env.tenant("hooli")
     assert got[("hooli", "archive")] == {
@@ -146,7 +148,7 @@ def test_list_reads_a_v1_table(env: LocalEnvironment) -> None:
     assert got == {(i["tenant_id"], "cloudwatch", "cloudwatch") for i in v1_items(env)}
     human = cli("list", "--table", table)
     assert human.exit_code == 0
-    assert f"table {table} (v1): 4 tenants, 4 deliveries, 0 invalid" in human.stdout
+    assert f"table {table} (v1): 4 tenants, 4 deliveries, 0 invalid, 4 legacy (no profile)" in human.stdout
 
 
 def test_list_shows_an_invalid_delivery_with_its_fields_and_exits_1(env: LocalEnvironment) -> None:
@@ -165,7 +167,7 @@ def test_list_shows_an_invalid_delivery_with_its_fields_and_exits_1(env: LocalEn
     assert ("umbrella", "s3-archive", "s3") in lines
     doc = as_json(cli("list", "--table", table, "--json"))
     assert {i["delivery_id"] for i in doc["tenants"][0]["invalid"]} == {"ftp", "s3-raw"}
-    assert doc["counts"] == {"tenants": 1, "deliveries": 2, "invalid": 2}
+    assert doc["counts"] == {"tenants": 1, "deliveries": 2, "invalid": 2, "legacy": 1}
 
 
 def test_list_as_a_user_runs_it_subprocess(env: LocalEnvironment) -> None:
@@ -362,11 +364,17 @@ def cw_item(tenant: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def profile(tenant: str, account: str = "999999999999") -> dict[str, Any]:
+    """A profile item as the tools would write it (the ExternalId a stand-in for a generated one)."""
+    return {"tenant_id": tenant, "delivery_id": "_tenant", "accounts": [account], "external_id": f"{tenant}-x" * 8}
+
+
 def test_put_from_a_yaml_file_then_show_patch_disable_enable_delete(env: LocalEnvironment, tmp_path: Path) -> None:
-    table = new_table(env, TableSchema.V2)
+    table = new_table(env, TableSchema.V2, [profile("acme")])
     source = tmp_path / "acme.yaml"
     source.write_text("type: cloudwatch\nlog_distribution_role_arn: " + ROLE.format("acme") +
-                      "\ntarget_region: us-east-1\nlog_group_name: /logs/acme\ndesired_logs: [Frontend]\n")  # fmt: skip
+                      "\ntarget_region: us-east-1\nlog_group_name: /logs/acme\ndesired_logs: [Frontend]\n"
+                      "clusters: [prod-1]\n")  # fmt: skip
     put = cli("put", "acme", "cloudwatch", "--file", str(source), "--table", table, "--json")
     assert put.exit_code == 0, put.output
     assert as_json(put)["action"] == "created"
@@ -396,12 +404,13 @@ def test_put_from_a_yaml_file_then_show_patch_disable_enable_delete(env: LocalEn
     declined = CliRunner().invoke(main, ["delete", "acme", "cloudwatch", "--table", table], input="n\n")
     assert declined.exit_code == 1 and ("acme", "cloudwatch") in scan(env, table)
     assert cli("delete", "acme", "cloudwatch", "--yes", "--table", table).exit_code == 0
-    assert scan(env, table) == {}
-    assert cli("show", "acme", "--table", table).exit_code == 1
+    assert set(scan(env, table)) == {("acme", "_tenant")}  # the profile is never a delivery to delete
+    assert as_json(cli("show", "acme", "--table", table, "--json"))["deliveries"] == []
+    assert cli("show", "nobody", "--table", table).exit_code == 1
 
 
 def test_put_from_flags_refuses_a_bad_item_naming_every_field_and_writes_nothing(env: LocalEnvironment) -> None:
-    table = new_table(env, TableSchema.V2)
+    table = new_table(env, TableSchema.V2, [profile("acme")])
     result = cli("put", "acme", "s3-archive", "--type", "s3", "--target-region", "mars", "--bucket-prefix", "x",
                  "--log-group-name", "/logs/acme", "--table", table, "--json")  # fmt: skip
     assert result.exit_code == 1
@@ -411,31 +420,37 @@ def test_put_from_flags_refuses_a_bad_item_naming_every_field_and_writes_nothing
         "bucket_name",  # missing
         "bucket_prefix",  # does not end with '/'
         "log_group_name",  # not a field of an s3 delivery
+        "clusters",  # required for a new delivery
     }
     human = cli("put", "acme", "s3-archive", "--type", "s3", "--table", table)
     assert human.exit_code == 1 and "bucket_name: required field is missing" in human.stderr
-    assert scan(env, table) == {}
+    assert set(scan(env, table)) == {("acme", "_tenant")}
 
 
 def test_export_then_import_round_trips_and_import_validates_everything_first(
     env: LocalEnvironment, tmp_path: Path
 ) -> None:
-    source = new_table(env, TableSchema.V2, [i for t in env.tenants for i in t.delivery_items()])
+    profiles = [t.profile_item() for t in env.tenants]
+    bound = [{**i, "clusters": ["prod-1"]} for t in env.tenants for i in t.delivery_items()]
+    source = new_table(env, TableSchema.V2, profiles + bound)
     exported = cli("export", "--table", source)
     assert exported.exit_code == 0, exported.output
     doc = yaml.safe_load(exported.stdout)
     assert set(doc["tenants"]) == {t.tenant_id for t in env.tenants}
+    assert not [d for ds in doc["tenants"].values() for d in ds if d == "_tenant"]  # profiles are not exported
+    assert "external_id" not in exported.stdout
     assert doc["tenants"]["umbrella"]["s3-archive"]["bucket_prefix"] == "ROSA/cluster-logs/"
     assert "created_at" not in exported.stdout
     path = tmp_path / "tenants.yaml"
     path.write_text(exported.stdout)
 
-    target = new_table(env, TableSchema.V2, [{"tenant_id": "gone", "delivery_id": "cloudwatch", **cw_item("gone")}])
+    gone = {"tenant_id": "gone", "delivery_id": "cloudwatch", **cw_item("gone")}
+    target = new_table(env, TableSchema.V2, [*profiles, gone])
     dry = cli("import", str(path), "--table", target, "--prune", "--dry-run", "--json")
     assert dry.exit_code == 0, dry.output
     actions = {(d["tenant_id"], d["action"]) for d in as_json(dry)["deliveries"]}
     assert actions >= {("acme", "would create"), ("gone", "would delete")}
-    assert set(scan(env, target)) == {("gone", "cloudwatch")}
+    assert set(scan(env, target)) == {("gone", "cloudwatch")} | {(t.tenant_id, "_tenant") for t in env.tenants}
     applied = cli("import", str(path), "--table", target, "--prune")
     assert applied.exit_code == 0, applied.output
     strip = ("created_at", "updated_at")
@@ -454,10 +469,12 @@ def test_export_then_import_round_trips_and_import_validates_everything_first(
     before = scan(env, target)
     bad = cli("import", str(path), "--table", target, "--json")
     assert bad.exit_code == 1
-    assert as_json(bad)["invalid"] == {
-        "acme/cloudwatch": {"target_region": "'mars' is not valid"},
-        "newco/cloudwatch": {"colour": "not a field of a delivery (CONTRACTS.md §3)"},
-    }
+    invalid = as_json(bad)["invalid"]
+    assert invalid["acme/cloudwatch"] == {"target_region": "'mars' is not valid"}
+    # newco has no profile (legacy: no new delivery), the item no clusters, and a field §3 does not define.
+    assert invalid["newco/cloudwatch"]["colour"] == "not a field of a delivery (CONTRACTS.md §3)"
+    assert set(invalid["newco/cloudwatch"]) == {"colour", "tenant_id", "clusters"}
+    assert "has no profile" in invalid["newco/cloudwatch"]["tenant_id"]
     assert scan(env, target) == before
 
 
@@ -579,3 +596,166 @@ def test_serve_runs_https_with_its_certificate_and_remembers_nonces_in_the_table
     finally:
         proc.terminate()
         proc.wait(30)
+
+        load_key({})
+
+
+# -- tenant profiles, account binding, clusters (CONTRACTS.md §3) ---------------------------------------------
+
+EXTERNAL_ID_RE = re.compile(r"[A-Za-z0-9_+=,.@:/-]{32,128}")
+
+
+def deploy_line(out: str) -> str:
+    (line,) = [li for li in out.splitlines() if li.startswith("aws cloudformation deploy")]
+    return line
+
+
+def test_profile_create_prints_the_generated_external_id_once_with_the_customers_deploy_command(
+    env: LocalEnvironment,
+) -> None:
+    table = new_table(env, TableSchema.V2)
+    created = cli("profile", "create", "acme", "--account", "111111111111", "--region", "eu-west-1", "--table", table)
+    assert created.exit_code == 0, created.output
+    stored = scan(env, table)[("acme", "_tenant")]
+    external_id = stored["external_id"]
+    assert EXTERNAL_ID_RE.fullmatch(external_id) and len(external_id) >= 43  # 256 bits, base64url
+    assert stored["accounts"] == ["111111111111"]
+    assert f"ExternalId: {external_id}" in created.stdout
+    assert deploy_line(created.stdout) == (
+        "aws cloudformation deploy --region eu-west-1 --stack-name log-delivery-customer-eu-west-1 "
+        "--template-file customer-log-distribution-role.yaml --capabilities CAPABILITY_NAMED_IAM "
+        f"--parameter-overrides CentralLogDistributionRoleArn={env.central_role_arn} ExternalId={external_id}"
+    )
+    # Changing the accounts keeps the id, and does not print it again.
+    more = cli("profile", "create", "acme", "--account", "111111111111,222222222222", "--table", table)
+    assert more.exit_code == 0, more.output
+    assert external_id not in more.stdout and "replaced" in more.stdout
+    assert scan(env, table)[("acme", "_tenant")]["external_id"] == external_id
+    assert scan(env, table)[("acme", "_tenant")]["accounts"] == ["111111111111", "222222222222"]
+    # Another tenant gets an id of its own; `profile show` prints the id and the command again.
+    cli("profile", "create", "globex", "--account", "333333333333", "--table", table)
+    assert scan(env, table)[("globex", "_tenant")]["external_id"] != external_id
+    shown = cli("profile", "show", "acme", "--region", "us-east-1", "--table", table)
+    assert shown.exit_code == 0 and f"ExternalId={external_id}" in deploy_line(shown.stdout)
+    # Bad accounts: every problem named, nothing written.
+    bad = cli("profile", "create", "initech", "--account", "12345", "--table", table, "--json")
+    assert bad.exit_code == 1 and "accounts" in as_json(bad)["fields"]
+    assert ("initech", "_tenant") not in scan(env, table)
+    assert cli("profile", "show", "initech", "--table", table).exit_code == 1
+
+
+def test_a_delivery_outside_the_tenants_accounts_is_refused_naming_the_field(env: LocalEnvironment) -> None:
+    table = new_table(env, TableSchema.V2, [profile("acme", "111111111111")])
+    theirs = "arn:aws:iam::222222222222:role/CustomerLogDistribution-globex"
+    refused = cli("put", "acme", "cloudwatch", "--type", "cloudwatch", "--log-distribution-role-arn", theirs,
+                  "--target-region", "us-east-1", "--log-group-name", "/logs/globex", "--clusters", "prod-1",
+                  "--table", table)  # fmt: skip
+    assert refused.exit_code == 1
+    assert (
+        "log_distribution_role_arn: account 222222222222 is not one of the accounts of tenant 'acme' (111111111111)"
+        in refused.stderr
+    )
+    assert set(scan(env, table)) == {("acme", "_tenant")}
+    ours = "arn:aws:iam::111111111111:role/CustomerLogDistribution-acme"
+    ok = cli("put", "acme", "s3", "--type", "s3", "--log-distribution-role-arn", ours, "--target-region", "us-east-1",
+             "--bucket-name", "acme-logs", "--clusters", "prod-1", "--table", table)  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    # Moving it into another account, or naming another account's KMS key, is refused the same way.
+    moved = cli("patch", "acme", "s3", "--log-distribution-role-arn", theirs, "--table", table, "--json")
+    assert moved.exit_code == 1 and set(as_json(moved)["fields"]) == {"log_distribution_role_arn"}
+    key = "arn:aws:kms:us-east-1:222222222222:key/k-1"
+    keyed = cli("patch", "acme", "s3", "--kms-key-arn", key, "--table", table, "--json")
+    assert keyed.exit_code == 1 and set(as_json(keyed)["fields"]) == {"kms_key_arn"}
+    assert scan(env, table)[("acme", "s3")]["log_distribution_role_arn"] == ours
+    # An account a delivery writes into cannot be taken from the profile.
+    shrink = cli("profile", "create", "acme", "--account", "333333333333", "--table", table)
+    assert shrink.exit_code == 1 and "s3 (account 111111111111)" in shrink.stderr
+
+
+def test_a_legacy_tenant_takes_no_new_delivery_or_role_but_can_still_be_disabled(env: LocalEnvironment) -> None:
+    legacy = {"tenant_id": "acme", "delivery_id": "cloudwatch", **cw_item("acme"), "external_id": "acme-old-7f"}
+    table = new_table(env, TableSchema.V2, [legacy])
+    listed = cli("list", "--table", table)
+    assert "legacy,no-clusters" in listed.stdout and "1 legacy (no profile)" in listed.stdout
+    new = cli("put", "acme", "s3", "--type", "s3", "--log-distribution-role-arn", ROLE.format("acme"),
+              "--target-region", "us-east-1", "--bucket-name", "acme-logs", "--clusters", "prod-1",
+              "--table", table, "--json")  # fmt: skip
+    assert new.exit_code == 1
+    assert "tenant 'acme' has no profile" in as_json(new)["fields"]["tenant_id"]
+    moved = cli("patch", "acme", "cloudwatch", "--log-distribution-role-arn",
+                "arn:aws:iam::222222222222:role/CustomerLogDistribution-x", "--table", table, "--json")  # fmt: skip
+    assert moved.exit_code == 1 and "tenant_id" in as_json(moved)["fields"]
+    # What it has can still be operated: disabled, enabled, refiltered (its own external_id kept).
+    assert cli("disable", "acme", "--table", table).exit_code == 0
+    assert cli("patch", "acme", "cloudwatch", "--desired-logs", "frontend", "--table", table).exit_code == 0
+    assert scan(env, table)[("acme", "cloudwatch")]["external_id"] == "acme-old-7f"
+    # A per-delivery external_id is never written by the tools any more.
+    own = cli("patch", "acme", "cloudwatch", "--external-id", "acme-new-8f", "--table", table, "--json")
+    assert own.exit_code == 1 and "external_id" in as_json(own)["fields"]
+
+
+def test_clusters_are_required_on_new_deliveries_and_an_empty_list_takes_none(env: LocalEnvironment) -> None:
+    from pipeline.keys import parse_key
+
+    table = new_table(env, TableSchema.V2, [profile("acme")])
+    args = ["put", "acme", "cloudwatch", "--type", "cloudwatch", "--log-distribution-role-arn", ROLE.format("acme"),
+            "--target-region", "us-east-1", "--log-group-name", "/logs/acme", "--table", table]  # fmt: skip
+    missing = cli(*args, "--json")
+    assert missing.exit_code == 1 and set(as_json(missing)["fields"]) == {"clusters"}
+    none = CliRunner().invoke(main, [*args, "--file", "-"], input="clusters: []\n", catch_exceptions=False)
+    assert none.exit_code == 0, none.output
+    assert scan(env, table)[("acme", "cloudwatch")]["clusters"] == []
+    (d,) = TenantDirectory(table, client=env.client("dynamodb")).get("acme").deliveries
+    reason = d.skip_reason(parse_key("prod-1/acme/app/pod/20240101-000000-x.json.gz"))
+    assert reason == "cluster 'prod-1' is not allowed for tenant 'acme'"  # an empty list is none, never all
+    # Unsetting it is refused too: that would take every cluster.
+    unset = cli("patch", "acme", "cloudwatch", "--unset", "clusters", "--table", table, "--json")
+    assert unset.exit_code == 1 and set(as_json(unset)["fields"]) == {"clusters"}
+
+
+def test_rotation_sets_the_next_id_then_promotes_it(env: LocalEnvironment) -> None:
+    table = new_table(env, TableSchema.V2)
+    assert cli("profile", "create", "acme", "--account", "111111111111", "--table", table).exit_code == 0
+    first = scan(env, table)[("acme", "_tenant")]["external_id"]
+    assert cli("profile", "promote", "acme", "--table", table).exit_code == 1  # nothing to promote
+    rotated = cli("profile", "rotate", "acme", "--region", "us-east-1", "--table", table)
+    assert rotated.exit_code == 0, rotated.output
+    nxt = scan(env, table)[("acme", "_tenant")]["external_id_next"]
+    assert EXTERNAL_ID_RE.fullmatch(nxt) and nxt != first
+    assert deploy_line(rotated.stdout).endswith(f"ExternalId={first} ExternalIdNext={nxt}")  # trust both
+    assert scan(env, table)[("acme", "_tenant")]["external_id"] == first  # still sent until promoted
+    assert cli("profile", "rotate", "acme", "--table", table).exit_code == 1  # one rotation at a time
+    promoted = cli("profile", "promote", "acme", "--region", "us-east-1", "--table", table)
+    assert promoted.exit_code == 0, promoted.output
+    stored = scan(env, table)[("acme", "_tenant")]
+    assert stored["external_id"] == nxt and "external_id_next" not in stored
+    assert deploy_line(promoted.stdout).endswith(f"ExternalId={nxt}")  # the customer then drops the old one
+
+
+def test_migrate_profiles_gives_each_legacy_tenant_its_deliveries_accounts(env: LocalEnvironment) -> None:
+    table = new_table(env, TableSchema.V2, [i for t in env.tenants for i in t.delivery_items()])
+    dry = cli("migrate-profiles", "--dry-run", "--table", table, "--json")
+    assert dry.exit_code == 0, dry.output
+    assert {t["tenant_id"]: t["action"] for t in as_json(dry)["tenants"]} == dict.fromkeys(
+        (t.tenant_id for t in env.tenants), "would create"
+    )
+    assert not [k for k in scan(env, table) if k[1] == "_tenant"]
+    one = cli("migrate-profiles", "--tenant", "globex", "--table", table, "--json")
+    assert one.exit_code == 0, one.output
+    (line,) = as_json(one)["tenants"]
+    globex = env.tenant("globex")
+    stored = scan(env, table)[("globex", "_tenant")]
+    assert (line["action"], line["accounts"], stored["accounts"]) == (
+        "created",
+        [globex.account_id],
+        [globex.account_id],
+    )
+    (command,) = line["redeploy"]
+    assert f"--region {globex.region}" in command and f"ExternalId={stored['external_id']}" in command
+    human = cli("migrate-profiles", "--table", table)
+    assert human.exit_code == 0, human.output
+    assert re.search(r"^globex +has-profile ", human.stdout, re.M)
+    assert human.stdout.count("aws cloudformation deploy") == len(env.tenants) - 1
+    listed = as_json(cli("list", "--table", table, "--json"))
+    assert listed["counts"]["legacy"] == 0 and listed["counts"]["invalid"] == 0  # nothing refused by the binding
+    assert cli("migrate-profiles", "--tenant", "nobody", "--table", table).exit_code == 1

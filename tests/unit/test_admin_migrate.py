@@ -174,12 +174,13 @@ def test_listing_render_lines_up_and_an_invalid_reason_does_not_widen_it() -> No
     listing = TenantListing("t", TableSchema.V2, (acme, Tenant("zeta")))
     lines = listing.render().splitlines()
     assert lines[0].index("TARGET") == lines[1].index("/logs/acme") == lines[2].index("s3://acme-logs/")
-    assert lines[2].split()[-2:] == ["all", "prod-1"]
+    assert lines[2].split()[-3:] == ["all", "prod-1", "legacy"]  # no profile: flagged
+    assert lines[1].split()[-3:] == ["all", "all", "legacy,no-clusters"]  # and no clusters: every cluster
     assert lines[3].split()[:4] == ["acme", "ftp", "INVALID", "-"]
     assert "tenant 'acme'" not in lines[3]  # the row names it already
     assert "type: unknown type 'ftp'" in lines[3]
     assert max(len(line) for line in lines[:3]) < len(lines[3])
-    assert lines[-1] == "table t (v2): 2 tenants, 2 deliveries, 1 invalid"
+    assert lines[-1] == "table t (v2): 2 tenants, 2 deliveries, 1 invalid, 2 legacy (no profile)"
     doc = listing.to_json()
     assert doc["tenants"][0]["deliveries"][1]["target"] == "s3://acme-logs/ROSA/cluster-logs/"
     assert parse_delivery(doc["tenants"][0]["deliveries"][0]) == acme.deliveries[0]  # an item put can take back

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -601,11 +602,13 @@ def test_a_v1_table_reads_as_one_cloudwatch_delivery_per_tenant(local_aws: Local
     cw = only(acme)
     assert cw.type is DeliveryType.CLOUDWATCH
     assert (cw.log_group, cw.region, cw.role_arn) == ("/logs/acme", "us-east-1", local_aws.tenant("acme").role_arn)
-    # The same deliveries as the v2 table holds for the same tenants.
+    # The same deliveries as the v2 table holds for the same tenants, but legacy: profiles are v2 only.
     v2 = directory(local_aws, FakeClock())
     for t in SAMPLE_TENANTS:
         if t.cloudwatch:
-            assert only(d.get(t.tenant_id)) == only(v2.get(t.tenant_id))
+            assert d.get(t.tenant_id).legacy and not v2.get(t.tenant_id).legacy
+            unbound = replace(only(v2.get(t.tenant_id)), profile_accounts=None, profile_external_id=None)
+            assert only(d.get(t.tenant_id)) == unbound
     with pytest.raises(TenantConfigError, match="unknown tenant 'hooli'"):
         d.get("hooli")  # S3 only: nothing in a v1 table
     # A bad v1 item is the invalid delivery `cloudwatch`.
@@ -636,7 +639,8 @@ def test_tenants_items_and_tenant_ids(local_aws: LocalEnvironment) -> None:
     # Every tenant that could take objects, and the invalid one so its failures are reported; not initech.
     assert d.tenant_ids() == sorted(({t.tenant_id for t in SAMPLE_TENANTS} - {"initech"}) | {"broken"})
     items = list(d.items())
-    assert len(items) == sum(len(t.delivery_items()) for t in SAMPLE_TENANTS) + 1
+    # Every item, the profiles too (`items` is the raw table; `tenants` keeps the profiles apart).
+    assert len(items) == sum(len(t.delivery_items()) + 1 for t in SAMPLE_TENANTS) + 1
     assert {(i["tenant_id"], i["delivery_id"]) for i in items} >= {("umbrella", "s3-archive"), ("hooli", "archive")}
 
 
@@ -860,3 +864,82 @@ def test_the_cache_evicts_the_least_recently_used_tenant() -> None:
     clock.t += 61  # and the TTL still applies
     d.get("b")
     assert d.lookups == 5
+
+
+# -- tenant profiles and account binding (CONTRACTS.md §3) --------------------------------------------------
+
+
+def _profile(**kw: object) -> dict[str, object]:
+    return {"tenant_id": "acme", "delivery_id": "_tenant", "accounts": ["111111111111"], "external_id": "e" * 43,
+            **kw}  # fmt: skip
+
+
+def _cw(**kw: object) -> dict[str, object]:
+    return {"tenant_id": "acme", "delivery_id": "cloudwatch", "type": "cloudwatch", "target_region": "us-east-1",
+            "log_distribution_role_arn": "arn:aws:iam::111111111111:role/CustomerLogDistribution-acme",
+            "log_group_name": "/logs/acme", **kw}  # fmt: skip
+
+
+def test_generated_external_ids_are_long_random_and_in_stss_alphabet() -> None:
+    from pipeline.tenants import PROFILE_EXTERNAL_ID_RE, generate_external_id
+
+    ids = {generate_external_id() for _ in range(200)}
+    assert len(ids) == 200
+    assert all(PROFILE_EXTERNAL_ID_RE.fullmatch(i) and len(i) == 43 for i in ids)  # 256 bits in base64url
+
+
+@pytest.mark.parametrize(
+    ("item", "bad"),
+    [({"accounts": []}, "accounts"), ({"accounts": ["12345"]}, "accounts"), ({"accounts": None}, "accounts"),
+     ({"external_id": "short"}, "external_id"), ({"external_id": None}, "external_id"),
+     ({"external_id": "é" * 40}, "external_id"), ({"external_id_next": "x"}, "external_id_next"),
+     ({"tenant_id": "Not_A_Namespace"}, "tenant_id")],
+)  # fmt: skip
+def test_a_profile_that_does_not_validate_names_the_field(item: dict[str, object], bad: str) -> None:
+    from pipeline.tenants import parse_profile
+
+    with pytest.raises(TenantConfigError) as err:
+        parse_profile({k: v for k, v in {**_profile(), **item}.items() if v is not None})
+    assert bad in err.value.fields
+
+
+def test_the_profile_is_never_a_delivery_and_binds_every_delivery_to_its_accounts() -> None:
+    from pipeline.tenants import tenant_from_items
+
+    theirs = "arn:aws:iam::222222222222:role/CustomerLogDistribution-globex"
+    t = tenant_from_items("acme", [_profile(), _cw(), _cw(delivery_id="stolen", log_distribution_role_arn=theirs)],
+                          TableSchema.V2)  # fmt: skip
+    assert t.profile is not None and not t.legacy
+    assert [d.delivery_id for d in t.deliveries] == ["cloudwatch"]  # `_tenant` is not a delivery, valid or not
+    (d,) = t.deliveries
+    assert d.profile_accounts == frozenset({"111111111111"}) and d.hop_external_id == "e" * 43
+    (stolen,) = t.invalid
+    assert stolen.delivery_id == "stolen"
+    assert "account 222222222222 is not one of the accounts of tenant 'acme' (111111111111)" in stolen.reason
+    # A legacy tenant keeps its deliveries' own ExternalId (None: the central account id).
+    legacy = tenant_from_items("acme", [_cw(external_id="acme-old")], TableSchema.V2)
+    assert legacy.legacy and legacy.deliveries[0].hop_external_id == "acme-old"
+    # With a profile, the item's own external_id is ignored: the profile's is sent.
+    bound = tenant_from_items("acme", [_profile(), _cw(external_id="acme-old")], TableSchema.V2)
+    assert bound.deliveries[0].hop_external_id == "e" * 43
+    # A profile that does not validate refuses every delivery: nothing says where they may write.
+    broken = tenant_from_items("acme", [_profile(accounts=[]), _cw()], TableSchema.V2)
+    assert broken.deliveries == () and not broken.legacy and broken.profile_error
+    assert "refused until the tenant profile is fixed" in broken.invalid[0].reason
+
+
+def test_write_problems_refuse_new_deliveries_of_legacy_tenants_and_missing_clusters() -> None:
+    from pipeline.tenants import parse_profile, write_problems
+
+    profile = parse_profile(_profile())
+    assert write_problems(_cw(clusters=[]), profile, None) == {}
+    assert set(write_problems(_cw(), profile, None)) == {"clusters"}
+    assert set(write_problems(_cw(clusters=["p"]), None, None)) == {"tenant_id"}  # legacy: no new delivery
+    old = _cw(external_id="acme-old")  # a legacy item: no clusters, its own external_id
+    assert write_problems({**old, "enabled": False}, None, old) == {}  # can still be disabled
+    moved = {**old, "log_distribution_role_arn": "arn:aws:iam::111111111111:role/CustomerLogDistribution-b"}
+    assert set(write_problems(moved, None, old)) == {"tenant_id"}  # but not pointed at a new role
+    assert set(write_problems({**old, "external_id": "acme-new"}, None, old)) == {"external_id"}
+    assert set(write_problems({k: v for k, v in _cw(clusters=["p"]).items()}, profile, _cw(clusters=["p"]))) == set()
+    unset = {k: v for k, v in _cw().items()}
+    assert set(write_problems(unset, profile, _cw(clusters=["p"]))) == {"clusters"}  # never back to "all"
