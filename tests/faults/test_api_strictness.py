@@ -54,7 +54,9 @@ def app(module_aws: LocalEnvironment) -> Iterator[Any]:
         "target_region": "us-east-1",
         "log_group_name": "/l/a",
         "log_distribution_role_arn": role,
+        "clusters": ["prod-1"],
     }
+    store.put_profile("acme", {"accounts": ["111111111111"]})
     store.put("acme", "cloudwatch", item)
     yield create_app(KEYS, store, Preflight(module_aws.central_role_arn), nonces=DynamoNonces(nonces, ddb))
 

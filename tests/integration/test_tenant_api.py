@@ -366,7 +366,7 @@ def test_the_key_is_in_no_log_error_or_openapi_document(api: Api) -> None:
 
 
 def test_a_replayed_request_is_refused(api: Api) -> None:
-    t = tenant()
+    t = onboarded(api)
     api.client.put(f"/tenants/{t}/deliveries/cloudwatch", cloudwatch(t))
     captured = api.client.prepare("GET", f"/tenants/{t}/deliveries")
     assert api.client.send(captured).status_code == 200
@@ -380,7 +380,7 @@ def test_a_replayed_request_is_refused(api: Api) -> None:
 
 
 def test_a_captured_delete_replayed_after_the_delivery_was_recreated_is_refused(api: Api) -> None:
-    t = tenant()
+    t = onboarded(api)
     path = f"/tenants/{t}/deliveries/cloudwatch"
     assert api.client.put(path, cloudwatch(t)).status_code == 201
     delete = api.client.prepare("DELETE", path)
@@ -392,7 +392,7 @@ def test_a_captured_delete_replayed_after_the_delivery_was_recreated_is_refused(
 
 
 def test_a_captured_put_replayed_after_a_fix_does_not_roll_it_back(api: Api) -> None:
-    t = tenant()
+    t = onboarded(api)
     path = f"/tenants/{t}/deliveries/cloudwatch"
     put = api.client.prepare("PUT", path, cloudwatch(t, log_group_name="/logs/typo"))
     assert api.client.send(put).status_code == 201
@@ -403,7 +403,7 @@ def test_a_captured_put_replayed_after_a_fix_does_not_roll_it_back(api: Api) -> 
 
 
 def test_changing_host_content_type_or_if_match_breaks_the_signature(api: Api) -> None:
-    t = tenant()
+    t = onboarded(api)
     path = f"/tenants/{t}/deliveries/cloudwatch"
     etag = api.client.put(path, cloudwatch(t)).headers["etag"]
     changes: dict[str, dict[str, str]] = {
@@ -426,7 +426,7 @@ def test_changing_host_content_type_or_if_match_breaks_the_signature(api: Api) -
 
 
 def test_a_read_key_reads_and_cannot_write_and_two_admin_keys_are_live(api: Api) -> None:
-    t = tenant()
+    t = onboarded(api)
     path = f"/tenants/{t}/deliveries/cloudwatch"
     assert api.client.put(path, cloudwatch(t)).status_code == 201
     assert api.next_client.patch(path, {"enabled": False}).status_code == 200  # the rotation's new key
@@ -444,7 +444,8 @@ def test_a_read_key_reads_and_cannot_write_and_two_admin_keys_are_live(api: Api)
     assert stored is not None and stored["enabled"] is False and stored["log_group_name"] == f"/logs/{t}"
     assert api.stored(t, "s3") is None
     audit = [json.loads(line) for line in api.log.getvalue().splitlines() if '"audit"' in line]
-    assert [a["actor"] for a in audit if a["tenant_id"] == t] == ["api:ops-1", "api:ops-2"]
+    # The profile and the delivery by the first key, the change by the second.
+    assert [a["actor"] for a in audit if a["tenant_id"] == t] == ["api:ops-1", "api:ops-1", "api:ops-2"]
 
 
 def _api_gateway_event(signed: Any, raw_path: str, host: str) -> dict[str, Any]:
@@ -485,7 +486,7 @@ def test_the_same_signed_request_passes_under_uvicorn_and_under_mangum(api: Api)
 
     from pipeline.api.nonces import MemoryNonces
 
-    t = tenant()
+    t = onboarded(api)
     # Percent-encoded characters the routes see decoded ("cloud%77atch" is "cloudwatch"), an encoded
     # segment character ("%7E" is "~") and a query in no order: what a client signs is what it sends.
     sent = f"/tenants/{t}/deliveries/cloud%77atch?z=1&a=%7E&a=b+c"
@@ -515,7 +516,7 @@ def test_the_api_serves_https_with_a_mounted_certificate(api: Api, tmp_path: Any
     with serving(create_app(KEYS, store, None), ssl_certfile=cert, ssl_keyfile=key) as url:
         assert url.startswith("https://")
         client = ApiClient(url, KEY, "ops-1", verify=ssl.create_default_context(cafile=cert))  # that one only
-        t = tenant()
+        t = onboarded(api)
         assert client.put(f"/tenants/{t}/deliveries/cloudwatch", cloudwatch(t)).status_code == 201
         assert client.get(f"/tenants/{t}/deliveries/cloudwatch").status_code == 200
         # Plain HTTP to the same port gets no answer from the API.
@@ -524,7 +525,7 @@ def test_the_api_serves_https_with_a_mounted_certificate(api: Api, tmp_path: Any
 
 
 def test_deep_or_duplicate_key_bodies_answer_400_never_500(api: Api) -> None:
-    t = tenant()
+    t = onboarded(api)
     path = f"/tenants/{t}/deliveries/cloudwatch"
     item = json.dumps(cloudwatch(t))
     cases = {
@@ -570,7 +571,7 @@ def test_the_lambda_handler_reads_its_keys_from_the_secret_and_its_nonces_from_t
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("TENANT_API_KEY", raising=False)
     monkeypatch.setattr(lambda_handler, "_handler", None)
-    t = tenant()
+    t = onboarded(api)
     api.client.put(f"/tenants/{t}/deliveries/cloudwatch", cloudwatch(t))
     host = "abc123.execute-api.us-east-1.amazonaws.com"
     signed = api.client.prepare("GET", f"/tenants/{t}/deliveries/cloudwatch", headers={"Host": host})

@@ -597,8 +597,6 @@ def test_serve_runs_https_with_its_certificate_and_remembers_nonces_in_the_table
         proc.terminate()
         proc.wait(30)
 
-        load_key({})
-
 
 # -- tenant profiles, account binding, clusters (CONTRACTS.md §3) ---------------------------------------------
 
