@@ -156,19 +156,13 @@ def prepare(
 
 def _uncovered(evs: list[Event], lo: int, hi: int, covered: Coverage) -> list[tuple[int, int]]:
     """The index ranges of evs[lo:hi] (sorted) whose timestamps `covered` does not hold, in order."""
-    segments: list[tuple[int, int]] = []
-    start = lo
-    for clo, chi in covered.intervals:
-        a = bisect_left(evs, clo, key=_ts, lo=start, hi=hi)
-        b = bisect_left(evs, chi, key=_ts, lo=a, hi=hi)
-        if a > start:
-            segments.append((start, a))
-        start = max(start, b)
-        if start >= hi:
-            break
-    if start < hi:
-        segments.append((start, hi))
-    return segments
+    if lo >= hi:
+        return []
+    left = Coverage.window(_ts(evs[lo]), _ts(evs[hi - 1]) + 1).minus(covered)
+    return [
+        (bisect_left(evs, a, key=_ts, lo=lo, hi=hi), bisect_left(evs, b, key=_ts, lo=lo, hi=hi))
+        for a, b in left.intervals
+    ]
 
 
 def _split_oversized(events: list[Event], out: PreparedStream) -> list[Event]:

@@ -440,18 +440,7 @@ class TenantStore:
         item = profile_item(profile)
         if before is not None and _unstamped(item) == _unstamped(before):  # stored as profile_item writes it
             return Change("unchanged", before, before)
-        stamp = self._clock()
-        item = {**item, "created_at": (before or {}).get("created_at") or stamp, "updated_at": stamp}
-        try:
-            self._ddb.put_item(
-                TableName=self.table,
-                Item={k: _serializer.serialize(v) for k, v in item.items()},
-                **self._unchanged_since(before),
-            )
-        except ClientError as exc:
-            if aws.error_code(exc) == "ConditionalCheckFailedException":
-                raise PreconditionFailed("the profile changed since it was read; read it again") from None
-            raise
+        item = self._put_stamped(before, item, "profile")
         change = Change(action, before, item)
         # The audit line names what changed, never the ExternalIds themselves: they are the customer's
         # trust condition, shown once to the operator and to nobody reading the logs.
@@ -485,6 +474,13 @@ class TenantStore:
         self._precondition(before, if_match)
         if before is not None and same_delivery(before, item):
             return Change("unchanged", before, before)
+        item = self._put_stamped(before, item, "delivery")
+        change = Change(action, before, item)
+        self._audit(tenant_id, delivery_id, change)
+        return change
+
+    def _put_stamped(self, before: dict[str, Any] | None, item: dict[str, Any], what: str) -> dict[str, Any]:
+        """Write the item with its created/updated stamps, only if the stored one is still `before`."""
         stamp = self._clock()
         item = {**item, "created_at": (before or {}).get("created_at") or stamp, "updated_at": stamp}
         try:
@@ -495,11 +491,9 @@ class TenantStore:
             )
         except ClientError as exc:
             if aws.error_code(exc) == "ConditionalCheckFailedException":
-                raise PreconditionFailed("the delivery changed since it was read; read it again") from None
+                raise PreconditionFailed(f"the {what} changed since it was read; read it again") from None
             raise
-        change = Change(action, before, item)
-        self._audit(tenant_id, delivery_id, change)
-        return change
+        return item
 
     @staticmethod
     def _precondition(before: dict[str, Any] | None, if_match: str | None) -> None:
