@@ -184,7 +184,7 @@ class MessageProcessor:
             start = time.monotonic()
             tenant, probes, held = self._ask_circuits(ref)
             try:
-                result = self._deliver(ref, held)
+                result = self._deliver(ref, held, probes)
             except Exception as exc:  # deliver() never raises for a bad object; this is a bug or a crash
                 self._report(tenant, probes, None)  # a half-open circuit's probe must not stay out forever
                 outcome.error = f"{type(exc).__name__}: {exc}"
@@ -255,7 +255,7 @@ class MessageProcessor:
             counts[(tenant, kind)] = counts.get((tenant, kind), 0) + 1
         self.metrics.set_backing_off(counts)
 
-    def _deliver(self, ref: ObjectRef, held: dict[str, str]) -> ObjectResult:
+    def _deliver(self, ref: ObjectRef, held: dict[str, str], probes: list[Delivery]) -> ObjectResult:
         # Two messages naming one object (S3's duplicate notifications) on two workers would both find the
         # ledger empty and both deliver: the second waits for its redelivery instead, and the ledger then
         # skips what the first delivered. (Two consumer pods can still race; the ledger bounds it.)
@@ -264,7 +264,7 @@ class MessageProcessor:
                 return ObjectResult(ref.key).fail(BEING_DELIVERED, recoverable=True)
             self._in_flight.add(ref.key)
         try:
-            if held and not self._attempts_any(ref, held):
+            if held and not probes:
                 # Every delivery is held: nothing is read (routing holds them before it asks the ledger). A
                 # herd of held messages coming back when a circuit half-opens then costs the other tenants
                 # almost nothing, and a worker never waits for memory only to hand the message back.
@@ -277,13 +277,6 @@ class MessageProcessor:
         finally:
             with self._in_flight_lock:
                 self._in_flight.discard(ref.key)
-
-    def _attempts_any(self, ref: ObjectRef, held: dict[str, str]) -> bool:
-        try:
-            tenant = self.deliverer.tenants.get(parse_key(ref.key).tenant)
-        except Exception:
-            return True
-        return any(d.delivery_id not in held for d in tenant.deliveries)
 
     def _observe_tenant(self, tenant_id: str) -> None:
         """Flag a legacy tenant in the metrics (a cached lookup: the delivery has just read it)."""
