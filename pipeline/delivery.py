@@ -443,9 +443,10 @@ class Deliverer:
         """Deliver one object to each of its deliveries. Never raises for a bad object or a bad delivery.
 
         `delivered`: what the ledger has for the object, when the caller read it in a batch (`ledger_view`);
-        None reads it here. The ledger is checked at the ETag GetObject answers, never at one a caller or a
-        notification names: when the ledger holds anything for the key, the object is opened first (its
-        body is read only if some delivery still has work). `batches`: the pod's batches being filled
+        None reads it here. The ledger is checked at the ETag S3 answers, never at one a caller or a
+        notification names: when the ledger holds anything for the key, a HeadObject gives it first, and
+        the body is fetched (GetObject `IfMatch`) only if some delivery still has work (`_Source`).
+        `batches`: the pod's batches being filled
         (`batching()`), which hold back the events of deliveries whose sink takes single batches until a
         batch is full; those deliveries are recorded when their last batch is answered, at the latest in
         `finish()`. Other deliveries whose sink is durable on return are in the ledger when this returns;
@@ -744,7 +745,7 @@ class Deliverer:
             delivery_id=r.delivery_id,
             bytes_delivered=r.bytes_delivered,
             # Event deliveries add what this run covered; the ledger keeps the union with earlier runs'.
-            covered=r.scope if self.sinks[DeliveryType(r.type)].traits.needs_events else None,
+            covered=None if self.routing.whole_objects(DeliveryType(r.type)) else r.scope,
         )
 
     def _write_ledger(self, result: ObjectResult, r: DeliveryResult) -> None:
