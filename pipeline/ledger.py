@@ -30,9 +30,11 @@ bucket still holds can expire from the ledger.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
 
 from pipeline import aws
 from pipeline.coverage import MAX_MS, MIN_MS, WHOLE, Coverage, decode_bound, encode_bound
@@ -45,11 +47,13 @@ if TYPE_CHECKING:
 
 BATCH_GET_MAX = 100
 BATCH_WRITE_MAX = 25
+TRANSACT_MAX = 100  # items per TransactWriteItems (DynamoDB's limit)
 UNPROCESSED_ATTEMPTS = 8  # batch rounds for keys DynamoDB left unprocessed (throttled), after the first
 # DynamoDB leaves keys unprocessed when it throttles the batch: AWS advises asking again for just those, with
 # exponential backoff. Nine calls over at most ~8 s, then the caller hears of it (LedgerError).
 UNPROCESSED_RETRY = RetryPolicy(attempts=UNPROCESSED_ATTEMPTS + 1, base_s=0.05, cap_s=2.0)
 CONDITION_FAILED = "ConditionalCheckFailedException"
+TRANSACTION_CANCELED = "TransactionCanceledException"
 TTL_ATTRIBUTE = "expires_at"
 COVERED_ATTRIBUTE = "covered"
 
@@ -77,6 +81,8 @@ class ObjectLedger:
     that ETag. Read before the object's real ETag is known; `at()` answers once it is."""
 
     records: Mapping[str, tuple[str, Coverage]]
+    # The item holds the map `deliveries`: a later write sets its own entry of it (`Ledger.record_many`).
+    mapped: bool = False
 
     def at(self, etag: str | None) -> dict[str, Coverage]:
         """{delivery_id: coverage} of the records made at this ETag (an overwritten object has none).
@@ -228,6 +234,73 @@ class Ledger:
                 continue  # the item was deleted in between (an operator's cleanup): start over
         raise LedgerError(f"{self.table}: could not record {entry.delivery_id} of {entry.object_key}")
 
+    def record_many(self, entries: Iterable[LedgerEntry], mapped: Collection[tuple[str, str]] = ()) -> None:
+        """Record many deliveries together: the same per-delivery update and condition as `record()`, in
+        TransactWriteItems calls of up to 100 objects (one call for a single object: an UpdateItem).
+
+        `mapped`: (tenant, key) of the items known to hold the map `deliveries` (the caller read them, or
+        recorded another delivery of them); each of those sets its own entries, every other object creates
+        the map. The records of one object are one update. A guess the table refutes (a condition fails:
+        another writer created or deleted the item meanwhile) cancels the whole transaction, and that group
+        alone is then written one record at a time with `record()`, which finds the right form itself. Every
+        write is idempotent (a SET of the delivery's own entry, an ADD to a set), so writing a group again
+        after a cancellation can never double anything.
+        """
+        by_item: dict[tuple[str, str], list[LedgerEntry]] = {}
+        for e in entries:
+            by_item.setdefault((e.tenant_id, e.object_key), []).append(e)
+        groups = list(by_item.items())
+        for i in range(0, len(groups), TRANSACT_MAX):
+            chunk = groups[i : i + TRANSACT_MAX]
+            updates = [self._update(key, group, key in mapped) for key, group in chunk]
+            try:
+                if len(updates) == 1:
+                    self._ddb().update_item(**updates[0])
+                else:
+                    self._ddb().transact_write_items(TransactItems=[{"Update": u} for u in updates])
+            except ClientError as exc:
+                if aws.error_code(exc) not in (CONDITION_FAILED, TRANSACTION_CANCELED):
+                    raise
+                for _, group in chunk:
+                    for e in group:
+                        self.record(e)
+
+    def _update(self, key: tuple[str, str], entries: list[LedgerEntry], mapped: bool) -> dict[str, Any]:
+        """One item's UpdateItem parameters for its records: set the entries of a map that exists, or
+        create it, each under the matching condition; ADD the coverage; move the expiry on."""
+        values: dict[str, Any] = {}
+        names: dict[str, str] = {}
+        if mapped:
+            sets = []
+            for n, e in enumerate(entries):
+                names[f"#d{n}"] = e.delivery_id
+                values[f":r{n}"] = {"M": _record_value(e)}
+                sets.append(f"deliveries.#d{n} = :r{n}")
+            expression, condition = "SET " + ", ".join(sets), "attribute_exists(deliveries)"
+        else:
+            values[":m"] = {"M": {e.delivery_id: {"M": _record_value(e)} for e in entries}}
+            expression, condition = "SET deliveries = :m", "attribute_not_exists(deliveries)"
+        expiry = self._expiry()
+        if expiry:
+            expression += f", {TTL_ATTRIBUTE} = :e"
+            values[":e"] = expiry
+        covered = [
+            c for e in entries if e.covered is not None for c in _coverage_elements(e.delivery_id, e.etag, e.covered)
+        ]
+        if covered:
+            expression += f" ADD {COVERED_ATTRIBUTE} :c"
+            values[":c"] = {"SS": list(dict.fromkeys(covered))}
+        update: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": {"tenant_id": {"S": key[0]}, "object_key": {"S": key[1]}},
+            "UpdateExpression": expression,
+            "ConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+        }
+        if names:
+            update["ExpressionAttributeNames"] = names
+        return update
+
     def replace_items(self, entries: Iterable[LedgerEntry]) -> None:
         """Write whole items, one per object with the records given for it, in BatchWriteItem calls of 25.
 
@@ -355,7 +428,7 @@ def _object_ledger(item: Mapping[str, Any]) -> ObjectLedger:
         # No element for this record: written before coverage existed, or by an object delivery. Either
         # way it stands for the whole object (a pre-coverage record does not say which window wrote it).
         records[delivery_id] = (etag, covered.get((delivery_id, etag), WHOLE))
-    return ObjectLedger(records)
+    return ObjectLedger(records, mapped="deliveries" in item)
 
 
 def _entries(item: Mapping[str, Any]) -> list[LedgerEntry]:
