@@ -6,7 +6,9 @@ The replay has a pod's objects in hand, in order, so it fills each stream's batc
 out. Calls then grow with bytes, not with objects: most pods are quiet, and their objects are small.
 
 An object's delivery is settled only when every one of its events is answered: accepted, or rejected
-and counted. It is then recorded in the ledger on its own, so the ledger stays per object and exact. What
+and counted. The objects one answer settles are then recorded in the ledger together (one
+TransactWriteItems for up to 100 of them), each still its own record, so the ledger stays per object and
+exact. What
 a kill can resend is the objects with an event in a batch still being filled or in flight: at most the
 objects of `PutPipeline.limit` batches in flight, plus one filling batch per open stream.
 
@@ -60,9 +62,17 @@ class Pending:
 class PutPipeline:
     """A worker's PutLogEvents calls in flight: at most `limit` at once, shared by its pod threads."""
 
-    def __init__(self, limit: int = IN_FLIGHT_PUTS, throttle: Callable[[str, int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int = IN_FLIGHT_PUTS,
+        throttle: Callable[[str, int, int], None] | None = None,
+        after: Callable[[list[Pending]], None] | None = None,
+    ) -> None:
         self.limit = limit
         self._throttle = throttle
+        # Called once with the owners one answer (or one seal) settled, after each one's on_done: where
+        # their records are written together.
+        self._after = after
         self._pool = ThreadPoolExecutor(limit, thread_name_prefix="put")
         self._slots = threading.BoundedSemaphore(limit)
         self._lock = threading.Lock()
@@ -160,8 +170,13 @@ class PutPipeline:
             if wire is not None:
                 for name in WIRE_COUNTERS:
                     setattr(last.sent, name, getattr(last.sent, name) + getattr(wire, name))
+        self._finish(done)
+
+    def _finish(self, done: list[Pending]) -> None:
         for p in done:
             p.on_done(p)
+        if done and self._after is not None:
+            self._after(done)
 
     def expect(self, pending: Pending, events: int) -> None:
         """Count events of the object that are about to join batches, before any of them can be answered."""
@@ -174,7 +189,7 @@ class PutPipeline:
             pending.sealed = True
             done = pending.settled
         if done:
-            pending.on_done(pending)
+            self._finish([pending])
 
     def wait(self) -> None:
         """Return once every call submitted so far has been answered and settled."""

@@ -104,6 +104,7 @@ class DeliveryResult(DeliveryCounts):
     recorded: bool = False  # in the ledger
     durable: bool = True  # False until the sink's flush() for sinks that are not durable on return
     batched: bool = False  # durable, its record left for the caller's commit() to write with others
+    replace: bool = False  # batched, and its object's item may be written whole (`Ledger.replace_items`)
     code: str = ""  # the AWS error code behind a failure, when known (DeliveryError.code)
     held: bool = False  # not attempted: the caller held it back (its destination is backing off)
     # Event deliveries: what the ledger says earlier runs delivered of this object (not sent again), and
@@ -132,7 +133,7 @@ class DeliveryResult(DeliveryCounts):
         d = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("recorded", "durable", "batched", "held", "covered", "scope")
+            if f.name not in ("recorded", "durable", "batched", "replace", "held", "covered", "scope")
         }
         d["status"] = str(self.status)
         return d
@@ -153,6 +154,9 @@ class ObjectResult(DecodeCounts):
     delivered_at: float = 0.0
     last_modified: float = 0.0
     deliveries: list[DeliveryResult] = field(default_factory=list)
+    # The object's ledger item is known to hold the map `deliveries` (read so, or recorded to): its next
+    # records set their own entries of it (`Ledger.record_many`).
+    mapped: bool = False
 
     def totals(self) -> DeliveryCounts:
         """The deliveries' counters summed: what the object did at all of them."""
@@ -175,7 +179,9 @@ class ObjectResult(DecodeCounts):
         return not (self.status is Status.FAILED and self.recoverable)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "deliveries"}
+        d: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("deliveries", "mapped")
+        }
         d["status"] = str(self.status)
         d.update(self.totals().counts())
         d["deliveries"] = [r.to_dict() for r in self.deliveries]
@@ -219,6 +225,9 @@ class Routing:
     window: TimeWindow | None = None
     selected: frozenset[str] = frozenset()  # delivery ids or types; empty: every delivery
     use_ledger: bool = True  # False: --redeliver, or no sink that writes the ledger
+    # False (the consumer): an object whose deliveries with work are all idempotent (S3) is delivered without
+    # asking the ledger, since a resend overwrites the same key; its record is still written.
+    read_idempotent: bool = True
 
     def selects(self, delivery_id: str, kind: str) -> bool:
         return not self.selected or delivery_id in self.selected or kind in self.selected
@@ -245,13 +254,14 @@ class Routing:
         and only when a delivery needs the answer. An object delivery with a record is done; an event
         delivery is done when its record covers this run's scope, and otherwise sends only the rest.
         `held`: deliveries the caller holds back (id → reason), failed recoverably before the ledger is asked.
+        Without `read_idempotent`, the ledger is asked only when a delivery that is not idempotent has work.
         """
         results: list[DeliveryResult] = []
         todo: list[tuple[Delivery, DeliveryResult]] = []
         for bad in tenant.invalid:
             if self.selects(bad.delivery_id, ""):
                 results.append(DeliveryResult(bad.delivery_id, "?").fail(bad.reason, recoverable=False))
-        done: Mapping[str, Coverage] | None = None
+        open_: list[tuple[Delivery, DeliveryResult, str]] = []
         for d in tenant.deliveries:
             if not self.selects(d.delivery_id, d.type):
                 continue
@@ -269,7 +279,16 @@ class Routing:
                 continue
             if not self.whole_objects(d.type):
                 r.scope = self.scope
-            if not reason and self.use_ledger and self.traits[d.type].writes_ledger:
+            open_.append((d, r, reason))
+        consult = self.use_ledger and any(
+            not reason
+            and self.traits[d.type].writes_ledger
+            and (self.read_idempotent or not self.traits[d.type].idempotent)
+            for d, _, reason in open_
+        )
+        done: Mapping[str, Coverage] | None = None
+        for d, r, reason in open_:
+            if not reason and consult and self.traits[d.type].writes_ledger:
                 if done is None:
                     done = delivered()
                 covered = done.get(d.delivery_id)
@@ -351,11 +370,16 @@ class Deliverer:
         group_commit: bool = False,
         in_flight: int = IN_FLIGHT_PUTS,
         clock: Callable[[], float] = time.time,
+        defer_records: bool = False,
+        read_idempotent: bool = True,
     ) -> None:
         self.tenants = tenants
         # Callers that deliver many objects and then commit() them (replay units) may have the records of
         # idempotent deliveries written in batches: see deliver().
         self.group_commit = group_commit
+        # Callers that commit() every object themselves, with others that finished at the same time (the
+        # consumer's group commit): no record is written inside deliver().
+        self.defer_records = defer_records
         self.sinks = dict(sinks)
         self.ledger = ledger
         self._s3 = s3
@@ -364,6 +388,7 @@ class Deliverer:
             window,
             frozenset(deliveries),
             use_ledger=ledger is not None and not redeliver,
+            read_idempotent=read_idempotent,
         )
         self.source = source
         # (tenant, events, requests) before each send: the replay's shared per-tenant rate limits.
@@ -409,13 +434,13 @@ class Deliverer:
             return
         with self._puts_lock:
             if self._puts is None:
-                self._puts = PutPipeline(self._in_flight, self._throttle)
+                self._puts = PutPipeline(self._in_flight, self._throttle, after=self._record_settled)
         batches = PodBatches(self._puts)
         try:
             yield batches
         finally:
             for pending, minimum in batches.drain():
-                pending.tag.requests_minimum += minimum
+                pending.tag[1].requests_minimum += minimum
 
     def may_decode(self, key: str) -> bool:
         """Whether delivering the object can decode it (an event sink has a delivery that takes it): what
@@ -468,8 +493,12 @@ class Deliverer:
         source = _Source(self.s3, ref)
         try:
             tenant = self.tenants.get(parsed.tenant)
+            result.mapped = delivered is not None and delivered.mapped
             todo = self._route(tenant, parsed, ref, result, delivered, source, held)
             if self.group_commit and delivered is not None and not delivered.records and self._idempotent_only(tenant):
+                for _, r in todo:
+                    r.batched = r.replace = True
+            elif self.defer_records:
                 for _, r in todo:
                     r.batched = True
         except NonRecoverableError as exc:
@@ -511,6 +540,7 @@ class Deliverer:
             records = known if known is not None else NOTHING
             if known is None and ledger is not None:
                 records = ledger.read(tenant.tenant_id, ref.key)
+                result.mapped = records.mapped
             if not records.records:
                 return {}  # nothing to compare: no need for the ETag before the object is read anyway
             etag = source.etag()
@@ -597,7 +627,7 @@ class Deliverer:
             for d, r in todo:
                 if self.sinks[d.type].traits.fills_batches:
                     sink: BatchSink = self.sinks[d.type]  # type: ignore[assignment]  # fills_batches: a BatchSink
-                    pending[id(r)] = Pending(d, sink, partial(self._settle, result, r), tag=r)
+                    pending[id(r)] = Pending(d, sink, partial(self._settle, result, r), tag=(result, r))
         try:
             self._send_streams(streams, stats, todo, result, batches, pending)
         finally:
@@ -667,12 +697,25 @@ class Deliverer:
                 self._record(result, r, self.sinks[d.type])
 
     def _settle(self, result: ObjectResult, r: DeliveryResult, p: Pending) -> None:
-        """Every event the object gave a delivery through filled batches is answered (on a put thread)."""
+        """Every event the object gave a delivery through filled batches is answered (on a put thread).
+        Its record is written by `_record_settled`, with those of every object the same answer settled."""
         r.add(p.sent)
         if p.error is not None and r.status is not Status.FAILED:
             # Not failed_with(): the failed batch's calls are already in p.sent, credited to its last owner.
             r.fail(p.error.reason, p.error.recoverable, p.error.code)
-        self._record(result, r, p.sink)
+
+    def _record_settled(self, done: list[Pending]) -> None:
+        """The objects one batch's answer settled (`PutPipeline`'s `after`): their records, written together
+        (`Ledger.record_many`: one call for up to 100 objects) before the batch's slot is given back, so a
+        kill can still resend only the objects of the batches in flight."""
+        owners: list[tuple[ObjectResult, DeliveryResult]] = []
+        for p in done:
+            result, r = p.tag
+            if not p.sink.traits.durable_on_return:
+                r.durable = False  # the caller records it after the sink's flush()
+            elif p.sink.traits.writes_ledger and r.done and not r.recorded and not r.batched:
+                owners.append((result, r))
+        self._write_group(owners)
 
     def _idempotent_only(self, tenant: Tenant) -> bool:
         """Whether every delivery the tenant has goes through an idempotent sink: its ledger items can then
@@ -702,7 +745,8 @@ class Deliverer:
         self.commit(*results)
 
     def commit(self, *results: ObjectResult) -> None:
-        """After a successful flush(): record the deliveries that were waiting for it, and the batched ones."""
+        """After a successful flush(): record the deliveries that were waiting for it, and the batched ones:
+        whole items in batches where `deliver()` allowed it, every other record with `Ledger.record_many`."""
         batched: list[tuple[ObjectResult, DeliveryResult]] = []
         for result in results:
             for r in result.deliveries:
@@ -713,17 +757,35 @@ class Deliverer:
                     self._write_ledger(result, r)
                 elif r.batched:
                     batched.append((result, r))
-        if batched and self.ledger is not None:
-            try:
-                self.ledger.replace_items(self._entry(result, r) for result, r in batched)
-            except (ClientError, BotoCoreError, LedgerError) as exc:
-                for _, r in batched:
-                    r.fail(f"delivered, but the ledger write failed ({aws.error_code(exc) or exc})", recoverable=True)
-            else:
-                for _, r in batched:
-                    r.recorded = True
+        replace = [(result, r) for result, r in batched if r.replace]
+        if replace and self.ledger is not None:
+            self._write_group(replace, self.ledger.replace_items)
+        self._write_group([(result, r) for result, r in batched if not r.replace])
         for result in results:
             result.settle()
+
+    def _write_group(
+        self,
+        owners: Sequence[tuple[ObjectResult, DeliveryResult]],
+        write: Callable[[Iterable[LedgerEntry]], None] | None = None,
+    ) -> None:
+        """Record the deliveries together; on a failure, every one of them failed recoverably (its data is
+        out, its record is not: the next attempt finds it unrecorded and sends it again)."""
+        if not owners or self.ledger is None:
+            return
+        entries = [self._entry(result, r) for result, r in owners]
+        try:
+            if write is not None:
+                write(entries)
+            else:
+                self.ledger.record_many(entries, mapped={(res.tenant, res.key) for res, _ in owners if res.mapped})
+        except (ClientError, BotoCoreError, LedgerError) as exc:
+            for _, r in owners:
+                r.fail(f"delivered, but the ledger write failed ({aws.error_code(exc) or exc})", recoverable=True)
+            return
+        for result, r in owners:
+            r.recorded = True
+            result.mapped = True
 
     def abandon(self, result: ObjectResult, reason: str) -> None:
         """After a failed flush(): the deliveries that were waiting for it failed, recoverably."""
@@ -754,6 +816,7 @@ class Deliverer:
         try:
             self.ledger.record(self._entry(result, r))
             r.recorded = True
+            result.mapped = True
         except (ClientError, BotoCoreError, LedgerError) as exc:
             r.fail(f"delivered, but the ledger write failed ({aws.error_code(exc) or exc})", recoverable=True)
 

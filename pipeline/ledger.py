@@ -257,7 +257,8 @@ class Ledger:
                 if len(updates) == 1:
                     self._ddb().update_item(**updates[0])
                 else:
-                    self._ddb().transact_write_items(TransactItems=[{"Update": u} for u in updates])
+                    transact: list[Any] = [{"Update": u} for u in updates]  # the stubs' TypedDicts, built as dicts
+                    self._ddb().transact_write_items(TransactItems=transact)
             except ClientError as exc:
                 if aws.error_code(exc) not in (CONDITION_FAILED, TRANSACTION_CANCELED):
                     raise
