@@ -458,6 +458,25 @@ class Deliverer:
             for d in tenant.deliveries
         )
 
+    def needs_ledger(self, ref: ObjectRef) -> bool:
+        """Whether delivering the object asks the ledger: some delivery that takes it writes the ledger and
+        is not idempotent (or the routing reads for idempotent ones too). True when that cannot be told yet."""
+        if self.ledger is None or not self.routing.use_ledger:
+            return False
+        try:
+            parsed = parse_key(ref.key)
+            tenant = self.tenants.get(parsed.tenant)
+        except (InvalidKeyError, DeliveryError, ClientError, BotoCoreError):
+            return True
+        return any(
+            self.routing.selects(d.delivery_id, d.type)
+            and d.type in self.sinks
+            and self.sinks[d.type].traits.writes_ledger
+            and (self.routing.read_idempotent or not self.sinks[d.type].traits.idempotent)
+            and not d.skip_reason(parsed)
+            for d in tenant.deliveries
+        )
+
     def deliver(
         self,
         ref: ObjectRef,
@@ -833,6 +852,8 @@ def build_deliverer(
     put_attempts: int | None = None,
     group_commit: bool = False,
     retry: RetryPolicy | None = None,  # the sinks' whole policy, over put_attempts (the consumer's)
+    defer_records: bool = False,
+    read_idempotent: bool = True,
 ) -> Deliverer:
     """The Deliverer every path uses (consumer modes, replay workers), with its AWS clients made up front.
 
@@ -867,4 +888,6 @@ def build_deliverer(
         source=source,
         throttle=throttle,
         group_commit=group_commit,
+        defer_records=defer_records,
+        read_idempotent=read_idempotent,
     )

@@ -34,10 +34,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws, logs
 from pipeline.circuits import DEFAULT_HOLD_BASE_S, CircuitBreakers
+from pipeline.consumer.commit import LedgerView
 from pipeline.consumer.emf import DEFAULT_NAMESPACE, EmfMetrics
 from pipeline.consumer.metrics import Metrics
-from pipeline.consumer.processor import MessageOutcome, MessageProcessor, consumer_retry
-from pipeline.delivery import build_deliverer
+from pipeline.consumer.processor import MessageOutcome, MessageProcessor, consumer_deliverer
 from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
 from pipeline.settings import ConfigError, Settings
 
@@ -98,7 +98,7 @@ class LambdaRuntime:
                 f"LAMBDA_TIME_RESERVE_SECONDS and CONSUMER_MEMORY_MIB must be numbers: {exc}"
             ) from exc
         settings.require("bucket", "tenant_table", "ledger_table", "central_role_arn")  # all missing at once
-        deliverer = build_deliverer(settings, retry=consumer_retry(put_attempts, throttle_attempts))
+        deliverer = consumer_deliverer(settings, put_attempts, throttle_attempts)
         budget = MemoryBudget(budget_mib * 1024 * 1024)
         processor = MessageProcessor(
             deliverer,
@@ -129,8 +129,10 @@ class LambdaRuntime:
             return {"batchItemFailures": []}
         metrics.messages_received.inc(len(records))
         remaining = _remaining_s(context)
+        # One ledger read for the objects of the whole batch, not one per record (pipeline.consumer.commit).
+        view = self.processor.prefetch([r.get("body", "") for r in records if isinstance(r, dict)])
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(records)))) as pool:
-            outcomes = list(pool.map(lambda r: self._one(r, remaining), records))
+            outcomes = list(pool.map(lambda r: self._one(r, remaining, view), records))
         failures = [{"itemIdentifier": o.message_id} for o in outcomes if not o.acknowledged and o.message_id]
         not_started = sum(1 for o in outcomes if o.error == NOT_STARTED)
         log.info(
@@ -144,7 +146,7 @@ class LambdaRuntime:
         )
         return {"batchItemFailures": failures}
 
-    def _one(self, record: object, remaining: Callable[[], float | None]) -> MessageOutcome:
+    def _one(self, record: object, remaining: Callable[[], float | None], view: LedgerView | None) -> MessageOutcome:
         if not isinstance(record, dict):
             return self.processor.process("", "")
         message_id = str(record.get("messageId", ""))
@@ -155,7 +157,7 @@ class LambdaRuntime:
             return MessageOutcome(message_id, error=NOT_STARTED)
         attrs = record.get("attributes") or {}
         count = int(attrs.get("ApproximateReceiveCount", "0") or 0)
-        outcome = self.processor.process(record.get("body", ""), message_id, count)
+        outcome = self.processor.process(record.get("body", ""), message_id, count, view)
         self.processor.metrics.messages.labels(outcome.outcome).inc()
         if not outcome.acknowledged and outcome.retry_after_s is not None:
             self._delay(record, outcome.retry_after_s)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,13 +38,16 @@ from pipeline.circuits import (
     spread,
     verdict_of,
 )
+from pipeline.consumer.commit import GroupCommit, LedgerView
 from pipeline.consumer.events import InvalidMessageError, parse_body
 from pipeline.consumer.metrics import Metrics, object_status
-from pipeline.delivery import Deliverer, DeliveryResult, ObjectRef, ObjectResult, Status
+from pipeline.delivery import Deliverer, DeliveryResult, ObjectRef, ObjectResult, Status, build_deliverer
 from pipeline.errors import DeliveryError
 from pipeline.keys import parse_key
+from pipeline.ledger import LedgerError, ObjectLedger
 from pipeline.replay.budget import MemoryBudget, decoded_footprint
 from pipeline.retry import RetryPolicy
+from pipeline.settings import Settings
 from pipeline.sinks import sink_names
 from pipeline.tenants import Delivery, DeliveryType
 
@@ -68,6 +72,17 @@ def consumer_retry(put_attempts: int | None = None, throttle_attempts: int | Non
         base_s=default.base_s,
         cap_s=default.cap_s,
         throttle_attempts=throttle_attempts or DEFAULT_THROTTLE_ATTEMPTS,
+    )
+
+
+def consumer_deliverer(settings: Settings, put_attempts: int | None, throttle_attempts: int | None) -> Deliverer:
+    """The Deliverer of the SQS and Lambda modes: its records are left to the processor's group commit, and
+    an object that only idempotent (S3) deliveries take is delivered without a ledger read."""
+    return build_deliverer(
+        settings,
+        retry=consumer_retry(put_attempts, throttle_attempts),
+        defer_records=True,
+        read_idempotent=False,
     )
 
 
@@ -147,8 +162,36 @@ class MessageProcessor:
         self.circuits = circuits
         self.hold_base_s = hold_base_s
         self._types: dict[Key, str] = {}  # delivery type of each destination seen, for the back-off gauge
+        # Every worker's finished objects are recorded through it, together with those finishing alongside.
+        self.commits = GroupCommit(lambda results: deliverer.commit(*results))
 
-    def process(self, body: str | bytes, message_id: str = "", receive_count: int = 0) -> MessageOutcome:
+    def prefetch(self, bodies: Sequence[str | bytes]) -> LedgerView | None:
+        """What the ledger holds for the objects a receive's messages name, in one batched read (only those
+        a delivery needs it for: `Deliverer.ledger_view`). None when there is nothing to read, or the read
+        failed: each message then asks for its own objects."""
+        refs: list[ObjectRef] = []
+        for body in bodies:
+            try:
+                refs.extend(r for r in parse_body(body).refs if r.bucket == self.bucket)
+            except Exception:  # noqa: S112 -- a bad body is the message's own business: process() reports it
+                continue
+        if not refs:
+            return None
+        try:
+            asked = [r for r in refs if self.deliverer.needs_ledger(r)]
+            found = self.deliverer.ledger_view(asked) if asked else None
+        except (ClientError, BotoCoreError, LedgerError, DeliveryError) as exc:
+            log.warning("batched ledger read failed; each message reads its own", extra={"error": str(exc)[:300]})
+            return None
+        if found is None:
+            return None
+        return self.commits.watch(LedgerView(found, (r.key for r in asked)))
+
+    def process(
+        self, body: str | bytes, message_id: str = "", receive_count: int = 0, view: LedgerView | None = None
+    ) -> MessageOutcome:
+        """Deliver what the message names, then record it (`GroupCommit`): the outcome is acknowledged only
+        once every record is written. `view`: the ledger read for the whole receive (`prefetch`)."""
         outcome = MessageOutcome(message_id)
         ctx: dict[str, Any] = {"message_id": message_id, "receive_count": receive_count}
         try:
@@ -180,21 +223,37 @@ class MessageProcessor:
             log.warning("record rejected: %s", reason, extra={**ctx, "reason": reason})
         # For each destination this message backs off from: when it is worth receiving again (circuits.spread).
         waits: list[float] = []
-        for ref in refs:
-            start = time.monotonic()
-            tenant, probes, held = self._ask_circuits(ref)
+        done: list[tuple[str, list[Delivery], ObjectResult, float]] = []
+        keys: list[str] = []  # taken in _in_flight: kept until the objects' records are written
+        try:
+            for ref in refs:
+                start = time.monotonic()
+                tenant, probes, held = self._ask_circuits(ref)
+                try:
+                    result = self._deliver(ref, held, probes, view.get(ref.key) if view else None, keys)
+                except Exception as exc:  # deliver() never raises for a bad object; this is a bug or a crash
+                    self._report(tenant, probes, None)  # a half-open circuit's probe must not stay out forever
+                    outcome.error = f"{type(exc).__name__}: {exc}"
+                    log.exception("delivery raised unexpectedly", extra={**ctx, "object_key": ref.key})
+                    break
+                done.append((tenant, probes, result, start))
             try:
-                result = self._deliver(ref, held, probes)
-            except Exception as exc:  # deliver() never raises for a bad object; this is a bug or a crash
-                self._report(tenant, probes, None)  # a half-open circuit's probe must not stay out forever
-                outcome.error = f"{type(exc).__name__}: {exc}"
-                log.exception("delivery raised unexpectedly", extra={**ctx, "object_key": ref.key})
-                return outcome
+                # What was delivered is recorded even after a crash on a later object, so a retry skips it.
+                self.commits.commit([result for _, _, result, _ in done])
+            except Exception as exc:  # the group's deliveries are failed already (GroupCommit): retried
+                outcome.error = outcome.error or f"{type(exc).__name__}: {exc}"
+                log.exception("ledger commit raised unexpectedly", extra=ctx)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.difference_update(keys)
+        for tenant, probes, result, start in done:
             waits += self._report(tenant, probes, result)
             self.metrics.observe_object(result, time.monotonic() - start)
             self._observe_tenant(result.tenant)
             outcome.results.append(result)
             _log_result(result, ctx, time.monotonic() - start)
+        if outcome.error:
+            return outcome
         if waits and not outcome.acknowledged:
             outcome.retry_after_s = release_delay(max(waits), receive_count, self.hold_base_s)
         return outcome
@@ -255,28 +314,33 @@ class MessageProcessor:
             counts[(tenant, kind)] = counts.get((tenant, kind), 0) + 1
         self.metrics.set_backing_off(counts)
 
-    def _deliver(self, ref: ObjectRef, held: dict[str, str], probes: list[Delivery]) -> ObjectResult:
+    def _deliver(
+        self,
+        ref: ObjectRef,
+        held: dict[str, str],
+        probes: list[Delivery],
+        known: ObjectLedger | None,
+        keys: list[str],
+    ) -> ObjectResult:
         # Two messages naming one object (S3's duplicate notifications) on two workers would both find the
         # ledger empty and both deliver: the second waits for its redelivery instead, and the ledger then
-        # skips what the first delivered. (Two consumer pods can still race; the ledger bounds it.)
+        # skips what the first delivered. (Two consumer pods can still race; the ledger bounds it.) The key
+        # stays taken (`keys`) until the caller has recorded the object.
         with self._in_flight_lock:
             if ref.key in self._in_flight:
                 return ObjectResult(ref.key).fail(BEING_DELIVERED, recoverable=True)
             self._in_flight.add(ref.key)
-        try:
-            if held and not probes:
-                # Every delivery is held: nothing is read (routing holds them before it asks the ledger). A
-                # herd of held messages coming back when a circuit half-opens then costs the other tenants
-                # almost nothing, and a worker never waits for memory only to hand the message back.
-                return self.deliverer.deliver(ref, held=held)
-            if self.budget is None:
-                return self.deliverer.deliver(ref, held=held or None)
-            # An event without a size (never seen from S3) is charged nothing rather than blocking the pool.
-            with self.budget.hold(decoded_footprint(ref.size or 0, self.deliverer.may_decode(ref.key))):
-                return self.deliverer.deliver(ref, held=held or None)
-        finally:
-            with self._in_flight_lock:
-                self._in_flight.discard(ref.key)
+            keys.append(ref.key)
+        if held and not probes:
+            # Every delivery is held: nothing is read (routing holds them before it asks the ledger). A
+            # herd of held messages coming back when a circuit half-opens then costs the other tenants
+            # almost nothing, and a worker never waits for memory only to hand the message back.
+            return self.deliverer.deliver(ref, known, held=held)
+        if self.budget is None:
+            return self.deliverer.deliver(ref, known, held=held or None)
+        # An event without a size (never seen from S3) is charged nothing rather than blocking the pool.
+        with self.budget.hold(decoded_footprint(ref.size or 0, self.deliverer.may_decode(ref.key))):
+            return self.deliverer.deliver(ref, known, held=held or None)
 
     def _observe_tenant(self, tenant_id: str) -> None:
         """Flag a legacy tenant in the metrics (a cached lookup: the delivery has just read it)."""

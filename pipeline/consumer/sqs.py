@@ -44,9 +44,9 @@ from pipeline import aws, environment
 from pipeline.circuits import DEFAULT_HOLD_BASE_S, CircuitBreakers
 from pipeline.classify import Action, classify_error, describe
 from pipeline.cli import EXIT_FAILED, EXIT_OK
+from pipeline.consumer.commit import LedgerView
 from pipeline.consumer.metrics import Metrics, MetricsServer
-from pipeline.consumer.processor import MessageOutcome, MessageProcessor, consumer_retry
-from pipeline.delivery import build_deliverer
+from pipeline.consumer.processor import MessageOutcome, MessageProcessor, consumer_deliverer
 from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
 from pipeline.retry import Retrying, RetryPolicy
 from pipeline.settings import ConfigError, Settings
@@ -138,6 +138,7 @@ class InFlight:
     body: str
     receive_count: int
     received_at: float = field(default_factory=time.monotonic)
+    view: LedgerView | None = None  # the ledger as read for its whole receive
 
 
 class SqsConsumer:
@@ -254,8 +255,10 @@ class SqsConsumer:
                 self._give_back_slots(len(messages))
                 self._release(messages, "received after the stop request")
                 break
+            # One ledger read for the objects of the whole receive, not one per message (pipeline.consumer.commit).
+            view = self.processor.prefetch([m.get("Body", "") for m in messages])
             for m in messages:
-                self._start(m)
+                self._start(m, view)
         self._drain()
         self._settle_abandoned_poll()
         self._heartbeat_stop.set()
@@ -337,13 +340,14 @@ class SqsConsumer:
             self.metrics.messages_received.inc(len(messages))
         return messages
 
-    def _start(self, message: MessageTypeDef) -> None:
+    def _start(self, message: MessageTypeDef, view: LedgerView | None = None) -> None:
         entry = InFlight(
             message_id=message["MessageId"],
             receipt=message["ReceiptHandle"],
             body=message.get("Body", ""),
             receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", "0")),
             received_at=self._clock(),
+            view=view,
         )
         with self._cond:
             self._inflight[entry.message_id] = entry
@@ -363,7 +367,8 @@ class SqsConsumer:
                 self._slots.release()
 
     def _handle(self, entry: InFlight) -> None:
-        outcome: MessageOutcome = self.processor.process(entry.body, entry.message_id, entry.receive_count)
+        outcome: MessageOutcome = self.processor.process(entry.body, entry.message_id, entry.receive_count, entry.view)
+        entry.view = None
         if outcome.acknowledged:
             self._delete(entry, outcome)
         else:
@@ -515,7 +520,7 @@ def serve(
     metrics = Metrics()
     budget = MemoryBudget((memory_budget_mib or DEFAULT_CONSUMER_BUDGET_MIB) * 1024 * 1024)
     processor = MessageProcessor(
-        build_deliverer(settings, retry=consumer_retry(put_attempts, throttle_attempts)),
+        consumer_deliverer(settings, put_attempts, throttle_attempts),
         metrics,
         bucket=settings.bucket,
         budget=budget,
