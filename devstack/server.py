@@ -40,7 +40,8 @@ class MotoServer:
         # Without this, moto lets any account write any bucket, and an S3 isolation test would prove nothing.
         env["MOTO_S3_ALLOW_CROSSACCOUNT_ACCESS"] = "false"
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            # moto's server, with its TransactWriteItems fit for concurrent requests (devstack/moto_main.py).
+            [sys.executable, str(Path(__file__).with_name("moto_main.py")), "-H", self.host, "-p", str(self.port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -1,0 +1,79 @@
+"""The moto server of the local stack, with moto's TransactWriteItems made fit for concurrent use.
+
+Run as a script (`MotoServer` does): `python devstack/moto_main.py -H HOST -p PORT`, the arguments of
+`moto.server`. Everything is moto's own, except one method of its DynamoDB backend:
+
+moto's `transact_write_items` backs up every table a transaction touches by deep-copying the whole table,
+once per item of the transaction, and rolls back by putting the copies in place of the tables. A copy taken
+while another request thread writes the table fails (`RuntimeError: dictionary changed size during
+iteration`, answered as HTTP 500), a rollback would undo other requests' writes, and a transaction of 100
+items over a ledger of N items copies 100·N items: a cost DynamoDB does not have, which would dominate any
+measurement of the ledger (`docs/PERFORMANCE.md`). Here a transaction backs up only the items it names,
+runs moto's own logic (its checks, conditions, updates and error answers unchanged) with the table copy
+turned into a no-op, restores those items if it is cancelled, and runs under one lock, so transactions are
+isolated from each other as DynamoDB's are.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+from typing import Any
+
+import moto.dynamodb.models as ddb_models
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.table import Table
+from moto.server import main
+
+_LOCK = threading.RLock()
+_transact = DynamoDBBackend.transact_write_items
+
+
+class _NoTableCopy:
+    """`copy` as moto's DynamoDB models module sees it: tables are not copied, anything else is."""
+
+    copy = staticmethod(copy.copy)
+
+    @staticmethod
+    def deepcopy(x: Any, memo: dict[int, Any] | None = None) -> Any:
+        return x if isinstance(x, Table) else copy.deepcopy(x, memo)
+
+
+def _key_of(table: Table, op: dict[str, Any]) -> tuple[DynamoType, DynamoType | None]:
+    attrs = op["Key"] if "Key" in op else op["Item"]
+    hash_key = DynamoType(attrs[table.hash_key_attr])
+    range_key = DynamoType(attrs[table.range_key_attr]) if table.range_key_attr else None
+    return hash_key, range_key
+
+
+def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+    with _LOCK:
+        backups: list[tuple[Table, DynamoType, DynamoType | None, Any]] = []
+        try:
+            for item in transact_items:
+                op = next(iter(item.values()))
+                table = self.get_table(op["TableName"])
+                hash_key, range_key = _key_of(table, op)
+                backups.append((table, hash_key, range_key, copy.deepcopy(table.get_item(hash_key, range_key))))
+        except Exception:  # a malformed request: moto's own code answers it as it would
+            pass
+        try:
+            _transact(self, transact_items)
+        except Exception:
+            for table, hash_key, range_key, old in reversed(backups):
+                if old is None:
+                    table.delete_item(hash_key, range_key)
+                elif range_key is not None:
+                    table.items[hash_key][range_key] = old
+                else:
+                    table.items[hash_key] = old
+            raise
+
+
+ddb_models.copy = _NoTableCopy  # type: ignore[assignment]  # the module's global `copy`, seen by _transact
+DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
