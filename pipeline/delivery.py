@@ -517,9 +517,11 @@ class Deliverer:
             if self.group_commit and delivered is not None and not delivered.records and self._idempotent_only(tenant):
                 for _, r in todo:
                     r.batched = r.replace = True
-            elif self.defer_records:
-                for _, r in todo:
-                    r.batched = True
+            elif self.defer_records and len(todo) == 1:
+                # One delivery with work: its record waits for the caller's commit, which follows at once. An
+                # object with several keeps recording each as soon as it is durable, so a crash between them
+                # resends only the unrecorded one.
+                todo[0][1].batched = True
         except NonRecoverableError as exc:
             return result.fail(exc.reason, recoverable=False)
         except LedgerError as exc:
