@@ -16,6 +16,11 @@ Two deliveries of one object may finish at the same instant on different threads
 is created by a conditional write that only one of them can win; every later write sets only its own
 entry of the map (`SET deliveries.#id`), so neither can overwrite the other.
 
+Records settled together (a replay's PutLogEvents answer, the consumer's group commit) are written with
+`record_many`: TransactWriteItems of up to 100 objects, each item with the same update and condition as
+`record`, chosen from whether the item is known to hold the map; a cancelled group is written again one
+record at a time.
+
 The consumer and the replay job share it: CloudWatch has no dedup, so this is what makes a replay after
 an outage send exactly the gap, and a duplicate S3 notification harmless.
 
