@@ -256,7 +256,7 @@ class SqsConsumer:
                 self._release(messages, "received after the stop request")
                 break
             # One ledger read for the objects of the whole receive, not one per message (pipeline.consumer.commit).
-            view = self.processor.prefetch([m.get("Body", "") for m in messages])
+            view = self.processor.prefetch([m.get("Body", "") for m in messages]) if messages else None
             for m in messages:
                 self._start(m, view)
         self._drain()
