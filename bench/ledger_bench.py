@@ -47,7 +47,7 @@ def consumer_pass(processor: MessageProcessor, refs: list[ObjectRef], threads: i
         for i in range(0, len(refs), 10):
             bodies = [body(r) for r in refs[i : i + 10]]
             view = processor.prefetch(bodies)
-            outcomes = list(pool.map(lambda b: processor.process(b, "m", 1, view), bodies))
+            outcomes = list(pool.map(lambda b, v=view: processor.process(b, "m", 1, v), bodies))
             bad = [o.to_dict() for o in outcomes if o.outcome != "delivered"]
             if bad:
                 raise RuntimeError(bad[:2])
