@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import NOISE, RELEASE, baseline_tree, ratio_ok, run_child  # noqa: E402
+from bench.baseline import NOISE, RELEASE, baseline_tree, ratio_ok, run_child, tree_stack  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.faults import Answer, Delay, FaultProxy, Rule  # noqa: E402
 from devstack.generator import GeneratorConfig, Manifest, write_dataset  # noqa: E402
@@ -191,6 +191,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"data: {data}", flush=True)
         # Only CloudWatch Logs goes through the proxy: S3, DynamoDB and STS cost the same as without it.
         env = {**os.environ, **local.env, "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": proxy.url}
+        envs = {version: env for version in trees}
+        if "baseline" in trees:
+            # The historical tree cannot read today's tenant items (a tenant's profile is an item of its own
+            # since #24): its tenant and ledger tables are provisioned by its own code, on a moto of their
+            # own (`tree_stack`); S3, STS and CloudWatch are the shared ones.
+            own = stack.enter_context(tree_stack(trees["baseline"], [(TENANT.tenant_id, TENANT.account_id)]))
+            tables = ("TENANT_CONFIG_TABLE", "DELIVERY_LEDGER_TABLE")
+            envs["baseline"] = {**env, "AWS_ENDPOINT_URL_DYNAMODB": own["AWS_ENDPOINT_URL"]}
+            envs["baseline"] |= {k: own[k] for k in tables if k in own}
         moto = psutil.Process(server._proc.pid)  # type: ignore[union-attr]
         put = {"service": "logs", "operation": "PutLogEvents"}
         modes = {
@@ -208,7 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if rule is not None:
                         proxy.add(rule)
                     cpu = moto.cpu_times()
-                    p = run_pass(tree, sink, env, since, until)
+                    p = run_pass(tree, sink, envs[version], since, until)
                     after = moto.cpu_times()
                     p["moto_cpu_s"] = round(after.user + after.system - cpu.user - cpu.system, 2)
                     if p["events"] != data["events"]:

@@ -13,8 +13,9 @@ way) runs in two scenarios:
 - calm: `--tenant acme --tenant globex`, nothing throttled;
 - throttled: the same plus `--tenant umbrella`, whose log group the proxy throttles,
 
-`--repeats` times each, alternating this tree with the release (`--release`) and `--base-tree` (by default a `git worktree` of the commit before fair
-dispatch, b90abee, made under /tmp; the same venv, with PYTHONPATH pointing at that tree so the driver and
+`--repeats` times each, alternating this tree with the release (`--release`) and `--base-tree` (by default
+a `git worktree` of the commit before fair dispatch, b90abee, made by `bench.baseline`; the same venv, with
+PYTHONPATH pointing at that tree so the driver and
 its Ray workers import its `pipeline`). CloudWatch is a stand-in for every tenant (the proxy answers
 PutLogEvents itself after `--put-delay` s, `devstack.faults.Answer`), so moto's CPU does not decide the
 figures; S3 reads, the ledger and the throttled tenant's errors go through the proxy for real.
