@@ -24,8 +24,10 @@ a Ray `DeliveryWorker` (`UnitRunner(settings, sink, window, redeliver=True)`), r
   asks about, a worker waiting on the round trip.
 - `null`: the same path with the null sink: everything but the network (and no ledger).
 
-Both run for this checkout and for `--baseline` (a git revision, checked out in a temporary worktree; the
-default is the last commit before batches spanned objects). Reported:
+All three run for this checkout, for the previous release (`--release`, `bench.baseline.RELEASE`) and for
+`--baseline` (the last commit before batches spanned objects), each a temporary `git worktree`
+(`bench.baseline`), in the same run, passes interleaved. Older workers return plain dicts where newer ones
+return `ObjectResult`s: the pass reads either through `bench.baseline.result_dict`. Reported:
 
 - calls: PutLogEvents calls of a cloudwatch pass divided by the fewest the events need
   (`pipeline.batching.min_put_requests`, stream by stream, over the generator's own manifest). Target <= 1.1.
@@ -33,6 +35,8 @@ default is the last commit before batches spanned objects). Reported:
   repeat (medians), for both kinds of cloudwatch pass. Target >= 0.5. Moto's CPU seconds per pass are
   recorded: when they approach the pass's wall time, moto is the bottleneck.
 - peak RSS of each pass's process (VmHWM). The 512 MiB target on the largest objects is memory_bench's.
+- against the release, paired by repeat: null-sink events/s, and the calls. A drop beyond
+  `bench.baseline.NOISE` fails (`meets_release_target`).
 """
 
 from __future__ import annotations
@@ -41,12 +45,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.baseline import NOISE, RELEASE, baseline_tree, ratio_ok, run_child, tree_stack  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.faults import Answer, Delay, FaultProxy, Rule  # noqa: E402
 from devstack.generator import GeneratorConfig, Manifest, write_dataset  # noqa: E402
@@ -72,8 +76,9 @@ TENANT = SampleTenant("acme", "111111111111")
 EVENTS_PER_OBJECT = (20, 60, 120, 200, 300)
 APPS = ("payment-service", "frontend", "checkout", "inventory", "search")
 
-# One replay worker in its own process, written against what both versions share, so the same pass runs
-# this checkout's code and the baseline's (PYTHONPATH picks which).
+# One replay worker in its own process, written against what every version shares, so the same pass runs
+# this checkout's code and the older trees' (`bench.baseline.run_child` puts the tree first on the path and
+# gives the pass `bench_baseline`, whose readers take every version's result shape).
 CHILD = r"""
 import json, sys, time
 from datetime import datetime
@@ -95,12 +100,12 @@ runner.run(WorkUnit(-1, units[0].objects[:1], 0))
 start = time.perf_counter()
 objects = events = requests = 0
 for unit in units:
-    for r in (o.to_dict() for o in runner.run(unit)):
+    for r in map(bench_baseline.result_dict, runner.run(unit)):
         if r["status"] != "delivered":
             raise SystemExit(f"{r['key']}: {r['status']} {r['reason']}")
         objects += 1
         events += r["events_delivered"]
-        requests += sum(d["requests"] for d in r["deliveries"])
+        requests += bench_baseline.requests_of(r)
 seconds = time.perf_counter() - start
 runner.close()
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -139,16 +144,7 @@ def streams_of(manifests: list[Manifest]) -> dict[str, list[tuple[int, str]]]:
 
 
 def run_pass(tree: Path, sink: str, env: dict[str, str], since: datetime, until: datetime) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, sink, TENANT.tenant_id, since.isoformat(), until.isoformat()],
-        env={**env, "PYTHONPATH": str(tree)},
-        cwd=tree,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{sink} pass in {tree} failed:\n{proc.stderr[-3000:]}")
+    proc = run_child(tree, CHILD, sink, TENANT.tenant_id, since.isoformat(), until.isoformat(), env=env)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["events_per_s"] = round(out["events"] / out["seconds"])
     return out
@@ -168,67 +164,66 @@ def clear_ledger(local: LocalEnvironment) -> None:
         ddb.batch_write_item(RequestItems={table: keys[i : i + 25]})
 
 
-def baseline_tree(rev: str, root: Path) -> Path:
-    path = root / f"baseline-{rev}"
-    cmd = ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), rev]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return path
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     trees = {"this": REPO}
-    with MotoServer() as server, FaultProxy(server.endpoint_url) as proxy, tempfile.TemporaryDirectory() as tmp:
-        if args.baseline:
-            trees["baseline"] = baseline_tree(args.baseline, Path(tmp))
-        try:
-            local = provision(server.endpoint_url, tenants=(TENANT,))
-            local.client("s3").put_bucket_notification_configuration(
-                Bucket=local.names.bucket, NotificationConfiguration={}
-            )
-            manifests, since, until = write_data(local, args)
-            streams = streams_of(manifests)
-            logs = local.tenant_logs(TENANT.tenant_id)
-            for name in streams:
-                logs.create_log_stream(logGroupName=TENANT.log_group, logStreamName=name)
-            minimum = sum(min_put_requests(evs) for evs in streams.values())
-            data = {
-                "objects": sum(len(m.objects) for m in manifests),
-                "events": sum(len(evs) for evs in streams.values()),
-                "pods": len(APPS) * args.pods_per_app,
-                "streams": len(streams),
-                "events_per_object": list(EVENTS_PER_OBJECT),
-                "min_put_requests": minimum,
-            }
-            print(f"data: {data}", flush=True)
-            # Only CloudWatch Logs goes through the proxy: S3, DynamoDB and STS cost the same as without it.
-            env = {**os.environ, **local.env, "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": proxy.url}
-            moto = psutil.Process(server._proc.pid)  # type: ignore[union-attr]
-            put = {"service": "logs", "operation": "PutLogEvents"}
-            modes = {
-                "cloudwatch": ("cloudwatch", Rule(Delay(PUT_DELAY_S), **put)),
-                "cloudwatch_standin": ("cloudwatch", Rule(Answer(PUT_DELAY_S), **put)),
-                "null": ("null", None),
-            }
-            passes: dict[str, dict[str, list[dict[str, Any]]]] = {v: {m: [] for m in modes} for v in trees}
-            for i in range(args.repeats):
-                for version, tree in trees.items():
-                    for mode, (sink, rule) in modes.items():
-                        proxy.clear()
-                        proxy.reset_log()
-                        clear_ledger(local)
-                        if rule is not None:
-                            proxy.add(rule)
-                        cpu = moto.cpu_times()
-                        p = run_pass(tree, sink, env, since, until)
-                        after = moto.cpu_times()
-                        p["moto_cpu_s"] = round(after.user + after.system - cpu.user - cpu.system, 2)
-                        if p["events"] != data["events"]:
-                            raise RuntimeError(f"{version}/{mode}: {p['events']} events, want {data['events']}")
-                        passes[version][mode].append(p)
-                        print(f"pass {i} {version}/{mode}: {p}", flush=True)
-        finally:
-            if "baseline" in trees:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(trees["baseline"])])
+    with MotoServer() as server, FaultProxy(server.endpoint_url) as proxy, ExitStack() as stack:
+        for version, rev in (("release", args.release), ("baseline", args.baseline)):
+            if rev:
+                trees[version] = stack.enter_context(baseline_tree(rev))
+        local = provision(server.endpoint_url, tenants=(TENANT,))
+        local.client("s3").put_bucket_notification_configuration(
+            Bucket=local.names.bucket, NotificationConfiguration={}
+        )
+        manifests, since, until = write_data(local, args)
+        streams = streams_of(manifests)
+        logs = local.tenant_logs(TENANT.tenant_id)
+        for name in streams:
+            logs.create_log_stream(logGroupName=TENANT.log_group, logStreamName=name)
+        minimum = sum(min_put_requests(evs) for evs in streams.values())
+        data = {
+            "objects": sum(len(m.objects) for m in manifests),
+            "events": sum(len(evs) for evs in streams.values()),
+            "pods": len(APPS) * args.pods_per_app,
+            "streams": len(streams),
+            "events_per_object": list(EVENTS_PER_OBJECT),
+            "min_put_requests": minimum,
+        }
+        print(f"data: {data}", flush=True)
+        # Only CloudWatch Logs goes through the proxy: S3, DynamoDB and STS cost the same as without it.
+        env = {**os.environ, **local.env, "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": proxy.url}
+        envs = {version: env for version in trees}
+        if "baseline" in trees:
+            # The historical tree cannot read today's tenant items (a tenant's profile is an item of its own
+            # since #24): its tenant and ledger tables are provisioned by its own code, on a moto of their
+            # own (`tree_stack`); S3, STS and CloudWatch are the shared ones.
+            own = stack.enter_context(tree_stack(trees["baseline"], [(TENANT.tenant_id, TENANT.account_id)]))
+            tables = ("TENANT_CONFIG_TABLE", "DELIVERY_LEDGER_TABLE")
+            envs["baseline"] = {**env, "AWS_ENDPOINT_URL_DYNAMODB": own["AWS_ENDPOINT_URL"]}
+            envs["baseline"] |= {k: own[k] for k in tables if k in own}
+        moto = psutil.Process(server._proc.pid)  # type: ignore[union-attr]
+        put = {"service": "logs", "operation": "PutLogEvents"}
+        modes = {
+            "cloudwatch": ("cloudwatch", Rule(Delay(PUT_DELAY_S), **put)),
+            "cloudwatch_standin": ("cloudwatch", Rule(Answer(PUT_DELAY_S), **put)),
+            "null": ("null", None),
+        }
+        passes: dict[str, dict[str, list[dict[str, Any]]]] = {v: {m: [] for m in modes} for v in trees}
+        for i in range(args.repeats):
+            for version, tree in trees.items():
+                for mode, (sink, rule) in modes.items():
+                    proxy.clear()
+                    proxy.reset_log()
+                    clear_ledger(local)
+                    if rule is not None:
+                        proxy.add(rule)
+                    cpu = moto.cpu_times()
+                    p = run_pass(tree, sink, envs[version], since, until)
+                    after = moto.cpu_times()
+                    p["moto_cpu_s"] = round(after.user + after.system - cpu.user - cpu.system, 2)
+                    if p["events"] != data["events"]:
+                        raise RuntimeError(f"{version}/{mode}: {p['events']} events, want {data['events']}")
+                    passes[version][mode].append(p)
+                    print(f"pass {i} {version}/{mode}: {p}", flush=True)
 
     out: dict[str, Any] = {"data": data}
     for version, by_mode in passes.items():
@@ -249,6 +244,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     this = out["this"]
     out["meets_call_target"] = this["calls_over_minimum"] <= TARGET_CALL_RATIO
     out["meets_speed_target"] = this["cloudwatch_standin_speed_ratio"] >= TARGET_SPEED_RATIO
+    if "release" in passes:
+        mine, theirs = passes["this"], passes["release"]
+        vs = out["vs_release"] = {
+            mode: round(
+                statistics.median(
+                    a["events_per_s"] / b["events_per_s"] for a, b in zip(mine[mode], theirs[mode], strict=True)
+                ),
+                3,
+            )
+            for mode in modes
+        }
+        vs["calls"] = round(this["put_requests"] / out["release"]["put_requests"], 3)
+        out["meets_release_target"] = (
+            ratio_ok(vs["null"]) and ratio_ok(vs["cloudwatch_standin"]) and vs["calls"] <= 1 + NOISE
+        )
     return out
 
 
@@ -259,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--baseline", default=BASELINE, help="git revision to compare with ('' to skip)")
+    ap.add_argument("--release", default=RELEASE, help="the previous release, compared with too ('' to skip)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "batching.json")
     args = ap.parse_args(argv)
     started = time.monotonic()
@@ -269,13 +280,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "put_delay_s": PUT_DELAY_S,
             "targets": {"calls_over_minimum": TARGET_CALL_RATIO, "latency_bound_speed_ratio": TARGET_SPEED_RATIO},
             "baseline": args.baseline,
+            "release": args.release,
+            "noise": NOISE,
             "repeats": args.repeats,
         },
         **run(args),
     }
     result["wall_s"] = round(time.monotonic() - started, 1)
     write_result(args.out, result)
-    for version in ("this", "baseline"):
+    for version in ("this", "release", "baseline"):
         if version in result:
             r = result[version]
             print(
@@ -284,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"= {r['cloudwatch_standin_speed_ratio']}; moto + 40 ms {r['cloudwatch_events_per_s']:,} ev/s "
                 f"= {r['cloudwatch_speed_ratio']}; peak RSS {r['peak_rss_mib']} MiB"
             )
-    return 0 if result["meets_call_target"] and result["meets_speed_target"] else 1
+    return 0 if all(v for k, v in result.items() if k.startswith("meets_")) else 1
 
 
 if __name__ == "__main__":

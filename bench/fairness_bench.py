@@ -13,8 +13,9 @@ way) runs in two scenarios:
 - calm: `--tenant acme --tenant globex`, nothing throttled;
 - throttled: the same plus `--tenant umbrella`, whose log group the proxy throttles,
 
-`--repeats` times each, alternating this tree with `--base-tree` (by default a `git worktree` of the commit before fair
-dispatch, b90abee, made under /tmp; the same venv, with PYTHONPATH pointing at that tree so the driver and
+`--repeats` times each, alternating this tree with the release (`--release`) and `--base-tree` (by default
+a `git worktree` of the commit before fair dispatch, b90abee, made by `bench.baseline`; the same venv, with
+PYTHONPATH pointing at that tree so the driver and
 its Ray workers import its `pipeline`). CloudWatch is a stand-in for every tenant (the proxy answers
 PutLogEvents itself after `--put-delay` s, `devstack.faults.Answer`), so moto's CPU does not decide the
 figures; S3 reads, the ledger and the throttled tenant's errors go through the proxy for real.
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.baseline import NOISE, RELEASE, baseline_tree, short  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack import generator as gen  # noqa: E402
 from devstack.faults import Answer, Call, Error, FaultProxy, Rule  # noqa: E402
@@ -71,18 +74,6 @@ def write_data(local: LocalEnvironment, pods: int, objects: int, events: int) ->
         keep_events=False,
     )
     return gen.write_dataset(cfg, local.names.bucket, s3=local.client("s3"), workers=8)
-
-
-def base_tree(path: str) -> Path | None:
-    """The tree to compare with: `path` if given, else a worktree of BASE_COMMIT under /tmp ('' for none)."""
-    if path == "":
-        return None
-    if path:
-        return Path(path)
-    tree = Path(tempfile.gettempdir()) / f"fairness-bench-{BASE_COMMIT}"
-    if not (tree / "jobs" / "replay.py").exists():
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), BASE_COMMIT], check=True)
-    return tree
 
 
 def clear_ledger(local: LocalEnvironment) -> None:
@@ -177,7 +168,7 @@ def summary(runs: list[dict[str, Any]], trees: list[Path]) -> dict[str, Any]:
         calm = [r["calm_completion_s"] for r in mine if not r["throttled"] and r["calm_completion_s"] is not None]
         noisy = [r["calm_completion_s"] for r in mine if r["throttled"] and r["calm_completion_s"] is not None]
         if calm and noisy:
-            out["this tree" if tree == REPO else BASE_COMMIT if tree.name.endswith(BASE_COMMIT) else str(tree)] = {
+            out["this tree" if tree == REPO else tree.name.removeprefix("baseline-")] = {
                 "calm_alone_s": {"median": statistics.median(calm), "runs": calm},
                 "calm_beside_throttled_s": {"median": statistics.median(noisy), "runs": noisy},
                 "slowdown": round(statistics.median(noisy) / statistics.median(calm), 2),
@@ -193,14 +184,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=1000, help="events per object")
     p.add_argument("--put-delay", type=float, default=0.04, help="the CloudWatch stand-in's latency, seconds")
     p.add_argument("--base-tree", default=None, help=f"tree to compare with (default: a worktree of {BASE_COMMIT})")
+    p.add_argument("--release", default=RELEASE, help="the previous release, compared with too ('' to skip)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each tree and scenario, alternated")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "fairness.json")
     args = p.parse_args(argv)
-    trees = [REPO] + [t for t in [base_tree(args.base_tree)] if t is not None]
     started = time.monotonic()
     runs: list[dict[str, Any]] = []
-    with MotoServer() as server, FaultProxy(server.endpoint_url, seed=5) as proxy, tempfile.TemporaryDirectory() as tmp:
+    with (
+        ExitStack() as stack,
+        MotoServer() as server,
+        FaultProxy(server.endpoint_url, seed=5) as proxy,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        trees = [REPO]
+        for rev in (args.release, BASE_COMMIT if args.base_tree is None else ""):
+            if rev:
+                trees.append(stack.enter_context(baseline_tree(rev)))
+        if args.base_tree:
+            trees.append(Path(args.base_tree))
         local = provision(server.endpoint_url)
         manifest = write_data(local, args.pods, args.objects, args.events)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -229,8 +231,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": runs,
         "wall_s": round(time.monotonic() - started, 1),
     }
+    summary_ = result["summary"]
+    release = short(args.release) if args.release else ""
+    if release in summary_ and "this tree" in summary_:
+        # The calm tenants' slowdown beside the throttled one: no worse than the release's beyond noise.
+        mine, theirs = summary_["this tree"]["slowdown"], summary_[release]["slowdown"]
+        result["meets_release_target"] = mine <= theirs * (1 + NOISE)
     write_result(args.out, result)
-    return 0
+    return 0 if result.get("meets_release_target", True) else 1
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.baseline import NOISE, RELEASE, baseline_tree  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.faults import Error, FaultProxy, Rule  # noqa: E402
 from devstack.provision import LocalEnvironment, provision  # noqa: E402
@@ -162,14 +163,6 @@ def run_version(tree: Path, extra: list[str], args: argparse.Namespace, log_dir:
         return out
 
 
-def baseline_tree(rev: str, root: Path) -> Path:
-    path = root / f"baseline-{rev}"
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), rev], check=True, capture_output=True
-    )
-    return path
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=2.0, help="objects per second per tenant")
@@ -178,6 +171,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every object after the run")
     p.add_argument("--baseline", default=BASELINE, help="git revision to compare with ('' to skip)")
+    p.add_argument("--release", default=RELEASE, help="the previous release, compared with too ('' to skip)")
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "isolation.json")
     args = p.parse_args()
 
@@ -194,20 +188,28 @@ def main() -> None:
             "storm_s": args.storm,
             "workers": args.workers,
             "baseline": args.baseline,
+            "release": args.release,
             "this_consumer_args": ["--backoff-delay", "1"],
         },
     }
     result["this"] = run_version(REPO, ["--backoff-delay", "1"], args, log_dir, "this")
-    if args.baseline:
-        with tempfile.TemporaryDirectory() as tmp:
-            tree = baseline_tree(args.baseline, Path(tmp))
-            try:
-                result["baseline"] = run_version(tree, [], args, log_dir, "baseline")
-            finally:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+    # The release has the circuits and their --backoff-delay; the historical baseline has neither.
+    for name, rev, extra in (("release", args.release, ["--backoff-delay", "1"]), ("baseline", args.baseline, [])):
+        if rev:
+            with baseline_tree(rev) as tree:
+                result[name] = run_version(tree, extra, args, log_dir, name)
+    if "release" in result:
+        # Calm tenants' p99 during the storm: no worse than the release's beyond noise (lower is better).
+        mine, theirs = (
+            result["this"]["calm_tenants"]["storm"]["p99_s"],
+            result["release"]["calm_tenants"]["storm"]["p99_s"],
+        )
+        result["meets_release_target"] = mine <= max(theirs * (1 + NOISE), theirs + 0.5)
     result["wall_s"] = round(time.monotonic() - start, 1)
     write_result(args.output, result)
     print(f"logs: {log_dir}", file=sys.stderr)
+    if not result.get("meets_release_target", True):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -286,9 +286,18 @@ class BatchFiller:
         self._runs: list[tuple[Hashable, int]] = []
         self._bytes = 0
         self._first = self._last = 0  # earliest and latest timestamp held
-        # Every event added, as (timestamp, cost): 12 bytes each instead of the event, for `minimum()`.
-        self._timestamps = array("q")
-        self._costs = array("l")
+        # While each object's events start no earlier than every event before them (a pod's objects are
+        # consecutive time slices), the batches cut are the greedy cut of the stream in time order, which
+        # is the minimum: `minimum()` is then their count. `_high` is the latest timestamp added so far.
+        self._in_order = True
+        self._high: int | None = None
+        self._cuts = 0
+        # Every event added, as (timestamp, cost), for `minimum()` once objects overlap in time: 12 bytes
+        # each instead of the event. Unsigned arrays, because filling a signed one converts every item
+        # through PyArg_Parse (three times the cost); a negative timestamp, which only a hand-built stream
+        # can have (`prepare` holds them back as too old), switches to a signed one.
+        self._timestamps: array[int] = array("L")
+        self._costs: array[int] = array("I")
 
     def __len__(self) -> int:
         return len(self._events)
@@ -300,6 +309,12 @@ class BatchFiller:
         if n == 0:
             return full
         costs = event_costs(events)
+        first, last = events[0][0], events[-1][0]
+        if self._high is not None and first < self._high:
+            self._in_order = False
+        self._high = last if self._high is None else max(self._high, last)
+        if first < 0 and self._timestamps.typecode == "L":
+            self._timestamps = array("q", self._timestamps)
         self._timestamps.extend(map(_ts, events))
         self._costs.extend(costs)
         cum = list(accumulate(costs, initial=0))
@@ -330,6 +345,8 @@ class BatchFiller:
     def minimum(self) -> int:
         """The fewest calls every event added so far needs (`min_put_requests`), to compare with the calls
         this filler made."""
+        if self._in_order:
+            return self._cuts + (1 if self._events else 0)
         return min_put_requests_of(self._timestamps, self._costs)
 
     def _fits(self, events: list[Event], cum: list[int], i: int) -> int:
@@ -345,6 +362,7 @@ class BatchFiller:
     def _cut(self) -> Batch:
         events, runs = self._events, self._runs
         self._events, self._runs, self._bytes = [], [], 0
+        self._cuts += 1
         if len(runs) > 1 and any(events[end - 1][0] > events[end][0] for _, end in runs[:-1]):
             events, runs = _merge(events, runs)
         return Batch(events, runs)

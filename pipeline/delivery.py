@@ -669,12 +669,9 @@ class Deliverer:
         now_ms = int(self._clock() * 1000)
         window = self.routing.window
         since, until = (window.since_ms, window.until_ms) if window else (None, None)
-        # No event of the object lies outside its own time span, so a run that delivered its scope has
-        # delivered everything outside the span too: recording that lets a later window whose scope holds
-        # the rest skip the object from the ledger alone (a re-run of `--since 45m` minutes later), where
-        # the bare window would leave it to be read again for nothing.
-        stamps = [ts for evs in streams.values() for ts in (min(evs)[0], max(evs)[0]) if evs]
-        beyond = Coverage.outside(min(stamps), max(stamps) + 1) if stamps else WHOLE
+        # The object's time span, from its streams once prepare() has sorted them (it sorts in place).
+        earliest: int | None = None
+        latest: int | None = None
         for name in sorted(streams):
             live = [(d, r) for d, r in todo if r.status is not Status.FAILED]
             if not live:
@@ -690,6 +687,10 @@ class Deliverer:
                 prepared = prepared_for.get(r.covered)
                 if prepared is None:
                     prepared = prepared_for[r.covered] = prepare(events, now_ms, since, until, r.covered)
+                    if events:  # sorted now
+                        first, last = events[0][0], events[-1][0]
+                        earliest = first if earliest is None else min(earliest, first)
+                        latest = last if latest is None else max(latest, last)
                 r.add(prepared)
                 # Nothing of the stream is this run's to send (outside the window, or delivered before):
                 # counted, not touched.
@@ -707,6 +708,12 @@ class Deliverer:
                         r.failed_with(exc)
                         continue
                 r.streams.append(name)
+        # No event of the object lies outside its own time span, so a run that delivered its scope has
+        # delivered everything outside the span too: recording that lets a later window whose scope holds
+        # the rest skip the object from the ledger alone (a re-run of `--since 45m` minutes later), where
+        # the bare window would leave it to be read again for nothing. A delivery that did not fail saw
+        # every stream prepared, so the span is the whole object's.
+        beyond = WHOLE if earliest is None or latest is None else Coverage.outside(earliest, latest + 1)
         for d, r in todo:
             if r.status is Status.FAILED:
                 continue
