@@ -64,7 +64,9 @@ DEFAULT_BUCKET_PREFIX = "ROSA/cluster-logs/"
 FORMATS = ("original", "parquet")  # s3 deliveries: the source bytes as they are, or Parquet (pipeline/columnar.py)
 DEFAULT_FORMAT = "original"
 # The values CloudWatch Logs' PutRetentionPolicy accepts for retentionInDays.
-RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
+)  # fmt: skip
 # Application groups (CONTRACTS.md §3): a name a tenant may choose instead of listing applications, expanded
 # into the application filter when the delivery is validated. The original design's four, with the
 # applications of a hosted control plane that make them up.

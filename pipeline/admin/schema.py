@@ -14,7 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from pipeline.tenants import FIELDS, FORMATS, PROFILE_FIELDS, RETENTION_DAYS, DeliveryType, FieldSpec
 
-_PYTHON_TYPES: dict[str, Any] = {"string": str, "boolean": bool, "names": list[str], "patterns": list[str], "integer": int}
+_PYTHON_TYPES: dict[str, Any] = {
+    "string": str,
+    "boolean": bool,
+    "names": list[str],
+    "patterns": list[str],
+    "integer": int,
+}
 
 
 def _describe(spec: FieldSpec) -> str:
