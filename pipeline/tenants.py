@@ -226,8 +226,13 @@ class Delivery:
     exclude: tuple[str, ...] = ()
     retention_days: int | None = None  # cloudwatch
     groups: tuple[str, ...] = ()  # as APPLICATION_GROUPS spells them
-    # desired_logs and the groups' applications, expanded once when the item is validated; None means all.
-    applications: frozenset[str] | None = None
+    # desired_logs and the groups' applications, expanded once when the delivery is built; None means all.
+    applications: frozenset[str] | None = field(default=None, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        expanded = {app for g in self.groups for app in APPLICATION_GROUPS.get(g, ())}
+        applications = self.desired_logs if not self.groups else (self.desired_logs or frozenset()) | expanded
+        object.__setattr__(self, "applications", applications)
 
     @property
     def content_filter(self) -> ContentFilter | None:
@@ -417,7 +422,7 @@ def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2
         fields["bucket"] = _text(item, "bucket_name", errors, BUCKET_NAME_RE)
         fields["bucket_prefix"] = _bucket_prefix(item.get("bucket_prefix", DEFAULT_BUCKET_PREFIX), errors)
         fields["kms_key_arn"] = _text(item, "kms_key_arn", errors, KMS_KEY_ARN_RE)
-    fields.update(_options(item, kind, desired, errors))
+    fields.update(_options(item, kind, errors))
     if errors or kind is None:  # no type is always an error too
         where = f"tenant {tenant_id!r}" + ("" if schema is TableSchema.V1 else f" delivery {delivery_id!r}")
         detail = "; ".join(f"{name}: {problem}" for name, problem in sorted(errors.items()))
@@ -428,9 +433,7 @@ def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2
     )
 
 
-def _options(
-    item: Mapping[str, Any], kind: DeliveryType | None, desired: frozenset[str] | None, errors: dict[str, str]
-) -> dict[str, Any]:
+def _options(item: Mapping[str, Any], kind: DeliveryType | None, errors: dict[str, str]) -> dict[str, Any]:
     """The delivery options (CONTRACTS.md §3) of an item, each checked; bad ones named in `errors`.
 
     An option of the other delivery type is refused here, not only by the strict check: a `format` on a
@@ -479,11 +482,6 @@ def _options(
             errors["groups"] = f"unknown group {unknown[0][:80]!r}: choose from {', '.join(APPLICATION_GROUPS)}"
         else:
             out["groups"] = tuple(sorted({_GROUP_BY_NAME[g.lower()] for g in groups}))
-    if "groups" in out:
-        expanded = {app for g in out["groups"] for app in APPLICATION_GROUPS[g]}
-        out["applications"] = frozenset((desired or frozenset()) | expanded)
-    else:
-        out["applications"] = desired
     return out
 
 
