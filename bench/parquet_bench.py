@@ -15,6 +15,7 @@ reads less of the Parquet objects; `original` is always read whole).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.monotonic()
     with MotoServer() as server:
         local = provision(server.endpoint_url)
+        os.environ.update(local.env)  # the pipeline's clients follow the environment, as in a worker
         now = datetime.now(UTC).replace(microsecond=0)
         apps = app_names(4)
         cfg = GeneratorConfig(
