@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -493,7 +494,7 @@ def _integer(value: Any) -> int | None:
         return value
     if isinstance(value, str) and value.strip().isdecimal() and value.strip().isascii():
         return int(value.strip())
-    if type(value).__name__ == "Decimal" and value == int(value):
+    if isinstance(value, Decimal) and value == value.to_integral_value():
         return int(value)
     return None
 
@@ -701,7 +702,13 @@ _deserializer = TypeDeserializer()
 
 
 def deserialize(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _deserializer.deserialize(v) for k, v in raw.items()}
+    """An item as Python values. DynamoDB numbers come back as Decimal; a whole one (`retention_days`) becomes an
+    int, so an item reads the same as it was written and prints as JSON."""
+    out = {k: _deserializer.deserialize(v) for k, v in raw.items()}
+    for k, v in out.items():
+        if isinstance(v, Decimal) and v == v.to_integral_value():
+            out[k] = int(v)
+    return out
 
 
 def table_schema(ddb: DynamoDBClient, table: str) -> TableSchema:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import re
 import subprocess
@@ -291,3 +292,21 @@ def test_the_cli_refuses_hostile_options_naming_the_field(
     result = CliRunner().invoke(tenants_cli, args, catch_exceptions=False)
     assert result.exit_code == 1, result.output
     assert words in result.output and f'"{field}"' in result.output
+
+
+def test_show_displays_the_groups_and_the_applications_they_expand_to(local_aws: LocalEnvironment) -> None:
+    acme = local_aws.tenant("acme")
+    args = ["put", "acme", "control-plane", "--type", "cloudwatch", "--log-distribution-role-arn", acme.role_arn,
+            "--target-region", acme.region, "--log-group-name", "/logs/cp", "--clusters", "prod-1",
+            "--groups", "scheduler,API", "--desired-logs", "etcd", "--include", "a{1,3}",
+            "--retention-days", "14"]  # fmt: skip
+    put = CliRunner().invoke(tenants_cli, args, catch_exceptions=False)
+    assert put.exit_code == 0, put.output
+    shown = CliRunner().invoke(tenants_cli, ["show", "acme", "--json"], catch_exceptions=False)
+    doc = next(d for d in json.loads(shown.output)["deliveries"] if d["delivery_id"] == "control-plane")
+    assert doc["groups"] == ["API", "Scheduler"] and doc["desired_logs"] == ["etcd"]
+    assert doc["applications"] == sorted(["etcd", "kube-scheduler", "kube-apiserver", "openshift-apiserver",
+                                          "openshift-oauth-apiserver"])  # fmt: skip
+    assert doc["include"] == ["a{1,3}"] and doc["retention_days"] == 14  # a regex's comma is not a list separator
+    text = CliRunner().invoke(tenants_cli, ["show", "acme"], catch_exceptions=False).output
+    assert "applications" in text and "kube-scheduler" in text

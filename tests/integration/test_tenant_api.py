@@ -698,3 +698,5 @@ def test_hostile_delivery_options_answer_400_naming_the_field_in_the_validators_
     assert r.status_code == 201, r.text
     stored = api.stored(t, "cloudwatch")
     assert stored is not None and stored["groups"] == ["API"] and stored["retention_days"] == 14
+    got = api.client.get(path)
+    assert got.status_code == 200 and got.json()["retention_days"] == 14 and got.json()["include"] == ["ERROR|WARN"]
