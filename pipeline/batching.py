@@ -19,6 +19,7 @@ import orjson
 
 from pipeline.counters import DeliveryCounts
 from pipeline.coverage import EMPTY, Coverage
+from pipeline.filters import ContentFilter
 from pipeline.records import Event
 
 MAX_BATCH_BYTES = 1_048_576
@@ -121,10 +122,12 @@ def prepare(
     since_ms: int | None = None,
     until_ms: int | None = None,
     covered: Coverage = EMPTY,
+    keep: ContentFilter | None = None,
 ) -> PreparedStream:
     """Sort by timestamp, drop what is outside [since_ms, until_ms) (counted as filtered) and what an
-    earlier run already delivered (`covered`, from the ledger: counted as already delivered), hold back
-    what CloudWatch would reject (over 14 days old, over 2 h ahead), and split oversized events.
+    earlier run already delivered (`covered`, from the ledger: counted as already delivered), drop what the
+    delivery's content filter `keep` does not keep (counted as filtered, and as events_filtered_content), hold
+    back what CloudWatch would reject (over 14 days old, over 2 h ahead), and split oversized events.
 
     Counting these here makes the report exact for every sink: Vector's CloudWatch sink drops old events
     silently, and the native sink saves a call. A list argument is sorted in place (and may be prepared
@@ -139,6 +142,14 @@ def prepare(
     out = PreparedStream(events_filtered=lo + (n - hi))
     segments = _uncovered(evs, lo, hi, covered) if covered else [(lo, hi)]
     out.events_already_delivered = (hi - lo) - sum(b - a for a, b in segments)
+    if keep is not None:
+        # After the window and the ledger (an event outside them is not this run's to judge), before the age
+        # limits (an event the tenant excluded is not one CloudWatch refused).
+        evs, dropped = keep.split([ev for a, b in segments for ev in evs[a:b]])
+        out.events_filtered += dropped
+        out.events_filtered_content = dropped
+        n = len(evs)
+        segments = [(0, n)]
     parts: list[list[Event]] = []
     for a, b in segments:
         start = max(a, bisect_left(evs, now_ms - MAX_AGE_MS, key=_ts, lo=a, hi=b))

@@ -42,6 +42,9 @@ class DeliveryCounts(_Counts):
     creates: int = 0  # CreateLogStream and CreateLogGroup calls made
     requests_minimum: int = 0  # the fewest PutLogEvents calls the events needed (batching.min_put_requests)
     retries: int = 0
+    # The part of events_filtered that the delivery's own include/exclude patterns dropped (CONTRACTS.md §3); the
+    # rest of events_filtered is outside the requested time window.
+    events_filtered_content: int = 0
 
     @property
     def events_rejected(self) -> int:

@@ -453,7 +453,7 @@ class Deliverer:
         return any(
             self.routing.selects(d.delivery_id, d.type)
             and d.type in self.sinks
-            and self.sinks[d.type].traits.needs_events
+            and (self.sinks[d.type].traits.needs_events or d.decodes)
             and not d.skip_reason(parsed)
             for d in tenant.deliveries
         )
@@ -610,7 +610,7 @@ class Deliverer:
             # Object deliveries go first: each is cheap and durable at once, so a kill after them leaves
             # only the event deliveries to send again.
             body = body.read()
-            source_object = SourceObject(ref.bucket, ref.key, result.etag, body, parsed)
+            source_object = SourceObject(ref.bucket, ref.key, result.etag, body, parsed, last_modified)
             result.bytes_read = len(body)
             for d, r in by_objects:
                 self._put_object(d, r, source_object, result)
@@ -681,12 +681,14 @@ class Deliverer:
                     r.fail(f"log stream name is over {MAX_STREAM_NAME_CHARS} characters", recoverable=False)
                 break
             events = streams.pop(name)
-            # Deliveries differ only in what the ledger says earlier runs covered: one preparation each.
-            prepared_for: dict[Coverage, PreparedStream] = {}
+            # Deliveries differ only in what the ledger says earlier runs covered and in their content filters:
+            # one preparation each.
+            prepared_for: dict[tuple[Coverage, tuple[str, ...], tuple[str, ...]], PreparedStream] = {}
             for d, r in live:
-                prepared = prepared_for.get(r.covered)
+                slot = (r.covered, d.include, d.exclude)
+                prepared = prepared_for.get(slot)
                 if prepared is None:
-                    prepared = prepared_for[r.covered] = prepare(events, now_ms, since, until, r.covered)
+                    prepared = prepared_for[slot] = prepare(events, now_ms, since, until, r.covered, d.content_filter)
                     if events:  # sorted now
                         first, last = events[0][0], events[-1][0]
                         earliest = first if earliest is None else min(earliest, first)

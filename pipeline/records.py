@@ -470,3 +470,69 @@ def _array_records(lines: Iterator[bytes], st: DecodeStats) -> Iterator[Any]:
     if not isinstance(records, list):
         records = [records]
     yield from records
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Whole records (object deliveries that decode: Parquet, content filters)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of an object with everything an object delivery keeps of it (pipeline/columnar.py).
+
+    Unlike `decode_batches`, which reads only what CloudWatch receives, every line becomes a row: a line that is
+    not JSON is carried with `record` None and the line itself (bad UTF-8 replaced) as its message, and an empty
+    message is kept, since an object delivery refuses nothing CloudWatch would.
+    """
+
+    ts: int  # epoch milliseconds: the record's timestamp, else the object's LastModified
+    message: str  # what CloudWatch would receive (CONTRACTS.md §2); for a malformed line, the line
+    record: Any  # the decoded record (a dict for every collector record); None for a malformed line
+    raw: bytes  # the line as written, without its line break (a record of a JSON array: its compact JSON)
+
+
+def decode_rows(body: bytes | _ReadableBody, fallback_ts_ms: int, stats: DecodeStats | None = None) -> Iterator[Row]:
+    """Every line of one object body as a `Row`, in order. Gzip or plain, NDJSON or one JSON array, as
+    `decode_batches`; bad lines are counted (and sampled) in `stats` the same way, and carried as rows."""
+    st = stats if stats is not None else DecodeStats()
+    line_batches = _line_batches(_inflate(_chunks(body, st), st), st)
+    n = 0
+    started = False
+    for parts in line_batches:
+        for raw in parts:
+            n += 1
+            line = raw.rstrip(b"\r\n")
+            if not line.strip():
+                continue  # blank lines are framing
+            if not started:
+                started = True
+                line = line.removeprefix(UTF8_BOM)
+                if line.lstrip()[:1] == b"[":  # one JSON array: parsed whole
+                    rest = itertools.chain([line + b"\n"], (r for p in line_batches for r in p))
+                    st.lines = n - 1
+                    for record in _array_records(rest, st):
+                        yield _row(record, orjson.dumps(record), st, fallback_ts_ms)
+                    return
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                st.lines = n
+                record = _bad_line(line, exc, st)
+                if record is _INVALID:
+                    yield Row(fallback_ts_ms, line.decode("utf-8", "replace"), None, line)
+                    continue
+            yield _row(record, line, st, fallback_ts_ms)
+    st.lines = n
+
+
+def _row(record: Any, raw: bytes, st: DecodeStats, fallback_ts_ms: int) -> Row:
+    ts = _PARSER(record.get(TIMESTAMP_FIELD)) if type(record) is dict else None
+    if ts is None:
+        ts = fallback_ts_ms
+        st.timestamps_defaulted += 1
+    message = _message_of(record)
+    if not message:
+        st.messages_empty += 1
+    st.events_decoded += 1
+    return Row(ts, message, record, raw)

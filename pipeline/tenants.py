@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from botocore.exceptions import ClientError
 from pipeline import aws
 from pipeline.classify import Action, classify_error
 from pipeline.errors import NonRecoverableError
+from pipeline.filters import MAX_PATTERNS, ContentFilter, content_filter, pattern_problem
 from pipeline.keys import NAME_SEGMENT_RE, TENANT_ID_RE, ObjectKey
 
 if TYPE_CHECKING:
@@ -58,6 +60,29 @@ PROFILE_ID = "_tenant"  # the delivery_id of a tenant's profile: DELIVERY_ID_RE 
 EXTERNAL_ID_BYTES = 32  # 256 bits of randomness, 43 characters of token_urlsafe: above §3's 128 bits
 
 DEFAULT_BUCKET_PREFIX = "ROSA/cluster-logs/"
+
+# -- delivery options (CONTRACTS.md §3: format, include/exclude, retention_days, groups) --
+FORMATS = ("original", "parquet")  # s3 deliveries: the source bytes as they are, or Parquet (pipeline/columnar.py)
+DEFAULT_FORMAT = "original"
+# The values CloudWatch Logs' PutRetentionPolicy accepts for retentionInDays.
+RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
+)  # fmt: skip
+# Application groups (CONTRACTS.md §3): a name a tenant may choose instead of listing applications, expanded
+# into the application filter when the delivery is validated. The original design's four, with the
+# applications of a hosted control plane that make them up.
+APPLICATION_GROUPS: dict[str, tuple[str, ...]] = {
+    "API": ("kube-apiserver", "openshift-apiserver", "openshift-oauth-apiserver"),
+    "Authentication": ("oauth-openshift", "openshift-oauth-apiserver"),
+    "Controller Manager": (
+        "kube-controller-manager",
+        "openshift-controller-manager",
+        "openshift-route-controller-manager",
+        "cluster-policy-controller",
+    ),
+    "Scheduler": ("kube-scheduler",),
+}
+_GROUP_BY_NAME = {name.lower(): name for name in APPLICATION_GROUPS}
 V1_DELIVERY_ID = "cloudwatch"  # the delivery a v1 item (and a ledger item from before deliveries) stands for
 
 
@@ -78,7 +103,7 @@ class FieldSpec:
     OpenAPI document, the tenant CLI's flags, and the set of attributes an item may hold."""
 
     name: str
-    kind: str  # "string", "boolean" or "names" (a list of strings)
+    kind: str  # "string", "boolean", "integer", "names" (a list of strings) or "patterns" (a list of regexes)
     description: str
     required_for: frozenset[DeliveryType] = frozenset()  # the delivery types that must have it
     types: frozenset[DeliveryType] = frozenset(DeliveryType)  # the delivery types it belongs to
@@ -116,6 +141,17 @@ FIELDS: tuple[FieldSpec, ...] = (
               types=_S3, default=DEFAULT_BUCKET_PREFIX),
     FieldSpec("kms_key_arn", "string", "SSE-KMS key for the objects written; absent: the bucket's default",
               types=_S3, pattern=KMS_KEY_ARN_RE),
+    # -- delivery options (issue 26) --
+    FieldSpec("format", "string", "original (the source objects' bytes) or parquet (one Parquet object per source "
+              "object, at Hive-partitioned keys dt=/application=)", types=_S3, default=DEFAULT_FORMAT),
+    FieldSpec("include", "patterns", "RE2 regular expressions: an event is delivered only when one matches its "
+              "message; absent: every event"),
+    FieldSpec("exclude", "patterns", "RE2 regular expressions: an event whose message matches one is not delivered"),
+    FieldSpec("retention_days", "integer", "retention set on the log group when the sink creates it (never on an "
+              "existing group); one of CloudWatch's values " + ",".join(map(str, RETENTION_DAYS)), types=_CW),
+    FieldSpec("groups", "names", "application groups (" + ", ".join(APPLICATION_GROUPS) + "), case-insensitive: "
+              "each adds its applications to the delivery's application filter"),
+    # -- end of delivery options --
     FieldSpec("created_at", "string", "ISO 8601, set by the management tools", managed=True),
     FieldSpec("updated_at", "string", "ISO 8601, set by the management tools", managed=True),
 )  # fmt: skip
@@ -173,7 +209,7 @@ class Delivery:
     role_arn: str
     region: str
     enabled: bool = True
-    desired_logs: frozenset[str] | None = None  # lower-cased application names; None means all
+    desired_logs: frozenset[str] | None = None  # lower-cased application names, as stored; None means all
     clusters: frozenset[str] | None = None  # cluster ids; None means all
     external_id: str | None = None  # None: the central account id (CONTRACTS.md §4)
     log_group: str = ""  # cloudwatch
@@ -185,6 +221,29 @@ class Delivery:
     # Set by `bind` from the tenant's profile; None for a legacy tenant (no profile) or a lone item.
     profile_accounts: frozenset[str] | None = None
     profile_external_id: str | None = None
+    # Delivery options (CONTRACTS.md §3), each defaulting to the behaviour from before it existed.
+    format: str = DEFAULT_FORMAT  # s3
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    retention_days: int | None = None  # cloudwatch
+    groups: tuple[str, ...] = ()  # as APPLICATION_GROUPS spells them
+    # desired_logs and the groups' applications, expanded once when the delivery is built; None means all.
+    applications: frozenset[str] | None = field(default=None, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        expanded = {app for g in self.groups for app in APPLICATION_GROUPS.get(g, ())}
+        applications = self.desired_logs if not self.groups else (self.desired_logs or frozenset()) | expanded
+        object.__setattr__(self, "applications", applications)
+
+    @property
+    def content_filter(self) -> ContentFilter | None:
+        """The compiled include/exclude lists, None without either (compiled once per process per lists)."""
+        return content_filter(self.include, self.exclude)
+
+    @property
+    def decodes(self) -> bool:
+        """Whether an object delivery (S3) has to decode the object: Parquet, or a content filter."""
+        return self.format != DEFAULT_FORMAT or bool(self.include or self.exclude)
 
     @property
     def account_id(self) -> str:
@@ -202,7 +261,7 @@ class Delivery:
         return self.profile_external_id if self.profile_accounts is not None else self.external_id
 
     def wants(self, application: str) -> bool:
-        return self.desired_logs is None or application.lower() in self.desired_logs
+        return self.applications is None or application.lower() in self.applications
 
     def skip_reason(self, parsed: ObjectKey) -> str:
         """Why this delivery does not take the object, or '' when it does."""
@@ -213,7 +272,8 @@ class Delivery:
             # tenant, and the report must say so rather than name an application filter.
             return f"cluster {parsed.cluster!r} is not allowed for tenant {self.tenant_id!r}"
         if not self.wants(parsed.application):
-            return f"application {parsed.application!r} is not in desired_logs of delivery {self.delivery_id!r}"
+            where = "desired_logs or groups" if self.groups else "desired_logs"
+            return f"application {parsed.application!r} is not in {where} of delivery {self.delivery_id!r}"
         return ""
 
     @property
@@ -363,6 +423,7 @@ def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2
         fields["bucket"] = _text(item, "bucket_name", errors, BUCKET_NAME_RE)
         fields["bucket_prefix"] = _bucket_prefix(item.get("bucket_prefix", DEFAULT_BUCKET_PREFIX), errors)
         fields["kms_key_arn"] = _text(item, "kms_key_arn", errors, KMS_KEY_ARN_RE)
+    fields.update(_options(item, kind, errors))
     if errors or kind is None:  # no type is always an error too
         where = f"tenant {tenant_id!r}" + ("" if schema is TableSchema.V1 else f" delivery {delivery_id!r}")
         detail = "; ".join(f"{name}: {problem}" for name, problem in sorted(errors.items()))
@@ -371,6 +432,71 @@ def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2
     return Delivery(
         tenant_id, delivery_id, kind, role_arn, region, enabled, desired, clusters, external_id, **fields, **stamps
     )
+
+
+def _options(item: Mapping[str, Any], kind: DeliveryType | None, errors: dict[str, str]) -> dict[str, Any]:
+    """The delivery options (CONTRACTS.md §3) of an item, each checked; bad ones named in `errors`.
+
+    An option of the other delivery type is refused here, not only by the strict check: a `format` on a
+    CloudWatch delivery or a `retention_days` on an S3 one would otherwise be silently ignored by the path that
+    delivers it, which is exactly the mistake a tenant needs to hear about.
+    """
+    out: dict[str, Any] = {}
+    fmt = item.get("format")
+    if fmt is not None:
+        if kind is not None and kind is not DeliveryType.S3:
+            errors["format"] = f"only s3 deliveries have a format (this is a {kind} delivery)"
+        elif not isinstance(fmt, str) or fmt not in FORMATS:
+            errors["format"] = f"{str(fmt)[:80]!r} is not a format: choose {' or '.join(FORMATS)}"
+        else:
+            out["format"] = fmt
+    for name in ("include", "exclude"):
+        value = item.get(name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            errors[name] = "must be a list of regular expressions (strings)"
+        elif len(value) > MAX_PATTERNS:
+            errors[name] = f"holds {len(value)} patterns; at most {MAX_PATTERNS}"
+        elif problems := [p for p in map(pattern_problem, value) if p]:
+            errors[name] = problems[0]
+        else:
+            out[name] = tuple(dict.fromkeys(value))
+    retention = item.get("retention_days")
+    if retention is not None:
+        days = _integer(retention)
+        if kind is not None and kind is not DeliveryType.CLOUDWATCH:
+            errors["retention_days"] = f"only cloudwatch deliveries have a retention (this is a {kind} delivery)"
+        elif days is None or days not in RETENTION_DAYS:
+            errors["retention_days"] = (
+                f"{str(retention)[:40]!r} is not a retention CloudWatch accepts: one of "
+                + ", ".join(map(str, RETENTION_DAYS))
+            )
+        else:
+            out["retention_days"] = days
+    groups = _names(item, "groups", errors, lower=False)
+    if groups is not None and "groups" not in errors:
+        unknown = sorted(g for g in groups if g.lower() not in _GROUP_BY_NAME)
+        if unknown:
+            errors["groups"] = f"unknown group {unknown[0][:80]!r}: choose from {', '.join(APPLICATION_GROUPS)}"
+        else:
+            out["groups"] = tuple(sorted({_GROUP_BY_NAME[g.lower()] for g in groups}))
+    return out
+
+
+def _integer(value: Any) -> int | None:
+    """An integer from JSON (int), DynamoDB (Decimal) or a command line (digits); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdecimal() and value.strip().isascii():
+        return int(value.strip())
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return int(value)
+    return None
 
 
 def _foreign_fields(item: Mapping[str, Any]) -> dict[str, str]:
@@ -521,6 +647,13 @@ def delivery_item(d: Delivery, schema: TableSchema = TableSchema.V2) -> dict[str
         item.update(bucket_name=d.bucket, bucket_prefix=d.bucket_prefix)
         if d.kms_key_arn:
             item["kms_key_arn"] = d.kms_key_arn
+        if d.format != DEFAULT_FORMAT:
+            item["format"] = d.format
+    for name in ("include", "exclude", "groups"):
+        if getattr(d, name):
+            item[name] = list(getattr(d, name))
+    if d.retention_days is not None:
+        item["retention_days"] = d.retention_days
     for name in ("desired_logs", "clusters"):
         value = getattr(d, name)
         if value is not None:
@@ -569,7 +702,13 @@ _deserializer = TypeDeserializer()
 
 
 def deserialize(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _deserializer.deserialize(v) for k, v in raw.items()}
+    """An item as Python values. DynamoDB numbers come back as Decimal; a whole one (`retention_days`) becomes an
+    int, so an item reads the same as it was written and prints as JSON."""
+    out = {k: _deserializer.deserialize(v) for k, v in raw.items()}
+    for k, v in out.items():
+        if isinstance(v, Decimal) and v == v.to_integral_value():
+            out[k] = int(v)
+    return out
 
 
 def table_schema(ddb: DynamoDBClient, table: str) -> TableSchema:

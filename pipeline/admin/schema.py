@@ -12,9 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from pipeline.tenants import FIELDS, PROFILE_FIELDS, DeliveryType, FieldSpec
+from pipeline.tenants import FIELDS, FORMATS, PROFILE_FIELDS, RETENTION_DAYS, DeliveryType, FieldSpec
 
-_PYTHON_TYPES: dict[str, Any] = {"string": str, "boolean": bool, "names": list[str]}
+_PYTHON_TYPES: dict[str, Any] = {
+    "string": str,
+    "boolean": bool,
+    "names": list[str],
+    "patterns": list[str],
+    "integer": int,
+}
 
 
 def _describe(spec: FieldSpec) -> str:
@@ -36,6 +42,10 @@ def _field(spec: FieldSpec, required: bool) -> tuple[Any, Any]:
         extra["pattern"] = spec.pattern.pattern
     if spec.name == "type":
         extra["enum"] = [str(t) for t in DeliveryType]
+    elif spec.name == "format":
+        extra["enum"] = list(FORMATS)
+    elif spec.name == "retention_days":
+        extra["enum"] = list(RETENTION_DAYS)
     annotation = _PYTHON_TYPES[spec.kind]
     if required:
         return annotation, Field(description=_describe(spec), json_schema_extra=extra or None)

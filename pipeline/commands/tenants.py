@@ -161,6 +161,10 @@ def _field_options(f: Callable[..., Any]) -> Callable[..., Any]:
         flag = "--" + spec.name.replace("_", "-")
         if spec.kind == "names":
             opt = click.option(flag, spec.name, multiple=True, metavar="NAME[,NAME]", help=spec.description + ".")
+        elif spec.kind == "patterns":  # regexes hold commas ({1,3}): one per flag, never split
+            opt = click.option(flag, spec.name, multiple=True, metavar="REGEX", help=spec.description + " (repeat).")
+        elif spec.kind == "integer":  # validated by parse_delivery, so the CLI refuses in the API's words
+            opt = click.option(flag, spec.name, metavar="N", help=spec.description + ".")
         elif spec.kind == "boolean":
             opt = click.option(flag, spec.name, type=click.BOOL, metavar="true|false", help=spec.description + ".")
         else:
@@ -174,10 +178,12 @@ def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for spec in EDITABLE:
         value = values.get(spec.name)
-        if value is None or (spec.kind == "names" and not value):
+        if value is None or (spec.kind in ("names", "patterns") and not value):
             continue
         if spec.kind == "names":
             value = [n.strip() for v in value for n in v.split(",") if n.strip()]
+        elif spec.kind == "patterns":
+            value = list(value)
         out[spec.name] = value
     return out
 
@@ -261,7 +267,7 @@ def show_command(tenant: str, table: str | None, as_json: bool, log_level: str) 
             "tenant_id": tenant,
             "profile": profile_json(described["profile"]),
             "legacy": described["legacy"],
-            "deliveries": [{**s.item, "etag": s.etag} for s in good],
+            "deliveries": [{**_shown(s.item), "etag": s.etag} for s in good],
             "invalid": [{"delivery_id": d, "reason": r} for d, r in bad],
         }
         click.echo(json.dumps(doc, indent=2))
@@ -274,12 +280,21 @@ def show_command(tenant: str, table: str | None, as_json: bool, log_level: str) 
             click.echo(f"profile: none (legacy tenant): run `log-tenants migrate-profiles --tenant {tenant}`\n")
         for s in good:
             click.echo(f"delivery {s.item['delivery_id']}  (etag {s.etag})")
-            rows = [(k, _cell(v)) for k, v in sorted(s.item.items()) if k not in ("tenant_id", "delivery_id")]
+            rows = [(k, _cell(v)) for k, v in sorted(_shown(s.item).items()) if k not in ("tenant_id", "delivery_id")]
             click.echo(text.table(("FIELD", "VALUE"), rows))
             click.echo("")
         for delivery_id, reason in bad:
             click.echo(f"delivery {delivery_id}  INVALID: {reason}")
     sys.exit(EXIT_FAILED if bad else EXIT_OK)
+
+
+def _shown(item: dict[str, Any]) -> dict[str, Any]:
+    """A delivery as `show` prints it: as stored, plus, when it names `groups`, the application filter they
+    expand to with desired_logs (`applications`, computed, never stored)."""
+    if not item.get("groups"):
+        return item
+    applications = parse_delivery(item).applications
+    return {**item, "applications": sorted(applications or ())}
 
 
 def _cell(value: Any) -> str:

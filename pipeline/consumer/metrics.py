@@ -81,6 +81,13 @@ class Metrics:
             registry=r,
         )
         self.bytes_read = Counter("logdelivery_object_bytes", "Decoded object bytes read", ["tenant"], registry=r)
+        self.events_filtered = Counter(
+            "logdelivery_events_filtered",
+            "Events a delivery left out on purpose, by tenant and reason: content (its include/exclude patterns, "
+            "CONTRACTS.md §3) or window (outside the requested time window); summed over the object's deliveries",
+            ["tenant", "reason"],
+            registry=r,
+        )
         self.deliveries = Counter(
             "logdelivery_deliveries",
             "Object deliveries by tenant, delivery type (cloudwatch, s3) and status (delivered, skipped, damaged, "
@@ -165,6 +172,11 @@ class Metrics:
             self.events.labels(tenant, "malformed").inc(result.lines_malformed)
         if result.bytes_read:
             self.bytes_read.labels(tenant).inc(result.bytes_read)
+        totals = result.totals()
+        if totals.events_filtered_content:
+            self.events_filtered.labels(tenant, "content").inc(totals.events_filtered_content)
+        if totals.events_filtered > totals.events_filtered_content:
+            self.events_filtered.labels(tenant, "window").inc(totals.events_filtered - totals.events_filtered_content)
         for d in result.deliveries:
             self.deliveries.labels(tenant, d.type, object_status(d), failure_reason(d)).inc()
             if d.bytes_delivered and d.done:

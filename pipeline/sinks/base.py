@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ClassVar, Protocol
 
 from pipeline.counters import DeliveryCounts
@@ -47,6 +48,7 @@ class SourceObject:
     etag: str
     body: bytes
     parsed: ObjectKey
+    last_modified: datetime | None = None  # when the key carries no write time, what dates a Parquet object
 
 
 class Sink(Protocol):

@@ -8,6 +8,7 @@ events (too old, too new, expired) are counted and never retried.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -24,6 +25,7 @@ from pipeline.sinks import traits_of
 from pipeline.sinks.base import SinkResult, SinkTraits, TenantWriter
 from pipeline.tenants import Delivery
 
+log = logging.getLogger(__name__)
 ALREADY_EXISTS = "ResourceAlreadyExistsException"  # a create that lost a race: what it wanted exists
 
 
@@ -121,7 +123,10 @@ class CloudWatchSink(TenantWriter):
         error = create(logs.create_log_stream, stream_args)
         # The stream's own destination, its group, is missing: create that first.
         if error is not None and remedy("logs", aws.error_code(error)) is Remedy.CREATE_DESTINATION:
-            error = create(logs.create_log_group, {"logGroupName": dest.log_group})
+            result.creates += 1
+            error, made = _create_group(logs, dest.log_group)
+            if made and dest.retention_days is not None:
+                self._set_retention(logs, dest)
             if error is None:
                 error = create(logs.create_log_stream, stream_args)
         if error is None:
@@ -134,6 +139,43 @@ class CloudWatchSink(TenantWriter):
             recoverable=action is not Action.FAIL,
             code=describe(error),
         )
+
+    def _set_retention(self, logs: Any, dest: Delivery) -> None:
+        """PutRetentionPolicy on a group this sink has just created (CONTRACTS.md §3 `retention_days`); never
+        called for a group that existed, so a customer's own retention is never changed.
+
+        Throttling is waited out like any call; a refusal (the role lacks logs:PutRetentionPolicy) is logged and
+        delivery goes on: the logs matter more than their retention, and the customer can set it themselves.
+        """
+        what = f"PutRetentionPolicy {dest.retention_days} days on {dest.log_group} for tenant {dest.tenant_id}"
+        retrying = self._retry.begin(self._sleep)
+        while True:
+            try:
+                logs.put_retention_policy(logGroupName=dest.log_group, retentionInDays=dest.retention_days)
+                return
+            except (ClientError, *NETWORK_ERRORS) as exc:
+                if classify_error("logs", exc) is Action.RETRY:
+                    try:
+                        retrying.backoff(what, describe(exc))
+                        continue
+                    except DeliveryError:
+                        pass  # out of attempts: reported below like a refusal
+                log.warning(
+                    "log group created without its retention",
+                    extra={"tenant": dest.tenant_id, "log_group": dest.log_group, "error": describe(exc)},
+                )
+                return
+
+
+def _create_group(logs: Any, group: str) -> tuple[Exception | None, bool]:
+    """CreateLogGroup: (None when the group exists now, else what went wrong; whether this call created it)."""
+    try:
+        logs.create_log_group(logGroupName=group)
+    except ClientError as exc:
+        return (None if aws.error_code(exc) == ALREADY_EXISTS else exc), False
+    except NETWORK_ERRORS as exc:  # retried like a throttled create, by the put's own retry loop
+        return exc, False
+    return None, True
 
 
 # botocore serializes PutLogEvents parameter by parameter in Python, which costs more than everything else

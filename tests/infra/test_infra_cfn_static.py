@@ -241,8 +241,52 @@ def test_customer_permissions_are_least_privilege_on_its_log_group() -> None:
         assert as_list(st["Resource"]) in ([group_arn], [f"{group_arn}:log-stream:*"]), "nothing on Resource *"
     granted = {a for st in statements(resolve(role["Policies"][0]["PolicyDocument"])) for a in as_list(st["Action"])}
     # What the sinks call (pipeline/sinks/cloudwatch.py; DescribeLogStreams: Vector's sink), nothing more:
-    # no DescribeLogGroups, no PutRetentionPolicy (the stack sets the retention).
-    assert granted == {"logs:PutLogEvents", "logs:CreateLogStream", "logs:CreateLogGroup", "logs:DescribeLogStreams"}
+    # no DescribeLogGroups; PutRetentionPolicy (retention_days on a group the sink creates) on the group only.
+    assert granted == {
+        "logs:PutLogEvents",
+        "logs:CreateLogStream",
+        "logs:CreateLogGroup",
+        "logs:DescribeLogStreams",
+        "logs:PutRetentionPolicy",
+    }
+    retention = [st for st in statements(resolve(role["Policies"][0]["PolicyDocument"]))
+                 if "logs:PutRetentionPolicy" in as_list(st["Action"])]  # fmt: skip
+    assert [as_list(st["Resource"]) for st in retention] == [[group_arn]]
+
+
+@pytest.mark.parametrize(
+    ("params", "made"),
+    [
+        ({}, False),
+        ({"GlueDatabaseName": "tenant_logs", "TenantId": "acme"}, False),  # no bucket: nothing to query
+        ({"BucketName": "acme-logs"}, False),
+        ({"BucketName": "acme-logs", "GlueDatabaseName": "tenant_logs"}, False),  # no tenant id: no location
+        ({"BucketName": "acme-logs", "GlueDatabaseName": "tenant_logs", "TenantId": "acme"}, True),
+    ],
+)
+def test_the_glue_table_over_parquet_deliveries_is_optional_and_projects_the_partitions(
+    params: dict[str, str], made: bool
+) -> None:
+    _, resolve = resolved("customer", **params)
+    active = resolve.active_resources()
+    assert ("DeliveredLogsTable" in active) is made and ("DeliveredLogsDatabase" in active) is made
+    if not made:
+        return
+    table = resolve(active["DeliveredLogsTable"]["Properties"])["TableInput"]
+    location = "s3://acme-logs/ROSA/cluster-logs/acme/"  # CONTRACTS.md §8: {prefix}{tenant}/dt=…/application=…/
+    assert table["StorageDescriptor"]["Location"] == location
+    props = table["Parameters"]
+    assert props["projection.enabled"] == "true"
+    # ${!x} is Fn::Sub's escape for a literal ${x} (the test's resolver leaves it as written).
+    template = props["storage.location.template"].replace("${!", "${")
+    assert template == location + "dt=${dt}/application=${application}/"
+    assert (props["projection.dt.type"], props["projection.dt.format"]) == ("date", "yyyy-MM-dd")
+    assert [k["Name"] for k in table["PartitionKeys"]] == ["dt", "application"]
+    columns = {c["Name"]: c["Type"] for c in table["StorageDescriptor"]["Columns"]}
+    assert columns["timestamp"] == "timestamp" and columns["labels"] == "map<string,string>"
+    assert "application" not in columns  # a partition key; Athena refuses a column of the same name
+    # The role gets no Glue permission: delivery only writes objects.
+    assert not [st for st in customer_grants(**params) if any(a.startswith("glue:") for a in as_list(st["Action"]))]
 
 
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"

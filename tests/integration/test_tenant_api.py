@@ -666,3 +666,37 @@ def test_validate_refuses_a_row_forged_past_the_api(api: Api) -> None:
     assert r.status_code == 400
     assert "account 222222222222 is not one of the accounts" in r.json()["error"]
     assert api.client.get(f"/tenants/{t}").json()["invalid"][0]["delivery_id"] == "stolen"
+
+
+def test_hostile_delivery_options_answer_400_naming_the_field_in_the_validators_words(api: Api) -> None:
+    """CONTRACTS.md §3's delivery options: the same refusals, in the same words, as the CLI and the delivery path."""
+    t = onboarded(api)
+    path = f"/tenants/{t}/deliveries/cloudwatch"
+    s3 = {**cloudwatch(t), "type": "s3", "bucket_name": "acme-logs"}
+    del s3["log_group_name"]
+    cases = [
+        (cloudwatch(t, include=["(a)\\1"]), "include", "backreferences and lookaround"),
+        (cloudwatch(t, exclude=["(?<=x)y"]), "exclude", "unbounded"),
+        (cloudwatch(t, include="x" * 600), "include", "longer than 512 characters"),
+        (cloudwatch(t, include=[1, 2]), "include", "must be a list of regular expressions"),
+        (cloudwatch(t, groups=["Databases"]), "groups", "unknown group 'Databases'"),
+        (cloudwatch(t, retention_days=8), "retention_days", "is not a retention CloudWatch accepts"),
+        (cloudwatch(t, retention_days="seven"), "retention_days", "is not a retention CloudWatch accepts"),
+        (cloudwatch(t, retention_days=True), "retention_days", "is not a retention CloudWatch accepts"),
+        (cloudwatch(t, format="parquet"), "format", "only s3 deliveries have a format"),
+        ({**s3, "retention_days": 7}, "retention_days", "only cloudwatch deliveries have a retention"),
+        ({**s3, "format": "csv"}, "format", "'csv' is not a format: choose original or parquet"),
+    ]
+    for body, field, words in cases:
+        r = api.client.put(path, body)
+        assert r.status_code == 400, (body, r.text)
+        assert words in r.json()["fields"][field], r.json()
+    assert api.stored(t, "cloudwatch") is None
+    # The good ones are stored as given, with the groups in the table's spelling.
+    good = cloudwatch(t, include=["ERROR|WARN"], exclude=["healthz"], retention_days=14, groups=["api"])
+    r = api.client.put(path, good)
+    assert r.status_code == 201, r.text
+    stored = api.stored(t, "cloudwatch")
+    assert stored is not None and stored["groups"] == ["API"] and stored["retention_days"] == 14
+    got = api.client.get(path)
+    assert got.status_code == 200 and got.json()["retention_days"] == 14 and got.json()["include"] == ["ERROR|WARN"]
