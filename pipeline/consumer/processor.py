@@ -45,6 +45,7 @@ from pipeline.keys import parse_key
 from pipeline.replay.budget import MemoryBudget, decoded_footprint
 from pipeline.retry import RetryPolicy
 from pipeline.sinks import sink_names
+from pipeline.status import StatusRecorder
 from pipeline.tenants import Delivery, DeliveryType
 
 log = logging.getLogger("pipeline.consumer")
@@ -132,6 +133,7 @@ class MessageProcessor:
         budget: MemoryBudget | None = None,
         circuits: CircuitBreakers | None = None,
         hold_base_s: float = DEFAULT_HOLD_BASE_S,
+        status: StatusRecorder | None = None,
     ) -> None:
         if not bucket:
             raise ValueError("the central bucket (S3_BUCKET_NAME) is required: it is the only one delivered from")
@@ -147,6 +149,8 @@ class MessageProcessor:
         self.circuits = circuits
         self.hold_base_s = hold_base_s
         self._types: dict[Key, str] = {}  # delivery type of each destination seen, for the back-off gauge
+        # Each delivery's status (pipeline.status): fed with every result, written at most every 30 s.
+        self.status = status
 
     def process(self, body: str | bytes, message_id: str = "", receive_count: int = 0) -> MessageOutcome:
         outcome = MessageOutcome(message_id)
@@ -192,6 +196,8 @@ class MessageProcessor:
                 return outcome
             waits += self._report(tenant, probes, result)
             self.metrics.observe_object(result, time.monotonic() - start)
+            if self.status is not None:
+                self.status.observe(result)
             self._observe_tenant(result.tenant)
             outcome.results.append(result)
             _log_result(result, ctx, time.monotonic() - start)
