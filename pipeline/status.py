@@ -197,8 +197,8 @@ def observe(result: ObjectResult, d: DeliveryResult, now: float) -> Observation 
         if d.held:  # not attempted: the circuit speaks for the destination, not this object
             return Observation(now, Figures(), key_time)
         code = d.code or ("Unrecoverable" if not d.recoverable else "DeliveryError")
-        error = LastError(code, d.reason[:MESSAGE_CHARS], advice(code, d.type), now)
-        return Observation(now, Figures(objects_failed=1, events_rejected=d.events_rejected), key_time, error=error)
+        failed = LastError(code, d.reason[:MESSAGE_CHARS], advice(code, d.type), now)
+        return Observation(now, Figures(objects_failed=1, events_rejected=d.events_rejected), key_time, error=failed)
     figures = Figures(1, d.events_delivered, d.bytes_delivered, d.events_rejected)
     error: LastError | None = None
     if d.status is Status.DAMAGED:
