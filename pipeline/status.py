@@ -65,6 +65,7 @@ from pipeline.classify import advice, is_throttling
 from pipeline.keys import InvalidKeyError, parse_key
 
 if TYPE_CHECKING:
+    from pipeline.admin.store import TenantStore
     from pipeline.circuits import CircuitBreakers
     from pipeline.credentials import CredentialBroker
     from pipeline.delivery import DeliveryResult, ObjectResult
@@ -675,3 +676,35 @@ def status_recorder(
         publisher = MetricsPublisher(directory, CredentialBroker(settings.central_role_arn))
     backoff = circuit_backoff(circuits) if circuits is not None else None
     return StatusRecorder(StatusTable(settings.status_table), backoff=backoff, publisher=publisher)
+
+
+INVALID_DELIVERY = "InvalidDelivery"
+
+
+def tenant_status(
+    store: TenantStore, table: StatusTable, tenant_id: str, now: float, delivery_id: str | None = None
+) -> dict[str, Any]:
+    """`{"tenant_id", "deliveries": [...]}` (CONTRACTS.md §9), every delivery of the tenant's configuration
+    with its status item, or the one `delivery_id`; NotFound (the API's 404) for an unknown tenant or
+    delivery. An item of the tenant table that does not validate is `failing`: its objects fail until it is
+    fixed. Two reads: the tenant's rows and its status items, one Query each."""
+    from pipeline.admin.store import NotFound
+
+    good, bad = store.tenant(tenant_id)
+    ids = [str(s.item["delivery_id"]) for s in good] + [d for d, _ in bad]
+    if delivery_id is not None and delivery_id not in ids:
+        raise NotFound(f"tenant {tenant_id!r} has no delivery {delivery_id!r}")
+    items = table.tenant(tenant_id)
+    out = []
+    for s in good:
+        did = str(s.item["delivery_id"])
+        if delivery_id in (None, did):
+            out.append(status_of(did, items.get(did), s.item.get("enabled") is not False, now))
+    for did, reason in bad:
+        if delivery_id in (None, did):
+            doc = status_of(did, items.get(did), True, now)
+            remedy = "fix the delivery item (log-tenants show lists every bad field); its objects fail until then"
+            doc["state"] = str(State.FAILING)
+            doc["last_error"] = LastError(INVALID_DELIVERY, reason[:MESSAGE_CHARS], remedy, now).to_dict()
+            out.append(doc)
+    return {"tenant_id": tenant_id, "deliveries": worst_first(out)}
