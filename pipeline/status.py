@@ -34,10 +34,10 @@ replay, which writes what is pending at once rather than lose it.
 
 **The state** (`state_of`), first rule that holds:
 
-    disabled     the delivery (or every row of the tenant) is disabled in the tenant table
-    backing-off  the writer's circuit for it is open (pipeline.circuits), or its last error is throttling
-                 and nothing has been delivered since
-    failing      its last error is newer than its last success: it fails now
+    disabled     the delivery is disabled in the tenant table
+    failing      its last error is newer than its last success, and is not throttling: it fails now
+    backing-off  its last error is newer than its last success and is throttling, or a writer's circuit
+                 for it is open (pipeline.circuits: its objects are held back for a while)
     degraded     it delivers, but in the last hour objects failed, events were rejected (too old, too new,
                  too large), or the lag is over 15 minutes
     healthy      otherwise, including a delivery that had nothing to deliver
@@ -416,10 +416,11 @@ def state_of(item: Mapping[str, Any], enabled: bool, now: float) -> State:
     error = last_error_of(item)
     success = maximum(item, "last_success")
     failing_now = error is not None and (success is None or error.at > success)
-    if float(item.get("backoff_until") or 0) > now or (failing_now and error is not None and is_throttling(error.code)):
-        return State.BACKING_OFF
-    if failing_now:
+    throttled = error is not None and is_throttling(error.code)
+    if failing_now and not throttled:
         return State.FAILING
+    if failing_now or float(item.get("backoff_until") or 0) > now:
+        return State.BACKING_OFF
     hour, _ = window_figures(item, now)
     lag = lag_of(item)
     if hour.objects_failed or hour.events_rejected or (lag is not None and lag > DEGRADED_LAG_S):
