@@ -281,6 +281,15 @@ def _parquet_delivery_and_query(env: LocalEnvironment, manifest_keys: list[str])
         return ok and rows == [(r["application"], r["message_count"]) for r in counts.to_pylist()]
 
 
+def _show_status(env: LocalEnvironment) -> bool:
+    """The last step: `log-tenants status`, each delivery's status as the replays above left it (pipeline/status.py),
+    worst first. Exit 1 only says a delivery is failing; the demo's planted damaged objects make acme degraded."""
+    _banner("log-tenants status  (each delivery, worst first)")
+    tool = Path(replay_command()).with_name("log-tenants")
+    run = subprocess.run([str(tool), "status"], env={**os.environ, **env.env}, check=False)
+    return run.returncode in (0, 1)
+
+
 def run_demo() -> int:
     with MotoServer() as server:
         _banner(f"Local AWS (moto server) at {server.endpoint_url}")
@@ -349,5 +358,13 @@ def run_demo() -> int:
         print(f"  lines_malformed             {report['lines_malformed']}")
         print(f"  full reports: {REPORT_PATH}, {BACKFILL_REPORT_PATH}")
         print(f"  (replay exit codes {code} and {backfill_code}: 1 means some objects failed, as planted)")
-        ok = report["events_delivered"] == total and identical and backfill_code == 0 and onboarded and queried
+        status_shown = _show_status(env)
+        ok = (
+            report["events_delivered"] == total
+            and identical
+            and backfill_code == 0
+            and onboarded
+            and queried
+            and status_shown
+        )
         return 0 if ok else 1

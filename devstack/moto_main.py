@@ -1,7 +1,7 @@
 """The moto server of the local stack, with moto's TransactWriteItems made fit for concurrent use.
 
 Run as a script (`MotoServer` does): `python devstack/moto_main.py -H HOST -p PORT`, the arguments of
-`moto.server`. Everything is moto's own, except one method of its DynamoDB backend:
+`moto.server`, or `python devstack/moto_main.py --serial HOST PORT` for one request at a time. Everything is moto's own, except one method of its DynamoDB backend:
 
 moto's `transact_write_items` backs up every table a transaction touches by deep-copying the whole table,
 once per item of the transaction, and rolls back by putting the copies in place of the tables. A copy taken
@@ -75,5 +75,19 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
 ddb_models.copy = _NoTableCopy  # type: ignore[assignment]  # the module's global `copy`, seen by _transact
 DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
+
+
+def serve_serially(host: str, port: int) -> None:
+    """moto's server answering one request at a time (`MotoServer(serial=True)`, see devstack/server.py)."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import run_simple
+
+    app = DomainDispatcherApplication(create_backend_app)
+    run_simple(host, port, app, threaded=False, request_handler=MotoRequestHandler)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--serial"]:
+        serve_serially(sys.argv[2], int(sys.argv[3]))
+    else:
+        main(sys.argv[1:])

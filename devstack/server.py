@@ -11,6 +11,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# moto's own server answers each request on a thread of its own, and its DynamoDB applies an UpdateItem by
+# reading the item, computing and storing it without a lock: two ADDs to one item at the same instant can lose
+# one, where DynamoDB applies each update atomically. A server that answers one request at a time gives each
+# update DynamoDB's atomicity, for the tests of two processes adding to one item at once (tests/integration/
+# test_status.py). Same moto, same HTTP, one thread (`moto_main.py --serial`).
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -25,6 +31,7 @@ class MotoServer:
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
     log_path: Path | None = None
+    serial: bool = False  # one request at a time: each UpdateItem atomic, as in DynamoDB (see above)
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -39,9 +46,16 @@ class MotoServer:
             env.pop(var)
         # Without this, moto lets any account write any bucket, and an S3 isolation test would prove nothing.
         env["MOTO_S3_ALLOW_CROSSACCOUNT_ACCESS"] = "false"
+        # moto's server, with its TransactWriteItems fit for concurrent requests (devstack/moto_main.py).
+        main_py = str(Path(__file__).with_name("moto_main.py"))
+        argv = (
+            [sys.executable, main_py, "--serial", self.host, str(self.port)]
+            if self.serial
+            else [sys.executable, main_py, "-H", self.host, "-p", str(self.port)]
+        )
+        env.setdefault("MOTO_PORT", str(self.port))
         self._proc = subprocess.Popen(
-            # moto's server, with its TransactWriteItems fit for concurrent requests (devstack/moto_main.py).
-            [sys.executable, str(Path(__file__).with_name("moto_main.py")), "-H", self.host, "-p", str(self.port)],
+            argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

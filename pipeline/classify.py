@@ -245,3 +245,46 @@ THROTTLING = frozenset(
 def is_throttling(code: str) -> bool:
     """Whether an error code (as `describe` and `DeliveryError.code` carry it) says the caller is throttled."""
     return code in THROTTLING
+
+
+# What the status of a delivery (pipeline.status) tells its owner to do about its last error, in words: the
+# families above, then the codes that need their own sentence. One place, so the API, the CLI and the
+# tenant's own metrics say the same thing.
+_ADVICE_BY_CODE = {
+    "NoSuchBucket": "the destination bucket does not exist: create it in the tenant's account, in the delivery's "
+    "region",
+    "LimitExceededException": "the account's CloudWatch Logs quota (groups or streams) is reached: raise it or "
+    "remove unused ones",
+    "InvalidParameterException": "CloudWatch refused the request's parameters: report it, with the object key, to "
+    "the operators",
+    "DamagedObject": "the object's body is damaged: its readable part was delivered; check the collector",
+    "Unrecoverable": "the object cannot be delivered (a bad key, an invalid delivery item): fix the item or the "
+    "source; retrying cannot help",
+}
+
+
+def advice(code: str, delivery_type: str = "") -> str:
+    """The remedy, in words, for a delivery's error code (`DeliveryError.code`, or the status's own codes)."""
+    if code in _ADVICE_BY_CODE:
+        return _ADVICE_BY_CODE[code]
+    if code in THROTTLING:
+        return (
+            "the destination throttles: the account's quota is shared with the tenant's own workloads; deliveries "
+            "back off and resume on their own, or raise the quota"
+        )
+    if code in ACCESS_DENIED:
+        where = "logs:PutLogEvents on the log group" if delivery_type == "cloudwatch" else "s3:PutObject on the bucket"
+        return (
+            f"the tenant's role refused the write: it needs {where} (the customer template grants it), and its "
+            "trust policy must allow the central role with the tenant's ExternalId; `log-tenants validate` checks it"
+        )
+    if code in BAD_CREDENTIALS or code in ("RequestExpired",):
+        return "the tenant role's session was refused: check the role ARN and its trust policy (`log-tenants validate`)"
+    if code in MISSING:
+        return "the destination does not exist and could not be created: check its name, region and the role's grants"
+    if code.startswith("KMS") or code.startswith("Kms"):
+        return "the KMS key does not let the tenant's role write: grant it kms:GenerateDataKey on the key"
+    return (
+        "a delivery error the service keeps for retry: it is retried on its own; if it persists, run "
+        "`log-tenants validate` on the delivery"
+    )

@@ -111,6 +111,7 @@ class DeliveryResult(DeliveryCounts):
     # what this run is to cover (its window, or the whole object) and records once durable.
     covered: Coverage = EMPTY
     scope: Coverage = WHOLE
+    newest_event_ms: int = 0  # event deliveries: the newest event time of the object in this run's scope
 
     @property
     def done(self) -> bool:
@@ -133,7 +134,7 @@ class DeliveryResult(DeliveryCounts):
         d = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("recorded", "durable", "batched", "replace", "held", "covered", "scope")
+            if f.name not in ("recorded", "durable", "batched", "replace", "held", "covered", "scope", "newest_event_ms")
         }
         d["status"] = str(self.status)
         return d
@@ -720,6 +721,8 @@ class Deliverer:
             if r.status is Status.FAILED:
                 continue
             r.bytes_delivered = stats.bytes_decoded  # the decoded object, whatever the window kept of it
+            if stamps:  # for the delivery's status (pipeline.status): bounded by the window's end
+                r.newest_event_ms = max(stamps) if until is None else min(max(stamps), until - 1)
             r.scope = r.scope.union(beyond)
             if stats.damaged:
                 r.status, r.reason = Status.DAMAGED, stats.damaged

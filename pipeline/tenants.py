@@ -152,6 +152,10 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("groups", "names", "application groups (" + ", ".join(APPLICATION_GROUPS) + "), case-insensitive: "
               "each adds its applications to the delivery's application filter"),
     # -- end of delivery options --
+    # Status (pipeline/status.py, CONTRACTS.md §9): the delivery's figures as metrics in the tenant's account.
+    FieldSpec("publish_metrics", "boolean",
+              "true: put the delivery's status figures as CloudWatch metrics (namespace LogDelivery) in the "
+              "tenant's own account, through its role", default=False),
     FieldSpec("created_at", "string", "ISO 8601, set by the management tools", managed=True),
     FieldSpec("updated_at", "string", "ISO 8601, set by the management tools", managed=True),
 )  # fmt: skip
@@ -227,6 +231,7 @@ class Delivery:
     exclude: tuple[str, ...] = ()
     retention_days: int | None = None  # cloudwatch
     groups: tuple[str, ...] = ()  # as APPLICATION_GROUPS spells them
+    publish_metrics: bool = False  # the status figures as CloudWatch metrics in the tenant's account
     # desired_logs and the groups' applications, expanded once when the delivery is built; None means all.
     applications: frozenset[str] | None = field(default=None, init=False, compare=False)
 
@@ -350,15 +355,15 @@ def _text(item: Mapping[str, Any], name: str, errors: dict[str, str], pattern: r
     return value
 
 
-def _bool(item: Mapping[str, Any], name: str, errors: dict[str, str]) -> bool:
-    value = item.get(name, True)
+def _bool(item: Mapping[str, Any], name: str, errors: dict[str, str], default: bool = True) -> bool:
+    value = item.get(name, default)
     if isinstance(value, bool):
         return value
     # DynamoDB consoles and scripts often store flags as strings; accept only the unambiguous ones.
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
     errors[name] = f"must be a boolean, got {type(value).__name__}"
-    return True
+    return default
 
 
 def _names(item: Mapping[str, Any], name: str, errors: dict[str, str], lower: bool) -> frozenset[str] | None:
@@ -411,6 +416,7 @@ def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2
     role_arn = _text(item, "log_distribution_role_arn", errors, ROLE_ARN_RE)
     region = _text(item, "target_region", errors, REGION_RE)
     enabled = _bool(item, "enabled", errors)
+    publish_metrics = _bool(item, "publish_metrics", errors, default=False)
     desired = _names(item, "desired_logs", errors, lower=True)
     clusters = _names(item, "clusters", errors, lower=False)
     if clusters and (bad := sorted(c for c in clusters if not NAME_SEGMENT_RE.fullmatch(c))):
@@ -429,6 +435,8 @@ def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2
         detail = "; ".join(f"{name}: {problem}" for name, problem in sorted(errors.items()))
         raise TenantConfigError(f"{where}: {detail}", errors)
     stamps: dict[str, Any] = {k: str(item[k]) for k in ("created_at", "updated_at") if isinstance(item.get(k), str)}
+    if publish_metrics:
+        fields["publish_metrics"] = True
     return Delivery(
         tenant_id, delivery_id, kind, role_arn, region, enabled, desired, clusters, external_id, **fields, **stamps
     )
@@ -661,6 +669,8 @@ def delivery_item(d: Delivery, schema: TableSchema = TableSchema.V2) -> dict[str
     for name in ("external_id", "created_at", "updated_at"):
         if getattr(d, name):
             item[name] = getattr(d, name)
+    if d.publish_metrics:
+        item["publish_metrics"] = True
     return item
 
 

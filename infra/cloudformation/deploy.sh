@@ -153,7 +153,7 @@ case "$TYPE" in
       params=("ProjectName=$PROJECT" "Environment=$ENVIRONMENT" "EcrImageUri=$ECR_IMAGE_URI"
         "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN")
       for key in ProcessorRoleArn ProcessorRoleName BucketName TenantConfigTableName DeliveryLedgerTableName \
-        LedgerRetentionDays; do
+        LedgerRetentionDays DeliveryStatusTableName; do
         value="$(output "$CORE_STACK" "$key")"
         params+=("$key=$value")
       done

@@ -37,8 +37,9 @@ from pipeline.admin.schema import (
     profile_body_schema,
 )
 from pipeline.admin.store import ACTOR, NotFound, PreconditionFailed, TenantStore
-from pipeline.api import auth
+from pipeline.api import auth, status_routes
 from pipeline.api.nonces import MemoryNonces, NonceStore, NonceStoreError
+from pipeline.status import StatusTable
 from pipeline.tenants import TenantConfigError
 
 log = logging.getLogger("pipeline.api")
@@ -280,6 +281,7 @@ def create_app(
     preflight: Preflight | None,
     clock: Callable[[], float] = time.time,
     nonces: NonceStore | None = None,
+    statuses: StatusTable | None = None,
 ) -> FastAPI:
     """The application over `store`; `preflight` None answers validate with 503 (no central role set).
 
@@ -418,6 +420,8 @@ def create_app(
             return _error(503, "no central role: set CENTRAL_LOG_DISTRIBUTION_ROLE_ARN")
         report = await run_in_threadpool(preflight.run, delivery)
         return JSONResponse(report.to_json())
+
+    status_routes.register(app, store, statuses, ERRORS, clock)
 
     ring = auth.KeyRing.single(keys) if isinstance(keys, str) else keys
     app.add_middleware(HmacAuth, keys=ring, nonces=nonces or MemoryNonces(), clock=clock)

@@ -10,6 +10,7 @@ log-tenants validate acme                         # live preflight of each of ac
 log-tenants export > tenants.yaml                 # the whole table, for review in git
 log-tenants migrate --from tenant-configs-v1 --to tenant-configs --dry-run
 log-tenants serve --port 8080                     # the HTTP API (CONTRACTS.md §9)
+log-tenants status                                # each delivery's status, worst first (--json)
 
 The logic lives in `pipeline.admin`; this module only reads options, prints and picks the exit code.
 """
@@ -783,6 +784,12 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# Commands kept in their own modules, which reuse the helpers above: registered once those exist.
+from pipeline.commands.tenant_status import status_command  # noqa: E402
+
+main.add_command(status_command)
 
 
 if __name__ == "__main__":

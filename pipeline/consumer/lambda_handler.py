@@ -40,6 +40,7 @@ from pipeline.consumer.metrics import Metrics
 from pipeline.consumer.processor import MessageOutcome, MessageProcessor, consumer_deliverer
 from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
 from pipeline.settings import ConfigError, Settings
+from pipeline.status import status_recorder
 
 log = logging.getLogger("pipeline.consumer.lambda")
 
@@ -100,13 +101,15 @@ class LambdaRuntime:
         settings.require("bucket", "tenant_table", "ledger_table", "central_role_arn")  # all missing at once
         deliverer = consumer_deliverer(settings, put_attempts, throttle_attempts)
         budget = MemoryBudget(budget_mib * 1024 * 1024)
+        circuits = CircuitBreakers()  # per container: kept across its invocations
         processor = MessageProcessor(
             deliverer,
             Metrics(),
             bucket=settings.bucket,
             budget=budget,
-            circuits=CircuitBreakers(),  # per container: kept across its invocations
+            circuits=circuits,
             hold_base_s=backoff_delay,
+            status=status_recorder(settings, deliverer.tenants, circuits),
         )
         return cls(processor, workers, reserve, env.get("METRICS_NAMESPACE") or DEFAULT_NAMESPACE)
 
@@ -118,6 +121,10 @@ class LambdaRuntime:
         try:
             return self._handle(event, context, metrics)
         finally:
+            if self.processor.status is not None:
+                # No timer between invocations (the container is frozen): each invocation ends by writing the
+                # deliveries whose last write is 30 s old; the others wait for a later invocation.
+                self.processor.status.flush()
             metrics.emit(self.namespace, {"request_id": _request_id} if _request_id else None)
             _request_id = ""
 

@@ -49,6 +49,7 @@ from pipeline.replay.budget import MemoryBudget, decoded_footprint
 from pipeline.retry import RetryPolicy
 from pipeline.settings import Settings
 from pipeline.sinks import sink_names
+from pipeline.status import StatusRecorder
 from pipeline.tenants import Delivery, DeliveryType
 
 log = logging.getLogger("pipeline.consumer")
@@ -147,6 +148,7 @@ class MessageProcessor:
         budget: MemoryBudget | None = None,
         circuits: CircuitBreakers | None = None,
         hold_base_s: float = DEFAULT_HOLD_BASE_S,
+        status: StatusRecorder | None = None,
     ) -> None:
         if not bucket:
             raise ValueError("the central bucket (S3_BUCKET_NAME) is required: it is the only one delivered from")
@@ -164,6 +166,8 @@ class MessageProcessor:
         self._types: dict[Key, str] = {}  # delivery type of each destination seen, for the back-off gauge
         # Every worker's finished objects are recorded through it, together with those finishing alongside.
         self.commits = GroupCommit(lambda results: deliverer.commit(*results))
+        # Each delivery's status (pipeline.status): fed with every result, written at most every 30 s.
+        self.status = status
 
     def prefetch(self, bodies: Sequence[str | bytes]) -> LedgerView | None:
         """What the ledger holds for the objects a receive's messages name, in one batched read (only those
@@ -249,6 +253,8 @@ class MessageProcessor:
         for tenant, probes, result, start in done:
             waits += self._report(tenant, probes, result)
             self.metrics.observe_object(result, time.monotonic() - start)
+            if self.status is not None:
+                self.status.observe(result)
             self._observe_tenant(result.tenant)
             outcome.results.append(result)
             _log_result(result, ctx, time.monotonic() - start)

@@ -50,6 +50,7 @@ from pipeline.consumer.processor import MessageOutcome, MessageProcessor, consum
 from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
 from pipeline.retry import Retrying, RetryPolicy
 from pipeline.settings import ConfigError, Settings
+from pipeline.status import status_recorder
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -519,20 +520,28 @@ def serve(
     environment.check(settings, bucket=True, tenant_table=True, ledger_table=True, queue=True)
     metrics = Metrics()
     budget = MemoryBudget((memory_budget_mib or DEFAULT_CONSUMER_BUDGET_MIB) * 1024 * 1024)
+    deliverer = consumer_deliverer(settings, put_attempts, throttle_attempts)
+    circuits = CircuitBreakers()
+    status = status_recorder(settings, deliverer.tenants, circuits)
     processor = MessageProcessor(
-        consumer_deliverer(settings, put_attempts, throttle_attempts),
+        deliverer,
         metrics,
         bucket=settings.bucket,
         budget=budget,
-        circuits=CircuitBreakers(),
+        circuits=circuits,
         hold_base_s=backoff_delay_s,
+        status=status,
     )
     consumer = SqsConsumer(processor, aws.client("sqs"), options, metrics)
     install_signal_handlers(consumer)
     server = MetricsServer(metrics, consumer.health, metrics_host, metrics_port).start()
+    if status is not None:
+        status.start()
     try:
         code = consumer.run()
     finally:
         server.stop()
+        if status is not None:
+            status.close()  # after the drain: what the last objects did is written before the pod goes
     log.info("consumer stopped", extra={"exit_code": code})
     return code

@@ -29,6 +29,7 @@ from pipeline.replay.scheduler import Backend, LocalBackend, Scheduler
 from pipeline.replay.survey import Surveyor, SurveySpec
 from pipeline.settings import ConfigError, Settings
 from pipeline.sinks import plan_traits, sink_names, traits_of, writes_ledger
+from pipeline.status import status_recorder
 from pipeline.tenants import DeliveryType, Tenant, TenantDirectory
 from pipeline.timespec import to_ms
 
@@ -293,7 +294,14 @@ def _replay(
     routing = routing_for(opts)
     flt = listing_filter(opts)
     totals = window_totals(opts.since, opts.until, now)
-    report = ReplayReport(totals)
+    # What the run delivers moves each delivery's status (pipeline.status): folded in by the driver from the
+    # results the workers hand back, one process, so one write per delivery per 30 s; the rest at the end.
+    status = (
+        None
+        if opts.dry_run or not writes_ledger(opts.sink)
+        else status_recorder(settings, TenantDirectory(settings.tenant_table))
+    )
+    report = ReplayReport(totals, observer=status.observe if status is not None else None)
     # The top level is one LIST call: the driver makes it; everything below runs on the backend.
     prefixes, totals.list_calls = tenant_prefixes(aws.client("s3"), settings.bucket, flt)
     ledger_table = settings.ledger_table if routing.use_ledger else ""
@@ -323,6 +331,8 @@ def _replay(
     )
     log.info("replay started", extra={"workers": backend.workers, "sink": opts.sink, "dry_run": opts.dry_run})
     interrupt = _Interrupt()
+    if status is not None:
+        status.start()
     try:
         scheduler.run(prefixes, interrupt)
     finally:
@@ -331,6 +341,8 @@ def _replay(
         if bar is not None:
             bar.close()
         backend.close()
+        if status is not None:
+            status.close()
     if not totals.listing_complete:
         print("Listing was interrupted; the plan covers what was listed:", file=out)
         listed()

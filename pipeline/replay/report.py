@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +128,8 @@ class ReplayReport:
     deliveries: dict[tuple[str, str], DeliveryTotals] = field(default_factory=dict)
     objects_delivered: int = 0
     interrupted: bool = False
+    # Told of every result a worker hands back (the deliveries' status, pipeline.status); not part of the report.
+    observer: Callable[[ObjectResult], None] | None = None
 
     def _delivery(self, tenant: str, delivery_id: str) -> DeliveryTotals:
         key = (tenant, delivery_id)
@@ -148,6 +150,8 @@ class ReplayReport:
     def add(self, result: ObjectResult) -> None:
         """Fold in one object's result from a worker."""
         self._add_deliveries(result)
+        if self.observer is not None:
+            self.observer(result)
         totals = self.tenants[result.tenant or "?"]
         totals.decode.add(result)
         for d in result.deliveries:

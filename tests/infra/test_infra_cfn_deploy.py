@@ -108,6 +108,7 @@ def deployed(moto_server: Any) -> Iterator[Deployed]:
         BucketName=core["BucketName"],
         TenantConfigTableName=core["TenantConfigTableName"],
         DeliveryLedgerTableName=core["DeliveryLedgerTableName"],
+        DeliveryStatusTableName=core["DeliveryStatusTableName"],
         LedgerRetentionDays=core["LedgerRetentionDays"],
         CentralLogDistributionRoleArn=central,
     )
@@ -343,6 +344,7 @@ def test_lambda_function_and_event_source(deployed: Deployed) -> None:
         "S3_BUCKET_NAME": core["BucketName"],
         "TENANT_CONFIG_TABLE": core["TenantConfigTableName"],
         "DELIVERY_LEDGER_TABLE": core["DeliveryLedgerTableName"],
+        "DELIVERY_STATUS_TABLE": core["DeliveryStatusTableName"],
         "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN": deployed.outputs["global"]["CentralLogDistributionRoleArn"],
     }
     (esm,) = lam.list_event_source_mappings(FunctionName=out["FunctionName"])["EventSourceMappings"]
@@ -370,7 +372,11 @@ def test_customer_role_and_log_group(deployed: Deployed) -> None:
     assert [(g["logGroupName"], g.get("retentionInDays")) for g in groups] == [("/logs/acme", 30)]
     # No bucket given: no S3 delivery, and no S3 or KMS permission.
     assert not {"BucketName", "BucketPrefix", "KmsKeyArn"} & set(out)
-    assert set(role_policies(deployed, ACCOUNT)) == {"deliver-to-log-group"}
+    assert set(role_policies(deployed, ACCOUNT)) == {"deliver-to-log-group", METRICS_POLICY}
+
+
+# Every customer role may put its delivery's status metrics (publish_metrics), in the LogDelivery namespace only.
+METRICS_POLICY = "publish-delivery-status-metrics"
 
 
 def role_policies(deployed: Deployed, account: str) -> dict[str, list[dict[str, Any]]]:
@@ -400,7 +406,7 @@ def test_customer_with_a_created_bucket_and_a_key(deployed: Deployed) -> None:
     (rule,) = s3.get_bucket_encryption(Bucket=ARCHIVE_BUCKET)["ServerSideEncryptionConfiguration"]["Rules"]
     assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn}
     policies = role_policies(deployed, BUCKET_TENANT)
-    assert set(policies) == {"deliver-to-log-group", "deliver-to-bucket", "encrypt-with-bucket-key"}
+    assert set(policies) == {"deliver-to-log-group", "deliver-to-bucket", "encrypt-with-bucket-key", METRICS_POLICY}
     (put,) = policies["deliver-to-bucket"]
     assert (put["Effect"], put["Action"], put["Resource"]) == (
         "Allow",
@@ -421,7 +427,7 @@ def test_customer_with_an_existing_bucket_and_no_key(deployed: Deployed) -> None
     )["StackResourceSummaries"]
     assert not [r for r in resources if r["ResourceType"].startswith("AWS::S3::")], "the bucket is the tenant's own"
     policies = role_policies(deployed, EXISTING_BUCKET_TENANT)
-    assert set(policies) == {"deliver-to-log-group", "deliver-to-bucket"}
+    assert set(policies) == {"deliver-to-log-group", "deliver-to-bucket", METRICS_POLICY}
     (put,) = policies["deliver-to-bucket"]
     assert (put["Action"], put["Resource"]) == ("s3:PutObject", f"arn:aws:s3:::{EXISTING_BUCKET}/ROSA/cluster-logs/*")
     # Its own ExternalId, in the trust and in the outputs the tenant sends back.

@@ -289,6 +289,18 @@ def test_the_glue_table_over_parquet_deliveries_is_optional_and_projects_the_par
     assert not [st for st in customer_grants(**params) if any(a.startswith("glue:") for a in as_list(st["Action"]))]
 
 
+def test_customer_metrics_grant_is_put_metric_data_in_the_log_delivery_namespace_only() -> None:
+    # publish_metrics (pipeline/status.py): the status figures in the tenant's account, nothing else of CloudWatch.
+    grants = [st for st in customer_grants() if any(a.startswith("cloudwatch:") for a in as_list(st["Action"]))]
+    assert len(grants) == 1
+    (st,) = grants
+    assert as_list(st["Action"]) == ["cloudwatch:PutMetricData"]
+    assert st["Condition"] == {"StringEquals": {"cloudwatch:namespace": "LogDelivery"}}
+    from pipeline.status import NAMESPACE
+
+    assert NAMESPACE == "LogDelivery"
+
+
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
@@ -526,6 +538,7 @@ def test_tenant_table_mode_selects_the_tables_and_the_one_the_processors_read(
     active = resolve.active_resources()
     assert {n for n, r in active.items() if r["Type"] == "AWS::DynamoDB::Table"} == tables | {
         "DeliveryLedgerTable",
+        "DeliveryStatusTable",
         "ApiNonceTable",
     }
     outputs = resolve.active_outputs()
@@ -628,6 +641,7 @@ def test_lambda_function_shape_and_environment() -> None:
         "DELIVERY_LEDGER_TABLE",
         "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN",
         "LEDGER_RETENTION_DAYS",
+        "DELIVERY_STATUS_TABLE",
         "LAMBDA_TIME_RESERVE_SECONDS",
         "METRICS_NAMESPACE",
     }

@@ -224,6 +224,7 @@ def test_consumer_deployment() -> None:
         "S3_BUCKET_NAME",
         "TENANT_CONFIG_TABLE",
         "DELIVERY_LEDGER_TABLE",
+        "DELIVERY_STATUS_TABLE",
         "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN",
         "SQS_QUEUE_URL",
         "LEDGER_RETENTION_DAYS",
