@@ -27,6 +27,7 @@ class Settings:
     tenant_cache_ttl_s: float = 60.0
     ledger_retention_days: float = 0.0  # 0: ledger items carry no expiry (the table's TTL never removes them)
     api_nonce_table: str = ""  # the tenant API's nonces (pipeline/api/nonces.py)
+    replay_table: str = ""  # redelivery requests (pipeline/replay/requests.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -40,6 +41,7 @@ class Settings:
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             ledger_retention_days=_days(env.get("LEDGER_RETENTION_DAYS", "")),
             api_nonce_table=env.get("API_NONCE_TABLE", ""),
+            replay_table=env.get("REPLAY_REQUEST_TABLE", ""),
         )
 
     @property
@@ -72,6 +74,7 @@ class Settings:
             "central_role_arn": "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN",
             "queue_url": "SQS_QUEUE_URL",
             "api_nonce_table": "API_NONCE_TABLE",
+            "replay_table": "REPLAY_REQUEST_TABLE",
         }
         missing = [env_names.get(n, n) for n in names if not getattr(self, n)]
         if missing:

@@ -128,6 +128,7 @@ class ReplayReport:
     deliveries: dict[tuple[str, str], DeliveryTotals] = field(default_factory=dict)
     objects_delivered: int = 0
     interrupted: bool = False
+    stopped: str | None = None  # why the run stopped before its window's end: "cap" (--max-events) or "request"
 
     def _delivery(self, tenant: str, delivery_id: str) -> DeliveryTotals:
         key = (tenant, delivery_id)
@@ -232,6 +233,7 @@ class ReplayReport:
             "objects_skipped_omitted": self.skipped.omitted,
             "objects_delivered": self.objects_delivered,
             "interrupted": self.interrupted,
+            "stopped": self.stopped,
             "objects_damaged": self.damaged.items,
             "objects_damaged_count": self.damaged.count,
             "objects_failed": self.failed.items,
