@@ -173,6 +173,7 @@ class ResourceNames:
     tenant_table: str = "tenant-configs"
     ledger_table: str = "delivery-ledger"
     nonce_table: str = "tenant-api-nonces"
+    replay_table: str = "replay-requests"
     topic: str = "central-logs-object-created"
     queue: str = "log-delivery"
     dlq: str = "log-delivery-dlq"
@@ -202,6 +203,7 @@ class LocalEnvironment:
             "TENANT_CONFIG_TABLE": self.names.tenant_table,
             "DELIVERY_LEDGER_TABLE": self.names.ledger_table,
             "API_NONCE_TABLE": self.names.nonce_table,
+            "REPLAY_REQUEST_TABLE": self.names.replay_table,
             "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN": self.central_role_arn,
             "SQS_QUEUE_URL": self.queue_url,
             **self.extra_env,
@@ -291,6 +293,7 @@ def provision(
         BillingMode="PAY_PER_REQUEST",
     )
     create_nonce_table(ddb, n.nonce_table)
+    create_replay_table(ddb, n.replay_table)
 
     sqs = local.client("sqs")
     local.dlq_url = sqs.create_queue(QueueName=n.dlq)["QueueUrl"]
@@ -344,6 +347,24 @@ def create_nonce_table(ddb: Any, name: str) -> None:
         TableName=name,
         KeySchema=[{"AttributeName": "nonce", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "nonce", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
+
+
+def create_replay_table(ddb: Any, name: str) -> None:
+    """Redelivery requests (pipeline/replay/requests.py): hash `tenant_id`, range `replay_id`, TTL on
+    `expires_at`."""
+    ddb.create_table(
+        TableName=name,
+        KeySchema=[
+            {"AttributeName": "tenant_id", "KeyType": "HASH"},
+            {"AttributeName": "replay_id", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "tenant_id", "AttributeType": "S"},
+            {"AttributeName": "replay_id", "AttributeType": "S"},
+        ],
         BillingMode="PAY_PER_REQUEST",
     )
     ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})

@@ -39,6 +39,8 @@ from pipeline.admin.schema import (
 from pipeline.admin.store import ACTOR, NotFound, PreconditionFailed, TenantStore
 from pipeline.api import auth
 from pipeline.api.nonces import MemoryNonces, NonceStore, NonceStoreError
+from pipeline.api.replays import add_replay_routes
+from pipeline.replay.service import ReplayService
 from pipeline.tenants import TenantConfigError
 
 log = logging.getLogger("pipeline.api")
@@ -280,6 +282,7 @@ def create_app(
     preflight: Preflight | None,
     clock: Callable[[], float] = time.time,
     nonces: NonceStore | None = None,
+    replays: ReplayService | None = None,
 ) -> FastAPI:
     """The application over `store`; `preflight` None answers validate with 503 (no central role set).
 
@@ -418,6 +421,8 @@ def create_app(
             return _error(503, "no central role: set CENTRAL_LOG_DISTRIBUTION_ROLE_ARN")
         report = await run_in_threadpool(preflight.run, delivery)
         return JSONResponse(report.to_json())
+
+    add_replay_routes(app, replays, _json_body)  # CONTRACTS.md §9 "Replays": pipeline/api/replays.py
 
     ring = auth.KeyRing.single(keys) if isinstance(keys, str) else keys
     app.add_middleware(HmacAuth, keys=ring, nonces=nonces or MemoryNonces(), clock=clock)

@@ -14,6 +14,7 @@ from pipeline.admin.store import TenantStore
 from pipeline.api.app import create_app
 from pipeline.api.keys import load_keys
 from pipeline.api.nonces import DynamoNonces, MemoryNonces, NonceStore
+from pipeline.replay.service import ReplayService
 from pipeline.settings import Settings
 
 log = logging.getLogger("pipeline.api")
@@ -40,4 +41,5 @@ def app_from_env(env: Mapping[str, str] | None = None, table: str | None = None)
     store = TenantStore(settings.tenant_table, aws.client("dynamodb"), actor="api")
     store.check()
     log.info("tenant API keys loaded", extra={"key_ids": keys.ids})
-    return create_app(keys, store, Preflight(settings.central_role_arn), nonces=nonces)
+    replays = ReplayService.from_env(settings, store, env)
+    return create_app(keys, store, Preflight(settings.central_role_arn), nonces=nonces, replays=replays)

@@ -10,6 +10,7 @@ log-tenants validate acme                         # live preflight of each of ac
 log-tenants export > tenants.yaml                 # the whole table, for review in git
 log-tenants migrate --from tenant-configs-v1 --to tenant-configs --dry-run
 log-tenants serve --port 8080                     # the HTTP API (CONTRACTS.md §9)
+log-tenants replay start acme --since 2024-05-01T10:00Z --until 2024-05-01T16:30Z   # a redelivery, as a Ray job
 
 The logic lives in `pipeline.admin`; this module only reads options, prints and picks the exit code.
 """
@@ -37,6 +38,7 @@ from pipeline.admin.store import Change, NotFound, PreconditionFailed, TenantSto
 from pipeline.admin.tables import open_table
 from pipeline.admin.transfer import dump, export_doc, import_doc, load
 from pipeline.cli import CONTEXT_SETTINGS, EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from pipeline.commands.replays import replay
 from pipeline.settings import ConfigError, Settings
 from pipeline.tenants import FIELDS, TenantConfigError, TenantDirectory, parse_delivery, parse_profile
 
@@ -769,6 +771,8 @@ def _is_loopback(host: str) -> bool:
     except ValueError:
         return False
 
+
+main.add_command(replay)  # log-tenants replay start|show|list|stop (pipeline/commands/replays.py)
 
 if __name__ == "__main__":
     main()
