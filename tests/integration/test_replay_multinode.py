@@ -20,10 +20,10 @@ import orjson
 import pytest
 
 from devstack import generator as gen
+from devstack.localray import RAY, LocalRay, wait_for
 from devstack.provision import LocalEnvironment
 from pipeline.replay.workers import worker_options
 from pipeline.storage import REPORTS_PREFIX
-from tests.support.local_ray import RAY, LocalRay, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 

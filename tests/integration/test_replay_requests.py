@@ -24,6 +24,7 @@ import pytest
 
 from devstack import generator as gen
 from devstack.faults import FaultProxy, Hold, Rule
+from devstack.localray import LocalRay
 from devstack.provision import LocalEnvironment, SampleTenant, add_tenants
 from devstack.readback import read_group
 from pipeline.admin.store import TenantStore
@@ -32,7 +33,6 @@ from pipeline.replay.requests import ReplayStore, iso
 from pipeline.replay.service import Limits, ReplayService
 from pipeline.replay.submit import RayJobs
 from tests.support.consumer_process import wait_for
-from tests.support.local_ray import LocalRay
 from tests.support.tenant_api import ApiClient, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]

@@ -1,5 +1,6 @@
-"""A local Ray cluster for tests: a head (and worker nodes), each a `ray start --block` child with a temp dir
-of its own, on free ports; stopping it stops only this cluster's processes."""
+"""A local Ray cluster with its Jobs API, for `make demo` and the tests: a head (and worker nodes), each a
+`ray start --block` child with a temp dir of its own, on free ports; stopping it stops only this cluster's
+processes."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import shutil
 import signal
 import subprocess
 import sys
-from functools import partial
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from devstack.server import free_port
-from tests.support.consumer_process import wait_for as poll_until
 
 RAY = str(Path(sys.executable).parent / "ray")
 # Each node's object store is a /dev/shm file sized by default at 30% of the machine's memory (6.6 GB here):
@@ -27,8 +28,17 @@ RAY = str(Path(sys.executable).parent / "ray")
 OBJECT_STORE_BYTES = 128 * 1024 * 1024
 
 
-# The state API and `ray status` are subprocesses and RPCs: twice a second is often enough.
-wait_for = partial(poll_until, interval=0.5)
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    """Poll until `predicate` returns something truthy (and return it), or fail saying what never happened.
+    The state API and `ray status` are subprocesses and RPCs: twice a second is often enough."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 class LocalRay:
