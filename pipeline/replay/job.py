@@ -400,7 +400,8 @@ def _replay(
             log.info("cap reached", extra={"max_events": opts.max_events, "events_delivered": events})
             report.stopped = "cap"
             interrupt.requested = True  # the same clean stop as a signal's: between objects
-        if recorder is not None:
+        # Before the listing finds anything, the request keeps its estimate's plan rather than a 0.
+        if recorder is not None and (totals.objects_to_deliver or totals.listing_complete):
             recorder.progress(report.objects_done, totals.objects_to_deliver, events)
         if bar is not None:
             bar.total = totals.objects_to_deliver
