@@ -34,6 +34,7 @@ BACKFILL_REPORT_PATH = Path("reports/demo-backfill-report.json")
 BACKFILL_DAYS = 30
 BACKFILL_TENANTS = ("umbrella", "hooli")
 ONBOARDED_TENANT = "wayne"  # onboarded through the tenant API, not provisioned
+REDELIVERY_TENANT = "globex"  # asks for its logs again through the API: a Ray job on a local head
 
 
 def _banner(text: str) -> None:
@@ -290,6 +291,105 @@ def _show_status(env: LocalEnvironment) -> bool:
     return run.returncode in (0, 1)
 
 
+def _redelivery_through_the_api(env: LocalEnvironment) -> bool:
+    """A tenant asks for its logs again: POST /tenants/{id}/replays on the tenant API, run as a Ray job on a
+    local Ray head with its Jobs API and token auth (`ray start --head`, as a RayCluster runs), followed with
+    GET until it ends; then its report and what its own CloudWatch holds. The head takes some 20 s to start:
+    the demo's one cluster with a dashboard."""
+    import httpx
+
+    from devstack.localray import LocalRay
+    from pipeline.admin.store import TenantStore
+    from pipeline.api.app import create_app
+    from pipeline.api.auth import sign
+    from pipeline.replay.requests import ReplayStore
+    from pipeline.replay.service import Limits, ReplayService
+    from pipeline.replay.submit import RayJobs
+
+    token = secrets.token_hex(16)
+    head_env = (
+        {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
+        | env.env
+        | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5"}
+        | {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", "REPLAY_WORKERS": "1"}
+    )
+    _banner("A customer asks for its logs again: starting a local Ray head with its Jobs API (token auth)")
+    ray = LocalRay(head_env)
+    saved = {k: os.environ.get(k) for k in env.env}
+    os.environ.update(env.env)  # the API's estimate lists the central bucket and reads the ledger
+    try:
+        ray.start_head(num_cpus=2)
+        print(f"  Ray head at {ray.dashboard}")
+        ddb = env.client("dynamodb")
+        tenants = TenantStore(env.names.tenant_table, ddb, actor="demo")
+        jobs = RayJobs(ray.dashboard, token, {"REPLAY_REQUEST_TABLE": env.names.replay_table})
+        service = ReplayService(env.settings, ReplayStore(env.names.replay_table, ddb), tenants, jobs, Limits(90))
+        key = secrets.token_urlsafe(32)
+        app = create_app(key, tenants, None, replays=service)
+        import uvicorn
+
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.02)
+
+        def call(method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+            raw = orjson.dumps(body) if body is not None else b""
+            content_type = "application/json" if raw else ""
+            headers = sign(key, method, path, raw, host=f"127.0.0.1:{port}", content_type=content_type)
+            if content_type:
+                headers["Content-Type"] = content_type
+            return httpx.request(method, f"http://127.0.0.1:{port}{path}", content=raw, headers=headers, timeout=60)
+
+        try:
+            path = f"/tenants/{REDELIVERY_TENANT}/replays"
+            now = datetime.now(UTC)
+            window = {
+                "since": (now - timedelta(hours=7)).isoformat().replace("+00:00", "Z"),
+                "until": (now - timedelta(minutes=1)).isoformat().replace("+00:00", "Z"),
+            }
+            _banner(f"POST {path}  {orjson.dumps(window).decode()}")
+            asked = call("POST", path, window)
+            print(f"  {asked.status_code} {asked.text}")
+            if asked.status_code != 202:
+                return False
+            rid = asked.json()["replay_id"]
+            again = call("POST", path, window)
+            print(f"  a second request while it is pending or running: {again.status_code} {again.json()['error']}")
+            seen: list[str] = []
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                doc = call("GET", f"{path}/{rid}").json()
+                p = doc["progress"]
+                line = f"{doc['state']} {p['objects_done']}/{p['objects_planned']} objects, {p['events_delivered']} ev"
+                if not seen or seen[-1] != line:
+                    print(f"  GET {path}/{rid}: {line}")
+                    seen.append(line)
+                if doc["state"] in ("succeeded", "failed", "stopped"):
+                    break
+                time.sleep(0.5)
+            print(f"  report: {orjson.dumps(doc['report']).decode()}")
+            group = read_group(env.tenant_logs(REDELIVERY_TENANT), env.tenant(REDELIVERY_TENANT).log_group)
+            held = sum(len(evs) for evs in group.values())
+            print(f"  {REDELIVERY_TENANT}'s own CloudWatch now holds {held:,} events (it had none before)")
+            listed = call("GET", path).json()["replays"]
+            print(f"  GET {path}: {[(r['replay_id'], r['state']) for r in listed]}")
+            report = doc["report"] or {}
+            return doc["state"] == "succeeded" and again.status_code == 409 and report.get("events_delivered") == held
+        finally:
+            server.should_exit = True
+            thread.join(10)
+    finally:
+        ray.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_demo() -> int:
     with MotoServer() as server:
         _banner(f"Local AWS (moto server) at {server.endpoint_url}")
@@ -358,6 +458,7 @@ def run_demo() -> int:
         print(f"  lines_malformed             {report['lines_malformed']}")
         print(f"  full reports: {REPORT_PATH}, {BACKFILL_REPORT_PATH}")
         print(f"  (replay exit codes {code} and {backfill_code}: 1 means some objects failed, as planted)")
+        redelivered = _redelivery_through_the_api(env)
         status_shown = _show_status(env)
         ok = (
             report["events_delivered"] == total
@@ -365,6 +466,7 @@ def run_demo() -> int:
             and backfill_code == 0
             and onboarded
             and queried
+            and redelivered
             and status_shown
         )
         return 0 if ok else 1

@@ -1,7 +1,8 @@
 """The moto server of the local stack, with moto's TransactWriteItems made fit for concurrent use.
 
 Run as a script (`MotoServer` does): `python devstack/moto_main.py -H HOST -p PORT`, the arguments of
-`moto.server`, or `python devstack/moto_main.py --serial HOST PORT` for one request at a time. Everything is moto's own, except one method of its DynamoDB backend:
+`moto.server`, or `python devstack/moto_main.py --serial HOST PORT` for one request at a time. Everything is
+moto's own, except one method of its DynamoDB backend:
 
 moto's `transact_write_items` backs up every table a transaction touches by deep-copying the whole table,
 once per item of the transaction, and rolls back by putting the copies in place of the tables. A copy taken
@@ -74,7 +75,6 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
 
 ddb_models.copy = _NoTableCopy  # type: ignore[assignment]  # the module's global `copy`, seen by _transact
 DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
-
 
 
 def serve_serially(host: str, port: int) -> None:

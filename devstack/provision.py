@@ -174,6 +174,7 @@ class ResourceNames:
     ledger_table: str = "delivery-ledger"
     nonce_table: str = "tenant-api-nonces"
     status_table: str = "delivery-status"
+    replay_table: str = "replay-requests"
     topic: str = "central-logs-object-created"
     queue: str = "log-delivery"
     dlq: str = "log-delivery-dlq"
@@ -204,6 +205,7 @@ class LocalEnvironment:
             "DELIVERY_LEDGER_TABLE": self.names.ledger_table,
             "API_NONCE_TABLE": self.names.nonce_table,
             "DELIVERY_STATUS_TABLE": self.names.status_table,
+            "REPLAY_REQUEST_TABLE": self.names.replay_table,
             "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN": self.central_role_arn,
             "SQS_QUEUE_URL": self.queue_url,
             **self.extra_env,
@@ -294,6 +296,7 @@ def provision(
     )
     create_nonce_table(ddb, n.nonce_table)
     create_status_table(ddb, n.status_table)
+    create_replay_table(ddb, n.replay_table)
 
     sqs = local.client("sqs")
     local.dlq_url = sqs.create_queue(QueueName=n.dlq)["QueueUrl"]
@@ -363,6 +366,24 @@ def create_status_table(ddb: Any, name: str) -> None:
         AttributeDefinitions=[
             {"AttributeName": "tenant_id", "AttributeType": "S"},
             {"AttributeName": "delivery_id", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
+
+
+def create_replay_table(ddb: Any, name: str) -> None:
+    """Redelivery requests (pipeline/replay/requests.py): hash `tenant_id`, range `replay_id`, TTL on
+    `expires_at`."""
+    ddb.create_table(
+        TableName=name,
+        KeySchema=[
+            {"AttributeName": "tenant_id", "KeyType": "HASH"},
+            {"AttributeName": "replay_id", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "tenant_id", "AttributeType": "S"},
+            {"AttributeName": "replay_id", "AttributeType": "S"},
         ],
         BillingMode="PAY_PER_REQUEST",
     )

@@ -134,7 +134,8 @@ class DeliveryResult(DeliveryCounts):
         d = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("recorded", "durable", "batched", "replace", "held", "covered", "scope", "newest_event_ms")
+            if f.name
+            not in ("recorded", "durable", "batched", "replace", "held", "covered", "scope", "newest_event_ms")
         }
         d["status"] = str(self.status)
         return d
@@ -721,8 +722,8 @@ class Deliverer:
             if r.status is Status.FAILED:
                 continue
             r.bytes_delivered = stats.bytes_decoded  # the decoded object, whatever the window kept of it
-            if stamps:  # for the delivery's status (pipeline.status): bounded by the window's end
-                r.newest_event_ms = max(stamps) if until is None else min(max(stamps), until - 1)
+            if latest is not None:  # for the delivery's status (pipeline.status): bounded by the window's end
+                r.newest_event_ms = latest if until is None else min(latest, until - 1)
             r.scope = r.scope.union(beyond)
             if stats.damaged:
                 r.status, r.reason = Status.DAMAGED, stats.damaged

@@ -28,6 +28,7 @@ class Settings:
     ledger_retention_days: float = 0.0  # 0: ledger items carry no expiry (the table's TTL never removes them)
     api_nonce_table: str = ""  # the tenant API's nonces (pipeline/api/nonces.py)
     status_table: str = ""  # each delivery's status (pipeline/status.py); empty: no status is kept
+    replay_table: str = ""  # redelivery requests (pipeline/replay/requests.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -42,6 +43,7 @@ class Settings:
             ledger_retention_days=_days(env.get("LEDGER_RETENTION_DAYS", "")),
             api_nonce_table=env.get("API_NONCE_TABLE", ""),
             status_table=env.get("DELIVERY_STATUS_TABLE", ""),
+            replay_table=env.get("REPLAY_REQUEST_TABLE", ""),
         )
 
     @property
@@ -75,6 +77,7 @@ class Settings:
             "queue_url": "SQS_QUEUE_URL",
             "api_nonce_table": "API_NONCE_TABLE",
             "status_table": "DELIVERY_STATUS_TABLE",
+            "replay_table": "REPLAY_REQUEST_TABLE",
         }
         missing = [env_names.get(n, n) for n in names if not getattr(self, n)]
         if missing:

@@ -39,6 +39,8 @@ from pipeline.admin.schema import (
 from pipeline.admin.store import ACTOR, NotFound, PreconditionFailed, TenantStore
 from pipeline.api import auth, status_routes
 from pipeline.api.nonces import MemoryNonces, NonceStore, NonceStoreError
+from pipeline.api.replays import add_replay_routes
+from pipeline.replay.service import ReplayService
 from pipeline.status import StatusTable
 from pipeline.tenants import TenantConfigError
 
@@ -282,6 +284,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     nonces: NonceStore | None = None,
     statuses: StatusTable | None = None,
+    replays: ReplayService | None = None,
 ) -> FastAPI:
     """The application over `store`; `preflight` None answers validate with 503 (no central role set).
 
@@ -422,6 +425,7 @@ def create_app(
         return JSONResponse(report.to_json())
 
     status_routes.register(app, store, statuses, ERRORS, clock)
+    add_replay_routes(app, replays, _json_body)  # CONTRACTS.md §9 "Replays": pipeline/api/replays.py
 
     ring = auth.KeyRing.single(keys) if isinstance(keys, str) else keys
     app.add_middleware(HmacAuth, keys=ring, nonces=nonces or MemoryNonces(), clock=clock)

@@ -14,6 +14,7 @@ from pipeline.admin.store import TenantStore
 from pipeline.api.app import create_app
 from pipeline.api.keys import load_keys
 from pipeline.api.nonces import DynamoNonces, MemoryNonces, NonceStore
+from pipeline.replay.service import ReplayService
 from pipeline.settings import Settings
 from pipeline.status import StatusTable
 
@@ -42,4 +43,7 @@ def app_from_env(env: Mapping[str, str] | None = None, table: str | None = None)
     store.check()
     log.info("tenant API keys loaded", extra={"key_ids": keys.ids})
     statuses = StatusTable(settings.status_table, aws.client("dynamodb")) if settings.status_table else None
-    return create_app(keys, store, Preflight(settings.central_role_arn), nonces=nonces, statuses=statuses)
+    replays = ReplayService.from_env(settings, store, env)
+    return create_app(
+        keys, store, Preflight(settings.central_role_arn), nonces=nonces, statuses=statuses, replays=replays
+    )

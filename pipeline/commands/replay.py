@@ -24,7 +24,8 @@ from pipeline.timespec import HELP as TIME_HELP
     context_settings=CONTEXT_SETTINGS,
     epilog=(
         "Settings from the environment: S3_BUCKET_NAME, TENANT_CONFIG_TABLE, DELIVERY_LEDGER_TABLE, "
-        "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN, AWS_REGION, AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>), "
+        "CENTRAL_LOG_DISTRIBUTION_ROLE_ARN, REPLAY_REQUEST_TABLE (with --replay-request), AWS_REGION, "
+        "AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>), "
         "AWS_PROFILE. Exit codes: 0 everything deliverable was delivered; 1 some objects failed (see the "
         "report); 2 bad usage; 3 missing configuration or a wrong AWS environment (one line naming the resource "
         "and the fix; the traceback at --log-level DEBUG); 130 interrupted by SIGINT/SIGTERM after finishing the "
@@ -106,6 +107,20 @@ from pipeline.timespec import HELP as TIME_HELP
     "replay-<start time>.json under it; {bucket} is the central bucket (s3://{bucket}/reports/). "
     "[default: $REPLAY_REPORT]",
 )
+@click.option(
+    "--max-events",
+    type=click.IntRange(min=1),
+    help="Stop cleanly once this many events are delivered (counted as batches go out, across workers; the "
+    "objects in flight then finish, so it may pass the cap by those). The report says stopped: cap, the ledger "
+    "holds what was delivered, and a later run sends the rest.",
+)
+@click.option(
+    "--replay-request",
+    metavar="ID",
+    help="This run is the redelivery request ID of the tenant (POST /tenants/{id}/replays, log-tenants replay "
+    "start): it is marked running, its progress written to $REPLAY_REQUEST_TABLE at most every 5 s, and its end "
+    "with the report's totals. Needs one --tenant.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar. [default: on a terminal only]")
 @click.option("--log-level", default="INFO", show_default=True, help="Structured log level (JSON on stderr).")
 def main(
@@ -127,6 +142,8 @@ def main(
     max_requests_per_second: float | None,
     worker_memory_mib: int,
     report_path: str | None,
+    max_events: int | None,
+    replay_request: str | None,
     progress: bool | None,
     log_level: str,
 ) -> None:
@@ -165,6 +182,8 @@ def main(
         report_path=report_path,
         progress=progress,
         all_tenants=all_tenants,
+        max_events=max_events,
+        replay_request=replay_request,
     )
     settings = Settings.from_env().with_overrides(bucket=bucket)
     with exit_on_bad_environment(log_level):

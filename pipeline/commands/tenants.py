@@ -11,6 +11,7 @@ log-tenants export > tenants.yaml                 # the whole table, for review 
 log-tenants migrate --from tenant-configs-v1 --to tenant-configs --dry-run
 log-tenants serve --port 8080                     # the HTTP API (CONTRACTS.md §9)
 log-tenants status                                # each delivery's status, worst first (--json)
+log-tenants replay start acme --since 2024-05-01T10:00Z --until 2024-05-01T16:30Z   # a redelivery, as a Ray job
 
 The logic lives in `pipeline.admin`; this module only reads options, prints and picks the exit code.
 """
@@ -38,6 +39,7 @@ from pipeline.admin.store import Change, NotFound, PreconditionFailed, TenantSto
 from pipeline.admin.tables import open_table
 from pipeline.admin.transfer import dump, export_doc, import_doc, load
 from pipeline.cli import CONTEXT_SETTINGS, EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from pipeline.commands.replays import replay
 from pipeline.settings import ConfigError, Settings
 from pipeline.tenants import FIELDS, TenantConfigError, TenantDirectory, parse_delivery, parse_profile
 
@@ -791,6 +793,7 @@ from pipeline.commands.tenant_status import status_command  # noqa: E402
 
 main.add_command(status_command)
 
+main.add_command(replay)  # log-tenants replay start|show|list|stop (pipeline/commands/replays.py)
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from pipeline.replay.budget import DEFAULT_BUDGET_MIB
 from pipeline.replay.listing import ListingFilter, tenant_prefixes
 from pipeline.replay.plan import PlanTotals, UnitPacker, window_totals
 from pipeline.replay.report import ReplayReport
+from pipeline.replay.requests import ReplayStore, RequestRecorder, State
 from pipeline.replay.scheduler import Backend, LocalBackend, Scheduler
 from pipeline.replay.survey import Surveyor, SurveySpec
 from pipeline.settings import ConfigError, Settings
@@ -67,6 +69,8 @@ class ReplayOptions:
     worker_memory_mib: int = DEFAULT_BUDGET_MIB  # decoded objects a worker holds at once
     all_tenants: bool = False  # every enabled tenant in the table; `tenants` is then filled in by run()
     sample: float = 1.0  # dry run: the share of pods listed; the plan then says it is an estimate
+    max_events: int | None = None  # stop cleanly once this many events are delivered (report: stopped "cap")
+    replay_request: str | None = None  # the redelivery request this run is (its progress and end are written)
 
 
 def resolve_tenants(directory: TenantDirectory, tenant_ids: Sequence[str]) -> dict[str, Tenant | str]:
@@ -244,7 +248,29 @@ def report_target(target: str, started: datetime, bucket: str = "") -> str:
 
 
 def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> int:
-    """Run one replay; returns the process exit code (0: all deliverable delivered, 1: some failed)."""
+    """Run one replay; returns the process exit code (0: all deliverable delivered, 1: some failed).
+
+    With `replay_request` the run is that redelivery request (CONTRACTS.md §9): it marks it running, writes
+    its progress while it goes and its end (state and the report's totals) when it ends, whatever the end."""
+    if opts.replay_request is None:
+        return _run(opts, settings, out, None)
+    if len(opts.tenants) != 1 or opts.all_tenants or opts.dry_run:
+        print("error: --replay-request runs one request: one --tenant, not a dry run", file=sys.stderr)
+        return EXIT_USAGE
+    settings.require("replay_table")
+    recorder = RequestRecorder(ReplayStore(settings.replay_table), opts.tenants[0], opts.replay_request)
+    if not recorder.start():
+        request = opts.replay_request
+        print(f"error: replay request {request} is not pending: it was stopped or has ended", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _run(opts, settings, out, recorder)
+    except BaseException as exc:  # whatever ended the run early: the request says so, then the exit code does
+        recorder.finish(State.FAILED, error=f"{type(exc).__name__}: {str(exc)[:500]}")
+        raise
+
+
+def _run(opts: ReplayOptions, settings: Settings, out: TextIO, recorder: RequestRecorder | None) -> int:
     if opts.max_requests_per_second and not traits_of(opts.sink).fills_batches:
         print(f"error: --max-requests-per-second: the {opts.sink} sink makes its own requests", file=sys.stderr)
         return EXIT_USAGE
@@ -263,7 +289,7 @@ def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> in
         print(f"error: --delivery {names} names no delivery of {tenants_named}", file=sys.stderr)
         return EXIT_USAGE
     started = datetime.now(UTC)
-    report = _replay(opts, settings, workers, tenants, out)
+    report = _replay(opts, settings, workers, tenants, out, recorder)
     if opts.dry_run:
         print("\nDry run: nothing was delivered.", file=out)
         return report.exit_code
@@ -279,21 +305,87 @@ def run(opts: ReplayOptions, settings: Settings, out: TextIO = sys.stdout) -> in
         print(f"  FAILED {f['key']}: {f['reason']}", file=out)
     for f in doc["prefixes_failed"][:20]:
         print(f"  NOT LISTED {f['key']}: {f['reason']}", file=out)
-    if opts.report_path:
-        target = report_target(opts.report_path, started, settings.bucket)
+    target = report_target(opts.report_path, started, settings.bucket) if opts.report_path else None
+    if target is not None:
         storage.write_bytes(target, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
         print(f"Report written to {target}", file=out)
+    if report.stopped == "cap":
+        print(f"Stopped at the cap of {opts.max_events:,} events (--max-events): run again for the rest.", file=out)
+    if recorder is not None:
+        _record_end(recorder, report, doc, target)
     return report.exit_code
 
 
-def _replay(
-    opts: ReplayOptions, settings: Settings, workers: int, tenants: Mapping[str, Tenant | str], out: TextIO
-) -> ReplayReport:
-    """List and deliver (or, in a dry run, list and plan), printing the plan once the window is listed."""
-    now = datetime.now(UTC)
+def _record_end(recorder: RequestRecorder, report: ReplayReport, doc: Mapping[str, Any], target: str | None) -> None:
+    """The request's end: stopped (by its cap or a stop request), succeeded, or failed (objects failed)."""
+    state = State.FAILED if report.exit_code not in (0, 130) else State.SUCCEEDED
+    if report.stopped is not None:
+        state = State.STOPPED
+    summary = {
+        "location": target,
+        "events_delivered": doc["events_delivered"],
+        "objects_delivered": doc["objects_delivered"],
+        "objects_failed": doc["objects_failed_count"],
+        "stopped_by": report.stopped,
+    }
+    progress = {
+        "objects_done": report.objects_done,
+        "objects_planned": report.plan.objects_to_deliver,
+        "events_delivered": doc["events_delivered"],
+    }
+    recorder.finish(state, summary, progress=progress)
+
+
+def _survey_spec(
+    opts: ReplayOptions, settings: Settings, tenants: Mapping[str, Tenant | str], now: datetime
+) -> tuple[SurveySpec, PlanTotals, list[str]]:
+    """What the listing needs, the plan's empty figures, and the tenants' prefixes. The top level is one LIST
+    call, made here; everything below runs on a backend."""
     routing = routing_for(opts)
     flt = listing_filter(opts)
     totals = window_totals(opts.since, opts.until, now)
+    prefixes, totals.list_calls = tenant_prefixes(aws.client("s3"), settings.bucket, flt)
+    ledger_table = settings.ledger_table if routing.use_ledger else ""
+    return SurveySpec(settings.bucket, flt, tenants, routing, now, ledger_table), totals, list(prefixes)
+
+
+@dataclass
+class _Deadline:
+    at: float
+    requested: bool = False
+
+
+def estimate(
+    opts: ReplayOptions, settings: Settings, tenants: Mapping[str, Tenant | str], seconds: float
+) -> PlanTotals:
+    """The dry run's figures, for a redelivery request's estimate: listed on threads of this process (no Ray),
+    and bounded: listing stops after `seconds`, and the figures then say `listing_complete` false."""
+    spec, totals, prefixes = _survey_spec(opts, settings, tenants, datetime.now(UTC))
+    backend = LocalBackend(Surveyor(spec))
+    deadline = _Deadline(time.monotonic() + seconds)
+
+    def tick() -> None:
+        deadline.requested = deadline.requested or time.monotonic() >= deadline.at
+
+    scheduler = Scheduler(backend, totals, ReplayReport(totals), UnitPacker(1), spec.filter, on_progress=tick)
+    try:
+        scheduler.run(prefixes, deadline)
+    finally:
+        backend.close()
+    return totals
+
+
+def _replay(
+    opts: ReplayOptions,
+    settings: Settings,
+    workers: int,
+    tenants: Mapping[str, Tenant | str],
+    out: TextIO,
+    recorder: RequestRecorder | None = None,
+) -> ReplayReport:
+    """List and deliver (or, in a dry run, list and plan), printing the plan once the window is listed."""
+    spec, totals, prefixes = _survey_spec(opts, settings, tenants, datetime.now(UTC))
+    flt = spec.filter
     # What the run delivers moves each delivery's status (pipeline.status): folded in by the driver from the
     # results the workers hand back, one process, so one write per delivery per 30 s; the rest at the end.
     status = (
@@ -302,18 +394,23 @@ def _replay(
         else status_recorder(settings, TenantDirectory(settings.tenant_table))
     )
     report = ReplayReport(totals, observer=status.observe if status is not None else None)
-    # The top level is one LIST call: the driver makes it; everything below runs on the backend.
-    prefixes, totals.list_calls = tenant_prefixes(aws.client("s3"), settings.bucket, flt)
-    ledger_table = settings.ledger_table if routing.use_ledger else ""
-    spec = SurveySpec(settings.bucket, flt, tenants, routing, now, ledger_table)
-    backend = _backend(opts, settings, workers, spec)
+    backend, cap = _backend(opts, settings, workers, spec)
     bar = _progress(opts)
+    interrupt = _Interrupt()
 
     def listed() -> None:
         print(render_plan(totals, opts, workers), file=out, flush=True)
         log.info("window listed", extra={"objects": totals.objects_to_deliver, "units": totals.work_units})
 
     def progress() -> None:
+        events = report.total("events_delivered")
+        if opts.max_events is not None and not interrupt.requested and _cap_reached(cap, events, opts.max_events):
+            log.info("cap reached", extra={"max_events": opts.max_events, "events_delivered": events})
+            report.stopped = "cap"
+            interrupt.requested = True  # the same clean stop as a signal's: between objects
+        # Before the listing finds anything, the request keeps its estimate's plan rather than a 0.
+        if recorder is not None and (totals.objects_to_deliver or totals.listing_complete):
+            recorder.progress(report.objects_done, totals.objects_to_deliver, events)
         if bar is not None:
             bar.total = totals.objects_to_deliver
             bar.n = report.objects_done
@@ -330,14 +427,16 @@ def _replay(
         backend, totals, report, UnitPacker(workers), flt, sample=opts.sample, on_listed=listed, on_progress=progress
     )
     log.info("replay started", extra={"workers": backend.workers, "sink": opts.sink, "dry_run": opts.dry_run})
-    interrupt = _Interrupt()
     if status is not None:
         status.start()
     try:
         scheduler.run(prefixes, interrupt)
     finally:
         interrupt.restore()
-        report.interrupted = interrupt.requested
+        if interrupt.requested and report.stopped is None:
+            report.stopped = "request"  # SIGINT/SIGTERM: an operator's, or Ray's stop_job
+        # A cap is the run's planned end, not an interruption: it exits 0 (or 1 for failures).
+        report.interrupted = interrupt.requested and report.stopped != "cap"
         if bar is not None:
             bar.close()
         backend.close()
@@ -349,24 +448,47 @@ def _replay(
     return report
 
 
-def _backend(opts: ReplayOptions, settings: Settings, workers: int, spec: SurveySpec) -> Backend:
+def _cap_reached(cap: Any | None, events_delivered: int, limit: int) -> bool:
+    """Whether the run's --max-events is reached: by the events its workers sent (counted per batch, so before
+    the units that hold them end), or by those the report has."""
+    if events_delivered >= limit:
+        return True
+    if cap is None:
+        return False
+    import ray
+
+    return bool(ray.get(cap.reached.remote()))
+
+
+def _backend(opts: ReplayOptions, settings: Settings, workers: int, spec: SurveySpec) -> tuple[Backend, Any | None]:
+    """The backend, and the run's shared --max-events counter (a Ray actor) when it has a cap."""
     if opts.dry_run and not os.environ.get("RAY_ADDRESS"):
-        return LocalBackend(Surveyor(spec))
+        return LocalBackend(Surveyor(spec)), None
     _ray_init()
-    from pipeline.replay.workers import DeliveryWorker, RateLimiter, RayBackend, actor_class, worker_options
+    from pipeline.replay.workers import CapKeeper, DeliveryWorker, RateLimiter, RayBackend, actor_class, worker_options
 
     window = TimeWindow(to_ms(opts.since), to_ms(opts.until))
     limits = (opts.max_events_per_second, opts.max_requests_per_second)
     limiter = actor_class(RateLimiter).remote(*limits) if any(limits) and not opts.dry_run else None
+    cap = actor_class(CapKeeper).remote(opts.max_events) if opts.max_events and not opts.dry_run else None
 
     def make_worker() -> Any:
         return (
             actor_class(DeliveryWorker)
             .options(**worker_options(opts.worker_memory_mib))
-            .remote(settings, opts.sink, window, opts.redeliver, limiter, opts.worker_memory_mib, opts.deliveries)
+            .remote(
+                settings,
+                opts.sink,
+                window,
+                opts.redeliver,
+                limiter,
+                opts.worker_memory_mib,
+                opts.deliveries,
+                cap,
+            )
         )
 
-    return RayBackend(spec, workers, 0 if opts.dry_run else workers, make_worker)
+    return RayBackend(spec, workers, 0 if opts.dry_run else workers, make_worker), cap
 
 
 class _Interrupt:

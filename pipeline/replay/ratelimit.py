@@ -51,3 +51,26 @@ class TenantRateLimits:
                 bucket = self._buckets[(tenant, kind)] = TokenBucket(rate, burst=rate)
             wait = max(wait, bucket.reserve(n, now))
         return wait
+
+
+class EventCap:
+    """`--max-events`: the events a run may deliver, counted as objects finish, across every worker.
+
+    `spend` is told each finished object's events and answers whether the run may start another. The cap is
+    checked between objects, never inside one, so what the run delivered is whole objects, each in the ledger,
+    and a later run sends the rest; it may pass the cap by the objects already in flight when it is reached.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the cap must be at least one event")
+        self.limit = limit
+        self.spent = 0
+
+    def spend(self, events: int) -> bool:
+        self.spent += events
+        return self.spent < self.limit
+
+    @property
+    def reached(self) -> bool:
+        return self.spent >= self.limit

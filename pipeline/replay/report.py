@@ -130,6 +130,7 @@ class ReplayReport:
     interrupted: bool = False
     # Told of every result a worker hands back (the deliveries' status, pipeline.status); not part of the report.
     observer: Callable[[ObjectResult], None] | None = None
+    stopped: str | None = None  # why the run stopped before its window's end: "cap" (--max-events) or "request"
 
     def _delivery(self, tenant: str, delivery_id: str) -> DeliveryTotals:
         key = (tenant, delivery_id)
@@ -236,6 +237,7 @@ class ReplayReport:
             "objects_skipped_omitted": self.skipped.omitted,
             "objects_delivered": self.objects_delivered,
             "interrupted": self.interrupted,
+            "stopped": self.stopped,
             "objects_damaged": self.damaged.items,
             "objects_damaged_count": self.damaged.count,
             "objects_failed": self.failed.items,

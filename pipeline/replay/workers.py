@@ -25,7 +25,7 @@ from pipeline.ledger import NOTHING, LedgerError, ObjectLedger
 from pipeline.replay.budget import DEFAULT_BUDGET_MIB, MemoryBudget, decoded_footprint
 from pipeline.replay.listing import Prefixes
 from pipeline.replay.plan import ObjectSpec, WorkUnit
-from pipeline.replay.ratelimit import TenantRateLimits
+from pipeline.replay.ratelimit import EventCap, TenantRateLimits
 from pipeline.replay.report import INTERRUPTED
 from pipeline.replay.survey import Survey, Surveyor, SurveySpec
 from pipeline.settings import Settings
@@ -55,8 +55,12 @@ class UnitRunner:
         throttle: Callable[[str, int, int], None] | None = None,
         memory_budget_mib: int = DEFAULT_BUDGET_MIB,
         deliveries: tuple[str, ...] = (),
+        spend: Callable[[int], bool] | None = None,
     ) -> None:
         self.settings = settings
+        self.stopping = threading.Event()
+        if spend is not None:
+            throttle = _counting(throttle, spend, self.stopping)
         self.deliverer = build_deliverer(
             settings,
             sink=sink_kind,
@@ -67,7 +71,6 @@ class UnitRunner:
             throttle=throttle,
             group_commit=True,
         )
-        self.stopping = threading.Event()
         # A sink that takes one writer at a time (one Vector stdin per destination) gets one pod thread.
         self._threads = min(POD_THREADS, self.deliverer.max_writers or POD_THREADS)
         self.budget = MemoryBudget(memory_budget_mib * 1024 * 1024)
@@ -116,6 +119,22 @@ class UnitRunner:
         self.deliverer.close()
 
 
+def _counting(
+    throttle: Callable[[str, int, int], None] | None, spend: Callable[[int], bool], stopping: threading.Event
+) -> Callable[[str, int, int], None]:
+    """--max-events: every batch's events are counted as they go out (after the rate limit's wait); once the
+    run's cap is reached the worker stops between objects. Those started finish and are recorded, so the
+    ledger stays whole and a later run sends the rest."""
+
+    def counted(tenant: str, events: int, requests: int) -> None:
+        if throttle is not None:
+            throttle(tenant, events, requests)
+        if events and not spend(events):
+            stopping.set()
+
+    return counted
+
+
 # Ray's side is typed loosely, on purpose. mypy keeps a class decorated with @ray.remote a plain class (a class
 # decorator cannot change its type), so code reaches the actor class Ray made through actor_class(); and ray's
 # own actor types are partial (its typed decorator options omit concurrency_groups; a handle is typed only for
@@ -124,6 +143,20 @@ class UnitRunner:
 def actor_class(cls: type[object]) -> Any:
     """The Ray actor class that @ray.remote made of `cls`, with its .options() and .remote()."""
     return cls
+
+
+@ray.remote(num_cpus=0)
+class CapKeeper:
+    """The run's one EventCap, shared by every worker."""
+
+    def __init__(self, limit: int) -> None:
+        self._cap = EventCap(limit)
+
+    def spend(self, events: int) -> bool:
+        return self._cap.spend(events)
+
+    def reached(self) -> bool:
+        return self._cap.reached
 
 
 @ray.remote(num_cpus=0)
@@ -150,6 +183,7 @@ class DeliveryWorker:
         limiter: Any | None = None,
         memory_budget_mib: int = DEFAULT_BUDGET_MIB,
         deliveries: tuple[str, ...] = (),
+        cap: Any | None = None,
     ) -> None:
         throttle = None
         if limiter is not None:
@@ -159,7 +193,15 @@ class DeliveryWorker:
                 if wait > 0:
                     time.sleep(wait)
 
-        self._runner = UnitRunner(settings, sink_kind, window, redeliver, throttle, memory_budget_mib, deliveries)
+        spend = None
+        if cap is not None:
+
+            def spend(events: int) -> bool:
+                return bool(ray.get(cap.spend.remote(events)))
+
+        self._runner = UnitRunner(
+            settings, sink_kind, window, redeliver, throttle, memory_budget_mib, deliveries, spend
+        )
 
     def run(self, unit: WorkUnit) -> list[ObjectResult]:
         return self._runner.run(unit)

@@ -511,6 +511,18 @@ def test_the_tenant_api_nonce_table_expires_its_items_and_only_the_api_roles_put
                            "Resource": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{nonces}"}], stack  # fmt: skip
 
 
+def test_the_replay_request_table_has_the_stores_keys_and_expires_old_requests() -> None:
+    """CONTRACTS.md §7 REPLAY_REQUEST_TABLE: hash tenant_id, range replay_id (pipeline/replay/requests.py)."""
+    template, resolve = resolved("core")
+    props = resolve(template["Resources"]["ReplayRequestTable"]["Properties"])
+    assert props["TableName"] == "multi-tenant-logging-development-replay-requests"
+    keys = [(k["AttributeName"], k["KeyType"]) for k in props["KeySchema"]]
+    assert keys == [("tenant_id", "HASH"), ("replay_id", "RANGE")]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert props["SSESpecification"] == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": "<LogsKey>"}
+    assert resolve.active_outputs()["ReplayRequestTableName"] == "<ReplayRequestTable>"
+
+
 def test_v1_tenant_table_keeps_what_existing_stacks_have() -> None:
     """Stacks created before v2 hold logical TenantConfigTable, named <project>-<env>-tenant-configs, keyed by
     tenant_id. Changing any of these would make CloudFormation replace (or refuse to replace) it."""
@@ -540,6 +552,7 @@ def test_tenant_table_mode_selects_the_tables_and_the_one_the_processors_read(
         "DeliveryLedgerTable",
         "DeliveryStatusTable",
         "ApiNonceTable",
+        "ReplayRequestTable",
     }
     outputs = resolve.active_outputs()
     assert outputs["TenantConfigTableName"] == f"<{processors_read}>"  # TENANT_CONFIG_TABLE (lambda, k8s)
