@@ -196,6 +196,11 @@ case "$TYPE" in
       nonces="$(output "$CORE_STACK" ApiNonceTableName)"
       params+=("TenantConfigTableName=$value" "ApiNonceTableName=$nonces"
         "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN")
+      # The status and redelivery routes (a core stack from before them has neither output: both stay off).
+      for key in DeliveryStatusTableName ReplayRequestTableName DeliveryLedgerTableName; do
+        value="$(output "$CORE_STACK" "$key" 2>/dev/null || true)"
+        params+=("$key=$value")
+      done
     fi
     deploy "$PROJECT-$ENVIRONMENT-cluster-$CLUSTER_NAME" cluster/cluster-iam-roles.yaml "${params[@]}"
     ;;
@@ -204,9 +209,10 @@ case "$TYPE" in
     value="$(output "$CORE_STACK" DeliveryPolicyArn)"
     bucket="$(output "$CORE_STACK" BucketName)"
     key="$(output "$CORE_STACK" LogsKeyArn)"
+    requests="$(output "$CORE_STACK" ReplayRequestTableName 2>/dev/null || true)"
     deploy "$PROJECT-$ENVIRONMENT-replay-$CLUSTER_NAME" cluster/replay-role.yaml \
       "ProjectName=$PROJECT" "ClusterName=$CLUSTER_NAME" "OidcProvider=$OIDC_PROVIDER" \
-      "DeliveryPolicyArn=$value" "BucketName=$bucket" "LogsKeyArn=$key"
+      "DeliveryPolicyArn=$value" "BucketName=$bucket" "LogsKeyArn=$key" "ReplayRequestTableName=$requests"
     ;;
   tenant-api)
     [[ -n "$CENTRAL_ROLE_ARN" ]] || die "tenant-api needs --central-role-arn (output of -t global)"
@@ -215,10 +221,11 @@ case "$TYPE" in
     table="$(output "$CORE_STACK" TenantTableV2Name)"
     key="$(output "$CORE_STACK" LogsKeyArn)"
     nonces="$(output "$CORE_STACK" ApiNonceTableName)"
+    status="$(output "$CORE_STACK" DeliveryStatusTableName 2>/dev/null || true)"
     deploy "$PROJECT-$ENVIRONMENT-tenant-api" regional/tenant-api.yaml \
       "ProjectName=$PROJECT" "Environment=$ENVIRONMENT" "EcrImageUri=$ECR_IMAGE_URI" \
       "TenantConfigTableName=$table" "ApiNonceTableName=$nonces" "LogsKeyArn=$key" \
-      "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN"
+      "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN" "DeliveryStatusTableName=$status"
     ;;
   *) die "unknown type $TYPE (global|regional|customer|cluster|replay|tenant-api)" ;;
 esac

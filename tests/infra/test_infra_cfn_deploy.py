@@ -613,6 +613,7 @@ def test_deploy_sh_tenant_api_reads_the_v2_table_and_the_key_from_the_core_stack
         "ApiNonceTableName": "<multi-tenant-logging-production-core.ApiNonceTableName>",
         "LogsKeyArn": "<multi-tenant-logging-production-core.LogsKeyArn>",
         "CentralLogDistributionRoleArn": central,
+        "DeliveryStatusTableName": "<multi-tenant-logging-production-core.DeliveryStatusTableName>",
     }
 
 
@@ -625,6 +626,14 @@ def test_deploy_sh_cluster_adds_the_tenant_api_role_only_with_the_central_role()
     assert params["CentralLogDistributionRoleArn"] == central
     assert params["TenantConfigTableName"] == "<multi-tenant-logging-development-core.TenantTableV2Name>"
     assert params["ApiNonceTableName"] == "<multi-tenant-logging-development-core.ApiNonceTableName>"
+    # The status and redelivery routes' tables, and the ledger a request's estimate reads.
+    for key in ("DeliveryStatusTableName", "ReplayRequestTableName", "DeliveryLedgerTableName"):
+        assert params[key] == f"<multi-tenant-logging-development-core.{key}>"
+
+
+def test_deploy_sh_replay_role_follows_the_request_table() -> None:
+    ((_, _, params),) = deploy_commands("-t", "replay", "--cluster-name", "c1", "--oidc-provider", OIDC)
+    assert params["ReplayRequestTableName"] == "<multi-tenant-logging-development-core.ReplayRequestTableName>"
 
 
 def test_deploy_sh_customer_bucket_flags_become_the_s3_parameters() -> None:
@@ -708,3 +717,65 @@ def test_deploy_sh_keeps_a_pre_v2_stack_on_its_v1_tenant_table(
     overrides = dict(kv.partition("=")[::2] for kv in argv[argv.index("--parameter-overrides") + 1 :])
     assert overrides.get("TenantTableMode") == mode
     assert ("predates the v2 tenant table" in proc.stderr) is (core == "pre-v2" and not flags)
+
+
+def test_cluster_tenant_api_role_reads_status_and_keeps_replay_requests_when_given_their_tables(
+    deployed: Deployed,
+) -> None:
+    core, central = deployed.outputs["core"], deployed.outputs["global"]["CentralLogDistributionRoleArn"]
+    deployed.deploy(
+        "cluster",
+        key="cluster-self-service",
+        ClusterName="prod-3",
+        OidcProvider=OIDC,
+        BucketName=core["BucketName"],
+        LogsKeyArn=core["LogsKeyArn"],
+        DeliveryPolicyArn=core["DeliveryPolicyArn"],
+        TenantConfigTableName=core["TenantTableV2Name"],
+        ApiNonceTableName=core["ApiNonceTableName"],
+        CentralLogDistributionRoleArn=central,
+        DeliveryStatusTableName=core["DeliveryStatusTableName"],
+        ReplayRequestTableName=core["ReplayRequestTableName"],
+        DeliveryLedgerTableName=core["DeliveryLedgerTableName"],
+    )
+    iam, name = deployed.client("iam"), "multi-tenant-logging-prod-3-tenant-api"
+    docs = {p: as_doc(iam.get_role_policy(RoleName=name, PolicyName=p)["PolicyDocument"])
+            for p in iam.list_role_policies(RoleName=name)["PolicyNames"]}  # fmt: skip
+    by_sid = {st["Sid"]: st for doc in docs.values() for st in as_list(doc["Statement"])}
+    # Status: read only. Requests: no Scan, no table-wide write. The estimate: list and read, never write.
+    assert by_sid["ReadDeliveryStatus"]["Action"] == "dynamodb:Query"
+    assert by_sid["ReadDeliveryStatus"]["Resource"] == table_arn(deployed, core["DeliveryStatusTableName"])
+    assert set(by_sid["ReplayRequests"]["Action"]) == {
+        "dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"
+    }  # fmt: skip
+    assert by_sid["ReplayRequests"]["Resource"] == table_arn(deployed, core["ReplayRequestTableName"])
+    assert by_sid["ReplayEstimateListing"]["Action"] == "s3:ListBucket"
+    assert by_sid["ReplayEstimateListing"]["Resource"] == f"arn:aws:s3:::{core['BucketName']}"
+    assert set(by_sid["ReplayEstimateLedger"]["Action"]) == {"dynamodb:GetItem", "dynamodb:BatchGetItem"}
+    assert by_sid["ReplayEstimateLedger"]["Resource"] == table_arn(deployed, core["DeliveryLedgerTableName"])
+
+
+def test_replay_role_follows_replay_requests_only_when_given_their_table(deployed: Deployed) -> None:
+    core = deployed.outputs["core"]
+    iam = deployed.client("iam")
+    assert (
+        "follow-replay-requests"
+        not in iam.list_role_policies(RoleName="multi-tenant-logging-prod-1-replay")["PolicyNames"]
+    )
+    deployed.deploy(
+        "replay",
+        key="replay-requests",
+        ClusterName="prod-3",
+        OidcProvider=OIDC,
+        DeliveryPolicyArn=core["DeliveryPolicyArn"],
+        ReplayRequestTableName=core["ReplayRequestTableName"],
+    )
+    doc = as_doc(
+        iam.get_role_policy(RoleName="multi-tenant-logging-prod-3-replay", PolicyName="follow-replay-requests")[
+            "PolicyDocument"
+        ]
+    )
+    (st,) = as_list(doc["Statement"])
+    # The driver follows a request (progress, end, the active-run item); only the API creates one.
+    assert set(st["Action"]) == {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
+    assert st["Resource"] == table_arn(deployed, core["ReplayRequestTableName"])
