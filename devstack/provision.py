@@ -344,50 +344,32 @@ def create_tenant_table(ddb: Any, name: str, schema: TableSchema = TableSchema.V
     )
 
 
-def create_nonce_table(ddb: Any, name: str) -> None:
-    """The tenant API's nonce table (pipeline/api/nonces.py): hash key `nonce`, TTL on `expires_at`."""
+def create_expiring_table(ddb: Any, name: str, *keys: str) -> None:
+    """A table of string keys (the first the hash key, a second the range key) whose items expire by TTL on
+    `expires_at`."""
+    roles = ("HASH", "RANGE")
     ddb.create_table(
         TableName=name,
-        KeySchema=[{"AttributeName": "nonce", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "nonce", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": a, "KeyType": k} for a, k in zip(keys, roles, strict=False)],
+        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in keys],
         BillingMode="PAY_PER_REQUEST",
     )
     ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
+
+
+def create_nonce_table(ddb: Any, name: str) -> None:
+    """The tenant API's nonce table (pipeline/api/nonces.py): hash key `nonce`."""
+    create_expiring_table(ddb, name, "nonce")
 
 
 def create_status_table(ddb: Any, name: str) -> None:
-    """Each delivery's status (pipeline/status.py): hash `tenant_id`, range `delivery_id`, TTL on `expires_at`."""
-    ddb.create_table(
-        TableName=name,
-        KeySchema=[
-            {"AttributeName": "tenant_id", "KeyType": "HASH"},
-            {"AttributeName": "delivery_id", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "tenant_id", "AttributeType": "S"},
-            {"AttributeName": "delivery_id", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
+    """Each delivery's status (pipeline/status.py): hash `tenant_id`, range `delivery_id`."""
+    create_expiring_table(ddb, name, "tenant_id", "delivery_id")
 
 
 def create_replay_table(ddb: Any, name: str) -> None:
-    """Redelivery requests (pipeline/replay/requests.py): hash `tenant_id`, range `replay_id`, TTL on
-    `expires_at`."""
-    ddb.create_table(
-        TableName=name,
-        KeySchema=[
-            {"AttributeName": "tenant_id", "KeyType": "HASH"},
-            {"AttributeName": "replay_id", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "tenant_id", "AttributeType": "S"},
-            {"AttributeName": "replay_id", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
+    """Redelivery requests (pipeline/replay/requests.py): hash `tenant_id`, range `replay_id`."""
+    create_expiring_table(ddb, name, "tenant_id", "replay_id")
 
 
 def add_tenants(local: LocalEnvironment, tenants: Iterable[SampleTenant]) -> None:

@@ -444,39 +444,35 @@ class Deliverer:
             for pending, minimum in batches.drain():
                 pending.tag[1].requests_minimum += minimum
 
-    def may_decode(self, key: str) -> bool:
-        """Whether delivering the object can decode it (an event sink has a delivery that takes it): what
-        a memory budget charges for it. True when that cannot be told yet; deliver() reports why."""
+    def _takers(self, key: str) -> list[tuple[Delivery, Sink]] | None:
+        """The deliveries of this run that take the object, with their sinks; None when that cannot be told
+        yet (a bad key, an unknown tenant, a tenant table in trouble: deliver() reports why)."""
         try:
             parsed = parse_key(key)
             tenant = self.tenants.get(parsed.tenant)
         except (InvalidKeyError, DeliveryError, ClientError, BotoCoreError):
-            return True
-        return any(
-            self.routing.selects(d.delivery_id, d.type)
-            and d.type in self.sinks
-            and (self.sinks[d.type].traits.needs_events or d.decodes)
-            and not d.skip_reason(parsed)
+            return None
+        return [
+            (d, self.sinks[d.type])
             for d in tenant.deliveries
-        )
+            if self.routing.selects(d.delivery_id, d.type) and d.type in self.sinks and not d.skip_reason(parsed)
+        ]
+
+    def may_decode(self, key: str) -> bool:
+        """Whether delivering the object can decode it (an event sink has a delivery that takes it): what
+        a memory budget charges for it. True when that cannot be told yet."""
+        takers = self._takers(key)
+        return takers is None or any(sink.traits.needs_events or d.decodes for d, sink in takers)
 
     def needs_ledger(self, ref: ObjectRef) -> bool:
         """Whether delivering the object asks the ledger: some delivery that takes it writes the ledger and
         is not idempotent (or the routing reads for idempotent ones too). True when that cannot be told yet."""
         if self.ledger is None or not self.routing.use_ledger:
             return False
-        try:
-            parsed = parse_key(ref.key)
-            tenant = self.tenants.get(parsed.tenant)
-        except (InvalidKeyError, DeliveryError, ClientError, BotoCoreError):
-            return True
-        return any(
-            self.routing.selects(d.delivery_id, d.type)
-            and d.type in self.sinks
-            and self.sinks[d.type].traits.writes_ledger
-            and (self.routing.read_idempotent or not self.sinks[d.type].traits.idempotent)
-            and not d.skip_reason(parsed)
-            for d in tenant.deliveries
+        takers = self._takers(ref.key)
+        return takers is None or any(
+            sink.traits.writes_ledger and (self.routing.read_idempotent or not sink.traits.idempotent)
+            for _, sink in takers
         )
 
     def deliver(

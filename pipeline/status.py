@@ -489,21 +489,14 @@ class StatusTable:
         """Every status item of a tenant, by delivery id (a Query; a tenant has a handful)."""
         from pipeline.tenants import deserialize
 
-        out: dict[str, dict[str, Any]] = {}
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "tenant_id = :t",
-            "ExpressionAttributeValues": {":t": {"S": tenant_id}},
-            "ConsistentRead": True,
-        }
-        while True:
-            page = self.client.query(**kwargs)
-            for raw in page.get("Items", []):
-                item = deserialize(raw)
-                out[str(item.get("delivery_id"))] = item
-            if "LastEvaluatedKey" not in page:
-                return out
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        pages = self.client.get_paginator("query").paginate(
+            TableName=self.table,
+            KeyConditionExpression="tenant_id = :t",
+            ExpressionAttributeValues={":t": {"S": tenant_id}},
+            ConsistentRead=True,
+        )
+        items = (deserialize(raw) for page in pages for raw in page.get("Items", []))
+        return {str(item.get("delivery_id")): item for item in items}
 
 
 def circuit_backoff(circuits: CircuitBreakers) -> Callable[[Key], float]:

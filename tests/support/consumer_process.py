@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.localray import wait_for as poll
 from devstack.provision import LocalEnvironment
 from devstack.server import free_port
 
@@ -35,15 +36,9 @@ def queue_empty(local: LocalEnvironment) -> bool:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll until `predicate` returns something truthy (and return it), or fail saying what never happened."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """devstack.localray's poll, ten times a second: what the tests here wait for is a file, a queue or a
+    table on this machine, cheap to look at."""
+    return poll(predicate, timeout, what, interval)
 
 
 class ConsumerProcess:
