@@ -14,7 +14,9 @@ import argparse
 import os
 import statistics
 import sys
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from bench.s3_bench import TENANT, Baseline, CallCounter, clear_ledger, write_se
 from devstack.provision import provision  # noqa: E402
 from devstack.server import MotoServer  # noqa: E402
 from pipeline.consumer.processor import MessageProcessor, consumer_deliverer  # noqa: E402
+from pipeline.consumer.sqs import SqsConsumer, SqsOptions  # noqa: E402
 from pipeline.delivery import ObjectRef  # noqa: E402
 
 
@@ -42,15 +45,57 @@ def body(ref: ObjectRef) -> bytes:
     return orjson.dumps({"Records": [record]})
 
 
+class LocalQueue:
+    """The part of an SQS client `SqsConsumer` calls, in memory: the bodies to deliver, received in order
+    (up to what the consumer asks for) and deleted once; nothing comes back. The queue costs nothing, like
+    the baseline's loop, which has none: what is compared is what the consumer does around the deliveries."""
+
+    def __init__(self, bodies: list[bytes]) -> None:
+        self._bodies = list(reversed(bodies))
+        self._lock = threading.Lock()
+        self.left = len(bodies)
+        self.stop: Callable[[], None] = lambda: None
+        self.empty = threading.Event()
+
+    def receive_message(self, MaxNumberOfMessages: int, **_: Any) -> dict[str, Any]:
+        with self._lock:
+            n = min(MaxNumberOfMessages, len(self._bodies))
+            taken = [self._bodies.pop() for _ in range(n)]
+        if not taken:
+            self.empty.wait(1.0)  # a long poll on an empty queue
+        return {
+            "Messages": [
+                {"MessageId": str(id(b)), "ReceiptHandle": str(id(b)), "Body": b, "Attributes": {}} for b in taken
+            ]
+        }
+
+    def delete_message(self, **_: Any) -> dict[str, Any]:
+        with self._lock:
+            self.left -= 1
+            done = self.left == 0
+        if done:
+            self.empty.set()
+            self.stop()
+        return {}
+
+    def change_message_visibility_batch(self, **_: Any) -> dict[str, Any]:
+        return {"Failed": []}
+
+
 def consumer_pass(processor: MessageProcessor, refs: list[ObjectRef], threads: int) -> None:
-    with ThreadPoolExecutor(threads) as pool:
-        for i in range(0, len(refs), 10):
-            bodies = [body(r) for r in refs[i : i + 10]]
-            view = processor.prefetch(bodies)
-            outcomes = list(pool.map(lambda b, v=view: processor.process(b, "m", 1, v), bodies))
-            bad = [o.to_dict() for o in outcomes if o.outcome != "delivered"]
-            if bad:
-                raise RuntimeError(bad[:2])
+    """The real `SqsConsumer` (its receive loop, slots, workers and heartbeat) with `threads` workers, on a
+    `LocalQueue` of one message per object; returns when every message is deleted."""
+    queue = LocalQueue([body(r) for r in refs])
+    options = SqsOptions(
+        queue_url="local", workers=threads, wait_time_s=1, visibility_timeout_s=300, drain_timeout_s=60
+    )
+    consumer = SqsConsumer(processor, queue, options)  # type: ignore[arg-type]
+    queue.stop = consumer.request_stop
+    before = processor.metrics.messages.labels("retried")._value.get()
+    assert consumer.run() == 0 and queue.left == 0
+    retried = processor.metrics.messages.labels("retried")._value.get() - before
+    if retried:
+        raise RuntimeError(f"{retried} message(s) retried")
 
 
 def main(argv: list[str] | None = None) -> int:

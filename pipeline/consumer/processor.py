@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,13 @@ BEING_DELIVERED = "the same object is being delivered by another worker of this 
 # a worker that waits out a throttled tenant's quota is a worker every other tenant lacks, and the circuit
 # (not the sink's retry loop) is what waits out a storm.
 DEFAULT_THROTTLE_ATTEMPTS = 3
+
+# How long idempotent records wait for others to be written with (`DeferredRecords`), and how many messages'
+# records make a group written at once. Their messages stay in flight meanwhile (the heartbeat extends them):
+# this bounds only how late they are deleted and their status written. A group's objects are one
+# TransactWriteItems (up to 100 items).
+DEFER_PATIENCE_S = 0.1
+DEFER_LIMIT = 25
 
 
 def consumer_retry(put_attempts: int | None = None, throttle_attempts: int | None = None) -> RetryPolicy:
@@ -133,6 +140,20 @@ class MessageOutcome:
         }
 
 
+@dataclass
+class _Work:
+    """A message whose objects are delivered and not yet recorded (`MessageProcessor._deliver_message`)."""
+
+    outcome: MessageOutcome
+    ctx: dict[str, Any]
+    done: list[tuple[str, list[Delivery], ObjectResult, float]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # taken in _in_flight: kept until the records are written
+
+    @property
+    def receive_count(self) -> int:
+        return int(self.ctx["receive_count"])
+
+
 class MessageProcessor:
     """Parses one SQS body and delivers the objects it names. Never raises: the outcome says it all.
 
@@ -168,6 +189,8 @@ class MessageProcessor:
         self.commits = GroupCommit(lambda results: deliverer.commit(*results))
         # Each delivery's status (pipeline.status): fed with every result, written at most every 30 s.
         self.status = status
+        # Messages whose records are idempotent, waiting to be recorded together (`Receive.process`).
+        self.deferred = DeferredRecords(self)
 
     def prefetch(self, bodies: Sequence[str | bytes]) -> LedgerView | None:
         """What the ledger holds for the objects a receive's messages name, in one batched read (only those
@@ -196,6 +219,22 @@ class MessageProcessor:
     ) -> MessageOutcome:
         """Deliver what the message names, then record it (`GroupCommit`): the outcome is acknowledged only
         once every record is written. `view`: the ledger read for the whole receive (`prefetch`)."""
+        work = self._deliver_message(body, message_id, receive_count, view)
+        if isinstance(work, MessageOutcome):
+            return work
+        self._commit([work])
+        return self._conclude(work)
+
+    def receive(self, bodies: Sequence[str | bytes]) -> Receive:
+        """The messages of one receive, read from the ledger at once (`prefetch`), their idempotent records
+        written with others' (`DeferredRecords`). Each must then go through `Receive.process`, exactly once."""
+        return Receive(self, self.prefetch(bodies))
+
+    def _deliver_message(
+        self, body: str | bytes, message_id: str, receive_count: int, view: LedgerView | None
+    ) -> _Work | MessageOutcome:
+        """A message's deliveries, not yet recorded (a `_Work` for `_commit`, then `_conclude`); or its final
+        outcome when nothing it names could be delivered (a body that is not an S3 event)."""
         outcome = MessageOutcome(message_id)
         ctx: dict[str, Any] = {"message_id": message_id, "receive_count": receive_count}
         try:
@@ -225,32 +264,59 @@ class MessageProcessor:
             log.info("event skipped: %s", reason, extra={**ctx, "reason": reason})
         for reason in outcome.rejected:
             log.warning("record rejected: %s", reason, extra={**ctx, "reason": reason})
-        # For each destination this message backs off from: when it is worth receiving again (circuits.spread).
-        waits: list[float] = []
-        done: list[tuple[str, list[Delivery], ObjectResult, float]] = []
-        keys: list[str] = []  # taken in _in_flight: kept until the objects' records are written
+        work = _Work(outcome, ctx)
         try:
             for ref in refs:
                 start = time.monotonic()
                 tenant, probes, held = self._ask_circuits(ref)
                 try:
-                    result = self._deliver(ref, held, probes, view.get(ref.key) if view else None, keys)
+                    result = self._deliver(ref, held, probes, view.get(ref.key) if view else None, work.keys)
                 except Exception as exc:  # deliver() never raises for a bad object; this is a bug or a crash
                     self._report(tenant, probes, None)  # a half-open circuit's probe must not stay out forever
                     outcome.error = f"{type(exc).__name__}: {exc}"
                     log.exception("delivery raised unexpectedly", extra={**ctx, "object_key": ref.key})
                     break
-                done.append((tenant, probes, result, start))
-            try:
-                # What was delivered is recorded even after a crash on a later object, so a retry skips it.
-                self.commits.commit([result for _, _, result, _ in done])
-            except Exception as exc:  # the group's deliveries are failed already (GroupCommit): retried
-                outcome.error = outcome.error or f"{type(exc).__name__}: {exc}"
-                log.exception("ledger commit raised unexpectedly", extra=ctx)
+                work.done.append((tenant, probes, result, start))
+        except BaseException:
+            self._release_keys([work])
+            raise
+        return work
+
+    def _deferrable(self, work: _Work) -> bool:
+        """Whether the message's records may wait for the rest of its receive: it has some, and every one of
+        them is of an idempotent sink (S3). A kill before they are written then costs a resend that overwrites
+        the same objects, never a duplicate; any other record is written as soon as its object is done."""
+        if work.outcome.error:
+            return False
+        pending = [r for _, _, res, _ in work.done for r in res.deliveries if r.batched and r.done and not r.recorded]
+        sinks = {str(t): sink for t, sink in self.deliverer.sinks.items()}
+        return bool(pending) and all(r.type in sinks and sinks[r.type].traits.idempotent for r in pending)
+
+    def _commit(self, works: Sequence[_Work]) -> None:
+        """Record what these messages delivered (`GroupCommit`, in one group when they come together)."""
+        try:
+            # What was delivered is recorded even after a crash on a later object, so a retry skips it.
+            self.commits.commit([result for w in works for _, _, result, _ in w.done])
+        except Exception as exc:  # the group's deliveries are failed already (GroupCommit): retried
+            for w in works:
+                w.outcome.error = w.outcome.error or f"{type(exc).__name__}: {exc}"
+            log.exception(
+                "ledger commit raised unexpectedly", extra={"message_ids": [w.ctx["message_id"] for w in works]}
+            )
         finally:
-            with self._in_flight_lock:
-                self._in_flight.difference_update(keys)
-        for tenant, probes, result, start in done:
+            self._release_keys(works)
+
+    def _release_keys(self, works: Sequence[_Work]) -> None:
+        with self._in_flight_lock:
+            for w in works:
+                self._in_flight.difference_update(w.keys)
+
+    def _conclude(self, work: _Work) -> MessageOutcome:
+        """After `_commit`: the circuits, metrics, status and log of each object, and the message's outcome."""
+        outcome, ctx = work.outcome, work.ctx
+        # For each destination this message backs off from: when it is worth receiving again (circuits.spread).
+        waits: list[float] = []
+        for tenant, probes, result, start in work.done:
             waits += self._report(tenant, probes, result)
             self.metrics.observe_object(result, time.monotonic() - start)
             if self.status is not None:
@@ -261,7 +327,7 @@ class MessageProcessor:
         if outcome.error:
             return outcome
         if waits and not outcome.acknowledged:
-            outcome.retry_after_s = release_delay(max(waits), receive_count, self.hold_base_s)
+            outcome.retry_after_s = release_delay(max(waits), work.receive_count, self.hold_base_s)
         return outcome
 
     def _ask_circuits(self, ref: ObjectRef) -> tuple[str, list[Delivery], dict[str, str]]:
@@ -357,6 +423,118 @@ class MessageProcessor:
         except (DeliveryError, ClientError, BotoCoreError):
             return  # an unknown tenant or a lookup error: the object's own result says so already
         self.metrics.observe_tenant(tenant)
+
+
+class Receive:
+    """The messages of one receive, read from the ledger at once (`MessageProcessor.prefetch`); each is handed
+    to `process` exactly once, on any worker thread."""
+
+    def __init__(self, processor: MessageProcessor, view: LedgerView | None) -> None:
+        self._processor = processor
+        self.view = view
+
+    def process(
+        self, body: str | bytes, message_id: str, receive_count: int, then: Callable[[MessageOutcome], None]
+    ) -> None:
+        """Deliver the message; `then(outcome)` once it is concluded: at once, or, when its only unwritten
+        records are idempotent, after they are written with others (`DeferredRecords`, maybe on another
+        thread). The outcome is never acknowledged before its records are written."""
+        proc = self._processor
+        work = proc._deliver_message(body, message_id, receive_count, self.view)
+        if isinstance(work, MessageOutcome):
+            _hand(then, work)
+        elif proc._deferrable(work):
+            proc.deferred.add(work, then)
+        else:
+            proc._commit([work])
+            _hand(then, proc._conclude(work))
+
+
+class DeferredRecords:
+    """Messages whose only unwritten records are idempotent (S3: `MessageProcessor._deferrable`), waiting to
+    be recorded together, across messages and receives: a consumer with one worker receives one message at a
+    time, and would otherwise write the ledger once per object.
+
+    The waiting records are written in one group (`GroupCommit`) once `limit` messages wait (by the worker
+    that adds the last), or once the first of them has waited `patience_s` (by this object's own thread, so a
+    consumer that goes idle still writes them), or at `flush()`. Only then is each message
+    concluded and handed to its `then`, which deletes it: a message is never acknowledged before its records
+    are written, and it stays in flight (the heartbeat extends it) while it waits. A kill meanwhile costs a
+    resend that overwrites the same objects, never a duplicate. Records that are not idempotent (CloudWatch)
+    never wait here: a kill between their put and their record resends events, so that window stays short.
+    """
+
+    def __init__(
+        self, processor: MessageProcessor, patience_s: float = DEFER_PATIENCE_S, limit: int = DEFER_LIMIT
+    ) -> None:
+        self._processor = processor
+        self._patience_s = patience_s
+        self._limit = limit
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[_Work, Callable[[MessageOutcome], None]]] = []
+        self._since = 0.0  # when the first waiting message was added
+        self._timer: threading.Thread | None = None
+        self.groups = 0  # groups written, for tests and the bench
+
+    def add(self, work: _Work, then: Callable[[MessageOutcome], None]) -> None:
+        with self._cond:
+            if not self._waiting:
+                self._since = time.monotonic()
+            self._waiting.append((work, then))
+            group = self._take() if len(self._waiting) >= self._limit else []
+            if self._timer is None:
+                self._timer = threading.Thread(target=self._run, name="deferred-records", daemon=True)
+                self._timer.start()
+            self._cond.notify_all()
+        self._write(group)
+
+    def flush(self) -> None:
+        """Write whatever waits, now."""
+        with self._cond:
+            group = self._take()
+        self._write(group)
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    def _take(self) -> list[tuple[_Work, Callable[[MessageOutcome], None]]]:
+        group, self._waiting = self._waiting, []
+        return group
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting:
+                    self._cond.wait()
+                left = self._since + self._patience_s - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                group = self._take()
+            try:
+                self._write(group)
+            except Exception:  # the timer must outlive a bad group: its messages come back (not deleted)
+                log.exception("writing deferred records failed")
+
+    def _write(self, group: list[tuple[_Work, Callable[[MessageOutcome], None]]]) -> None:
+        if not group:
+            return
+        proc = self._processor
+        proc._commit([w for w, _ in group])
+        with self._cond:
+            self.groups += 1
+        for w, then in group:
+            _hand(then, proc._conclude(w))
+
+
+def _hand(then: Callable[[MessageOutcome], None], outcome: MessageOutcome) -> None:
+    """One message's conclusion; its failure must not keep the other messages of a group from theirs."""
+    try:
+        then(outcome)
+    except Exception:
+        log.exception("handling a message's outcome failed", extra={"message_id": outcome.message_id})
 
 
 def foreign_bucket_reason(bucket: str, key: str, central: str) -> str:

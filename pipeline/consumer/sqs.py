@@ -44,9 +44,8 @@ from pipeline import aws, environment
 from pipeline.circuits import DEFAULT_HOLD_BASE_S, CircuitBreakers
 from pipeline.classify import Action, classify_error, describe
 from pipeline.cli import EXIT_FAILED, EXIT_OK
-from pipeline.consumer.commit import LedgerView
 from pipeline.consumer.metrics import Metrics, MetricsServer
-from pipeline.consumer.processor import MessageOutcome, MessageProcessor, consumer_deliverer
+from pipeline.consumer.processor import MessageOutcome, MessageProcessor, Receive, consumer_deliverer
 from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
 from pipeline.retry import Retrying, RetryPolicy
 from pipeline.settings import ConfigError, Settings
@@ -139,7 +138,7 @@ class InFlight:
     body: str
     receive_count: int
     received_at: float = field(default_factory=time.monotonic)
-    view: LedgerView | None = None  # the ledger as read for its whole receive
+    receive: Receive | None = None  # its receive: the ledger read and the records written together
 
 
 class SqsConsumer:
@@ -256,10 +255,12 @@ class SqsConsumer:
                 self._give_back_slots(len(messages))
                 self._release(messages, "received after the stop request")
                 break
-            # One ledger read for the objects of the whole receive, not one per message (pipeline.consumer.commit).
-            view = self.processor.prefetch([m.get("Body", "") for m in messages]) if messages else None
-            for m in messages:
-                self._start(m, view)
+            # One ledger read for the objects of the whole receive, not one per message, and the idempotent
+            # records of its messages written together (pipeline.consumer.processor.Receive).
+            if messages:
+                receive = self.processor.receive([m.get("Body", "") for m in messages])
+                for m in messages:
+                    self._start(m, receive)
         self._drain()
         self._settle_abandoned_poll()
         self._heartbeat_stop.set()
@@ -341,14 +342,14 @@ class SqsConsumer:
             self.metrics.messages_received.inc(len(messages))
         return messages
 
-    def _start(self, message: MessageTypeDef, view: LedgerView | None = None) -> None:
+    def _start(self, message: MessageTypeDef, receive: Receive) -> None:
         entry = InFlight(
             message_id=message["MessageId"],
             receipt=message["ReceiptHandle"],
             body=message.get("Body", ""),
             receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", "0")),
             received_at=self._clock(),
-            view=view,
+            receive=receive,
         )
         with self._cond:
             self._inflight[entry.message_id] = entry
@@ -368,8 +369,16 @@ class SqsConsumer:
                 self._slots.release()
 
     def _handle(self, entry: InFlight) -> None:
-        outcome: MessageOutcome = self.processor.process(entry.body, entry.message_id, entry.receive_count, entry.view)
-        entry.view = None
+        """Deliver the message; it is deleted or handed back once concluded: at once, or once its idempotent
+        records are written with others' (`pipeline.consumer.processor.DeferredRecords`)."""
+        receive, entry.receive = entry.receive, None
+        if receive is None:  # never: every message is started with its receive
+            receive = Receive(self.processor, None)
+        receive.process(
+            entry.body, entry.message_id, entry.receive_count, lambda outcome: self._conclude(entry, outcome)
+        )
+
+    def _conclude(self, entry: InFlight, outcome: MessageOutcome) -> None:
         if outcome.acknowledged:
             self._delete(entry, outcome)
         else:
