@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import pytest
 
 from pipeline.consumer.commit import GroupCommit, LedgerView
+from pipeline.consumer.processor import DeferredRecords, MessageOutcome, MessageProcessor, Receive, _Work
 from pipeline.coverage import WHOLE
 from pipeline.delivery import DeliveryResult, ObjectResult
 from pipeline.ledger import NOTHING, ObjectLedger
+from pipeline.tenants import DeliveryType
 
 
 def finished(key: str) -> ObjectResult:
@@ -117,3 +120,116 @@ def test_a_view_forgets_the_keys_recorded_after_its_read() -> None:
     commits.commit([finished("a")])
     assert view.get("a") is None  # recorded since the read: the message that meets it reads again
     assert view.get("b") is held
+
+
+# -- records deferred across messages (pipeline.consumer.processor.DeferredRecords) ---------------------------
+
+
+def delivered_to(key: str, *types: str) -> ObjectResult:
+    """An object delivered to one delivery of each type, every record left for the commit; no tenant (so the
+    processor's tenant metrics look nothing up)."""
+    return ObjectResult(key, deliveries=[DeliveryResult(t, t, batched=True) for t in types])
+
+
+def processor(writes: Writes, patience_s: float = 60, limit: int = 100) -> MessageProcessor:
+    """A MessageProcessor whose Deliverer only commits (through `writes`) and knows which sinks are idempotent."""
+    sink = lambda idempotent: SimpleNamespace(traits=SimpleNamespace(idempotent=idempotent))  # noqa: E731
+    deliverer = SimpleNamespace(
+        commit=lambda *results: writes(results),
+        sinks={DeliveryType.S3: sink(True), DeliveryType.CLOUDWATCH: sink(False)},
+    )
+    proc = MessageProcessor(deliverer, bucket="central")  # type: ignore[arg-type]
+    proc.deferred = DeferredRecords(proc, patience_s=patience_s, limit=limit)
+    return proc
+
+
+def work(result: ObjectResult) -> _Work:
+    return _Work(
+        MessageOutcome(f"m-{result.key}"),
+        {"message_id": f"m-{result.key}", "receive_count": 1},
+        [("", [], result, 0.0)],
+    )
+
+
+class Concluded:
+    """The `then` of each message: the outcomes, in the order they were concluded."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[MessageOutcome] = []
+        self.all_in = threading.Event()
+        self.expect = 0
+
+    def __call__(self, outcome: MessageOutcome) -> None:
+        self.outcomes.append(outcome)
+        if len(self.outcomes) >= self.expect:
+            self.all_in.set()
+
+
+def test_idempotent_records_wait_for_a_full_group_and_no_message_is_concluded_before_the_write() -> None:
+    writes = Writes()
+    writes.gates["c"] = threading.Event()
+    proc = processor(writes, limit=3)
+    concluded = Concluded()
+    for key in ("a", "b"):
+        proc.deferred.add(work(delivered_to(key, "s3")), concluded)
+    assert writes.groups == [] and concluded.outcomes == [] and proc.deferred.waiting == 2
+    third = threading.Thread(target=proc.deferred.add, args=(work(delivered_to("c", "s3")), concluded), daemon=True)
+    third.start()  # the third fills the group: its worker writes all three
+    assert writes.entered.acquire(timeout=30)
+    assert concluded.outcomes == []  # the write is in flight: no message may be deleted yet
+    writes.gates["c"].set()
+    third.join(30)
+    assert writes.groups == [["a", "b", "c"]]
+    assert [o.message_id for o in concluded.outcomes] == ["m-a", "m-b", "m-c"]
+    assert all(o.acknowledged and o.outcome == "delivered" for o in concluded.outcomes)
+
+
+def test_a_message_alone_is_written_by_the_timer_after_the_patience() -> None:
+    writes = Writes()
+    proc = processor(writes, patience_s=0.05)
+    concluded = Concluded()
+    concluded.expect = 1
+    result = delivered_to("a", "s3")
+    proc.deferred.add(work(result), concluded)
+    assert concluded.all_in.wait(30)  # no other message came: the timer wrote it
+    assert writes.groups == [["a"]] and result.deliveries[0].recorded and concluded.outcomes[0].acknowledged
+
+
+def test_a_failed_group_write_leaves_every_message_of_the_group_for_redelivery() -> None:
+    writes = Writes()
+    writes.fail = {"b"}
+    proc = processor(writes, limit=3)
+    concluded = Concluded()
+    for key in ("a", "b", "c"):
+        proc.deferred.add(work(delivered_to(key, "s3")), concluded)
+    assert writes.groups == [["a", "b", "c"]]
+    assert len(concluded.outcomes) == 3
+    assert not any(o.acknowledged for o in concluded.outcomes)  # none deleted: each comes back
+
+
+def test_only_messages_whose_unwritten_records_are_all_idempotent_wait() -> None:
+    proc = processor(Writes())
+    assert proc._deferrable(work(delivered_to("a", "s3")))
+    # A CloudWatch record waits for nobody: a kill between its put and its record resends events.
+    assert not proc._deferrable(work(delivered_to("b", "cloudwatch")))
+    assert not proc._deferrable(work(delivered_to("c", "s3", "cloudwatch")))
+    nothing = work(ObjectResult("d", deliveries=[DeliveryResult("s3", "s3").skip("in the ledger")]))
+    assert not proc._deferrable(nothing)  # nothing to write: concluded at once
+    crashed = work(delivered_to("e", "s3"))
+    crashed.outcome.error = "RuntimeError: boom"
+    assert not proc._deferrable(crashed)
+
+
+def test_a_receive_writes_a_cloudwatch_message_at_once_and_defers_an_s3_one() -> None:
+    writes = Writes()
+    proc = processor(writes)
+    results = {"cw": delivered_to("cw", "cloudwatch"), "s3": delivered_to("s3", "s3")}
+    proc._deliver_message = lambda body, message_id, count, view: work(results[str(body)])  # type: ignore[method-assign]
+    concluded = Concluded()
+    receive = Receive(proc, None)
+    receive.process("cw", "m-cw", 1, concluded)
+    assert writes.groups == [["cw"]] and [o.message_id for o in concluded.outcomes] == ["m-cw"]
+    receive.process("s3", "m-s3", 1, concluded)
+    assert writes.groups == [["cw"]] and proc.deferred.waiting == 1  # waits for others, undeleted
+    proc.deferred.flush()
+    assert writes.groups == [["cw"], ["s3"]] and concluded.outcomes[-1].acknowledged
