@@ -68,7 +68,7 @@ if str(REPO) not in sys.path:
 
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import GeneratorConfig, app_names, write_dataset  # noqa: E402
-from devstack.provision import SAMPLE_TENANTS, LocalEnvironment, provision  # noqa: E402
+from devstack.provision import SAMPLE_TENANTS, LocalEnvironment, SampleTenant, provision  # noqa: E402
 from devstack.server import MotoServer  # noqa: E402
 from pipeline.delivery import Deliverer, ObjectRef, Status, build_deliverer  # noqa: E402
 from pipeline.keys import parse_key, pod_prefix  # noqa: E402
@@ -91,10 +91,16 @@ class DataSet:
 
 
 def write_set(
-    local: LocalEnvironment, name: str, unique: int, copies: int, events_per_object: int, seed: int
+    local: LocalEnvironment,
+    name: str,
+    unique: int,
+    copies: int,
+    events_per_object: int,
+    seed: int,
+    tenant: SampleTenant = TENANT,
 ) -> DataSet:
-    """`unique` generated objects under cluster `name`, each also copied (server-side) under `copies - 1`
-    more pod names; the references a notification would carry."""
+    """`unique` generated objects of `tenant` under cluster `name`, each also copied (server-side) under
+    `copies - 1` more pod names; the references a notification would carry."""
     now = datetime.now(UTC).replace(microsecond=0)
     apps = app_names(4)
     pods_per_app = 2 if unique >= 8 else 1
@@ -104,7 +110,7 @@ def write_set(
     cfg = GeneratorConfig(
         since=now - timedelta(hours=3),
         until=now - timedelta(hours=1),
-        tenants=(TENANT.tenant_id,),
+        tenants=(tenant.tenant_id,),
         clusters=(name,),
         applications=apps,
         pods_per_app=pods_per_app,
