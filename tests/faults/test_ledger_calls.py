@@ -6,6 +6,8 @@ Only calls naming the ledger table are ledger calls (the tenant table's lookups 
 
 from __future__ import annotations
 
+import signal
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,14 +20,18 @@ from fault_helpers import (
     ledger_keys,
     ledger_records,
     min_calls,
+    queue_counts,
     queue_empty,
+    release_received,
     run_replay,
+    set_queue,
     stream_of,
     wait_for,
+    watch_receives,
     write,
 )
 
-from devstack.faults import Call
+from devstack.faults import Call, Hold, Rule
 from pipeline.environment import PROBE_KEY as PROBE
 
 pytestmark = [pytest.mark.integration]
@@ -136,3 +142,52 @@ def test_the_consumer_reads_the_ledger_once_per_receive_for_cloudwatch_deliverie
         f"consumer, CloudWatch: {len(calls)} ledger calls for {len(keys)} objects ({per_object:.3f}/object): "
         f"{len(reads)} reads for {len(receives)} receives, {len(writes)} writes"
     )
+
+
+@pytest.mark.slow
+def test_a_consumer_killed_while_its_s3_records_wait_leaves_their_messages_and_the_resend_overwrites(
+    stack: FaultStack, consumer: Callable[..., ConsumerProcess]
+) -> None:
+    """S3 records wait to be written with others' (DeferredRecords), and a message is deleted only once its
+    records are written. Killed while a group's write is held: no message was deleted, nothing is recorded;
+    the next consumer delivers every object again, once more each, into the same keys (an overwrite, never a
+    second copy) and records each once.
+
+    Decided by events: the proxy holds every ledger write until the kill, so at the kill the test knows that
+    no record is written; the visibility timeout is long, and the test makes the dead consumer's messages
+    visible itself, as SQS would after the timeout."""
+    set_queue(stack, VisibilityTimeout="300")
+    watch_receives(stack)
+    hooli = stack.local.tenant("hooli")
+    table = stack.local.names.ledger_table
+    hold = Hold()
+    for operation in ("UpdateItem", "TransactWriteItems"):
+        stack.proxy.add(Rule(hold, service="dynamodb", operation=operation, body_contains=table))
+    first = consumer("--workers", "2")
+    manifest = write(
+        stack.local, tenants=("hooli",), applications=("payment-service",), pods_per_app=2, objects_per_pod=3, seed=57
+    )
+    keys = set(manifest.keys)
+
+    hold.wait_held(1)  # a group of delivered objects is being recorded: its messages wait for it
+    put = {c.path for c in stack.proxy.calls("s3", "PutObject") if c.status == 200 and hooli.bucket in c.path}
+    assert put, "the held write records objects that were stored"
+    first.proc.send_signal(signal.SIGKILL)
+    first.kill()
+    hold.open()  # the held writes find their client gone: the proxy drops them
+    wait_for(lambda: stack.proxy.inflight() == 0, 30, "requests held by the proxy to settle")
+    assert ledger_records(stack.local, "hooli", "archive") == set()
+
+    stored = Counter(c.path for c in stack.proxy.calls("s3", "PutObject") if c.status == 200)  # by the first
+    stack.proxy.clear()
+    assert release_received(stack) >= 1
+    consumer("--workers", "2")
+    wait_for(lambda: ledger_records(stack.local, "hooli", "archive") == keys, 90, "every object recorded")
+    wait_for(lambda: queue_empty(stack.local), 30, "the queue to drain")
+    # The resend: every object stored before the kill is stored again (so its message was not deleted), once
+    # more, into the key it had (the bucket holds one copy of each).
+    again = Counter(c.path for c in stack.proxy.calls("s3", "PutObject") if c.status == 200) - stored
+    assert put <= set(again) and set(again.values()) == {1}
+    listed = stack.local.tenant_s3("hooli").list_objects_v2(Bucket=hooli.bucket).get("Contents", [])
+    assert len(listed) == len(keys)
+    assert queue_counts(stack.local, stack.local.dlq_url) == (0, 0)
