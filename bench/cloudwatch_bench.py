@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.baseline import RELEASE, is_child, main_beside  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import GZIP_PUT_ARGS, GeneratorConfig, app_names, generate  # noqa: E402
 from devstack.provision import LocalEnvironment, SampleTenant, provision  # noqa: E402
@@ -288,6 +289,14 @@ def run(args: argparse.Namespace, events_per_object: int) -> dict[str, Any]:
     }
 
 
+# Compared with the release's `pipeline` in the same run (bench.baseline.main_beside): the replay's paired
+# ratio to moto's own put_log_events ceiling (measured in the same child, so the machine's phase cancels), for
+# the first object size. Higher is better.
+RELEASE_METRICS = {"sets.0.ratio_paired_median": True}
+# `python -m bench --quick`: 1,000-event objects only, about 16,000 events, 3 repeats.
+QUICK_ARGS = ["--events-per-object", "1000", "--events-per-set", "16000", "--copies", "2", "--repeats", "3"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events-per-object", type=int, action="append", help="object sizes to run (default 1000, 3000)")
@@ -298,7 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ceiling-threads", type=int, default=4, help="threads of the parallel (context) ceiling")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "cloudwatch.json")
+    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
+    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
     args = p.parse_args(argv)
+    if args.release and not is_child():
+        raw = list(argv if argv is not None else sys.argv[1:])
+        return main_beside(Path(__file__), raw, RELEASE_METRICS, args.output, pairs=args.pairs, rev=args.release)
     mach = machine("moto", "boto3")
     t_all = time.monotonic()
     sets = []
@@ -324,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_s": round(time.monotonic() - t_all, 1),
     }
     write_result(args.output, result)
-    return 0
+    return 0 if all(m["meets_target"] for m in sets) else 1
 
 
 if __name__ == "__main__":
