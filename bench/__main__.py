@@ -27,9 +27,25 @@ def discover(names: list[str]) -> list[str]:
     return modules
 
 
+# Quick sizes of the benchmarks that do not define `QUICK_ARGS` themselves (yet): their owners' documented
+# quick runs (docs/PERFORMANCE.md). A module's own `QUICK_ARGS` wins.
+QUICK_FALLBACK: dict[str, list[str]] = {
+    "replay_bench": ["--unique-objects", "32", "--copies", "2", "--repeats", "3"],
+    "s3_bench": [
+        *("--typical-unique", "16", "--typical-copies", "2", "--large-copies", "4"),
+        *("--repeats", "2", "--large-repeats", "2"),
+    ],
+    "consumer_bench": ["--objects", "100", "--stream-objects", "40"],
+    "ledger_bench": ["--repeats", "2"],
+}
+
+
 def arguments(module: object, quick: bool) -> list[str]:
     """The command line a benchmark is run with: none (its defaults), or its `QUICK_ARGS` when quick."""
-    return [str(a) for a in getattr(module, "QUICK_ARGS", [])] if quick else []
+    if not quick:
+        return []
+    name = getattr(module, "__name__", "").rpartition(".")[2]
+    return [str(a) for a in getattr(module, "QUICK_ARGS", QUICK_FALLBACK.get(name, []))]
 
 
 def main(argv: list[str] | None = None) -> int:
