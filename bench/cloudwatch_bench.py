@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, is_child, main_beside  # noqa: E402
+from bench.baseline import RELEASE, is_child, main_beside, result_dict  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import GZIP_PUT_ARGS, GeneratorConfig, app_names, generate  # noqa: E402
 from devstack.provision import LocalEnvironment, SampleTenant, provision  # noqa: E402
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace, events_per_object: int) -> dict[str, Any]:
                 tuple(ObjectSpec(o.key, o.size, o.etag, o.last_modified.timestamp()) for o in firsts),
                 sum(o.size for o in firsts),
             )
-            warm_events = sum(r["events_delivered"] for r in runner.run(warm))
+            warm_events = sum(result_dict(r)["events_delivered"] for r in runner.run(warm))
 
             logs = local.tenant_logs(TENANT.tenant_id)
             full = list(full_batches(events))
@@ -219,7 +219,7 @@ def run(args: argparse.Namespace, events_per_object: int) -> dict[str, Any]:
                         sent += len(batch)
                 ceiling.append((pc, sent))
                 with Pass(moto) as pr:
-                    results = [r.to_dict() for unit in units for r in runner.run(unit)]
+                    results = [result_dict(r) for unit in units for r in runner.run(unit)]
                 bad = [r for r in results if r["status"] != "delivered" or r["events_rejected_too_old"]]
                 if bad:
                     raise RuntimeError(f"{len(bad)} objects not delivered, e.g. {bad[0]['key']}: {bad[0]['reason']}")
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace, events_per_object: int) -> dict[str, Any]:
                     )
                 parallel.append((pp, sent_p))
                 with Pass(moto) as pn:
-                    read = sum(r.events_delivered for unit in units for r in null_runner.run(unit))
+                    read = sum(result_dict(r)["events_delivered"] for unit in units for r in null_runner.run(unit))
                 null.append((pn, read))
                 print(
                     f"pass {i}: replay {delivered / pr.wall_s:,.0f} ev/s (moto busy {pr.moto_cpu_s / pr.wall_s:.2f}), "

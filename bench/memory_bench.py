@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, code_path, is_child, main_beside  # noqa: E402
+from bench.baseline import RELEASE, code_path, is_child, main_beside, result_dict  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import (  # noqa: E402
     GZIP_PUT_ARGS,
@@ -93,7 +93,7 @@ def child(cluster: str, sink: str, since: str, until: str, budget_mib: int) -> i
     start = time.perf_counter()
     objects = events = 0
     for unit in units:
-        for r in (o.to_dict() for o in runner.run(unit)):
+        for r in map(result_dict, runner.run(unit)):
             if r["status"] != "delivered":
                 raise RuntimeError(f"{r['key']}: {r['status']} {r['reason']}")
             objects += 1
