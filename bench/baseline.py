@@ -240,14 +240,34 @@ def has_module(name: str) -> bool:
         return False
 
 
+# Written into the overlay as sitecustomize.py, which every interpreter started with the overlay on its path
+# imports first: at exit, a process that imported some other `pipeline` (a benchmark that puts this checkout
+# first on sys.path) says so in WRONG_PIPELINE, and the comparison is reported as a harness error instead of
+# silently comparing this checkout with itself.
+WRONG_PIPELINE = "wrong-pipeline.txt"
+_SIDE_CHECK = """\
+import atexit, os, sys
+def _bench_side_check():
+    mod = sys.modules.get("pipeline")
+    where = os.path.realpath(getattr(mod, "__file__", None) or "") if mod is not None else ""
+    if where and not where.startswith({expected!r}):
+        with open({mark!r}, "a") as f:
+            f.write(f"{{os.getpid()}} {{' '.join(sys.argv)[:200]}} imported {{where}}\\n")
+atexit.register(_bench_side_check)
+"""
+
+
 def pipeline_overlay(tree: Path, root: Path) -> Path:
     """A directory under `root` holding only `tree`'s `pipeline` (a symlink). Ahead of this checkout on the
-    path, it makes the older `pipeline` the one imported while `bench` and `devstack` stay this checkout's."""
+    path, it makes the older `pipeline` the one imported while `bench` and `devstack` stay this checkout's.
+    Processes that import another `pipeline` anyway are recorded in `root / WRONG_PIPELINE`."""
     overlay = root / "overlay"
     overlay.mkdir(parents=True, exist_ok=True)
     link = overlay / "pipeline"
     if not link.exists():
         link.symlink_to(tree / "pipeline", target_is_directory=True)
+    expected = os.path.realpath(tree / "pipeline") + os.sep
+    (overlay / "sitecustomize.py").write_text(_SIDE_CHECK.format(expected=expected, mark=str(root / WRONG_PIPELINE)))
     return overlay
 
 
@@ -325,6 +345,9 @@ def beside_release(
                     )
                     continue
                 runs[side].append(json.loads(out.read_text()))
+        wrong = Path(tmp) / WRONG_PIPELINE
+        if wrong.exists():
+            errors.append(f"the release's side imported another pipeline:\n{wrong.read_text()[-2000:]}")
     comparison: dict[str, Any] = {"release": short(rev), "noise": NOISE, "pairs": pairs, "order": "ABBA"}
     if errors or len(runs["this"]) != len(runs["release"]):
         comparison.update(errors=errors, meets_release_target=False)

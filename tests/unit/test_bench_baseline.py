@@ -120,7 +120,7 @@ def test_sides_alternate_abba() -> None:
 def test_a_side_imports_its_own_pipeline_and_this_checkouts_bench(tmp_path: Path) -> None:
     with baseline.baseline_tree("HEAD", root=tmp_path) as tree:
         overlay = baseline.pipeline_overlay(tree, tmp_path)
-        assert sorted(p.name for p in overlay.iterdir()) == ["pipeline"]
+        assert sorted(p.name for p in overlay.iterdir()) == ["pipeline", "sitecustomize.py"]
         code = "import json, bench, pipeline, devstack; print(json.dumps([bench.__file__, pipeline.__file__]))"
         for side, expected in ((overlay, tree), (None, baseline.REPO)):
             env = baseline.side_env(side)
@@ -195,3 +195,15 @@ def test_main_beside_writes_this_result_with_the_comparison(tmp_path: Path) -> N
     )
     assert baseline.own_targets_met({"meets_a": True, "meets_release_target": False, "meets_b": {"x": False}})
     assert not baseline.own_targets_met({"meets_a": False})
+
+
+def test_a_release_side_that_imports_this_checkouts_pipeline_is_a_harness_error(tmp_path: Path) -> None:
+    # A benchmark that puts this checkout first on sys.path would compare this checkout with itself.
+    script = tmp_path / "stubborn_bench.py"
+    script.write_text(
+        f"import json, sys\nsys.path.insert(0, {str(baseline.REPO)!r})\nimport pipeline\n"
+        "json.dump({'a': 1}, open(sys.argv[sys.argv.index('--output') + 1], 'w'))\n"
+    )
+    this, cmp = baseline.beside_release(script, [], {"a": True}, rev="HEAD")
+    assert len(this) == 1 and not cmp["meets_release_target"]
+    assert "imported another pipeline" in cmp["errors"][0] and str(baseline.REPO / "pipeline") in cmp["errors"][0]
