@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint unit demo bench lock clean
+.PHONY: test lint unit demo bench bench-full lock clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ unit: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m devstack demo
 
+# Every benchmark at its quick sizes, each beside the previous release (bench.baseline.RELEASE) in the same
+# run; a drop beyond noise fails. `make bench-full` runs the full sizes (docs/PERFORMANCE.md gives the times).
 bench: $(STAMP)
+	$(PY) -m bench --quick
+
+bench-full: $(STAMP)
 	$(PY) -m bench
 
 # Hashed lockfiles the images install from (containers/requirements-*.txt). Resolved for the images'

@@ -18,12 +18,15 @@ nothing from the project, so a child process running an older tree can load it b
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -134,8 +137,6 @@ with MotoServer() as server:
 def tree_stack(tree: Path, tenants: Sequence[tuple[str, str]]) -> Iterator[dict[str, str]]:
     """A moto server provisioned by `tree`'s own code with `tenants` ((tenant id, account id) pairs), for
     the block: yields the environment that code's processes use to reach it (AWS endpoint, table names)."""
-    import json
-
     proc = subprocess.Popen(
         child_command(tree, _STACK, json.dumps([list(t) for t in tenants])),
         env=tree_env(tree),
@@ -201,3 +202,215 @@ def make_unit(unit_cls: type[Any], spec_cls: type[Any], unit_id: int, objects: S
 def ratio_ok(ratio: float, noise: float = NOISE) -> bool:
     """Whether this code's figure over the baseline's (higher is better) is no drop beyond noise."""
     return ratio >= 1 - noise
+
+
+# --- A whole benchmark run again with the release's `pipeline`, interleaved with this checkout's -------------
+#
+# Benchmarks that time this checkout's code through their own harness (moto, generated data, stand-ins) compare
+# with the release the same way for all: the benchmark script of *this* checkout runs in child processes, once
+# with this checkout's `pipeline` and once with the release's (`pipeline_overlay`), alternately (ABBA), and the
+# figures named in `metrics` are compared pair by pair. Only `pipeline` comes from the release: the harness,
+# devstack's provisioning (its tables are a superset of the release's) and the data generator stay the same,
+# so the two sides measure the same thing. A benchmark opts in by calling `main_beside` from its main() unless
+# `is_child()`; its own options are passed to both sides unchanged.
+
+# Set in the children `beside_release` starts: such a run measures once and does not compare again.
+CHILD_ENV = "BENCH_BESIDE_CHILD"
+
+
+def is_child() -> bool:
+    """Whether this process is one side of a `beside_release` comparison (it must not compare again)."""
+    return os.environ.get(CHILD_ENV) == "1"
+
+
+def code_path() -> str:
+    """The PYTHONPATH a benchmark gives its own subprocesses (children, Ray): this side's, so that on the
+    release's side of a comparison they import the release's `pipeline` too."""
+    return os.environ.get("PYTHONPATH", str(REPO)) if is_child() else str(REPO)
+
+
+def has_module(name: str) -> bool:
+    """Whether the `pipeline` being measured has module `name`: a benchmark of a feature the release does not
+    have measures on that side only what both have (and says so), rather than failing."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+# Written into the overlay as sitecustomize.py, which every interpreter started with the overlay on its path
+# imports first: at exit, a process that imported some other `pipeline` (a benchmark that puts this checkout
+# first on sys.path) says so in WRONG_PIPELINE, and the comparison is reported as a harness error instead of
+# silently comparing this checkout with itself.
+WRONG_PIPELINE = "wrong-pipeline.txt"
+_SIDE_CHECK = """\
+import atexit, os, sys
+def _bench_side_check():
+    mod = sys.modules.get("pipeline")
+    where = os.path.realpath(getattr(mod, "__file__", None) or "") if mod is not None else ""
+    if where and not where.startswith({expected!r}):
+        with open({mark!r}, "a") as f:
+            f.write(f"{{os.getpid()}} {{' '.join(sys.argv)[:200]}} imported {{where}}\\n")
+atexit.register(_bench_side_check)
+"""
+
+
+def pipeline_overlay(tree: Path, root: Path) -> Path:
+    """A directory under `root` holding only `tree`'s `pipeline` (a symlink). Ahead of this checkout on the
+    path, it makes the older `pipeline` the one imported while `bench` and `devstack` stay this checkout's.
+    Processes that import another `pipeline` anyway are recorded in `root / WRONG_PIPELINE`."""
+    overlay = root / "overlay"
+    overlay.mkdir(parents=True, exist_ok=True)
+    link = overlay / "pipeline"
+    if not link.exists():
+        link.symlink_to(tree / "pipeline", target_is_directory=True)
+    expected = os.path.realpath(tree / "pipeline") + os.sep
+    (overlay / "sitecustomize.py").write_text(_SIDE_CHECK.format(expected=expected, mark=str(root / WRONG_PIPELINE)))
+    return overlay
+
+
+def side_env(overlay: Path | None, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of one side's child: this checkout on PYTHONPATH, after `overlay` when given. Ray
+    workers and the benchmark's own subprocesses inherit it, so they import the same `pipeline`."""
+    path = [str(overlay)] if overlay is not None else []
+    return {**(os.environ if env is None else env), "PYTHONPATH": os.pathsep.join([*path, str(REPO)]), CHILD_ENV: "1"}
+
+
+def pick(result: Any, path: str) -> float | None:
+    """The number at a dotted `path` in a result (`sets.0.replay.best_events_per_s`: keys, or list indices),
+    or None when the result has no such figure."""
+    node = result
+    for part in path.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, Sequence) and not isinstance(node, str) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
+
+
+def paired_ratio(this: Sequence[float | None], release: Sequence[float | None], higher_is_better: bool) -> float | None:
+    """The median over pairs of this checkout's figure relative to the release's, oriented so that above 1 is
+    better whichever way the figure points (for a time or a peak: release / this). Pairs missing a figure or
+    with a zero are left out; None when none is left."""
+    ratios = []
+    for mine, theirs in zip(this, release, strict=True):
+        if mine is None or theirs is None or mine == 0 or theirs == 0:
+            continue
+        ratios.append(mine / theirs if higher_is_better else theirs / mine)
+    return round(statistics.median(ratios), 3) if ratios else None
+
+
+def order_of(pair: int) -> tuple[str, str]:
+    """Which side runs first in pair `pair`: ABBA, so a drift of the machine over the run favours neither."""
+    return ("this", "release") if pair % 2 == 0 else ("release", "this")
+
+
+def beside_release(
+    script: Path,
+    args: Sequence[str],
+    metrics: Mapping[str, bool],
+    *,
+    pairs: int = 1,
+    rev: str = RELEASE,
+    output_flag: str = "--output",
+    timeout: float = 3600,
+    info: Mapping[str, bool] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run `script` with `args` `pairs` times on each side, alternating, and compare `metrics` (dotted paths
+    into its result, each mapped to whether higher is better). `info` are compared the same way and reported,
+    but do not gate (figures that are mostly moto's, or too small to time in a quick run).
+
+    Returns this checkout's results (in run order) and the comparison: per metric the paired median ratio
+    (above 1: this checkout better), the figures of each side, and `meets_release_target` (no gating ratio
+    below 1 - NOISE). A side whose run wrote no result is a harness error: its stderr is reported and the
+    target is not met. A child's own exit status (its other targets) does not matter here."""
+    runs: dict[str, list[dict[str, Any]]] = {"this": [], "release": []}
+    errors: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-beside-") as tmp, baseline_tree(rev, Path(tmp)) as tree:
+        overlay = pipeline_overlay(tree, Path(tmp))
+        for pair in range(pairs):
+            for side in order_of(pair):
+                out = Path(tmp) / f"{side}-{pair}.json"
+                env = side_env(overlay if side == "release" else None)
+                cmd = [sys.executable, str(script), *args, output_flag, str(out)]
+                print(f"  [{side} {pair + 1}/{pairs}] {' '.join(cmd[1:])}", flush=True)
+                proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=timeout)
+                if not out.exists():
+                    errors.append(
+                        f"{side} run {pair + 1} exited {proc.returncode} without a result:\n{proc.stderr[-2000:]}"
+                    )
+                    continue
+                runs[side].append(json.loads(out.read_text()))
+        wrong = Path(tmp) / WRONG_PIPELINE
+        if wrong.exists():
+            errors.append(f"the release's side imported another pipeline:\n{wrong.read_text()[-2000:]}")
+    comparison: dict[str, Any] = {"release": short(rev), "noise": NOISE, "pairs": pairs, "order": "ABBA"}
+    if errors or len(runs["this"]) != len(runs["release"]):
+        comparison.update(errors=errors, meets_release_target=False)
+        return runs["this"], comparison
+    ratios: dict[str, float | None] = {}
+    figures: dict[str, dict[str, list[float | None]]] = {}
+    for path, higher in {**(info or {}), **metrics}.items():
+        mine = [pick(r, path) for r in runs["this"]]
+        theirs = [pick(r, path) for r in runs["release"]]
+        figures[path] = {"this": mine, "release": theirs, "higher_is_better": [higher]}  # type: ignore[list-item]
+        ratios[path] = paired_ratio(mine, theirs, higher)
+    gating = {p: ratios[p] for p in metrics}
+    missing = [p for p, r in gating.items() if r is None]
+    comparison.update(
+        ratios=ratios,
+        gating=sorted(metrics),
+        figures=figures,
+        missing=missing,
+        meets_release_target=not missing and all(ratio_ok(r) for r in gating.values() if r is not None),
+    )
+    return runs["this"], comparison
+
+
+def main_beside(
+    script: Path,
+    args: Sequence[str],
+    metrics: Mapping[str, bool],
+    output: Path,
+    *,
+    pairs: int = 1,
+    rev: str = RELEASE,
+    output_flag: str = "--output",
+    ok: Callable[[dict[str, Any]], bool] | None = None,
+    info: Mapping[str, bool] | None = None,
+) -> int:
+    """A benchmark's main() when it compares with the release: `beside_release`, then this checkout's first
+    result with the comparison under `vs_release` and `meets_release_target` written to `output`. The exit
+    status is non-zero when the release target is missed, or when `ok(result)` (the benchmark's own targets,
+    default: every top-level `meets_*` that is a bool) is false."""
+    from bench.machine import write_result
+
+    start = time.monotonic()
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    this, comparison = beside_release(script, args, metrics, pairs=pairs, rev=rev, output_flag=output_flag, info=info)
+    result: dict[str, Any] = dict(this[0]) if this else {"benchmark": script.stem.removesuffix("_bench")}
+    if len(this) > 1:
+        result["this_runs"] = len(this)
+    result["vs_release"] = comparison
+    result["meets_release_target"] = comparison["meets_release_target"]
+    result["load_average_over_comparison"] = {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]}
+    result["wall_s"] = round(time.monotonic() - start, 1)
+    write_result(output, result)
+    for path, ratio in comparison.get("ratios", {}).items():
+        print(f"  vs release {comparison['release']}: {path} {ratio}", flush=True)
+    for error in comparison.get("errors", []):
+        print(f"  {error}", file=sys.stderr, flush=True)
+    own = bool(this) and (ok(result) if ok is not None else own_targets_met(result))
+    return 0 if own and comparison["meets_release_target"] else 1
+
+
+def own_targets_met(result: Mapping[str, Any]) -> bool:
+    """A benchmark's own targets, by default: every top-level `meets_*` flag that is a bool is true (a dict of
+    flags, as listing's per-shape `meets_targets`, is the benchmark's to judge through `main_beside(ok=)`)."""
+    return all(
+        v for k, v in result.items() if k.startswith("meets_") and k != "meets_release_target" and isinstance(v, bool)
+    )

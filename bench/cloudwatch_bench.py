@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.baseline import RELEASE, is_child, main_beside, result_dict  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import GZIP_PUT_ARGS, GeneratorConfig, app_names, generate  # noqa: E402
 from devstack.provision import LocalEnvironment, SampleTenant, provision  # noqa: E402
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace, events_per_object: int) -> dict[str, Any]:
                 tuple(ObjectSpec(o.key, o.size, o.etag, o.last_modified.timestamp()) for o in firsts),
                 sum(o.size for o in firsts),
             )
-            warm_events = sum(r["events_delivered"] for r in runner.run(warm))
+            warm_events = sum(result_dict(r)["events_delivered"] for r in runner.run(warm))
 
             logs = local.tenant_logs(TENANT.tenant_id)
             full = list(full_batches(events))
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace, events_per_object: int) -> dict[str, Any]:
                         sent += len(batch)
                 ceiling.append((pc, sent))
                 with Pass(moto) as pr:
-                    results = [r.to_dict() for unit in units for r in runner.run(unit)]
+                    results = [result_dict(r) for unit in units for r in runner.run(unit)]
                 bad = [r for r in results if r["status"] != "delivered" or r["events_rejected_too_old"]]
                 if bad:
                     raise RuntimeError(f"{len(bad)} objects not delivered, e.g. {bad[0]['key']}: {bad[0]['reason']}")
@@ -240,7 +241,7 @@ def run(args: argparse.Namespace, events_per_object: int) -> dict[str, Any]:
                     )
                 parallel.append((pp, sent_p))
                 with Pass(moto) as pn:
-                    read = sum(r.events_delivered for unit in units for r in null_runner.run(unit))
+                    read = sum(result_dict(r)["events_delivered"] for unit in units for r in null_runner.run(unit))
                 null.append((pn, read))
                 print(
                     f"pass {i}: replay {delivered / pr.wall_s:,.0f} ev/s (moto busy {pr.moto_cpu_s / pr.wall_s:.2f}), "
@@ -288,6 +289,23 @@ def run(args: argparse.Namespace, events_per_object: int) -> dict[str, Any]:
     }
 
 
+# Compared with the release's `pipeline` in the same run (bench.baseline.main_beside): the replay's paired
+# ratio to moto's own put_log_events ceiling (measured in the same child, so the machine's phase cancels), for
+# the first object size. Higher is better.
+RELEASE_METRICS = {"sets.0.ratio_paired_median": True}
+# `python -m bench --quick`: 1,000-event objects only, about 32,000 events, 3 repeats, three pairs of runs
+# (one pair's ratio spread by ±20% on a loaded machine: 0.88 and 1.27 in one run, docs/PERFORMANCE.md).
+QUICK_ARGS = [
+    *("--events-per-object", "1000", "--events-per-set", "32000", "--copies", "2"),
+    *("--repeats", "3", "--pairs", "3"),
+]
+
+
+def targets_met(result: dict[str, Any]) -> bool:
+    """The benchmark's own target for every object size: the replay at ≥ TARGET_RATIO of moto's ceiling."""
+    return bool(result.get("meets_target")) and all(result["meets_target"].values())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events-per-object", type=int, action="append", help="object sizes to run (default 1000, 3000)")
@@ -298,7 +316,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ceiling-threads", type=int, default=4, help="threads of the parallel (context) ceiling")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "cloudwatch.json")
+    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
+    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
     args = p.parse_args(argv)
+    if args.release and not is_child():
+        raw = list(argv if argv is not None else sys.argv[1:])
+        return main_beside(
+            Path(__file__), raw, RELEASE_METRICS, args.output, pairs=args.pairs, rev=args.release, ok=targets_met
+        )
     mach = machine("moto", "boto3")
     t_all = time.monotonic()
     sets = []
@@ -324,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_s": round(time.monotonic() - t_all, 1),
     }
     write_result(args.output, result)
-    return 0
+    return 0 if targets_met(result) else 1
 
 
 if __name__ == "__main__":

@@ -176,6 +176,11 @@ def summary(runs: list[dict[str, Any]], trees: list[Path]) -> dict[str, Any]:
     return out
 
 
+# `python -m bench --quick`: 2 pods per application, 4 objects each, one repeat; the release beside, b90abee
+# (the code before fairness) left out.
+QUICK_ARGS = ["--pods", "2", "--objects", "4", "--repeats", "1", "--base-tree", ""]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, default=2, help="delivery workers (a local Ray: one CPU each)")

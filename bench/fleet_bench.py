@@ -95,6 +95,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.baseline import RELEASE, code_path, is_child, main_beside  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.server import free_port  # noqa: E402
 from pipeline.keys import FILENAME_TIME_LEN, format_filename, format_key, listing_bounds, parse_key  # noqa: E402
@@ -866,6 +867,19 @@ def median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
 
+# Compared with the release's `pipeline` in the same run (bench.baseline.main_beside), lower is better for
+# both: the streaming driver's peak RSS at the first size, and the listing time with one listing worker.
+RELEASE_METRICS = {"driver_memory.streaming.0.vm_hwm_mib": False, "listing_scaling.best_listing_s.1": False}
+# `python -m bench --quick`: 20k and 60k objects (the in-memory baseline at 20k), 1 and 2 listing workers
+# over 2 tenants, the small delivery point.
+QUICK_ARGS = ["--sizes", "20000,60000", "--baseline-sizes", "20000", "--scaling", "1,2", "--scaling-tenants", "2"]
+
+
+def targets_met(result: dict[str, Any]) -> bool:
+    """Every flag of `meets_targets` (driver memory, listing time with workers, calls, objects delivered)."""
+    return all(result.get("meets_targets", {}).values()) and bool(result.get("meets_targets"))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -883,9 +897,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-delivery", action="store_true", help="skip the small real-delivery point")
     p.add_argument("--delivery-tenants", type=int, default=1, help="tenants of the real-delivery point")
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "fleet.json")
+    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
+    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
     args = p.parse_args(argv)
     if args.child:
         return child_main(args.child)
+    if args.release and not is_child():
+        raw = list(argv if argv is not None else sys.argv[1:])
+        return main_beside(
+            Path(__file__), raw, RELEASE_METRICS, args.output, pairs=args.pairs, rev=args.release, ok=targets_met
+        )
 
     t_all = time.monotonic()
     mach = machine("ray", "boto3")
@@ -910,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
         "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_CONFIG_FILE": "/dev/null",
         "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": code_path(),  # the release's side of a comparison: the release's pipeline in Ray too
         # Token authentication, as the project's clusters run it: the head and the drivers share the token.
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(16),
@@ -1011,7 +1032,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.monotonic() - t_all, 1),
     }
     write_result(args.output, result)
-    return 0
+    return 0 if targets_met(result) else 1
 
 
 def _delivery_setup(tenants: int) -> tuple[Any, dict[str, str]]:

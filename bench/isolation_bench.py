@@ -163,6 +163,10 @@ def run_version(tree: Path, extra: list[str], args: argparse.Namespace, log_dir:
         return out
 
 
+# `python -m bench --quick`: 15 s calm, a 30 s storm; the release beside, b90abee (before the circuits) left out.
+QUICK_ARGS = ["--before", "15", "--storm", "30", "--baseline", ""]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=2.0, help="objects per second per tenant")

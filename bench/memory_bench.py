@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.baseline import RELEASE, code_path, is_child, main_beside, result_dict  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import (  # noqa: E402
     GZIP_PUT_ARGS,
@@ -92,7 +93,7 @@ def child(cluster: str, sink: str, since: str, until: str, budget_mib: int) -> i
     start = time.perf_counter()
     objects = events = 0
     for unit in units:
-        for r in (o.to_dict() for o in runner.run(unit)):
+        for r in map(result_dict, runner.run(unit)):
             if r["status"] != "delivered":
                 raise RuntimeError(f"{r['key']}: {r['status']} {r['reason']}")
             objects += 1
@@ -195,6 +196,17 @@ def run_child(env: dict[str, str], cluster: str, sink: str, since: datetime, unt
     return out
 
 
+# Compared with the release's `pipeline` in the same run (bench.baseline.main_beside); lower is better for
+# each: a worker's peak RSS on the small and the large set, and the large objects' peak with the budget.
+RELEASE_METRICS = {
+    "n.peak_rss_mib": False,
+    "ten_n.peak_rss_mib": False,
+    "large_objects.default_budget.peak_rss_mib": False,
+}
+# `python -m bench --quick`: 16 objects and 4x, two large objects.
+QUICK_ARGS = ["--objects", "16", "--factor", "4", "--large-objects", "4"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--objects", type=int, default=32, help="N: objects of the small set")
@@ -207,10 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--large-events-per-object", type=int, default=80_000, help="about 64 MiB uncompressed")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "memory.json")
+    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
+    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
     p.add_argument("--child", nargs=3, metavar=("CLUSTER", "SINCE", "UNTIL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return child(args.child[0], args.sink, args.child[1], args.child[2], args.worker_memory)
+    if args.release and not is_child():
+        raw = list(argv if argv is not None else sys.argv[1:])
+        return main_beside(Path(__file__), raw, RELEASE_METRICS, args.output, pairs=args.pairs, rev=args.release)
 
     mach = machine()
     t_all = time.monotonic()
@@ -226,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else None
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | local.env
-        env["PYTHONPATH"] = str(REPO)
+        env["PYTHONPATH"] = code_path()
         for cluster in ("mem-n", "mem-xn"):
             runs[cluster] = run_child(env, cluster, args.sink, since, until, args.worker_memory)
         large_runs: dict[str, Any] = {}
@@ -270,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     write_result(args.output, result)
-    return 0
+    return 0 if result["meets_ratio_target"] and result["meets_peak_target"] else 1
 
 
 if __name__ == "__main__":

@@ -5,18 +5,29 @@ minutes, spread over 5 deliveries, with its timer ticking every 5 s as in the co
 UpdateItem calls it would make (no AWS: the figure is about how many writes, not how fast). The claim: at
 most one write per delivery in any 30 s window, whatever the rate, so the table's write rate does not grow
 with the object rate. Writes bench/results/status.json.
+
+Not run against the release (`bench.baseline.RELEASE`): the release has no status writes (pipeline/status.py
+came with issue 25, after it), and the figure is a count on a simulated clock, not a speed; the result says
+so under `vs_release`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.status import (
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.baseline import RELEASE, short  # noqa: E402
+from bench.machine import machine, write_result  # noqa: E402
+from pipeline.status import (  # noqa: E402
     FLUSH_INTERVAL_S,
     Figures,
     Key,
@@ -25,7 +36,9 @@ from pipeline.status import (
     StatusTable,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results" / "status.json"
+RESULTS = REPO / "bench" / "results" / "status.json"
+# `python -m bench --quick`: two simulated minutes per rate (the 30 s bound is checked in each).
+QUICK_ARGS = ["--seconds", "120"]
 DELIVERIES: list[Key] = [("acme", "cloudwatch"), ("acme", "s3-archive"), ("globex", "cloudwatch"),
                          ("umbrella", "cloudwatch"), ("umbrella", "s3-archive")]  # fmt: skip
 
@@ -89,7 +102,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=300, help="simulated seconds per rate")
     parser.add_argument("--rates", default="10,100,1000,10000", help="objects per second, comma-separated")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    wall = time.monotonic()
+    mach = machine()
     rows = [run(int(r), args.seconds) for r in args.rates.split(",")]
     for r in rows:
         print(
@@ -98,7 +114,21 @@ def main() -> int:
             f"at most {r['max_writes_per_delivery_in_any_30s']} per delivery in any 30 s"
         )
     ok = all(r["max_writes_per_delivery_in_any_30s"] <= 1 for r in rows)
-    RESULTS.write_text(json.dumps({"flush_interval_s": FLUSH_INTERVAL_S, "runs": rows, "ok": ok}, indent=2) + "\n")
+    result = {
+        "benchmark": "status",
+        "command": "python -m bench status  (= python bench/status_bench.py " + " ".join(sys.argv[1:]) + ")",
+        "machine": {**mach, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "flush_interval_s": FLUSH_INTERVAL_S,
+        "runs": rows,
+        "ok": ok,
+        "vs_release": {
+            "release": short(RELEASE),
+            "not_compared": "the release has no status writes (pipeline/status.py came with issue 25, after it); "
+            "the figure is a count on a simulated clock, not a speed",
+        },
+        "wall_s": round(time.monotonic() - wall, 2),
+    }
+    write_result(args.output, result)
     return 0 if ok else 1
 
 
