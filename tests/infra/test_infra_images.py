@@ -137,9 +137,33 @@ def test_no_module_outside_the_api_package_imports_the_web_stack() -> None:
         if p.relative_to(REPO).parts[:2] != ("pipeline", "api") or p.name == "__init__.py"
     )
     assert "pipeline.commands.consumer" in modules and "pipeline.replay.job" in modules
+    import_without(modules, WEB_STACK)
+
+
+def test_the_api_image_s_entry_points_import_without_the_other_images_extras() -> None:
+    """The API image has the api extra only: no Ray (replays go to the Jobs REST API), no Prometheus client,
+    no tqdm or smart_open. Its server, its Lambda handler and the replay service behind its routes import
+    without them (tests/integration/test_replay_store.py exercises the routes)."""
+    others = {
+        canonicalize_name(Requirement(r).name).replace("-", "_")
+        for extra in ("replay", "consumer")
+        for r in PYPROJECT["project"]["optional-dependencies"][extra]
+    }
+    assert {"ray", "prometheus_client", "tqdm", "smart_open"} <= others
+    entry = [
+        "pipeline.api.server",
+        "pipeline.api.lambda_handler",
+        "pipeline.commands.tenants",
+        "pipeline.replay.service",
+    ]
+    import_without(entry, others)
+
+
+def import_without(modules: list[str], blocked: set[str]) -> None:
+    """Import `modules` in a fresh interpreter where the `blocked` top-level packages cannot be imported."""
     script = (
         "import importlib, sys\n"
-        f"for name in {sorted(WEB_STACK)!r}:\n"
+        f"for name in {sorted(blocked)!r}:\n"
         "    sys.modules[name] = None  # import raises ImportError\n"
         f"for module in {modules!r}:\n"
         "    importlib.import_module(module)\n"
