@@ -112,6 +112,9 @@ def test_ray_lock_keeps_the_base_image_ray() -> None:
     assert "ray" not in lock_pins("requirements-processor.txt"), "the processor image has no use for ray"
     # The tenant API submits jobs over Ray's REST API (pipeline/replay/submit.py): no ray wheel in it either.
     assert "ray" not in lock_pins("requirements-api.txt"), "the API image talks HTTP to Ray, it needs no ray"
+    # Nor pyarrow (170 MB installed): only the consumer and the replay write Parquet deliveries.
+    assert "pyarrow" not in lock_pins("requirements-api.txt")
+    assert {"pyarrow"} <= set(lock_pins("requirements-processor.txt")) & set(lock_pins("requirements-ray.txt"))
 
 
 def test_the_web_stack_is_the_api_extra_and_only_the_api_image_installs_it() -> None:
@@ -142,14 +145,14 @@ def test_no_module_outside_the_api_package_imports_the_web_stack() -> None:
 
 def test_the_api_image_s_entry_points_import_without_the_other_images_extras() -> None:
     """The API image has the api extra only: no Ray (replays go to the Jobs REST API), no Prometheus client,
-    no tqdm or smart_open. Its server, its Lambda handler and the replay service behind its routes import
+    no pyarrow, tqdm or smart_open. Its server, its Lambda handler and the replay service behind its routes import
     without them (tests/integration/test_replay_store.py exercises the routes)."""
     others = {
         canonicalize_name(Requirement(r).name).replace("-", "_")
         for extra in ("replay", "consumer")
         for r in PYPROJECT["project"]["optional-dependencies"][extra]
     }
-    assert {"ray", "prometheus_client", "tqdm", "smart_open"} <= others
+    assert {"ray", "prometheus_client", "tqdm", "smart_open", "pyarrow"} <= others
     entry = [
         "pipeline.api.server",
         "pipeline.api.lambda_handler",
