@@ -18,6 +18,7 @@ is the same job, never a second run.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import shlex
 import urllib.error
@@ -151,7 +152,7 @@ class RayJobs:
                 status, text = int(response.status), bytes(response.read())
         except urllib.error.HTTPError as exc:
             status, text = exc.code, exc.read()
-        except (urllib.error.URLError, OSError) as exc:  # refused, unresolvable, timed out
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # refused, timed out, cut off
             reason = getattr(exc, "reason", exc)
             raise JobsUnavailable(f"the Ray cluster at {self.address} cannot be reached: {_short(reason)}") from None
         if status in (401, 403):
