@@ -48,6 +48,8 @@ lock:
 	$(PY) -m pip install -q 'uv==$(UV_VERSION)'
 	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) pyproject.toml --extra consumer containers/requirements-processor.in \
 		-o containers/requirements-processor.txt
+	$(VENV)/bin/uv pip compile $(LOCK_FLAGS) pyproject.toml --extra api containers/requirements-api.in \
+		-o containers/requirements-api.txt
 	echo 'ray[default]==$(RAY_VERSION)' | $(VENV)/bin/uv pip compile $(LOCK_FLAGS) pyproject.toml --extra replay \
 		containers/requirements-ray.in - -o containers/requirements-ray.txt
 

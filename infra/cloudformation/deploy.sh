@@ -10,7 +10,8 @@
 #   4. -t cluster    IRSA roles for Vector (writes under its cluster id) and the consumer (per cluster)
 #      --central-role-arn  + the tenant API's IRSA role
 #   5. -t replay     IRSA role for the KubeRay replay          (per Kubernetes cluster)
-#   6. -t tenant-api the tenant management API: Lambda behind an HTTP API (per region, after regional)
+#   6. -t tenant-api the tenant management API: Lambda behind an HTTP API (per region, after regional;
+#      --api-image-uri: the tenant API image)
 # Later stacks read earlier stacks' outputs with describe-stacks; --dry-run prints the commands only.
 set -euo pipefail
 
@@ -26,7 +27,9 @@ Usage: deploy.sh -t global|regional|customer|cluster|replay|tenant-api [options]
                                tenant-api; cluster: also creates the tenant API's IRSA role)
       --include-sqs            regional: also deploy the SQS stack
       --include-lambda         regional: also deploy the Lambda stack (requires --include-sqs)
-      --ecr-image-uri URI      regional Lambda, tenant-api: the processor image in ECR
+      --ecr-image-uri URI      regional Lambda: the processor image in ECR (containers/Containerfile.processor)
+      --api-image-uri URI      tenant-api: the tenant API image in ECR (containers/Containerfile.api; the
+                               processor image has no FastAPI or Mangum)
       --tenant-table-mode MODE regional: v2 | v1-and-v2-read-v1 | v1-and-v2-read-v2 (docs/DEPLOY.md,
                                "Migrating a v1 tenant table to v2"). Default: the stack's current mode;
                                v2 for a new stack; v1-and-v2-read-v1 for a stack from before v2
@@ -53,7 +56,7 @@ die() { echo "deploy.sh: $*" >&2; exit 2; }
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TYPE="" REGION="${AWS_REGION:-us-east-1}" ENVIRONMENT="${ENVIRONMENT:-development}"
 PROJECT="multi-tenant-logging" TEMPLATE_BUCKET="" CENTRAL_ROLE_ARN=""
-INCLUDE_SQS=false INCLUDE_LAMBDA=false ECR_IMAGE_URI="" CLUSTER_NAME="" OIDC_PROVIDER=""
+INCLUDE_SQS=false INCLUDE_LAMBDA=false ECR_IMAGE_URI="" API_IMAGE_URI="" CLUSTER_NAME="" OIDC_PROVIDER=""
 LOG_GROUP_NAME="" DRY_RUN=false TENANT_TABLE_MODE="" EXTERNAL_ID="" EXTERNAL_ID_NEXT=""
 BUCKET_NAME="" EXISTING_BUCKET=false BUCKET_PREFIX="" KMS_KEY_ARN=""
 
@@ -68,6 +71,7 @@ while [[ $# -gt 0 ]]; do
     --include-sqs) INCLUDE_SQS=true; shift ;;
     --include-lambda) INCLUDE_LAMBDA=true; shift ;;
     --ecr-image-uri) ECR_IMAGE_URI="${2:?}"; shift 2 ;;
+    --api-image-uri) API_IMAGE_URI="${2:?}"; shift 2 ;;
     --cluster-name) CLUSTER_NAME="${2:?}"; shift 2 ;;
     --oidc-provider) OIDC_PROVIDER="${2#https://}"; shift 2 ;;
     --log-group-name) LOG_GROUP_NAME="${2:?}"; shift 2 ;;
@@ -216,14 +220,14 @@ case "$TYPE" in
     ;;
   tenant-api)
     [[ -n "$CENTRAL_ROLE_ARN" ]] || die "tenant-api needs --central-role-arn (output of -t global)"
-    [[ -n "$ECR_IMAGE_URI" ]] || die "tenant-api needs --ecr-image-uri"
+    [[ -n "$API_IMAGE_URI" ]] || die "tenant-api needs --api-image-uri (the tenant API image, not the processor's)"
     # The v2 table, not TenantConfigTableName: mid-migration that one is v1, which the API cannot write.
     table="$(output "$CORE_STACK" TenantTableV2Name)"
     key="$(output "$CORE_STACK" LogsKeyArn)"
     nonces="$(output "$CORE_STACK" ApiNonceTableName)"
     status="$(output "$CORE_STACK" DeliveryStatusTableName 2>/dev/null || true)"
     deploy "$PROJECT-$ENVIRONMENT-tenant-api" regional/tenant-api.yaml \
-      "ProjectName=$PROJECT" "Environment=$ENVIRONMENT" "EcrImageUri=$ECR_IMAGE_URI" \
+      "ProjectName=$PROJECT" "Environment=$ENVIRONMENT" "EcrImageUri=$API_IMAGE_URI" \
       "TenantConfigTableName=$table" "ApiNonceTableName=$nonces" "LogsKeyArn=$key" \
       "CentralLogDistributionRoleArn=$CENTRAL_ROLE_ARN" "DeliveryStatusTableName=$status"
     ;;

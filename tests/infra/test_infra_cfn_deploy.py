@@ -32,6 +32,7 @@ MOTO_SKIPS = {"AWS::SNS::TopicPolicy", "AWS::S3::BucketPolicy", "AWS::SQS::Queue
               # moto creates no alarms (checked statically in test_infra_cfn_static.py)
               "AWS::CloudWatch::Alarm"}  # fmt: skip
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/log-processor:1.0"
+API_IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/log-tenant-api:1.0"
 OIDC = "oidc.example.com/id/ABC"
 # Tenants deploy the customer template in their own accounts (moto keeps accounts apart by credentials).
 BUCKET_TENANT = "111111111111"  # creates its bucket, SSE-KMS with its own key
@@ -114,7 +115,7 @@ def deployed(moto_server: Any) -> Iterator[Deployed]:
     )
     d.deploy(
         "tenant-api",
-        EcrImageUri=IMAGE,
+        EcrImageUri=API_IMAGE,
         TenantConfigTableName=core["TenantTableV2Name"],
         ApiNonceTableName=core["ApiNonceTableName"],
         LogsKeyArn=core["LogsKeyArn"],
@@ -561,7 +562,7 @@ def test_deploy_sh_regional_deploys_core_then_sqs_then_lambda_with_valid_paramet
         ("-t", "cluster", "--cluster-name", "c1", "--oidc-provider", "oidc.x/id/1", "--central-role-arn",
          "arn:aws:iam::123456789012:role/c"),
         ("-t", "replay", "--cluster-name", "c1", "--oidc-provider", "oidc.x/id/1"),
-        ("-t", "tenant-api", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--ecr-image-uri", IMAGE),
+        ("-t", "tenant-api", "--central-role-arn", "arn:aws:iam::123456789012:role/c", "--api-image-uri", API_IMAGE),
     ],
 )  # fmt: skip
 def test_deploy_sh_passes_exactly_the_template_parameters(args: tuple[str, ...]) -> None:
@@ -581,8 +582,10 @@ def test_deploy_sh_passes_exactly_the_template_parameters(args: tuple[str, ...])
         (("-t", "regional", "--central-role-arn", "a", "--include-lambda", "--ecr-image-uri", "x"), "--include-sqs"),
         (("-t", "regional", "--central-role-arn", "a", "--include-sqs", "--include-lambda"), "--ecr-image-uri"),
         (("-t", "cluster", "--cluster-name", "c"), "--oidc-provider"),
-        (("-t", "tenant-api", "--ecr-image-uri", IMAGE), "--central-role-arn"),
-        (("-t", "tenant-api", "--central-role-arn", "a"), "--ecr-image-uri"),
+        (("-t", "tenant-api", "--api-image-uri", API_IMAGE), "--central-role-arn"),
+        (("-t", "tenant-api", "--central-role-arn", "a"), "--api-image-uri"),
+        # the processor image alone is refused: it has no FastAPI or Mangum
+        (("-t", "tenant-api", "--central-role-arn", "a", "--ecr-image-uri", IMAGE), "--api-image-uri"),
         (("-t", "nope",), "unknown type"),
         (("-t", "customer", "--central-role-arn", "a", *EXT, "--kms-key-arn", "k"), "need --bucket-name"),
         (("-t", "customer", "--central-role-arn", "a", *EXT, "--existing-bucket"), "need --bucket-name"),
@@ -601,13 +604,13 @@ def test_deploy_sh_refuses_incomplete_flags(args: tuple[str, ...], message: str)
 def test_deploy_sh_tenant_api_reads_the_v2_table_and_the_key_from_the_core_stack() -> None:
     central = f"arn:aws:iam::{ACCOUNT}:role/CentralLogDistributionRole"
     ((stack, template, params),) = deploy_commands(
-        "-t", "tenant-api", "-e", "production", "--central-role-arn", central, "--ecr-image-uri", IMAGE
+        "-t", "tenant-api", "-e", "production", "--central-role-arn", central, "--api-image-uri", API_IMAGE
     )
     assert (stack, template) == ("multi-tenant-logging-production-tenant-api", str(TEMPLATES["tenant-api"]))
     assert params == {
         "ProjectName": "multi-tenant-logging",
         "Environment": "production",
-        "EcrImageUri": IMAGE,
+        "EcrImageUri": API_IMAGE,
         # the API writes v2 items only: the v2 table even while the processors still read v1
         "TenantConfigTableName": "<multi-tenant-logging-production-core.TenantTableV2Name>",
         "ApiNonceTableName": "<multi-tenant-logging-production-core.ApiNonceTableName>",

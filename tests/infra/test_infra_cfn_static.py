@@ -139,7 +139,7 @@ def test_central_role_assumes_exactly_customer_roles_with_or_without_a_path_and_
 
 
 TENANT_API_PARAMS = {
-    "EcrImageUri": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/log-processor:1",
+    "EcrImageUri": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/log-tenant-api:1",
     "TenantConfigTableName": "multi-tenant-logging-development-tenant-deliveries",
     "ApiNonceTableName": "multi-tenant-logging-development-tenant-api-nonces",
     "LogsKeyArn": REQUIRED_PARAMS["cluster"]["LogsKeyArn"],

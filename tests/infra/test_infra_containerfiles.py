@@ -18,6 +18,7 @@ SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scrip
 # generator, the fault proxy) and tests never ship.
 IMAGE_SOURCES = ("pyproject.toml", "README.md", "pipeline/", "jobs/", "containers/requirements-", "collector/")
 DEV_ONLY = ("devstack", "tests", "bench", "notebooks", ".")
+ALL = ["Containerfile.api", "Containerfile.collector", "Containerfile.processor", "Containerfile.ray"]
 
 
 def instructions(name: str) -> list[tuple[str, str]]:
@@ -43,14 +44,10 @@ def stages(name: str) -> list[list[tuple[str, str]]]:
 
 
 def test_containerfiles_present() -> None:
-    assert {p.name for p in CONTAINERS.iterdir()} >= {
-        "Containerfile.collector",
-        "Containerfile.processor",
-        "Containerfile.ray",
-    }
+    assert {p.name for p in CONTAINERS.iterdir()} >= set(ALL)
 
 
-@pytest.mark.parametrize("name", ["Containerfile.collector", "Containerfile.processor", "Containerfile.ray"])
+@pytest.mark.parametrize("name", ALL)
 def test_copy_sources_exist_in_the_build_context(name: str) -> None:
     """Images build from the repository root (podman build -f containers/<file> .).
 
@@ -68,7 +65,7 @@ def test_copy_sources_exist_in_the_build_context(name: str) -> None:
         assert src == readme or (REPO / src).exists(), f"{name}: COPY source {src} is not in the repository"
 
 
-@pytest.mark.parametrize("name", ["Containerfile.collector", "Containerfile.processor", "Containerfile.ray"])
+@pytest.mark.parametrize("name", ALL)
 def test_images_copy_the_production_package_and_no_dev_tooling(name: str) -> None:
     """Only what the wheel and the jobs/ wrappers need goes in; `COPY . .` or devstack/ would put the moto
     server, the generator and the fault proxy into a production image."""
@@ -106,6 +103,28 @@ def test_processor_copies_vector_from_the_collector_and_runs_as_non_root() -> No
     assert fn["ImageConfig"]["Command"] == [LAMBDA_HANDLER]
 
 
+def test_api_image_serves_the_api_as_the_deployment_s_non_root_user_and_runs_the_lambda() -> None:
+    build, final = stages("Containerfile.api")
+    assert any(op == "RUN" and "-r requirements-api.txt" in rest for op, rest in build)
+    users = [rest for op, rest in final if op == "USER"]
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "numeric non-root uid, so runAsNonRoot can verify it"
+    api = yaml.safe_load_all((REPO / "k8s" / "consumer" / "tenant-api.yaml").read_text())
+    (dep,) = [o for o in api if o["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == int(uid)
+    (c,) = pod["containers"]
+    assert split_image(c["image"])[0] == "log-tenant-api"
+    assert [rest for op, rest in final if op == "ENTRYPOINT"][-1] == '["log-tenants"]' == f'["{c["command"][0]}"]'
+    # Neither Vector nor the jobs/ wrappers: the API image holds the package and its locked dependencies.
+    assert not [rest for op, rest in final if op == "COPY" and ("vector" in rest or "jobs/" in rest)]
+    # The tenant-api stack's function runs the Lambda runtime interface client from this image.
+    assert re.search(r"^awslambdaric==", (CONTAINERS / "requirements-api.txt").read_text(), re.MULTILINE)
+    fn = load_template(TEMPLATES["tenant-api"])["Resources"]["TenantApiFunction"]["Properties"]
+    assert fn["ImageConfig"]["EntryPoint"] == ["python", "-m", "awslambdaric"]
+    assert fn["ImageConfig"]["Command"] == ["pipeline.api.lambda_handler.handler"]
+
+
 def test_collector_image_is_vector() -> None:
     (st,) = stages("Containerfile.collector")
     assert "timberio/vector:" in st[0][1]
@@ -132,6 +151,7 @@ def test_images_the_manifests_run_are_the_ones_built_here() -> None:
             if file == f.name:
                 built[file] = image
     assert built == {
+        "Containerfile.api": "log-tenant-api",
         "Containerfile.collector": "log-collector",
         "Containerfile.processor": "log-processor",
         "Containerfile.ray": "log-replay-ray",

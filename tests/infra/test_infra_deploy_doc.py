@@ -43,6 +43,10 @@ def first(pattern: str) -> int:
         (r"deploy\.sh -t cluster", r"kubectl apply -k k8s/consumer"),
         (r"deploy\.sh -t replay", r"kubectl apply -k k8s/kuberay"),
         (r"Containerfile\.ray -t", r"kubectl apply -k k8s/kuberay"),
+        # the tenant API runs its own image, pushed first; its Ray token is a copy of the cluster's
+        (r"Containerfile\.api -t", r"podman push \"\$API_IMAGE_URI\""),
+        (r"podman push \"\$API_IMAGE_URI\"", r"deploy\.sh -t tenant-api[^`]*--api-image-uri"),
+        (r"secret generic log-replay-ray-token", r"secret generic tenant-api-ray-token"),
         # an S3 delivery: the tenant's bucket and role first, then the item, then a backfill into it
         (r"deploy\.sh -t customer[^`]*--bucket-name", r"aws dynamodb put-item"),
         (r"aws dynamodb put-item", r"replay\.py --tenant acme --since 60d --delivery s3-archive"),

@@ -1,13 +1,15 @@
 """Reproducible images: the Containerfiles install third-party packages only from the hashed lockfiles
 (`make lock`), the locks cover what pyproject asks for, base images are pinned, and one place (the
 k8s/images component) sets every image the manifests run, the backfill's RayJob template included.
-Checked from the files; no image is built here."""
+Each image installs only what it runs: the web stack (the api extra) is in the tenant API's lock alone, and
+no module the other images run imports it. Checked from the files; no image is built here."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -29,9 +31,12 @@ from test_infra_containerfiles import CONTAINERS, instructions, stages
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # Image -> (its lock, the pyproject extras it installs). The Makefile's lock target must agree.
 IMAGES = {
+    "Containerfile.api": ("requirements-api.txt", ["api"]),
     "Containerfile.processor": ("requirements-processor.txt", ["consumer"]),
     "Containerfile.ray": ("requirements-ray.txt", ["replay"]),
 }
+# The tenant API's web stack (the api extra and what only it pulls in): in the API image only.
+WEB_STACK = {"fastapi", "uvicorn", "mangum", "starlette"}
 # The platform the locks are resolved for (the images'), to evaluate pyproject's markers.
 IMAGE_ENV = default_environment() | {"sys_platform": "linux", "platform_system": "Linux", "python_version": "3.11"}
 IMAGES_COMPONENT = REPO / "k8s" / "images" / "kustomization.yaml"
@@ -105,6 +110,69 @@ def test_ray_lock_keeps_the_base_image_ray() -> None:
     """pip keeps the base image's ray only if the lock pins that very version."""
     assert lock_pins("requirements-ray.txt")["ray"][0] == ray_version()
     assert "ray" not in lock_pins("requirements-processor.txt"), "the processor image has no use for ray"
+    # The tenant API submits jobs over Ray's REST API (pipeline/replay/submit.py): no ray wheel in it either.
+    assert "ray" not in lock_pins("requirements-api.txt"), "the API image talks HTTP to Ray, it needs no ray"
+    # Nor pyarrow (170 MB installed): only the consumer and the replay write Parquet deliveries.
+    assert "pyarrow" not in lock_pins("requirements-api.txt")
+    assert {"pyarrow"} <= set(lock_pins("requirements-processor.txt")) & set(lock_pins("requirements-ray.txt"))
+
+
+def test_the_web_stack_is_the_api_extra_and_only_the_api_image_installs_it() -> None:
+    project = PYPROJECT["project"]
+    extras = project["optional-dependencies"]
+    core = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    assert not core & WEB_STACK, f"the core dependencies hold the API's web stack: {core & WEB_STACK}"
+    assert {canonicalize_name(Requirement(r).name) for r in extras["api"]} == WEB_STACK - {"starlette"}
+    assert any("api" in Requirement(r).extras for r in extras["dev"]), "the dev extra installs the API's too"
+    # The consumer's image (and the Lambda it serves) and the replay's hold none of it; the API's all of it.
+    for lock in ("requirements-processor.txt", "requirements-ray.txt"):
+        assert not set(lock_pins(lock)) & WEB_STACK, f"{lock}: {set(lock_pins(lock)) & WEB_STACK}"
+    assert set(lock_pins("requirements-api.txt")) >= WEB_STACK
+
+
+def test_no_module_outside_the_api_package_imports_the_web_stack() -> None:
+    """Every module of `pipeline` but pipeline/api/ imports with FastAPI, uvicorn, Mangum and Starlette made
+    unimportable, so the consumer and the replay run in images without them (`log-tenants serve` imports
+    them when it serves, the Lambda handler is the API image's)."""
+    modules = sorted(
+        ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        for p in (REPO / "pipeline").rglob("*.py")
+        if p.relative_to(REPO).parts[:2] != ("pipeline", "api") or p.name == "__init__.py"
+    )
+    assert "pipeline.commands.consumer" in modules and "pipeline.replay.job" in modules
+    import_without(modules, WEB_STACK)
+
+
+def test_the_api_image_s_entry_points_import_without_the_other_images_extras() -> None:
+    """The API image has the api extra only: no Ray (replays go to the Jobs REST API), no Prometheus client,
+    no pyarrow, tqdm or smart_open. Its server, its Lambda handler and the replay service behind its routes import
+    without them (tests/integration/test_replay_store.py exercises the routes)."""
+    others = {
+        canonicalize_name(Requirement(r).name).replace("-", "_")
+        for extra in ("replay", "consumer")
+        for r in PYPROJECT["project"]["optional-dependencies"][extra]
+    }
+    assert {"ray", "prometheus_client", "tqdm", "smart_open", "pyarrow"} <= others
+    entry = [
+        "pipeline.api.server",
+        "pipeline.api.lambda_handler",
+        "pipeline.commands.tenants",
+        "pipeline.replay.service",
+    ]
+    import_without(entry, others)
+
+
+def import_without(modules: list[str], blocked: set[str]) -> None:
+    """Import `modules` in a fresh interpreter where the `blocked` top-level packages cannot be imported."""
+    script = (
+        "import importlib, sys\n"
+        f"for name in {sorted(blocked)!r}:\n"
+        "    sys.modules[name] = None  # import raises ImportError\n"
+        f"for module in {modules!r}:\n"
+        "    importlib.import_module(module)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_make_lock_regenerates_both_locks_with_the_images_extras() -> None:
@@ -145,9 +213,11 @@ def base_images(name: str) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("name", ["Containerfile.collector", "Containerfile.processor", "Containerfile.ray"])
+@pytest.mark.parametrize(
+    "name", ["Containerfile.api", "Containerfile.collector", "Containerfile.processor", "Containerfile.ray"]
+)
 def test_base_images_are_pinned_to_an_exact_release(name: str) -> None:
-    built_here = {"log-collector", "log-processor", "log-replay-ray"}
+    built_here = {"log-collector", "log-processor", "log-replay-ray", "log-tenant-api"}
     for image in base_images(name):
         repo, ref = split_image(image)
         assert ref, f"{name}: {image} has no tag"

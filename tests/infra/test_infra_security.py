@@ -21,6 +21,8 @@ from test_infra_k8s import ADHOC_RAYJOB, KUSTOMIZATIONS, backfill_rayjob, find, 
 MONITORING = {"monitoring"}
 OPENSHIFT_MONITORING = {"openshift-monitoring", "openshift-user-workload-monitoring"}
 OPERATOR = {"kuberay-system"}
+# The tenant API's namespace: its pods (and only they, test_infra_tenant_api.py) submit redelivery jobs.
+TENANT_API = {"log-delivery"}
 # The labels KubeRay puts on the pods it creates for a RayCluster (head and workers).
 RAY_POD_LABELS = {"head": {"ray.io/is-ray-node": "yes", "ray.io/node-type": "head"},
                   "worker": {"ray.io/is-ray-node": "yes", "ray.io/node-type": "worker"}}  # fmt: skip
@@ -192,7 +194,9 @@ def test_ray_dashboard_and_gcs_are_reachable_only_from_the_replay_namespace(whic
     for port, what in RAY_HEAD_PORTS.items():
         allowed = {ns}
         if what == "dashboard":
-            allowed |= OPERATOR  # the KubeRay operator follows RayJobs through the Jobs API, with the token
+            # The KubeRay operator follows RayJobs through the Jobs API, the tenant API submits requests there,
+            # each with the token.
+            allowed |= OPERATOR | TENANT_API
         if what == "metrics":
             allowed |= MONITORING
         assert reachable_from(objs, ns, RAY_POD_LABELS["head"], port) == allowed, what

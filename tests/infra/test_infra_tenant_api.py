@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infra_helpers import TEMPLATES, Resolver, load_template, template_params
+from infra_helpers import TEMPLATES, Resolver, load_template, split_image, template_params
 from test_infra_k8s import find, render
-from test_infra_security import reachable_from
+from test_infra_security import RAY_POD_LABELS, peers, reachable_from
 
 from pipeline.api.keys import parse_keys
 
 PARAMS = {
-    "EcrImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/log-processor:1",
+    "EcrImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/log-tenant-api:1",
     "TenantConfigTableName": "tenants",
     "ApiNonceTableName": "nonces",
     "LogsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/k-1",
@@ -123,3 +123,55 @@ def test_the_deployment_serves_https_with_the_service_ca_certificate_and_reads_i
     (ref,) = c["envFrom"]
     configmap = find(objs, "ConfigMap", ref["configMapRef"]["name"])  # kustomize's hashed name
     assert configmap["data"]["API_NONCE_TABLE"].endswith("-tenant-api-nonces")
+
+
+def test_the_deployment_runs_the_api_image_and_reaches_the_ray_head_s_jobs_api_with_the_token_from_a_file() -> None:
+    """Redelivery requests (POST /tenants/{id}/replays) are Ray jobs: without RAY_ADDRESS, the token and a way
+    through both namespaces' policies the in-cluster API answers 503 (or times out) for every one."""
+    objs = render("consumer")
+    pod = find(objs, "Deployment", "tenant-api")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert split_image(c["image"])[0] == "log-tenant-api"  # the image with the api extra
+    (ref,) = c["envFrom"]
+    config = find(objs, "ConfigMap", ref["configMapRef"]["name"])["data"]
+    assert config["REPLAY_REQUEST_TABLE"].endswith("-replay-requests")
+    # The head Service KubeRay creates for k8s/kuberay's RayCluster: <name>-head-svc, the dashboard's port.
+    kuberay = render("kuberay")
+    cluster = find(kuberay, "RayCluster")
+    ns = cluster["metadata"]["namespace"]
+    assert config["RAY_ADDRESS"] == f"http://{cluster['metadata']['name']}-head-svc.{ns}.svc:8265"
+    head_ports = {p["name"]: p["containerPort"] for p in cluster["spec"]["headGroupSpec"]["template"]["spec"]
+                  ["containers"][0]["ports"]}  # fmt: skip
+    assert head_ports["dashboard"] == 8265
+    # The token: a file from its own Secret (the replay namespace's cannot be mounted here), never the env.
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" not in env
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    token = volumes["ray-token"]["secret"]
+    assert token["secretName"] == "tenant-api-ray-token" and token["defaultMode"] == 0o440
+    assert token["items"] == [{"key": "auth_token", "path": "auth_token"}]  # the key log-replay-ray-token has
+    assert env["RAY_AUTH_TOKEN_PATH"] == f"{mounts['ray-token']['mountPath']}/auth_token"
+    assert mounts["ray-token"]["readOnly"] is True
+    # The replay namespace admits the API's pods, and only those of its namespace, to the head's 8265.
+    labels = find(objs, "Deployment", "tenant-api")["spec"]["template"]["metadata"]["labels"]
+    api_ns = find(objs, "Namespace")["metadata"]["name"]
+    from_api = [p for p in peers(kuberay, ns, RAY_POD_LABELS["head"], 8265) if "namespaceSelector" in p
+                and p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == api_ns]  # fmt: skip
+    assert from_api == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": api_ns}},
+         "podSelector": {"matchLabels": labels}}
+    ]  # fmt: skip
+    assert api_ns not in reachable_from(kuberay, ns, RAY_POD_LABELS["head"], 6379), "the GCS stays the cluster's"
+    # And the API's own egress lets it out to exactly there (plus DNS and AWS's HTTPS endpoints).
+    (egress,) = [o for o in objs if o["kind"] == "NetworkPolicy" and "Egress" in o["spec"]["policyTypes"]]
+    assert egress["spec"]["podSelector"] == {"matchLabels": labels}
+    rules = egress["spec"]["egress"]
+    to_ray = [r for r in rules if r.get("to")]
+    assert to_ray == [
+        {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                 "podSelector": {"matchLabels": {"ray.io/node-type": "head"}}}],
+         "ports": [{"protocol": "TCP", "port": 8265}]}
+    ]  # fmt: skip
+    open_ports = {(p["protocol"], p["port"]) for r in rules if not r.get("to") for p in r["ports"]}
+    assert open_ports == {("UDP", 53), ("TCP", 53), ("UDP", 5353), ("TCP", 5353), ("TCP", 443)}

@@ -31,7 +31,7 @@ from pipeline.admin.store import TenantStore
 from pipeline.api.app import create_app
 from pipeline.replay.requests import ReplayStore, iso
 from pipeline.replay.service import Limits, ReplayService
-from pipeline.replay.submit import RayJobs
+from pipeline.replay.submit import JobCommand, JobsUnavailable, RayJobs
 from tests.support.consumer_process import wait_for
 from tests.support.tenant_api import ApiClient, serving
 
@@ -243,3 +243,20 @@ def test_a_cap_stops_a_run_cleanly_and_a_later_run_sends_the_rest_once(stack: St
     assert done["state"] == "succeeded", done
     assert done["report"]["events_delivered"] == len(expected) - delivered
     assert stack.logs(t) == Counter((e.timestamp_ms, e.message) for e in expected)
+
+
+def test_the_jobs_rest_client_against_ray_itself_a_resubmission_an_unknown_job_and_a_wrong_token(
+    stack: Stack,
+) -> None:
+    """pipeline/replay/submit.py speaks Ray's Jobs REST API without Ray's SDK: the answers it reads are Ray's."""
+    jobs = RayJobs(stack.ray.dashboard, stack.token)
+    rid = f"rp-rest-{uuid.uuid4().hex[:8]}"
+    command = JobCommand("rest", rid, "2026-05-01T00:00:00Z", "2026-05-01T01:00:00Z", "s3://b/r.json")
+    jobs.submit(command)
+    jobs.submit(command)  # Ray has the id: the same job, no error, no second run
+    assert jobs.status(rid)[0] is not None  # Ray has it (whatever it makes of a tenant no table holds)
+    assert jobs.status("rp-none-here") == (None, "the Ray cluster has no job rp-none-here")
+    assert jobs.stop("rp-none-here") is False
+    for token in ("wrong", None):
+        with pytest.raises(JobsUnavailable, match="refused the token"):
+            RayJobs(stack.ray.dashboard, token).status(rid)
