@@ -57,12 +57,17 @@ def _unit_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(MotoServer, "start", refuse)
     monkeypatch.setattr(LocalRay, "_start", refuse)
     ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    # What ran before (the session's moto server and Ray head, when this worker ran integration tests too)
+    # is not this test's doing.
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
     ray = sys.modules.get("ray")
     if ray is not None and not ray_before and ray.is_initialized():
         ray.shutdown()
         pytest.fail("a unit test started Ray (ray.init): mark it ray")
     for child in psutil.Process().children(recursive=True):
+        if child.pid in before:
+            continue
         try:
             name = " ".join(child.cmdline()) or child.name()
         except psutil.Error:
