@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import os
-import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,9 +108,12 @@ def module_aws(moto_server: MotoServer) -> Iterator[LocalEnvironment]:
 
 @functools.cache
 def ray_auth() -> dict[str, str]:
-    """The session head's token, presented by every client of it (Ray reads these variables), as a RayCluster's
-    authOptions have it: explicit, not whatever ~/.ray/auth_token holds on the machine."""
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    """The session head runs without token auth, and says so to every client of it. Ray reads its auth mode
+    once per process: a test process that touched Ray before (as "disabled", the default here) could never
+    present a token set later, and the in-process driver of test_replay_streaming failed so under xdist. The
+    head is the tests' own, on this machine; token auth is what test_replay_multinode and test_replay_requests
+    test, each on a cluster of its own."""
+    return {"RAY_AUTH_MODE": "disabled"}
 
 
 @pytest.fixture(scope="session")
