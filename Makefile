@@ -17,11 +17,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The full suite: CI's command (.ci/run). On two workers, each with its own moto server and (when a module
+# asks for it) its own Ray head; a module's tests stay on one worker, so module-scoped worlds are set up once.
+# `make test PYTEST_WORKERS=0` runs it in one process.
+PYTEST_WORKERS ?= 2
 test: lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
+# The quick loop: pure tests only, no moto and no Ray (tests/conftest.py fails a unit test that starts either).
 unit: $(STAMP)
-	$(VENV)/bin/pytest -q tests/unit
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) -m unit tests/unit
 
 demo: $(STAMP)
 	$(PY) -m devstack demo

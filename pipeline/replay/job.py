@@ -202,8 +202,11 @@ def _ray_init() -> Any:
     if env_vars:
         kwargs["runtime_env"] = {"env_vars": env_vars}
     if not os.environ.get("RAY_ADDRESS"):
-        # Plain `python jobs/replay.py`: start a local Ray, lean.
-        kwargs.update(include_dashboard=False, configure_logging=False)
+        # Plain `python jobs/replay.py`: start a local Ray of its own, lean. A bare `ray.init()` would instead join
+        # the head that Ray last recorded as started on this machine (/tmp/ray/ray_current_cluster), even one
+        # long gone, and spend minutes trying to reach its GCS; "local" always starts a new instance. A cluster
+        # is joined only when RAY_ADDRESS names one (`ray job submit` and KubeRay's RayJob set it).
+        kwargs.update(address="local", include_dashboard=False, configure_logging=False)
     ray.init(**kwargs)
     return ray
 

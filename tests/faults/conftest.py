@@ -23,10 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpus"))
 from fault_helpers import ConsumerProcess, FaultStack, consumer_process
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: a fault test that starts Ray or several processes (tens of seconds)")
-
-
 @pytest.fixture(scope="session")
 def fault_proxy(moto_server: MotoServer) -> Iterator[FaultProxy]:
     with FaultProxy(moto_server.endpoint_url, seed=8) as proxy:

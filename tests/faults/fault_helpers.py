@@ -153,9 +153,12 @@ def replay_cmd(*args: str, report: Path) -> list[str]:
 
 
 def run_replay(stack: FaultStack, *args: str, report: Path, timeout: float = 240) -> tuple[int, dict[str, Any], str]:
+    """Run the replay CLI to its end; on the session's Ray head when the test asked for it (`shared_ray` put
+    RAY_ADDRESS in the environment, perhaps after `stack` was set up), else on a Ray of its own."""
+    ray_vars = {k: v for k, v in os.environ.items() if k.startswith("RAY_")}
     proc = subprocess.run(
         replay_cmd(*args, report=report),
-        env=stack.env,
+        env=stack.env | ray_vars,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -175,9 +178,10 @@ def kill_replay_mid_run(
     """Run the replay CLI, SIGKILL it with its local Ray (a lost pod) once `when(proc)` returns, open the
     `holds` and wait for the proxy to settle the requests it held (a held request whose client died is never
     forwarded)."""
+    # Always on a Ray of its own, never the session's head: the kill takes the driver and its Ray together.
     proc = subprocess.Popen(
         replay_cmd(*args, report=report),
-        env=stack.env,
+        env={k: v for k, v in stack.env.items() if k != "RAY_ADDRESS"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

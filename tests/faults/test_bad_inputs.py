@@ -122,7 +122,7 @@ def test_consumer_reports_every_bad_input_and_delivers_the_good_data(
 
 
 def test_replay_reports_every_bad_input_and_delivers_the_good_data(
-    stack: FaultStack, corpus: list[CorpusObject], tmp_path: Path
+    stack: FaultStack, corpus: list[CorpusObject], tmp_path: Path, shared_ray: str
 ) -> None:
     args = ("--tenant", "acme", "--tenant", "wrongtypes", "--since", "30m", "--workers", "1")
     code, doc, output = run_replay(stack, *args, report=tmp_path / "report.json")

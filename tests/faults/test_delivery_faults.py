@@ -377,7 +377,9 @@ def test_consumer_killed_between_the_two_deliveries_of_an_object_resends_only_th
 
 
 @pytest.mark.slow
-def test_replay_killed_before_its_batched_s3_records_resends_only_overwrites(stack: FaultStack, tmp_path: Path) -> None:
+def test_replay_killed_before_its_batched_s3_records_resends_only_overwrites(
+    stack: FaultStack, tmp_path: Path, shared_ray: str
+) -> None:
     """An S3-only tenant's records are written in batches when a unit ends. A replay killed before that has
     stored objects it never recorded: the rerun stores them again, over themselves, and nothing is lost."""
     manifest = write(

@@ -50,7 +50,7 @@ WINDOW = ("--since", "45m")
 
 
 def test_replay_under_throttling_5xx_expiry_and_one_denied_tenant_then_a_rerun_picks_it_up(
-    stack: FaultStack, tmp_path: Path
+    stack: FaultStack, tmp_path: Path, shared_ray: str
 ) -> None:
     manifest = write(
         stack.local, tenants=("acme", "globex"), applications=("payment-service", "frontend"), pods_per_app=2,
@@ -197,7 +197,7 @@ def test_worker_killed_mid_unit_is_restarted_and_the_unit_redelivered_at_most_on
 
 
 def test_driver_killed_mid_run_then_rerun_loses_nothing_and_resends_exactly_the_unrecorded_objects(
-    stack: FaultStack, tmp_path: Path
+    stack: FaultStack, tmp_path: Path, shared_ray: str
 ) -> None:
     """The replay CLI and the local Ray it started are SIGKILLed together (a lost pod), then run again.
 

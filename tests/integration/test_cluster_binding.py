@@ -11,7 +11,6 @@ is `jobs/replay.py` on a local Ray, and what arrived is read back from the tenan
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from devstack.provision import LocalEnvironment, SampleBucket, SampleTenant, add
 from devstack.readback import read_bucket, read_group
 from pipeline.ledger import Ledger
 from tests.support.consumer_process import ConsumerProcess, queue_counts, queue_empty, wait_for
+from tests.support.replay_cli import run_replay_cli
 
 pytestmark = pytest.mark.integration
 
@@ -127,12 +127,13 @@ def replay(local: LocalEnvironment, *args: str, report: Path | None = None) -> t
     cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), *args, "--no-progress", "--workers", "1"]
     if report is not None:
         cmd += ["--report", str(report)]
-    proc = subprocess.run(cmd, env={**os.environ, **local.env}, capture_output=True, text=True, timeout=300)
+    proc = run_replay_cli(cmd, {**os.environ, **local.env}, 300)
     doc = orjson.loads(report.read_bytes()) if report is not None and report.exists() else {}
     return proc.returncode, doc, proc.stdout + proc.stderr
 
 
 @pytest.mark.ray
+@pytest.mark.usefixtures("shared_ray")
 def test_the_replay_reports_objects_of_another_cluster_and_neither_delivers_nor_fails_them(
     stark: LocalEnvironment, tmp_path: Path
 ) -> None:

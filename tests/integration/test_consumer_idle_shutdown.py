@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from devstack.provision import LocalEnvironment
-from tests.support.consumer_process import ConsumerProcess
+from tests.support.consumer_process import ConsumerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -16,9 +15,8 @@ pytestmark = pytest.mark.integration
 def test_sigterm_while_idle_exits_within_two_seconds(local_aws: LocalEnvironment, tmp_path: Path) -> None:
     consumer = ConsumerProcess(local_aws.env, tmp_path / "consumer.log", ["--wait-time", "20"]).wait_ready()
     try:
-        # Well inside a poll: the first receive starts as the consumer starts, and the queue is empty.
-        time.sleep(1.5)
-        assert consumer.metric("logdelivery_last_poll_timestamp_seconds") > 0
+        # Inside a poll: the first receive has started (the metric says so), and the queue is empty.
+        wait_for(lambda: consumer.metric("logdelivery_last_poll_timestamp_seconds") > 0, 30, "the first poll")
         code, seconds = consumer.terminate(timeout=30)
     finally:
         consumer.kill()

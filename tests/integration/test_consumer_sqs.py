@@ -24,7 +24,7 @@ import pytest
 from boto3.dynamodb.types import TypeSerializer
 
 from devstack import generator as gen
-from devstack.faults import Delay, FaultProxy, Rule
+from devstack.faults import Delay, FaultProxy, Hold, Rule
 from devstack.provision import LocalEnvironment
 from devstack.readback import read_group
 from pipeline.ledger import Ledger
@@ -278,15 +278,26 @@ def test_sigterm_finishes_in_flight_work_and_exits_zero(
     local_aws: LocalEnvironment, start_consumer: Callable[..., ConsumerProcess]
 ) -> None:
     set_visibility(local_aws, 30)  # a message neither deleted nor released would stay invisible for 30 s
-    consumer = start_consumer("--workers", "3")
-    manifest = write(local_aws, objects_per_pod=3, events=6_000)
-    wait_for(lambda: consumer.metric("logdelivery_inflight_messages") >= 2, 30, "objects in flight", interval=0.05)
-    code, seconds = consumer.terminate()
+    with FaultProxy(local_aws.endpoint_url) as proxy:
+        # The objects' puts are held until the drain has begun: work is in flight at SIGTERM by construction,
+        # not because the machine was slow enough, and it finishes after it, whatever the machine's speed.
+        puts = Hold()
+        proxy.add(Rule(puts, service="logs", operation="PutLogEvents"))
+        consumer = start_consumer("--workers", "3", "--drain-timeout", "120", endpoint=proxy.url)
+        manifest = write(local_aws, objects_per_pod=3, events=600)
+        puts.wait_held(2)  # two objects (two workers) in flight
+        assert consumer.metric("logdelivery_inflight_messages") >= 2
+        consumer.request_stop()
+        wait_for(lambda: any(r.get("msg") == "draining" for r in consumer.logs()), 30, "the drain to begin")
+        puts.open()
+        code = consumer.wait_exit(120)
     assert code == 0
-    assert seconds < 15
     logs = consumer.logs()
+    draining = next(r for r in logs if r.get("msg") == "draining")
+    assert draining["inflight"] >= 2
     drained = next(r for r in logs if r.get("msg") == "drained")
     assert drained["released"] == 0  # everything in flight was finished, nothing handed back at the deadline
+    assert drained["seconds"] < 120  # it ended when the work did, not at the drain deadline
     # The objects in flight at SIGTERM ran to their end (normally delivered; a moto hiccup under load
     # would show as "object failed" and a retry, which is the right behaviour too).
     assert len([r for r in logs if r.get("msg", "").startswith("object ")]) >= 2

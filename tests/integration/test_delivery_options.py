@@ -170,6 +170,7 @@ def test_parquet_delivery_writes_every_event_typed_at_partitioned_keys_and_a_rer
 
 
 @pytest.mark.ray
+@pytest.mark.usefixtures("shared_ray")
 def test_the_replay_writes_the_same_parquet_object_as_the_consumer_path(local_aws: LocalEnvironment) -> None:
     put_delivery(local_aws, "hooli", "archive", format="parquet")
     manifest = write(local_aws, "hooli", seed=9, applications=("frontend",))

@@ -26,8 +26,9 @@ from devstack.generator import GeneratorConfig, Manifest, write_dataset
 from devstack.provision import LocalEnvironment
 from devstack.readback import read_group
 from pipeline.storage import REPORTS_PREFIX
+from tests.support.replay_cli import run_replay_cli
 
-pytestmark = [pytest.mark.integration, pytest.mark.ray]
+pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.usefixtures("shared_ray")]
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = ("payment-service", "frontend", "checkout")
@@ -35,7 +36,7 @@ APPS = ("payment-service", "frontend", "checkout")
 
 def replay(env: LocalEnvironment, *args: str, report: Path, timeout: float = 300) -> tuple[int, dict[str, Any], str]:
     cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), *args, "--report", str(report), "--no-progress"]
-    proc = subprocess.run(cmd, env={**os.environ, **env.env}, capture_output=True, text=True, timeout=timeout)
+    proc = run_replay_cli(cmd, {**os.environ, **env.env}, timeout)
     doc = orjson.loads(report.read_bytes()) if report.exists() else {}
     return proc.returncode, doc, proc.stdout + proc.stderr
 
@@ -189,7 +190,10 @@ def test_interrupted_replay_resumes_without_duplicates_or_gaps(
     cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), *args, "--report", str(report1), "--no-progress"]
     # Slow enough that the interruption lands mid-run: each pod's objects fill one batch, sent at one a second.
     cmd += ["--max-requests-per-second", "1"]
-    proc = subprocess.Popen(cmd, env={**os.environ, **local_aws.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # On a Ray of its own, as before the shared head: the interrupted run's workers go with it, so the report,
+    # written as it ends, can be held to what the ledger has.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | local_aws.env
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ddb = local_aws.client("dynamodb")
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -229,7 +233,7 @@ def test_dry_run_plans_and_delivers_nothing(local_aws: LocalEnvironment, tmp_pat
     )
     write_dataset(cfg, local_aws.names.bucket, s3=local_aws.client("s3"))
     cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), "--tenant", "acme", "--since", "21d", "--dry-run"]
-    proc = subprocess.run(cmd, env={**os.environ, **local_aws.env}, capture_output=True, text=True, timeout=120)
+    proc = run_replay_cli(cmd, {**os.environ, **local_aws.env}, 120)
     assert proc.returncode == 0, proc.stderr
     assert "Dry run: nothing was delivered." in proc.stdout
     assert "older than CloudWatch's 14-day limit" in proc.stdout
@@ -255,7 +259,7 @@ def test_report_to_s3_lands_in_the_central_bucket(local_aws: LocalEnvironment) -
     def run(report: str) -> str:
         cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), "--tenant", "acme", "--since", "2h"]
         cmd += ["--report", report, "--no-progress"]
-        proc = subprocess.run(cmd, env={**os.environ, **local_aws.env}, capture_output=True, text=True, timeout=300)
+        proc = run_replay_cli(cmd, {**os.environ, **local_aws.env}, 300)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         return proc.stdout
 
@@ -279,7 +283,7 @@ def test_report_to_s3_lands_in_the_central_bucket(local_aws: LocalEnvironment) -
 def test_missing_configuration_exits_3_naming_the_variable(local_aws: LocalEnvironment) -> None:
     env = {k: v for k, v in {**os.environ, **local_aws.env}.items() if k != "TENANT_CONFIG_TABLE"}
     cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), "--tenant", "acme", "--since", "1h", "--dry-run"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    proc = run_replay_cli(cmd, env, 60)
     assert proc.returncode == 3
     assert "TENANT_CONFIG_TABLE" in proc.stderr
 
@@ -303,7 +307,7 @@ def test_all_tenants_replays_every_enabled_tenant_in_the_table(local_aws: LocalE
     )
     write_dataset(cfg, local_aws.names.bucket, s3=local_aws.client("s3"))
     cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), "--all-tenants", "--since", "3h", "--dry-run"]
-    proc = subprocess.run(cmd, env={**os.environ, **local_aws.env}, capture_output=True, text=True, timeout=120)
+    proc = run_replay_cli(cmd, {**os.environ, **local_aws.env}, 120)
     assert proc.returncode == 0, proc.stderr
     plan_header = proc.stdout.splitlines()[0]
     assert "acme, globex" in plan_header

@@ -8,7 +8,6 @@ written from CONTRACTS.md §5 and §8 and the generator's manifest, not read fro
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,8 +20,9 @@ from devstack.generator import GeneratorConfig, Manifest, write_dataset
 from devstack.provision import LocalEnvironment
 from devstack.readback import read_bucket, read_group
 from pipeline.keys import parse_key
+from tests.support.replay_cli import run_replay_cli
 
-pytestmark = [pytest.mark.integration, pytest.mark.ray]
+pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.usefixtures("shared_ray")]
 
 REPO = Path(__file__).resolve().parents[2]
 FOURTEEN_DAYS = timedelta(days=14)
@@ -32,7 +32,7 @@ def replay(env: LocalEnvironment, *args: str, report: Path | None = None) -> tup
     cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), *args, "--no-progress", "--workers", "2"]
     if report is not None:
         cmd += ["--report", str(report)]
-    proc = subprocess.run(cmd, env={**os.environ, **env.env}, capture_output=True, text=True, timeout=300)
+    proc = run_replay_cli(cmd, {**os.environ, **env.env}, 300)
     doc = orjson.loads(report.read_bytes()) if report is not None and report.exists() else {}
     return proc.returncode, doc, proc.stdout + proc.stderr
 

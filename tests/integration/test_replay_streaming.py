@@ -1,4 +1,4 @@
-"""Streaming planning end to end, in this process as the driver: a real local Ray (listing and delivery
+"""Streaming planning end to end, in this process as the driver of the session's Ray head (listing and delivery
 workers), a real moto server over HTTP.
 
 The driver's buffers are shrunk so a small window goes through many packer flushes and a full queue, as a
@@ -9,6 +9,7 @@ reads are made to fail: the ledger is read by the workers only.
 from __future__ import annotations
 
 import io
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -83,7 +84,7 @@ def opts(now: datetime, **kw: object) -> ReplayOptions:
 
 
 def test_a_window_streams_through_bounded_buffers_and_a_rerun_delivers_nothing(
-    local_aws: LocalEnvironment, ray_driver: None, small_buffers: None, monkeypatch: pytest.MonkeyPatch
+    local_aws: LocalEnvironment, shared_ray: str, ray_driver: None, small_buffers: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     manifest = dataset(local_aws, now)
@@ -125,3 +126,5 @@ def test_a_sampled_dry_run_says_so_and_scales_its_totals(local_aws: LocalEnviron
     assert 0 < listed < 24
     assert f"To deliver: ~{round(listed * 4 * 24 / listed):,} objects" in text
     assert "Dry run: nothing was delivered." in text
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()  # without RAY_ADDRESS a dry run lists on threads, with no Ray

@@ -1,7 +1,7 @@
 """Adjacent and overlapping replay windows, run as a user runs them: each event exactly once.
 
-The replay CLI in a subprocess with its own local Ray, against the moto server over HTTP. Three adjacent
-windows whose bounds fall inside objects (events on both sides of each bound in one object), then one
+The replay CLI in a subprocess on the session's Ray head (RAY_ADDRESS), against the moto server over HTTP.
+Three adjacent windows whose bounds fall inside objects (events on both sides of each bound in one object), then one
 window overlapping the last and reaching past it: the tenant's CloudWatch group holds every event of the
 union once, and the reports say how many events each run found already delivered. Expectations come from the
 generator's manifest, never from the code under test.
@@ -18,7 +18,7 @@ from devstack.generator import GeneratorConfig, write_dataset
 from devstack.provision import LocalEnvironment
 from tests.integration.test_replay_cli import delivered_events, expected_events, replay
 
-pytestmark = [pytest.mark.integration, pytest.mark.ray]
+pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.usefixtures("shared_ray")]
 
 APPS = ("payment-service",)
 

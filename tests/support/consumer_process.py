@@ -94,6 +94,15 @@ class ConsumerProcess:
                     total += s.value
         return total
 
+    def request_stop(self) -> None:
+        """SIGTERM, without waiting: the test then decides when the drain's work may end (`wait_exit`)."""
+        self.proc.send_signal(signal.SIGTERM)
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
     def terminate(self, timeout: float = 60) -> tuple[int, float]:
         """SIGTERM; (exit code, seconds to exit)."""
         start = time.monotonic()
