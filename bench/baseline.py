@@ -90,12 +90,14 @@ bench_baseline = _u.module_from_spec(_spec)
 _s.modules["bench_baseline"] = bench_baseline
 _spec.loader.exec_module(bench_baseline)
 _s.path.insert(0, {tree!r})
+from_tree = bench_baseline.from_tree
 """
 
 
 def child_command(tree: Path, code: str, *args: str) -> list[str]:
     """A command line that runs `code` in a fresh interpreter (this venv's) against `tree`'s code, with this
-    module available to it as `bench_baseline` (`result_dict`, `make_unit`). Run it with `tree_env`."""
+    module available to it as `bench_baseline` (`result_dict`, `make_unit`) and `from_tree` as a name. Run it
+    with `tree_env`."""
     return [sys.executable, "-c", _PRELUDE.format(helper=str(HERE), tree=str(tree)) + code, *args]
 
 
