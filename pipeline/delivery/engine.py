@@ -23,7 +23,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import allocator, aws
-from pipeline.classify import Action, classify_error
+from pipeline.classify import Action, classify_error, describe
 from pipeline.coverage import WHOLE, Coverage
 from pipeline.credentials import CredentialBroker
 from pipeline.delivery.results import DeliveryResult, ObjectResult, Status
@@ -221,14 +221,14 @@ class Deliverer:
             return result.fail(f"tenant or ledger lookup failed: {exc}", recoverable=True)
         except (ClientError, BotoCoreError) as exc:
             recoverable = classify_error("dynamodb", exc) is not Action.FAIL
-            return result.fail(f"tenant or ledger lookup failed: {aws.error_code(exc) or exc}", recoverable)
+            return result.fail(f"tenant or ledger lookup failed: {describe(exc)}", recoverable)
         if todo:
             try:
                 self._deliver_body(source, parsed, todo, result, batches)
             except DeliveryError as exc:
                 self._fail_unrecorded(todo, exc.reason, exc.recoverable)
             except (ClientError, BotoCoreError) as exc:
-                self._fail_unrecorded(todo, f"{type(exc).__name__}: {aws.error_code(exc) or exc}", recoverable=True)
+                self._fail_unrecorded(todo, f"{type(exc).__name__}: {describe(exc)}", recoverable=True)
         return result.settle()
 
     @staticmethod
@@ -506,7 +506,7 @@ class Deliverer:
                 self.ledger.record_many(entries, mapped={(res.tenant, res.key) for res, _ in owners if res.mapped})
         except (ClientError, BotoCoreError, LedgerError) as exc:
             for _, r in owners:
-                r.fail(f"delivered, but the ledger write failed ({aws.error_code(exc) or exc})", recoverable=True)
+                r.fail(_unrecorded(exc), recoverable=True)
             return
         for result, r in owners:
             r.recorded = True
@@ -543,7 +543,13 @@ class Deliverer:
             r.recorded = True
             result.mapped = True
         except (ClientError, BotoCoreError, LedgerError) as exc:
-            r.fail(f"delivered, but the ledger write failed ({aws.error_code(exc) or exc})", recoverable=True)
+            r.fail(_unrecorded(exc), recoverable=True)
+
+
+def _unrecorded(exc: ClientError | BotoCoreError | LedgerError) -> str:
+    """Why a durable delivery failed after all: its record could not be written. The ledger's own error says
+    what it gave up on (keys still unprocessed); an AWS error is named by its code, status or type."""
+    return f"delivered, but the ledger write failed ({exc.reason if isinstance(exc, LedgerError) else describe(exc)})"
 
 
 def build_deliverer(
