@@ -46,7 +46,9 @@ class Pending:
 
     dest: Delivery
     sink: BatchSink
-    on_done: Callable[[Pending], None]  # called once, when sealed and every event answered
+    # Called once, when sealed and every event answered, before `PutPipeline`'s `after` is called with it and
+    # the others the same answer settled (the delivery engine needs only `after`).
+    on_done: Callable[[Pending], None] | None = None
     tag: Any = None  # the caller's own handle on what this is for
     events: int = 0  # added and not yet answered
     sealed: bool = False  # every event of the object has been added
@@ -177,7 +179,8 @@ class PutPipeline:
 
     def _finish(self, done: list[Pending]) -> None:
         for p in done:
-            p.on_done(p)
+            if p.on_done is not None:
+                p.on_done(p)
         if done and self._after is not None:
             self._after(done)
 
