@@ -159,15 +159,13 @@ class PutPipeline:
                 if sent is None:
                     p.error = p.error or error
                 else:
+                    # The events' outcomes, each owner's own: positional in the answer (`BatchSink.put_batch`), so
+                    # named here, one by one (per owner, on the put path: no SinkResult built for each).
                     old, exp, new = too_old.get(p, 0), expired.get(p, 0), too_new.get(p, 0)
-                    p.sent.add(
-                        SinkResult(
-                            events_delivered=count - old - exp - new,
-                            events_rejected_too_old=old,
-                            events_rejected_expired=exp,
-                            events_rejected_too_new=new,
-                        )
-                    )
+                    p.sent.events_delivered += count - old - exp - new
+                    p.sent.events_rejected_too_old += old
+                    p.sent.events_rejected_expired += exp
+                    p.sent.events_rejected_too_new += new
                 if p.settled:
                     done.append(p)
             # Everything else the answer counts is what the calls did (requests, refusals, creates, retries,
