@@ -90,7 +90,7 @@ class CloudWatchSink(TenantWriter):
             result.creates += 1
             error, made = _create_group(logs, dest.log_group)
             if made and dest.retention_days is not None:
-                self._set_retention(logs, dest)
+                self._set_retention(dest)
             if error is None:
                 error = create(logs.create_log_stream, stream_args)
         if error is None:
@@ -104,7 +104,7 @@ class CloudWatchSink(TenantWriter):
             code=describe(error),
         )
 
-    def _set_retention(self, logs: Any, dest: Delivery) -> None:
+    def _set_retention(self, dest: Delivery) -> None:
         """PutRetentionPolicy on a group this sink has just created (CONTRACTS.md §3 `retention_days`); never
         called for a group that existed, so a customer's own retention is never changed.
 
@@ -112,23 +112,22 @@ class CloudWatchSink(TenantWriter):
         delivery goes on: the logs matter more than their retention, and the customer can set it themselves.
         """
         what = f"PutRetentionPolicy {dest.retention_days} days on {dest.log_group} for tenant {dest.tenant_id}"
-        retrying = self._retry.begin(self._sleep)
-        while True:
-            try:
-                logs.put_retention_policy(logGroupName=dest.log_group, retentionInDays=dest.retention_days)
-                return
-            except (ClientError, *NETWORK_ERRORS) as exc:
-                if classify_error("logs", exc) is Action.RETRY:
-                    try:
-                        retrying.backoff(what, describe(exc))
-                        continue
-                    except DeliveryError:
-                        pass  # out of attempts: reported below like a refusal
-                log.warning(
-                    "log group created without its retention",
-                    extra={"tenant": dest.tenant_id, "log_group": dest.log_group, "error": describe(exc)},
-                )
-                return
+        try:
+            # The writers' one loop; its counts are not the delivery's (no data call), so they are dropped.
+            self._call(
+                dest,
+                what,
+                lambda: self._client(dest).put_retention_policy(
+                    logGroupName=dest.log_group, retentionInDays=dest.retention_days
+                ),
+                SinkResult(),
+                lambda code, message: f"{what} refused: {code}: {message}",
+            )
+        except DeliveryError as exc:  # refused, or out of attempts
+            log.warning(
+                "log group created without its retention",
+                extra={"tenant": dest.tenant_id, "log_group": dest.log_group, "error": exc.code or exc.reason},
+            )
 
 
 def _create_group(logs: Any, group: str) -> tuple[Exception | None, bool]:
