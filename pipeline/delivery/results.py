@@ -36,17 +36,20 @@ class Commit(StrEnum):
 
 class _Grouped:
     """`DeliveryResult.batched`, as the consumer's group commit reads it and its tests build it: whether the
-    record waits for the caller's commit() (GROUP, WHOLE). Setting it True asks for GROUP, False for NOW."""
+    record waits for the caller's commit() (GROUP, WHOLE). Setting it True asks for GROUP (a WHOLE stays
+    WHOLE), False for NOW; left out of the constructor (None), `commit` alone decides."""
 
     @overload
-    def __get__(self, obj: None, owner: Any) -> bool: ...
+    def __get__(self, obj: None, owner: Any) -> None: ...
     @overload
     def __get__(self, obj: DeliveryResult, owner: Any) -> bool: ...
-    def __get__(self, obj: DeliveryResult | None, owner: Any = None) -> bool:
-        return obj is not None and obj.commit in (Commit.GROUP, Commit.WHOLE)
+    def __get__(self, obj: DeliveryResult | None, owner: Any = None) -> bool | None:
+        if obj is None:
+            return None  # the constructor's default: not asked
+        return obj.commit in (Commit.GROUP, Commit.WHOLE)
 
-    def __set__(self, obj: DeliveryResult, value: bool) -> None:
-        if value != self.__get__(obj, None):
+    def __set__(self, obj: DeliveryResult, value: bool | None) -> None:
+        if value is not None and value != self.__get__(obj, None):
             obj.commit = Commit.GROUP if value else Commit.NOW
 
 
