@@ -38,6 +38,7 @@ class RetryPolicy:
         cap_s: float = 10.0,
         deadline_s: float | None = None,
         throttle_attempts: int | None = None,
+        jitter: bool = True,
     ) -> None:
         if attempts < 1 or (throttle_attempts is not None and throttle_attempts < 1):
             raise ValueError("a retry policy needs at least one attempt")
@@ -49,11 +50,15 @@ class RetryPolicy:
         # `attempts`: the consumer's circuits take over a throttled destination, so a worker must not wait
         # out the whole budget on it (`pipeline.circuits`). None: throttling counts like any other retry.
         self.throttle_attempts = throttle_attempts
+        # False: wait the capped exponential itself. Jitter spreads clients that failed together; a caller
+        # that alone waits on something of its own (restarting its child process) has no one to spread from.
+        self.jitter = jitter
 
     def delay(self, retry: int) -> float:
         """The wait before retry number `retry` (0 for the first): full jitter under the capped exponential."""
+        bound = min(self.cap_s, self.base_s * (2**retry))
         # S311: jitter, not a secret.
-        return random.uniform(0, min(self.cap_s, self.base_s * (2**retry)))  # noqa: S311
+        return random.uniform(0, bound) if self.jitter else bound  # noqa: S311
 
     def begin(
         self, sleep: Callable[[float], object] = time.sleep, clock: Callable[[], float] = time.monotonic
@@ -64,7 +69,9 @@ class RetryPolicy:
     def __repr__(self) -> str:
         deadline = f", deadline_s={self.deadline_s}" if self.deadline_s is not None else ""
         throttle = f", throttle_attempts={self.throttle_attempts}" if self.throttle_attempts is not None else ""
-        return f"RetryPolicy(attempts={self.attempts}, base_s={self.base_s}, cap_s={self.cap_s}{deadline}{throttle})"
+        jitter = "" if self.jitter else ", jitter=False"
+        extra = f"{deadline}{throttle}{jitter}"
+        return f"RetryPolicy(attempts={self.attempts}, base_s={self.base_s}, cap_s={self.cap_s}{extra})"
 
 
 class Retrying:

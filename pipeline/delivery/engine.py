@@ -17,16 +17,15 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import allocator, aws
-from pipeline.classify import Action, classify_error
+from pipeline.classify import Action, classify_error, describe
 from pipeline.coverage import WHOLE, Coverage
 from pipeline.credentials import CredentialBroker
-from pipeline.delivery.results import DeliveryResult, ObjectResult, Status
+from pipeline.delivery.results import Commit, DeliveryResult, ObjectResult, Status
 from pipeline.delivery.routing import ObjectRef, Routing, TimeWindow
 from pipeline.errors import DeliveryError, NonRecoverableError
 from pipeline.keys import InvalidKeyError, ObjectKey, parse_key
@@ -131,7 +130,7 @@ class Deliverer:
             return
         with self._puts_lock:
             if self._puts is None:
-                self._puts = PutPipeline(self._in_flight, self._throttle, after=self._record_settled)
+                self._puts = PutPipeline(self._in_flight, self._throttle, after=self._settled)
         batches = PodBatches(self._puts)
         try:
             yield batches
@@ -209,26 +208,26 @@ class Deliverer:
             todo = self._route(tenant, parsed, ref, result, delivered, source, held)
             if self.group_commit and delivered is not None and not delivered.records and self._idempotent_only(tenant):
                 for _, r in todo:
-                    r.batched = r.replace = True
+                    r.commit = Commit.WHOLE
             elif self.defer_records and len(todo) == 1:
                 # One delivery with work: its record waits for the caller's commit, which follows at once. An
                 # object with several keeps recording each as soon as it is durable, so a crash between them
                 # resends only the unrecorded one.
-                todo[0][1].batched = True
+                todo[0][1].commit = Commit.GROUP
         except NonRecoverableError as exc:
             return result.fail(exc.reason, recoverable=False)
         except LedgerError as exc:
             return result.fail(f"tenant or ledger lookup failed: {exc}", recoverable=True)
         except (ClientError, BotoCoreError) as exc:
             recoverable = classify_error("dynamodb", exc) is not Action.FAIL
-            return result.fail(f"tenant or ledger lookup failed: {aws.error_code(exc) or exc}", recoverable)
+            return result.fail(f"tenant or ledger lookup failed: {describe(exc)}", recoverable)
         if todo:
             try:
                 self._deliver_body(source, parsed, todo, result, batches)
             except DeliveryError as exc:
                 self._fail_unrecorded(todo, exc.reason, exc.recoverable)
             except (ClientError, BotoCoreError) as exc:
-                self._fail_unrecorded(todo, f"{type(exc).__name__}: {aws.error_code(exc) or exc}", recoverable=True)
+                self._fail_unrecorded(todo, f"{type(exc).__name__}: {describe(exc)}", recoverable=True)
         return result.settle()
 
     @staticmethod
@@ -320,7 +319,8 @@ class Deliverer:
         except DeliveryError as exc:
             r.failed_with(exc)
             return
-        self._record(result, r, sink)
+        if self._records_now(r, sink):
+            self._write_ledger(result, r)
 
     def _send_events(
         self,
@@ -336,12 +336,14 @@ class Deliverer:
         result.add(stats)
         result.malformed_samples = stats.samples
 
-        pending: dict[int, Pending] = {}
+        # Deliveries whose events go into the pod's filling batches, by delivery id: settled and recorded when
+        # their last batch is answered (`_settled`), not here.
+        pending: dict[str, Pending] = {}
         if batches is not None:
             for d, r in todo:
                 if self.sinks[d.type].traits.fills_batches:
                     sink: BatchSink = self.sinks[d.type]  # type: ignore[assignment]  # fills_batches: a BatchSink
-                    pending[id(r)] = Pending(d, sink, partial(self._settle, result, r), tag=(result, r))
+                    pending[d.delivery_id] = Pending(d, sink, tag=(result, r))
         try:
             self._send_streams(streams, stats, todo, result, batches, pending)
         finally:
@@ -357,7 +359,7 @@ class Deliverer:
         todo: list[tuple[Delivery, DeliveryResult]],
         result: ObjectResult,
         batches: PodBatches | None,
-        pending: dict[int, Pending],
+        pending: dict[str, Pending],
     ) -> None:
         now_ms = int(self._clock() * 1000)
         window = self.routing.window
@@ -391,8 +393,8 @@ class Deliverer:
                 # counted, not touched.
                 if not (prepared.events or prepared.events_rejected):
                     continue
-                if prepared.events and batches is not None and id(r) in pending:
-                    batches.add(pending[id(r)], name, prepared.events)
+                if prepared.events and batches is not None and d.delivery_id in pending:
+                    batches.add(pending[d.delivery_id], name, prepared.events)
                 elif prepared.events:
                     if self._throttle is not None:
                         self._throttle(d.tenant_id, len(prepared.events), 0)
@@ -418,27 +420,24 @@ class Deliverer:
             r.scope = r.scope.union(beyond)
             if stats.damaged:
                 r.status, r.reason = Status.DAMAGED, stats.damaged
-            if id(r) not in pending:  # those are recorded when their last batch is answered (_settle)
-                self._record(result, r, self.sinks[d.type])
+            # Those in `pending` are recorded when their last batch is answered (_settled).
+            if d.delivery_id not in pending and self._records_now(r, self.sinks[d.type]):
+                self._write_ledger(result, r)
 
-    def _settle(self, result: ObjectResult, r: DeliveryResult, p: Pending) -> None:
-        """Every event the object gave a delivery through filled batches is answered (on a put thread).
-        Its record is written by `_record_settled`, with those of every object the same answer settled."""
-        r.add(p.sent)
-        if p.error is not None and r.status is not Status.FAILED:
-            # Not failed_with(): the failed batch's calls are already in p.sent, credited to its last owner.
-            r.fail(p.error.reason, p.error.recoverable, p.error.code)
-
-    def _record_settled(self, done: list[Pending]) -> None:
-        """The objects one batch's answer settled (`PutPipeline`'s `after`): their records, written together
-        (`Ledger.record_many`: one call for up to 100 objects) before the batch's slot is given back, so a
-        kill can still resend only the objects of the batches in flight."""
+    def _settled(self, done: list[Pending]) -> None:
+        """The deliveries one batch's answer (or an object's seal) settled: every event each gave to filled
+        batches is answered (`PutPipeline`'s `after`, on a put thread). Each is credited with what its events
+        did; the records due now are written together (`Ledger.record_many`: one call for up to 100 objects)
+        before the batch's slot is given back, so a kill can still resend only the objects of the batches in
+        flight."""
         owners: list[tuple[ObjectResult, DeliveryResult]] = []
         for p in done:
             result, r = p.tag
-            if not p.sink.traits.durable_on_return:
-                r.durable = False  # the caller records it after the sink's flush()
-            elif p.sink.traits.writes_ledger and r.done and not r.recorded and not r.batched:
+            r.add(p.sent)
+            if p.error is not None and r.status is not Status.FAILED:
+                # Not failed_with(): the failed batch's calls are already in p.sent, credited to its last owner.
+                r.fail(p.error.reason, p.error.recoverable, p.error.code)
+            if self._records_now(r, p.sink):
                 owners.append((result, r))
         self._write_group(owners)
 
@@ -449,12 +448,15 @@ class Deliverer:
             d.type in self.sinks and self.sinks[d.type].traits.idempotent for d in tenant.deliveries
         )
 
-    def _record(self, result: ObjectResult, r: DeliveryResult, sink: Sink) -> None:
+    @staticmethod
+    def _records_now(r: DeliveryResult, sink: Sink) -> bool:
+        """The commit rule, once a delivery has been sent: whether its record is to be written now. A sink
+        durable only after its flush() leaves it to the caller's finish() (AFTER_FLUSH), whatever the caller
+        asked; a sink that sends nothing real never has one; GROUP and WHOLE wait for the caller's commit()."""
         if not sink.traits.durable_on_return:
-            r.durable = False  # the caller records it after the sink's flush()
-            return
-        if sink.traits.writes_ledger and not r.batched:
-            self._write_ledger(result, r)
+            r.commit = Commit.AFTER_FLUSH
+            return False
+        return r.commit is Commit.NOW and sink.traits.writes_ledger and r.done and not r.recorded
 
     def finish(self, results: Sequence[ObjectResult]) -> None:
         """After a run of deliver() calls: wait for the batches in flight, flush the sinks if a delivery
@@ -472,20 +474,19 @@ class Deliverer:
     def commit(self, *results: ObjectResult) -> None:
         """After a successful flush(): record the deliveries that were waiting for it, and the batched ones:
         whole items in batches where `deliver()` allowed it, every other record with `Ledger.record_many`."""
-        batched: list[tuple[ObjectResult, DeliveryResult]] = []
+        grouped: dict[Commit, list[tuple[ObjectResult, DeliveryResult]]] = {Commit.GROUP: [], Commit.WHOLE: []}
         for result in results:
             for r in result.deliveries:
                 if not r.done or r.recorded:
                     continue
-                if not r.durable:
-                    r.durable = True
+                if r.commit is Commit.AFTER_FLUSH:
+                    r.commit = Commit.NOW  # flushed: durable now
                     self._write_ledger(result, r)
-                elif r.batched:
-                    batched.append((result, r))
-        replace = [(result, r) for result, r in batched if r.replace]
-        if replace and self.ledger is not None:
-            self._write_group(replace, self.ledger.replace_items)
-        self._write_group([(result, r) for result, r in batched if not r.replace])
+                elif r.commit in grouped:
+                    grouped[r.commit].append((result, r))
+        if grouped[Commit.WHOLE] and self.ledger is not None:
+            self._write_group(grouped[Commit.WHOLE], self.ledger.replace_items)
+        self._write_group(grouped[Commit.GROUP])
         for result in results:
             result.settle()
 
@@ -506,7 +507,7 @@ class Deliverer:
                 self.ledger.record_many(entries, mapped={(res.tenant, res.key) for res, _ in owners if res.mapped})
         except (ClientError, BotoCoreError, LedgerError) as exc:
             for _, r in owners:
-                r.fail(f"delivered, but the ledger write failed ({aws.error_code(exc) or exc})", recoverable=True)
+                r.fail(_unrecorded(exc), recoverable=True)
             return
         for result, r in owners:
             r.recorded = True
@@ -543,7 +544,13 @@ class Deliverer:
             r.recorded = True
             result.mapped = True
         except (ClientError, BotoCoreError, LedgerError) as exc:
-            r.fail(f"delivered, but the ledger write failed ({aws.error_code(exc) or exc})", recoverable=True)
+            r.fail(_unrecorded(exc), recoverable=True)
+
+
+def _unrecorded(exc: ClientError | BotoCoreError | LedgerError) -> str:
+    """Why a durable delivery failed after all: its record could not be written. The ledger's own error says
+    what it gave up on (keys still unprocessed); an AWS error is named by its code, status or type."""
+    return f"delivered, but the ledger write failed ({exc.reason if isinstance(exc, LedgerError) else describe(exc)})"
 
 
 def build_deliverer(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 from pipeline.counters import DecodeCounts, DeliveryCounts
 from pipeline.coverage import EMPTY, WHOLE, Coverage
@@ -23,6 +23,36 @@ class Status(StrEnum):
     FAILED = "failed"
 
 
+class Commit(StrEnum):
+    """When and how a delivery's ledger record is written: the one commit rule (`Deliverer`), chosen for each
+    delivery from what the caller asked for and its sink's traits. A record is only ever written for data
+    that is durable at the destination, so a crash resends what is unrecorded, never loses it."""
+
+    NOW = "now"  # durable when the sink returns: recorded at once (a filled batch's: with its answer's others)
+    AFTER_FLUSH = "after flush"  # durable only after the sink's flush(): recorded by the caller's finish()
+    GROUP = "group"  # durable, left for the caller's commit(), written with other objects' (Ledger.record_many)
+    WHOLE = "whole"  # GROUP, and the object's item may be written whole (Ledger.replace_items)
+
+
+class _Grouped:
+    """`DeliveryResult.batched`, as the consumer's group commit reads it and its tests build it: whether the
+    record waits for the caller's commit() (GROUP, WHOLE). Setting it True asks for GROUP (a WHOLE stays
+    WHOLE), False for NOW; left out of the constructor (None), `commit` alone decides."""
+
+    @overload
+    def __get__(self, obj: None, owner: Any) -> None: ...
+    @overload
+    def __get__(self, obj: DeliveryResult, owner: Any) -> bool: ...
+    def __get__(self, obj: DeliveryResult | None, owner: Any = None) -> bool | None:
+        if obj is None:
+            return None  # the constructor's default: not asked
+        return obj.commit in (Commit.GROUP, Commit.WHOLE)
+
+    def __set__(self, obj: DeliveryResult, value: bool | None) -> None:
+        if value is not None and value != self.__get__(obj, None):
+            obj.commit = Commit.GROUP if value else Commit.NOW
+
+
 @dataclass
 class DeliveryResult(DeliveryCounts):
     """What one object did at one delivery: its counters, and its outcome there."""
@@ -35,9 +65,10 @@ class DeliveryResult(DeliveryCounts):
     recoverable: bool = False
     streams: list[str] = field(default_factory=list)
     recorded: bool = False  # in the ledger
-    durable: bool = True  # False until the sink's flush() for sinks that are not durable on return
-    batched: bool = False  # durable, its record left for the caller's commit() to write with others
-    replace: bool = False  # batched, and its object's item may be written whole (`Ledger.replace_items`)
+    commit: Commit = Commit.NOW  # when its record is written, once it is done (before `batched`: see there)
+    # A view of `commit`, kept as a field so that `DeliveryResult(..., batched=True)` asks for GROUP; it is set
+    # after `commit` in __init__, so it must stay declared after it.
+    batched: _Grouped = _Grouped()
     code: str = ""  # the AWS error code behind a failure, when known (DeliveryError.code)
     held: bool = False  # not attempted: the caller held it back (its destination is backing off)
     # Event deliveries: what the ledger says earlier runs delivered of this object (not sent again), and
@@ -49,6 +80,11 @@ class DeliveryResult(DeliveryCounts):
     @property
     def done(self) -> bool:
         return self.status in (Status.DELIVERED, Status.DAMAGED)
+
+    @property
+    def durable(self) -> bool:
+        """False while what the sink took waits for its flush() to be at the destination."""
+        return self.commit is not Commit.AFTER_FLUSH
 
     def fail(self, reason: str, recoverable: bool, code: str = "") -> DeliveryResult:
         self.status, self.reason, self.recoverable, self.code = Status.FAILED, reason, recoverable, code
@@ -67,8 +103,7 @@ class DeliveryResult(DeliveryCounts):
         d = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name
-            not in ("recorded", "durable", "batched", "replace", "held", "covered", "scope", "newest_event_ms")
+            if f.name not in ("recorded", "commit", "batched", "held", "covered", "scope", "newest_event_ms")
         }
         d["status"] = str(self.status)
         return d

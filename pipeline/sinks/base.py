@@ -11,13 +11,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, TypeVar
 
+from botocore.exceptions import ClientError
+
+from pipeline import aws
+from pipeline.classify import NETWORK_ERRORS, Action, Remedy, Service, classify, describe, remedy
 from pipeline.counters import DeliveryCounts
 from pipeline.credentials import CredentialBroker
+from pipeline.errors import DeliveryError
 from pipeline.keys import ObjectKey
 from pipeline.records import Event
-from pipeline.retry import RetryPolicy
+from pipeline.retry import Retrying, RetryPolicy
 from pipeline.tenants import Delivery, DeliveryType
 
 
@@ -62,9 +67,15 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+T = TypeVar("T")
+
+
 class TenantWriter:
     """What the sinks that write into a tenant's account with its role share: the credential broker, the
-    shared retry policy (which errors it retries is `pipeline.classify`'s table), and an injectable sleep."""
+    shared retry policy (which errors it retries is `pipeline.classify`'s table), an injectable sleep, and
+    the one loop that sends a data call until it is accepted (`_call`)."""
+
+    service: ClassVar[Service]  # whose table in `pipeline.classify` decides on the writer's errors
 
     def __init__(
         self,
@@ -75,6 +86,75 @@ class TenantWriter:
         self._creds = credentials
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
+
+    def _call(
+        self,
+        dest: Delivery,
+        what: str,
+        call: Callable[[], T],
+        result: SinkResult,
+        refusal: Callable[[str, str], str],
+        create: Callable[[], str | None] | None = None,
+    ) -> T:
+        """`call()` (one data call: PutLogEvents, PutObject) until the destination accepts it: remedy →
+        classify → back off, the same for every writer. Each refused or unanswered attempt is counted in
+        `result.requests_refused`, each wait in `result.retries`.
+
+        A remedy is tried once per call: `create` makes the missing destination (None when it is made, else
+        the code of a create worth retrying, which is backed off on), and expired credentials are refreshed.
+        What `classify` retries is backed off on until the policy is spent (a recoverable DeliveryError);
+        anything else raises DeliveryError at once, its reason `refusal(code, message)`. Whatever raises
+        carries `result` as `sent`: the calls made before giving up count in the report."""
+        try:
+            return self._until_accepted(dest, what, call, result, refusal, create)
+        except DeliveryError as exc:
+            exc.sent = result
+            raise
+
+    def _until_accepted(
+        self,
+        dest: Delivery,
+        what: str,
+        call: Callable[[], T],
+        result: SinkResult,
+        refusal: Callable[[str, str], str],
+        create: Callable[[], str | None] | None,
+    ) -> T:
+        created = refreshed = False
+        retrying = self._retry.begin(self._sleep)
+        while True:
+            try:
+                return call()
+            except ClientError as exc:
+                result.requests_refused += 1
+                code = aws.error_code(exc)
+                fix = remedy(self.service, code)
+                if fix is Remedy.CREATE_DESTINATION and create is not None and not created:
+                    create_error = create()
+                    created = create_error is None
+                    if create_error is not None:  # the create calls were throttled: back off, then try again
+                        self._backoff(retrying, what, create_error, result)
+                    continue
+                if fix is Remedy.REFRESH_CREDENTIALS and not refreshed:
+                    self._creds.invalidate(dest.role_arn, dest.hop_external_id)
+                    refreshed = True
+                    continue
+                action = classify(self.service, code, aws.http_status(exc))
+                if action is Action.RETRY:
+                    self._backoff(retrying, what, describe(exc), result)
+                    continue
+                message = str(exc.response.get("Error", {}).get("Message", ""))
+                raise DeliveryError(
+                    refusal(code, message)[:500], recoverable=action is not Action.FAIL, code=describe(exc)
+                ) from exc
+            except NETWORK_ERRORS as exc:
+                result.requests_refused += 1
+                self._backoff(retrying, what, type(exc).__name__, result)
+
+    @staticmethod
+    def _backoff(retrying: Retrying, what: str, code: str, result: SinkResult) -> None:
+        retrying.backoff(what, code)
+        result.retries += 1
 
     def flush(self) -> None:
         pass  # every write has returned by the time send() or put_object() does

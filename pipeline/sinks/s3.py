@@ -26,12 +26,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from botocore.exceptions import ClientError
-
 from pipeline import aws
-from pipeline.classify import NETWORK_ERRORS, Action, Remedy, classify, describe, remedy
+from pipeline.classify import Service
 from pipeline.columnar import render
-from pipeline.errors import DeliveryError
 from pipeline.keys import FILENAME_EXTENSION, ObjectKey
 from pipeline.records import DecodeStats
 from pipeline.sinks import traits_of
@@ -93,6 +90,7 @@ def refusal_reason(code: str, message: str, dest: Delivery, key: str) -> str:
 class S3Sink(TenantWriter):
     name: ClassVar[str] = "s3"
     traits: ClassVar[SinkTraits] = traits_of(name)
+    service: ClassVar[Service] = "s3"
 
     def _client(self, dest: Delivery) -> Any:
         return self._creds.client(
@@ -125,33 +123,13 @@ class S3Sink(TenantWriter):
             args["ContentEncoding"] = encoding
         if dest.kms_key_arn:
             args.update(ServerSideEncryption="aws:kms", SSEKMSKeyId=dest.kms_key_arn)
-        what = f"PutObject s3://{dest.bucket}/{key} for tenant {dest.tenant_id}"
-        refreshed = False
-        retrying = self._retry.begin(self._sleep)
-        while True:
-            try:
-                self._client(dest).put_object(**args)
-                break
-            except ClientError as exc:
-                code, status = aws.error_code(exc), aws.http_status(exc)
-                if remedy("s3", code) is Remedy.REFRESH_CREDENTIALS and not refreshed:
-                    self._creds.invalidate(dest.role_arn, dest.hop_external_id)
-                    refreshed = True
-                    continue
-                action = classify("s3", code, status)
-                if action is Action.RETRY:
-                    retrying.backoff(what, describe(exc))
-                    result.retries += 1
-                    continue
-                message = str(exc.response.get("Error", {}).get("Message", ""))
-                raise DeliveryError(
-                    refusal_reason(code, message, dest, key)[:500],
-                    recoverable=action is not Action.FAIL,
-                    code=describe(exc),
-                ) from exc
-            except NETWORK_ERRORS as exc:
-                retrying.backoff(what, type(exc).__name__)
-                result.retries += 1
+        self._call(
+            dest,
+            f"PutObject s3://{dest.bucket}/{key} for tenant {dest.tenant_id}",
+            lambda: self._client(dest).put_object(**args),
+            result,
+            lambda code, message: refusal_reason(code, message, dest, key),
+        )
         result.requests += 1
         result.bytes_delivered += len(body)
         return result

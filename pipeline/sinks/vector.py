@@ -413,6 +413,9 @@ class VectorSink:
         self.close_timeout_s = close_timeout_s
         self.max_restarts = max_restarts
         self.restart_backoff_s = restart_backoff_s
+        # How long a destination's next start waits after its n-th death since the last flush (how many it may
+        # have is max_restarts, counted across sends, so it is checked in _start rather than by a retry loop).
+        self._restart_wait = RetryPolicy(attempts=max_restarts + 1, base_s=restart_backoff_s, cap_s=30.0, jitter=False)
         self.batch_timeout_s = batch_timeout_s
         self.retry_attempts = retry.attempts if retry is not None else retry_attempts  # Vector's own retries
         self.max_message_bytes = max_message_bytes
@@ -547,7 +550,7 @@ class VectorSink:
                 f"vector for {_where(dest)} died {crashes} times since the last flush; not restarting it again"
             )
         if crashes:
-            self._sleep(min(30.0, self.restart_backoff_s * 2 ** (crashes - 1)))
+            self._sleep(self._restart_wait.delay(crashes - 1))
         env_base = dict(os.environ if self._env is None else self._env)
         binary = resolve_binary(self._binary, env_base)
         creds = self._creds.central()

@@ -381,3 +381,15 @@ def test_put_object_into_the_tenants_bucket(local_aws: LocalEnvironment) -> None
     S3Sink(credentials=broker).put_object(dest, source())
     listed = local_aws.tenant_s3("umbrella").list_objects_v2(Bucket=t.bucket)
     assert [o["Key"] for o in listed["Contents"]] == [destination_key(DEFAULT_BUCKET_PREFIX, parse_key(KEY))]
+
+
+def test_refused_attempts_are_counted_and_ride_on_the_error() -> None:
+    """The writers' one loop (`TenantWriter._call`) counts what the wire saw for S3 as for CloudWatch: every
+    refused attempt in requests_refused, every wait in retries, carried by the error as `sent`."""
+    sink, s3, _, sleeps = sink_with([client_error("SlowDown", 503), client_error("AccessDenied", 403)])
+    with pytest.raises(DeliveryError) as info:
+        sink.put_object(DEST, source())
+    assert len(s3.calls) == 2 and len(sleeps) == 1
+    assert info.value.sent is not None
+    assert (info.value.sent.requests, info.value.sent.requests_refused, info.value.sent.retries) == (0, 2, 1)
+    assert info.value.code == "AccessDenied" and info.value.reason.startswith("AccessDenied writing s3://")

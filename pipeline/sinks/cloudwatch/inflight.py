@@ -24,9 +24,10 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pipeline.counters import DeliveryCounts
 from pipeline.errors import DeliveryError
 from pipeline.records import Event
 from pipeline.sinks import BatchSink, SinkResult
@@ -35,8 +36,6 @@ from pipeline.tenants import Delivery
 
 log = logging.getLogger(__name__)
 
-# What a batch's calls did on the wire, as opposed to what its events did (credited to each owner).
-WIRE_COUNTERS = ("requests", "requests_refused", "creates", "retries")
 KNOWN_STREAMS_MAX = 100_000  # streams a worker remembers as existing (a few MB at most)
 IN_FLIGHT_PUTS = 8  # per worker: at 40 ms a call, 8 full batches in flight outrun a core's decoding
 
@@ -47,7 +46,9 @@ class Pending:
 
     dest: Delivery
     sink: BatchSink
-    on_done: Callable[[Pending], None]  # called once, when sealed and every event answered
+    # Called once, when sealed and every event answered, before `PutPipeline`'s `after` is called with it and
+    # the others the same answer settled (the delivery engine needs only `after`).
+    on_done: Callable[[Pending], None] | None = None
     tag: Any = None  # the caller's own handle on what this is for
     events: int = 0  # added and not yet answered
     sealed: bool = False  # every event of the object has been added
@@ -158,23 +159,26 @@ class PutPipeline:
                 if sent is None:
                     p.error = p.error or error
                 else:
-                    rejected = (too_old.get(p, 0), expired.get(p, 0), too_new.get(p, 0))
-                    p.sent.events_delivered += count - sum(rejected)
-                    p.sent.events_rejected_too_old += rejected[0]
-                    p.sent.events_rejected_expired += rejected[1]
-                    p.sent.events_rejected_too_new += rejected[2]
+                    # The events' outcomes, each owner's own: positional in the answer (`BatchSink.put_batch`), so
+                    # named here, one by one (per owner, on the put path: no SinkResult built for each).
+                    old, exp, new = too_old.get(p, 0), expired.get(p, 0), too_new.get(p, 0)
+                    p.sent.events_delivered += count - old - exp - new
+                    p.sent.events_rejected_too_old += old
+                    p.sent.events_rejected_expired += exp
+                    p.sent.events_rejected_too_new += new
                 if p.settled:
                     done.append(p)
-            # The calls themselves are counted once, against the batch's last owner, answered or not.
+            # Everything else the answer counts is what the calls did (requests, refusals, creates, retries,
+            # and any counter added later): counted once, against the batch's last owner, answered or not.
             wire = sent if sent is not None else (error.sent if error is not None else None)
             if wire is not None:
-                for name in WIRE_COUNTERS:
-                    setattr(last.sent, name, getattr(last.sent, name) + getattr(wire, name))
+                last.sent.add(_calls(wire))
         self._finish(done)
 
     def _finish(self, done: list[Pending]) -> None:
         for p in done:
-            p.on_done(p)
+            if p.on_done is not None:
+                p.on_done(p)
         if done and self._after is not None:
             self._after(done)
 
@@ -232,6 +236,14 @@ class PodBatches:
                 self._pipeline.submit(_last_owner(batch), stream, batch)
         self._streams.clear()
         return minimums
+
+
+def _calls(answer: DeliveryCounts) -> DeliveryCounts:
+    """What a batch's calls did on the wire: the answer's counters but its events' outcomes, which `settle`
+    credits to each owner for its own events (`BatchSink.put_batch`: rejections in the batch's order)."""
+    return replace(
+        answer, events_delivered=0, events_rejected_too_old=0, events_rejected_expired=0, events_rejected_too_new=0
+    )
 
 
 def _last_owner(batch: Batch) -> Pending:

@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 from botocore.exceptions import ClientError
 
 from pipeline import aws
-from pipeline.classify import NETWORK_ERRORS, Action, Remedy, classify, classify_error, describe, remedy
+from pipeline.classify import NETWORK_ERRORS, Action, Remedy, Service, classify_error, describe, remedy
 from pipeline.errors import DeliveryError
 from pipeline.records import Event
-from pipeline.retry import Retrying, RetryPolicy
+from pipeline.retry import RetryPolicy
 from pipeline.sinks import traits_of
 from pipeline.sinks.base import SinkResult, SinkTraits, TenantWriter
 from pipeline.sinks.cloudwatch.limits import batches, count_rejected, put_log_events_body
@@ -36,6 +36,7 @@ __all__ = ["CloudWatchSink", "RetryPolicy"]
 class CloudWatchSink(TenantWriter):
     name: ClassVar[str] = "cloudwatch"
     traits: ClassVar[SinkTraits] = traits_of(name)
+    service: ClassVar[Service] = "logs"
 
     def _client(self, dest: Delivery) -> Any:
         return self._creds.client("logs", dest.tenant_id, dest.role_arn, dest.region, dest.hop_external_id)
@@ -53,59 +54,22 @@ class CloudWatchSink(TenantWriter):
         return result
 
     def put_batch(self, dest: Delivery, stream: str, batch: list[Event]) -> SinkResult:
-        result = SinkResult()
-        try:
-            return self._put_batch(dest, stream, batch, result)
-        except DeliveryError as exc:
-            exc.sent = result  # the calls it made count in the report though the batch failed
-            raise
-
-    def _put_batch(self, dest: Delivery, stream: str, batch: list[Event], result: SinkResult) -> SinkResult:
         body = put_log_events_body(dest.log_group, stream, batch)
-        where = f"{dest.log_group}/{stream} in {dest.region} for tenant {dest.tenant_id}"
-        created = refreshed = False
-        retrying = self._retry.begin(self._sleep)
-        while True:
-            try:
-                resp = _put_serialized(self._client(dest), dest.log_group, stream, body)
-                break
-            except ClientError as exc:
-                result.requests_refused += 1
-                code, status = aws.error_code(exc), aws.http_status(exc)
-                fix = remedy("logs", code)
-                if fix is Remedy.CREATE_DESTINATION and not created:
-                    create_error = self._create(dest, stream, result)
-                    created = create_error is None
-                    if create_error is not None:  # the create calls were throttled: back off, then try again
-                        self._backoff(retrying, where, create_error, result)
-                    continue
-                if fix is Remedy.REFRESH_CREDENTIALS and not refreshed:
-                    self._creds.invalidate(dest.role_arn, dest.hop_external_id)
-                    refreshed = True
-                    continue
-                action = classify("logs", code, status)
-                if action is Action.RETRY:
-                    self._backoff(retrying, where, describe(exc), result)
-                    continue
-                message = exc.response.get("Error", {}).get("Message", "")
-                raise DeliveryError(
-                    f"PutLogEvents to {where} failed: {code}: {message}"[:500],
-                    recoverable=action is not Action.FAIL,
-                    code=describe(exc),
-                ) from exc
-            except NETWORK_ERRORS as exc:
-                result.requests_refused += 1
-                self._backoff(retrying, where, type(exc).__name__, result)
+        what = f"PutLogEvents to {dest.log_group}/{stream} in {dest.region} for tenant {dest.tenant_id}"
+        result = SinkResult()
+        resp = self._call(
+            dest,
+            what,
+            lambda: _put_serialized(self._client(dest), dest.log_group, stream, body),
+            result,
+            lambda code, message: f"{what} failed: {code}: {message}",
+            create=lambda: self._create(dest, stream, result),
+        )
         rejected = count_rejected(resp.get("rejectedLogEventsInfo"), len(batch))
         result.requests += 1
         result.events_delivered += len(batch) - rejected.events_rejected
         result.add(rejected)
         return result
-
-    @staticmethod
-    def _backoff(retrying: Retrying, where: str, code: str, result: SinkResult) -> None:
-        retrying.backoff(f"PutLogEvents to {where}", code)
-        result.retries += 1
 
     def _create(self, dest: Delivery, stream: str, result: SinkResult) -> str | None:
         """Create the stream, and the group first if that is what is missing. Existing counts as success.
@@ -126,7 +90,7 @@ class CloudWatchSink(TenantWriter):
             result.creates += 1
             error, made = _create_group(logs, dest.log_group)
             if made and dest.retention_days is not None:
-                self._set_retention(logs, dest)
+                self._set_retention(dest)
             if error is None:
                 error = create(logs.create_log_stream, stream_args)
         if error is None:
@@ -140,7 +104,7 @@ class CloudWatchSink(TenantWriter):
             code=describe(error),
         )
 
-    def _set_retention(self, logs: Any, dest: Delivery) -> None:
+    def _set_retention(self, dest: Delivery) -> None:
         """PutRetentionPolicy on a group this sink has just created (CONTRACTS.md §3 `retention_days`); never
         called for a group that existed, so a customer's own retention is never changed.
 
@@ -148,23 +112,22 @@ class CloudWatchSink(TenantWriter):
         delivery goes on: the logs matter more than their retention, and the customer can set it themselves.
         """
         what = f"PutRetentionPolicy {dest.retention_days} days on {dest.log_group} for tenant {dest.tenant_id}"
-        retrying = self._retry.begin(self._sleep)
-        while True:
-            try:
-                logs.put_retention_policy(logGroupName=dest.log_group, retentionInDays=dest.retention_days)
-                return
-            except (ClientError, *NETWORK_ERRORS) as exc:
-                if classify_error("logs", exc) is Action.RETRY:
-                    try:
-                        retrying.backoff(what, describe(exc))
-                        continue
-                    except DeliveryError:
-                        pass  # out of attempts: reported below like a refusal
-                log.warning(
-                    "log group created without its retention",
-                    extra={"tenant": dest.tenant_id, "log_group": dest.log_group, "error": describe(exc)},
-                )
-                return
+        try:
+            # The writers' one loop; its counts are not the delivery's (no data call), so they are dropped.
+            self._call(
+                dest,
+                what,
+                lambda: self._client(dest).put_retention_policy(
+                    logGroupName=dest.log_group, retentionInDays=dest.retention_days
+                ),
+                SinkResult(),
+                lambda code, message: f"{what} refused: {code}: {message}",
+            )
+        except DeliveryError as exc:  # refused, or out of attempts
+            log.warning(
+                "log group created without its retention",
+                extra={"tenant": dest.tenant_id, "log_group": dest.log_group, "error": exc.code or exc.reason},
+            )
 
 
 def _create_group(logs: Any, group: str) -> tuple[Exception | None, bool]:
