@@ -18,11 +18,16 @@ class _Counts:
 
     def add(self, other: _Counts) -> None:
         """Add every counter of `other` (of the same family) into these; other fields are left alone."""
+        # Through the instance dicts: several times cheaper than getattr/setattr, and every object settles
+        # a few of these. The counters are plain dataclass fields (no slots, no properties), so the dict is
+        # where they live.
+        mine, theirs = self.__dict__, other.__dict__
         for name in self.NAMES:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+            mine[name] += theirs[name]
 
     def counts(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.NAMES}
+        mine = self.__dict__
+        return {name: mine[name] for name in self.NAMES}
 
 
 @dataclass(kw_only=True)

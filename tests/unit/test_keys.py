@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pipeline.keys import (
     DEFAULT_WRITE_SLACK,
     InvalidKeyError,
+    filename_time,
     format_filename,
     format_key,
     listing_bounds,
@@ -221,3 +222,31 @@ def test_listing_bounds_property(since: datetime, span: timedelta, file_t: datet
     hi = (until + DEFAULT_WRITE_SLACK).replace(microsecond=0)
     t = file_t.replace(microsecond=0)
     assert _listed(_key_at(file_t), b) == (lo <= t <= hi)
+
+
+def _strptime_time(filename: str) -> datetime | None:
+    """filename_time as it was: strptime alone (the reference for its fast path)."""
+    try:
+        return datetime.strptime(filename[:15], "%Y%m%d-%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+stamp_chars = st.sampled_from("0123456789-1290 ٣x")
+
+
+stamp_shaped = st.text(st.sampled_from("0123456789"), min_size=14, max_size=14).map(lambda d: f"{d[:8]}-{d[8:]}")
+
+
+@given(
+    st.one_of(
+        st.text(stamp_chars, max_size=20),
+        stamp_shaped,
+        stamp_shaped.map(lambda s: s + "-uuid.json.gz"),
+        times.map(lambda t: t.strftime("%Y%m%d-%H%M%S")),
+        st.text(),
+    )
+)
+@settings(max_examples=500, deadline=None)
+def test_filename_time_reads_what_strptime_reads(filename: str) -> None:
+    assert filename_time(filename) == _strptime_time(filename)

@@ -7,6 +7,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Hashable
 from dataclasses import dataclass
 from itertools import accumulate, repeat
+from operator import add
 
 from pipeline.records import Event
 from pipeline.sinks.cloudwatch.limits import (
@@ -14,9 +15,10 @@ from pipeline.sinks.cloudwatch.limits import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
     MAX_BATCH_SPAN_MS,
+    _msg,
     _ts,
-    event_costs,
     min_put_requests_of,
+    utf8_sizes,
 )
 
 
@@ -66,12 +68,14 @@ class BatchFiller:
         self._in_order = True
         self._high: int | None = None
         self._cuts = 0
-        # Every event added, as (timestamp, cost), for `minimum()` once objects overlap in time: 12 bytes
-        # each instead of the event. Unsigned arrays, because filling a signed one converts every item
-        # through PyArg_Parse (three times the cost); a negative timestamp, which only a hand-built stream
-        # can have (`prepare` holds them back as too old), switches to a signed one.
+        # Every event added, as (timestamp, UTF-8 message bytes), for `minimum()` once objects overlap in
+        # time: 12 bytes each instead of the event. The sizes rather than the costs: they are what `add`
+        # computes anyway, and the overhead is added back only if `minimum()` needs them. Unsigned arrays,
+        # because filling a signed one converts every item through PyArg_Parse (three times the cost); a
+        # negative timestamp, which only a hand-built stream can have (`prepare` holds them back as too
+        # old), switches to a signed one.
         self._timestamps: array[int] = array("L")
-        self._costs: array[int] = array("I")
+        self._sizes: array[int] = array("I")
 
     def __len__(self) -> int:
         return len(self._events)
@@ -82,7 +86,7 @@ class BatchFiller:
         n = len(events)
         if n == 0:
             return full
-        costs = event_costs(events)
+        sizes = utf8_sizes(list(map(_msg, events)))
         first, last = events[0][0], events[-1][0]
         if self._high is not None and first < self._high:
             self._in_order = False
@@ -90,8 +94,9 @@ class BatchFiller:
         if first < 0 and self._timestamps.typecode == "L":
             self._timestamps = array("q", self._timestamps)
         self._timestamps.extend(map(_ts, events))
-        self._costs.extend(costs)
-        cum = list(accumulate(costs, initial=0))
+        self._sizes.extend(sizes)
+        # cum[i] is the cost (`event_costs`) of events[:i]: sizes plus the per-event overhead, in one pass.
+        cum = list(accumulate(map(add, sizes, repeat(EVENT_OVERHEAD_BYTES)), initial=0))
         i = 0
         while i < n:
             end = self._fits(events, cum, i)
@@ -121,7 +126,7 @@ class BatchFiller:
         this filler made."""
         if self._in_order:
             return self._cuts + (1 if self._events else 0)
-        return min_put_requests_of(self._timestamps, self._costs)
+        return min_put_requests_of(self._timestamps, [size + EVENT_OVERHEAD_BYTES for size in self._sizes])
 
     def _fits(self, events: list[Event], cum: list[int], i: int) -> int:
         """The end of the longest run events[i:end] that can join the batch being filled."""
