@@ -15,8 +15,8 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.environment import explain
+from pipeline.errors import ConfigError
 from pipeline.exits import EXIT_CONFIG
-from pipeline.settings import ConfigError
 from pipeline.timespec import parse_time
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 110}

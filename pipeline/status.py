@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
-from pipeline.classify import advice, is_throttling
+from pipeline.classify import advice, describe, is_throttling
 from pipeline.keys import InvalidKeyError, parse_key
 
 if TYPE_CHECKING:
@@ -561,7 +561,7 @@ class MetricsPublisher:
         except (ClientError, BotoCoreError, ValueError) as exc:
             log.warning(
                 "status metrics not published: %s",
-                aws.error_code(exc) or exc,
+                describe(exc),
                 extra={"tenant_id": key[0], "delivery_id": key[1]},
             )
 
@@ -621,7 +621,7 @@ class StatusRecorder:
         except (ClientError, BotoCoreError) as exc:
             log.warning(
                 "status write failed: %s",
-                aws.error_code(exc) or exc,
+                describe(exc),
                 extra={"tenant_id": key[0], "delivery_id": key[1]},
             )
             self.coalescer.put_back(key, p)

@@ -53,6 +53,7 @@ from pipeline.tenants import (
     parse_profile,
     profile_item,
     tenant_from_items,
+    tenant_items,
     write_problems,
 )
 
@@ -189,24 +190,8 @@ class TenantStore:
         return {"tenant_id": {"S": tenant_id}, "delivery_id": {"S": delivery_id}}
 
     def raw_items(self, tenant_id: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "tenant_id = :t",
-            "ExpressionAttributeValues": {":t": {"S": tenant_id}},
-            "ConsistentRead": True,
-        }
-        while True:
-            try:
-                resp = self._ddb.query(**kwargs)
-            except ClientError as exc:
-                if aws.error_code(exc) == "ValidationException":  # not a key the table can hold
-                    return []
-                raise
-            items.extend(deserialize(i) for i in resp.get("Items", []))
-            if "LastEvaluatedKey" not in resp:
-                return sorted(items, key=lambda i: str(i.get("delivery_id")))
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        items = tenant_items(self._ddb, self.table, tenant_id, consistent=True)
+        return sorted(items, key=lambda i: str(i.get("delivery_id")))
 
     def tenant(self, tenant_id: str) -> tuple[list[Stored], list[tuple[str, str]]]:
         """(valid deliveries as stored, [(delivery_id, reason)] of invalid ones); NotFound without any."""

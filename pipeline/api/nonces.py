@@ -26,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.api.auth import WINDOW_S
+from pipeline.classify import describe
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -100,7 +101,7 @@ class DynamoNonces:
         except ClientError as exc:
             if aws.error_code(exc) == "ConditionalCheckFailedException":
                 return False
-            raise NonceStoreError(f"{self.table}: {aws.error_code(exc) or type(exc).__name__}") from None
+            raise NonceStoreError(f"{self.table}: {describe(exc)}") from None
         except BotoCoreError as exc:
-            raise NonceStoreError(f"{self.table}: {type(exc).__name__}") from None
+            raise NonceStoreError(f"{self.table}: {describe(exc)}") from None
         return True

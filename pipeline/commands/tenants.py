@@ -40,8 +40,9 @@ from pipeline.admin.tables import open_table
 from pipeline.admin.transfer import dump, export_doc, import_doc, load
 from pipeline.cli import CONTEXT_SETTINGS
 from pipeline.commands.replays import replay
+from pipeline.errors import ConfigError
 from pipeline.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from pipeline.settings import ConfigError, Settings
+from pipeline.settings import Settings
 from pipeline.tenants import FIELDS, TenantConfigError, TenantDirectory, parse_delivery, parse_profile
 
 AWS_ENV = "AWS_REGION, AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_DYNAMODB), AWS_PROFILE and the usual credentials"

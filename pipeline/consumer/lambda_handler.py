@@ -34,12 +34,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws, logs
 from pipeline.circuits import DEFAULT_HOLD_BASE_S, CircuitBreakers
+from pipeline.classify import describe
 from pipeline.consumer.commit import LedgerView
 from pipeline.consumer.emf import DEFAULT_NAMESPACE, EmfMetrics
 from pipeline.consumer.metrics import Metrics
 from pipeline.consumer.processor import MessageOutcome, MessageProcessor, consumer_deliverer
+from pipeline.errors import ConfigError
 from pipeline.memory import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
-from pipeline.settings import ConfigError, Settings
+from pipeline.settings import Settings
 from pipeline.status import status_recorder
 
 log = logging.getLogger("pipeline.consumer.lambda")
@@ -185,7 +187,7 @@ class LambdaRuntime:
             self.processor.metrics.sqs_errors.labels("ChangeMessageVisibility").inc()
             log.warning(
                 "could not delay a held record: %s",
-                aws.error_code(exc) or exc,
+                describe(exc),
                 extra={"message_id": message_id, "retry_in_s": seconds},
             )
             return

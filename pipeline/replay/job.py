@@ -20,7 +20,7 @@ import orjson
 from pipeline import aws, environment, storage
 from pipeline.delivery.results import LEDGER_SKIP
 from pipeline.delivery.routing import Routing, TimeWindow
-from pipeline.errors import NonRecoverableError
+from pipeline.errors import ConfigError, NonRecoverableError
 from pipeline.exits import EXIT_USAGE
 from pipeline.keys import DEFAULT_WRITE_SLACK
 from pipeline.memory import DEFAULT_BUDGET_MIB
@@ -29,7 +29,7 @@ from pipeline.replay.report import ReplayReport
 from pipeline.replay.requests import ReplayStore, RequestRecorder, State
 from pipeline.replay.scheduler import Backend, LocalBackend, Scheduler
 from pipeline.replay.survey import Surveyor, SurveySpec
-from pipeline.settings import ConfigError, Settings
+from pipeline.settings import Settings
 from pipeline.sinks import plan_traits, sink_names, traits_of, writes_ledger
 from pipeline.source.listing import ListingFilter, tenant_prefixes
 from pipeline.status import status_recorder

@@ -222,22 +222,16 @@ class ReplayStore:
 
     def list(self, tenant_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The tenant's requests, newest first (ids sort by their creation time)."""
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "tenant_id = :t AND begins_with(replay_id, :p)",
-            "ExpressionAttributeValues": {":t": {"S": tenant_id}, ":p": {"S": ID_PREFIX}},
-            "ScanIndexForward": False,
-            "ConsistentRead": True,
-        }
-        while len(items) < limit:
-            kwargs["Limit"] = limit - len(items)
-            resp = self._ddb.query(**kwargs)
-            items.extend(_plain(deserialize(i)) for i in resp.get("Items", []))
-            if "LastEvaluatedKey" not in resp:
-                break
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-        return items
+        pages = self._ddb.get_paginator("query").paginate(
+            TableName=self.table,
+            KeyConditionExpression="tenant_id = :t AND begins_with(replay_id, :p)",
+            ExpressionAttributeValues={":t": {"S": tenant_id}, ":p": {"S": ID_PREFIX}},
+            ScanIndexForward=False,
+            ConsistentRead=True,
+            # Limit on each call, and no more than `limit` items in all: the newest `limit` requests.
+            PaginationConfig={"MaxItems": limit, "PageSize": limit},
+        )
+        return [_plain(deserialize(i)) for page in pages for i in page.get("Items", [])]
 
     def active(self, tenant_id: str) -> str | None:
         """The id of the request holding the tenant's run, if any."""
