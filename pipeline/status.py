@@ -62,6 +62,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.classify import advice, describe, is_throttling
+from pipeline.errors import NotFound
 from pipeline.keys import InvalidKeyError, parse_key
 
 if TYPE_CHECKING:
@@ -682,8 +683,6 @@ def tenant_status(
     with its status item, or the one `delivery_id`; NotFound (the API's 404) for an unknown tenant or
     delivery. An item of the tenant table that does not validate is `failing`: its objects fail until it is
     fixed. Two reads: the tenant's rows and its status items, one Query each."""
-    from pipeline.admin.store import NotFound
-
     good, bad = store.tenant(tenant_id)
     ids = [str(s.item["delivery_id"]) for s in good] + [d for d, _ in bad]
     if delivery_id is not None and delivery_id not in ids:

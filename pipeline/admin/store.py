@@ -36,6 +36,7 @@ from botocore.exceptions import ClientError
 
 from pipeline import aws
 from pipeline.admin.tables import open_table
+from pipeline.errors import NotFound, PreconditionFailed
 from pipeline.keys import TENANT_ID_RE
 from pipeline.tenants import (
     FIELDS,
@@ -68,14 +69,6 @@ ACTOR: ContextVar[str | None] = ContextVar("pipeline_admin_actor", default=None)
 MANAGED = tuple(f.name for f in FIELDS if f.managed)
 KEYS = tuple(f.name for f in FIELDS if f.key)
 _serializer = TypeSerializer()
-
-
-class NotFound(LookupError):
-    """An unknown tenant, or an unknown delivery of a known tenant; the message says which."""
-
-
-class PreconditionFailed(RuntimeError):
-    """If-Match named another version, or the item changed between the read and the write."""
 
 
 def now_iso() -> str:

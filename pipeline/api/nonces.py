@@ -27,15 +27,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline import aws
 from pipeline.api.auth import WINDOW_S
 from pipeline.classify import describe
+from pipeline.errors import NonceStoreError
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 NONCE_TTL_S = 2 * WINDOW_S + 60
-
-
-class NonceStoreError(Exception):
-    """The store could not say whether a nonce is new: the request is refused (503), never let through."""
 
 
 class NonceStore(Protocol):

@@ -35,12 +35,12 @@ from pipeline.admin.listing import list_tenants
 from pipeline.admin.migrate import migrate
 from pipeline.admin.preflight import Preflight
 from pipeline.admin.profiles import customer_note, deploy_commands, migrate_profiles, profile_json, regions_of
-from pipeline.admin.store import Change, NotFound, PreconditionFailed, TenantStore
+from pipeline.admin.store import Change, TenantStore
 from pipeline.admin.tables import open_table
 from pipeline.admin.transfer import dump, export_doc, import_doc, load
 from pipeline.cli import CONTEXT_SETTINGS
 from pipeline.commands.replays import replay
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, NotFound, PreconditionFailed
 from pipeline.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from pipeline.settings import Settings
 from pipeline.tenants import FIELDS, TenantConfigError, TenantDirectory, parse_delivery, parse_profile

@@ -30,6 +30,7 @@ from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
 from pipeline import aws
+from pipeline.errors import Busy
 from pipeline.tenants import DELIVERY_ID_RE, TenantConfigError, deserialize
 
 if TYPE_CHECKING:
@@ -62,14 +63,6 @@ class State(StrEnum):
 
 
 ACTIVE = (State.PENDING.value, State.RUNNING.value)
-
-
-class Busy(RuntimeError):
-    """Another of the tenant's replays is pending or running."""
-
-    def __init__(self, replay_id: str) -> None:
-        super().__init__(f"replay {replay_id} of this tenant is still pending or running: one runs at a time")
-        self.replay_id = replay_id
 
 
 @dataclass(frozen=True)
