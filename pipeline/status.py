@@ -64,6 +64,7 @@ from pipeline import aws
 from pipeline.classify import advice, describe, is_throttling
 from pipeline.errors import NotFound
 from pipeline.keys import InvalidKeyError, parse_key
+from pipeline.timespec import iso_z
 
 if TYPE_CHECKING:
     from pipeline.admin.store import TenantStore
@@ -400,7 +401,7 @@ def maximum(item: Mapping[str, Any], attr: str) -> float | None:
 def iso(t: float | None) -> str | None:
     if t is None:
         return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_z(datetime.fromtimestamp(t, UTC))
 
 
 def last_error_of(item: Mapping[str, Any]) -> LastError | None:

@@ -37,6 +37,7 @@ from pipeline.admin import text
 from pipeline.aws import StaticCredentials
 from pipeline.credentials import ROLE_SESSION_SECONDS, account_of, assume_role, session_name
 from pipeline.tenants import Delivery, DeliveryType, TenantProfile, binding_errors
+from pipeline.timespec import iso_z
 
 if TYPE_CHECKING:
     from mypy_boto3_logs.type_defs import InputLogEventTypeDef
@@ -307,7 +308,7 @@ class Preflight:
                 "marker": MARKER,
                 "tenant_id": d.tenant_id,
                 "delivery_id": d.delivery_id,
-                "at": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                "at": iso_z(now, "seconds"),
                 "note": "a test write by the log delivery preflight; safe to delete",
             }
         )

@@ -57,6 +57,7 @@ from pipeline.tenants import (
     tenant_items,
     write_problems,
 )
+from pipeline.timespec import iso_z
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -72,7 +73,7 @@ _serializer = TypeSerializer()
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return iso_z(datetime.now(UTC), "microseconds")
 
 
 def etag(item: Mapping[str, Any]) -> str:

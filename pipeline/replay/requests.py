@@ -32,6 +32,7 @@ from botocore.exceptions import ClientError
 from pipeline import aws
 from pipeline.errors import Busy
 from pipeline.tenants import DELIVERY_ID_RE, TenantConfigError, deserialize
+from pipeline.timespec import iso_z
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -82,7 +83,7 @@ FIELDS = frozenset({"since", "until", "deliveries", "applications", "max_events"
 
 def iso(dt: datetime) -> str:
     """UTC, to the millisecond, with a Z: what the API answers and the Ray job's entrypoint takes."""
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_z(dt)
 
 
 def _time(body: Mapping[str, Any], name: str, errors: dict[str, str]) -> datetime | None:
