@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from pipeline import logs
-from pipeline.cli import CONTEXT_SETTINGS, TimeParam
+from pipeline.cli import CONTEXT_SETTINGS, TimeParam, log_level_option
 from pipeline.errors import Busy, Ended, NotFound, Unavailable
 from pipeline.exits import EXIT_CONFIG, EXIT_FAILED
 from pipeline.replay.requests import iso
@@ -53,9 +53,7 @@ def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _log_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--log-level", default="WARNING", show_default=True, help="Structured log level (JSON on stderr)."
-    )(f)
+    return log_level_option()(f)
 
 
 def _service(table: str | None) -> ReplayService:

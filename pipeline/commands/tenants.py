@@ -38,7 +38,7 @@ from pipeline.admin.profiles import customer_note, deploy_commands, migrate_prof
 from pipeline.admin.store import Change, TenantStore
 from pipeline.admin.tables import open_table
 from pipeline.admin.transfer import dump, export_doc, import_doc, load
-from pipeline.cli import CONTEXT_SETTINGS
+from pipeline.cli import CONTEXT_SETTINGS, log_level_option
 from pipeline.commands.replays import replay
 from pipeline.errors import ConfigError, NotFound, PreconditionFailed
 from pipeline.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
@@ -72,9 +72,7 @@ def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _log_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--log-level", default="WARNING", show_default=True, help="Structured log level (JSON on stderr)."
-    )(f)
+    return log_level_option()(f)
 
 
 @contextmanager
@@ -748,7 +746,7 @@ def validate_command(tenant: str, delivery_id: str | None, table: str | None, as
     help="Serve plain HTTP on an address other than loopback (refused without this flag: signatures do not "
     "hide the bodies, which hold tenants' accounts and ExternalIds).",
 )
-@click.option("--log-level", default="INFO", show_default=True, help="Structured log level (JSON on stderr).")
+@log_level_option("INFO")
 def serve_command(
     host: str, port: int, table: str | None, tls_cert: str | None, tls_key: str | None, plain_http: bool, log_level: str
 ) -> None:
