@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -15,11 +15,18 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.environment import explain
+from pipeline.errors import ConfigError
 from pipeline.exits import EXIT_CONFIG
-from pipeline.settings import ConfigError
 from pipeline.timespec import parse_time
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def log_level_option(default: str = "WARNING", **extra: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--log-level`, as every command spells it (`extra`: an envvar, for the long-running consumer)."""
+    return click.option(
+        "--log-level", default=default, show_default=True, help="Structured log level (JSON on stderr).", **extra
+    )
 
 
 class TimeParam(click.ParamType[datetime, str | datetime]):

@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.aws import StaticCredentials
-from pipeline.classify import Action, classify_error
+from pipeline.classify import Action, classify_error, describe
 from pipeline.errors import DeliveryError
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class CredentialBroker:
         except (ClientError, BotoCoreError) as exc:
             # botocore's standard retries have already waited out what STS calls transient.
             action = classify_error("sts", exc)
-            code = aws.error_code(exc) or type(exc).__name__
+            code = describe(exc)
             # The tenant's role is part of its destination: its code lets the consumer's circuit back off on it.
             raise DeliveryError(
                 f"cannot assume {role_arn}: {code}", recoverable=action is not Action.FAIL, code=code

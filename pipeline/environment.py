@@ -26,7 +26,8 @@ from botocore.exceptions import (
 
 from pipeline import aws
 from pipeline.classify import ACCESS_DENIED, BAD_CREDENTIALS, MISSING
-from pipeline.settings import ConfigError, Settings
+from pipeline.errors import ConfigError
+from pipeline.settings import Settings
 
 # The ledger check reads an item no object can have: a key segment never contains "#".
 PROBE_KEY = "#startup-check#"

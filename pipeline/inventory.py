@@ -185,9 +185,7 @@ def build_inventory(
     s3 = s3 if s3 is not None else aws.client("s3")
     if ledger is None and opts.ledger_table:
         ledger = Ledger(opts.ledger_table)
-    flt = ListingFilter(
-        tenants=opts.tenants, since=opts.since, until=opts.until, clusters=opts.clusters, slack=opts.slack
-    )
+    flt = ListingFilter.of(opts)  # every application and pod: the inventory has no such filter
     listing = list_window(s3, opts.bucket, flt, max_workers=opts.list_workers)
     objects = sorted(listing.objects, key=lambda o: o.key)
 

@@ -44,7 +44,7 @@ from botocore.exceptions import ClientError
 from pipeline import aws
 from pipeline.coverage import MAX_MS, MIN_MS, WHOLE, Coverage, decode_bound, encode_bound
 from pipeline.errors import DeliveryError
-from pipeline.retry import RetryPolicy
+from pipeline.retry import Retrying, RetryPolicy
 from pipeline.tenants import V1_DELIVERY_ID
 
 if TYPE_CHECKING:
@@ -335,36 +335,45 @@ class Ledger:
     def _rounds(
         self, call: Callable[..., Any], request: dict[str, Any], leftover: str = "UnprocessedItems"
     ) -> Iterator[dict[str, Any]]:
-        """Each answer of a batch call, sent again with what DynamoDB left unprocessed (throttled): bounded
-        by the retry policy, with its backoff, then LedgerError naming the table and what is left."""
-        retrying = self._retry.begin(self._sleep)
-        while True:
-            resp: dict[str, Any] = call(RequestItems=request)
-            yield resp
-            request = resp.get(leftover) or {}
-            if not request:
-                return
-            if not retrying.wait():
-                raise LedgerError(
-                    f"ledger table {self.table}: {_count_requests(request)} keys still unprocessed after "
-                    f"{retrying.failures} batch rounds ({leftover}): DynamoDB kept throttling"
-                )
+        return batch_rounds(call, request, self._retry.begin(self._sleep), f"ledger table {self.table}", leftover)
 
     def entries(self, tenant_id: str) -> list[LedgerEntry]:
         """Every record of one tenant, one per (object, delivery): for reports, notebooks and tests."""
-        out: list[LedgerEntry] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "tenant_id = :t",
-            "ExpressionAttributeValues": {":t": {"S": tenant_id}},
-        }
-        while True:
-            resp = self._ddb().query(**kwargs)
-            for item in resp.get("Items", []):
-                out.extend(_entries(item))
-            if "LastEvaluatedKey" not in resp:
-                return out
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        pages = (
+            self._ddb()
+            .get_paginator("query")
+            .paginate(
+                TableName=self.table,
+                KeyConditionExpression="tenant_id = :t",
+                ExpressionAttributeValues={":t": {"S": tenant_id}},
+            )
+        )
+        return [e for page in pages for item in page.get("Items", []) for e in _entries(item)]
+
+
+def batch_rounds(
+    call: Callable[..., Any],
+    request: dict[str, Any],
+    retrying: Retrying,
+    what: str,
+    leftover: str = "UnprocessedItems",
+    error: Callable[[str], Exception] = LedgerError,
+) -> Iterator[dict[str, Any]]:
+    """Each answer of a DynamoDB batch call, sent again with what DynamoDB left unprocessed (throttled):
+    bounded by the retry loop, with its backoff, then `error` naming `what` and how much is left.
+
+    The ledger's batches and the tenant migration's reads (`admin.migrate`) go through this one loop."""
+    while True:
+        resp: dict[str, Any] = call(RequestItems=request)
+        yield resp
+        request = resp.get(leftover) or {}
+        if not request:
+            return
+        if not retrying.wait():
+            raise error(
+                f"{what}: {_count_requests(request)} keys still unprocessed after "
+                f"{retrying.failures} batch rounds ({leftover}): DynamoDB kept throttling"
+            )
 
 
 def _count_requests(request: Mapping[str, Any]) -> int:

@@ -10,10 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-# Defined with the rest of the error hierarchy; imported from here by the entrypoints that read settings.
 from pipeline.errors import ConfigError
-
-__all__ = ["ConfigError", "Settings"]
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,10 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
-from pipeline.classify import advice, is_throttling
+from pipeline.classify import advice, describe, is_throttling
+from pipeline.errors import NotFound
 from pipeline.keys import InvalidKeyError, parse_key
+from pipeline.timespec import iso_z
 
 if TYPE_CHECKING:
     from pipeline.admin.store import TenantStore
@@ -399,7 +401,7 @@ def maximum(item: Mapping[str, Any], attr: str) -> float | None:
 def iso(t: float | None) -> str | None:
     if t is None:
         return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_z(datetime.fromtimestamp(t, UTC))
 
 
 def last_error_of(item: Mapping[str, Any]) -> LastError | None:
@@ -561,7 +563,7 @@ class MetricsPublisher:
         except (ClientError, BotoCoreError, ValueError) as exc:
             log.warning(
                 "status metrics not published: %s",
-                aws.error_code(exc) or exc,
+                describe(exc),
                 extra={"tenant_id": key[0], "delivery_id": key[1]},
             )
 
@@ -621,7 +623,7 @@ class StatusRecorder:
         except (ClientError, BotoCoreError) as exc:
             log.warning(
                 "status write failed: %s",
-                aws.error_code(exc) or exc,
+                describe(exc),
                 extra={"tenant_id": key[0], "delivery_id": key[1]},
             )
             self.coalescer.put_back(key, p)
@@ -682,8 +684,6 @@ def tenant_status(
     with its status item, or the one `delivery_id`; NotFound (the API's 404) for an unknown tenant or
     delivery. An item of the tenant table that does not validate is `failing`: its objects fail until it is
     fixed. Two reads: the tenant's rows and its status items, one Query each."""
-    from pipeline.admin.store import NotFound
-
     good, bad = store.tenant(tenant_id)
     ids = [str(s.item["delivery_id"]) for s in good] + [d for d, _ in bad]
     if delivery_id is not None and delivery_id not in ids:

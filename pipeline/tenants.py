@@ -721,6 +721,26 @@ def deserialize(raw: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def tenant_items(ddb: DynamoDBClient, table: str, tenant_id: str, consistent: bool = False) -> list[dict[str, Any]]:
+    """Every item of one tenant, deserialized: a Query, across its pages (boto3's paginator).
+
+    A query the table can never answer (ValidationException: not a tenant id it can hold) means no such
+    tenant, so no items; anything else is the table's trouble, raised for the caller."""
+    query: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "tenant_id = :t",
+        "ExpressionAttributeValues": {":t": {"S": tenant_id}},
+    }
+    if consistent:
+        query["ConsistentRead"] = True
+    try:
+        return [deserialize(i) for page in ddb.get_paginator("query").paginate(**query) for i in page.get("Items", [])]
+    except ClientError as exc:
+        if classify_error("dynamodb", exc) is Action.FAIL:
+            return []
+        raise
+
+
 def table_schema(ddb: DynamoDBClient, table: str) -> TableSchema:
     """v1 or v2, from the table's key schema."""
     keys = ddb.describe_table(TableName=table)["Table"]["KeySchema"]
@@ -827,25 +847,7 @@ class TenantDirectory:
     def _load(self, tenant_id: str) -> Tenant | TenantConfigError:
         self.lookups += 1
         schema = self.schema
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "tenant_id = :t",
-            "ExpressionAttributeValues": {":t": {"S": tenant_id}},
-        }
-        while True:
-            try:
-                resp = self._ddb().query(**kwargs)
-            except ClientError as exc:
-                # A query the table can never answer (ValidationException: not a tenant id it can hold)
-                # means no such tenant; anything else is the table's trouble, raised for the caller.
-                if classify_error("dynamodb", exc) is Action.FAIL:
-                    return TenantConfigError(f"unknown tenant {tenant_id!r}: no entry in {self.table}")
-                raise
-            items.extend(deserialize(i) for i in resp.get("Items", []))
-            if "LastEvaluatedKey" not in resp:
-                break
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        items = tenant_items(self._ddb(), self.table, tenant_id)
         if not items:
             return TenantConfigError(f"unknown tenant {tenant_id!r}: no entry in {self.table}")
         return tenant_from_items(tenant_id, items, schema)

@@ -31,3 +31,8 @@ def parse_time(value: str, now: datetime | None = None) -> datetime:
 
 def to_ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
+
+
+def iso_z(dt: datetime, timespec: str = "milliseconds") -> str:
+    """UTC ISO 8601 with a Z, to `timespec`: how every time the pipeline writes for others is spelled."""
+    return dt.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")

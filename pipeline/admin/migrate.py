@@ -29,7 +29,7 @@ from botocore.exceptions import ClientError
 from pipeline import aws
 from pipeline.admin import text
 from pipeline.admin.tables import open_table
-from pipeline.retry import RetryPolicy
+from pipeline.ledger import BATCH_GET_MAX, UNPROCESSED_RETRY, batch_rounds
 from pipeline.tenants import (
     V1_DELIVERY_ID,
     TableSchema,
@@ -46,10 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pipeline.admin.migrate")
 
 STAMPS = ("created_at", "updated_at")  # not part of what makes two items the same delivery
-BATCH_GET_MAX = 100  # DynamoDB's limit of keys per BatchGetItem
-# Keys DynamoDB left unprocessed (throttled) are asked for again, as the ledger does, a little longer: a
-# migration is run by hand, and starting it over costs more than waiting.
-UNPROCESSED_RETRY = RetryPolicy(attempts=10, base_s=0.05, cap_s=2.0)
 
 
 class Action(StrEnum):
@@ -235,15 +231,12 @@ def _existing(ddb: DynamoDBClient, table: str, tenant_ids: list[str]) -> dict[st
         request: dict[str, Any] = {
             table: {"Keys": [_key(t) for t in tenant_ids[start : start + BATCH_GET_MAX]], "ConsistentRead": True}
         }
+        # Keys DynamoDB left unprocessed (throttled) are asked for again with the ledger's policy and loop.
         retrying = UNPROCESSED_RETRY.begin(time.sleep)
-        while True:
-            resp = ddb.batch_get_item(RequestItems=request)
+        for resp in batch_rounds(
+            ddb.batch_get_item, request, retrying, f"table {table}", "UnprocessedKeys", error=RuntimeError
+        ):
             for raw in resp.get("Responses", {}).get(table, []):
                 item = deserialize(raw)
                 found[str(item["tenant_id"])] = item
-            request = resp.get("UnprocessedKeys") or {}
-            if not request:
-                break
-            if not retrying.wait():  # throttled: back off, then ask for the rest
-                raise RuntimeError(f"DynamoDB left keys of {table} unprocessed after {retrying.failures} attempts")
     return found

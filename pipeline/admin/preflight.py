@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -37,6 +38,7 @@ from pipeline.admin import text
 from pipeline.aws import StaticCredentials
 from pipeline.credentials import ROLE_SESSION_SECONDS, account_of, assume_role, session_name
 from pipeline.tenants import Delivery, DeliveryType, TenantProfile, binding_errors
+from pipeline.timespec import iso_z
 
 if TYPE_CHECKING:
     from mypy_boto3_logs.type_defs import InputLogEventTypeDef
@@ -203,37 +205,39 @@ class Preflight:
 
     # -- the steps ----------------------------------------------------------------------------------------
 
-    def _assume(self, sts: STSClient, role_arn: str, name: str, external_id: str | None) -> StaticCredentials:
-        # Not the broker: every hop is tried afresh, never from a cache, and its STS error is the step's.
-        return assume_role(sts, role_arn, name, external_id, min(PREFLIGHT_SESSION_SECONDS, ROLE_SESSION_SECONDS))
-
-    def _central(self, d: Delivery) -> tuple[StaticCredentials, str]:
+    def _assume(
+        self, sts: Callable[[], STSClient], role_arn: str, name: str, external_id: str | None, hint: str
+    ) -> StaticCredentials:
+        """One hop, tried afresh (not the broker, never from a cache): its STS error is the step's, with `hint`."""
         try:
-            creds = self._assume(aws.client("sts"), self.central_role_arn, session_name("preflight", "central"), None)
+            return assume_role(sts(), role_arn, name, external_id, min(PREFLIGHT_SESSION_SECONDS, ROLE_SESSION_SECONDS))
         except (ClientError, BotoCoreError) as exc:
             code, message = _error(exc)
-            raise _StepFailed(
-                code,
-                message,
-                f"this process's identity must be allowed sts:AssumeRole on {self.central_role_arn}, and that "
-                "role's trust policy must allow this identity (the processor or replay role)",
-            ) from None
+            raise _StepFailed(code, message, hint) from None
+
+    def _central(self, d: Delivery) -> tuple[StaticCredentials, str]:
+        creds = self._assume(
+            lambda: aws.client("sts"),
+            self.central_role_arn,
+            session_name("preflight", "central"),
+            None,
+            f"this process's identity must be allowed sts:AssumeRole on {self.central_role_arn}, and that "
+            "role's trust policy must allow this identity (the processor or replay role)",
+        )
         return creds, f"assumed {self.central_role_arn}"
 
     def _tenant(self, d: Delivery, central: StaticCredentials) -> tuple[StaticCredentials, str]:
         external_id = d.hop_external_id or self.central_account
         sts = aws.client("sts", credentials=central)
-        try:
-            creds = self._assume(sts, d.role_arn, session_name("preflight", d.tenant_id), external_id)
-        except (ClientError, BotoCoreError) as exc:
-            code, message = _error(exc)
-            raise _StepFailed(
-                code,
-                message,
-                f"the customer role's trust policy must allow {self.central_role_arn} with ExternalId "
-                f"{external_id}; check the role ARN {d.role_arn} (account, IAM path, name) and that its name "
-                "starts with CustomerLogDistribution- (the only roles the central role may assume)",
-            ) from None
+        creds = self._assume(
+            lambda: sts,
+            d.role_arn,
+            session_name("preflight", d.tenant_id),
+            external_id,
+            f"the customer role's trust policy must allow {self.central_role_arn} with ExternalId "
+            f"{external_id}; check the role ARN {d.role_arn} (account, IAM path, name) and that its name "
+            "starts with CustomerLogDistribution- (the only roles the central role may assume)",
+        )
         return creds, f"assumed {d.role_arn} with ExternalId {external_id}"
 
     def _cloudwatch(self, d: Delivery, creds: StaticCredentials) -> tuple[None, str]:
@@ -307,7 +311,7 @@ class Preflight:
                 "marker": MARKER,
                 "tenant_id": d.tenant_id,
                 "delivery_id": d.delivery_id,
-                "at": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                "at": iso_z(now, "seconds"),
                 "note": "a test write by the log delivery preflight; safe to delete",
             }
         )

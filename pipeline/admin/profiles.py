@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.admin import text
-from pipeline.admin.store import NotFound, TenantStore
+from pipeline.admin.store import TenantStore
+from pipeline.errors import NotFound
 from pipeline.tenants import (
     ACCOUNT_ID_RE,
     PROFILE_ID,

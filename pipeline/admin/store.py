@@ -36,6 +36,7 @@ from botocore.exceptions import ClientError
 
 from pipeline import aws
 from pipeline.admin.tables import open_table
+from pipeline.errors import NotFound, PreconditionFailed
 from pipeline.keys import TENANT_ID_RE
 from pipeline.tenants import (
     FIELDS,
@@ -53,8 +54,10 @@ from pipeline.tenants import (
     parse_profile,
     profile_item,
     tenant_from_items,
+    tenant_items,
     write_problems,
 )
+from pipeline.timespec import iso_z
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -69,16 +72,8 @@ KEYS = tuple(f.name for f in FIELDS if f.key)
 _serializer = TypeSerializer()
 
 
-class NotFound(LookupError):
-    """An unknown tenant, or an unknown delivery of a known tenant; the message says which."""
-
-
-class PreconditionFailed(RuntimeError):
-    """If-Match named another version, or the item changed between the read and the write."""
-
-
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return iso_z(datetime.now(UTC), "microseconds")
 
 
 def etag(item: Mapping[str, Any]) -> str:
@@ -189,24 +184,8 @@ class TenantStore:
         return {"tenant_id": {"S": tenant_id}, "delivery_id": {"S": delivery_id}}
 
     def raw_items(self, tenant_id: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "tenant_id = :t",
-            "ExpressionAttributeValues": {":t": {"S": tenant_id}},
-            "ConsistentRead": True,
-        }
-        while True:
-            try:
-                resp = self._ddb.query(**kwargs)
-            except ClientError as exc:
-                if aws.error_code(exc) == "ValidationException":  # not a key the table can hold
-                    return []
-                raise
-            items.extend(deserialize(i) for i in resp.get("Items", []))
-            if "LastEvaluatedKey" not in resp:
-                return sorted(items, key=lambda i: str(i.get("delivery_id")))
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        items = tenant_items(self._ddb, self.table, tenant_id, consistent=True)
+        return sorted(items, key=lambda i: str(i.get("delivery_id")))
 
     def tenant(self, tenant_id: str) -> tuple[list[Stored], list[tuple[str, str]]]:
         """(valid deliveries as stored, [(delivery_id, reason)] of invalid ones); NotFound without any."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
-from pipeline.settings import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.tenants import TableSchema, TenantConfigError, table_schema
 
 if TYPE_CHECKING:

@@ -36,10 +36,11 @@ from pipeline.admin.schema import (
     body_schema,
     profile_body_schema,
 )
-from pipeline.admin.store import ACTOR, NotFound, PreconditionFailed, TenantStore
+from pipeline.admin.store import ACTOR, TenantStore
 from pipeline.api import auth, status_routes
-from pipeline.api.nonces import MemoryNonces, NonceStore, NonceStoreError
+from pipeline.api.nonces import MemoryNonces, NonceStore
 from pipeline.api.replays import add_replay_routes
+from pipeline.errors import NonceStoreError, NotFound, PreconditionFailed
 from pipeline.replay.service import ReplayService
 from pipeline.status import StatusTable
 from pipeline.tenants import TenantConfigError

@@ -25,7 +25,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.api.auth import KEY_ID, ApiKey, KeyRing, KeyScope
-from pipeline.settings import ConfigError
+from pipeline.classify import describe
+from pipeline.errors import ConfigError
 
 MIN_KEY_CHARS = 16
 SOURCES = ("TENANT_API_KEYS_FILE", "TENANT_API_KEY_SECRET_ARN", "TENANT_API_KEY")
@@ -90,8 +91,7 @@ def load_keys(env: Mapping[str, str] | None = None) -> KeyRing:
     try:
         text = aws.client("secretsmanager").get_secret_value(SecretId=arn).get("SecretString", "")
     except (ClientError, BotoCoreError) as exc:
-        code = aws.error_code(exc) or type(exc).__name__
-        raise ConfigError(f"cannot read the secret TENANT_API_KEY_SECRET_ARN={arn}: {code}") from None
+        raise ConfigError(f"cannot read the secret TENANT_API_KEY_SECRET_ARN={arn}: {describe(exc)}") from None
     if not text:
         raise ConfigError(f"the secret TENANT_API_KEY_SECRET_ARN={arn} has no SecretString")
     return parse_keys(text, f"TENANT_API_KEY_SECRET_ARN={arn}")

@@ -26,15 +26,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.api.auth import WINDOW_S
+from pipeline.classify import describe
+from pipeline.errors import NonceStoreError
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 NONCE_TTL_S = 2 * WINDOW_S + 60
-
-
-class NonceStoreError(Exception):
-    """The store could not say whether a nonce is new: the request is refused (503), never let through."""
 
 
 class NonceStore(Protocol):
@@ -100,7 +98,7 @@ class DynamoNonces:
         except ClientError as exc:
             if aws.error_code(exc) == "ConditionalCheckFailedException":
                 return False
-            raise NonceStoreError(f"{self.table}: {aws.error_code(exc) or type(exc).__name__}") from None
+            raise NonceStoreError(f"{self.table}: {describe(exc)}") from None
         except BotoCoreError as exc:
-            raise NonceStoreError(f"{self.table}: {type(exc).__name__}") from None
+            raise NonceStoreError(f"{self.table}: {describe(exc)}") from None
         return True

@@ -14,8 +14,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from pipeline.replay.requests import Busy
-from pipeline.replay.service import Ended, ReplayService, Unavailable
+from pipeline.errors import Busy, Ended, Unavailable
+from pipeline.replay.service import ReplayService
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "a bad field (window, deliveries, max_events...) or a disabled tenant or delivery"},

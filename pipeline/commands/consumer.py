@@ -20,7 +20,7 @@ import click
 
 from pipeline import logs
 from pipeline.circuits import DEFAULT_HOLD_BASE_S, SQS_MAX_VISIBILITY_S
-from pipeline.cli import CONTEXT_SETTINGS, exit_on_bad_environment
+from pipeline.cli import CONTEXT_SETTINGS, exit_on_bad_environment, log_level_option
 from pipeline.consumer import lambda_handler as _lambda
 from pipeline.consumer.processor import DEFAULT_THROTTLE_ATTEMPTS, SINKS
 from pipeline.exits import EXIT_OK
@@ -177,9 +177,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, list[dict[s
     show_default=True,
     help="manual: null decodes and batches but sends nothing and writes no ledger entry.",
 )
-@click.option(
-    "--log-level", envvar="LOG_LEVEL", default="INFO", show_default=True, help="Structured log level (JSON on stderr)."
-)
+@log_level_option("INFO", envvar="LOG_LEVEL")
 def main(
     mode: str,
     queue_url: str | None,

@@ -14,7 +14,7 @@ from datetime import datetime
 import click
 
 from pipeline import environment, logs
-from pipeline.cli import CONTEXT_SETTINGS, TimeParam, exit_on_bad_environment
+from pipeline.cli import CONTEXT_SETTINGS, TimeParam, exit_on_bad_environment, log_level_option
 from pipeline.inventory import InventoryOptions, build_inventory, write_inventory
 from pipeline.settings import Settings
 from pipeline.timespec import HELP as TIME_HELP
@@ -51,7 +51,7 @@ from pipeline.timespec import HELP as TIME_HELP
     help="Share of objects to download and decode, recording events, uncompressed and message bytes.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Picks the sample: same seed, same objects.")
-@click.option("--log-level", default="WARNING", show_default=True, help="Structured log level (JSON on stderr).")
+@log_level_option()
 def main(
     tenants: tuple[str, ...],
     since: datetime,

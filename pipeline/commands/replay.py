@@ -12,7 +12,7 @@ from datetime import datetime
 import click
 
 from pipeline import logs
-from pipeline.cli import CONTEXT_SETTINGS, TimeParam, exit_on_bad_environment
+from pipeline.cli import CONTEXT_SETTINGS, TimeParam, exit_on_bad_environment, log_level_option
 from pipeline.memory import DEFAULT_BUDGET_MIB
 from pipeline.replay.job import SINKS, WORKERS_ENV, ReplayOptions, run
 from pipeline.settings import Settings
@@ -122,7 +122,7 @@ from pipeline.timespec import HELP as TIME_HELP
     "with the report's totals. Needs one --tenant.",
 )
 @click.option("--progress/--no-progress", default=None, help="Progress bar. [default: on a terminal only]")
-@click.option("--log-level", default="INFO", show_default=True, help="Structured log level (JSON on stderr).")
+@log_level_option("INFO")
 def main(
     tenants: tuple[str, ...],
     all_tenants: bool,

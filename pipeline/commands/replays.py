@@ -20,10 +20,11 @@ from typing import Any
 import click
 
 from pipeline import logs
-from pipeline.cli import CONTEXT_SETTINGS, TimeParam
+from pipeline.cli import CONTEXT_SETTINGS, TimeParam, log_level_option
+from pipeline.errors import Busy, Ended, NotFound, Unavailable
 from pipeline.exits import EXIT_CONFIG, EXIT_FAILED
-from pipeline.replay.requests import Busy, iso
-from pipeline.replay.service import Ended, ReplayService, Unavailable
+from pipeline.replay.requests import iso
+from pipeline.replay.service import ReplayService
 from pipeline.settings import Settings
 from pipeline.timespec import HELP as TIME_HELP
 
@@ -52,9 +53,7 @@ def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _log_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--log-level", default="WARNING", show_default=True, help="Structured log level (JSON on stderr)."
-    )(f)
+    return log_level_option()(f)
 
 
 def _service(table: str | None) -> ReplayService:
@@ -66,7 +65,6 @@ def _service(table: str | None) -> ReplayService:
 @contextmanager
 def _refusals() -> Iterator[None]:
     """Configuration as exit 3 (one line), a refusal as exit 1 (its reason, each bad field)."""
-    from pipeline.admin.store import NotFound
     from pipeline.commands.tenants import _configuration
     from pipeline.tenants import TenantConfigError
 

@@ -15,9 +15,10 @@ import click
 
 from pipeline import aws, logs
 from pipeline.admin import text
-from pipeline.cli import CONTEXT_SETTINGS
+from pipeline.cli import CONTEXT_SETTINGS, log_level_option
+from pipeline.errors import ConfigError
 from pipeline.exits import EXIT_FAILED, EXIT_OK
-from pipeline.settings import ConfigError, Settings
+from pipeline.settings import Settings
 from pipeline.status import State, StatusTable, tenant_status, worst_first
 
 
@@ -61,7 +62,7 @@ HEADERS = ("STATE", "TENANT/DELIVERY", "LAG", "NEWEST OBJECT", "1H OBJ/EVENTS/BY
 @click.option("--table", help="Tenant table (v2). [default: $TENANT_CONFIG_TABLE]")
 @click.option("--status-table", help="The status table. [default: $DELIVERY_STATUS_TABLE]")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
-@click.option("--log-level", default="WARNING", show_default=True, help="Structured log level (JSON on stderr).")
+@log_level_option()
 def status_command(
     tenants: tuple[str, ...], table: str | None, status_table: str | None, as_json: bool, log_level: str
 ) -> None:

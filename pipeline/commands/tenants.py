@@ -35,13 +35,14 @@ from pipeline.admin.listing import list_tenants
 from pipeline.admin.migrate import migrate
 from pipeline.admin.preflight import Preflight
 from pipeline.admin.profiles import customer_note, deploy_commands, migrate_profiles, profile_json, regions_of
-from pipeline.admin.store import Change, NotFound, PreconditionFailed, TenantStore
+from pipeline.admin.store import Change, TenantStore
 from pipeline.admin.tables import open_table
 from pipeline.admin.transfer import dump, export_doc, import_doc, load
-from pipeline.cli import CONTEXT_SETTINGS
+from pipeline.cli import CONTEXT_SETTINGS, log_level_option
 from pipeline.commands.replays import replay
+from pipeline.errors import ConfigError, NotFound, PreconditionFailed
 from pipeline.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from pipeline.settings import ConfigError, Settings
+from pipeline.settings import Settings
 from pipeline.tenants import FIELDS, TenantConfigError, TenantDirectory, parse_delivery, parse_profile
 
 AWS_ENV = "AWS_REGION, AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_DYNAMODB), AWS_PROFILE and the usual credentials"
@@ -71,9 +72,7 @@ def _json_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _log_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--log-level", default="WARNING", show_default=True, help="Structured log level (JSON on stderr)."
-    )(f)
+    return log_level_option()(f)
 
 
 @contextmanager
@@ -747,7 +746,7 @@ def validate_command(tenant: str, delivery_id: str | None, table: str | None, as
     help="Serve plain HTTP on an address other than loopback (refused without this flag: signatures do not "
     "hide the bodies, which hold tenants' accounts and ExternalIds).",
 )
-@click.option("--log-level", default="INFO", show_default=True, help="Structured log level (JSON on stderr).")
+@log_level_option("INFO")
 def serve_command(
     host: str, port: int, table: str | None, tls_cert: str | None, tls_key: str | None, plain_http: bool, log_level: str
 ) -> None:

@@ -34,12 +34,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws, logs
 from pipeline.circuits import DEFAULT_HOLD_BASE_S, CircuitBreakers
-from pipeline.consumer.commit import LedgerView
+from pipeline.classify import describe
 from pipeline.consumer.emf import DEFAULT_NAMESPACE, EmfMetrics
 from pipeline.consumer.metrics import Metrics
-from pipeline.consumer.processor import MessageOutcome, MessageProcessor, consumer_deliverer
+from pipeline.consumer.processor import MessageOutcome, MessageProcessor, Receive, consumer_deliverer
+from pipeline.errors import ConfigError
 from pipeline.memory import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
-from pipeline.settings import ConfigError, Settings
+from pipeline.settings import Settings
 from pipeline.status import status_recorder
 
 log = logging.getLogger("pipeline.consumer.lambda")
@@ -137,9 +138,9 @@ class LambdaRuntime:
         metrics.messages_received.inc(len(records))
         remaining = _remaining_s(context)
         # One ledger read for the objects of the whole batch, not one per record (pipeline.consumer.commit).
-        view = self.processor.prefetch([r.get("body", "") for r in records if isinstance(r, dict)])
+        receive = self.processor.receive([r.get("body", "") for r in records if isinstance(r, dict)])
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(records)))) as pool:
-            outcomes = list(pool.map(lambda r: self._one(r, remaining, view), records))
+            outcomes = list(pool.map(lambda r: self._one(r, remaining, receive), records))
         failures = [{"itemIdentifier": o.message_id} for o in outcomes if not o.acknowledged and o.message_id]
         not_started = sum(1 for o in outcomes if o.error == NOT_STARTED)
         log.info(
@@ -153,7 +154,7 @@ class LambdaRuntime:
         )
         return {"batchItemFailures": failures}
 
-    def _one(self, record: object, remaining: Callable[[], float | None], view: LedgerView | None) -> MessageOutcome:
+    def _one(self, record: object, remaining: Callable[[], float | None], receive: Receive) -> MessageOutcome:
         if not isinstance(record, dict):
             return self.processor.process("", "")
         message_id = str(record.get("messageId", ""))
@@ -164,7 +165,9 @@ class LambdaRuntime:
             return MessageOutcome(message_id, error=NOT_STARTED)
         attrs = record.get("attributes") or {}
         count = int(attrs.get("ApproximateReceiveCount", "0") or 0)
-        outcome = self.processor.process(record.get("body", ""), message_id, count, view)
+        body = record.get("body", "")
+        # Recorded at once, not deferred: a Lambda batch ends with the invocation, so nothing may wait.
+        outcome = self.processor.process(body, message_id, count, receive.view, receive.parsed(body))
         self.processor.metrics.messages.labels(outcome.outcome).inc()
         if not outcome.acknowledged and outcome.retry_after_s is not None:
             self._delay(record, outcome.retry_after_s)
@@ -185,7 +188,7 @@ class LambdaRuntime:
             self.processor.metrics.sqs_errors.labels("ChangeMessageVisibility").inc()
             log.warning(
                 "could not delay a held record: %s",
-                aws.error_code(exc) or exc,
+                describe(exc),
                 extra={"message_id": message_id, "retry_in_s": seconds},
             )
             return

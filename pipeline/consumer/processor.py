@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from pipeline.circuits import (
     verdict_of,
 )
 from pipeline.consumer.commit import GroupCommit, LedgerView
-from pipeline.consumer.events import InvalidMessageError, parse_body
+from pipeline.consumer.events import InvalidMessageError, ParsedMessage, parse_body
 from pipeline.consumer.metrics import Metrics, object_status
 from pipeline.delivery.engine import Deliverer, build_deliverer
 from pipeline.delivery.results import DeliveryResult, ObjectResult, Status
@@ -94,6 +94,19 @@ def consumer_deliverer(settings: Settings, put_attempts: int | None, throttle_at
         defer_records=True,
         read_idempotent=False,
     )
+
+
+# A body parsed: the message it names, or why it names none (InvalidMessageError; anything else is a bug).
+Parse = ParsedMessage | Exception
+
+
+def parse(body: str | bytes) -> Parse:
+    """The body parsed once for the whole receive: what `prefetch` reads the ledger for and what the
+    message then delivers; an exception is kept, to be reported by the message it belongs to."""
+    try:
+        return parse_body(body)
+    except Exception as exc:  # judged by _deliver_message: rejected, or a parser bug that keeps the message
+        return exc
 
 
 @dataclass
@@ -194,16 +207,12 @@ class MessageProcessor:
         # Messages whose records are idempotent, waiting to be recorded together (`Receive.process`).
         self.deferred = DeferredRecords(self)
 
-    def prefetch(self, bodies: Sequence[str | bytes]) -> LedgerView | None:
+    def prefetch(self, parses: Iterable[Parse]) -> LedgerView | None:
         """What the ledger holds for the objects a receive's messages name, in one batched read (only those
         a delivery needs it for: `Deliverer.ledger_view`). None when there is nothing to read, or the read
-        failed: each message then asks for its own objects."""
-        refs: list[ObjectRef] = []
-        for body in bodies:
-            try:
-                refs.extend(r for r in parse_body(body).refs if r.bucket == self.bucket)
-            except Exception:  # noqa: S112 -- a bad body is the message's own business: process() reports it
-                continue
+        failed: each message then asks for its own objects. A body that did not parse is the message's own
+        business: delivering it reports it."""
+        refs = [r for p in parses if isinstance(p, ParsedMessage) for r in p.refs if r.bucket == self.bucket]
         if not refs:
             return None
         try:
@@ -217,11 +226,17 @@ class MessageProcessor:
         return self.commits.watch(LedgerView(found, (r.key for r in asked)))
 
     def process(
-        self, body: str | bytes, message_id: str = "", receive_count: int = 0, view: LedgerView | None = None
+        self,
+        body: str | bytes,
+        message_id: str = "",
+        receive_count: int = 0,
+        view: LedgerView | None = None,
+        parsed: Parse | None = None,
     ) -> MessageOutcome:
         """Deliver what the message names, then record it (`GroupCommit`): the outcome is acknowledged only
-        once every record is written. `view`: the ledger read for the whole receive (`prefetch`)."""
-        work = self._deliver_message(body, message_id, receive_count, view)
+        once every record is written. `view`: the ledger read for the whole receive (`prefetch`); `parsed`:
+        the body as that read parsed it (`Receive.parsed`), else it is parsed here."""
+        work = self._deliver_message(body, message_id, receive_count, view, parsed)
         if isinstance(work, MessageOutcome):
             return work
         self._commit([work])
@@ -230,24 +245,29 @@ class MessageProcessor:
     def receive(self, bodies: Sequence[str | bytes]) -> Receive:
         """The messages of one receive, read from the ledger at once (`prefetch`), their idempotent records
         written with others' (`DeferredRecords`). Each must then go through `Receive.process`, exactly once."""
-        return Receive(self, self.prefetch(bodies))
+        parses = {body: parse(body) for body in bodies}
+        return Receive(self, self.prefetch(parses.values()), parses)
 
     def _deliver_message(
-        self, body: str | bytes, message_id: str, receive_count: int, view: LedgerView | None
+        self,
+        body: str | bytes,
+        message_id: str,
+        receive_count: int,
+        view: LedgerView | None,
+        parsed: Parse | None = None,
     ) -> _Work | MessageOutcome:
         """A message's deliveries, not yet recorded (a `_Work` for `_commit`, then `_conclude`); or its final
         outcome when nothing it names could be delivered (a body that is not an S3 event)."""
         outcome = MessageOutcome(message_id)
         ctx: dict[str, Any] = {"message_id": message_id, "receive_count": receive_count}
-        try:
-            parsed = parse_body(body)
-        except InvalidMessageError as exc:
-            outcome.rejected.append(exc.reason)
-            log.warning("message rejected: %s", exc.reason, extra={**ctx, "reason": exc.reason})
+        parsed = parse(body) if parsed is None else parsed
+        if isinstance(parsed, InvalidMessageError):
+            outcome.rejected.append(parsed.reason)
+            log.warning("message rejected: %s", parsed.reason, extra={**ctx, "reason": parsed.reason})
             return outcome
-        except Exception as exc:  # a parser bug must not kill a worker; the queue's redrive takes over
-            outcome.error = f"{type(exc).__name__}: {exc}"
-            log.exception("message parsing failed unexpectedly", extra=ctx)
+        if isinstance(parsed, Exception):  # a parser bug must not kill a worker; the queue's redrive takes over
+            outcome.error = f"{type(parsed).__name__}: {parsed}"
+            log.error("message parsing failed unexpectedly", exc_info=parsed, extra=ctx)
             return outcome
         outcome.skipped, outcome.rejected = list(parsed.skipped), list(parsed.rejected)
         refs = []
@@ -431,9 +451,16 @@ class Receive:
     """The messages of one receive, read from the ledger at once (`MessageProcessor.prefetch`); each is handed
     to `process` exactly once, on any worker thread."""
 
-    def __init__(self, processor: MessageProcessor, view: LedgerView | None) -> None:
+    def __init__(
+        self, processor: MessageProcessor, view: LedgerView | None, parses: dict[str | bytes, Parse] | None = None
+    ) -> None:
         self._processor = processor
         self.view = view
+        self._parses = parses or {}  # each body as `prefetch` parsed it: a message's body is parsed once
+
+    def parsed(self, body: str | bytes) -> Parse | None:
+        """The body as this receive parsed it; None for a body it was not given."""
+        return self._parses.get(body)
 
     def process(
         self, body: str | bytes, message_id: str, receive_count: int, then: Callable[[MessageOutcome], None]
@@ -442,7 +469,7 @@ class Receive:
         records are idempotent, after they are written with others (`DeferredRecords`, maybe on another
         thread). The outcome is never acknowledged before its records are written."""
         proc = self._processor
-        work = proc._deliver_message(body, message_id, receive_count, self.view)
+        work = proc._deliver_message(body, message_id, receive_count, self.view, self.parsed(body))
         if isinstance(work, MessageOutcome):
             _hand(then, work)
         elif proc._deferrable(work):

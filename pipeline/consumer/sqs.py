@@ -45,10 +45,11 @@ from pipeline.circuits import DEFAULT_HOLD_BASE_S, CircuitBreakers
 from pipeline.classify import Action, classify_error, describe
 from pipeline.consumer.metrics import Metrics, MetricsServer
 from pipeline.consumer.processor import MessageOutcome, MessageProcessor, Receive, consumer_deliverer
+from pipeline.errors import ConfigError
 from pipeline.exits import EXIT_FAILED, EXIT_OK
 from pipeline.memory import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
 from pipeline.retry import Retrying, RetryPolicy
-from pipeline.settings import ConfigError, Settings
+from pipeline.settings import Settings
 from pipeline.status import status_recorder
 
 if TYPE_CHECKING:
@@ -408,7 +409,7 @@ class SqsConsumer:
         except (ClientError, BotoCoreError) as exc:
             # The message comes back after its visibility timeout; the ledger makes that a skip.
             self.metrics.sqs_errors.labels("DeleteMessage").inc()
-            log.warning("delete failed: %s", aws.error_code(exc) or exc, extra={"message_id": entry.message_id})
+            log.warning("delete failed: %s", describe(exc), extra={"message_id": entry.message_id})
         self.metrics.messages.labels(outcome.outcome).inc()
 
     def _forget(self, message_id: str) -> bool:
@@ -468,7 +469,7 @@ class SqsConsumer:
                 resp = self.sqs.change_message_visibility_batch(QueueUrl=self.options.queue_url, Entries=entries)
             except (ClientError, BotoCoreError) as exc:
                 self.metrics.sqs_errors.labels("ChangeMessageVisibilityBatch").inc()
-                log.warning("%s: visibility change failed: %s", purpose, aws.error_code(exc) or exc)
+                log.warning("%s: visibility change failed: %s", purpose, describe(exc))
                 failed.extend(mid for mid, _ in chunk)
                 continue
             for f in resp.get("Failed", []):

@@ -27,12 +27,12 @@ from pipeline.coverage import WHOLE, Coverage
 from pipeline.credentials import CredentialBroker
 from pipeline.delivery.results import Commit, DeliveryResult, ObjectResult, Status
 from pipeline.delivery.routing import ObjectRef, Routing, TimeWindow
-from pipeline.errors import DeliveryError, NonRecoverableError
+from pipeline.errors import ConfigError, DeliveryError, NonRecoverableError
 from pipeline.keys import InvalidKeyError, ObjectKey, parse_key
 from pipeline.ledger import NOTHING, Ledger, LedgerEntry, LedgerError, ObjectLedger
 from pipeline.records import DecodeStats, Event, decode_events
 from pipeline.retry import RetryPolicy
-from pipeline.settings import ConfigError, Settings
+from pipeline.settings import Settings
 from pipeline.sinks import (
     BatchSink,
     EventSink,

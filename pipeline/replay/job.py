@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
@@ -20,16 +20,15 @@ import orjson
 from pipeline import aws, environment, storage
 from pipeline.delivery.results import LEDGER_SKIP
 from pipeline.delivery.routing import Routing, TimeWindow
-from pipeline.errors import NonRecoverableError
+from pipeline.errors import ConfigError, NonRecoverableError
 from pipeline.exits import EXIT_USAGE
-from pipeline.keys import DEFAULT_WRITE_SLACK
 from pipeline.memory import DEFAULT_BUDGET_MIB
 from pipeline.replay.plan import PlanTotals, UnitPacker, window_totals
 from pipeline.replay.report import ReplayReport
 from pipeline.replay.requests import ReplayStore, RequestRecorder, State
 from pipeline.replay.scheduler import Backend, LocalBackend, Scheduler
 from pipeline.replay.survey import Surveyor, SurveySpec
-from pipeline.settings import ConfigError, Settings
+from pipeline.settings import Settings
 from pipeline.sinks import plan_traits, sink_names, traits_of, writes_ledger
 from pipeline.source.listing import ListingFilter, tenant_prefixes
 from pipeline.status import status_recorder
@@ -50,13 +49,10 @@ WORKERS_ENV = "REPLAY_WORKERS"
 
 
 @dataclass(frozen=True)
-class ReplayOptions:
-    tenants: tuple[str, ...]
-    since: datetime
-    until: datetime
-    clusters: tuple[str, ...] = ()
-    applications: tuple[str, ...] = ()
-    pods: tuple[str, ...] = ()
+class ReplayOptions(ListingFilter):
+    """What to replay: the window's listing filter (tenants, since, until, clusters, applications, pods, slack:
+    one declaration, `ListingFilter`'s), and how to replay it."""
+
     sink: str = "cloudwatch"
     deliveries: tuple[str, ...] = ()  # delivery ids or types; empty: every enabled delivery of each tenant
     workers: int | None = None
@@ -65,13 +61,17 @@ class ReplayOptions:
     max_events_per_second: float | None = None
     max_requests_per_second: float | None = None  # PutLogEvents calls; only sinks whose calls the job makes
     report_path: str | None = None  # a file, an s3:// URI, or a prefix ending in / (a name is added)
-    slack: timedelta = DEFAULT_WRITE_SLACK
     progress: bool | None = None  # None: only on a terminal
     worker_memory_mib: int = DEFAULT_BUDGET_MIB  # decoded objects a worker holds at once
     all_tenants: bool = False  # every enabled tenant in the table; `tenants` is then filled in by run()
     sample: float = 1.0  # dry run: the share of pods listed; the plan then says it is an estimate
     max_events: int | None = None  # stop cleanly once this many events are delivered (report: stopped "cap")
     replay_request: str | None = None  # the redelivery request this run is (its progress and end are written)
+
+    @property
+    def filter(self) -> ListingFilter:
+        """The listing filter alone, as each surveyor is shipped it (without the replay's other options)."""
+        return ListingFilter.of(self)
 
 
 def resolve_tenants(directory: TenantDirectory, tenant_ids: Sequence[str]) -> dict[str, Tenant | str]:
@@ -98,18 +98,6 @@ def unmatched_deliveries(opts: ReplayOptions, tenants: Mapping[str, Tenant | str
         if isinstance(t, Tenant):
             known |= set(t.delivery_ids)
     return [d for d in opts.deliveries if d not in known]
-
-
-def listing_filter(opts: ReplayOptions) -> ListingFilter:
-    return ListingFilter(
-        tenants=opts.tenants,
-        since=opts.since,
-        until=opts.until,
-        clusters=opts.clusters,
-        applications=opts.applications,
-        pods=opts.pods,
-        slack=opts.slack,
-    )
 
 
 def _mib(n: int) -> str:
@@ -346,7 +334,7 @@ def _survey_spec(
     """What the listing needs, the plan's empty figures, and the tenants' prefixes. The top level is one LIST
     call, made here; everything below runs on a backend."""
     routing = routing_for(opts)
-    flt = listing_filter(opts)
+    flt = opts.filter
     totals = window_totals(opts.since, opts.until, now)
     prefixes, totals.list_calls = tenant_prefixes(aws.client("s3"), settings.bucket, flt)
     ledger_table = settings.ledger_table if routing.use_ledger else ""

@@ -24,7 +24,7 @@ from pipeline.delivery.results import LEDGER_SKIP, DeliveryResult, ObjectResult,
 from pipeline.delivery.routing import Routing, TimeWindow
 from pipeline.sinks import plan_traits
 from pipeline.sinks.cloudwatch.limits import MAX_AGE_MS
-from pipeline.source.listing import ListedObject, Listing
+from pipeline.source.listing import ListedObject
 from pipeline.tenants import Delivery, DeliveryType, Tenant
 from pipeline.timespec import to_ms
 
@@ -156,24 +156,6 @@ class PlanTotals:
 
 
 @dataclass
-class Plan(PlanTotals):
-    """A whole window planned at once, in memory: its figures, its units and the objects it settled."""
-
-    units: list[WorkUnit] = field(default_factory=list)
-    settled: list[ObjectResult] = field(default_factory=list)  # decided here: no worker needs to see them
-
-    @property
-    def skipped_keys(self) -> list[tuple[str, str]]:
-        """(key, reason) of objects no delivery takes: ledger, disabled, filtered, outside the window."""
-        return [(r.key, r.reason) for r in self.settled if r.status is Status.SKIPPED]
-
-    @property
-    def failed_keys(self) -> list[tuple[str, str]]:
-        """(key, reason) of objects that cannot be delivered anywhere: malformed, unknown tenant, bad config."""
-        return [(r.key, r.reason) for r in self.settled if r.status is Status.FAILED]
-
-
-@dataclass
 class RoutedPods:
     """Some pods routed: the plan figures they add, the pods with work left, and the objects settled here."""
 
@@ -240,32 +222,6 @@ def route_pods(
         if todo_objects:
             out.todo[prefix] = todo_objects
     return out
-
-
-def make_plan(
-    listing: Listing,
-    tenants: Mapping[str, Tenant | str],
-    delivered: Mapping[str, Mapping[str, Coverage]],
-    since: datetime,
-    until: datetime,
-    workers: int,
-    now: datetime,
-    events_per_byte: float = 0.0,
-    routing: Routing | None = None,
-) -> Plan:
-    """A plan of work units for a listing held in memory (see `route_pods` for the arguments)."""
-    routed = route_pods(
-        listing.pods, listing.malformed, tenants, delivered, since, until, now, events_per_byte, routing
-    )
-    plan = Plan(since=since, until=until, settled=routed.settled)
-    plan.add(routed.totals)
-    plan.undeliverable_fraction = window_totals(since, until, now).undeliverable_fraction
-    plan.list_calls = listing.list_calls
-    plan.pods_found = plan.pods_listed = len(listing.pods)
-    plan.listing_complete = True
-    plan.units = pack_units(routed.todo, workers)
-    plan.work_units = len(plan.units)
-    return plan
 
 
 _NONE: Mapping[str, Coverage] = {}

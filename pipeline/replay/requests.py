@@ -30,7 +30,9 @@ from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
 from pipeline import aws
+from pipeline.errors import Busy
 from pipeline.tenants import DELIVERY_ID_RE, TenantConfigError, deserialize
+from pipeline.timespec import iso_z
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -64,14 +66,6 @@ class State(StrEnum):
 ACTIVE = (State.PENDING.value, State.RUNNING.value)
 
 
-class Busy(RuntimeError):
-    """Another of the tenant's replays is pending or running."""
-
-    def __init__(self, replay_id: str) -> None:
-        super().__init__(f"replay {replay_id} of this tenant is still pending or running: one runs at a time")
-        self.replay_id = replay_id
-
-
 @dataclass(frozen=True)
 class ReplaySpec:
     """A request's options, validated: the window and what narrows it."""
@@ -89,7 +83,7 @@ FIELDS = frozenset({"since", "until", "deliveries", "applications", "max_events"
 
 def iso(dt: datetime) -> str:
     """UTC, to the millisecond, with a Z: what the API answers and the Ray job's entrypoint takes."""
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_z(dt)
 
 
 def _time(body: Mapping[str, Any], name: str, errors: dict[str, str]) -> datetime | None:
@@ -222,22 +216,16 @@ class ReplayStore:
 
     def list(self, tenant_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The tenant's requests, newest first (ids sort by their creation time)."""
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "tenant_id = :t AND begins_with(replay_id, :p)",
-            "ExpressionAttributeValues": {":t": {"S": tenant_id}, ":p": {"S": ID_PREFIX}},
-            "ScanIndexForward": False,
-            "ConsistentRead": True,
-        }
-        while len(items) < limit:
-            kwargs["Limit"] = limit - len(items)
-            resp = self._ddb.query(**kwargs)
-            items.extend(_plain(deserialize(i)) for i in resp.get("Items", []))
-            if "LastEvaluatedKey" not in resp:
-                break
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-        return items
+        pages = self._ddb.get_paginator("query").paginate(
+            TableName=self.table,
+            KeyConditionExpression="tenant_id = :t AND begins_with(replay_id, :p)",
+            ExpressionAttributeValues={":t": {"S": tenant_id}, ":p": {"S": ID_PREFIX}},
+            ScanIndexForward=False,
+            ConsistentRead=True,
+            # Limit on each call, and no more than `limit` items in all: the newest `limit` requests.
+            PaginationConfig={"MaxItems": limit, "PageSize": limit},
+        )
+        return [_plain(deserialize(i)) for page in pages for i in page.get("Items", [])]
 
     def active(self, tenant_id: str) -> str | None:
         """The id of the request holding the tenant's run, if any."""

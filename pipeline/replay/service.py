@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline.admin.store import NotFound, TenantStore
-from pipeline.errors import ConfigError
+from pipeline.admin.store import TenantStore
+from pipeline.errors import Busy, ConfigError, Ended, JobsUnavailable, NotFound, Unavailable
 from pipeline.replay.job import ReplayOptions, estimate
 from pipeline.replay.requests import (
-    Busy,
     ReplaySpec,
     ReplayStore,
     State,
@@ -28,7 +27,7 @@ from pipeline.replay.requests import (
     new_replay_id,
     parse_spec,
 )
-from pipeline.replay.submit import JobCommand, JobsUnavailable, RayJobs
+from pipeline.replay.submit import JobCommand, RayJobs
 from pipeline.settings import Settings
 from pipeline.storage import REPORTS_PREFIX
 from pipeline.tenants import TableSchema, Tenant, TenantConfigError, tenant_from_items
@@ -45,14 +44,6 @@ DEFAULT_EVENTS_PER_SECOND = 5000.0
 DEFAULT_REQUESTS_PER_SECOND = 50.0
 # A pending request whose job Ray does not know yet may be between its creation and its submission.
 SUBMIT_GRACE = timedelta(minutes=2)
-
-
-class Unavailable(RuntimeError):
-    """Replays cannot be run here: no request table or no Ray cluster configured, or the cluster is away."""
-
-
-class Ended(RuntimeError):
-    """The request has already ended: there is nothing to stop."""
 
 
 def report_location(bucket: str, replay_id: str) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, JobsUnavailable
 
 log = logging.getLogger("pipeline.replay")
 
@@ -42,10 +42,6 @@ ENTRYPOINT = "log-replay"
 # Each call to the Jobs API: the server answers from the GCS's job table, in milliseconds when it is well. The
 # API's own request (a Lambda's 30 s, a client's patience) must outlive one call.
 CALL_TIMEOUT_S = 10.0
-
-
-class JobsUnavailable(RuntimeError):
-    """The Ray cluster's Jobs API could not be reached or refused the call."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -53,6 +53,14 @@ class ListingFilter:
     applications: tuple[str, ...] = ()
     pods: tuple[str, ...] = ()
     slack: timedelta = DEFAULT_WRITE_SLACK
+
+    @staticmethod
+    def of(options: object) -> ListingFilter:
+        """The filter held in a command's options (the replay's, the inventory's): each of its fields the
+        options carry, the default for any they do not. The one place the fields are copied."""
+        return ListingFilter(
+            **{f.name: getattr(options, f.name) for f in fields(ListingFilter) if hasattr(options, f.name)}
+        )
 
 
 @dataclass

@@ -16,8 +16,9 @@ import pytest
 from devstack import generator as gen
 from devstack.provision import LocalEnvironment
 from pipeline.delivery.engine import build_deliverer
+from pipeline.errors import ConfigError
 from pipeline.ledger import TTL_ATTRIBUTE, Ledger, LedgerEntry
-from pipeline.settings import ConfigError, Settings
+from pipeline.settings import Settings
 
 pytestmark = pytest.mark.integration
 

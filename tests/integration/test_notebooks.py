@@ -25,7 +25,7 @@ from devstack.provision import LocalEnvironment, provision
 from devstack.server import MotoServer
 from pipeline.delivery.results import DeliveryResult, ObjectResult, Status
 from pipeline.ledger import Ledger, LedgerEntry
-from pipeline.replay.plan import Plan
+from pipeline.replay.plan import PlanTotals
 from pipeline.replay.report import ReplayReport
 
 pytestmark = pytest.mark.integration
@@ -198,7 +198,7 @@ def make_report(
     since: datetime, results_: list[ObjectResult], step_s: float, failed: list[tuple[str, str]]
 ) -> dict[str, Any]:
     """A report from the replay's own ReplayReport, with a timeline point after every object."""
-    report = ReplayReport(Plan(since=since, until=since + timedelta(hours=1)))
+    report = ReplayReport(PlanTotals(since=since, until=since + timedelta(hours=1)))
     for key, reason in failed:
         report.settle(ObjectResult(key).fail(reason, recoverable=False))
     report.started = time.monotonic()

@@ -493,7 +493,7 @@ def test_serve_reads_the_keys_from_secrets_manager_or_a_file_and_refuses_a_missi
 ) -> None:
     from pipeline.api.auth import KeyScope
     from pipeline.api.keys import load_keys
-    from pipeline.settings import ConfigError
+    from pipeline.errors import ConfigError
 
     # The two keys of a rotation, one of them read-only (docs/TENANTS.md, the key document).
     doc = {"keys": [{"id": "ops-2026-12", "secret": "s3cr3t-from-secrets-manager", "scope": "admin"},

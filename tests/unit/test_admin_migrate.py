@@ -11,7 +11,7 @@ from pipeline.admin import text
 from pipeline.admin.listing import TenantListing
 from pipeline.admin.migrate import Action, MigrationResult, differences, plan, plan_item
 from pipeline.admin.tables import open_table
-from pipeline.settings import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.tenants import TableSchema, Tenant, parse_delivery, tenant_from_items
 
 V1: dict[str, Any] = {

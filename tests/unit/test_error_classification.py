@@ -31,7 +31,7 @@ from pipeline.errors import ConfigError, DeliveryError, NonRecoverableError
 from pipeline.keys import InvalidKeyError, parse_key
 from pipeline.ledger import UNPROCESSED_ATTEMPTS, UNPROCESSED_RETRY, Ledger, LedgerEntry, LedgerError
 from pipeline.retry import RetryPolicy
-from pipeline.settings import ConfigError as SettingsConfigError
+from pipeline.settings import Settings
 from pipeline.sinks import check_sinks
 from pipeline.sinks.base import SourceObject
 from pipeline.sinks.cloudwatch.sink import CloudWatchSink
@@ -55,7 +55,9 @@ def test_invalid_key_is_non_recoverable_and_still_a_value_error() -> None:
 
 
 def test_config_error_is_one_class_a_value_error_and_keeps_the_work() -> None:
-    assert SettingsConfigError is ConfigError  # settings re-exports the hierarchy's class, no twin
+    with pytest.raises(ConfigError) as raised:  # what settings raises is the hierarchy's class, no twin
+        Settings().require("bucket")
+    assert type(raised.value) is ConfigError
     exc = ConfigError("missing required setting(s): S3_BUCKET_NAME")
     assert isinstance(exc, ValueError) and isinstance(exc, DeliveryError)
     # Met mid-delivery, a deployment error must leave the message for after the fix, never acknowledge it.
@@ -499,6 +501,10 @@ class ScriptedTable:
 
     def query(self, **_: Any) -> dict[str, Any]:
         raise self.error
+
+    def get_paginator(self, name: str) -> Any:
+        assert name == "query"
+        return SimpleNamespace(paginate=lambda **kwargs: iter([self.query(**kwargs)]))
 
 
 def test_a_tenant_query_the_table_can_never_answer_is_an_unknown_tenant() -> None:

@@ -224,7 +224,7 @@ def test_a_receive_writes_a_cloudwatch_message_at_once_and_defers_an_s3_one() ->
     writes = Writes()
     proc = processor(writes)
     results = {"cw": delivered_to("cw", "cloudwatch"), "s3": delivered_to("s3", "s3")}
-    proc._deliver_message = lambda body, message_id, count, view: work(results[str(body)])  # type: ignore[method-assign]
+    proc._deliver_message = lambda body, message_id, count, view, parsed=None: work(results[str(body)])  # type: ignore[method-assign]
     concluded = Concluded()
     receive = Receive(proc, None)
     receive.process("cw", "m-cw", 1, concluded)

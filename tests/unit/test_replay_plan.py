@@ -7,17 +7,20 @@ the 14-day limit is spelled out here, and balance is checked against the greedy 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.coverage import WHOLE
-from pipeline.delivery.results import LEDGER_SKIP
+from pipeline.coverage import WHOLE, Coverage
+from pipeline.delivery.results import LEDGER_SKIP, ObjectResult, Status
+from pipeline.delivery.routing import Routing
 from pipeline.keys import format_key, parse_key
-from pipeline.replay.plan import Plan, WorkUnit, make_plan, pack_units
+from pipeline.replay.plan import PlanTotals, UnitPacker, WorkUnit, pack_units, route_pods, spec_of, window_totals
 from pipeline.source.listing import ListedObject, Listing
 from pipeline.tenants import InvalidDelivery, Tenant, parse_delivery
 
@@ -203,7 +206,56 @@ def test_no_pods_no_units() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# make_plan
+# The streaming planner: pods routed as a Surveyor routes them, folded and packed as the Scheduler does
+
+
+@dataclass
+class Planned:
+    """What the streaming planner makes of a listing: the window's figures, its units, the objects it settled.
+
+    Attributes other than these are the figures' (`PlanTotals`), so a test reads them as the report does."""
+
+    totals: PlanTotals
+    units: list[WorkUnit] = field(default_factory=list)
+    settled: list[ObjectResult] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.totals, name)
+
+    @property
+    def skipped_keys(self) -> list[tuple[str, str]]:
+        return [(r.key, r.reason) for r in self.settled if r.status is Status.SKIPPED]
+
+    @property
+    def failed_keys(self) -> list[tuple[str, str]]:
+        return [(r.key, r.reason) for r in self.settled if r.status is Status.FAILED]
+
+
+def stream_plan(
+    listing: Listing,
+    tenants: Mapping[str, Tenant | str],
+    ledger: Mapping[str, Mapping[str, Coverage]],
+    since: datetime,
+    until: datetime,
+    workers: int,
+    now: datetime,
+    events_per_byte: float = 0.0,
+    routing: Routing | None = None,
+) -> Planned:
+    """The listing surveyed in one go (`route_pods`, the Surveyor's routing), then its figures folded into the
+    window's and its pods handed to a UnitPacker one by one, as `Scheduler._surveyed` does with a survey."""
+    routed = route_pods(listing.pods, listing.malformed, tenants, ledger, since, until, now, events_per_byte, routing)
+    routed.totals.list_calls = listing.list_calls
+    routed.totals.pods_listed = len(listing.pods)
+    totals = window_totals(since, until, now)
+    totals.add(routed.totals)
+    totals.pods_found = len(listing.pods)
+    totals.listing_complete = True
+    packer = UnitPacker(workers)
+    units = [u for prefix, objs in routed.todo.items() for u in packer.add(prefix, [spec_of(o) for o in objs])]
+    units += packer.flush()
+    totals.work_units = len(units)
+    return Planned(totals, units, routed.settled)
 
 
 def plan_for(
@@ -213,10 +265,10 @@ def plan_for(
     since: datetime = NOW - DAY,
     until: datetime = NOW,
     events_per_byte: float = 0.0,
-) -> Plan:
+) -> Planned:
     """A plan where `delivered` names the keys the ledger has for the delivery `cloudwatch`."""
     ledger = {k: {"cloudwatch": WHOLE} for k in delivered or ()}
-    return make_plan(listing, tenants, ledger, since, until, 2, NOW, events_per_byte)
+    return stream_plan(listing, tenants, ledger, since, until, 2, NOW, events_per_byte)
 
 
 def test_disabled_tenant_is_skipped_with_its_reason() -> None:
@@ -318,7 +370,7 @@ def test_objects_written_before_the_14_day_limit_are_counted_as_undeliverable() 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# make_plan with several deliveries per tenant
+# the streaming planner with several deliveries per tenant
 
 
 def umbrella(**s3_extra: object) -> Tenant:
@@ -336,7 +388,7 @@ def umbrella(**s3_extra: object) -> Tenant:
     return Tenant("umbrella", (cw, s3))
 
 
-def planned_keys(plan: Plan) -> list[str]:
+def planned_keys(plan: Planned) -> list[str]:
     return [o.key for u in plan.units for o in u.objects]
 
 
@@ -363,7 +415,7 @@ def test_the_ledger_is_per_delivery() -> None:
         pay[0].key: {"cloudwatch": WHOLE, "s3-archive": WHOLE},  # done everywhere: nothing to do
         pay[1].key: {"cloudwatch": WHOLE},  # S3 still missing
     }
-    plan = make_plan(listing_of(pay), {"umbrella": umbrella()}, ledger, NOW - DAY, NOW, 2, NOW)
+    plan = stream_plan(listing_of(pay), {"umbrella": umbrella()}, ledger, NOW - DAY, NOW, 2, NOW)
     assert planned_keys(plan) == [pay[1].key, pay[2].key]
     assert plan.skipped_keys == [(pay[0].key, LEDGER_SKIP)] and plan.skipped_ledger == 1
     cw, s3 = plan.deliveries[("umbrella", "cloudwatch")], plan.deliveries[("umbrella", "s3-archive")]

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from pipeline.delivery.results import LEDGER_SKIP, DeliveryResult, ObjectResult, Status
-from pipeline.replay.plan import DeliveryPlan, ObjectSpec, Plan, WorkUnit
+from pipeline.replay.plan import DeliveryPlan, ObjectSpec, PlanTotals
 from pipeline.replay.report import (
     EXIT_INTERRUPTED,
     FAILED_DETAIL_MAX,
@@ -21,6 +21,7 @@ from pipeline.replay.report import (
     TIMELINE_MAX,
     ReplayReport,
 )
+from pipeline.replay.survey import Survey
 
 UNTIL = datetime(2024, 6, 20, 12, tzinfo=UTC)
 UTC_SINCE = UNTIL - timedelta(hours=1)
@@ -45,23 +46,28 @@ def key(tenant: str, n: int) -> str:
     return f"prod-1/{tenant}/payment-service/pay-1/20240620-11{n:04d}-{n:08d}-0000-4000-8000-000000000000.json.gz"
 
 
-def make_plan(failed: Sequence[tuple[str, str]] = (), skipped: Sequence[tuple[str, str]] = (), **kw: object) -> Plan:
-    """A plan; `failed` and `skipped` are (key, reason) of objects the plan settled itself."""
-    plan = Plan(since=UTC_SINCE, until=UNTIL, objects_listed=10, list_calls=4)
+def a_survey(failed: Sequence[tuple[str, str]] = (), skipped: Sequence[tuple[str, str]] = (), **kw: object) -> Survey:
+    """The planner's figures for the window and what it settled itself: `failed` and `skipped` are (key,
+    reason); the other keywords set a Survey's own fields (pods) or its figures'."""
+    survey = Survey(PlanTotals(since=UTC_SINCE, until=UNTIL, objects_listed=10, list_calls=4))
     for name, value in kw.items():
-        setattr(plan, name, value)
+        setattr(survey if name in ("pods", "settled") else survey.totals, name, value)
     for k, reason in failed:
-        plan.settled.append(ObjectResult(k).fail(reason, recoverable=False))
+        survey.settled.append(ObjectResult(k).fail(reason, recoverable=False))
     for k, reason in skipped:
-        plan.settled.append(ObjectResult(k, Status.SKIPPED, reason, tenant=k.split("/")[1]))
-    assert (plan.failed_keys, plan.skipped_keys) == (list(failed), list(skipped))
-    return plan
+        survey.settled.append(ObjectResult(k, Status.SKIPPED, reason, tenant=k.split("/")[1]))
+    by_status = {
+        status: [(r.key, r.reason) for r in survey.settled if r.status is status]
+        for status in (Status.FAILED, Status.SKIPPED)
+    }
+    assert (by_status[Status.FAILED], by_status[Status.SKIPPED]) == (list(failed), list(skipped))
+    return survey
 
 
-def report_of(plan: Plan) -> ReplayReport:
-    """A report of a plan held in memory: what the plan settled folded in, as the driver does per survey."""
-    report = ReplayReport(plan)
-    for result in plan.settled:
+def report_of(survey: Survey) -> ReplayReport:
+    """A report of the window's figures with what the planner settled folded in, as the driver does per survey."""
+    report = ReplayReport(survey.totals)
+    for result in survey.settled:
         report.settle(result)
     return report
 
@@ -81,7 +87,7 @@ def delivered(k: str, events: int, **counts: int) -> ObjectResult:
 
 
 def test_counts_are_summed_per_tenant_and_in_total() -> None:
-    report = report_of(make_plan())
+    report = report_of(a_survey())
     report.add(delivered(key("acme", 1), 100, bytes_read=1000, events_filtered=3, lines_malformed=1))
     report.add(delivered(key("acme", 2), 50, bytes_read=500, events_rejected_too_old=7))
     report.add(delivered(key("globex", 3), 10, bytes_read=80, events_rejected_too_new=2, events_rejected_expired=4))
@@ -103,7 +109,7 @@ def test_counts_are_summed_per_tenant_and_in_total() -> None:
 
 
 def test_failed_and_damaged_objects_are_listed_with_reasons_and_fail_the_run() -> None:
-    report = report_of(make_plan())
+    report = report_of(a_survey())
     report.add(delivered(key("acme", 1), 5))
     failed = ObjectResult(key("acme", 2), tenant="acme").fail("AccessDenied on PutLogEvents", recoverable=False)
     report.add(failed)
@@ -126,7 +132,7 @@ def test_failed_and_damaged_objects_are_listed_with_reasons_and_fail_the_run() -
 
 
 def test_plan_failures_and_skips_are_carried_into_the_report() -> None:
-    plan = make_plan(
+    plan = a_survey(
         failed=[("prod-1/acme//p/x.json.gz", "contains an empty segment")],
         skipped=[
             (key("acme", 1), LEDGER_SKIP),
@@ -150,7 +156,7 @@ def test_plan_failures_and_skips_are_carried_into_the_report() -> None:
 
 
 def test_skipped_objects_alone_do_not_fail_the_run() -> None:
-    report = report_of(make_plan(skipped=[(key("acme", 1), LEDGER_SKIP)]))
+    report = report_of(a_survey(skipped=[(key("acme", 1), LEDGER_SKIP)]))
     disabled = "delivery 'cloudwatch' of tenant 'acme' is disabled"
     report.add(ObjectResult(key("acme", 2), Status.SKIPPED, disabled, tenant="acme"))
     assert report.exit_code == 0
@@ -158,7 +164,7 @@ def test_skipped_objects_alone_do_not_fail_the_run() -> None:
 
 
 def test_an_interrupted_run_exits_130_and_lists_what_it_did_not_attempt() -> None:
-    report = report_of(make_plan())
+    report = report_of(a_survey())
     report.add(delivered(key("acme", 1), 10))
     pending = [ObjectSpec(key("acme", n), 100, "e", 0.0) for n in (2, 3)]
     report.add_interrupted(pending)
@@ -175,15 +181,15 @@ def test_an_interrupted_run_exits_130_and_lists_what_it_did_not_attempt() -> Non
 
 
 def test_interrupted_wins_over_failed() -> None:
-    report = report_of(make_plan(failed=[("bad", "reason")]))
+    report = report_of(a_survey(failed=[("bad", "reason")]))
     assert report.exit_code == 1
     report.interrupted = True
     assert report.exit_code == 130
 
 
 def test_rate_and_plan_figures() -> None:
-    units = [WorkUnit(0, (ObjectSpec(key("acme", 1), 10, "e", 0.0),), 10)]
-    report = report_of(make_plan(units=units, objects_to_deliver=1, work_units=1, undeliverable_fraction=0.123456))
+    pods = [(key("acme", 1).rsplit("/", 1)[0] + "/", (ObjectSpec(key("acme", 1), 10, "e", 0.0),))]
+    report = report_of(a_survey(pods=pods, objects_to_deliver=1, work_units=1, undeliverable_fraction=0.123456))
     report.started -= 2.0  # as if the run had taken two seconds
     report.add(delivered(key("acme", 1), 1000))
     report.tick()
@@ -220,7 +226,7 @@ def s3_result(**kw: Any) -> DeliveryResult:
 
 
 def test_each_delivery_has_its_own_section() -> None:
-    plan = make_plan(
+    plan = a_survey(
         deliveries={
             ("umbrella", "cloudwatch"): DeliveryPlan(
                 "umbrella", "cloudwatch", "cloudwatch", "/logs/umbrella (us-east-1)", objects=3, older_than_14d=1
@@ -299,7 +305,7 @@ def test_objects_the_plan_settled_count_in_their_deliveries_sections() -> None:
             s3_result().skip("written outside the window"),
         ],
     ).settle()
-    plan = make_plan()
+    plan = a_survey()
     plan.settled.append(settled)
     doc = report_of(plan).to_dict()
     sections = {d["delivery_id"]: d for d in doc["deliveries"]}
@@ -313,7 +319,7 @@ def test_objects_the_plan_settled_count_in_their_deliveries_sections() -> None:
 
 
 def test_failures_listed_per_delivery_are_bounded_but_all_counted() -> None:
-    report = report_of(make_plan())
+    report = report_of(a_survey())
     n = FAILED_DETAIL_MAX + 25
     for i in range(n):
         report.add(umbrella_result(i, cw_result(), s3_result().fail("SlowDown", recoverable=True)))
@@ -324,7 +330,7 @@ def test_failures_listed_per_delivery_are_bounded_but_all_counted() -> None:
 
 
 def test_put_requests_and_their_minimum_count_only_cloudwatch_deliveries_per_tenant() -> None:
-    report = report_of(make_plan())
+    report = report_of(a_survey())
     for n, (tenant, calls, minimum) in enumerate([("acme", 2, 1), ("acme", 0, 0), ("globex", 3, 3)]):
         r = ObjectResult(key(tenant, n), tenant=tenant, application="payment-service")
         r.deliveries = [
@@ -343,7 +349,7 @@ def test_put_requests_and_their_minimum_count_only_cloudwatch_deliveries_per_ten
 
 
 def test_the_timeline_is_thinned_not_grown_past_its_cap() -> None:
-    report = report_of(make_plan())
+    report = report_of(a_survey())
     for n in range(5 * TIMELINE_MAX + 3):
         report.add(delivered(key("acme", n), 1))
         report.tick()
@@ -354,7 +360,7 @@ def test_the_timeline_is_thinned_not_grown_past_its_cap() -> None:
 
 
 def test_failures_and_skips_are_counted_whole_and_listed_up_to_their_caps() -> None:
-    report = report_of(make_plan())
+    report = report_of(a_survey())
     for n in range(RUN_FAILED_MAX + 7):
         report.add(ObjectResult(key("acme", n), tenant="acme").fail("AccessDenied", recoverable=True))
     for n in range(RUN_SKIPPED_SAMPLE + 5):

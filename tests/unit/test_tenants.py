@@ -756,8 +756,27 @@ def test_one_invalid_delivery_leaves_the_others_of_the_tenant_alone(local_aws: L
 # ---------------------------------------------------------------------------------------------------------
 
 
+class QueryPaginator:
+    """What boto3's Query paginator does with a client: each page's LastEvaluatedKey starts the next call."""
+
+    def __init__(self, query: Any) -> None:
+        self.query = query
+
+    def paginate(self, **kwargs: Any) -> Any:
+        while True:
+            resp = self.query(**kwargs)
+            yield resp
+            if "LastEvaluatedKey" not in resp:
+                return
+            kwargs = {**kwargs, "ExclusiveStartKey": resp["LastEvaluatedKey"]}
+
+
 class ScriptedDdb:
     """DescribeTable and Query answers, one Query page at a time."""
+
+    def get_paginator(self, name: str) -> QueryPaginator:
+        assert name == "query"
+        return QueryPaginator(self.query)
 
     def __init__(self, pages: list[list[dict[str, Any]]], error: str = "") -> None:
         self.pages = pages
