@@ -18,6 +18,7 @@ nothing from the project, so a child process running an older tree can load it b
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -89,12 +90,14 @@ bench_baseline = _u.module_from_spec(_spec)
 _s.modules["bench_baseline"] = bench_baseline
 _spec.loader.exec_module(bench_baseline)
 _s.path.insert(0, {tree!r})
+from_tree = bench_baseline.from_tree
 """
 
 
 def child_command(tree: Path, code: str, *args: str) -> list[str]:
     """A command line that runs `code` in a fresh interpreter (this venv's) against `tree`'s code, with this
-    module available to it as `bench_baseline` (`result_dict`, `make_unit`). Run it with `tree_env`."""
+    module available to it as `bench_baseline` (`result_dict`, `make_unit`) and `from_tree` as a name. Run it
+    with `tree_env`."""
     return [sys.executable, "-c", _PRELUDE.format(helper=str(HERE), tree=str(tree)) + code, *args]
 
 
@@ -197,6 +200,33 @@ def make_unit(unit_cls: type[Any], spec_cls: type[Any], unit_id: int, objects: S
     if "tenant" in unit_fields and len(tenants) == 1:
         kwargs["tenant"] = tenants.pop()
     return unit_cls(**kwargs)
+
+
+# Where today's modules lived in older trees (issue #28 moved them): a benchmark that runs an older tree's
+# pipeline beside today's imports through `from_tree`, which tries today's home first.
+FORMER_HOMES = {
+    "pipeline.delivery.routing": "pipeline.delivery",
+    "pipeline.delivery.results": "pipeline.delivery",
+    "pipeline.delivery.engine": "pipeline.delivery",
+    "pipeline.sinks.cloudwatch.limits": "pipeline.batching",
+    "pipeline.sinks.cloudwatch.filling": "pipeline.batching",
+    "pipeline.sinks.cloudwatch.inflight": "pipeline.assembly",
+    "pipeline.memory": "pipeline.replay.budget",
+    "pipeline.source.listing": "pipeline.replay.listing",
+}
+
+
+def from_tree(module: str, *names: str) -> Any:
+    """The named objects of `module`, from today's home or, in an older tree, its former one (one name: the
+    object itself; several: a tuple)."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError:
+        if module not in FORMER_HOMES:
+            raise
+        mod = importlib.import_module(FORMER_HOMES[module])
+    values = tuple(getattr(mod, name) for name in names)
+    return values[0] if len(values) == 1 else values
 
 
 def ratio_ok(ratio: float, noise: float = NOISE) -> bool:

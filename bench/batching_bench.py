@@ -30,7 +30,8 @@ All three run for this checkout, for the previous release (`--release`, `bench.b
 return `ObjectResult`s: the pass reads either through `bench.baseline.result_dict`. Reported:
 
 - calls: PutLogEvents calls of a cloudwatch pass divided by the fewest the events need
-  (`pipeline.batching.min_put_requests`, stream by stream, over the generator's own manifest). Target <= 1.1.
+  (`pipeline.sinks.cloudwatch.limits.min_put_requests`, stream by stream, over the generator's own manifest).
+  Target <= 1.1.
 - latency-bound speed: events/s of a cloudwatch pass divided by events/s of the null pass, paired by
   repeat (medians), for both kinds of cloudwatch pass. Target >= 0.5. Moto's CPU seconds per pass are
   recorded: when they approach the pass's wall time, moto is the bottleneck.
@@ -60,13 +61,14 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import NOISE, RELEASE, baseline_tree, ratio_ok, run_child, tree_stack  # noqa: E402
+from bench.baseline import NOISE, RELEASE, baseline_tree, from_tree, ratio_ok, run_child, tree_stack  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.faults import Answer, Delay, FaultProxy, Rule  # noqa: E402
 from devstack.generator import GeneratorConfig, Manifest, write_dataset  # noqa: E402
 from devstack.provision import LocalEnvironment, SampleTenant, provision  # noqa: E402
 from devstack.server import MotoServer  # noqa: E402
-from pipeline.batching import min_put_requests, stream_name  # noqa: E402
+
+min_put_requests, stream_name = from_tree("pipeline.sinks.cloudwatch.limits", "min_put_requests", "stream_name")
 
 TARGET_CALL_RATIO = 1.1
 TARGET_SPEED_RATIO = 0.5
@@ -83,8 +85,8 @@ CHILD = r"""
 import json, sys, time
 from datetime import datetime
 from pipeline import aws
-from pipeline.delivery import TimeWindow
-from pipeline.replay.listing import ListingFilter, list_window
+TimeWindow = from_tree("pipeline.delivery.routing", "TimeWindow")
+ListingFilter, list_window = from_tree("pipeline.source.listing", "ListingFilter", "list_window")
 from pipeline.replay.plan import WorkUnit, pack_units
 from pipeline.replay.workers import UnitRunner
 from pipeline.settings import Settings

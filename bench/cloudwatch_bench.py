@@ -45,17 +45,22 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, is_child, main_beside, result_dict  # noqa: E402
+from bench.baseline import RELEASE, from_tree, is_child, main_beside, result_dict  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import GZIP_PUT_ARGS, GeneratorConfig, app_names, generate  # noqa: E402
 from devstack.provision import LocalEnvironment, SampleTenant, provision  # noqa: E402
 from devstack.server import MotoServer  # noqa: E402
 from pipeline import records  # noqa: E402
-from pipeline.batching import EVENT_OVERHEAD_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Event, batches  # noqa: E402
-from pipeline.delivery import TimeWindow  # noqa: E402
+
+TimeWindow = from_tree("pipeline.delivery.routing", "TimeWindow")
 from pipeline.keys import format_key, parse_key  # noqa: E402
-from pipeline.replay.listing import ListingFilter, list_window  # noqa: E402
+from pipeline.records import Event  # noqa: E402
 from pipeline.replay.plan import ObjectSpec, WorkUnit, pack_units  # noqa: E402
+
+EVENT_OVERHEAD_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, batches = from_tree(
+    "pipeline.sinks.cloudwatch.limits", "EVENT_OVERHEAD_BYTES", "MAX_BATCH_BYTES", "MAX_BATCH_EVENTS", "batches"
+)
+ListingFilter, list_window = from_tree("pipeline.source.listing", "ListingFilter", "list_window")
 from pipeline.tenants import DeliveryType  # noqa: E402
 from pipeline.timespec import to_ms  # noqa: E402
 

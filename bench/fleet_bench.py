@@ -95,7 +95,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, code_path, is_child, main_beside  # noqa: E402
+from bench.baseline import RELEASE, code_path, from_tree, is_child, main_beside  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.server import free_port  # noqa: E402
 from pipeline.keys import FILENAME_TIME_LEN, format_filename, format_key, listing_bounds, parse_key  # noqa: E402
@@ -604,12 +604,13 @@ def child_streaming(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from pipeline import aws
     from pipeline.replay.job import ReplayOptions, routing_for
-    from pipeline.replay.listing import ListingFilter, tenant_prefixes
     from pipeline.replay.plan import UnitPacker, window_totals
     from pipeline.replay.report import ReplayReport
     from pipeline.replay.scheduler import QUEUED_OBJECTS_MAX, Scheduler
     from pipeline.replay.survey import SurveySpec
     from pipeline.replay.workers import RayBackend
+
+    ListingFilter, tenant_prefixes = from_tree("pipeline.source.listing", "ListingFilter", "tenant_prefixes")
 
     ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, configure_logging=False)
     since, until = datetime.fromisoformat(cfg["since"]), datetime.fromisoformat(cfg["until"])
@@ -680,7 +681,7 @@ def child_streaming(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _delivery_workers(opts: Any, cfg: dict[str, Any]) -> Any:
     """A factory of the job's own DeliveryWorker actors (sink from opts), with the settings of the env."""
-    from pipeline.delivery import TimeWindow
+    TimeWindow = from_tree("pipeline.delivery.routing", "TimeWindow")
     from pipeline.replay.workers import DeliveryWorker, worker_options
     from pipeline.settings import Settings
     from pipeline.timespec import to_ms
@@ -699,7 +700,8 @@ def _delivery_workers(opts: Any, cfg: dict[str, Any]) -> Any:
 def child_in_memory(cfg: dict[str, Any]) -> dict[str, Any]:
     """The old driver's listing: `list_window`, every listed object held; peak RSS and figures."""
     from pipeline import aws
-    from pipeline.replay.listing import ListingFilter, list_window
+
+    ListingFilter, list_window = from_tree("pipeline.source.listing", "ListingFilter", "list_window")
 
     since, until = datetime.fromisoformat(cfg["since"]), datetime.fromisoformat(cfg["until"])
     names = tuple(Fleet.tenant(t) for t in range(cfg["tenants"]))
@@ -751,8 +753,9 @@ def run_child(cfg: dict[str, Any], env: dict[str, str], timeout: float = 900) ->
 def object_sizes(fleet: Fleet, n: int) -> dict[str, Any]:
     """Bytes per object, by tracemalloc: an ObjectSpec as the driver holds it (unpickled from a survey, as Ray
     hands it over: n of them), and a ListedObject with its parsed key as `list_window` builds it (n / 10)."""
-    from pipeline.replay.listing import ListedObject
     from pipeline.replay.plan import ObjectSpec
+
+    ListedObject = from_tree("pipeline.source.listing", "ListedObject")
 
     keys = []
     pods = fleet.tenants * PODS_PER_TENANT

@@ -40,6 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import batching_bench as batching  # noqa: E402
+from bench.baseline import from_tree  # noqa: E402
 from bench.cloudwatch_bench import full_batches  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from bench.s3_bench import TENANT, Baseline, CallCounter, clear_ledger, write_set  # noqa: E402
@@ -47,11 +48,13 @@ from devstack.faults import Answer, FaultProxy, Rule  # noqa: E402
 from devstack.provision import SAMPLE_TENANTS, LocalEnvironment, SampleTenant, provision  # noqa: E402
 from devstack.server import MotoServer  # noqa: E402
 from pipeline import records  # noqa: E402
-from pipeline.batching import stream_name  # noqa: E402
 from pipeline.consumer.processor import MessageProcessor, consumer_deliverer  # noqa: E402
 from pipeline.consumer.sqs import SqsConsumer, SqsOptions  # noqa: E402
-from pipeline.delivery import ObjectRef  # noqa: E402
+
+ObjectRef = from_tree("pipeline.delivery.routing", "ObjectRef")
 from pipeline.keys import parse_key  # noqa: E402
+
+stream_name = from_tree("pipeline.sinks.cloudwatch.limits", "stream_name")
 
 CW_TENANT = next(t for t in SAMPLE_TENANTS if t.tenant_id == "acme")  # CloudWatch delivery only
 TARGET_CONSUMER = 0.8  # issue 27: consumer objects/s against the plain loop, S3 and CloudWatch, 1 and 8 threads

@@ -6,7 +6,7 @@
 For each data shape, a fresh moto S3 holds `--objects` objects of one tenant, spread over pods that each
 write one object every `cadence` seconds (the newest an hour ago). Then, over HTTP, against the same server:
 
-- window: `pipeline.replay.listing.list_window` for a 1-hour window a day back (the project's listing:
+- window: `pipeline.source.listing.list_window` for a 1-hour window a day back (the project's listing:
   clusters → tenant → applications → pods, each pod from a StartAfter bound, stopping past the window);
 - naive: `list_objects_v2` paginated over the whole `cluster/tenant/` prefix (1,000 keys a page), the
   window's objects picked out client-side.
@@ -46,12 +46,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, is_child, main_beside  # noqa: E402
+from bench.baseline import RELEASE, from_tree, is_child, main_beside  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.provision import CENTRAL_ACCOUNT_ID, DEFAULT_REGION, LOCAL_CREDENTIALS  # noqa: E402
 from devstack.server import free_port  # noqa: E402
 from pipeline.keys import format_key, listing_bounds, tenant_prefix  # noqa: E402
-from pipeline.replay.listing import ListingFilter, list_window  # noqa: E402
+
+ListingFilter, list_window = from_tree("pipeline.source.listing", "ListingFilter", "list_window")
 
 TARGET_CALL_RATIO = 10.0
 BUCKET = f"central-logs-{CENTRAL_ACCOUNT_ID}-{DEFAULT_REGION}"

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, code_path, is_child, main_beside, result_dict  # noqa: E402
+from bench.baseline import RELEASE, code_path, from_tree, is_child, main_beside, result_dict  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import (  # noqa: E402
     GZIP_PUT_ARGS,
@@ -54,7 +54,8 @@ from devstack.generator import (  # noqa: E402
 from devstack.provision import SampleTenant, provision  # noqa: E402
 from devstack.server import MotoServer  # noqa: E402
 from pipeline.keys import format_key, parse_key  # noqa: E402
-from pipeline.replay.budget import DEFAULT_BUDGET_MIB  # noqa: E402
+
+DEFAULT_BUDGET_MIB = from_tree("pipeline.memory", "DEFAULT_BUDGET_MIB")
 from pipeline.replay.workers import POD_THREADS  # noqa: E402
 
 TARGET_PEAK_RATIO = 1.15
@@ -74,11 +75,13 @@ def status_kib(field: str) -> int:
 def child(cluster: str, sink: str, since: str, until: str, budget_mib: int) -> int:
     """One replay worker: list the cluster's objects, then run its units; print peak RSS as JSON."""
     from pipeline import aws
-    from pipeline.delivery import TimeWindow
-    from pipeline.replay.listing import ListingFilter, list_window
+
+    TimeWindow = from_tree("pipeline.delivery.routing", "TimeWindow")
     from pipeline.replay.plan import WorkUnit, pack_units
     from pipeline.replay.workers import UnitRunner
     from pipeline.settings import Settings
+
+    ListingFilter, list_window = from_tree("pipeline.source.listing", "ListingFilter", "list_window")
     from pipeline.timespec import to_ms
 
     settings = Settings.from_env(os.environ)

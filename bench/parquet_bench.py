@@ -29,12 +29,15 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, has_module, is_child, main_beside  # noqa: E402
+from bench.baseline import RELEASE, from_tree, has_module, is_child, main_beside  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import GeneratorConfig, app_names, write_dataset  # noqa: E402
 from devstack.provision import LocalEnvironment, provision  # noqa: E402
 from devstack.server import MotoServer  # noqa: E402
-from pipeline.delivery import ObjectRef, Status, build_deliverer  # noqa: E402
+
+build_deliverer = from_tree("pipeline.delivery.engine", "build_deliverer")
+Status = from_tree("pipeline.delivery.results", "Status")
+ObjectRef = from_tree("pipeline.delivery.routing", "ObjectRef")
 
 TENANT = "hooli"
 RESULT = REPO / "bench" / "results" / "parquet.json"

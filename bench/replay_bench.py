@@ -51,15 +51,16 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import NOISE, RELEASE, baseline_tree, ratio_ok, short, tree_stack  # noqa: E402
+from bench.baseline import NOISE, RELEASE, baseline_tree, from_tree, ratio_ok, short, tree_stack  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from bench.replay_worker import PlainObject  # noqa: E402
 from devstack.generator import GeneratorConfig, app_names, generate  # noqa: E402
 from pipeline import records  # noqa: E402
-from pipeline.batching import group_by_stream, prepare  # noqa: E402
 from pipeline.keys import format_key, parse_key  # noqa: E402
-from pipeline.replay.listing import ListedObject  # noqa: E402
 from pipeline.replay.plan import WorkUnit, pack_units  # noqa: E402
+
+group_by_stream, prepare = from_tree("pipeline.sinks.cloudwatch.limits", "group_by_stream", "prepare")
+ListedObject = from_tree("pipeline.source.listing", "ListedObject")
 from pipeline.timespec import to_ms  # noqa: E402
 
 TARGET_DECODE_RATIO = 0.7

@@ -65,7 +65,7 @@ class MemoryS3:
         body, etag, lm = store[Key]
         return {"Body": io.BytesIO(body), "ETag": f'"{etag}"', "LastModified": lm}
 
-from pipeline.delivery import TimeWindow
+TimeWindow = from_tree("pipeline.delivery.routing", "TimeWindow")
 from pipeline.replay.plan import ObjectSpec, WorkUnit
 from pipeline.replay.workers import UnitRunner
 from pipeline.settings import Settings

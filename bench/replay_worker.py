@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from bench.baseline import make_unit, result_dict
+from bench.baseline import from_tree, make_unit, result_dict
 
 PlainObject = tuple[str, int, str, float, str]  # key, size, etag, last_modified (epoch s), tenant
 
@@ -51,7 +51,7 @@ class TreeWorker:
 
     def __init__(self, tree: str, window: tuple[int, int], store: Mapping[str, tuple[bytes, str, datetime]]) -> None:
         self.source = use_tree(tree)
-        from pipeline.delivery import TimeWindow
+        TimeWindow = from_tree("pipeline.delivery.routing", "TimeWindow")
         from pipeline.replay.plan import ObjectSpec, WorkUnit
         from pipeline.replay.workers import UnitRunner
         from pipeline.settings import Settings

@@ -66,11 +66,15 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.baseline import from_tree  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import GeneratorConfig, app_names, write_dataset  # noqa: E402
 from devstack.provision import SAMPLE_TENANTS, LocalEnvironment, SampleTenant, provision  # noqa: E402
 from devstack.server import MotoServer  # noqa: E402
-from pipeline.delivery import Deliverer, ObjectRef, Status, build_deliverer  # noqa: E402
+
+Deliverer, build_deliverer = from_tree("pipeline.delivery.engine", "Deliverer", "build_deliverer")
+Status = from_tree("pipeline.delivery.results", "Status")
+ObjectRef = from_tree("pipeline.delivery.routing", "ObjectRef")
 from pipeline.keys import parse_key, pod_prefix  # noqa: E402
 from pipeline.replay.plan import ObjectSpec, WorkUnit  # noqa: E402
 from pipeline.replay.workers import UnitRunner  # noqa: E402

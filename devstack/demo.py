@@ -226,7 +226,9 @@ def _parquet_delivery_and_query(env: LocalEnvironment, manifest_keys: list[str])
     import pyarrow.dataset as pads
     from boto3.dynamodb.types import TypeSerializer
 
-    from pipeline.delivery import ObjectRef, Status, build_deliverer
+    from pipeline.delivery.engine import build_deliverer
+    from pipeline.delivery.results import Status
+    from pipeline.delivery.routing import ObjectRef
 
     tenant = env.tenant("hooli")
     item = {**tenant.delivery_items()[0], "delivery_id": "athena", "format": "parquet", "bucket_prefix": "athena/"}

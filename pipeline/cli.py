@@ -1,5 +1,5 @@
-"""What the click commands of `pipeline.commands` (the console scripts) share: time parameters, help layout, exit
-codes."""
+"""What the click commands of `pipeline.commands` (the console scripts) share: time parameters, help layout, and
+the one-line exit on a bad environment. The exit codes themselves are `pipeline.exits`."""
 
 from __future__ import annotations
 
@@ -15,16 +15,11 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.environment import explain
+from pipeline.exits import EXIT_CONFIG
 from pipeline.settings import ConfigError
 from pipeline.timespec import parse_time
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
-
-EXIT_OK = 0
-EXIT_FAILED = 1  # some objects failed: the report says which and why
-EXIT_USAGE = 2  # click's own code for bad usage
-EXIT_CONFIG = 3  # a required setting is missing or wrong
-EXIT_INTERRUPTED = 130
 
 
 class TimeParam(click.ParamType[datetime, str | datetime]):

@@ -40,7 +40,7 @@ class DeliveryCounts(_Counts):
     # `requests`, every data call that went on the wire.
     requests_refused: int = 0
     creates: int = 0  # CreateLogStream and CreateLogGroup calls made
-    requests_minimum: int = 0  # the fewest PutLogEvents calls the events needed (batching.min_put_requests)
+    requests_minimum: int = 0  # the fewest PutLogEvents calls the events needed (limits.min_put_requests)
     retries: int = 0
     # The part of events_filtered that the delivery's own include/exclude patterns dropped (CONTRACTS.md §3); the
     # rest of events_filtered is outside the requested time window.

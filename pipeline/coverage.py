@@ -4,7 +4,7 @@ A `Coverage` is a set of half-open millisecond intervals [lo, hi), kept sorted, 
 An event with timestamp t is covered when some interval holds t. A replay window is one interval; a
 delivery that took the whole object (the consumer's) is `WHOLE`, the interval that holds every t.
 
-Pure values, no I/O: the ledger stores and reads them, routing subtracts them, `batching.prepare` filters
+Pure values, no I/O: the ledger stores and reads them, routing subtracts them, `sinks.cloudwatch.limits.prepare` filters
 events by them. Each run of an event delivery sends exactly `scope - covered` and records `scope`, so the
 union of what is recorded is what was sent, whatever the order or overlap of the runs.
 """

@@ -1,6 +1,6 @@
 """A bucket inventory in Parquet: one row per object, for volume analysis before a backfill (issue #6).
 
-The listing is the replay's own (`pipeline.replay.listing.list_window`): clusters first, then each
+The listing is the replay's own (`pipeline.source.listing.list_window`): clusters first, then each
 `cluster/tenant/` prefix down to its pods in parallel, each pod from a StartAfter derived from the window.
 So the inventory holds exactly the objects a replay of the same window would read, including the
 one-batch-timeout slack on both sides (CONTRACTS.md §1).
@@ -34,7 +34,7 @@ from pipeline import aws, storage
 from pipeline.keys import DEFAULT_WRITE_SLACK
 from pipeline.ledger import Ledger
 from pipeline.records import DecodeStats, decode_events
-from pipeline.replay.listing import ListedObject, ListingFilter, list_window
+from pipeline.source.listing import ListedObject, ListingFilter, list_window
 from pipeline.timespec import to_ms
 
 # CloudWatch Logs counts 26 bytes of overhead per event on top of the UTF-8 message (CONTRACTS.md §5);

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from pipeline.admin.store import TenantStore
     from pipeline.circuits import CircuitBreakers
     from pipeline.credentials import CredentialBroker
-    from pipeline.delivery import DeliveryResult, ObjectResult
+    from pipeline.delivery.results import DeliveryResult, ObjectResult
     from pipeline.settings import Settings
     from pipeline.tenants import Delivery, TenantDirectory
 
@@ -181,7 +181,7 @@ class Pending:
 def observe(result: ObjectResult, d: DeliveryResult, now: float) -> Observation | None:
     """What `d` (one delivery of `result`) says for the delivery's status; None when nothing (the delivery
     did not take the object: filtered, disabled, outside the window; or it has no valid item)."""
-    from pipeline.delivery import LEDGER_SKIP, Status  # the status module is imported by delivery's callers
+    from pipeline.delivery.results import LEDGER_SKIP, Status  # the status module is imported by delivery's callers
 
     if not result.tenant or d.type == "?":
         return None

@@ -20,10 +20,11 @@ import click
 
 from pipeline import logs
 from pipeline.circuits import DEFAULT_HOLD_BASE_S, SQS_MAX_VISIBILITY_S
-from pipeline.cli import CONTEXT_SETTINGS, EXIT_OK, exit_on_bad_environment
+from pipeline.cli import CONTEXT_SETTINGS, exit_on_bad_environment
 from pipeline.consumer import lambda_handler as _lambda
 from pipeline.consumer.processor import DEFAULT_THROTTLE_ATTEMPTS, SINKS
-from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB
+from pipeline.exits import EXIT_OK
+from pipeline.memory import DEFAULT_CONSUMER_BUDGET_MIB
 
 MODES = ("sqs", "lambda", "manual")
 # What a Lambda container image runs (lambda-stack.yaml's ImageConfig.Command): the function below.
@@ -207,8 +208,8 @@ def main(
     from pipeline.consumer.manual import run_manual
     from pipeline.consumer.processor import MessageProcessor
     from pipeline.consumer.sqs import SqsOptions, serve
-    from pipeline.delivery import build_deliverer
-    from pipeline.replay.budget import MemoryBudget
+    from pipeline.delivery.engine import build_deliverer
+    from pipeline.memory import MemoryBudget
     from pipeline.settings import Settings
     from pipeline.sinks import writes_ledger
 

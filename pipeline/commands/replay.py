@@ -13,7 +13,7 @@ import click
 
 from pipeline import logs
 from pipeline.cli import CONTEXT_SETTINGS, TimeParam, exit_on_bad_environment
-from pipeline.replay.budget import DEFAULT_BUDGET_MIB
+from pipeline.memory import DEFAULT_BUDGET_MIB
 from pipeline.replay.job import SINKS, WORKERS_ENV, ReplayOptions, run
 from pipeline.settings import Settings
 from pipeline.sinks import describe_sinks

@@ -20,7 +20,8 @@ from typing import Any
 import click
 
 from pipeline import logs
-from pipeline.cli import CONTEXT_SETTINGS, EXIT_CONFIG, EXIT_FAILED, TimeParam
+from pipeline.cli import CONTEXT_SETTINGS, TimeParam
+from pipeline.exits import EXIT_CONFIG, EXIT_FAILED
 from pipeline.replay.requests import Busy, iso
 from pipeline.replay.service import Ended, ReplayService, Unavailable
 from pipeline.settings import Settings

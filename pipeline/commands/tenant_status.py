@@ -15,7 +15,8 @@ import click
 
 from pipeline import aws, logs
 from pipeline.admin import text
-from pipeline.cli import CONTEXT_SETTINGS, EXIT_FAILED, EXIT_OK
+from pipeline.cli import CONTEXT_SETTINGS
+from pipeline.exits import EXIT_FAILED, EXIT_OK
 from pipeline.settings import ConfigError, Settings
 from pipeline.status import State, StatusTable, tenant_status, worst_first
 

@@ -38,8 +38,9 @@ from pipeline.admin.profiles import customer_note, deploy_commands, migrate_prof
 from pipeline.admin.store import Change, NotFound, PreconditionFailed, TenantStore
 from pipeline.admin.tables import open_table
 from pipeline.admin.transfer import dump, export_doc, import_doc, load
-from pipeline.cli import CONTEXT_SETTINGS, EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from pipeline.cli import CONTEXT_SETTINGS
 from pipeline.commands.replays import replay
+from pipeline.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from pipeline.settings import ConfigError, Settings
 from pipeline.tenants import FIELDS, TenantConfigError, TenantDirectory, parse_delivery, parse_profile
 

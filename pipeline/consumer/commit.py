@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from pipeline.delivery import ObjectResult
+from pipeline.delivery.results import ObjectResult
 from pipeline.ledger import NOTHING, ObjectLedger
 
 # How long finished objects wait for a ledger write in flight, to be written together after it. A write takes

@@ -17,7 +17,7 @@ from urllib.parse import unquote_plus
 
 import orjson
 
-from pipeline.delivery import ObjectRef
+from pipeline.delivery.routing import ObjectRef
 from pipeline.errors import NonRecoverableError
 
 S3_TEST_EVENT = "s3:TestEvent"

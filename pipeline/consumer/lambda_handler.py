@@ -38,7 +38,7 @@ from pipeline.consumer.commit import LedgerView
 from pipeline.consumer.emf import DEFAULT_NAMESPACE, EmfMetrics
 from pipeline.consumer.metrics import Metrics
 from pipeline.consumer.processor import MessageOutcome, MessageProcessor, consumer_deliverer
-from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
+from pipeline.memory import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
 from pipeline.settings import ConfigError, Settings
 from pipeline.status import status_recorder
 

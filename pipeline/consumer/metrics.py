@@ -19,7 +19,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from pipeline.classify import is_throttling
-from pipeline.delivery import DeliveryResult, ObjectResult, Status
+from pipeline.delivery.results import DeliveryResult, ObjectResult, Status
 from pipeline.tenants import Tenant
 
 log = logging.getLogger(__name__)

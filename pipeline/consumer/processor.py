@@ -41,11 +41,13 @@ from pipeline.circuits import (
 from pipeline.consumer.commit import GroupCommit, LedgerView
 from pipeline.consumer.events import InvalidMessageError, parse_body
 from pipeline.consumer.metrics import Metrics, object_status
-from pipeline.delivery import Deliverer, DeliveryResult, ObjectRef, ObjectResult, Status, build_deliverer
+from pipeline.delivery.engine import Deliverer, build_deliverer
+from pipeline.delivery.results import DeliveryResult, ObjectResult, Status
+from pipeline.delivery.routing import ObjectRef
 from pipeline.errors import DeliveryError
 from pipeline.keys import parse_key
 from pipeline.ledger import LedgerError, ObjectLedger
-from pipeline.replay.budget import MemoryBudget, decoded_footprint
+from pipeline.memory import MemoryBudget, decoded_footprint
 from pipeline.retry import RetryPolicy
 from pipeline.settings import Settings
 from pipeline.sinks import sink_names
@@ -157,7 +159,7 @@ class _Work:
 class MessageProcessor:
     """Parses one SQS body and delivers the objects it names. Never raises: the outcome says it all.
 
-    Thread-safe as long as the Deliverer is; `pipeline.delivery.build_deliverer` makes one that is.
+    Thread-safe as long as the Deliverer is; `pipeline.delivery.engine.build_deliverer` makes one that is.
     """
 
     def __init__(

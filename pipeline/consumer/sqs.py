@@ -43,10 +43,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline import aws, environment
 from pipeline.circuits import DEFAULT_HOLD_BASE_S, CircuitBreakers
 from pipeline.classify import Action, classify_error, describe
-from pipeline.cli import EXIT_FAILED, EXIT_OK
 from pipeline.consumer.metrics import Metrics, MetricsServer
 from pipeline.consumer.processor import MessageOutcome, MessageProcessor, Receive, consumer_deliverer
-from pipeline.replay.budget import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
+from pipeline.exits import EXIT_FAILED, EXIT_OK
+from pipeline.memory import DEFAULT_CONSUMER_BUDGET_MIB, MemoryBudget
 from pipeline.retry import Retrying, RetryPolicy
 from pipeline.settings import ConfigError, Settings
 from pipeline.status import status_recorder

@@ -18,12 +18,12 @@ from typing import Any, TextIO
 import orjson
 
 from pipeline import aws, environment, storage
-from pipeline.cli import EXIT_USAGE
-from pipeline.delivery import LEDGER_SKIP, Routing, TimeWindow
+from pipeline.delivery.results import LEDGER_SKIP
+from pipeline.delivery.routing import Routing, TimeWindow
 from pipeline.errors import NonRecoverableError
+from pipeline.exits import EXIT_USAGE
 from pipeline.keys import DEFAULT_WRITE_SLACK
-from pipeline.replay.budget import DEFAULT_BUDGET_MIB
-from pipeline.replay.listing import ListingFilter, tenant_prefixes
+from pipeline.memory import DEFAULT_BUDGET_MIB
 from pipeline.replay.plan import PlanTotals, UnitPacker, window_totals
 from pipeline.replay.report import ReplayReport
 from pipeline.replay.requests import ReplayStore, RequestRecorder, State
@@ -31,6 +31,7 @@ from pipeline.replay.scheduler import Backend, LocalBackend, Scheduler
 from pipeline.replay.survey import Surveyor, SurveySpec
 from pipeline.settings import ConfigError, Settings
 from pipeline.sinks import plan_traits, sink_names, traits_of, writes_ledger
+from pipeline.source.listing import ListingFilter, tenant_prefixes
 from pipeline.status import status_recorder
 from pipeline.tenants import DeliveryType, Tenant, TenantDirectory
 from pipeline.timespec import to_ms

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from pipeline.batching import MAX_AGE_MS
 from pipeline.coverage import Coverage
-from pipeline.delivery import LEDGER_SKIP, DeliveryResult, ObjectResult, Routing, Status, TimeWindow
-from pipeline.replay.listing import ListedObject, Listing
+from pipeline.delivery.results import LEDGER_SKIP, DeliveryResult, ObjectResult, Status
+from pipeline.delivery.routing import Routing, TimeWindow
 from pipeline.sinks import plan_traits
+from pipeline.sinks.cloudwatch.limits import MAX_AGE_MS
+from pipeline.source.listing import ListedObject, Listing
 from pipeline.tenants import Delivery, DeliveryType, Tenant
 from pipeline.timespec import to_ms
 

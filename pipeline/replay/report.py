@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from pipeline.counters import DecodeCounts, DeliveryCounts
-from pipeline.delivery import LEDGER_SKIP, DeliveryResult, ObjectResult, Status
+from pipeline.delivery.results import LEDGER_SKIP, DeliveryResult, ObjectResult, Status
+from pipeline.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from pipeline.replay.plan import ObjectSpec, PlanTotals
 from pipeline.tenants import DeliveryType
 
@@ -20,7 +20,7 @@ INTERRUPTED = "not attempted: the replay was interrupted"
 # counter summed over the object's deliveries, and what decoding the object saw.
 EVENT_COUNTERS = (*DeliveryCounts.NAMES, *DecodeCounts.NAMES)
 # Per tenant: the PutLogEvents calls its event deliveries made, and the fewest their events needed
-# (`pipeline.batching.min_put_requests`): the quota unit the tenant shares with its own workloads.
+# (`pipeline.sinks.cloudwatch.limits.min_put_requests`): the quota unit the tenant shares with its own workloads.
 PUT_COUNTERS = {"put_requests": "requests", "put_requests_minimum": "requests_minimum"}
 FAILED_DETAIL_MAX = 1000  # per delivery: failures beyond this are counted, not listed
 # The run's own lists: failures are listed up to this many, then counted (a fleet-wide outage must not

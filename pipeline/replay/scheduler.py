@@ -19,11 +19,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipeline.delivery import ObjectResult
-from pipeline.replay.listing import ListingFilter, Prefixes
+from pipeline.delivery.results import ObjectResult
 from pipeline.replay.plan import PACK_BUFFER_OBJECTS, PlanTotals, UnitPacker, WorkUnit
 from pipeline.replay.report import ReplayReport
 from pipeline.replay.survey import Survey, Surveyor
+from pipeline.source.listing import ListingFilter, Prefixes
 
 log = logging.getLogger("pipeline.replay")
 

@@ -20,11 +20,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.coverage import Coverage
-from pipeline.delivery import ObjectResult, Routing
+from pipeline.delivery.results import ObjectResult
+from pipeline.delivery.routing import Routing
 from pipeline.ledger import Ledger, LedgerError
 from pipeline.records import decode_events
-from pipeline.replay.listing import ListedObject, ListingFilter, PodListing, Prefixes, descend, list_pod
 from pipeline.replay.plan import ObjectSpec, PlanTotals, route_pods, spec_of
+from pipeline.source.listing import ListedObject, ListingFilter, PodListing, Prefixes, descend, list_pod
 from pipeline.tenants import Tenant
 
 if TYPE_CHECKING:

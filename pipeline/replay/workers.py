@@ -20,15 +20,17 @@ from typing import Any
 import ray
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.delivery import ObjectRef, ObjectResult, Status, TimeWindow, build_deliverer
+from pipeline.delivery.engine import build_deliverer
+from pipeline.delivery.results import ObjectResult, Status
+from pipeline.delivery.routing import ObjectRef, TimeWindow
 from pipeline.ledger import NOTHING, LedgerError, ObjectLedger
-from pipeline.replay.budget import DEFAULT_BUDGET_MIB, MemoryBudget, decoded_footprint
-from pipeline.replay.listing import Prefixes
+from pipeline.memory import DEFAULT_BUDGET_MIB, MemoryBudget, decoded_footprint
 from pipeline.replay.plan import ObjectSpec, WorkUnit
 from pipeline.replay.ratelimit import EventCap, TenantRateLimits
 from pipeline.replay.report import INTERRUPTED
 from pipeline.replay.survey import Survey, Surveyor, SurveySpec
 from pipeline.settings import Settings
+from pipeline.source.listing import Prefixes
 
 log = logging.getLogger("pipeline.replay")
 

@@ -1,6 +1,6 @@
 """Where a delivery's data goes, and the one registry of sinks.
 
-Event sinks take one stream's events already prepared by `pipeline.batching.prepare` (sorted, within
+Event sinks take one stream's events already prepared by `pipeline.sinks.cloudwatch.limits.prepare` (sorted, within
 the one-event limit, too-old and too-new held back and counted); object sinks take the source object's
 bytes as they are. Each sink declares its traits (`SinkTraits`); nothing outside this package tests a
 sink's name. Adding a sink is one entry in `REGISTRY`.
@@ -56,7 +56,7 @@ REGISTRY: dict[str, SinkSpec] = {
             SinkTraits(
                 frozenset({CW}), needs_events=True, durable_on_return=True, writes_ledger=True, fills_batches=True
             ),
-            "pipeline.sinks.cloudwatch:CloudWatchSink",
+            "pipeline.sinks.cloudwatch.sink:CloudWatchSink",
             "native PutLogEvents into the tenant's log group",
             default_for=frozenset({CW}),
         ),

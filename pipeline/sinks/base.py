@@ -91,7 +91,7 @@ class EventSink(Sink, Protocol):
 
 class BatchSink(EventSink, Protocol):
     def put_batch(self, dest: Delivery, stream: str, batch: list[Event]) -> SinkResult:
-        """Send one batch that obeys every limit (from `pipeline.batching`) as one request; thread-safe.
+        """Send one batch that obeys every limit (from `pipeline.sinks.cloudwatch.limits`) as one request; thread-safe.
         Its rejected counts cover the batch's events in order: too old first, then expired, too new last."""
         ...
 

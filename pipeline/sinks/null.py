@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pipeline.batching import batches, put_log_events_body
 from pipeline.records import Event
 from pipeline.sinks import traits_of
 from pipeline.sinks.base import SinkResult, SinkTraits
+from pipeline.sinks.cloudwatch.limits import batches, put_log_events_body
 from pipeline.tenants import Delivery
 
 

@@ -48,12 +48,12 @@ from typing import Any, ClassVar, Protocol
 import orjson
 
 from pipeline.aws import StaticCredentials
-from pipeline.batching import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, batches, message_bytes, split_message
 from pipeline.errors import ConfigError, DeliveryError, NonRecoverableError
 from pipeline.records import Event
 from pipeline.retry import RetryPolicy
 from pipeline.sinks import traits_of
 from pipeline.sinks.base import SinkResult, SinkTraits
+from pipeline.sinks.cloudwatch.limits import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, batches, message_bytes, split_message
 from pipeline.tenants import Delivery
 
 log = logging.getLogger(__name__)

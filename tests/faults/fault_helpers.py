@@ -25,8 +25,8 @@ from devstack import generator as gen
 from devstack.faults import FaultProxy, Hold
 from devstack.provision import LocalEnvironment, SampleTenant
 from devstack.readback import read_group
-from pipeline.batching import min_put_requests
 from pipeline.ledger import Ledger
+from pipeline.sinks.cloudwatch.limits import min_put_requests
 from tests.support.consumer_process import (  # noqa: F401 -- re-exported to the fault tests
     ConsumerProcess,
     queue_counts,

@@ -32,7 +32,7 @@ from fault_helpers import (
     wait_for,
 )
 
-from pipeline.batching import MAX_MESSAGE_BYTES
+from pipeline.sinks.cloudwatch.limits import MAX_MESSAGE_BYTES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

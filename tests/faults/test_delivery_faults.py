@@ -49,7 +49,9 @@ from fault_helpers import (
 from devstack import generator as gen
 from devstack.faults import Call, Error, Hold, HttpStatus, Rule
 from devstack.readback import read_bucket
-from pipeline.delivery import LEDGER_SKIP, Deliverer, ObjectRef, ObjectResult, Status, build_deliverer
+from pipeline.delivery.engine import Deliverer, build_deliverer
+from pipeline.delivery.results import LEDGER_SKIP, ObjectResult, Status
+from pipeline.delivery.routing import ObjectRef
 
 pytestmark = pytest.mark.integration
 

@@ -37,9 +37,9 @@ from fault_helpers import (
 )
 
 from devstack.faults import Drop, Error, Hold, Rule
-from pipeline.assembly import IN_FLIGHT_PUTS
 from pipeline.ledger import Ledger
 from pipeline.replay.plan import LEDGER_SKIP
+from pipeline.sinks.cloudwatch.inflight import IN_FLIGHT_PUTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.slow]
 
@@ -179,8 +179,8 @@ def test_worker_killed_mid_unit_is_restarted_and_the_unit_redelivered_at_most_on
     got = delivered(stack.local, "acme")
     assert not expected(manifest, "acme") - got, "events lost"
     # At most once more: only objects that were not in the ledger at the kill, each at most twice, and only
-    # those of the batches being sent or recorded then (pipeline.assembly: at most IN_FLIGHT_PUTS), which
-    # spanned several objects each.
+    # those of the batches being sent or recorded then (pipeline.sinks.cloudwatch.inflight: at most
+    # IN_FLIGHT_PUTS), which spanned several objects each.
     dups = duplicated_keys(manifest, got, "acme")
     assert set(dups) == sent_unrecorded and set(dups.values()) == {2}, (dups, sent_unrecorded)
     holding = [b for b in at_kill if b & sent_unrecorded]

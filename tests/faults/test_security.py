@@ -54,7 +54,9 @@ from devstack.provision import (
 )
 from devstack.readback import read_bucket
 from devstack.server import MotoServer
-from pipeline.delivery import ObjectRef, Status, build_deliverer
+from pipeline.delivery.engine import build_deliverer
+from pipeline.delivery.results import Status
+from pipeline.delivery.routing import ObjectRef
 from pipeline.keys import format_key
 from pipeline.records import vector_record
 from pipeline.replay.plan import ObjectSpec, WorkUnit

@@ -26,11 +26,13 @@ from fault_helpers import (
 from devstack import generator as gen
 from devstack.faults import Call, Drop, Error, Hook, HttpStatus, Request, Rule
 from pipeline.credentials import CredentialBroker
-from pipeline.delivery import Deliverer, ObjectRef, Status
+from pipeline.delivery.engine import Deliverer
+from pipeline.delivery.results import Status
+from pipeline.delivery.routing import ObjectRef
 from pipeline.ledger import Ledger
 from pipeline.replay.plan import ObjectSpec, WorkUnit
 from pipeline.replay.workers import UnitRunner
-from pipeline.sinks.cloudwatch import CloudWatchSink, RetryPolicy
+from pipeline.sinks.cloudwatch.sink import CloudWatchSink, RetryPolicy
 from pipeline.tenants import DeliveryType, TenantDirectory
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from devstack.faults import Error, Rule
 from pipeline.admin.store import TenantStore
 from pipeline.circuits import CircuitBreakers
 from pipeline.consumer.processor import MessageProcessor, consumer_retry
-from pipeline.delivery import build_deliverer
+from pipeline.delivery.engine import build_deliverer
 from pipeline.keys import parse_key
 from pipeline.settings import Settings
 from pipeline.status import StatusRecorder, StatusTable, circuit_backoff, iso, tenant_status

@@ -240,7 +240,7 @@ def test_customer_permissions_are_least_privilege_on_its_log_group() -> None:
         assert all(a.startswith("logs:") for a in actions)
         assert as_list(st["Resource"]) in ([group_arn], [f"{group_arn}:log-stream:*"]), "nothing on Resource *"
     granted = {a for st in statements(resolve(role["Policies"][0]["PolicyDocument"])) for a in as_list(st["Action"])}
-    # What the sinks call (pipeline/sinks/cloudwatch.py; DescribeLogStreams: Vector's sink), nothing more:
+    # What the sinks call (pipeline/sinks/cloudwatch/sink.py; DescribeLogStreams: Vector's sink), nothing more:
     # no DescribeLogGroups; PutRetentionPolicy (retention_days on a group the sink creates) on the group only.
     assert granted == {
         "logs:PutLogEvents",

@@ -326,7 +326,7 @@ def _quantity_mib(q: str) -> float:
 def test_replay_workers_are_what_the_cluster_can_grow_to(which: str) -> None:
     """The head's REPLAY_WORKERS (the driver's --workers) is the worker group's maxReplicas times the workers
     one worker pod holds, by the CPU and memory each worker asks Ray for."""
-    from pipeline.replay.budget import DEFAULT_BUDGET_MIB
+    from pipeline.memory import DEFAULT_BUDGET_MIB
     from pipeline.replay.workers import worker_options
 
     objs = render("kuberay")

@@ -21,8 +21,8 @@ from botocore.stub import Stubber
 from devstack.provision import LocalEnvironment
 from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError
-from pipeline.sinks import cloudwatch
-from pipeline.sinks.cloudwatch import CloudWatchSink, RetryPolicy
+from pipeline.sinks.cloudwatch import sink as cloudwatch
+from pipeline.sinks.cloudwatch.sink import CloudWatchSink, RetryPolicy
 from pipeline.tenants import Delivery, DeliveryType
 
 NOW = 1_717_200_000_000

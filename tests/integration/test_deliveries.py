@@ -19,7 +19,9 @@ from devstack import generator as gen
 from devstack.provision import CENTRAL_ACCOUNT_ID, LocalEnvironment, provision
 from devstack.readback import read_bucket, read_group
 from devstack.server import MotoServer
-from pipeline.delivery import LEDGER_SKIP, ObjectRef, Status, build_deliverer
+from pipeline.delivery.engine import build_deliverer
+from pipeline.delivery.results import LEDGER_SKIP, Status
+from pipeline.delivery.routing import ObjectRef
 from pipeline.ledger import NOTHING, Ledger
 from pipeline.tenants import TableSchema
 

@@ -16,13 +16,15 @@ import orjson
 import pytest
 
 from devstack.provision import LocalEnvironment
-from pipeline.batching import DAY_MS
 from pipeline.credentials import CredentialBroker
-from pipeline.delivery import Deliverer, ObjectRef, Status, TimeWindow
+from pipeline.delivery.engine import Deliverer
+from pipeline.delivery.results import Status
+from pipeline.delivery.routing import ObjectRef, TimeWindow
 from pipeline.keys import format_key
 from pipeline.ledger import Ledger
 from pipeline.records import vector_record
-from pipeline.sinks.cloudwatch import CloudWatchSink
+from pipeline.sinks.cloudwatch.limits import DAY_MS
+from pipeline.sinks.cloudwatch.sink import CloudWatchSink
 from pipeline.tenants import DeliveryType, TenantDirectory
 
 pytestmark = pytest.mark.integration

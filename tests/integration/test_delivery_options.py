@@ -31,7 +31,9 @@ from devstack.provision import LocalEnvironment
 from devstack.readback import read_bucket, read_group
 from pipeline.commands.tenants import main as tenants_cli
 from pipeline.consumer.metrics import Metrics
-from pipeline.delivery import ObjectRef, Status, build_deliverer
+from pipeline.delivery.engine import build_deliverer
+from pipeline.delivery.results import Status
+from pipeline.delivery.routing import ObjectRef
 
 pytestmark = pytest.mark.integration
 

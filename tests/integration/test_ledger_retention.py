@@ -15,7 +15,7 @@ import pytest
 
 from devstack import generator as gen
 from devstack.provision import LocalEnvironment
-from pipeline.delivery import build_deliverer
+from pipeline.delivery.engine import build_deliverer
 from pipeline.ledger import TTL_ATTRIBUTE, Ledger, LedgerEntry
 from pipeline.settings import ConfigError, Settings
 

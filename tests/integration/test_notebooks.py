@@ -23,7 +23,7 @@ from nbclient import NotebookClient
 from devstack.generator import DamageKind, GeneratorConfig, Manifest, write_dataset
 from devstack.provision import LocalEnvironment, provision
 from devstack.server import MotoServer
-from pipeline.delivery import DeliveryResult, ObjectResult, Status
+from pipeline.delivery.results import DeliveryResult, ObjectResult, Status
 from pipeline.ledger import Ledger, LedgerEntry
 from pipeline.replay.plan import Plan
 from pipeline.replay.report import ReplayReport

@@ -17,7 +17,7 @@ import pytest
 from devstack.provision import LocalEnvironment
 from pipeline import aws
 from pipeline.keys import format_key
-from pipeline.replay.listing import Listing, ListingFilter, list_window
+from pipeline.source.listing import Listing, ListingFilter, list_window
 from pipeline.storage import REPORTS_PREFIX
 
 pytestmark = pytest.mark.integration

@@ -18,13 +18,13 @@ from devstack.generator import GeneratorConfig, Manifest, write_dataset
 from devstack.provision import LocalEnvironment
 from devstack.readback import read_group
 from pipeline import aws
-from pipeline.delivery import TimeWindow
+from pipeline.delivery.routing import TimeWindow
 from pipeline.ledger import Ledger
-from pipeline.replay.budget import MemoryBudget, decoded_footprint
-from pipeline.replay.listing import ListingFilter, list_window
+from pipeline.memory import MemoryBudget, decoded_footprint
 from pipeline.replay.plan import WorkUnit, pack_units
 from pipeline.replay.report import INTERRUPTED
 from pipeline.replay.workers import UnitRunner
+from pipeline.source.listing import ListingFilter, list_window
 from pipeline.timespec import to_ms
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,8 @@ from devstack.server import MotoServer
 from pipeline.admin.store import TenantStore
 from pipeline.api.app import create_app
 from pipeline.commands.tenants import main as tenants_cli
-from pipeline.delivery import ObjectRef, build_deliverer
+from pipeline.delivery.engine import build_deliverer
+from pipeline.delivery.routing import ObjectRef
 from pipeline.ledger import Ledger
 from pipeline.status import (
     NAMESPACE,

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from devstack.provision import LocalEnvironment
-from pipeline.batching import prepare, stream_name
 from pipeline.credentials import CredentialBroker
+from pipeline.sinks.cloudwatch.limits import prepare, stream_name
 from pipeline.sinks.vector import VectorSink
 
 pytestmark = [

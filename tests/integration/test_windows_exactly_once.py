@@ -23,13 +23,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devstack.provision import LocalEnvironment
-from pipeline.batching import batches
 from pipeline.coverage import EMPTY, Coverage
-from pipeline.delivery import Deliverer, ObjectRef, Status, TimeWindow
+from pipeline.delivery.engine import Deliverer
+from pipeline.delivery.results import Status
+from pipeline.delivery.routing import ObjectRef, TimeWindow
 from pipeline.keys import format_key, listing_bounds, parse_key, pod_prefix
 from pipeline.ledger import NOTHING, Ledger
 from pipeline.records import Event
 from pipeline.sinks import SinkResult, SourceObject, traits_of
+from pipeline.sinks.cloudwatch.limits import batches
 from pipeline.tenants import Delivery, DeliveryType, Tenant
 
 pytestmark = pytest.mark.integration

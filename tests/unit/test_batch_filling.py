@@ -1,4 +1,5 @@
-"""Batches filled across a pod's objects (pipeline.batching.BatchFiller, pipeline.assembly), property-tested.
+"""Batches filled across a pod's objects (pipeline.sinks.cloudwatch.filling.BatchFiller,
+pipeline.sinks.cloudwatch.inflight), property-tested.
 
 Objects are random: quiet and busy, events over 1 MiB, objects that cross midnight, pods whose objects
 span more than 24 h, and objects damaged part-way (they give fewer events than they hold). The sink is an
@@ -19,18 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.assembly import Pending, PodBatches, PutPipeline
-from pipeline.batching import (
-    Batch,
-    BatchFiller,
-    Event,
-    batches,
-    group_by_stream,
-    min_put_requests,
-    prepare,
-)
 from pipeline.errors import DeliveryError
+from pipeline.records import Event
 from pipeline.sinks import SinkResult
+from pipeline.sinks.cloudwatch.filling import Batch, BatchFiller
+from pipeline.sinks.cloudwatch.inflight import Pending, PodBatches, PutPipeline
+from pipeline.sinks.cloudwatch.limits import batches, group_by_stream, min_put_requests, prepare
 from pipeline.tenants import Delivery, DeliveryType
 
 # The contract's numbers (CONTRACTS.md §5), written out rather than imported: the code is checked against

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.batching import (
-    Event,
+from pipeline.coverage import Coverage
+from pipeline.records import Event
+from pipeline.sinks.cloudwatch.limits import (
     batches,
     count_rejected,
     group_by_stream,
@@ -21,7 +22,6 @@ from pipeline.batching import (
     stream_name,
     utf8_sizes,
 )
-from pipeline.coverage import Coverage
 
 # The contract's numbers, written out here on purpose rather than imported: the tests check the code
 # against CONTRACTS.md §5, not against itself.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import baseline
-from pipeline.delivery import DeliveryResult, ObjectResult
+from pipeline.delivery.results import DeliveryResult, ObjectResult
 from pipeline.replay.plan import ObjectSpec, WorkUnit
 
 

@@ -1,4 +1,4 @@
-"""The replay worker's memory budget for decoded objects (pipeline.replay.budget)."""
+"""The replay worker's memory budget for decoded objects (pipeline.memory)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from pipeline.replay.budget import DECODED_BYTES_PER_STORED_BYTE, MemoryBudget, decoded_footprint
+from pipeline.memory import DECODED_BYTES_PER_STORED_BYTE, MemoryBudget, decoded_footprint
 
 WAIT = 5.0  # generous: only reached when something is wrong
 

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.consumer.events import InvalidMessageError, parse_body, unwrap_sqs_message
 from pipeline.consumer.processor import MessageOutcome
-from pipeline.delivery import ObjectResult, Status
+from pipeline.delivery.results import ObjectResult, Status
 
 BUCKET = "central-logs-123456789012-us-east-1"
 KEY = "prod-1/acme/payment-service/payment-7d9f/20240101-000000-0b9e.json.gz"

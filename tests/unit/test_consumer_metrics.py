@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.consumer.metrics import Metrics, MetricsServer, object_status
-from pipeline.delivery import DeliveryResult, ObjectResult, Status
+from pipeline.delivery.results import DeliveryResult, ObjectResult, Status
 
 
 def get(port: int, path: str) -> tuple[int, str, bytes]:

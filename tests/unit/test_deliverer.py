@@ -16,11 +16,13 @@ import orjson
 import pytest
 from botocore.exceptions import ClientError
 
-from pipeline.batching import Event
 from pipeline.coverage import EMPTY, WHOLE, Coverage
-from pipeline.delivery import LEDGER_SKIP, Deliverer, ObjectRef, Status
+from pipeline.delivery.engine import Deliverer
+from pipeline.delivery.results import LEDGER_SKIP, Status
+from pipeline.delivery.routing import ObjectRef
 from pipeline.errors import DeliveryError
 from pipeline.ledger import LedgerEntry, ObjectLedger
+from pipeline.records import Event
 from pipeline.sinks import SinkResult, SinkTraits, SourceObject, traits_of
 from pipeline.tenants import Delivery, DeliveryType, Tenant, TenantConfigError
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.batching import prepare
 from pipeline.filters import content_filter, pattern_problem
+from pipeline.sinks.cloudwatch.limits import prepare
 from pipeline.tenants import APPLICATION_GROUPS, TenantConfigError, delivery_item, parse_delivery
 
 BASE = {

@@ -34,7 +34,7 @@ from pipeline.retry import RetryPolicy
 from pipeline.settings import ConfigError as SettingsConfigError
 from pipeline.sinks import check_sinks
 from pipeline.sinks.base import SourceObject
-from pipeline.sinks.cloudwatch import CloudWatchSink
+from pipeline.sinks.cloudwatch.sink import CloudWatchSink
 from pipeline.sinks.s3 import S3Sink
 from pipeline.sinks.vector import resolve_binary
 from pipeline.tenants import Delivery, DeliveryType, TenantConfigError, TenantDirectory

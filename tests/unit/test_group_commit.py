@@ -13,7 +13,7 @@ import pytest
 from pipeline.consumer.commit import GroupCommit, LedgerView
 from pipeline.consumer.processor import DeferredRecords, MessageOutcome, MessageProcessor, Receive, _Work
 from pipeline.coverage import WHOLE
-from pipeline.delivery import DeliveryResult, ObjectResult
+from pipeline.delivery.results import DeliveryResult, ObjectResult
 from pipeline.ledger import NOTHING, ObjectLedger
 from pipeline.tenants import DeliveryType
 

@@ -28,7 +28,7 @@ from pipeline.inventory import (
 )
 from pipeline.keys import format_key, parse_key
 from pipeline.records import vector_record
-from pipeline.replay.listing import ListedObject
+from pipeline.source.listing import ListedObject
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 

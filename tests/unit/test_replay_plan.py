@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.coverage import WHOLE
-from pipeline.delivery import LEDGER_SKIP
+from pipeline.delivery.results import LEDGER_SKIP
 from pipeline.keys import format_key, parse_key
-from pipeline.replay.listing import ListedObject, Listing
 from pipeline.replay.plan import Plan, WorkUnit, make_plan, pack_units
+from pipeline.source.listing import ListedObject, Listing
 from pipeline.tenants import InvalidDelivery, Tenant, parse_delivery
 
 NOW = datetime(2024, 6, 20, 12, 0, 0, tzinfo=UTC)

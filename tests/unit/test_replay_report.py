@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.delivery import LEDGER_SKIP, DeliveryResult, ObjectResult, Status
+from pipeline.delivery.results import LEDGER_SKIP, DeliveryResult, ObjectResult, Status
 from pipeline.replay.plan import DeliveryPlan, ObjectSpec, Plan, WorkUnit
 from pipeline.replay.report import (
     EXIT_INTERRUPTED,

@@ -17,13 +17,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.delivery import ObjectResult
+from pipeline.delivery.results import ObjectResult
 from pipeline.keys import parse_key
-from pipeline.replay.listing import ListedObject, ListingFilter, Prefixes
 from pipeline.replay.plan import ObjectSpec, PlanTotals, UnitPacker, WorkUnit, pack_units, spec_of
 from pipeline.replay.report import INTERRUPTED, ReplayReport
 from pipeline.replay.scheduler import FairDispatch, Scheduler, sampled
 from pipeline.replay.survey import Survey
+from pipeline.source.listing import ListedObject, ListingFilter, Prefixes
 
 UNTIL = datetime(2024, 6, 20, tzinfo=UTC)
 SINCE = UNTIL - timedelta(days=1)

@@ -11,15 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.coverage import WHOLE, Coverage
-from pipeline.delivery import (
-    LEDGER_SKIP,
-    OUTSIDE_WINDOW,
-    DeliveryResult,
-    ObjectResult,
-    Routing,
-    Status,
-    TimeWindow,
-)
+from pipeline.delivery.results import LEDGER_SKIP, OUTSIDE_WINDOW, DeliveryResult, ObjectResult, Status
+from pipeline.delivery.routing import Routing, TimeWindow
 from pipeline.keys import ObjectKey, format_key, parse_key
 from pipeline.sinks import sink_plan, traits_of
 from pipeline.tenants import Delivery, DeliveryType, InvalidDelivery, Tenant

@@ -14,7 +14,7 @@ from pipeline.sinks import (
     sink_plan,
     traits_of,
 )
-from pipeline.sinks.cloudwatch import CloudWatchSink
+from pipeline.sinks.cloudwatch.sink import CloudWatchSink
 from pipeline.sinks.null import NullSink
 from pipeline.sinks.s3 import S3Sink
 from pipeline.sinks.vector import VectorSink

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.classify import advice
-from pipeline.delivery import LEDGER_SKIP, DeliveryResult, ObjectResult, Status
+from pipeline.delivery.results import LEDGER_SKIP, DeliveryResult, ObjectResult, Status
 from pipeline.status import (
     DEGRADED_LAG_S,
     FLUSH_INTERVAL_S,

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devstack.provision import SAMPLE_TENANTS, LocalEnvironment, create_tenant_table
-from pipeline.delivery import Routing
+from pipeline.delivery.routing import Routing
 from pipeline.keys import parse_key
 from pipeline.sinks import sink_plan, traits_of
 from pipeline.tenants import (

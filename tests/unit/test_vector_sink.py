@@ -21,10 +21,10 @@ import orjson
 import pytest
 
 from pipeline.aws import StaticCredentials
-from pipeline.batching import EVENT_OVERHEAD_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS
 from pipeline.errors import ConfigError, DeliveryError, NonRecoverableError
 from pipeline.retry import RetryPolicy
 from pipeline.sinks import build_sinks, traits_of
+from pipeline.sinks.cloudwatch.limits import EVENT_OVERHEAD_BYTES, MAX_BATCH_BYTES, MAX_BATCH_EVENTS
 from pipeline.sinks.vector import (
     STREAM_FIELD,
     VECTOR_MAX_MESSAGE_BYTES,

@@ -16,13 +16,13 @@ from typing import Any, ClassVar
 from botocore.exceptions import ClientError
 
 from pipeline import aws
-from pipeline.batching import batches, count_rejected, put_log_events_body
 from pipeline.classify import NETWORK_ERRORS, Action, Remedy, classify, classify_error, describe, remedy
 from pipeline.errors import DeliveryError
 from pipeline.records import Event
 from pipeline.retry import Retrying, RetryPolicy
 from pipeline.sinks import traits_of
 from pipeline.sinks.base import SinkResult, SinkTraits, TenantWriter
+from pipeline.sinks.cloudwatch.limits import batches, count_rejected, put_log_events_body
 from pipeline.tenants import Delivery
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The consumer sends each object's events as soon as it arrives: a stream's objects come minutes apart.
 The replay has a pod's objects in hand, in order, so it fills each stream's batches across objects
-(`pipeline.batching.BatchFiller`) and sends a batch only once it is full, or when the pod's objects run
+(`pipeline.sinks.cloudwatch.filling.BatchFiller`) and sends a batch only once it is full, or when the pod's objects run
 out. Calls then grow with bytes, not with objects: most pods are quiet, and their objects are small.
 
 An object's delivery is settled only when every one of its events is answered: accepted, or rejected
@@ -27,10 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.batching import Batch, BatchFiller
 from pipeline.errors import DeliveryError
 from pipeline.records import Event
 from pipeline.sinks import BatchSink, SinkResult
+from pipeline.sinks.cloudwatch.filling import Batch, BatchFiller
 from pipeline.tenants import Delivery
 
 log = logging.getLogger(__name__)

@@ -16,21 +16,18 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
 from datetime import datetime
-from enum import StrEnum
 from functools import partial
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import allocator, aws
-from pipeline.assembly import IN_FLIGHT_PUTS, Pending, PodBatches, PutPipeline
-from pipeline.batching import MAX_STREAM_NAME_CHARS, PreparedStream, group_by_stream, prepare
 from pipeline.classify import Action, classify_error
-from pipeline.counters import DecodeCounts, DeliveryCounts
-from pipeline.coverage import EMPTY, WHOLE, Coverage
+from pipeline.coverage import WHOLE, Coverage
 from pipeline.credentials import CredentialBroker
+from pipeline.delivery.results import DeliveryResult, ObjectResult, Status
+from pipeline.delivery.routing import ObjectRef, Routing, TimeWindow
 from pipeline.errors import DeliveryError, NonRecoverableError
 from pipeline.keys import InvalidKeyError, ObjectKey, parse_key
 from pipeline.ledger import NOTHING, Ledger, LedgerEntry, LedgerError, ObjectLedger
@@ -42,316 +39,14 @@ from pipeline.sinks import (
     EventSink,
     ObjectSink,
     Sink,
-    SinkTraits,
     SourceObject,
     build_sinks,
     writes_ledger,
 )
+from pipeline.sinks.cloudwatch.inflight import IN_FLIGHT_PUTS, Pending, PodBatches, PutPipeline
+from pipeline.sinks.cloudwatch.limits import MAX_STREAM_NAME_CHARS, PreparedStream, group_by_stream, prepare
+from pipeline.source.s3 import S3Object
 from pipeline.tenants import Delivery, DeliveryType, Tenant, TenantDirectory
-
-LEDGER_SKIP = "already delivered (ledger)"
-OUTSIDE_WINDOW = "written outside the window"
-
-
-@dataclass(frozen=True)
-class ObjectRef:
-    bucket: str
-    key: str
-    etag: str | None = None
-    size: int | None = None
-    last_modified: datetime | None = None
-
-
-@dataclass(frozen=True)
-class TimeWindow:
-    """The replay's window, since_ms <= t < until_ms.
-
-    Event deliveries (CloudWatch) filter events by their own timestamp and count the rest as filtered.
-    Object deliveries (S3) take whole objects by the write time in their key, so adjacent windows cover
-    every object exactly once.
-    """
-
-    since_ms: int
-    until_ms: int
-
-    @property
-    def coverage(self) -> Coverage:
-        return Coverage.window(self.since_ms, self.until_ms)
-
-    def holds_object(self, parsed: ObjectKey, last_modified: datetime | None) -> bool:
-        written = parsed.write_time or last_modified
-        return written is None or self.since_ms <= written.timestamp() * 1000 < self.until_ms
-
-
-class Status(StrEnum):
-    DELIVERED = "delivered"
-    SKIPPED = "skipped"  # nothing to do: already delivered, disabled, application or cluster not wanted
-    DAMAGED = "damaged"  # the readable part was delivered; the rest of the body cannot be read
-    FAILED = "failed"
-
-
-@dataclass
-class DeliveryResult(DeliveryCounts):
-    """What one object did at one delivery: its counters, and its outcome there."""
-
-    delivery_id: str
-    type: str
-    target: str = ""
-    status: Status = Status.DELIVERED
-    reason: str = ""
-    recoverable: bool = False
-    streams: list[str] = field(default_factory=list)
-    recorded: bool = False  # in the ledger
-    durable: bool = True  # False until the sink's flush() for sinks that are not durable on return
-    batched: bool = False  # durable, its record left for the caller's commit() to write with others
-    replace: bool = False  # batched, and its object's item may be written whole (`Ledger.replace_items`)
-    code: str = ""  # the AWS error code behind a failure, when known (DeliveryError.code)
-    held: bool = False  # not attempted: the caller held it back (its destination is backing off)
-    # Event deliveries: what the ledger says earlier runs delivered of this object (not sent again), and
-    # what this run is to cover (its window, or the whole object) and records once durable.
-    covered: Coverage = EMPTY
-    scope: Coverage = WHOLE
-    newest_event_ms: int = 0  # event deliveries: the newest event time of the object in this run's scope
-
-    @property
-    def done(self) -> bool:
-        return self.status in (Status.DELIVERED, Status.DAMAGED)
-
-    def fail(self, reason: str, recoverable: bool, code: str = "") -> DeliveryResult:
-        self.status, self.reason, self.recoverable, self.code = Status.FAILED, reason, recoverable, code
-        return self
-
-    def failed_with(self, exc: DeliveryError) -> DeliveryResult:
-        if exc.sent is not None:  # what the sink did before it gave up still happened on the wire
-            self.add(exc.sent)
-        return self.fail(exc.reason, exc.recoverable, exc.code)
-
-    def skip(self, reason: str) -> DeliveryResult:
-        self.status, self.reason = Status.SKIPPED, reason
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name
-            not in ("recorded", "durable", "batched", "replace", "held", "covered", "scope", "newest_event_ms")
-        }
-        d["status"] = str(self.status)
-        return d
-
-
-@dataclass
-class ObjectResult(DecodeCounts):
-    """What one object did: what reading it saw (its own counters), and a result per delivery."""
-
-    key: str
-    status: Status = Status.DELIVERED
-    reason: str = ""
-    recoverable: bool = False
-    tenant: str = ""
-    application: str = ""
-    etag: str = ""
-    malformed_samples: list[tuple[int, str]] = field(default_factory=list)
-    delivered_at: float = 0.0
-    last_modified: float = 0.0
-    deliveries: list[DeliveryResult] = field(default_factory=list)
-    # The object's ledger item is known to hold the map `deliveries` (read so, or recorded to): its next
-    # records set their own entries of it (`Ledger.record_many`).
-    mapped: bool = False
-
-    def totals(self) -> DeliveryCounts:
-        """The deliveries' counters summed: what the object did at all of them."""
-        out = DeliveryCounts()
-        for d in self.deliveries:
-            out.add(d)
-        return out
-
-    @property
-    def events_delivered(self) -> int:
-        return sum(d.events_delivered for d in self.deliveries)
-
-    @property
-    def events_rejected(self) -> int:
-        return sum(d.events_rejected for d in self.deliveries)
-
-    @property
-    def acknowledged(self) -> bool:
-        """Whether the work is durably done: delivered, or failed in a way a retry cannot fix."""
-        return not (self.status is Status.FAILED and self.recoverable)
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("deliveries", "mapped")
-        }
-        d["status"] = str(self.status)
-        d.update(self.totals().counts())
-        d["deliveries"] = [r.to_dict() for r in self.deliveries]
-        return d
-
-    def fail(self, reason: str, recoverable: bool) -> ObjectResult:
-        self.status, self.reason, self.recoverable = Status.FAILED, reason, recoverable
-        return self
-
-    def settle(self) -> ObjectResult:
-        """The object's status from its deliveries': any failed, else any damaged, else any delivered."""
-        if not self.deliveries:
-            # Unless already decided for the object as a whole (bad key, unknown tenant, interrupted), no
-            # delivery takes it: the tenant has none, or none was selected.
-            if self.status is Status.DELIVERED:
-                self.status, self.reason = Status.SKIPPED, "no delivery takes it"
-            return self
-        failed = [d for d in self.deliveries if d.status is Status.FAILED]
-        if failed:
-            reason = "; ".join(f"{d.delivery_id}: {d.reason}" for d in failed)
-            return self.fail(reason, any(d.recoverable for d in failed))
-        damaged = [d for d in self.deliveries if d.status is Status.DAMAGED]
-        if damaged:
-            self.status, self.reason = Status.DAMAGED, damaged[0].reason
-        elif any(d.status is Status.DELIVERED for d in self.deliveries):
-            self.status, self.reason = Status.DELIVERED, ""
-        else:
-            self.status = Status.SKIPPED
-            reasons = list(dict.fromkeys(d.reason for d in self.deliveries))
-            # Every delivery that takes the object has it: the others' filters are beside the point.
-            self.reason = LEDGER_SKIP if LEDGER_SKIP in reasons else "; ".join(reasons)
-        return self
-
-
-@dataclass(frozen=True)
-class Routing:
-    """Which of a tenant's deliveries take an object, and why the others do not: pure, shared by the
-    Deliverer (per object) and the replay plan (per listed object, with the ledger read in batches)."""
-
-    traits: Mapping[DeliveryType, SinkTraits]  # the sink serving each delivery type
-    window: TimeWindow | None = None
-    selected: frozenset[str] = frozenset()  # delivery ids or types; empty: every delivery
-    use_ledger: bool = True  # False: --redeliver, or no sink that writes the ledger
-    # False (the consumer): an object whose deliveries with work are all idempotent (S3) is delivered without
-    # asking the ledger, since a resend overwrites the same key; its record is still written.
-    read_idempotent: bool = True
-
-    def selects(self, delivery_id: str, kind: str) -> bool:
-        return not self.selected or delivery_id in self.selected or kind in self.selected
-
-    def whole_objects(self, kind: DeliveryType) -> bool:
-        return not self.traits[kind].needs_events
-
-    @property
-    def scope(self) -> Coverage:
-        """What an event delivery of this run covers of an object: the window, or all of it."""
-        return self.window.coverage if self.window else WHOLE
-
-    def route(
-        self,
-        tenant: Tenant,
-        parsed: ObjectKey,
-        last_modified: datetime | None,
-        delivered: Callable[[], Mapping[str, Coverage]],
-        held: Mapping[str, str] | None = None,
-    ) -> tuple[list[DeliveryResult], list[tuple[Delivery, DeliveryResult]]]:
-        """(a result for every selected delivery, the deliveries with work to do and their results).
-
-        `delivered` gives what the ledger has for this object, per delivery; it is called at most once,
-        and only when a delivery needs the answer. An object delivery with a record is done; an event
-        delivery is done when its record covers this run's scope, and otherwise sends only the rest.
-        `held`: deliveries the caller holds back (id → reason), failed recoverably before the ledger is asked.
-        Without `read_idempotent`, the ledger is asked only when a delivery that is not idempotent has work.
-        """
-        results: list[DeliveryResult] = []
-        todo: list[tuple[Delivery, DeliveryResult]] = []
-        for bad in tenant.invalid:
-            if self.selects(bad.delivery_id, ""):
-                results.append(DeliveryResult(bad.delivery_id, "?").fail(bad.reason, recoverable=False))
-        open_: list[tuple[Delivery, DeliveryResult, str]] = []
-        for d in tenant.deliveries:
-            if not self.selects(d.delivery_id, d.type):
-                continue
-            r = DeliveryResult(d.delivery_id, str(d.type), d.target)
-            results.append(r)
-            if d.type not in self.traits:  # a process built without that sink: leave the work for one with it
-                r.fail(f"no sink for {d.type} deliveries in this process", recoverable=True)
-                continue
-            reason = d.skip_reason(parsed)
-            if not reason and self.window and self.whole_objects(d.type):
-                reason = "" if self.window.holds_object(parsed, last_modified) else OUTSIDE_WINDOW
-            if not reason and held and d.delivery_id in held:
-                r.fail(held[d.delivery_id], recoverable=True)
-                r.held = True
-                continue
-            if not self.whole_objects(d.type):
-                r.scope = self.scope
-            open_.append((d, r, reason))
-        consult = self.use_ledger and any(
-            not reason
-            and self.traits[d.type].writes_ledger
-            and (self.read_idempotent or not self.traits[d.type].idempotent)
-            for d, _, reason in open_
-        )
-        done: Mapping[str, Coverage] | None = None
-        for d, r, reason in open_:
-            if not reason and consult and self.traits[d.type].writes_ledger:
-                if done is None:
-                    done = delivered()
-                covered = done.get(d.delivery_id)
-                if covered is not None and (self.whole_objects(d.type) or covered.covers(r.scope)):
-                    reason = LEDGER_SKIP
-                elif covered is not None:
-                    r.covered = covered
-            if reason:
-                r.skip(reason)
-            else:
-                todo.append((d, r))
-        return results, todo
-
-
-class _Source:
-    """One object of the central bucket, as the ledger check and the delivery see it.
-
-    The ledger is compared with the object's real ETag, never one a notification names. When the check
-    needs it before the body (the ledger holds something for the key), a HeadObject answers; the GetObject
-    that follows only if work is left is then made with `IfMatch` on that ETag, so what is sent is the
-    object that was checked. Without a check, GetObject alone gives the body and its ETag.
-    """
-
-    def __init__(self, s3: Any, ref: ObjectRef) -> None:
-        self.s3, self.ref = s3, ref
-        self._etag: str | None = None
-        self._error: DeliveryError | None = None
-
-    def _call(self, op: str, call: Callable[..., Any], **kwargs: Any) -> Any:
-        if self._error is not None:
-            raise self._error
-        try:
-            return call(Bucket=self.ref.bucket, Key=self.ref.key, **kwargs)
-        except ClientError as exc:
-            code = aws.error_code(exc)
-            # The central client keeps botocore's retries: what reaches here is a verdict, not a hiccup.
-            if classify_error("s3", exc) is Action.FAIL:  # NoSuchKey: deleted since the notification
-                self._error = NonRecoverableError(f"object no longer exists in s3://{self.ref.bucket}")
-            elif code == "PreconditionFailed":  # overwritten since the check: the next attempt checks again
-                self._error = DeliveryError("the object changed while it was being delivered", code=code)
-            else:
-                self._error = DeliveryError(f"{op} failed: {code or aws.http_status(exc)}", code=code)
-            raise self._error from exc
-        except BotoCoreError as exc:
-            self._error = DeliveryError(f"{op} failed: {type(exc).__name__}")
-            raise self._error from exc
-
-    def etag(self) -> str | None:
-        """The object's ETag (one HeadObject), or None when it cannot be read (open() then raises why)."""
-        if self._etag is None:
-            try:
-                self._etag = str(self._call("HeadObject", self.s3.head_object).get("ETag", "")).strip('"')
-            except DeliveryError:
-                return None
-        return self._etag
-
-    def open(self) -> Any:
-        """GetObject: the body, at the ETag checked if there was a check."""
-        obj = self._call("GetObject", self.s3.get_object, **({"IfMatch": f'"{self._etag}"'} if self._etag else {}))
-        self._etag = str(obj.get("ETag", "")).strip('"') or self._etag
-        return obj
 
 
 class Deliverer:
@@ -428,8 +123,8 @@ class Deliverer:
 
     @contextmanager
     def batching(self) -> Iterator[PodBatches | None]:
-        """Fill PutLogEvents batches across the objects delivered inside (`pipeline.assembly`): one pod's,
-        in order, on one thread. On leaving, the partial batches go out; `finish()` waits for the answers.
+        """Fill PutLogEvents batches across the objects delivered inside (`pipeline.sinks.cloudwatch.inflight`):
+        one pod's, in order, on one thread. On leaving, the partial batches go out; `finish()` waits for the answers.
         None when no sink takes single batches (Vector batches on its own): each object is sent alone."""
         if not any(s.traits.fills_batches for s in self.unique_sinks):
             yield None
@@ -487,7 +182,7 @@ class Deliverer:
         `delivered`: what the ledger has for the object, when the caller read it in a batch (`ledger_view`);
         None reads it here. The ledger is checked at the ETag S3 answers, never at one a caller or a
         notification names: when the ledger holds anything for the key, a HeadObject gives it first, and
-        the body is fetched (GetObject `IfMatch`) only if some delivery still has work (`_Source`).
+        the body is fetched (GetObject `IfMatch`) only if some delivery still has work (`S3Object`).
         `batches`: the pod's batches being filled
         (`batching()`), which hold back the events of deliveries whose sink takes single batches until a
         batch is full; those deliveries are recorded when their last batch is answered, at the latest in
@@ -507,7 +202,7 @@ class Deliverer:
         except InvalidKeyError as exc:
             return result.fail(exc.reason, recoverable=False)
         result.tenant, result.application = parsed.tenant, parsed.application
-        source = _Source(self.s3, ref)
+        source = S3Object(self.s3, ref)
         try:
             tenant = self.tenants.get(parsed.tenant)
             result.mapped = delivered is not None and delivered.mapped
@@ -550,7 +245,7 @@ class Deliverer:
         ref: ObjectRef,
         result: ObjectResult,
         known: ObjectLedger | None,
-        source: _Source,
+        source: S3Object,
         held: Mapping[str, str] | None,
     ) -> list[tuple[Delivery, DeliveryResult]]:
         ledger = self.ledger
@@ -588,7 +283,7 @@ class Deliverer:
 
     def _deliver_body(
         self,
-        source: _Source,
+        source: S3Object,
         parsed: ObjectKey,
         todo: list[tuple[Delivery, DeliveryResult]],
         result: ObjectResult,
