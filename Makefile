@@ -19,10 +19,13 @@ lint: $(STAMP)
 
 # The full suite: CI's command (.ci/run). On two workers, each with its own moto server and (when a module
 # asks for it) its own Ray head; a module's tests stay on one worker, so module-scoped worlds are set up once.
+# Modules are handed out in collection order (--no-loadscope-reorder; xdist's default sorts them by their
+# count of tests, which sent the one-test fault modules, the longest, last): the fault and integration
+# modules first, the many short unit modules at the end, so the two workers finish together.
 # `make test PYTEST_WORKERS=0` runs it in one process.
 PYTEST_WORKERS ?= 2
 test: lint
-	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The quick loop: pure tests only, no moto and no Ray (tests/conftest.py fails a unit test that starts either).
 unit: $(STAMP)

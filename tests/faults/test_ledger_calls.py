@@ -54,7 +54,9 @@ def ledger_calls(stack: FaultStack) -> list[Call]:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_replay_of_many_small_objects_into_27_new_streams_costs_the_wire_what_the_report_says(
-    stack: FaultStack, tmp_path: Path
+    stack: FaultStack,
+    tmp_path: Path,
+    shared_ray: str,  # on the session's Ray head, not a cold Ray of its own
 ) -> None:
     manifest = write(
         stack.local, applications=("payment-service", "frontend", "checkout"), pods_per_app=9, objects_per_pod=15,

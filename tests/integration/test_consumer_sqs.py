@@ -313,15 +313,22 @@ def test_sigterm_releases_what_it_cannot_finish_before_the_drain_deadline(
 ) -> None:
     set_visibility(local_aws, 30)
     with FaultProxy(local_aws.endpoint_url) as proxy:
-        # Puts that take far longer than the drain deadline, whatever the machine's speed.
-        slow_put = proxy.add(Rule(Delay(20.0), service="logs", operation="PutLogEvents"))
+        # Puts held until the consumer is gone: they outlast the drain deadline whatever the machine's speed.
+        held_puts = Hold()
+        proxy.add(Rule(held_puts, service="logs", operation="PutLogEvents"))
         consumer = start_consumer("--workers", "2", "--drain-timeout", "0.2", endpoint=proxy.url)
         manifest = write(local_aws, objects_per_pod=2, events=50)
         # A put held by the proxy (not just the consumer's long poll, which is in flight too).
-        wait_for(lambda: slow_put.stats.matched >= 1, 30, "a put in flight", interval=0.05)
-        code, seconds = consumer.terminate()
+        held_puts.wait_held(1, timeout=30)
+        try:
+            code, seconds = consumer.terminate()
+            # It exited with its puts still unanswered: it stopped at the drain deadline, not when the work did.
+            unanswered = held_puts.held
+        finally:
+            held_puts.open()  # the consumer is gone: its held puts are dropped, not forwarded
     assert code == 0
-    assert seconds < 5  # drain timeout, plus at most one 1 s long poll
+    assert unanswered >= 1
+    assert seconds < 30  # the deadline (0.2 s) plus one 1 s long poll, normally; the held puts would be 300 s
     released = next(r for r in consumer.logs() if r.get("msg") == "drained")["released"]
     assert released >= 1
     # Released means visible again now, not after the 30 s visibility timeout.

@@ -7,7 +7,6 @@ sample tenant's bucket in the local AWS, with the real double-hop credentials.
 
 from __future__ import annotations
 
-import gzip
 import string
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -18,16 +17,14 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devstack.provision import LocalEnvironment
 from pipeline import aws
-from pipeline.credentials import CredentialBroker
 from pipeline.errors import DeliveryError
 from pipeline.keys import ObjectKey, format_key, parse_key
 from pipeline.retry import RetryPolicy
 from pipeline.sinks import traits_of
-from pipeline.sinks.base import SourceObject
 from pipeline.sinks.s3 import CONTENT_TYPE, S3Sink, destination_key, object_metadata, refusal_reason
 from pipeline.tenants import DEFAULT_BUCKET_PREFIX, Delivery, DeliveryType
+from tests.support.s3_source import BODY, KEY, source
 
 ACCOUNT = "444444444444"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/logging/CustomerLogDistribution-umbrella"
@@ -41,12 +38,6 @@ DEST = Delivery(
     bucket="umbrella-logs",
     bucket_prefix=DEFAULT_BUCKET_PREFIX,
 )
-KEY = "prod-1/umbrella/payment-service/pay-7d9f/20240620-110000-00000000-0000-4000-8000-000000000000.json.gz"
-BODY = gzip.compress(b'{"message":"hello"}\n')
-
-
-def source(body: bytes = BODY, key: str = KEY) -> SourceObject:
-    return SourceObject("central-logs", key, "0123456789abcdef", body, parse_key(key))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -349,38 +340,6 @@ def test_traits_and_flush() -> None:
     sink, _, _, _ = sink_with([])
     sink.flush()  # nothing pending: PutObject had returned
     sink.close()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Into a sample tenant's own bucket, in the local AWS
-# ---------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.integration
-def test_put_object_into_the_tenants_bucket(local_aws: LocalEnvironment) -> None:
-    t = local_aws.tenant("umbrella")
-    dest = Delivery(
-        tenant_id=t.tenant_id,
-        delivery_id="s3-archive",
-        type=DeliveryType.S3,
-        role_arn=t.role_arn,
-        region=t.region,
-        bucket=t.bucket,
-        bucket_prefix=DEFAULT_BUCKET_PREFIX,
-    )
-    broker = CredentialBroker(local_aws.central_role_arn)
-    result = S3Sink(credentials=broker).put_object(dest, source())
-    assert result.bytes_delivered == len(BODY)
-    got = local_aws.tenant_s3("umbrella").get_object(
-        Bucket=t.bucket, Key=destination_key(DEFAULT_BUCKET_PREFIX, parse_key(KEY))
-    )
-    assert got["Body"].read() == BODY  # byte for byte
-    assert got["ContentType"] == CONTENT_TYPE and got["ContentEncoding"] == "gzip"
-    assert got["Metadata"] == object_metadata(source())
-    # A resend overwrites the same key: idempotent by construction.
-    S3Sink(credentials=broker).put_object(dest, source())
-    listed = local_aws.tenant_s3("umbrella").list_objects_v2(Bucket=t.bucket)
-    assert [o["Key"] for o in listed["Contents"]] == [destination_key(DEFAULT_BUCKET_PREFIX, parse_key(KEY))]
 
 
 def test_refused_attempts_are_counted_and_ride_on_the_error() -> None:
