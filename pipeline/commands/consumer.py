@@ -19,6 +19,8 @@ from typing import Any
 import click
 
 from pipeline import logs
+from pipeline.circuits import DEFAULT_BASE_S as DEFAULT_CIRCUIT_BASE_S
+from pipeline.circuits import DEFAULT_CAP_S as DEFAULT_CIRCUIT_CAP_S
 from pipeline.circuits import DEFAULT_HOLD_BASE_S, SQS_MAX_VISIBILITY_S
 from pipeline.cli import CONTEXT_SETTINGS, exit_on_bad_environment, log_level_option
 from pipeline.consumer import lambda_handler as _lambda
@@ -138,6 +140,16 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, list[dict[s
     "the back-off, not a worker, waits out a tenant's throttling.",
 )
 @click.option(
+    "--circuit-wait",
+    type=click.FloatRange(min=0.1, max=DEFAULT_CIRCUIT_CAP_S),
+    envvar="CIRCUIT_WAIT_SECONDS",
+    default=DEFAULT_CIRCUIT_BASE_S,
+    show_default=True,
+    show_envvar=True,
+    help="How long a destination's circuit first stays open after throttling or a recoverable failure, doubled "
+    f"after each failed probe up to {DEFAULT_CIRCUIT_CAP_S:.0f} s (sqs).",
+)
+@click.option(
     "--backoff-delay",
     type=click.FloatRange(min=0, max=SQS_MAX_VISIBILITY_S),
     envvar="BACKOFF_DELAY_SECONDS",
@@ -190,6 +202,7 @@ def main(
     drain_timeout: float,
     put_attempts: int | None,
     throttle_attempts: int,
+    circuit_wait: float,
     backoff_delay: float,
     metrics_port: int,
     metrics_host: str,
@@ -236,6 +249,7 @@ def main(
                     memory_budget_mib=memory_budget_mib,
                     throttle_attempts=throttle_attempts,
                     backoff_delay_s=backoff_delay,
+                    circuit_base_s=circuit_wait,
                 )
             )
         if mode == "lambda":

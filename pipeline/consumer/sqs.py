@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws, environment
+from pipeline.circuits import DEFAULT_BASE_S as DEFAULT_CIRCUIT_BASE_S
 from pipeline.circuits import DEFAULT_HOLD_BASE_S, CircuitBreakers
 from pipeline.classify import Action, classify_error, describe
 from pipeline.consumer.metrics import Metrics, MetricsServer
@@ -522,6 +523,7 @@ def serve(
     memory_budget_mib: int | None = None,
     throttle_attempts: int | None = None,
     backoff_delay_s: float = DEFAULT_HOLD_BASE_S,
+    circuit_base_s: float = DEFAULT_CIRCUIT_BASE_S,
 ) -> int:
     """Run the SQS consumer with its metrics server until SIGTERM; the exit code. Raises ConfigError."""
     # All missing at once; the bucket too, since it is the only one the consumer delivers from.
@@ -531,7 +533,7 @@ def serve(
     metrics = Metrics()
     budget = MemoryBudget((memory_budget_mib or DEFAULT_CONSUMER_BUDGET_MIB) * 1024 * 1024)
     deliverer = consumer_deliverer(settings, put_attempts, throttle_attempts)
-    circuits = CircuitBreakers()
+    circuits = CircuitBreakers(base_s=circuit_base_s)
     status = status_recorder(settings, deliverer.tenants, circuits)
     processor = MessageProcessor(
         deliverer,

@@ -225,9 +225,9 @@ def test_recoverable_failure_comes_back_and_ends_in_the_dlq_after_three_receives
 ) -> None:
     add_unreachable_tenant(local_aws)
     # The failure opens oscorp's circuit (pipeline/circuits.py): each later receive is its probe, handed back
-    # after the circuit's wait (5, then 10 s, plus up to one open time of spread) rather than --retry-delay; a
-    # 1 s back-off base keeps the receive-count floor below those waits.
-    consumer = start_consumer("--put-attempts", "1", "--backoff-delay", "1")
+    # after the circuit's wait (--circuit-wait 1: 1, then 2 s, plus up to one open time of spread) rather than
+    # --retry-delay; a 1 s back-off base keeps the receive-count floor at those waits.
+    consumer = start_consumer("--put-attempts", "1", "--backoff-delay", "1", "--circuit-wait", "1")
     bad = write(local_aws, tenants=("oscorp",))
     good = write(local_aws, tenants=("acme",), seed=1)
     bad_key = bad.objects[0].key
