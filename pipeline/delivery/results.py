@@ -11,8 +11,6 @@ from pipeline.coverage import EMPTY, WHOLE, Coverage
 from pipeline.errors import DeliveryError
 
 LEDGER_SKIP = "already delivered (ledger)"
-
-
 OUTSIDE_WINDOW = "written outside the window"
 
 

@@ -23,35 +23,15 @@ from pipeline.filters import ContentFilter
 from pipeline.records import Event
 
 MAX_BATCH_BYTES = 1_048_576
-
-
 EVENT_OVERHEAD_BYTES = 26
-
-
 MAX_BATCH_EVENTS = 10_000
-
-
 MAX_EVENT_BYTES = 1_048_576  # including the 26-byte overhead
-
-
 MAX_MESSAGE_BYTES = MAX_EVENT_BYTES - EVENT_OVERHEAD_BYTES
-
-
 MAX_BATCH_SPAN_MS = 24 * 3600 * 1000
-
-
 MAX_AGE_MS = 14 * 24 * 3600 * 1000
-
-
 MAX_FUTURE_MS = 2 * 3600 * 1000
-
-
 MAX_STREAM_NAME_CHARS = 512
-
-
 DAY_MS = 86_400_000
-
-
 _day_names: dict[int, str] = {}
 
 
@@ -297,11 +277,7 @@ def utf8_sizes(messages: list[str]) -> list[int]:
 
 
 _ts = itemgetter(0)
-
-
 _msg = itemgetter(1)
-
-
 _utf8 = methodcaller("encode", "utf-8", "surrogatepass")
 
 
