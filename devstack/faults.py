@@ -222,14 +222,15 @@ class Drop:
 @dataclass(frozen=True)
 class Delay:
     """Hold the request, then forward it: a slow network on the way in. A request whose client went away
-    while it was held (a killed process) is not forwarded: the service never receives it."""
+    meanwhile (a killed process) is not forwarded: the service never receives it."""
 
     seconds: float
 
 
 class Hold:
-    """Hold each request until the test lets it go, then forward it. A request whose client went away while
-    it was held (a killed process) is not forwarded: the service never receives it.
+    """Hold each request until the test lets it go, then forward it. A request whose client went away
+    meanwhile (a killed process) is not forwarded: the service never receives it, and no request of a dead
+    client is, even one the proxy reads only after the test removed its rule.
 
     Where a `Delay` decides by how long things take, a hold decides by events: `wait_held(n)` returns once
     n requests are held at once, `release(n)` lets the next n go (held now, or arriving later), `open()` lets
@@ -598,16 +599,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         if isinstance(action, Delay):
             time.sleep(action.seconds)
-            if self._client_gone():
-                proxy._record(req, 0, "client gone while delayed")
-                self.close_connection = True
-                return
         elif isinstance(action, Hold):
             action.block()
-            if self._client_gone():
-                proxy._record(req, 0, "client gone while held")
-                self.close_connection = True
-                return
         elif isinstance(action, Hook):
             action.fn(req)
         elif isinstance(action, Drop) and not action.after_forward:
@@ -629,6 +622,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(200, [("Content-Type", "application/x-amz-json-1.1")], action.body)
             return
 
+        # A killed process's request is never forwarded, whenever the proxy comes to it: while it was held or
+        # delayed, or still unread in the socket when a test removed the rule that would have held it. So a
+        # test that kills a client knows that what it sent and was not answered never reached the service.
+        if self._client_gone():
+            waited = (
+                " while held" if isinstance(action, Hold) else " while delayed" if isinstance(action, Delay) else ""
+            )
+            proxy._record(req, 0, f"client gone{waited}")
+            self.close_connection = True
+            return
         try:
             status, resp_headers, data = proxy.forward(req)
         except OSError:
