@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from hypothesis import settings
 
 from devstack.localray import LocalRay
 from devstack.provision import LOCAL_CREDENTIALS, LocalEnvironment, provision
@@ -25,6 +26,11 @@ NOT_UNIT = {"integration", "ray", "slow"}
 # Fixtures that start or reach the moto server: a unit test that asks for one is a mistake, said at setup.
 MOTO_FIXTURES = {"moto_server", "local_aws", "module_aws", "stack", "fault_proxy"}
 RAY_PROCESSES = ("raylet", "gcs_server", "ray::")
+
+# Property tests are decided by their examples, not by how fast one runs: hypothesis's default 200 ms deadline
+# per example failed test_coverage on a machine at load 28. Tests that care about time measure it themselves.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
