@@ -79,9 +79,27 @@ class JobCommand:
         return shlex.join(self.argv())
 
 
-def token_from_env(env: Mapping[str, str]) -> str | None:
-    """The cluster's token when `RAY_AUTH_MODE=token`: RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH.
-    None without token auth, or with neither variable (Ray's own loader then looks in its default place)."""
+@dataclass(frozen=True)
+class TokenFile:
+    """A token kept in a file (a mounted Kubernetes Secret), read again at each call: the kubelet rewrites the
+    file when the Secret is rotated, and a token read once at start would be refused until a restart."""
+
+    path: Path
+
+    def read(self) -> str:
+        try:
+            token = self.path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"RAY_AUTH_TOKEN_PATH {str(self.path)!r} cannot be read: {exc.strerror}") from None
+        if not token:
+            raise ConfigError(f"RAY_AUTH_TOKEN_PATH {str(self.path)!r} is empty")
+        return token
+
+
+def token_from_env(env: Mapping[str, str]) -> str | TokenFile | None:
+    """The cluster's token when `RAY_AUTH_MODE=token`: RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH (read
+    now, so a wrong path is a ConfigError at start, and again at each call). None without token auth, or with
+    neither variable (Ray's own loader then looks in its default place)."""
     if env.get("RAY_AUTH_MODE", "").strip().lower() != "token":
         return None
     token = env.get("RAY_AUTH_TOKEN", "").strip()
@@ -89,13 +107,9 @@ def token_from_env(env: Mapping[str, str]) -> str | None:
         return token
     path = env.get("RAY_AUTH_TOKEN_PATH", "").strip()
     if path:
-        try:
-            token = Path(path).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"RAY_AUTH_TOKEN_PATH {path!r} cannot be read: {exc.strerror}") from None
-        if not token:
-            raise ConfigError(f"RAY_AUTH_TOKEN_PATH {path!r} is empty")
-        return token
+        source = TokenFile(Path(path))
+        source.read()
+        return source
     return None
 
 
@@ -117,7 +131,7 @@ class RayJobs:
     is used again as soon as it answers."""
 
     address: str
-    token: str | None = None
+    token: str | TokenFile | None = None
     runtime_env_vars: dict[str, str] = field(default_factory=dict)  # variables every job gets
     timeout_s: float = CALL_TIMEOUT_S
 
@@ -135,8 +149,12 @@ class RayJobs:
         """(HTTP status, body) of one call; JobsUnavailable when the cluster cannot be reached at all, or
         refuses the token (Ray answers 401 without one, 403 for a wrong one)."""
         headers = {"Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            token = self.token.read() if isinstance(self.token, TokenFile) else self.token
+        except ConfigError as exc:  # the mounted Secret went away: the cluster cannot be asked, for now
+            raise JobsUnavailable(str(exc)) from None
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         data = None
         if body is not None:
             data = orjson.dumps(body)

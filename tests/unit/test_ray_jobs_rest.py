@@ -8,13 +8,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.replay.submit import STOP_WAIT_S, JobCommand, JobsUnavailable, RayJobs, dashboard_url
+from pipeline.replay.submit import STOP_WAIT_S, JobCommand, JobsUnavailable, RayJobs, TokenFile, dashboard_url
 
 TOKEN = "t0ken"
 
@@ -122,6 +123,24 @@ def test_a_refused_token_is_unavailable_and_says_which_variables_hold_it(
     with pytest.raises(JobsUnavailable, match=rf"refused the token \(HTTP {status}\).*RAY_AUTH_TOKEN"):
         RayJobs(api.url, token).submit(COMMAND)
     assert api.jobs == {}
+
+
+def test_a_token_in_a_file_is_read_at_each_call_so_a_rotated_secret_is_used_without_a_restart(
+    api: FakeJobsApi, tmp_path: Path
+) -> None:
+    path = tmp_path / "token"
+    path.write_text("0ld-t0ken\n")  # the cluster's token was rotated; the mounted Secret not yet
+    jobs = RayJobs(api.url, TokenFile(path))
+    with pytest.raises(JobsUnavailable, match=r"refused the token \(HTTP 403\)"):
+        jobs.status("rp-1")
+    path.write_text(f"{TOKEN}\n")  # the kubelet rewrote the file: the same client sends the new token
+    assert jobs.status("rp-1") == (None, "the Ray cluster has no job rp-1")
+    assert [h["Authorization"] for _, _, h, _ in api.seen[-2:]] == ["Bearer 0ld-t0ken", f"Bearer {TOKEN}"]
+    path.unlink()  # mid-rotation: no token to send, and the cluster is not asked without one
+    seen = len(api.seen)
+    with pytest.raises(JobsUnavailable, match=r"RAY_AUTH_TOKEN_PATH .* cannot be read"):
+        jobs.status("rp-1")
+    assert len(api.seen) == seen
 
 
 def test_a_cluster_that_does_not_answer_is_unavailable(api: FakeJobsApi) -> None:

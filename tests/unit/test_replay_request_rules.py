@@ -15,7 +15,7 @@ from pipeline.errors import ConfigError
 from pipeline.replay.ratelimit import EventCap
 from pipeline.replay.requests import ID_RE, State, iso, max_window_days, new_replay_id, parse_spec
 from pipeline.replay.service import ReplayService, answer, report_location
-from pipeline.replay.submit import JobCommand, token_from_env
+from pipeline.replay.submit import JobCommand, TokenFile, token_from_env
 from pipeline.tenants import Delivery, DeliveryType, InvalidDelivery, Tenant, TenantConfigError
 
 NOW = datetime(2026, 5, 2, 12, 0, tzinfo=UTC)
@@ -115,7 +115,8 @@ def test_the_cluster_token_is_read_as_contracts_7_names_it(tmp_path: Path) -> No
     assert token_from_env({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": " t0k "}) == "t0k"
     path = tmp_path / "token"
     path.write_text("fr0m-file\n")
-    assert token_from_env({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}) == "fr0m-file"
+    source = token_from_env({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)})
+    assert isinstance(source, TokenFile) and source.read() == "fr0m-file"
     with pytest.raises(ConfigError, match="RAY_AUTH_TOKEN_PATH"):
         token_from_env({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
     assert token_from_env({"RAY_AUTH_MODE": "token"}) is None  # Ray's own loader looks in its default place
