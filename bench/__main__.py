@@ -48,10 +48,22 @@ def arguments(module: object, quick: bool) -> list[str]:
     return [str(a) for a in getattr(module, "QUICK_ARGS", QUICK_FALLBACK.get(name, []))]
 
 
+def usage() -> str:
+    listed = "\n".join(f"  {m.removesuffix('_bench')}" for m in discover([]))
+    return f"{(__doc__ or '').strip()}\n\nBenchmarks (a NAME matches those it is part of):\n{listed}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     names = sys.argv[1:] if argv is None else list(argv)
+    if {"-h", "--help"} & set(names):
+        print(usage())
+        return 0
     quick = "--quick" in names
     names = [n for n in names if n != "--quick"]
+    unknown = [n for n in names if n.startswith("-")]
+    if unknown:  # a benchmark's own options go to `python -m bench.NAME_bench`, not through the runner
+        print(f"unknown option {' '.join(unknown)}: python -m bench [--quick] [NAME ...]", file=sys.stderr)
+        return 2
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     modules = discover(names)

@@ -207,3 +207,13 @@ def test_a_release_side_that_imports_this_checkouts_pipeline_is_a_harness_error(
     this, cmp = baseline.beside_release(script, [], {"a": True}, rev="HEAD")
     assert len(this) == 1 and not cmp["meets_release_target"]
     assert "imported another pipeline" in cmp["errors"][0] and str(baseline.REPO / "pipeline") in cmp["errors"][0]
+
+
+def test_the_bench_runner_answers_help_and_refuses_options_it_does_not_know(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.__main__ import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "python -m bench [--quick] [NAME ...]" in out and "\n  replay\n" in out  # and runs nothing
+    assert main(["replay", "--repeats", "2"]) == 2  # not a name to match: a benchmark's own option
+    assert "unknown option --repeats" in capsys.readouterr().err
