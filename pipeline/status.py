@@ -62,6 +62,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.classify import advice, describe, is_throttling
+from pipeline.counters import add_ints
 from pipeline.errors import NotFound
 from pipeline.keys import InvalidKeyError, parse_key
 from pipeline.timespec import iso_z
@@ -112,8 +113,7 @@ class Figures:
     objects_failed: int = 0
 
     def add(self, other: Figures) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        add_ints(self, other)
 
     def to_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
