@@ -724,8 +724,8 @@ def deserialize(raw: Mapping[str, Any]) -> dict[str, Any]:
 def tenant_items(ddb: DynamoDBClient, table: str, tenant_id: str, consistent: bool = False) -> list[dict[str, Any]]:
     """Every item of one tenant, deserialized: a Query, across its pages (boto3's paginator).
 
-    A query the table can never answer (ValidationException: not a tenant id it can hold) means no such
-    tenant, so no items; anything else is the table's trouble, raised for the caller."""
+    A query the table can never answer (`never_held`) means no such tenant, so no items; anything else is the
+    table's trouble, raised for the caller."""
     query: dict[str, Any] = {
         "TableName": table,
         "KeyConditionExpression": "tenant_id = :t",
@@ -736,9 +736,15 @@ def tenant_items(ddb: DynamoDBClient, table: str, tenant_id: str, consistent: bo
     try:
         return [deserialize(i) for page in ddb.get_paginator("query").paginate(**query) for i in page.get("Items", [])]
     except ClientError as exc:
-        if classify_error("dynamodb", exc) is Action.FAIL:
+        if never_held(exc):
             return []
         raise
+
+
+def never_held(exc: ClientError) -> bool:
+    """Whether the tenant table refused a read of a key it can never hold (classify: FAIL, a ValidationException
+    for a tenant id it cannot store): no such item, rather than the table's trouble. Every read by key asks this."""
+    return classify_error("dynamodb", exc) is Action.FAIL
 
 
 def table_schema(ddb: DynamoDBClient, table: str) -> TableSchema:

@@ -50,6 +50,7 @@ from pipeline.tenants import (
     delivery_item,
     deserialize,
     generate_external_id,
+    never_held,
     parse_delivery,
     parse_profile,
     profile_item,
@@ -209,7 +210,7 @@ class TenantStore:
         try:
             resp = self._ddb.get_item(TableName=self.table, Key=self._key(tenant_id, delivery_id), ConsistentRead=True)
         except ClientError as exc:
-            if aws.error_code(exc) == "ValidationException":
+            if never_held(exc):
                 return None
             raise
         raw = resp.get("Item")
