@@ -379,6 +379,15 @@ def _names(item: Mapping[str, Any], name: str, errors: dict[str, str], lower: bo
     return frozenset((v.strip().lower() if lower else v.strip()) for v in value if v.strip())
 
 
+def _tenant_id(item: Mapping[str, Any], errors: dict[str, str]) -> str:
+    """The item's tenant id; one that is not a namespace name is named in `errors` (and returned as text)."""
+    tenant_id = item.get("tenant_id")
+    if not isinstance(tenant_id, str) or not TENANT_ID_RE.fullmatch(tenant_id):
+        errors["tenant_id"] = f"{tenant_id!r} is not a valid namespace name"
+        return str(tenant_id)
+    return tenant_id
+
+
 def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2, strict: bool = False) -> Delivery:
     """A Delivery from a deserialized item, or TenantConfigError naming every bad field.
 
@@ -389,10 +398,7 @@ def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2
     errors: dict[str, str] = {}
     if strict:
         errors.update(_foreign_fields(item))
-    tenant_id = item.get("tenant_id")
-    if not isinstance(tenant_id, str) or not TENANT_ID_RE.fullmatch(tenant_id):
-        errors["tenant_id"] = f"{tenant_id!r} is not a valid namespace name"
-        tenant_id = str(tenant_id)
+    tenant_id = _tenant_id(item, errors)
     if schema is TableSchema.V1:
         delivery_id, kind = V1_DELIVERY_ID, DeliveryType.CLOUDWATCH
     else:
@@ -550,10 +556,7 @@ def parse_profile(item: Mapping[str, Any], strict: bool = False) -> TenantProfil
     if strict:
         foreign = [n for n in item if n not in PROFILE_FIELD_NAMES]
         errors.update(dict.fromkeys(foreign, "not a field of a tenant profile (CONTRACTS.md §3)"))
-    tenant_id = item.get("tenant_id")
-    if not isinstance(tenant_id, str) or not TENANT_ID_RE.fullmatch(tenant_id):
-        errors["tenant_id"] = f"{tenant_id!r} is not a valid namespace name"
-        tenant_id = str(tenant_id)
+    tenant_id = _tenant_id(item, errors)
     accounts = _names(item, "accounts", errors, lower=False)
     if accounts is None and "accounts" not in errors:
         errors["accounts"] = "required field is missing (the tenant's 12-digit AWS account ids)"

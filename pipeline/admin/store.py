@@ -256,7 +256,7 @@ class TenantStore:
     def profile(self, tenant_id: str) -> TenantProfile | None:
         """The tenant's profile, None for a legacy tenant; TenantConfigError (naming `tenant_id`) when the
         stored one does not validate: nothing is written for a tenant whose accounts cannot be read."""
-        raw = self._get_raw(tenant_id, PROFILE_ID)
+        raw = self._raw_profile(tenant_id)
         if raw is None:
             return None
         try:
@@ -264,6 +264,10 @@ class TenantStore:
         except TenantConfigError as exc:
             problem = f"the tenant profile does not validate: {exc.reason}"
             raise TenantConfigError(exc.reason, {"tenant_id": problem}) from None
+
+    def _raw_profile(self, tenant_id: str) -> dict[str, Any] | None:
+        # A tenant id the table cannot hold has no profile to read (a write's validation names the id itself).
+        return self._get_raw(tenant_id, PROFILE_ID) if TENANT_ID_RE.fullmatch(tenant_id) else None
 
     def describe(self, tenant_id: str) -> dict[str, Any]:
         """The tenant as `GET /tenants/{id}` answers it: its profile (null for a legacy tenant), whether it is
@@ -299,7 +303,7 @@ class TenantStore:
     def put(self, tenant_id: str, delivery_id: str, body: Mapping[str, Any], if_match: str | None = None) -> Change:
         """Create or replace a delivery; unchanged (and not written) when it is the same delivery."""
         before = self._get_raw(tenant_id, delivery_id) if delivery_id != PROFILE_ID else None
-        item = validate_write(tenant_id, delivery_id, body, self._profile_for_write(tenant_id), before)
+        item = validate_write(tenant_id, delivery_id, body, self.profile(tenant_id), before)
         return self._write(tenant_id, delivery_id, before, item, if_match, "replaced" if before else "created")
 
     def patch(
@@ -313,12 +317,8 @@ class TenantStore:
                 merged.pop(name, None)
             else:
                 merged[name] = value
-        item = validate_write(tenant_id, delivery_id, merged, self._profile_for_write(tenant_id), before)
+        item = validate_write(tenant_id, delivery_id, merged, self.profile(tenant_id), before)
         return self._write(tenant_id, delivery_id, before, item, if_match, "updated")
-
-    def _profile_for_write(self, tenant_id: str) -> TenantProfile | None:
-        # A tenant id the table cannot hold has no profile to read: validate_write names the id itself.
-        return self.profile(tenant_id) if TENANT_ID_RE.fullmatch(tenant_id) else None
 
     # -- profiles -----------------------------------------------------------------------------------------
 
@@ -330,7 +330,7 @@ class TenantStore:
         from a profile when none of the tenant's deliveries writes into them: otherwise they would be
         refused at delivery time, so the PUT is refused now, naming them.
         """
-        before = self._get_raw(tenant_id, PROFILE_ID) if TENANT_ID_RE.fullmatch(tenant_id) else None
+        before = self._raw_profile(tenant_id)
         errors: dict[str, str] = {}
         for name in ("external_id", "external_id_next"):
             if name in body and (before is None or body[name] != before.get(name)):
@@ -390,7 +390,7 @@ class TenantStore:
         )
 
     def _profile_or_missing(self, tenant_id: str) -> tuple[dict[str, Any], TenantProfile]:
-        raw = self._get_raw(tenant_id, PROFILE_ID) if TENANT_ID_RE.fullmatch(tenant_id) else None
+        raw = self._raw_profile(tenant_id)
         if raw is None:
             raise NotFound(f"tenant {tenant_id!r} has no profile")
         try:
