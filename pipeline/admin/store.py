@@ -25,7 +25,8 @@ import binascii
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -162,6 +163,18 @@ def validate_write(
         detail = "; ".join(f"{name}: {problem}" for name, problem in sorted(errors.items()))
         raise TenantConfigError(f"tenant {tenant_id!r} delivery {delivery_id!r}: {detail}", errors)
     return item
+
+
+@contextmanager
+def _unless_changed(what: str) -> Iterator[None]:
+    """A write conditioned on `_unchanged_since`: its condition failing means someone changed the item since it was
+    read (PreconditionFailed, for the caller to read it again); any other error is raised as it is."""
+    try:
+        yield
+    except ClientError as exc:
+        if aws.error_code(exc) == "ConditionalCheckFailedException":
+            raise PreconditionFailed(f"the {what} changed since it was read; read it again") from None
+        raise
 
 
 class TenantStore:
@@ -416,28 +429,15 @@ class TenantStore:
     def _write_profile(
         self, tenant_id: str, before: dict[str, Any] | None, profile: TenantProfile, if_match: str | None, action: str
     ) -> Change:
-        self._precondition(before, if_match)
-        item = profile_item(profile)
-        if before is not None and _unstamped(item) == _unstamped(before):  # stored as profile_item writes it
-            return Change("unchanged", before, before)
-        item = self._put_stamped(before, item, "profile")
-        change = Change(action, before, item)
-        # The audit line names what changed, never the ExternalIds themselves: they are the customer's
-        # trust condition, shown once to the operator and to nobody reading the logs.
-        self._audit(tenant_id, PROFILE_ID, Change(action, _redacted(before), _redacted(item)))
-        return change
+        return self._write(tenant_id, PROFILE_ID, before, profile_item(profile), if_match, action)
 
     def delete(self, tenant_id: str, delivery_id: str, if_match: str | None = None) -> Change:
         before = self.get(tenant_id, delivery_id).item
         self._precondition(before, if_match)
-        try:
+        with _unless_changed("delivery"):
             self._ddb.delete_item(
                 TableName=self.table, Key=self._key(tenant_id, delivery_id), **self._unchanged_since(before)
             )
-        except ClientError as exc:
-            if aws.error_code(exc) == "ConditionalCheckFailedException":
-                raise PreconditionFailed("the delivery changed since it was read; read it again") from None
-            raise
         change = Change("deleted", before, None)
         self._audit(tenant_id, delivery_id, change)
         return change
@@ -451,28 +451,30 @@ class TenantStore:
         if_match: str | None,
         action: str,
     ) -> Change:
+        """Write `item` (a delivery's, or the profile's) in place of `before`, the stored item as read: unless
+        If-Match refuses it or it changes nothing; only if `before` is still what is stored; audited."""
         self._precondition(before, if_match)
-        if before is not None and same_delivery(before, item):
+        profile = delivery_id == PROFILE_ID
+        # A profile is stored as profile_item writes it; a delivery is compared as every reader parses it.
+        if before is not None and (_unstamped(item) == _unstamped(before) if profile else same_delivery(before, item)):
             return Change("unchanged", before, before)
-        item = self._put_stamped(before, item, "delivery")
+        item = self._put_stamped(before, item, "profile" if profile else "delivery")
         change = Change(action, before, item)
-        self._audit(tenant_id, delivery_id, change)
+        # The audit line of a profile names what changed, never the ExternalIds themselves: they are the
+        # customer's trust condition, shown once to the operator and to nobody reading the logs.
+        self._audit(tenant_id, delivery_id, Change(action, _redacted(before), _redacted(item)) if profile else change)
         return change
 
     def _put_stamped(self, before: dict[str, Any] | None, item: dict[str, Any], what: str) -> dict[str, Any]:
         """Write the item with its created/updated stamps, only if the stored one is still `before`."""
         stamp = self._clock()
         item = {**item, "created_at": (before or {}).get("created_at") or stamp, "updated_at": stamp}
-        try:
+        with _unless_changed(what):
             self._ddb.put_item(
                 TableName=self.table,
                 Item={k: _serializer.serialize(v) for k, v in item.items()},
                 **self._unchanged_since(before),
             )
-        except ClientError as exc:
-            if aws.error_code(exc) == "ConditionalCheckFailedException":
-                raise PreconditionFailed(f"the {what} changed since it was read; read it again") from None
-            raise
         return item
 
     @staticmethod
