@@ -68,3 +68,14 @@ class DecodeCounts(_Counts):
 
 DeliveryCounts.NAMES = tuple(f.name for f in fields(DeliveryCounts))
 DecodeCounts.NAMES = tuple(f.name for f in fields(DecodeCounts))
+
+
+def add_ints(into: object, other: object) -> None:
+    """Add every int field of the dataclass `other` into `into`, of the same type; a bool is not a count, and
+    other fields are left alone. The sum of figures that are not one of the families above (the status's
+    figures, the replay plan's), whose counters are simply their int fields."""
+    # Through the instance dicts, as `_Counts.add`: the status adds one object's figures per delivery.
+    mine = into.__dict__
+    for name, value in other.__dict__.items():
+        if type(value) is int:
+            mine[name] += value

@@ -21,8 +21,8 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import KW_ONLY, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import aws, storage
-from pipeline.keys import DEFAULT_WRITE_SLACK
 from pipeline.ledger import Ledger
 from pipeline.records import DecodeStats, decode_events
 from pipeline.source.listing import ListedObject, ListingFilter, list_window
@@ -72,16 +71,15 @@ SAMPLE_COLUMNS = ("events", "bytes_uncompressed", "message_bytes", "lines_malfor
 
 
 @dataclass(frozen=True)
-class InventoryOptions:
+class InventoryOptions(ListingFilter):
+    """What to inventory: the window's listing filter (tenants, since, until, clusters, applications, pods, slack:
+    one declaration, `ListingFilter`'s), then, by keyword, where and how."""
+
+    _: KW_ONLY
     bucket: str
-    tenants: tuple[str, ...]
-    since: datetime
-    until: datetime
-    clusters: tuple[str, ...] = ()
     sample_fraction: float = 0.0
     seed: int = 0
     ledger_table: str = ""  # empty: no ledger lookup, `delivered` is null
-    slack: timedelta = DEFAULT_WRITE_SLACK
     list_workers: int = 16
     sample_workers: int = SAMPLE_WORKERS
 
@@ -121,6 +119,8 @@ class Inventory:
             "bucket": o.bucket,
             "tenants": list(o.tenants),
             "clusters": list(o.clusters),
+            "applications": list(o.applications),  # the filter's: empty, every one
+            "pods": list(o.pods),
             "since": o.since.isoformat(),
             "until": o.until.isoformat(),
             "slack_s": o.slack.total_seconds(),
@@ -185,8 +185,7 @@ def build_inventory(
     s3 = s3 if s3 is not None else aws.client("s3")
     if ledger is None and opts.ledger_table:
         ledger = Ledger(opts.ledger_table)
-    flt = ListingFilter.of(opts)  # every application and pod: the inventory has no such filter
-    listing = list_window(s3, opts.bucket, flt, max_workers=opts.list_workers)
+    listing = list_window(s3, opts.bucket, opts, max_workers=opts.list_workers)
     objects = sorted(listing.objects, key=lambda o: o.key)
 
     delivered = _delivered(ledger, objects, opts.tenants) if ledger is not None else None

@@ -62,6 +62,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import aws
 from pipeline.classify import advice, describe, is_throttling
+from pipeline.counters import add_ints
 from pipeline.errors import NotFound
 from pipeline.keys import InvalidKeyError, parse_key
 from pipeline.timespec import iso_z
@@ -112,8 +113,7 @@ class Figures:
     objects_failed: int = 0
 
     def add(self, other: Figures) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        add_ints(self, other)
 
     def to_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -259,12 +259,9 @@ class Coalescer:
 # -- the item -------------------------------------------------------------------------------------------
 
 
-def _hour_attr(slot: int, letter: str) -> str:
-    return f"h{slot}_{letter}"
-
-
-def _day_attr(slot: int, letter: str) -> str:
-    return f"d{slot}_{letter}"
+def _bucket_attr(kind: str, slot: int, letter: str) -> str:
+    """A bucket's attribute: 'h' (5-minute) or 'd' (hour), its slot, its counter's letter (`_bucket` reads it)."""
+    return f"{kind}{slot}_{letter}"
 
 
 def update_request(
@@ -292,15 +289,13 @@ def update_request(
         return alias
 
     days: dict[int, Figures] = {}
-    for slot, figures in sorted(p.slots.items()):
+    for slot, figures in p.slots.items():
         days.setdefault(slot * HOUR_SLOT_S // DAY_SLOT_S, Figures()).add(figures)
-        for letter, attr in COUNTERS.items():
-            if n := getattr(figures, attr):
-                adds.append(f"{name(_hour_attr(slot, letter))} {value({'N': str(n)})}")
-    for slot, figures in sorted(days.items()):
-        for letter, attr in COUNTERS.items():
-            if n := getattr(figures, attr):
-                adds.append(f"{name(_day_attr(slot, letter))} {value({'N': str(n)})}")
+    for kind, slots in (("h", p.slots), ("d", days)):
+        for slot, figures in sorted(slots.items()):
+            for letter, attr in COUNTERS.items():
+                if n := getattr(figures, attr):
+                    adds.append(f"{name(_bucket_attr(kind, slot, letter))} {value({'N': str(n)})}")
     seen = seen or {}
     for attr in MAXIMA:
         mine = getattr(p, attr)
@@ -308,7 +303,8 @@ def update_request(
             continue
         adds.append(f"{name(f'{attr}_{parity}')} {value({'NS': [_num(mine)]})}")
         other = f"{attr}_{1 - parity}"
-        top = max([float(x) for s in (f"{attr}_0", f"{attr}_1") for x in seen.get(s, ())] + [mine])
+        was = maximum(seen, attr)
+        top = mine if was is None else max(was, mine)  # the largest anyone has written, this write's included
         stale = sorted({_num(x) for x in seen.get(other, ()) if float(x) < top})
         if stale:
             deletes.append(f"{name(other)} {value({'NS': stale})}")

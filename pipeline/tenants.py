@@ -379,6 +379,15 @@ def _names(item: Mapping[str, Any], name: str, errors: dict[str, str], lower: bo
     return frozenset((v.strip().lower() if lower else v.strip()) for v in value if v.strip())
 
 
+def _tenant_id(item: Mapping[str, Any], errors: dict[str, str]) -> str:
+    """The item's tenant id; one that is not a namespace name is named in `errors` (and returned as text)."""
+    tenant_id = item.get("tenant_id")
+    if not isinstance(tenant_id, str) or not TENANT_ID_RE.fullmatch(tenant_id):
+        errors["tenant_id"] = f"{tenant_id!r} is not a valid namespace name"
+        return str(tenant_id)
+    return tenant_id
+
+
 def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2, strict: bool = False) -> Delivery:
     """A Delivery from a deserialized item, or TenantConfigError naming every bad field.
 
@@ -389,10 +398,7 @@ def parse_delivery(item: Mapping[str, Any], schema: TableSchema = TableSchema.V2
     errors: dict[str, str] = {}
     if strict:
         errors.update(_foreign_fields(item))
-    tenant_id = item.get("tenant_id")
-    if not isinstance(tenant_id, str) or not TENANT_ID_RE.fullmatch(tenant_id):
-        errors["tenant_id"] = f"{tenant_id!r} is not a valid namespace name"
-        tenant_id = str(tenant_id)
+    tenant_id = _tenant_id(item, errors)
     if schema is TableSchema.V1:
         delivery_id, kind = V1_DELIVERY_ID, DeliveryType.CLOUDWATCH
     else:
@@ -550,10 +556,7 @@ def parse_profile(item: Mapping[str, Any], strict: bool = False) -> TenantProfil
     if strict:
         foreign = [n for n in item if n not in PROFILE_FIELD_NAMES]
         errors.update(dict.fromkeys(foreign, "not a field of a tenant profile (CONTRACTS.md §3)"))
-    tenant_id = item.get("tenant_id")
-    if not isinstance(tenant_id, str) or not TENANT_ID_RE.fullmatch(tenant_id):
-        errors["tenant_id"] = f"{tenant_id!r} is not a valid namespace name"
-        tenant_id = str(tenant_id)
+    tenant_id = _tenant_id(item, errors)
     accounts = _names(item, "accounts", errors, lower=False)
     if accounts is None and "accounts" not in errors:
         errors["accounts"] = "required field is missing (the tenant's 12-digit AWS account ids)"
@@ -724,8 +727,8 @@ def deserialize(raw: Mapping[str, Any]) -> dict[str, Any]:
 def tenant_items(ddb: DynamoDBClient, table: str, tenant_id: str, consistent: bool = False) -> list[dict[str, Any]]:
     """Every item of one tenant, deserialized: a Query, across its pages (boto3's paginator).
 
-    A query the table can never answer (ValidationException: not a tenant id it can hold) means no such
-    tenant, so no items; anything else is the table's trouble, raised for the caller."""
+    A query the table can never answer (`never_held`) means no such tenant, so no items; anything else is the
+    table's trouble, raised for the caller."""
     query: dict[str, Any] = {
         "TableName": table,
         "KeyConditionExpression": "tenant_id = :t",
@@ -736,9 +739,15 @@ def tenant_items(ddb: DynamoDBClient, table: str, tenant_id: str, consistent: bo
     try:
         return [deserialize(i) for page in ddb.get_paginator("query").paginate(**query) for i in page.get("Items", [])]
     except ClientError as exc:
-        if classify_error("dynamodb", exc) is Action.FAIL:
+        if never_held(exc):
             return []
         raise
+
+
+def never_held(exc: ClientError) -> bool:
+    """Whether the tenant table refused a read of a key it can never hold (classify: FAIL, a ValidationException
+    for a tenant id it cannot store): no such item, rather than the table's trouble. Every read by key asks this."""
+    return classify_error("dynamodb", exc) is Action.FAIL
 
 
 def table_schema(ddb: DynamoDBClient, table: str) -> TableSchema:

@@ -25,7 +25,8 @@ import binascii
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -50,6 +51,7 @@ from pipeline.tenants import (
     delivery_item,
     deserialize,
     generate_external_id,
+    never_held,
     parse_delivery,
     parse_profile,
     profile_item,
@@ -163,6 +165,18 @@ def validate_write(
     return item
 
 
+@contextmanager
+def _unless_changed(what: str) -> Iterator[None]:
+    """A write conditioned on `_unchanged_since`: its condition failing means someone changed the item since it was
+    read (PreconditionFailed, for the caller to read it again); any other error is raised as it is."""
+    try:
+        yield
+    except ClientError as exc:
+        if aws.error_code(exc) == "ConditionalCheckFailedException":
+            raise PreconditionFailed(f"the {what} changed since it was read; read it again") from None
+        raise
+
+
 class TenantStore:
     """One v2 tenant table, for the management tools. `actor` names who makes the changes, in the audit log."""
 
@@ -209,7 +223,7 @@ class TenantStore:
         try:
             resp = self._ddb.get_item(TableName=self.table, Key=self._key(tenant_id, delivery_id), ConsistentRead=True)
         except ClientError as exc:
-            if aws.error_code(exc) == "ValidationException":
+            if never_held(exc):
                 return None
             raise
         raw = resp.get("Item")
@@ -255,7 +269,7 @@ class TenantStore:
     def profile(self, tenant_id: str) -> TenantProfile | None:
         """The tenant's profile, None for a legacy tenant; TenantConfigError (naming `tenant_id`) when the
         stored one does not validate: nothing is written for a tenant whose accounts cannot be read."""
-        raw = self._get_raw(tenant_id, PROFILE_ID)
+        raw = self._raw_profile(tenant_id)
         if raw is None:
             return None
         try:
@@ -263,6 +277,10 @@ class TenantStore:
         except TenantConfigError as exc:
             problem = f"the tenant profile does not validate: {exc.reason}"
             raise TenantConfigError(exc.reason, {"tenant_id": problem}) from None
+
+    def _raw_profile(self, tenant_id: str) -> dict[str, Any] | None:
+        # A tenant id the table cannot hold has no profile to read (a write's validation names the id itself).
+        return self._get_raw(tenant_id, PROFILE_ID) if TENANT_ID_RE.fullmatch(tenant_id) else None
 
     def describe(self, tenant_id: str) -> dict[str, Any]:
         """The tenant as `GET /tenants/{id}` answers it: its profile (null for a legacy tenant), whether it is
@@ -298,7 +316,7 @@ class TenantStore:
     def put(self, tenant_id: str, delivery_id: str, body: Mapping[str, Any], if_match: str | None = None) -> Change:
         """Create or replace a delivery; unchanged (and not written) when it is the same delivery."""
         before = self._get_raw(tenant_id, delivery_id) if delivery_id != PROFILE_ID else None
-        item = validate_write(tenant_id, delivery_id, body, self._profile_for_write(tenant_id), before)
+        item = validate_write(tenant_id, delivery_id, body, self.profile(tenant_id), before)
         return self._write(tenant_id, delivery_id, before, item, if_match, "replaced" if before else "created")
 
     def patch(
@@ -312,12 +330,8 @@ class TenantStore:
                 merged.pop(name, None)
             else:
                 merged[name] = value
-        item = validate_write(tenant_id, delivery_id, merged, self._profile_for_write(tenant_id), before)
+        item = validate_write(tenant_id, delivery_id, merged, self.profile(tenant_id), before)
         return self._write(tenant_id, delivery_id, before, item, if_match, "updated")
-
-    def _profile_for_write(self, tenant_id: str) -> TenantProfile | None:
-        # A tenant id the table cannot hold has no profile to read: validate_write names the id itself.
-        return self.profile(tenant_id) if TENANT_ID_RE.fullmatch(tenant_id) else None
 
     # -- profiles -----------------------------------------------------------------------------------------
 
@@ -329,7 +343,7 @@ class TenantStore:
         from a profile when none of the tenant's deliveries writes into them: otherwise they would be
         refused at delivery time, so the PUT is refused now, naming them.
         """
-        before = self._get_raw(tenant_id, PROFILE_ID) if TENANT_ID_RE.fullmatch(tenant_id) else None
+        before = self._raw_profile(tenant_id)
         errors: dict[str, str] = {}
         for name in ("external_id", "external_id_next"):
             if name in body and (before is None or body[name] != before.get(name)):
@@ -389,7 +403,7 @@ class TenantStore:
         )
 
     def _profile_or_missing(self, tenant_id: str) -> tuple[dict[str, Any], TenantProfile]:
-        raw = self._get_raw(tenant_id, PROFILE_ID) if TENANT_ID_RE.fullmatch(tenant_id) else None
+        raw = self._raw_profile(tenant_id)
         if raw is None:
             raise NotFound(f"tenant {tenant_id!r} has no profile")
         try:
@@ -415,28 +429,15 @@ class TenantStore:
     def _write_profile(
         self, tenant_id: str, before: dict[str, Any] | None, profile: TenantProfile, if_match: str | None, action: str
     ) -> Change:
-        self._precondition(before, if_match)
-        item = profile_item(profile)
-        if before is not None and _unstamped(item) == _unstamped(before):  # stored as profile_item writes it
-            return Change("unchanged", before, before)
-        item = self._put_stamped(before, item, "profile")
-        change = Change(action, before, item)
-        # The audit line names what changed, never the ExternalIds themselves: they are the customer's
-        # trust condition, shown once to the operator and to nobody reading the logs.
-        self._audit(tenant_id, PROFILE_ID, Change(action, _redacted(before), _redacted(item)))
-        return change
+        return self._write(tenant_id, PROFILE_ID, before, profile_item(profile), if_match, action)
 
     def delete(self, tenant_id: str, delivery_id: str, if_match: str | None = None) -> Change:
         before = self.get(tenant_id, delivery_id).item
         self._precondition(before, if_match)
-        try:
+        with _unless_changed("delivery"):
             self._ddb.delete_item(
                 TableName=self.table, Key=self._key(tenant_id, delivery_id), **self._unchanged_since(before)
             )
-        except ClientError as exc:
-            if aws.error_code(exc) == "ConditionalCheckFailedException":
-                raise PreconditionFailed("the delivery changed since it was read; read it again") from None
-            raise
         change = Change("deleted", before, None)
         self._audit(tenant_id, delivery_id, change)
         return change
@@ -450,28 +451,30 @@ class TenantStore:
         if_match: str | None,
         action: str,
     ) -> Change:
+        """Write `item` (a delivery's, or the profile's) in place of `before`, the stored item as read: unless
+        If-Match refuses it or it changes nothing; only if `before` is still what is stored; audited."""
         self._precondition(before, if_match)
-        if before is not None and same_delivery(before, item):
+        profile = delivery_id == PROFILE_ID
+        # A profile is stored as profile_item writes it; a delivery is compared as every reader parses it.
+        if before is not None and (_unstamped(item) == _unstamped(before) if profile else same_delivery(before, item)):
             return Change("unchanged", before, before)
-        item = self._put_stamped(before, item, "delivery")
+        item = self._put_stamped(before, item, "profile" if profile else "delivery")
         change = Change(action, before, item)
-        self._audit(tenant_id, delivery_id, change)
+        # The audit line of a profile names what changed, never the ExternalIds themselves: they are the
+        # customer's trust condition, shown once to the operator and to nobody reading the logs.
+        self._audit(tenant_id, delivery_id, Change(action, _redacted(before), _redacted(item)) if profile else change)
         return change
 
     def _put_stamped(self, before: dict[str, Any] | None, item: dict[str, Any], what: str) -> dict[str, Any]:
         """Write the item with its created/updated stamps, only if the stored one is still `before`."""
         stamp = self._clock()
         item = {**item, "created_at": (before or {}).get("created_at") or stamp, "updated_at": stamp}
-        try:
+        with _unless_changed(what):
             self._ddb.put_item(
                 TableName=self.table,
                 Item={k: _serializer.serialize(v) for k, v in item.items()},
                 **self._unchanged_since(before),
             )
-        except ClientError as exc:
-            if aws.error_code(exc) == "ConditionalCheckFailedException":
-                raise PreconditionFailed(f"the {what} changed since it was read; read it again") from None
-            raise
         return item
 
     @staticmethod

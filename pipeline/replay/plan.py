@@ -15,10 +15,11 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from pipeline.counters import add_ints
 from pipeline.coverage import Coverage
 from pipeline.delivery.results import LEDGER_SKIP, DeliveryResult, ObjectResult, Status
 from pipeline.delivery.routing import Routing, TimeWindow
@@ -64,14 +65,11 @@ def spec_of(o: ListedObject) -> ObjectSpec:
 
 def _add_fields(into: DataclassInstance, other: DataclassInstance) -> None:
     """Add every count of `other` into `into` (of the same type): int fields, and the reason → count dicts."""
-    for f in fields(other):
-        value = getattr(other, f.name)
-        if f.name in REASON_COUNTS:
-            mine = getattr(into, f.name)
-            for reason, n in value.items():
-                mine[reason] = mine.get(reason, 0) + n
-        elif type(value) is int:  # not bool
-            setattr(into, f.name, getattr(into, f.name) + value)
+    add_ints(into, other)
+    for name in REASON_COUNTS:
+        for reason, n in getattr(other, name, {}).items():
+            mine = getattr(into, name)
+            mine[reason] = mine.get(reason, 0) + n
 
 
 REASON_COUNTS = ("skipped", "failed")

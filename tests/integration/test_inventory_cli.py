@@ -184,7 +184,12 @@ def test_sample_is_a_stable_fraction_picked_by_seed(local_aws: LocalEnvironment,
 
     def sampled(seed: int) -> set[str]:
         opts = InventoryOptions(
-            local_aws.names.bucket, ("acme", "globex"), NOW - timedelta(hours=4), NOW, sample_fraction=0.5, seed=seed
+            ("acme", "globex"),
+            NOW - timedelta(hours=4),
+            NOW,
+            bucket=local_aws.names.bucket,
+            sample_fraction=0.5,
+            seed=seed,
         )
         rows = build_inventory(opts, s3=s3).table.to_pylist()
         assert len(rows) == len(dataset.objects)

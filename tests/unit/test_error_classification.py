@@ -21,13 +21,14 @@ from botocore.exceptions import (
 from botocore.stub import Stubber
 
 from pipeline import classify as classification
+from pipeline.admin.store import TenantStore
 from pipeline.classify import TABLE, Action, Remedy, classify, classify_error, describe, remedy
 from pipeline.consumer.events import InvalidMessageError
 from pipeline.consumer.metrics import Metrics
 from pipeline.consumer.sqs import SqsConsumer, SqsOptions
 from pipeline.credentials import CredentialBroker
 from pipeline.environment import EnvironmentProblem, check_sink
-from pipeline.errors import ConfigError, DeliveryError, NonRecoverableError
+from pipeline.errors import ConfigError, DeliveryError, NonRecoverableError, NotFound
 from pipeline.keys import InvalidKeyError, parse_key
 from pipeline.ledger import UNPROCESSED_ATTEMPTS, UNPROCESSED_RETRY, Ledger, LedgerEntry, LedgerError
 from pipeline.retry import RetryPolicy
@@ -426,7 +427,7 @@ class StubBroker:
 def test_cloudwatch_refusals_fail_at_once_as_the_table_says(code: str, recoverable: bool) -> None:
     logs = ScriptedLogs([client_error(code, 400, "PutLogEvents")])
     sleeps = Sleeps()
-    sink = CloudWatchSink(credentials=StubBroker(logs), sleep=sleeps)  # type: ignore[arg-type]
+    sink = CloudWatchSink(credentials=StubBroker(logs), sleep=sleeps)
     with pytest.raises(DeliveryError) as info:
         sink.send(CW_DEST, "s", [(1_700_000_000_000, "m")])
     assert info.value.recoverable is recoverable and code in info.value.reason
@@ -446,7 +447,7 @@ def test_cloudwatch_create_is_retried_through_a_5xx_and_a_dropped_connection() -
         ]
     )
     sleeps = Sleeps()
-    sink = CloudWatchSink(credentials=StubBroker(logs), sleep=sleeps)  # type: ignore[arg-type]
+    sink = CloudWatchSink(credentials=StubBroker(logs), sleep=sleeps)
     result = sink.send(CW_DEST, "s", [(1_700_000_000_000, "m")])
     assert result.events_delivered == 1 and result.retries == 2 and len(sleeps) == 2
     assert logs.calls == ["PutLogEvents", "CreateLogStream"] * 3 + ["PutLogEvents"]
@@ -459,7 +460,7 @@ def test_cloudwatch_create_refused_for_good_is_non_recoverable() -> None:
             client_error("InvalidParameterException", 400, "CreateLogStream"),
         ]
     )
-    sink = CloudWatchSink(credentials=StubBroker(logs), sleep=Sleeps())  # type: ignore[arg-type]
+    sink = CloudWatchSink(credentials=StubBroker(logs), sleep=Sleeps())
     with pytest.raises(DeliveryError, match="InvalidParameterException") as info:
         sink.send(CW_DEST, "s", [(1_700_000_000_000, "m")])
     assert info.value.recoverable is False
@@ -471,7 +472,7 @@ def test_cloudwatch_create_refused_for_good_is_non_recoverable() -> None:
 )
 def test_s3_refusals_keep_todays_recoverable_outcome(code: str, status: int, recoverable: bool) -> None:
     s3 = ScriptedLogs([client_error(code, status, "PutObject")])
-    sink = S3Sink(credentials=StubBroker(s3), sleep=Sleeps())  # type: ignore[arg-type]
+    sink = S3Sink(credentials=StubBroker(s3), sleep=Sleeps())
     key = "c/acme/app/pod/20240101-000000-x.json.gz"
     with pytest.raises(DeliveryError) as info:
         sink.put_object(S3_DEST, SourceObject("central", key, "e", b"{}", parse_key(key)))
@@ -502,6 +503,9 @@ class ScriptedTable:
     def query(self, **_: Any) -> dict[str, Any]:
         raise self.error
 
+    def get_item(self, **_: Any) -> dict[str, Any]:
+        raise self.error
+
     def get_paginator(self, name: str) -> Any:
         assert name == "query"
         return SimpleNamespace(paginate=lambda **kwargs: iter([self.query(**kwargs)]))
@@ -517,6 +521,17 @@ def test_a_throttled_tenant_query_is_raised_for_the_caller_to_keep_the_work() ->
     error = client_error("ProvisionedThroughputExceededException", 400, "Query")
     with pytest.raises(ClientError):
         TenantDirectory("tenants", client=ScriptedTable(error)).get("acme")
+
+
+def test_the_store_reads_a_key_the_table_can_never_hold_as_the_directory_does() -> None:
+    """GetItem and Query ask one rule (tenants.never_held): no such tenant, not the table's trouble."""
+    store = TenantStore("tenants", ddb=ScriptedTable(client_error("ValidationException", 400, "GetItem")))
+    with pytest.raises(NotFound, match="unknown tenant 'acme'"):
+        store.get("acme", "d-1")
+    assert store.profile("acme") is None
+    throttled = ScriptedTable(client_error("ProvisionedThroughputExceededException", 400, "GetItem"))
+    with pytest.raises(ClientError):
+        TenantStore("tenants", ddb=throttled).get("acme", "d-1")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -579,7 +594,7 @@ def consumer(queue: ScriptedQueue, policy: RetryPolicy) -> SqsConsumer:
         visibility_timeout_s=30,
         drain_timeout_s=1.0,
     )
-    c = SqsConsumer(SimpleNamespace(metrics=Metrics()), queue, options, receive_retry=policy)  # type: ignore[arg-type]
+    c = SqsConsumer(SimpleNamespace(metrics=Metrics()), queue, options, receive_retry=policy)
     queue.stop = c.request_stop
     return c
 

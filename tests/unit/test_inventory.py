@@ -28,7 +28,7 @@ from pipeline.inventory import (
 )
 from pipeline.keys import format_key, parse_key
 from pipeline.records import vector_record
-from pipeline.source.listing import ListedObject
+from pipeline.source.listing import ListedObject, ListingFilter
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 
@@ -52,7 +52,7 @@ def listed(tenant: str, i: int, size: int = 100, write: datetime | None = None) 
 
 
 def options(*tenants: str, **kw: Any) -> InventoryOptions:
-    return InventoryOptions("bucket", tenants or ("acme",), T0, T0 + timedelta(hours=1), **kw)
+    return InventoryOptions(tenants or ("acme",), T0, T0 + timedelta(hours=1), bucket="bucket", **kw)
 
 
 def test_sampling_is_deterministic_per_key_and_seed_and_close_to_the_fraction() -> None:
@@ -77,6 +77,16 @@ def test_options_are_validated(kw: dict[str, Any]) -> None:
         InventoryOptions(**{**base, **kw})
     with pytest.raises(ValueError):
         InventoryOptions(**{**base, "tenants": ()})
+
+
+def test_options_are_the_listing_filter_of_the_window() -> None:
+    """The inventory lists what a replay of the same window lists: its options are that filter, declared once;
+    where and how to inventory come after it, by keyword."""
+    opts = options("acme", "globex", clusters=("prod-1",))
+    assert isinstance(opts, ListingFilter)
+    assert ListingFilter.of(opts) == ListingFilter(("acme", "globex"), T0, T0 + timedelta(hours=1), ("prod-1",))
+    with pytest.raises(TypeError):
+        InventoryOptions("bucket", ("acme",), T0, T0 + timedelta(hours=1))  # type: ignore[call-arg, arg-type]
 
 
 class FakeS3:

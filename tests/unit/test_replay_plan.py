@@ -473,3 +473,17 @@ def test_an_invalid_delivery_fails_its_objects_and_the_others_go_on() -> None:
     assert plan.failed_keys == [(chk[0].key, f"s3-archive: {bad.reason}")]
     assert plan.deliveries[("umbrella", "s3-archive")].failed == {bad.reason: 2}
     assert plan.deliveries[("umbrella", "s3-archive")].type == "?"
+
+
+def test_totals_add_counts_and_reasons_but_not_flags_or_times() -> None:
+    since, until = datetime(2027, 1, 1, tzinfo=UTC), datetime(2027, 1, 2, tzinfo=UTC)
+    mine, theirs = PlanTotals(since, until), PlanTotals(since, until)
+    mine.objects_listed, mine.skipped = 2, {LEDGER_SKIP: 1}
+    theirs.objects_listed, theirs.skipped, theirs.failed = 3, {LEDGER_SKIP: 2, "disabled": 1}, {"bad key": 4}
+    theirs.listing_complete, theirs.undeliverable_fraction = True, 0.5
+    mine.add(theirs)
+    assert mine.objects_listed == 5
+    assert mine.skipped == {LEDGER_SKIP: 3, "disabled": 1}
+    assert mine.failed == {"bad key": 4}
+    assert not mine.listing_complete
+    assert mine.undeliverable_fraction == 0.0

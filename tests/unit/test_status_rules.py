@@ -255,3 +255,9 @@ def test_every_error_code_has_a_remedy_in_words() -> None:
     for code in ("ThrottlingException", "AccessDenied", "NoSuchBucket", "ExpiredToken", "KMS.Disabled", "Weird"):
         assert len(advice(code, "s3")) > 20
     assert "s3:PutObject" in advice("AccessDenied", "s3")
+
+
+def test_figures_add_every_counter_of_the_other() -> None:
+    total = Figures(objects=1, events=10, bytes=100)
+    total.add(Figures(objects=2, events=20, bytes=200, events_rejected=3, objects_failed=1))
+    assert total == Figures(objects=3, events=30, bytes=300, events_rejected=3, objects_failed=1)
