@@ -220,6 +220,10 @@ class LocalEnvironment:
 
     def client(self, service: str, region: str | None = None, account_id: str | None = None) -> Any:
         """A client in the central account, or in a tenant's account (through moto's assume-role)."""
+        return self.client_with(self.credentials(account_id), service, region)
+
+    def credentials(self, account_id: str | None = None) -> dict[str, str]:
+        """Client credentials in the central account, or a tenant's (one assume-role call)."""
         creds: dict[str, str] = {
             "aws_access_key_id": LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
             "aws_secret_access_key": LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
@@ -234,6 +238,9 @@ class LocalEnvironment:
                 "aws_secret_access_key": c["SecretAccessKey"],
                 "aws_session_token": c["SessionToken"],
             }
+        return creds
+
+    def client_with(self, creds: dict[str, str], service: str, region: str | None = None) -> Any:
         return boto3.client(service, endpoint_url=self.endpoint_url, region_name=region or self.region, **creds)
 
     def tenant_logs(self, tenant_id: str) -> Any:
@@ -391,16 +398,19 @@ def create_tenant_resources(local: LocalEnvironment, t: SampleTenant, external_i
     """A tenant's side only: its role (trusting the central role with its ExternalId: `external_id` when a tool
     generated it, else the sample tenant's), group and bucket, in its own account, and nothing in the tenant
     table (for onboarding it through the CLI or the API)."""
-    iam = local.client("iam", account_id=t.account_id)
+    # One assume-role for the tenant's three clients: the tests provision a fresh world ~150 times a run, and
+    # an STS client and call per client were a third of each provision.
+    creds = local.credentials(t.account_id)
+    iam = local.client_with(creds, "iam")
     iam.create_role(
         RoleName=t.role_arn.rsplit("/", 1)[1],
         Path=f"/{t.role_path}",
         AssumeRolePolicyDocument=_trust_policy(local.central_role_arn, external_id=external_id or t.hop_external_id),
     )
     if t.cloudwatch:
-        local.client("logs", region=t.region, account_id=t.account_id).create_log_group(logGroupName=t.log_group)
+        local.client_with(creds, "logs", t.region).create_log_group(logGroupName=t.log_group)
     if t.s3 is not None:
         # Made with credentials in the tenant's account, so the bucket belongs to it, not to the central one.
-        s3 = local.client("s3", t.region, t.account_id)
+        s3 = local.client_with(creds, "s3", t.region)
         config = {} if t.region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": t.region}}
         s3.create_bucket(Bucket=t.bucket, **config)

@@ -1,10 +1,10 @@
-"""Shared fixtures: one moto server per test session, reset and re-provisioned where a test needs it; one Ray
-head per test session, joined through RAY_ADDRESS by the modules that ask for it (`shared_ray`); the markers
-applied by folder, and the guard that keeps unit tests free of moto and Ray."""
+"""Shared fixtures: one moto server per test process, reset and re-provisioned where a test needs it; one Ray
+head for the whole run (all xdist workers), started only if a selected test asks for it and joined through
+RAY_ADDRESS (`shared_ray`; tests/support/ray_session.py); the markers applied by folder, and the guard that
+keeps unit tests free of moto and Ray."""
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -15,8 +15,9 @@ import pytest
 from hypothesis import settings
 
 from devstack.localray import LocalRay
-from devstack.provision import LOCAL_CREDENTIALS, LocalEnvironment, provision
+from devstack.provision import LocalEnvironment, provision
 from devstack.server import MotoServer
+from tests.support import ray_session
 
 TESTS = Path(__file__).resolve().parent
 # The marker each folder gives its tests (registered in pyproject.toml). A unit-folder test marked
@@ -26,6 +27,59 @@ NOT_UNIT = {"integration", "ray", "slow"}
 # Fixtures that start or reach the moto server: a unit test that asks for one is a mistake, said at setup.
 MOTO_FIXTURES = {"moto_server", "local_aws", "module_aws", "stack", "fault_proxy"}
 RAY_PROCESSES = ("raylet", "gcs_server", "ray::")
+# The run's Ray head: the controller's SessionHead; a worker's run directory (where it says it wants the head,
+# and reads its address).
+HEAD = pytest.StashKey[ray_session.SessionHead]()
+RUN_DIR = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        config.stash[RUN_DIR] = Path(workerinput["ray_run_dir"])
+        return
+    # The controller (or the only process): room on the head for one replay per worker at once.
+    slots = getattr(config.option, "numprocesses", 0) or 1
+    head = ray_session.SessionHead(slots)
+    config.stash[HEAD] = head
+    config.stash[RUN_DIR] = head.run_dir
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: object) -> None:
+    """xdist, on the controller, before it starts a worker: the worker's run directory."""
+    config: pytest.Config = node.config  # type: ignore[attr-defined]
+    node.workerinput["ray_run_dir"] = str(config.stash[RUN_DIR])  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Before a worker reports its collection (xdist's own hook sends it): whether a selected test asks for
+    the head. Without xdist this process is the controller and starts it now."""
+    config = session.config
+    if config.option.collectonly:
+        return
+    if not any("ray_head" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    ray_session.want(config.stash[RUN_DIR])
+    if HEAD in config.stash:
+        config.stash[HEAD].start()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+    """xdist, on the controller: a worker collected, having said before whether the head is wanted. Started in
+    the background, the head comes up while the workers run their first tests."""
+    config: pytest.Config = node.config  # type: ignore[attr-defined]
+    head = config.stash[HEAD]
+    if head.wanted:
+        head.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """On the controller: the head stops at the run's end, an interrupted one too."""
+    if HEAD in config.stash:
+        config.stash[HEAD].stop()
 
 # Property tests are decided by their examples, not by how fast one runs: hypothesis's default 200 ms deadline
 # per example failed test_coverage on a machine at load 28. Tests that care about time measure it themselves.
@@ -62,10 +116,13 @@ def _unit_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(MotoServer, "start", refuse)
     monkeypatch.setattr(LocalRay, "_start", refuse)
     ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
-    # What ran before (the session's moto server and Ray head, when this worker ran integration tests too)
-    # is not this test's doing.
+    # What ran before (this process's moto server when it ran integration tests too) is not this test's doing;
+    # nor is the run's Ray head, this process's child in a run without xdist, and what other tests' jobs start
+    # under it.
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
+    head = request.config.stash.get(HEAD, None)
+    before |= ray_session.descendants(head.node_pids()) if head else set()
     ray = sys.modules.get("ray")
     if ray is not None and not ray_before and ray.is_initialized():
         ray.shutdown()
@@ -112,39 +169,23 @@ def module_aws(moto_server: MotoServer) -> Iterator[LocalEnvironment]:
         yield _fresh_stack(moto_server, mp)
 
 
-@functools.cache
-def ray_auth() -> dict[str, str]:
-    """The session head runs without token auth, and says so to every client of it. Ray reads its auth mode
-    once per process: a test process that touched Ray before (as "disabled", the default here) could never
-    present a token set later, and the in-process driver of test_replay_streaming failed so under xdist. The
-    head is the tests' own, on this machine; token auth is what test_replay_multinode and test_replay_requests
-    test, each on a cluster of its own."""
-    return {"RAY_AUTH_MODE": "disabled"}
-
-
 @pytest.fixture(scope="session")
-def ray_head() -> Iterator[LocalRay]:
-    """One Ray head for the test session, started once (`ray start --head`, as devstack's LocalRay), with the
-    machine's CPUs as a plain local `ray.init()` would have. Joined only by what is told its address."""
-    # The nodes' own identity is the local AWS's credentials, as a RayCluster's pods have theirs; each job
-    # brings its endpoint and region in its runtime env (pipeline/replay/job.py forwards them).
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))} | LOCAL_CREDENTIALS | ray_auth()
-    # A node that fails to stop cleanly must not hold the session's end for Ray's default 30 s drain.
-    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "5"
-    head = LocalRay(env)
-    try:
-        head.start_head(num_cpus=os.cpu_count() or 1)
-        yield head
-    finally:
-        head.stop()
+def ray_head(pytestconfig: pytest.Config) -> str:
+    """The GCS address of the run's Ray head (tests/support/ray_session.py): `ray start --head`, as devstack's
+    LocalRay, started by the run's controller once a selected test asks for it, with room for one replay per
+    xdist worker at once. Joined only by what is told its address."""
+    return ray_session.wait_address(pytestconfig.stash[RUN_DIR])
 
 
 @pytest.fixture
-def shared_ray(ray_head: LocalRay, monkeypatch: pytest.MonkeyPatch) -> str:
-    """RAY_ADDRESS naming the session's head, for this test's process and the replay CLIs it starts (they pass
+def shared_ray(ray_head: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """RAY_ADDRESS naming the run's head, for this test's process and the replay CLIs it starts (they pass
     os.environ on): each joins it instead of starting a Ray of its own. Dry runs that must run without Ray
-    drop it from their environment."""
-    monkeypatch.setenv("RAY_ADDRESS", ray_head.gcs)
-    for k, v in ray_auth().items():
+    drop it from their environment. A replay that does not size itself (--workers) has the workers a Ray of
+    its own would have given it (REPLAY_WORKERS), not one per CPU of the shared head, which has room for the
+    replays of all workers at once."""
+    monkeypatch.setenv("RAY_ADDRESS", ray_head)
+    monkeypatch.setenv("REPLAY_WORKERS", str(ray_session.JOB_CPUS))
+    for k, v in ray_session.auth_env().items():
         monkeypatch.setenv(k, v)
-    return ray_head.gcs
+    return ray_head

@@ -154,8 +154,10 @@ def replay_cmd(*args: str, report: Path) -> list[str]:
 
 def run_replay(stack: FaultStack, *args: str, report: Path, timeout: float = 240) -> tuple[int, dict[str, Any], str]:
     """Run the replay CLI to its end; on the session's Ray head when the test asked for it (`shared_ray` put
-    RAY_ADDRESS in the environment, perhaps after `stack` was set up), else on a Ray of its own."""
-    ray_vars = {k: v for k, v in os.environ.items() if k.startswith("RAY_")}
+    RAY_ADDRESS in the environment, perhaps after `stack` was set up), else on a Ray of its own. There, a run
+    not told its size (--workers) has the size `shared_ray` sets (REPLAY_WORKERS), not one worker per CPU of
+    the shared head."""
+    ray_vars = {k: v for k, v in os.environ.items() if k.startswith(("RAY_", "REPLAY_WORKERS"))}
     proc = subprocess.run(
         replay_cmd(*args, report=report),
         env=stack.env | ray_vars,
