@@ -36,8 +36,10 @@ from typing import Any
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:  # beside the release, the release's pipeline comes first on the path
+    sys.path.insert(0, str(REPO))
 
+from bench.baseline import RELEASE, code_path, is_child, main_beside  # noqa: E402
 from devstack import generator as gen  # noqa: E402
 from devstack.provision import LocalEnvironment, provision  # noqa: E402
 from devstack.server import MotoServer, free_port  # noqa: E402
@@ -51,9 +53,12 @@ def start_consumer(local: LocalEnvironment, workers: int, log_path: Path) -> tup
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | local.env
     env |= {"METRICS_PORT": str(port), "METRICS_HOST": "127.0.0.1", "LOG_LEVEL": "WARNING"}
+    # The consumer imports the `pipeline` of this side (`code_path`: the release's beside it). Not run from the
+    # checkout: `-m` would put the working directory, and this checkout's pipeline, first on its path.
+    env["PYTHONPATH"] = code_path()
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.consumer", "--mode", "sqs", "--workers", str(workers), "--wait-time", "2"],
-        cwd=REPO,
+        cwd=log_path.parent,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(log_path, "wb"),  # noqa: SIM115 -- lives as long as the process
@@ -197,7 +202,15 @@ def _sample(text: str, name: str) -> float | None:
     return None
 
 
-def main() -> None:
+# Compared with the release's `pipeline` in the same run (bench.baseline.main_beside): the backlog drain's
+# objects/s gates (higher is better); the stream's latency (mostly S3 -> SNS -> SQS on moto) is reported.
+RELEASE_METRICS = {"throughput.objects_per_s": True}
+RELEASE_INFO = {"latency.latency_p50_s": False, "latency.latency_p99_s": False}
+# `python -m bench --quick`: 100 objects drained, 40 streamed, two pairs beside the release.
+QUICK_ARGS = ["--objects", "100", "--stream-objects", "40", "--pairs", "2"]
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--objects", type=int, default=400, help="objects in the backlog phase")
     p.add_argument("--events", type=int, default=200, help="events per object")
@@ -205,7 +218,14 @@ def main() -> None:
     p.add_argument("--stream-objects", type=int, default=100, help="objects in the latency phase")
     p.add_argument("--rate", type=float, default=10.0, help="objects written per second in the latency phase")
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "consumer.json")
-    args = p.parse_args()
+    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
+    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
+    args = p.parse_args(argv)
+    if args.release and not is_child():
+        raw = list(argv if argv is not None else sys.argv[1:])
+        return main_beside(
+            Path(__file__), raw, RELEASE_METRICS, args.output, pairs=args.pairs, rev=args.release, info=RELEASE_INFO
+        )
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="consumer-bench-"))  # moto and consumer logs, for a failed run
@@ -223,7 +243,12 @@ def main() -> None:
     result = {
         "benchmark": "consumer",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "settings": {"workers": args.workers, "events_per_object": args.events, "tenants": list(TENANTS)},
         "throughput": backlog,
         "latency": stream,
@@ -231,7 +256,8 @@ def main() -> None:
     args.output.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     print(f"logs: {log_dir}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,6 +12,12 @@
 - replay with 40 ms per PutLogEvents: batching_bench's replay worker process on its 2,000-small-object set,
   every PutLogEvents answered by the fault proxy after 40 ms (`Answer`), against the same worker's null sink.
 
+Beside the release (bench.baseline.RELEASE, `--release ''` to skip): the whole measurement runs again in child
+processes, alternately with this checkout's `pipeline` and the release's (`main_beside`, ABBA, `--pairs`); the
+release's consumer is its own (`MessageProcessor.process` per message: a GetItem and an UpdateItem per object).
+Each side's ratios to the plain loops and its ledger calls per object are compared pair by pair
+(`RELEASE_METRICS`); a drop beyond bench.baseline.NOISE fails the run (`meets_release_target`).
+
 Targets (issue 27): consumer >= 0.8 on 1 and 8 threads, replay >= 0.7. Results: bench/results/
 ledger_ratios.json (every pass), and the `ratios` of bench/results/ledger.json with their meets_* flags (the
 call counts there come from tests/faults/test_ledger_calls.py). Exits 1 when a target is missed. Also
@@ -39,8 +45,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import pipeline  # noqa: E402
 from bench import batching_bench as batching  # noqa: E402
-from bench.baseline import from_tree  # noqa: E402
+from bench.baseline import RELEASE, from_tree, is_child, main_beside  # noqa: E402
 from bench.cloudwatch_bench import full_batches  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from bench.s3_bench import TENANT, Baseline, CallCounter, clear_ledger, write_set  # noqa: E402
@@ -48,8 +55,25 @@ from devstack.faults import Answer, FaultProxy, Rule  # noqa: E402
 from devstack.provision import SAMPLE_TENANTS, LocalEnvironment, SampleTenant, provision  # noqa: E402
 from devstack.server import MotoServer  # noqa: E402
 from pipeline import records  # noqa: E402
-from pipeline.consumer.processor import MessageProcessor, consumer_deliverer  # noqa: E402
+from pipeline.consumer.processor import MessageProcessor, consumer_retry  # noqa: E402
 from pipeline.consumer.sqs import SqsConsumer, SqsOptions  # noqa: E402
+from pipeline.settings import Settings  # noqa: E402
+
+# The tree whose `pipeline` this process runs: this checkout, or the release's beside it (`main_beside`). The
+# replay's worker process runs the same one.
+TREE = Path(pipeline.__file__).resolve().parent.parent
+
+
+def consumer_deliverer(settings: Settings) -> Any:
+    """The Deliverer the SQS consumer of the code under test builds (`serve`): today's `consumer_deliverer`;
+    the release built its own in `serve`, with the consumer's retry policy."""
+    try:
+        from pipeline.consumer.processor import consumer_deliverer as build
+    except ImportError:  # the release: no group commit, a GetItem and an UpdateItem per object
+        build_deliverer = from_tree("pipeline.delivery.engine", "build_deliverer")
+        return build_deliverer(settings, retry=consumer_retry(None, None))
+    return build(settings, None, None)
+
 
 ObjectRef = from_tree("pipeline.delivery.routing", "ObjectRef")
 from pipeline.keys import parse_key  # noqa: E402
@@ -213,7 +237,7 @@ def replay_40ms_vs_null(args: argparse.Namespace) -> dict[str, Any]:
                 batching.clear_ledger(local)
                 if sink == "cloudwatch":
                     proxy.add(Rule(Answer(batching.PUT_DELAY_S), service="logs", operation="PutLogEvents"))
-                p = batching.run_pass(REPO, sink, env, since, until)
+                p = batching.run_pass(TREE, sink, env, since, until)
                 if p["events"] != events:
                     raise RuntimeError(f"{mode}: {p['events']} events, want {events}")
                 passes[mode].append(p)
@@ -232,6 +256,54 @@ def replay_40ms_vs_null(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# Compared with the release's `pipeline` in the same run (bench.baseline.main_beside), each side's figures
+# measured in its own child: the consumer's objects/s over the plain loop's (the loop runs in the same child,
+# so the machine's load cancels out), higher is better, and its ledger calls per object, lower is better; the
+# replay's 40 ms stand-in over its null sink. The client CPU ratios are reported, not gated.
+RELEASE_METRICS = {
+    **{f"{kind}.threads_{n}.ratio_paired_median": True for kind in ("s3", "cloudwatch") for n in (1, 8)},
+    **{f"{kind}.threads_{n}.ledger_calls_per_object_median": False for kind in ("s3", "cloudwatch") for n in (1, 8)},
+    "replay_40ms.ratio_paired_median": True,
+}
+RELEASE_INFO = {
+    f"{kind}.threads_{n}.client_cpu_consumer_over_plain_median": False for kind in ("s3", "cloudwatch") for n in (1, 8)
+}
+# `python -m bench --quick`: 32 typical objects, three repeats, one pair beside the release.
+QUICK_ARGS = ["--copies", "2", "--repeats", "3", "--pairs", "1"]
+
+
+def targets_met(out: dict[str, Any]) -> bool:
+    """Issue 27's speed targets, as measured in `out` (a result of `measure`): every one measured is met."""
+    flags = [
+        v["meets_target"] for kind in ("s3", "cloudwatch") for k, v in out.get(kind, {}).items() if "threads_" in k
+    ]
+    if "replay_40ms" in out:
+        flags.append(out["replay_40ms"]["meets_target"])
+    return all(flags)
+
+
+def medians(result: dict[str, Any]) -> dict[str, Any]:
+    """`main_beside`'s result (this checkout's first run, and the comparison) with each compared figure of this
+    checkout replaced by its median over this checkout's runs (one per pair), and the targets judged on those."""
+    figures = result.get("vs_release", {}).get("figures", {})
+    for path, fig in figures.items():
+        values = [v for v in fig["this"] if v is not None]
+        *parents, leaf = path.split(".")
+        node = result
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if values and isinstance(node, dict) and leaf in node:
+            node[leaf] = round(statistics.median(values), 3)
+            node.setdefault("runs_of_this_checkout", {})[leaf] = values
+    for kind in ("s3", "cloudwatch"):
+        for k, v in result.get(kind, {}).items():
+            if k.startswith("threads_"):
+                v["meets_target"] = v["ratio_paired_median"] >= TARGET_CONSUMER
+    if "replay_40ms" in result:
+        result["replay_40ms"]["meets_target"] = result["replay_40ms"]["ratio_paired_median"] >= TARGET_REPLAY_40MS
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--unique", type=int, default=16)
@@ -242,8 +314,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=("s3", "cloudwatch", "replay"), nargs="+", default=["s3", "cloudwatch", "replay"])
     p.add_argument("--replay-pods-per-app", type=int, default=10)
     p.add_argument("--replay-objects-per-pod", type=int, default=40)
+    p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "ledger_ratios.json")
+    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
+    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
     args = p.parse_args(argv)
-    out: dict[str, Any] = {"machine": machine(), "args": vars(args), "load_before": os.getloadavg()}
+    if args.release and not is_child():
+        raw = list(argv if argv is not None else sys.argv[1:])
+        code = main_beside(
+            Path(__file__),
+            raw,
+            RELEASE_METRICS,
+            args.output,
+            pairs=args.pairs,
+            rev=args.release,
+            ok=targets_met,
+            info=RELEASE_INFO,
+        )
+        merged = merge_ratios(medians(orjson.loads(args.output.read_bytes()))) if args.output.exists() else False
+        return code or (0 if merged else 1)
+    out = measure(args)
+    write_result(args.output, out)
+    if is_child():  # one side of a comparison: the parent merges this checkout's figures
+        return 0
+    return 0 if merge_ratios(out) else 1
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement `args.only` names, on this side's `pipeline`."""
+    out: dict[str, Any] = {
+        "machine": machine(),
+        "pipeline": str(TREE),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "load_before": os.getloadavg(),
+    }
     began = time.monotonic()
     if {"s3", "cloudwatch"} & set(args.only):
         with MotoServer() as server:
@@ -252,10 +355,10 @@ def main(argv: list[str] | None = None) -> int:
             local.client("s3").put_bucket_notification_configuration(
                 Bucket=local.names.bucket, NotificationConfiguration={}
             )
-            deliverer = consumer_deliverer(local.settings, None, None)
+            deliverer = consumer_deliverer(local.settings)
             processor = MessageProcessor(deliverer, bucket=local.names.bucket)
-            assert deliverer.ledger is not None and deliverer.ledger._client is not None
-            calls = CallCounter(deliverer.ledger._client)
+            assert deliverer.ledger is not None
+            calls = CallCounter(deliverer.ledger._ddb())
             ddb = local.client("dynamodb")
 
             def clear() -> None:
@@ -276,13 +379,13 @@ def main(argv: list[str] | None = None) -> int:
                     r = consumer_vs_plain(processor, plain, data.refs, threads, args.repeats, calls, clear)
                     out[kind][f"threads_{threads}"] = r
                     print(kind, threads, r, flush=True)
-                out[kind]["deferred_groups"] = processor.deferred.groups
+                deferred = getattr(processor, "deferred", None)  # the release had none
+                out[kind]["deferred_groups"] = deferred.groups if deferred is not None else None
     if "replay" in args.only:
         out["replay_40ms"] = replay_40ms_vs_null(args)
     out["load_after"] = os.getloadavg()
     out["wall_s"] = round(time.monotonic() - began, 1)
-    write_result(REPO / "bench" / "results" / "ledger_ratios.json", out)
-    return 0 if merge_ratios(out) else 1
+    return out
 
 
 def merge_ratios(out: dict[str, Any]) -> bool:
@@ -312,6 +415,15 @@ def merge_ratios(out: dict[str, Any]) -> bool:
     if "replay_40ms" in out:
         ratios["replay_40ms_put_vs_null_sink"] = out["replay_40ms"]["ratio_paired_median"]
         ratios["meets_replay_40ms_target"] = out["replay_40ms"]["meets_target"]
+    if "vs_release" in out:
+        vs = out["vs_release"]
+        ratios["vs_release"] = {
+            k: vs.get(k) for k in ("release", "pairs", "noise", "ratios", "errors") if vs.get(k) is not None
+        }
+        ratios["meets_release_target"] = vs["meets_release_target"]
+    else:  # not compared this time: an older comparison's flag would not be about these figures
+        ratios.pop("vs_release", None)
+        ratios.pop("meets_release_target", None)
     ratios["targets"] = {"consumer": TARGET_CONSUMER, "replay_40ms": TARGET_REPLAY_40MS}
     ratios["source"] = (
         "bench/ledger_bench.py (bench/results/ledger_ratios.json): the consumer (the real SqsConsumer on an "

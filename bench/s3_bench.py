@@ -66,7 +66,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import from_tree  # noqa: E402
+from bench.baseline import RELEASE, from_tree, is_child, main_beside  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import GeneratorConfig, app_names, write_dataset  # noqa: E402
 from devstack.provision import SAMPLE_TENANTS, LocalEnvironment, SampleTenant, provision  # noqa: E402
@@ -675,6 +675,22 @@ def tree() -> dict[str, Any]:
     }
 
 
+# Compared with the release's `pipeline` in the same run (bench.baseline.main_beside): each project path's
+# objects/s over the plain loop's, measured in the same child (so the machine's load cancels out), typical set,
+# 1 and 8 threads; higher is better. The large set (a dozen objects a pass) is reported, not gated.
+RELEASE_METRICS = {
+    f"sets.typical.runs.{i}.ratios.{path}.objects_per_s_paired_median": True for i in (0, 1) for path in LEDGER_PATHS
+}
+RELEASE_INFO = {
+    f"sets.large.runs.{i}.ratios.{path}.objects_per_s_paired_median": True for i in (0, 1) for path in LEDGER_PATHS
+}
+# `python -m bench --quick`: 16 typical objects x 2, 4 large, two repeats, two pairs beside the release.
+QUICK_ARGS = [
+    *("--typical-unique", "16", "--typical-copies", "2", "--large-copies", "4"),
+    *("--repeats", "2", "--large-repeats", "2", "--pairs", "2"),
+]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -695,7 +711,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--large-repeats", type=int, default=4, help="the same for the large set")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "s3.json")
+    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
+    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
     args = p.parse_args(argv)
+    if args.release and not is_child():
+        if args.threads and args.threads != [1, 8]:
+            raise SystemExit("beside the release, the threads are 1 and 8 (RELEASE_METRICS); --release '' for others")
+        raw = list(argv if argv is not None else sys.argv[1:])
+        # Its own 0.8 target is reported per path in `meets_target`, not gated (as before): the release's is.
+        return main_beside(
+            Path(__file__),
+            raw,
+            RELEASE_METRICS,
+            args.output,
+            pairs=args.pairs,
+            rev=args.release,
+            ok=lambda _: True,
+            info=RELEASE_INFO,
+        )
     args.threads = args.threads or [1, 8]
     mach = machine("moto", "boto3", "botocore")
     t_all = time.monotonic()

@@ -206,6 +206,9 @@ class MessageProcessor:
         self.status = status
         # Messages whose records are idempotent, waiting to be recorded together (`Receive.process`).
         self.deferred = DeferredRecords(self)
+        # Messages delivered and being recorded, concluded and handed back (`Receive.process`): their workers
+        # are free within milliseconds, so the SQS poll loop may wait that long to receive for them too.
+        self._finishing = 0
 
     def prefetch(self, parses: Iterable[Parse]) -> LedgerView | None:
         """What the ledger holds for the objects a receive's messages name, in one batched read (only those
@@ -241,6 +244,16 @@ class MessageProcessor:
             return work
         self._commit([work])
         return self._conclude(work)
+
+    @property
+    def finishing(self) -> int:
+        """How many messages are past their delivery and in their ledger write or conclusion (not deferred)."""
+        with self._in_flight_lock:
+            return self._finishing
+
+    def _finish(self, step: int) -> None:
+        with self._in_flight_lock:
+            self._finishing += step
 
     def receive(self, bodies: Sequence[str | bytes]) -> Receive:
         """The messages of one receive, read from the ledger at once (`prefetch`), their idempotent records
@@ -475,8 +488,12 @@ class Receive:
         elif proc._deferrable(work):
             proc.deferred.add(work, then)
         else:
-            proc._commit([work])
-            _hand(then, proc._conclude(work))
+            proc._finish(1)
+            try:
+                proc._commit([work])
+                _hand(then, proc._conclude(work))
+            finally:
+                proc._finish(-1)
 
 
 class DeferredRecords:

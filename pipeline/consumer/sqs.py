@@ -6,7 +6,9 @@ Flow of one message:
                                                                               └─► release  (recoverable)
 
 - The poll loop only asks for as many messages as there are free workers, so nothing sits received but
-  idle in a local queue while its visibility runs down.
+  idle in a local queue while its visibility runs down. Holding one free worker, it waits a few
+  milliseconds (`FINISHING_GRACE_S`) for the workers whose ledger write is under way or done, so the
+  workers one group write frees are received for together: one receive and one ledger read for all.
 - The heartbeat thread extends every in-flight message to the full visibility timeout, every
   `heartbeat_interval` seconds, so an object that takes longer than the timeout is never handed to a
   second consumer. A crashed consumer stops heartbeating and its messages come back after at most one
@@ -70,6 +72,11 @@ STOP_CHECK_S = 0.1  # how often the loop looks for a stop request while a long p
 # After a stop request, how long an open poll may still answer: a poll about to return messages is worth a
 # moment (they are released at once); an idle one is left behind.
 POLL_GRACE_S = 0.3
+# How long the loop, holding a free worker, waits for the workers that are finishing (their ledger write is
+# under way or done) before it receives. Workers a group write releases free up within milliseconds of each
+# other; one receive for all of them makes one ledger read for all their messages (and their objects,
+# started together, finish together and share a write) instead of a receive and a read for each.
+FINISHING_GRACE_S = 0.03
 
 
 class _Poll:
@@ -319,12 +326,22 @@ class SqsConsumer:
         check_heartbeat(self.heartbeat_interval_s, self.visibility_timeout_s)
 
     def _take_slots(self) -> int:
-        """Wait (≤ 1 s, to notice a stop) for one free worker, then take up to max_messages free ones."""
+        """Wait (≤ 1 s, to notice a stop) for one free worker, then take up to max_messages free ones, and
+        those of the workers finishing now (`FINISHING_GRACE_S`). Only free workers are received for: a
+        message never waits in a local queue for a worker."""
         if not self._slots.acquire(timeout=1.0):
             return 0
         n = 1
-        while n < self.options.max_messages and self._slots.acquire(blocking=False):
-            n += 1
+        deadline = time.monotonic() + FINISHING_GRACE_S
+        while n < min(self.options.max_messages, self.options.workers):
+            if self._slots.acquire(blocking=False):
+                n += 1
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.processor.finishing or self._stop.is_set():
+                break
+            if self._slots.acquire(timeout=min(left, 0.005)):
+                n += 1
         return n
 
     def _give_back_slots(self, n: int) -> None:

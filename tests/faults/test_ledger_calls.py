@@ -129,7 +129,9 @@ def test_the_consumer_reads_the_ledger_once_per_receive_for_cloudwatch_deliverie
     stack: FaultStack, consumer: Callable[..., ConsumerProcess]
 ) -> None:
     """CloudWatch deliveries (acme) need the read (CloudWatch has no dedup): one BatchGetItem per received
-    batch of messages, never one per message; every event arrives once."""
+    batch of messages, never one per message; every event arrives once. On a backlog (8 workers), the
+    workers a group write frees are received for together, so a read serves several messages and their
+    objects share writes: at most 1.1 calls per object."""
     keys = consume(stack, consumer, "acme", seed=29)
     calls = ledger_calls(stack)
     reads = [c for c in calls if c.operation in ("GetItem", "BatchGetItem")]
@@ -139,7 +141,7 @@ def test_the_consumer_reads_the_ledger_once_per_receive_for_cloudwatch_deliverie
     assert len(reads) <= len(receives)
     assert len(writes) <= len(keys)
     per_object = len(calls) / len(keys)
-    assert per_object < 2  # a GetItem and an UpdateItem per object before
+    assert per_object <= CONSUMER_LEDGER_CALLS_PER_OBJECT, (per_object, len(reads), len(receives), len(writes))
     print(
         f"consumer, CloudWatch: {len(calls)} ledger calls for {len(keys)} objects ({per_object:.3f}/object): "
         f"{len(reads)} reads for {len(receives)} receives, {len(writes)} writes"

@@ -11,7 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline.consumer.commit import GroupCommit, LedgerView
+from pipeline.consumer.metrics import Metrics
 from pipeline.consumer.processor import DeferredRecords, MessageOutcome, MessageProcessor, Receive, _Work
+from pipeline.consumer.sqs import SqsConsumer, SqsOptions
 from pipeline.coverage import WHOLE
 from pipeline.delivery.results import DeliveryResult, ObjectResult
 from pipeline.ledger import NOTHING, ObjectLedger
@@ -233,3 +235,47 @@ def test_a_receive_writes_a_cloudwatch_message_at_once_and_defers_an_s3_one() ->
     assert writes.groups == [["cw"]] and proc.deferred.waiting == 1  # waits for others, undeleted
     proc.deferred.flush()
     assert writes.groups == [["cw"], ["s3"]] and concluded.outcomes[-1].acknowledged
+
+
+class FinishingProcessor:
+    """The processor as the poll loop sees it: `finishing` workers, each of which frees its slot when looked at
+    (a worker whose record is written frees its slot within milliseconds)."""
+
+    def __init__(self, finishing: int) -> None:
+        self.metrics = Metrics()
+        self.left = finishing
+        self.slots: threading.Semaphore | None = None
+        self.asked = 0
+
+    @property
+    def finishing(self) -> int:
+        self.asked += 1
+        if self.left and self.slots is not None:
+            self.left -= 1
+            self.slots.release()
+            return self.left + 1
+        return self.left
+
+
+def busy_consumer(proc: FinishingProcessor, workers: int) -> SqsConsumer:
+    """A consumer all of whose workers are busy, then one frees up."""
+    options = SqsOptions(queue_url="q", workers=workers, wait_time_s=0, visibility_timeout_s=30)
+    c = SqsConsumer(proc, SimpleNamespace(), options)  # type: ignore[arg-type]
+    for _ in range(workers):
+        assert c._slots.acquire(blocking=False)
+    proc.slots = c._slots
+    c._slots.release()
+    return c
+
+
+def test_the_poll_loop_receives_for_the_workers_finishing_with_the_one_that_is_free() -> None:
+    # Two more workers are finishing (their records written together): one receive, one ledger read, for three.
+    proc = FinishingProcessor(2)
+    assert busy_consumer(proc, 4)._take_slots() == 3
+    assert proc.left == 0
+
+
+def test_the_poll_loop_waits_for_nobody_when_no_worker_is_finishing() -> None:
+    proc = FinishingProcessor(0)
+    assert busy_consumer(proc, 4)._take_slots() == 1
+    assert proc.asked == 1  # the busy workers are delivering, not finishing: not waited for
