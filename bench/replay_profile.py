@@ -5,11 +5,13 @@
 
 Each tree's `UnitRunner` (sink "null", S3 reads from memory, its tenant table from a moto server that tree's own
 code provisions) runs in a child process of its own, fed the same pickled bodies and units. The driver sends the
-children one pass each in turn, so the machine's load hits both alike, and reports events per CPU-second of each
-child (all its threads, `time.process_time`) and the paired median ratio: the figure issue #27 gates on,
-without Ray's own threads in the CPU count. `--serial` runs the pod and put thread pools inline, so cProfile
-(which sees one thread) sees all the work; `--profile N` accumulates N interleaved profiled passes per tree
-into `<out>-<tree>.prof`, for `pstats` or a side-by-side diff.
+children one pass each in turn (each going first in every other pair), so the machine's load hits both alike,
+and reports events per CPU-second of each child (all its threads, `time.process_time`) and the paired median
+ratio with its quartiles: the figure issue #27 gates on, without Ray's own threads in the CPU count. Per tree it
+also gives what else the passes cost (CPU over wall time, system time, the collector, page faults, context
+switches). `--serial` runs the pod and put thread pools inline, so cProfile (which sees one thread) sees all the
+work; `--profile N` accumulates N interleaved profiled passes per tree into `<out>-<tree>.prof`, for `pstats` or
+a side-by-side diff.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from bench.baseline import baseline_tree, child_command, short, tree_env, tree_s
 
 # Runs in the child against its tree (bench_baseline is this repo's bench/baseline.py, loaded by path).
 CHILD = r"""
-import cProfile, io, json, os, pickle, sys, time
+import cProfile, gc, io, json, os, pickle, resource, sys, time
 tree, data, serial = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 if serial:
     import concurrent.futures as cf
@@ -81,18 +83,37 @@ def one_pass():
             n += int(r["events_delivered"])
     return n
 
+gc_time = [0.0, 0.0]  # CPU in the collector this pass, and when the current collection started
+
+
+def _gc_clock(phase, info):
+    if phase == "start":
+        gc_time[1] = time.process_time()
+    else:
+        gc_time[0] += time.process_time() - gc_time[1]
+
+
+gc.callbacks.append(_gc_clock)
 one_pass()  # imports, tenant lookup, first-call costs
 print("ready", flush=True)
 prof = cProfile.Profile()
 for line in sys.stdin:
     cmd, *arg = line.split()
     if cmd == "run" or cmd == "profile":
-        cpu = time.process_time()
+        gc_time[0], full = 0.0, gc.get_stats()[2]["collections"]
+        cpu, wall, ru = time.process_time(), time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         if cmd == "profile":
             prof.enable()
         n = one_pass()
         prof.disable()
-        print(json.dumps({"events": n, "cpu": time.process_time() - cpu}), flush=True)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        print(json.dumps({
+            "events": n, "cpu": cpu, "wall": wall, "sys": after.ru_stime - ru.ru_stime,
+            "gc": gc_time[0], "full gc": gc.get_stats()[2]["collections"] - full,
+            "faults": after.ru_minflt - ru.ru_minflt,
+            "switches": after.ru_nvcsw - ru.ru_nvcsw, "preempted": after.ru_nivcsw - ru.ru_nivcsw,
+        }), flush=True)
     elif cmd == "dump":
         prof.dump_stats(arg[0])
         print("{}", flush=True)
@@ -146,11 +167,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return answer
 
         cpu: dict[str, list[float]] = {name: [] for name in trees}
+        # Where the CPU goes besides the work: CPU over wall time (above 1: threads ran at once), system
+        # time, the collector's CPU and full collections, minor page faults, and context switches
+        # (voluntary: a thread blocked; involuntary: the kernel preempted it). Medians per pass.
+        extra: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
         for i in range(args.repeats):
-            for name in trees:
+            # Each tree goes first in every other pair: a child that runs right after the other one (caches,
+            # the scheduler's view of it) is not always the same one.
+            for name in list(trees)[:: 1 if i % 2 == 0 else -1]:
                 r = ask(name, "run")
                 assert r["events"] == info["events"], (name, r)
                 cpu[name].append(r["cpu"])
+                r["cpu/wall"] = r["cpu"] / r["wall"]
+                for k in ("cpu/wall", "sys", "gc", "full gc", "faults", "switches", "preempted"):
+                    extra[name].setdefault(k, []).append(r[k])
                 print(f"pass {i} {name}: {r['events'] / r['cpu']:,.0f} events per CPU-s", flush=True)
         for _ in range(args.profile):
             for name in trees:
@@ -162,9 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = list(trees)[1]
     if args.repeats:
         for name in trees:
-            print(f"{name}: median {info['events'] / statistics.median(cpu[name]):,.0f} events per CPU-s")
-        ratio = statistics.median(b / a for a, b in zip(cpu["this"], cpu[base], strict=True))
-        print(f"this over {base}, events per CPU-s, paired median: {ratio:.3f}")
+            medians = ", ".join(f"{k} {statistics.median(v):.3g}" for k, v in extra[name].items())
+            print(f"{name}: median {info['events'] / statistics.median(cpu[name]):,.0f} events per CPU-s ({medians})")
+        ratios = sorted(b / a for a, b in zip(cpu["this"], cpu[base], strict=True))
+        spread = ""
+        if len(ratios) >= 4:
+            q1, _, q3 = statistics.quantiles(ratios, n=4)
+            spread = f" (quartiles {q1:.3f}-{q3:.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}, {len(ratios)} pairs)"
+        print(f"this over {base}, events per CPU-s, paired median: {statistics.median(ratios):.3f}{spread}")
     print(f"load average: {load_start} -> {os.getloadavg()}")
     return 0
 
