@@ -81,6 +81,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if HEAD in config.stash:
         config.stash[HEAD].stop()
 
+
 # Property tests are decided by their examples, not by how fast one runs: hypothesis's default 200 ms deadline
 # per example failed test_coverage on a machine at load 28. Tests that care about time measure it themselves.
 settings.register_profile("suite", deadline=None)
