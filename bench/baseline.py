@@ -17,6 +17,7 @@ nothing from the project, so a child process running an older tree can load it b
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import json
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,25 @@ def child_command(tree: Path, code: str, *args: str) -> list[str]:
     module available to it as `bench_baseline` (`result_dict`, `make_unit`) and `from_tree` as a name. Run it
     with `tree_env`."""
     return [sys.executable, "-c", _PRELUDE.format(helper=str(HERE), tree=str(tree)) + code, *args]
+
+
+def start_child(
+    stack: ExitStack, tree: Path, code: str, *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`child_command` started in `tree` as a server of one request per stdin line, once it said "ready"; the
+    stack closes its stdin and waits for it."""
+    proc = subprocess.Popen(
+        child_command(tree, code, *args),
+        env=tree_env(tree, env),
+        cwd=tree,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    stack.callback(proc.wait)
+    stack.callback(proc.stdin.close)  # type: ignore[union-attr]
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", tree
+    return proc
 
 
 def run_child(
@@ -399,6 +419,25 @@ def beside_release(
         meets_release_target=not missing and all(ratio_ok(r) for r in gating.values() if r is not None),
     )
     return runs["this"], comparison
+
+
+def add_release_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a benchmark whose main() runs the release beside it (`release_beside`)."""
+    parser.add_argument(
+        "--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)"
+    )
+    parser.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
+
+
+def release_beside(
+    script: Path, argv: Sequence[str] | None, args: argparse.Namespace, metrics: Mapping[str, bool], **kwargs: Any
+) -> int | None:
+    """`main_beside` with the options of `add_release_options` and the benchmark's own `--output`, in the parent
+    process when a release is named; None when the benchmark measures itself (a child pass, or `--release ''`)."""
+    if not args.release or is_child():
+        return None
+    raw = list(argv if argv is not None else sys.argv[1:])
+    return main_beside(script, raw, metrics, args.output, pairs=args.pairs, rev=args.release, **kwargs)
 
 
 def main_beside(

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, from_tree, is_child, main_beside, result_dict  # noqa: E402
+from bench.baseline import add_release_options, from_tree, release_beside, result_dict  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import GZIP_PUT_ARGS, GeneratorConfig, app_names, generate  # noqa: E402
 from devstack.provision import LocalEnvironment, SampleTenant, provision  # noqa: E402
@@ -321,14 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ceiling-threads", type=int, default=4, help="threads of the parallel (context) ceiling")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "cloudwatch.json")
-    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
-    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
+    add_release_options(p)
     args = p.parse_args(argv)
-    if args.release and not is_child():
-        raw = list(argv if argv is not None else sys.argv[1:])
-        return main_beside(
-            Path(__file__), raw, RELEASE_METRICS, args.output, pairs=args.pairs, rev=args.release, ok=targets_met
-        )
+    code = release_beside(Path(__file__), argv, args, RELEASE_METRICS, ok=targets_met)
+    if code is not None:
+        return code
     mach = machine("moto", "boto3")
     t_all = time.monotonic()
     sets = []

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # beside the release, the release's pipeline comes first on the path
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, code_path, is_child, main_beside  # noqa: E402
+from bench.baseline import add_release_options, code_path, release_beside  # noqa: E402
 from devstack import generator as gen  # noqa: E402
 from devstack.provision import LocalEnvironment, provision  # noqa: E402
 from devstack.server import MotoServer, free_port  # noqa: E402
@@ -218,14 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-objects", type=int, default=100, help="objects in the latency phase")
     p.add_argument("--rate", type=float, default=10.0, help="objects written per second in the latency phase")
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "consumer.json")
-    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
-    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
+    add_release_options(p)
     args = p.parse_args(argv)
-    if args.release and not is_child():
-        raw = list(argv if argv is not None else sys.argv[1:])
-        return main_beside(
-            Path(__file__), raw, RELEASE_METRICS, args.output, pairs=args.pairs, rev=args.release, info=RELEASE_INFO
-        )
+    code = release_beside(Path(__file__), argv, args, RELEASE_METRICS, info=RELEASE_INFO)
+    if code is not None:
+        return code
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="consumer-bench-"))  # moto and consumer logs, for a failed run

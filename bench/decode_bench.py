@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import NOISE, RELEASE, baseline_tree, child_command, order_of, ratio_ok, short, tree_env  # noqa: E402
+from bench.baseline import NOISE, RELEASE, baseline_tree, order_of, ratio_ok, short, start_child  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 
 # Runs in the child against its tree; `from_tree` finds a module moved by #28 in its former home.
@@ -93,18 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trees["this (control)"] = REPO
         procs: dict[str, subprocess.Popen[str]] = {}
         for name, tree in trees.items():
-            proc = subprocess.Popen(
-                child_command(tree, CHILD, str(data)),
-                env=tree_env(tree),
-                cwd=tree,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            stack.callback(proc.wait)
-            stack.callback(proc.stdin.close)  # type: ignore[union-attr]
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", name
-            procs[name] = proc
+            procs[name] = start_child(stack, tree, CHILD, str(data))
 
         def run(name: str) -> dict[str, float]:
             proc = procs[name]

@@ -95,7 +95,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, code_path, from_tree, is_child, main_beside  # noqa: E402
+from bench.baseline import add_release_options, code_path, from_tree, release_beside  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.server import free_port  # noqa: E402
 from pipeline.keys import FILENAME_TIME_LEN, format_filename, format_key, listing_bounds, parse_key  # noqa: E402
@@ -900,16 +900,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-delivery", action="store_true", help="skip the small real-delivery point")
     p.add_argument("--delivery-tenants", type=int, default=1, help="tenants of the real-delivery point")
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "fleet.json")
-    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
-    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
+    add_release_options(p)
     args = p.parse_args(argv)
     if args.child:
         return child_main(args.child)
-    if args.release and not is_child():
-        raw = list(argv if argv is not None else sys.argv[1:])
-        return main_beside(
-            Path(__file__), raw, RELEASE_METRICS, args.output, pairs=args.pairs, rev=args.release, ok=targets_met
-        )
+    code = release_beside(Path(__file__), argv, args, RELEASE_METRICS, ok=targets_met)
+    if code is not None:
+        return code
 
     t_all = time.monotonic()
     mach = machine("ray", "boto3")

@@ -47,7 +47,7 @@ if str(REPO) not in sys.path:
 
 import pipeline  # noqa: E402
 from bench import batching_bench as batching  # noqa: E402
-from bench.baseline import RELEASE, from_tree, is_child, main_beside  # noqa: E402
+from bench.baseline import add_release_options, from_tree, is_child, release_beside  # noqa: E402
 from bench.cloudwatch_bench import full_batches  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from bench.s3_bench import TENANT, Baseline, CallCounter, clear_ledger, write_set  # noqa: E402
@@ -315,21 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replay-pods-per-app", type=int, default=10)
     p.add_argument("--replay-objects-per-pod", type=int, default=40)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "ledger_ratios.json")
-    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
-    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
+    add_release_options(p)
     args = p.parse_args(argv)
-    if args.release and not is_child():
-        raw = list(argv if argv is not None else sys.argv[1:])
-        code = main_beside(
-            Path(__file__),
-            raw,
-            RELEASE_METRICS,
-            args.output,
-            pairs=args.pairs,
-            rev=args.release,
-            ok=targets_met,
-            info=RELEASE_INFO,
-        )
+    code = release_beside(Path(__file__), argv, args, RELEASE_METRICS, ok=targets_met, info=RELEASE_INFO)
+    if code is not None:
         merged = merge_ratios(medians(orjson.loads(args.output.read_bytes()))) if args.output.exists() else False
         return code or (0 if merged else 1)
     out = measure(args)

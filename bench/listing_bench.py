@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, from_tree, is_child, main_beside  # noqa: E402
+from bench.baseline import add_release_options, from_tree, release_beside  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.provision import CENTRAL_ACCOUNT_ID, DEFAULT_REGION, LOCAL_CREDENTIALS  # noqa: E402
 from devstack.server import free_port  # noqa: E402
@@ -240,21 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", action="append", choices=[s.name for s in SHAPES], help="default: all")
     p.add_argument("--repeats", type=int, default=1, help="timed passes of each listing; the best is kept")
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "listing.json")
-    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
-    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
+    add_release_options(p)
     args = p.parse_args(argv)
-    if args.release and not is_child():
-        raw = list(argv if argv is not None else sys.argv[1:])
-        return main_beside(
-            Path(__file__),
-            raw,
-            RELEASE_METRICS,
-            args.output,
-            pairs=args.pairs,
-            rev=args.release,
-            info=RELEASE_INFO,
-            ok=calls_follow_pods,
-        )
+    code = release_beside(Path(__file__), argv, args, RELEASE_METRICS, info=RELEASE_INFO, ok=calls_follow_pods)
+    if code is not None:
+        return code
     mach = machine("moto")
     t_all = time.monotonic()
     results = []

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, code_path, from_tree, is_child, main_beside, result_dict  # noqa: E402
+from bench.baseline import add_release_options, code_path, from_tree, release_beside, result_dict  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import (  # noqa: E402
     GZIP_PUT_ARGS,
@@ -222,15 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--large-events-per-object", type=int, default=80_000, help="about 64 MiB uncompressed")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "memory.json")
-    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
-    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
+    add_release_options(p)
     p.add_argument("--child", nargs=3, metavar=("CLUSTER", "SINCE", "UNTIL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return child(args.child[0], args.sink, args.child[1], args.child[2], args.worker_memory)
-    if args.release and not is_child():
-        raw = list(argv if argv is not None else sys.argv[1:])
-        return main_beside(Path(__file__), raw, RELEASE_METRICS, args.output, pairs=args.pairs, rev=args.release)
+    code = release_beside(Path(__file__), argv, args, RELEASE_METRICS)
+    if code is not None:
+        return code
 
     mach = machine()
     t_all = time.monotonic()

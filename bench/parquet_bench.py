@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, from_tree, has_module, is_child, main_beside  # noqa: E402
+from bench.baseline import add_release_options, from_tree, has_module, release_beside  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import GeneratorConfig, app_names, write_dataset  # noqa: E402
 from devstack.provision import LocalEnvironment, provision  # noqa: E402
@@ -94,12 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-per-object", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULT)
-    parser.add_argument("--release", default=RELEASE, help="the previous release, run beside ('' to skip)")
-    parser.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
+    add_release_options(parser)
     args = parser.parse_args(argv)
-    if args.release and not is_child():
-        raw = list(argv if argv is not None else sys.argv[1:])
-        return main_beside(Path(__file__), raw, RELEASE_METRICS, args.output, pairs=args.pairs, rev=args.release)
+    code = release_beside(Path(__file__), argv, args, RELEASE_METRICS)
+    if code is not None:
+        return code
     formats = ("original", "parquet") if PARQUET else ("original",)
     wall = time.monotonic()
     with MotoServer() as server:

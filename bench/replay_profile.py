@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import replay_bench as rb  # noqa: E402
-from bench.baseline import baseline_tree, child_command, short, tree_env, tree_stack  # noqa: E402
+from bench.baseline import baseline_tree, short, start_child, tree_stack  # noqa: E402
 
 # Runs in the child against its tree (bench_baseline is this repo's bench/baseline.py, loaded by path).
 CHILD = r"""
@@ -144,19 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs: dict[str, subprocess.Popen[str]] = {}
         for name, tree in trees.items():
             env = stack.enter_context(tree_stack(tree, [(rb.TENANT, "111111111111")]))
-            cmd = child_command(tree, CHILD, str(tree), str(data), "1" if args.serial else "0")
-            proc = subprocess.Popen(
-                cmd,
-                env=tree_env(tree, {**os.environ, **env}),
-                cwd=tree,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            stack.callback(proc.wait)
-            stack.callback(proc.stdin.close)  # type: ignore[union-attr]
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", name
-            procs[name] = proc
+            serial = "1" if args.serial else "0"
+            procs[name] = start_child(stack, tree, CHILD, str(tree), str(data), serial, env={**os.environ, **env})
 
         def ask(name: str, line: str) -> dict[str, float]:
             proc = procs[name]

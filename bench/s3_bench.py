@@ -66,7 +66,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.baseline import RELEASE, from_tree, is_child, main_beside  # noqa: E402
+from bench.baseline import add_release_options, from_tree, is_child, release_beside  # noqa: E402
 from bench.machine import machine, write_result  # noqa: E402
 from devstack.generator import GeneratorConfig, app_names, write_dataset  # noqa: E402
 from devstack.provision import SAMPLE_TENANTS, LocalEnvironment, SampleTenant, provision  # noqa: E402
@@ -711,24 +711,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--large-repeats", type=int, default=4, help="the same for the large set")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "s3.json")
-    p.add_argument("--release", default=RELEASE, help="the previous release, run beside in the same run ('' to skip)")
-    p.add_argument("--pairs", type=int, default=1, help="runs of each side, alternated (ABBA)")
+    add_release_options(p)
     args = p.parse_args(argv)
-    if args.release and not is_child():
-        if args.threads and args.threads != [1, 8]:
-            raise SystemExit("beside the release, the threads are 1 and 8 (RELEASE_METRICS); --release '' for others")
-        raw = list(argv if argv is not None else sys.argv[1:])
-        # Its own 0.8 target is reported per path in `meets_target`, not gated (as before): the release's is.
-        return main_beside(
-            Path(__file__),
-            raw,
-            RELEASE_METRICS,
-            args.output,
-            pairs=args.pairs,
-            rev=args.release,
-            ok=lambda _: True,
-            info=RELEASE_INFO,
-        )
+    if args.release and not is_child() and args.threads and args.threads != [1, 8]:
+        raise SystemExit("beside the release, the threads are 1 and 8 (RELEASE_METRICS); --release '' for others")
+    # Its own 0.8 target is reported per path in `meets_target`, not gated (as before): the release's is.
+    code = release_beside(Path(__file__), argv, args, RELEASE_METRICS, ok=lambda _: True, info=RELEASE_INFO)
+    if code is not None:
+        return code
     args.threads = args.threads or [1, 8]
     mach = machine("moto", "boto3", "botocore")
     t_all = time.monotonic()

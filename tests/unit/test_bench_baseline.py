@@ -217,3 +217,19 @@ def test_the_bench_runner_answers_help_and_refuses_options_it_does_not_know(caps
     assert "python -m bench [--quick] [NAME ...]" in out and "\n  replay\n" in out  # and runs nothing
     assert main(["replay", "--repeats", "2"]) == 2  # not a name to match: a benchmark's own option
     assert "unknown option --repeats" in capsys.readouterr().err
+
+
+def test_a_benchmark_measures_itself_without_a_release_or_as_one_side_of_a_comparison(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output", type=Path, default=Path("out.json"))
+    baseline.add_release_options(parser)
+    args = parser.parse_args([])
+    assert (args.release, args.pairs) == (baseline.RELEASE, 1)
+    skip = parser.parse_args(["--release", ""])
+    assert baseline.release_beside(Path("x_bench.py"), ["--release", ""], skip, {}) is None
+    monkeypatch.setenv(baseline.CHILD_ENV, "1")  # one side of a comparison never compares again
+    assert baseline.release_beside(Path("x_bench.py"), [], args, {}) is None
