@@ -83,7 +83,7 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
 
 
 # A tuple, not moto's generator, so the one cached answer can be iterated by every request.
-moto_backends.list_of_moto_modules = functools.cache(lambda: tuple(_list_of_moto_modules()))  # type: ignore[assignment]
+moto_backends.list_of_moto_modules = functools.cache(lambda: tuple(_list_of_moto_modules()))
 ddb_models.copy = _NoTableCopy  # type: ignore[assignment]  # the module's global `copy`, seen by _transact
 DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
