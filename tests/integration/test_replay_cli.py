@@ -12,19 +12,22 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pytest
 
+from devstack.faults import FaultProxy, Hold, Rule
 from devstack.generator import GeneratorConfig, Manifest, write_dataset
 from devstack.provision import LocalEnvironment
 from devstack.readback import read_group
+from pipeline.replay.report import INTERRUPTED
 from pipeline.storage import REPORTS_PREFIX
 from tests.support.replay_cli import run_replay_cli
 
@@ -188,26 +191,51 @@ def test_interrupted_replay_resumes_without_duplicates_or_gaps(
     args = ("--tenant", "acme", "--since", since.isoformat(), "--until", until.isoformat(), "--workers", "1")
     report1 = tmp_path / "first.json"
     cmd = [sys.executable, str(REPO / "jobs" / "replay.py"), *args, "--report", str(report1), "--no-progress"]
-    # Slow enough that the interruption lands mid-run: each pod's objects fill one batch, sent at one a second.
+    # "Mid-run" is decided by events, not by how fast the machine is. Every PutLogEvents waits at a proxy hold
+    # until the test lets it go: four go at once (at least one pod's objects delivered and recorded, whether
+    # its stream needs a refused put and a create first or not), then the run is stopped while a put is held,
+    # so objects are in flight and pods not started. The holds open only once the driver says it is stopping,
+    # and one put a second (the rate limit) leaves the stop far more time to reach the worker than it needs,
+    # so the run cannot deliver everything before it stops.
     cmd += ["--max-requests-per-second", "1"]
-    # On a Ray of its own, as before the shared head: the interrupted run's workers go with it, so the report,
-    # written as it ends, can be held to what the ledger has.
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | local_aws.env
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    ddb = local_aws.client("dynamodb")
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        n = ddb.scan(TableName=local_aws.names.ledger_table, Select="COUNT")["Count"]
-        if n >= 5:
-            break
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    hold = Hold()
+    with FaultProxy(local_aws.endpoint_url) as proxy:
+        proxy.add(Rule(hold, service="logs", operation="PutLogEvents"))
+        hold.release(4)
+        # On a Ray of its own, as before the shared head: the interrupted run's workers go with it, so the
+        # report, written as it ends, can be held to what the ledger has.
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | local_aws.env
+        env["AWS_ENDPOINT_URL_CLOUDWATCH_LOGS"] = proxy.url
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        output: list[bytes] = []
+        stopping = threading.Event()
+
+        def read_output(stream: IO[bytes]) -> None:
+            for line in stream:
+                output.append(line)
+                if b"interrupted: finishing the objects in flight" in line:
+                    stopping.set()
+
+        reader = threading.Thread(target=read_output, args=(proc.stdout,), daemon=True)
+        reader.start()
+        ddb = local_aws.client("dynamodb")
+        deadline = time.monotonic() + 180
+        while ddb.scan(TableName=local_aws.names.ledger_table, Select="COUNT")["Count"] < 4:
+            assert proc.poll() is None and time.monotonic() < deadline, b"".join(output).decode()
+            time.sleep(0.1)  # polling the ledger's state: the condition is the event, not the interval
+        hold.wait_held(1)
+        proc.send_signal(signal.SIGTERM)
+        assert stopping.wait(120), b"".join(output).decode()
+        hold.open()
+        proc.wait(timeout=120)
+        reader.join(timeout=30)
+    out = b"".join(output)
     assert proc.returncode == 130, out.decode()
     first = orjson.loads(report1.read_bytes())
     assert first["interrupted"] is True
-    assert 5 <= first["objects_delivered"] < total_objects, out.decode()
+    assert 4 <= first["objects_delivered"] < total_objects, out.decode()
+    assert first["objects_skipped_by_reason"].get(INTERRUPTED, 0) > 0, out.decode()  # pods left for the re-run
     in_ledger = ddb.scan(TableName=local_aws.names.ledger_table, Select="COUNT")["Count"]
     assert in_ledger == first["objects_delivered"]  # the report and the ledger agree
 
