@@ -153,6 +153,18 @@ def error_code(exc: BaseException) -> str:
     return ""
 
 
+# DynamoDB's answer to a write whose ConditionExpression is false: for every conditional write, "someone else
+# wrote first", which each caller answers in its own way.
+CONDITION_FAILED = "ConditionalCheckFailedException"
+# TransactWriteItems' answer when any of its items failed, its condition among the reasons: nothing was written.
+TRANSACTION_CANCELED = "TransactionCanceledException"
+
+
+def condition_failed(exc: BaseException) -> bool:
+    """Whether `exc` is DynamoDB refusing a conditional write because its condition is false."""
+    return error_code(exc) == CONDITION_FAILED
+
+
 def http_status(exc: BaseException) -> int:
     response = getattr(exc, "response", None)
     if isinstance(response, dict):

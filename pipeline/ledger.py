@@ -57,8 +57,6 @@ UNPROCESSED_ATTEMPTS = 8  # batch rounds for keys DynamoDB left unprocessed (thr
 # DynamoDB leaves keys unprocessed when it throttles the batch: AWS advises asking again for just those, with
 # exponential backoff. Nine calls over at most ~8 s, then the caller hears of it (LedgerError).
 UNPROCESSED_RETRY = RetryPolicy(attempts=UNPROCESSED_ATTEMPTS + 1, base_s=0.05, cap_s=2.0)
-CONDITION_FAILED = "ConditionalCheckFailedException"
-TRANSACTION_CANCELED = "TransactionCanceledException"
 TTL_ATTRIBUTE = "expires_at"
 COVERED_ATTRIBUTE = "covered"
 
@@ -265,7 +263,7 @@ class Ledger:
                     transact: list[Any] = [{"Update": u} for u in updates]  # the stubs' TypedDicts, built as dicts
                     self._ddb().transact_write_items(TransactItems=transact)
             except ClientError as exc:
-                if aws.error_code(exc) not in (CONDITION_FAILED, TRANSACTION_CANCELED):
+                if aws.error_code(exc) not in (aws.CONDITION_FAILED, aws.TRANSACTION_CANCELED):
                     raise
                 for _, group in chunk:
                     for e in group:

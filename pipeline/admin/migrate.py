@@ -208,7 +208,7 @@ def _copy(ddb: DynamoDBClient, target: str, v1_item: Mapping[str, Any], line: Mi
                 ConditionExpression="attribute_not_exists(tenant_id)",
             )
         except ClientError as exc:
-            if aws.error_code(exc) != "ConditionalCheckFailedException":
+            if not aws.condition_failed(exc):
                 raise
             # Written by someone else since the plan was made: judge it like any item that was there before.
             raw = ddb.get_item(TableName=target, Key=_key(line.tenant_id), ConsistentRead=True).get("Item")

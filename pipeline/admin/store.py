@@ -172,7 +172,7 @@ def _unless_changed(what: str) -> Iterator[None]:
     try:
         yield
     except ClientError as exc:
-        if aws.error_code(exc) == "ConditionalCheckFailedException":
+        if aws.condition_failed(exc):
             raise PreconditionFailed(f"the {what} changed since it was read; read it again") from None
         raise
 

@@ -96,7 +96,7 @@ class DynamoNonces:
                 ConditionExpression="attribute_not_exists(nonce)",
             )
         except ClientError as exc:
-            if aws.error_code(exc) == "ConditionalCheckFailedException":
+            if aws.condition_failed(exc):
                 return False
             raise NonceStoreError(f"{self.table}: {describe(exc)}") from None
         except BotoCoreError as exc:

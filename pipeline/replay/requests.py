@@ -284,7 +284,7 @@ class ReplayStore:
                 created: dict[str, Any] = _plain(item)
                 return created
             except ClientError as exc:
-                if aws.error_code(exc) != "TransactionCanceledException":
+                if aws.error_code(exc) != aws.TRANSACTION_CANCELED:
                     raise
                 holder = self.active(tenant_id)
                 if holder is None:
@@ -305,7 +305,7 @@ class ReplayStore:
                 ExpressionAttributeValues={":r": {"S": replay_id}},
             )
         except ClientError as exc:
-            if aws.error_code(exc) != "ConditionalCheckFailedException":
+            if not aws.condition_failed(exc):
                 raise
 
     def _update(
@@ -329,7 +329,7 @@ class ReplayStore:
         try:
             self._ddb.update_item(**update)
         except ClientError as exc:
-            if aws.error_code(exc) == "ConditionalCheckFailedException":
+            if aws.condition_failed(exc):
                 return False
             raise
         return True
@@ -381,7 +381,7 @@ class ReplayStore:
             both: list[Any] = [{"Update": update}, {"Delete": release}]
             self._ddb.transact_write_items(TransactItems=both)
         except ClientError as exc:
-            if aws.error_code(exc) != "TransactionCanceledException":
+            if aws.error_code(exc) != aws.TRANSACTION_CANCELED:
                 raise
             reasons = [str(r.get("Code", "")) for r in getattr(exc, "response", {}).get("CancellationReasons", [])]
             if reasons and reasons[0] == "ConditionalCheckFailed":
