@@ -125,7 +125,10 @@ def objects(written: datetime, seed: int = 0) -> list[CorpusObject]:
 
     # 5 MB lines: one valid record whose message is 5 MiB (split into marked parts, nothing lost), and one
     # 5 MiB line of garbage (counted as one malformed line, its sample bounded).
-    big_msg = "".join(rng.choice("abcdefghij klmnop") for _ in range(FIVE_MB))
+    # Random bytes mapped onto the alphabet: 50 times cheaper than 5 million `rng.choice` calls (1.2 s of CPU
+    # each time the corpus is built), and as incompressible.
+    alphabet = b"abcdefghij klmnop"
+    big_msg = rng.randbytes(FIVE_MB).translate(bytes(alphabet[b % len(alphabet)] for b in range(256))).decode()
     lines, evs = good("huge-lines", 4)
     big_ms = base + 100
     body = b"\n".join([lines[0], _rec("huge-lines", big_ms, big_msg), lines[1], b"x" * FIVE_MB, *lines[2:]]) + b"\n"

@@ -345,7 +345,8 @@ def scan(texts: dict[str, str], secrets: set[str]) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_no_credentials_or_secrets_in_logs_or_reports(stack: FaultStack, tmp_path: Path) -> None:
+def test_no_credentials_or_secrets_in_logs_or_reports(stack: FaultStack, tmp_path: Path, shared_ray: str) -> None:
+    # On the session's Ray head: its workers' output still reaches the replay's own output (log_to_driver).
     write(stack.local, tenants=("acme", "globex"), applications=("payment-service",), seed=41)
     globex = stack.local.tenant("globex")
     # Error paths log the most: an expired token (refresh) and a tenant whose PutLogEvents is denied.
