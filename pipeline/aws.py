@@ -61,15 +61,14 @@ class StaticCredentials:
         return f"StaticCredentials(access_key_id={self.access_key_id[:4]}…, expiration={self.expiration})"
 
 
-_local = threading.local()
-
-
-def _default_session() -> boto3.Session:
-    # boto3.Session is not thread-safe to share while creating clients; one per thread is cheap.
-    sess = getattr(_local, "session", None)
-    if sess is None:
-        sess = _local.session = boto3.Session()
-    return sess
+# One boto3 Session for the process. Its loader keeps the service models it has read, so a client costs ~3 ms
+# of CPU; a Session of its own per client read and parsed them again, 50-150 ms a client. That was paid for each
+# tenant's clients at every credential refresh (hourly, a client per service and an STS client per second hop),
+# so a consumer serving a thousand tenants spent minutes of CPU an hour on it, and its first pass over them as
+# long again. Creating clients from one Session in several threads at once is not safe, hence the lock; the
+# clients it makes are, and assumed-role credentials are given to each client, never to the Session.
+_session_lock = threading.Lock()
+_session: boto3.Session | None = None
 
 
 # The services the pipeline calls get their typed client (boto3-stubs); any other service, and a client passed
@@ -127,22 +126,21 @@ def client(
     # botocore reads AWS_DEFAULT_REGION but not AWS_REGION (CONTRACTS.md §7 names both; the k8s config maps
     # set only AWS_REGION). None leaves the rest of botocore's chain (profile config) as it was.
     region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None
-    if credentials is None:
-        return _new_client(_default_session(), service, region, cfg)
-    session = boto3.Session(
-        aws_access_key_id=credentials.access_key_id,
-        aws_secret_access_key=credentials.secret_access_key,
-        aws_session_token=credentials.session_token,
-        region_name=region,
-    )
-    return _new_client(session, service, region, cfg)
-
-
-def _new_client(session: boto3.Session, service: str, region: str | None, cfg: Config) -> Any:
-    # boto3-stubs types Session.client for literal service names only; ours is the caller's, typed by the
-    # overloads of client() above, so the untyped signature here is the one honest one.
-    make: Callable[..., Any] = session.client
-    return make(service, region_name=region, config=cfg)
+    keys: dict[str, str] = {}
+    if credentials is not None:
+        keys = {
+            "aws_access_key_id": credentials.access_key_id,
+            "aws_secret_access_key": credentials.secret_access_key,
+            "aws_session_token": credentials.session_token,
+        }
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = boto3.Session()
+        # boto3-stubs types Session.client for literal service names only; ours is the caller's, typed by the
+        # overloads above, so the untyped signature here is the one honest one.
+        make: Callable[..., Any] = _session.client
+        return make(service, region_name=region, config=cfg, **keys)
 
 
 def error_code(exc: BaseException) -> str:

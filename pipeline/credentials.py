@@ -133,8 +133,8 @@ class CredentialBroker:
         hit = self._clients.get(key)
         if hit is not None and hit[0] is creds:
             return hit[1]
-        # Building a client costs a boto3 Session and its model loading (~0.3 s of CPU): when a pool of
-        # threads misses at once, build it once, not once per thread.
+        # Building a client costs a few ms of CPU and its own connection pool: when a pool of threads misses
+        # at once, build it once, not once per thread.
         with self._lock_for(f"client:{':'.join(key)}"):
             hit = self._clients.get(key)
             if hit is not None and hit[0] is creds:

@@ -14,6 +14,8 @@ from botocore.stub import ANY, Stubber
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline import aws
+from pipeline.aws import StaticCredentials
 from pipeline.credentials import CredentialBroker, account_of, session_name
 from pipeline.errors import DeliveryError
 
@@ -297,3 +299,33 @@ def test_clients_are_cached_per_role_external_id_and_region(hops: Any) -> None:
     broker.invalidate(TENANT_ROLE, "tenant-acme-7f3a")
     assert broker.client("s3", "acme", TENANT_ROLE, "us-east-1", "tenant-acme-7f3a") is not b
     assert broker.client("s3", "acme", TENANT_ROLE, "us-east-1") is a
+
+
+def test_clients_on_assumed_credentials_sign_with_their_own_keys_when_built_at_once() -> None:
+    """aws.client builds every client from one Session (its service models read once); the credentials belong
+    to each client, never to the Session, even when many threads build clients at the same moment."""
+    creds = [
+        StaticCredentials(f"ASIA{i:016d}", f"secret-{i}", f"token-{i}", datetime.now(UTC) + timedelta(hours=1))
+        for i in range(16)
+    ]
+    barrier = threading.Barrier(len(creds))
+    clients: dict[int, Any] = {}
+
+    def build(i: int) -> None:
+        barrier.wait()
+        clients[i] = aws.client(("s3", "logs", "sts", "dynamodb")[i % 4], "eu-west-1", credentials=creds[i])
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(len(creds))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, c in clients.items():
+        signed = c._request_signer._credentials.get_frozen_credentials()
+        assert (signed.access_key, signed.secret_key, signed.token) == (f"ASIA{i:016d}", f"secret-{i}", f"token-{i}")
+        assert c.meta.region_name == "eu-west-1"
+    # A client of the process's own credentials is not one of theirs.
+    own: Any = aws.client("s3", "eu-west-1")
+    assert own._request_signer._credentials is None or own._request_signer._credentials.access_key not in {
+        c.access_key_id for c in creds
+    }
