@@ -37,6 +37,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import orjson
+import psutil
 import pytest
 from boto3.dynamodb.types import TypeSerializer
 from fault_helpers import FaultStack, consumer_process, ledger_keys, run_replay, s3_path, wait_for, write
@@ -339,6 +340,18 @@ def test_a_delivery_with_its_own_external_id_assumes_its_role_with_that_id(stack
     assert {stack.proxy.role_of(c.access_key) for c in puts + objects} == {stark.role_arn}
 
 
+def ray_logs(gcs: str) -> dict[str, str]:
+    """Every log file of the Ray head listening on `gcs` (its `ray start --head` names its --temp-dir): the
+    workers' stdout and stderr, the job's driver log, the runtime env agent's and the raylet's own."""
+    port = gcs.rsplit(":", 1)[1]
+    for proc in psutil.process_iter(["cmdline"]):
+        args = proc.info.get("cmdline") or []
+        if "start" in args and "--head" in args and f"--port={port}" in args:
+            temp = Path(next(a for a in args if a.startswith("--temp-dir=")).split("=", 1)[1])
+            return {str(f): f.read_text(errors="replace") for f in temp.glob("session_*/logs/**/*") if f.is_file()}
+    raise AssertionError(f"no `ray start --head --port={port}` process")
+
+
 def scan(texts: dict[str, str], secrets: set[str]) -> list[str]:
     return [f"{secret[:6]}… in {where}" for where, text in texts.items() for secret in secrets if secret in text]
 
@@ -346,7 +359,7 @@ def scan(texts: dict[str, str], secrets: set[str]) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.ray
 def test_no_credentials_or_secrets_in_logs_or_reports(stack: FaultStack, tmp_path: Path, shared_ray: str) -> None:
-    # On the session's Ray head: its workers' output still reaches the replay's own output (log_to_driver).
+    # On the session's Ray head, whose log files (workers, job driver, agents) are scanned too.
     write(stack.local, tenants=("acme", "globex"), applications=("payment-service",), seed=41)
     globex = stack.local.tenant("globex")
     # Error paths log the most: an expired token (refresh) and a tenant whose PutLogEvents is denied.
@@ -371,6 +384,9 @@ def test_no_credentials_or_secrets_in_logs_or_reports(stack: FaultStack, tmp_pat
     secrets = stack.proxy.secrets()
     assert len(secrets) >= 4  # central and tenant sessions, secret keys and tokens, from both runs
     texts = {"replay output": replay_output, "replay report": report.read_text(), "consumer log": c.log_text()}
+    logs = ray_logs(shared_ray)
+    assert any("/worker-" in f for f in logs), sorted(logs)[:20]  # the replay's workers wrote there
+    texts |= logs
     assert "AccessDeniedException" in texts["replay report"]  # the error paths did run
     assert not scan(texts, secrets)
     assert "testing" not in texts["replay report"]  # not even the process's own (local) secret key
