@@ -37,7 +37,6 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 import orjson
-import psutil
 import pytest
 from boto3.dynamodb.types import TypeSerializer
 from fault_helpers import FaultStack, consumer_process, ledger_keys, run_replay, s3_path, wait_for, write
@@ -63,6 +62,7 @@ from pipeline.records import vector_record
 from pipeline.replay.plan import ObjectSpec, WorkUnit
 from pipeline.replay.workers import UnitRunner
 from pipeline.tenants import DEFAULT_BUCKET_PREFIX, TenantDirectory
+from tests.support import ray_session
 
 pytestmark = pytest.mark.integration
 
@@ -341,15 +341,10 @@ def test_a_delivery_with_its_own_external_id_assumes_its_role_with_that_id(stack
 
 
 def ray_logs(gcs: str) -> dict[str, str]:
-    """Every log file of the Ray head listening on `gcs` (its `ray start --head` names its --temp-dir): the
-    workers' stdout and stderr, the job's driver log, the runtime env agent's and the raylet's own."""
-    port = gcs.rsplit(":", 1)[1]
-    for proc in psutil.process_iter(["cmdline"]):
-        args = proc.info.get("cmdline") or []
-        if "start" in args and "--head" in args and f"--port={port}" in args:
-            temp = Path(next(a for a in args if a.startswith("--temp-dir=")).split("=", 1)[1])
-            return {str(f): f.read_text(errors="replace") for f in temp.glob("session_*/logs/**/*") if f.is_file()}
-    raise AssertionError(f"no `ray start --head --port={port}` process")
+    """Every log file of the Ray head whose GCS listens at `gcs`: the workers' stdout and stderr, the job's
+    driver log, the runtime env agent's and the raylet's own."""
+    temp = Path(ray_session.head_option(ray_session.head_process(gcs), "temp-dir"))
+    return {str(f): f.read_text(errors="replace") for f in temp.glob("session_*/logs/**/*") if f.is_file()}
 
 
 def scan(texts: dict[str, str], secrets: set[str]) -> list[str]:

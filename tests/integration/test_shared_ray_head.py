@@ -17,17 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.support import ray_session
+
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
-
-
-def head_cpus(gcs: str) -> int:
-    """The --num-cpus of the `ray start --head` that listens on the head's GCS port, from its command line."""
-    port = gcs.rsplit(":", 1)[1]
-    for proc in psutil.process_iter(["cmdline"]):
-        args = proc.info.get("cmdline") or []
-        if "start" in args and "--head" in args and f"--port={port}" in args:
-            return int(next(a for a in args if a.startswith("--num-cpus=")).split("=", 1)[1])
-    raise AssertionError(f"no `ray start --head --port={port}` process")
 
 
 def test_a_replay_joining_a_cluster_without_replay_workers_has_one_worker_per_cpu_of_the_cluster(
@@ -38,7 +30,8 @@ def test_a_replay_joining_a_cluster_without_replay_workers_has_one_worker_per_cp
     code = "from pipeline.replay.job import default_workers\nprint(default_workers())"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert int(proc.stdout.strip().splitlines()[-1]) == head_cpus(ray_head)
+    head_cpus = int(ray_session.head_option(ray_session.head_process(ray_head), "num-cpus"))
+    assert int(proc.stdout.strip().splitlines()[-1]) == head_cpus
 
 
 HELD_RUN = """
@@ -49,17 +42,6 @@ def test_holds_the_head(ray_head):
     Path(os.environ["HEAD_ADDRESS_FILE"]).write_text(ray_head)
     threading.Event().wait(240)  # until the run is interrupted
 """
-
-
-def head_processes(gcs: str) -> list[psutil.Process]:
-    """The `ray start --head` listening on the head's GCS port, and everything under it, alive now."""
-    port = gcs.rsplit(":", 1)[1]
-    found: list[psutil.Process] = []
-    for proc in psutil.process_iter(["cmdline"]):
-        args = proc.info.get("cmdline") or []
-        if "start" in args and "--head" in args and f"--port={port}" in args:
-            found += [proc, *proc.children(recursive=True)]
-    return found
 
 
 def test_a_run_interrupted_with_ctrl_c_stops_the_head_it_started(tmp_path: Path) -> None:
@@ -81,8 +63,8 @@ def test_a_run_interrupted_with_ctrl_c_stops_the_head_it_started(tmp_path: Path)
             assert run.poll() is None, run.communicate()[0][-3000:]
             assert time.monotonic() < deadline, "the nested run's head did not come up"
             time.sleep(0.1)
-        head = head_processes(address_file.read_text())
-        assert head, "no head process for the address the run published"
+        node = ray_session.head_process(address_file.read_text())
+        head = [node, *node.children(recursive=True)]  # the raylet, the GCS, the agents
         run.send_signal(signal.SIGINT)
         output = run.communicate(timeout=120)[0]
     finally:

@@ -143,6 +143,21 @@ def descendants(pids: set[int]) -> set[int]:
     return found
 
 
+def head_process(gcs: str) -> psutil.Process:
+    """The `ray start --head` process of the head whose GCS listens at `gcs` (its command line names the port)."""
+    port = gcs.rsplit(":", 1)[1]
+    for proc in psutil.process_iter(["cmdline"]):
+        args = proc.info.get("cmdline") or []
+        if "start" in args and "--head" in args and f"--port={port}" in args:
+            return proc
+    raise AssertionError(f"no `ray start --head --port={port}` process")
+
+
+def head_option(proc: psutil.Process, name: str) -> str:
+    """The value of `--{name}=` on that process's command line."""
+    return next(a for a in proc.cmdline() if a.startswith(f"--{name}=")).split("=", 1)[1]
+
+
 def _publish(path: Path, text: str) -> None:
     """Write a file that appears whole (readers poll for it)."""
     tmp = path.with_suffix(".tmp")
