@@ -320,6 +320,7 @@ def test_clients_on_assumed_credentials_sign_with_their_own_keys_when_built_at_o
         t.start()
     for t in threads:
         t.join()
+    assert sorted(clients) == list(range(len(creds)))  # every thread built its client (none raised)
     for i, c in clients.items():
         signed = c._request_signer._credentials.get_frozen_credentials()
         assert (signed.access_key, signed.secret_key, signed.token) == (f"ASIA{i:016d}", f"secret-{i}", f"token-{i}")
